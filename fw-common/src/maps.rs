@@ -1,0 +1,33 @@
+//! Names of the BPF maps and programs, shared so that userspace never spells
+//! them differently from the kernel object (a fw-user test checks each one
+//! against the built object). Kernel object names are cut at 15 characters.
+
+/// `Array<Config>`, one entry: the active policy generation.
+pub const CONFIG: &str = "FW_CONFIG";
+/// `Array<PhaseConfig>`, two entries indexed by `generation & 1`.
+pub const PHASES: &str = "FW_PHASES";
+/// `LpmTrie<AddrKey4, u32>`: IPv4 address -> address class.
+pub const ADDR4: &str = "FW_ADDR4";
+/// `LpmTrie<AddrKey6, u32>`: IPv6 address -> address class.
+pub const ADDR6: &str = "FW_ADDR6";
+/// `LpmTrie<PortKey, PolicyValue>`: {class, protocol, port prefix} -> rule.
+pub const PORTS: &str = "FW_PORTS";
+/// `LruHashMap<FlowKey, FlowValue>`: tracked flows.
+pub const FLOWS: &str = "FW_FLOWS";
+/// `PerCpuArray<Counter>`: per direction and reason, see [`crate::stats`].
+pub const STATS: &str = "FW_STATS";
+/// `PerCpuArray<Counter>`: per rule id.
+pub const RULE_STATS: &str = "FW_RULE_STATS";
+
+/// Every map that `fw` pins, in a fixed order.
+pub const ALL: [&str; 8] = [CONFIG, PHASES, ADDR4, ADDR6, PORTS, FLOWS, STATS, RULE_STATS];
+
+/// The TC egress classifier.
+pub const PROG_EGRESS: &str = "fw_egress";
+
+/// Default capacities (entries), overridable at load time.
+pub const DEFAULT_ADDR_ENTRIES: u32 = 1 << 18;
+pub const DEFAULT_PORT_ENTRIES: u32 = 1 << 20;
+pub const DEFAULT_FLOW_ENTRIES: u32 = 1 << 16;
+/// Rule ids index `FW_RULE_STATS`; a policy may have at most this many rules.
+pub const MAX_RULES: u32 = 1 << 17;

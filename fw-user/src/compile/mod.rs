@@ -1,0 +1,2 @@
+//! Policy -> map contents.
+pub mod tables;

@@ -1,0 +1,3 @@
+//! `fw` userspace: policy language, compiler, loader and CLI.
+
+pub mod compile;
