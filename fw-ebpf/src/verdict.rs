@@ -1,0 +1,27 @@
+//! The outcome of one packet: a reason (pass or drop) and the deciding rule.
+
+use fw_common::Reason;
+
+/// Sentinel rule id: no rule decided (default, parse error, non-IP).
+pub const NO_RULE: u32 = u32::MAX;
+
+#[derive(Clone, Copy)]
+pub struct Verdict {
+    pub reason: Reason,
+    pub rule: u32,
+}
+
+impl Verdict {
+    #[inline(always)]
+    pub const fn drop(reason: Reason) -> Self {
+        Self { reason, rule: NO_RULE }
+    }
+    #[inline(always)]
+    pub const fn pass_non_ip() -> Self {
+        Self { reason: Reason::PassNonIp, rule: NO_RULE }
+    }
+    #[inline(always)]
+    pub const fn new(reason: Reason, rule: u32) -> Self {
+        Self { reason, rule }
+    }
+}

@@ -1,0 +1,41 @@
+//! The command line: one module per verb; the doc comments are the help.
+//!
+//! Exit codes: 0 success; 1 "no" (`fw status`: not enforcing; `fw check`:
+//! problems found); 2 the command could not do its job.
+
+mod drops;
+mod instance;
+mod run;
+mod status;
+mod stop;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+pub use instance::require_root;
+
+#[derive(Parser, Debug)]
+#[command(name = "fw", version, about = "eBPF egress enforcer for media servers", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    Run(run::RunArgs),
+    Status(status::StatusArgs),
+    Drops(drops::DropsArgs),
+    Stop(stop::StopArgs),
+}
+
+pub fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Status(args) => status::status(args),
+        Command::Drops(args) => drops::drops(args),
+        Command::Stop(args) => stop::stop(args),
+    }
+}

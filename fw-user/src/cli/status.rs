@@ -1,0 +1,147 @@
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+use serde::Serialize;
+
+use super::instance::{require_root, resolve_name};
+use crate::{
+    apply, counters::Snapshot, linkinfo, loader::{AttachMode, CounterMaps, PolicyMaps}, paths,
+    state::InstanceState,
+};
+
+/// Is the instance attached and enforcing? Exit 0 only when it is (scripts
+/// and tests use this as the readiness check), 1 when it is not.
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Instance name (default: the only running instance).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize, Debug)]
+struct Status {
+    name: String,
+    enforcing: bool,
+    /// Why not, when not enforcing.
+    problem: Option<String>,
+    iface: Option<String>,
+    ifindex: Option<u32>,
+    policy: Option<String>,
+    policy_name: Option<String>,
+    phase: Option<String>,
+    generation: Option<u32>,
+    attach_mode: Option<AttachMode>,
+    link_id: Option<u32>,
+    program_id: Option<u32>,
+    audit: Option<bool>,
+    uptime_seconds: Option<u64>,
+    dropped_packets: Option<u64>,
+}
+
+pub fn status(args: StatusArgs) -> Result<ExitCode> {
+    require_root("fw status")?;
+    let name = resolve_name(args.name)?;
+    let status = inspect(&name);
+    if args.json {
+        println!("{}", serde_json::to_string(&status)?);
+    } else {
+        print_text(&status);
+    }
+    Ok(if status.enforcing { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn inspect(name: &str) -> Status {
+    let mut s = Status {
+        name: name.to_string(),
+        enforcing: false,
+        problem: None,
+        iface: None,
+        ifindex: None,
+        policy: None,
+        policy_name: None,
+        phase: None,
+        generation: None,
+        attach_mode: None,
+        link_id: None,
+        program_id: None,
+        audit: None,
+        uptime_seconds: None,
+        dropped_packets: None,
+    };
+    let state = match InstanceState::load(name) {
+        Ok(Some(state)) => state,
+        Ok(None) => {
+            s.problem = Some(format!("no fw instance named {name}"));
+            return s;
+        }
+        Err(e) => {
+            s.problem = Some(format!("{e:#}"));
+            return s;
+        }
+    };
+    s.iface = Some(state.iface.clone());
+    s.ifindex = Some(state.ifindex);
+    s.policy = Some(state.policy.clone());
+    s.policy_name = Some(state.policy_name.clone());
+    s.phase = Some(state.phase.clone());
+    s.attach_mode = Some(state.attach_mode);
+    s.audit = Some(state.audit);
+    s.uptime_seconds = Some(crate::unix_now().saturating_sub(state.started_at));
+    s.problem = check_enforcing(name, &state, &mut s).err().map(|e| format!("{e:#}"));
+    s.enforcing = s.problem.is_none();
+    if let Ok(maps) = CounterMaps::open(name) {
+        s.dropped_packets = Snapshot::read(&maps, &state.rules).ok().map(|snap| snap.dropped());
+    }
+    s
+}
+
+fn check_enforcing(name: &str, state: &InstanceState, s: &mut Status) -> Result<()> {
+    let maps = PolicyMaps::open(name)?;
+    let generation = apply::active_generation(&maps)?;
+    s.generation = Some(generation);
+    anyhow::ensure!(generation != 0, "no policy generation is active");
+    if state.attach_mode == AttachMode::Tcx {
+        let link = linkinfo::tcx_link_info(&paths::egress_link(name))?
+            .ok_or_else(|| anyhow::anyhow!("the egress link is not pinned"))?;
+        s.link_id = Some(link.link_id);
+        s.program_id = Some(link.program_id);
+        anyhow::ensure!(link.ifindex != 0, "the egress link is defunct: interface {} is gone", state.iface);
+        anyhow::ensure!(
+            link.ifindex == state.ifindex,
+            "the egress link is on ifindex {}, expected {}",
+            link.ifindex,
+            state.ifindex
+        );
+    }
+    Ok(())
+}
+
+fn print_text(s: &Status) {
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    println!("instance:   {}", s.name);
+    println!(
+        "enforcing:  {}{}",
+        if s.enforcing { "yes" } else { "no" },
+        s.problem.as_ref().map(|p| format!(" ({p})")).unwrap_or_default()
+    );
+    println!("interface:  {} (ifindex {})", opt(&s.iface), s.ifindex.map_or("-".into(), |i| i.to_string()));
+    println!("policy:     {} ({})", opt(&s.policy_name), opt(&s.policy));
+    println!("phase:      {} (generation {})", opt(&s.phase), s.generation.map_or("-".into(), |g| g.to_string()));
+    println!("mode:       {}", if s.audit == Some(true) { "audit (would-drop only)" } else { "enforce" });
+    let attach = match s.attach_mode {
+        Some(AttachMode::Tcx) => format!(
+            "tcx link {} program {}",
+            s.link_id.map_or("-".into(), |i| i.to_string()),
+            s.program_id.map_or("-".into(), |i| i.to_string())
+        ),
+        Some(AttachMode::Clsact { priority, handle }) => format!("clsact filter prio {priority} handle {handle:#x}"),
+        None => "-".into(),
+    };
+    println!("attached:   {attach}");
+    println!("uptime:     {}", s.uptime_seconds.map_or("-".into(), |u| format!("{u}s")));
+    println!("dropped:    {}", s.dropped_packets.map_or("-".into(), |d| d.to_string()));
+}

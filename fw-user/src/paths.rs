@@ -1,0 +1,70 @@
+//! Every on-disk path `fw` uses, in one place.
+//!
+//! ```text
+//! /sys/fs/bpf/fw/NAME/            pins of one enforcer instance (bpffs)
+//!                     FW_CONFIG   maps, pinned by name (see fw_common::maps)
+//!                     ...
+//!                     link_egress the TCX link: enforcement outlives the process
+//! /run/fw/NAME.json               what the instance enforces (policy, phase, rules)
+//! ```
+//! Both disappear on reboot, together, which is what we want: a rebooted
+//! host starts `fw` again from its unit, not from stale state.
+
+use std::path::PathBuf;
+
+/// Where bpffs is mounted.
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// Root of all fw pins.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/fw";
+/// Runtime state and (later) control sockets.
+pub const RUN_DIR: &str = "/run/fw";
+
+/// Pin directory of instance `name`.
+pub fn pin_dir(name: &str) -> PathBuf {
+    PathBuf::from(PIN_ROOT).join(name)
+}
+
+/// Pin of the egress TCX link of instance `name`.
+pub fn egress_link(name: &str) -> PathBuf {
+    pin_dir(name).join("link_egress")
+}
+
+/// Pin of map `map` of instance `name`.
+pub fn map_pin(name: &str, map: &str) -> PathBuf {
+    pin_dir(name).join(map)
+}
+
+/// State file of instance `name`.
+pub fn state_file(name: &str) -> PathBuf {
+    PathBuf::from(RUN_DIR).join(format!("{name}.json"))
+}
+
+/// Instance names become path components: keep them to a safe alphabet.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid instance name {name:?}: use 1-64 characters of letters, digits, '-', '_', '.', '@'"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cannot_escape_the_pin_root() {
+        assert!(validate_name("veth0").is_ok());
+        assert!(validate_name("fw@eth0.100").is_ok());
+        assert!(validate_name("../x").is_err());
+        assert!(validate_name("a/b").is_err());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("..").is_err());
+    }
+}

@@ -1,0 +1,79 @@
+//! Where a policy comes from: a file, or one of the policies shipped inside
+//! the binary (so `cargo xtask run` on a fresh server needs no file), and the
+//! one path from `--policy` to a compiled phase used by every command.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context, Result};
+
+use crate::{
+    compile::{self, tables::CompiledPhase},
+    policy::{self, Vars},
+};
+
+/// The shipped policies, by name.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("openvidu-ce", include_str!("../../policies/openvidu-ce.yaml")),
+    ("openvidu-pro-master", include_str!("../../policies/openvidu-pro-master.yaml")),
+    ("openvidu-media-node", include_str!("../../policies/openvidu-media-node.yaml")),
+    ("vonage-webrtc-client", include_str!("../../policies/vonage-webrtc-client.yaml")),
+];
+
+/// OpenVidu keeps its configuration here; its variables fill the shipped
+/// OpenVidu policies when no `--env-file` is given.
+pub const OPENVIDU_ENV: &str = "/opt/openvidu/.env";
+
+/// A policy's text and the label its errors are reported under.
+pub struct PolicyText {
+    /// The file path, or `builtin:NAME`.
+    pub label: String,
+    pub text: String,
+}
+
+impl PolicyText {
+    /// `arg` is a path to a file, or a shipped policy's name.
+    pub fn resolve(arg: &str) -> Result<PolicyText> {
+        let path = Path::new(arg);
+        if path.exists() || arg.contains('/') || arg.ends_with(".yaml") || arg.ends_with(".yml") {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading policy file {arg}"))?;
+            return Ok(PolicyText { label: arg.to_string(), text });
+        }
+        let (name, text) = BUILTIN.iter().find(|(name, _)| *name == arg).ok_or_else(|| {
+            let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
+            anyhow!("no policy file {arg}, and it is not a shipped policy ({})", names.join(", "))
+        })?;
+        Ok(PolicyText { label: format!("builtin:{name}"), text: text.to_string() })
+    }
+}
+
+/// The env file to read: the one given, else OpenVidu's when it exists.
+pub fn env_file(given: Option<&Path>) -> Option<PathBuf> {
+    given.map(Path::to_path_buf).or_else(|| {
+        let default = PathBuf::from(OPENVIDU_ENV);
+        default.exists().then_some(default)
+    })
+}
+
+pub struct LoadedPhase {
+    /// Path or `builtin:NAME`.
+    pub source: String,
+    /// The policy's `name:`.
+    pub policy_name: String,
+    pub compiled: CompiledPhase,
+    pub warnings: Vec<String>,
+}
+
+/// `--policy`, `--env-file`, `--phase` -> a compiled, capacity-checked phase.
+pub fn load_phase(policy_arg: &str, env: Option<&Path>, phase: &str) -> Result<LoadedPhase> {
+    let text = PolicyText::resolve(policy_arg)?;
+    let vars = Vars::from_env_file(env_file(env).as_deref())?;
+    let loaded = policy::parse_str(&text.text, &text.label, &vars)?;
+    let compiled = compile::compile_phase(&loaded.policy, phase)?;
+    compile::check_capacity(&compiled, &compile::Limits::default())?;
+    Ok(LoadedPhase {
+        source: text.label,
+        policy_name: loaded.policy.name.clone(),
+        compiled,
+        warnings: loaded.warnings.iter().map(|w| w.to_string()).collect(),
+    })
+}
