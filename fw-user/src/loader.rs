@@ -133,72 +133,114 @@ pub fn pin_maps(ebpf: &Ebpf, instance: &str) -> Result<()> {
     Ok(())
 }
 
-/// How the egress program was attached.
+/// The two hooks fw attaches to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Egress,
+    Ingress,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 2] = [Hook::Egress, Hook::Ingress];
+
+    fn program(self) -> &'static str {
+        match self {
+            Hook::Egress => maps::PROG_EGRESS,
+            Hook::Ingress => maps::PROG_INGRESS,
+        }
+    }
+
+    fn attach_type(self) -> TcAttachType {
+        match self {
+            Hook::Egress => TcAttachType::Egress,
+            Hook::Ingress => TcAttachType::Ingress,
+        }
+    }
+
+    pub fn link_pin(self, instance: &str) -> std::path::PathBuf {
+        match self {
+            Hook::Egress => paths::egress_link(instance),
+            Hook::Ingress => paths::ingress_link(instance),
+        }
+    }
+}
+
+/// How the programs were attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "mode", rename_all = "lowercase")]
 pub enum AttachMode {
-    /// A TCX link (kernel >= 6.6), pinned.
+    /// TCX links (kernel >= 6.6), pinned.
     Tcx,
-    /// A clsact filter via netlink (older kernels); it stays until removed,
-    /// and this is how `fw stop` finds exactly our filter again.
-    Clsact { priority: u16, handle: u32 },
+    /// clsact filters via netlink (older kernels); they stay until removed,
+    /// and (priority, handle) is how `fw stop` finds exactly ours again.
+    Clsact { egress: (u16, u32), ingress: (u16, u32) },
 }
 
-/// Loads the egress program into the kernel and attaches it to `iface`,
-/// pinning the link so that enforcement survives this process.
-pub fn attach_egress(ebpf: &mut Ebpf, instance: &str, iface: &str) -> Result<AttachMode> {
-    let program: &mut SchedClassifier = ebpf
-        .program_mut(maps::PROG_EGRESS)
-        .ok_or_else(|| anyhow!("the kernel object has no program {}", maps::PROG_EGRESS))?
-        .try_into()?;
-    program.load().context("the kernel verifier rejected the egress program")?;
-    let tcx = program.attach_with_options(
-        iface,
-        TcAttachType::Egress,
-        TcAttachOptions::TcxOrder(LinkOrder::default()),
-    );
-    match tcx {
-        Ok(link_id) => {
-            let link: FdLink = program.take_link(link_id)?.try_into()?;
-            let path = paths::egress_link(instance);
-            link.pin(&path).with_context(|| format!("pinning the egress link at {}", path.display()))?;
-            Ok(AttachMode::Tcx)
-        }
-        Err(tcx_err) => {
-            // Kernels before 6.6 have no TCX: a clsact filter persists on
-            // its own after we exit (also fail closed); `fw stop` removes it.
-            let _ = tc::qdisc_add_clsact(iface);
-            let link_id = program
-                .attach(iface, TcAttachType::Egress)
-                .map_err(|e| anyhow!("attaching to {iface}: TCX failed ({tcx_err}), clsact failed ({e})"))?;
-            let link = program.take_link(link_id)?;
-            let mode = AttachMode::Clsact { priority: link.priority()?, handle: link.handle()?.into() };
-            // Keep the filter attached when the link handle is dropped.
-            std::mem::forget(link);
-            Ok(mode)
+/// Loads both programs into the kernel and attaches them to `iface`,
+/// pinning the links so that enforcement survives this process. Ingress is
+/// attached first: by the time egress enforces, inbound flows are tracked.
+pub fn attach(ebpf: &mut Ebpf, instance: &str, iface: &str) -> Result<AttachMode> {
+    let mut clsact = Vec::new();
+    for hook in [Hook::Ingress, Hook::Egress] {
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(hook.program())
+            .ok_or_else(|| anyhow!("the kernel object has no program {}", hook.program()))?
+            .try_into()?;
+        program
+            .load()
+            .with_context(|| format!("the kernel verifier rejected {}", hook.program()))?;
+        let tcx = program.attach_with_options(
+            iface,
+            hook.attach_type(),
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        );
+        match tcx {
+            Ok(link_id) => {
+                let link: FdLink = program.take_link(link_id)?.try_into()?;
+                let path = hook.link_pin(instance);
+                link.pin(&path).with_context(|| format!("pinning the link at {}", path.display()))?;
+            }
+            Err(tcx_err) => {
+                // Kernels before 6.6 have no TCX: a clsact filter persists
+                // on its own after we exit (also fail closed).
+                let _ = tc::qdisc_add_clsact(iface);
+                let link_id = program.attach(iface, hook.attach_type()).map_err(|e| {
+                    anyhow!("attaching {} to {iface}: TCX failed ({tcx_err}), clsact failed ({e})", hook.program())
+                })?;
+                let link = program.take_link(link_id)?;
+                clsact.push((link.priority()?, u32::from(link.handle()?)));
+                // Keep the filter attached when the link handle is dropped.
+                std::mem::forget(link);
+            }
         }
     }
+    Ok(match clsact.as_slice() {
+        [] => AttachMode::Tcx,
+        [ingress, egress] => AttachMode::Clsact { egress: *egress, ingress: *ingress },
+        _ => bail!("{iface}: one hook attached with TCX and the other with clsact; run `fw stop` and retry"),
+    })
 }
 
-/// Detaches the instance (unpinning the link releases it) and removes its
+/// Detaches the instance (unpinning a link releases it) and removes its
 /// pins. Safe to call on a half-created instance.
 pub fn detach(instance: &str, iface: Option<&str>, mode: Option<AttachMode>) -> Result<()> {
-    let link_path = paths::egress_link(instance);
-    match PinnedLink::from_pin(&link_path) {
-        Ok(pinned) => {
+    for hook in Hook::ALL {
+        let link_path = hook.link_pin(instance);
+        match PinnedLink::from_pin(&link_path) {
             // Unpinning drops the last reference once the fd closes: the
             // kernel detaches the program from the interface.
-            let link = pinned.unpin().with_context(|| format!("unpinning {}", link_path.display()))?;
-            drop(link);
+            Ok(pinned) => drop(pinned.unpin().with_context(|| format!("unpinning {}", link_path.display()))?),
+            Err(_) if !link_path.exists() => {}
+            Err(e) => return Err(e).with_context(|| format!("opening {}", link_path.display())),
         }
-        Err(_) if !link_path.exists() => {}
-        Err(e) => return Err(e).with_context(|| format!("opening {}", link_path.display())),
     }
-    if let (Some(iface), Some(AttachMode::Clsact { priority, handle })) = (iface, mode) {
-        SchedClassifierLink::attached(iface, TcAttachType::Egress, priority, handle.into(), None)
-            .with_context(|| format!("finding the clsact filter on {iface}"))?
-            .detach()
-            .with_context(|| format!("removing the clsact filter from {iface}"))?;
+    if let (Some(iface), Some(AttachMode::Clsact { egress, ingress })) = (iface, mode) {
+        for (hook, (priority, handle)) in [(Hook::Egress, egress), (Hook::Ingress, ingress)] {
+            SchedClassifierLink::attached(iface, hook.attach_type(), priority, handle.into(), None)
+                .with_context(|| format!("finding the clsact filter on {iface}"))?
+                .detach()
+                .with_context(|| format!("removing the clsact filter from {iface}"))?;
+        }
     }
     remove_pin_dir(&paths::pin_dir(instance))
 }

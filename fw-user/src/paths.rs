@@ -4,7 +4,8 @@
 //! /sys/fs/bpf/fw/NAME/            pins of one enforcer instance (bpffs)
 //!                     FW_CONFIG   maps, pinned by name (see fw_common::maps)
 //!                     ...
-//!                     link_egress the TCX link: enforcement outlives the process
+//!                     link_egress the TCX links: enforcement outlives the process
+//!                     link_ingress
 //! /run/fw/NAME.json               what the instance enforces (policy, phase, rules)
 //! ```
 //! Both disappear on reboot, together, which is what we want: a rebooted
@@ -27,6 +28,11 @@ pub fn pin_dir(name: &str) -> PathBuf {
 /// Pin of the egress TCX link of instance `name`.
 pub fn egress_link(name: &str) -> PathBuf {
     pin_dir(name).join("link_egress")
+}
+
+/// Pin of the ingress TCX link of instance `name`.
+pub fn ingress_link(name: &str) -> PathBuf {
+    pin_dir(name).join("link_ingress")
 }
 
 /// Pin of map `map` of instance `name`.

@@ -85,7 +85,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let mut maps = PolicyMaps::take(&mut ebpf)?;
     apply::write_generation(&mut maps, &compiled, generation)?;
     apply::activate(&mut maps, generation)?;
-    let attach_mode = loader::attach_egress(&mut ebpf, &name, &args.iface)?;
+    let attach_mode = loader::attach(&mut ebpf, &name, &args.iface)?;
     let state = InstanceState {
         name: name.clone(),
         iface: args.iface.clone(),

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::instance::{require_root, resolve_name};
 use crate::{
-    apply, counters::Snapshot, linkinfo, loader::{AttachMode, CounterMaps, PolicyMaps}, paths,
+    apply, counters::Snapshot, linkinfo, loader::{AttachMode, CounterMaps, Hook, PolicyMaps},
     state::InstanceState,
 };
 
@@ -23,6 +23,13 @@ pub struct StatusArgs {
 }
 
 #[derive(Serialize, Debug)]
+struct LinkStatus {
+    hook: &'static str,
+    link_id: u32,
+    program_id: u32,
+}
+
+#[derive(Serialize, Debug)]
 struct Status {
     name: String,
     enforcing: bool,
@@ -35,8 +42,8 @@ struct Status {
     phase: Option<String>,
     generation: Option<u32>,
     attach_mode: Option<AttachMode>,
-    link_id: Option<u32>,
-    program_id: Option<u32>,
+    /// (hook, link id, program id) of each pinned TCX link.
+    links: Vec<LinkStatus>,
     audit: Option<bool>,
     uptime_seconds: Option<u64>,
     dropped_packets: Option<u64>,
@@ -66,8 +73,7 @@ fn inspect(name: &str) -> Status {
         phase: None,
         generation: None,
         attach_mode: None,
-        link_id: None,
-        program_id: None,
+        links: Vec::new(),
         audit: None,
         uptime_seconds: None,
         dropped_packets: None,
@@ -105,17 +111,18 @@ fn check_enforcing(name: &str, state: &InstanceState, s: &mut Status) -> Result<
     s.generation = Some(generation);
     anyhow::ensure!(generation != 0, "no policy generation is active");
     if state.attach_mode == AttachMode::Tcx {
-        let link = linkinfo::tcx_link_info(&paths::egress_link(name))?
-            .ok_or_else(|| anyhow::anyhow!("the egress link is not pinned"))?;
-        s.link_id = Some(link.link_id);
-        s.program_id = Some(link.program_id);
-        anyhow::ensure!(link.ifindex != 0, "the egress link is defunct: interface {} is gone", state.iface);
-        anyhow::ensure!(
-            link.ifindex == state.ifindex,
-            "the egress link is on ifindex {}, expected {}",
-            link.ifindex,
-            state.ifindex
-        );
+        for (hook, label) in [(Hook::Egress, "egress"), (Hook::Ingress, "ingress")] {
+            let link = linkinfo::tcx_link_info(&hook.link_pin(name))?
+                .ok_or_else(|| anyhow::anyhow!("the {label} link is not pinned"))?;
+            s.links.push(LinkStatus { hook: label, link_id: link.link_id, program_id: link.program_id });
+            anyhow::ensure!(link.ifindex != 0, "the {label} link is defunct: interface {} is gone", state.iface);
+            anyhow::ensure!(
+                link.ifindex == state.ifindex,
+                "the {label} link is on ifindex {}, expected {}",
+                link.ifindex,
+                state.ifindex
+            );
+        }
     }
     Ok(())
 }
@@ -133,12 +140,15 @@ fn print_text(s: &Status) {
     println!("phase:      {} (generation {})", opt(&s.phase), s.generation.map_or("-".into(), |g| g.to_string()));
     println!("mode:       {}", if s.audit == Some(true) { "audit (would-drop only)" } else { "enforce" });
     let attach = match s.attach_mode {
-        Some(AttachMode::Tcx) => format!(
-            "tcx link {} program {}",
-            s.link_id.map_or("-".into(), |i| i.to_string()),
-            s.program_id.map_or("-".into(), |i| i.to_string())
-        ),
-        Some(AttachMode::Clsact { priority, handle }) => format!("clsact filter prio {priority} handle {handle:#x}"),
+        Some(AttachMode::Tcx) => s
+            .links
+            .iter()
+            .map(|l| format!("{} tcx link {} program {}", l.hook, l.link_id, l.program_id))
+            .collect::<Vec<_>>()
+            .join(", "),
+        Some(AttachMode::Clsact { egress, ingress }) => {
+            format!("clsact filters egress prio {} ingress prio {}", egress.0, ingress.0)
+        }
         None => "-".into(),
     };
     println!("attached:   {attach}");
