@@ -1,6 +1,13 @@
 //! Tracked flows, keyed the same way from both directions: `local` is this
 //! host's side (source on egress, destination on ingress), so a reply finds
 //! the entry its request created with one hash lookup.
+//!
+//! An entry records how the flow was admitted (origin, rule, the port the
+//! rule matched) and the generation of the policy that admitted it. A packet
+//! of a flow admitted under another generation is re-checked against the
+//! active policy before it passes: a phase switch also closes flows opened
+//! before it. The table is an LRU hash: an evicted entry only costs a fresh
+//! policy lookup, it never opens anything.
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[repr(C)]
@@ -20,18 +27,73 @@ pub struct FlowKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct FlowValue {
+    /// `bpf_ktime_get_coarse_ns` of the last packet (refreshed at most
+    /// every [`TOUCH_INTERVAL_NS`], to spare the cache line).
+    pub last_seen_ns: u64,
     /// Generation whose policy admitted the flow; another generation re-checks it.
     pub generation: u32,
     /// Rule that admitted it.
     pub rule: u32,
-    /// `bpf_ktime_get_ns` of the last packet.
-    pub last_seen_ns: u64,
-    /// [`FLOW_INBOUND`], [`FLOW_FIN`]...
+    /// The port the admitting rule matched (the local port for inbound
+    /// flows, the remote one for outbound; ICMP: `type << 8 | code`).
+    pub policy_port: u16,
+    /// [`FLOW_INBOUND`], [`FLOW_FIN`].
     pub flags: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 5],
 }
 
 /// The flow was opened by a peer (admitted by an inbound rule).
 pub const FLOW_INBOUND: u8 = 1;
 /// A FIN or RST was seen: the flow expires sooner.
 pub const FLOW_FIN: u8 = 2;
+
+/// Idle time after which a flow is forgotten (and its next packet is judged
+/// by the policy again). TCP is long: a quiet but open connection (a
+/// websocket, an SSH session) must survive; UDP media is never quiet for
+/// long; after FIN/RST only the last segments remain.
+pub const TCP_TIMEOUT_NS: u64 = 7200 * 1_000_000_000;
+pub const TCP_CLOSING_TIMEOUT_NS: u64 = 10 * 1_000_000_000;
+pub const UDP_TIMEOUT_NS: u64 = 180 * 1_000_000_000;
+pub const OTHER_TIMEOUT_NS: u64 = 30 * 1_000_000_000;
+/// `last_seen_ns` is rewritten only when older than this.
+pub const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
+
+/// A fragmented datagram: non-first fragments carry no ports, so they follow
+/// the verdict their first fragment got, found by this key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[repr(C)]
+pub struct FragKey {
+    pub family: u8,
+    pub proto: u8,
+    pub _pad: [u8; 2],
+    /// IPv4: the 16-bit identification; IPv6: the fragment header's id.
+    pub id: u32,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct FragValue {
+    pub seen_ns: u64,
+    /// Rule that passed the first fragment, or `u32::MAX` (a tracked flow).
+    pub rule: u32,
+    pub _pad: u32,
+}
+
+/// Fragments of one datagram arrive within this (Linux's ipfrag_time).
+pub const FRAG_TIMEOUT_NS: u64 = 30 * 1_000_000_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<FlowValue>(), 24);
+        assert_eq!(size_of::<FragKey>(), 40);
+        assert_eq!(size_of::<FragValue>(), 16);
+    }
+}

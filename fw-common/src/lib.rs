@@ -18,7 +18,7 @@ pub mod reason;
 pub mod stats;
 
 pub use config::{Config, PhaseConfig};
-pub use flow::{FlowKey, FlowValue};
+pub use flow::{FlowKey, FlowValue, FragKey, FragValue};
 pub use policy::{Action, AddrKey4, AddrKey6, Direction, PolicyValue, PortKey};
 pub use reason::Reason;
 pub use stats::Counter;
@@ -53,4 +53,6 @@ mod pod {
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::FragValue {}
 }

@@ -14,20 +14,25 @@ pub const ADDR6: &str = "FW_ADDR6";
 pub const PORTS: &str = "FW_PORTS";
 /// `LruHashMap<FlowKey, FlowValue>`: tracked flows.
 pub const FLOWS: &str = "FW_FLOWS";
+/// `LruHashMap<FragKey, FragValue>`: verdicts of first fragments.
+pub const FRAGS: &str = "FW_FRAGS";
 /// `PerCpuArray<Counter>`: per direction and reason, see [`crate::stats`].
 pub const STATS: &str = "FW_STATS";
 /// `PerCpuArray<Counter>`: per rule id.
 pub const RULE_STATS: &str = "FW_RULE_STATS";
 
 /// Every map that `fw` pins, in a fixed order.
-pub const ALL: [&str; 8] = [CONFIG, PHASES, ADDR4, ADDR6, PORTS, FLOWS, STATS, RULE_STATS];
+pub const ALL: [&str; 9] = [CONFIG, PHASES, ADDR4, ADDR6, PORTS, FLOWS, FRAGS, STATS, RULE_STATS];
 
-/// The TC egress classifier.
+/// The TC egress classifier: enforces the egress policy.
 pub const PROG_EGRESS: &str = "fw_egress";
+/// The TC ingress classifier: tracks (and where asked, filters) inbound flows.
+pub const PROG_INGRESS: &str = "fw_ingress";
 
 /// Default capacities (entries), overridable at load time.
 pub const DEFAULT_ADDR_ENTRIES: u32 = 1 << 18;
 pub const DEFAULT_PORT_ENTRIES: u32 = 1 << 20;
-pub const DEFAULT_FLOW_ENTRIES: u32 = 1 << 16;
+pub const DEFAULT_FLOW_ENTRIES: u32 = 1 << 18;
+pub const DEFAULT_FRAG_ENTRIES: u32 = 1 << 13;
 /// Rule ids index `FW_RULE_STATS`; a policy may have at most this many rules.
 pub const MAX_RULES: u32 = 1 << 17;

@@ -20,6 +20,8 @@ pub enum Reason {
     /// ICMP that the stack needs regardless of policy (neighbour discovery,
     /// errors quoting a tracked flow).
     PassIcmpControl = 5,
+    /// A later fragment of a datagram whose first fragment passed.
+    PassFragment = 6,
 
     /// A deny rule matched.
     DropRule = 16,
@@ -36,7 +38,7 @@ pub enum Reason {
     DropBadIpHeader = 21,
     /// IPv6 extension header chain unknown or longer than the parser walks.
     DropIpv6ExtChain = 22,
-    /// A non-first fragment whose first fragment was not seen.
+    /// A later fragment whose first fragment was not seen or did not pass.
     DropFragment = 23,
     /// Too many VLAN tags.
     DropVlanDepth = 24,
@@ -49,13 +51,14 @@ impl Reason {
     /// Counter slots per direction in `FW_STATS`.
     pub const SLOTS: u32 = 32;
 
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::PassRule,
         Reason::PassFlow,
         Reason::PassNonIp,
         Reason::PassDefault,
         Reason::PassAudit,
         Reason::PassIcmpControl,
+        Reason::PassFragment,
         Reason::DropRule,
         Reason::DropDefault,
         Reason::DropTruncatedL2,
@@ -86,6 +89,7 @@ impl Reason {
             Reason::PassDefault => "pass_default",
             Reason::PassAudit => "pass_audit",
             Reason::PassIcmpControl => "pass_icmp_control",
+            Reason::PassFragment => "pass_fragment",
             Reason::DropRule => "drop_rule",
             Reason::DropDefault => "drop_default",
             Reason::DropTruncatedL2 => "drop_truncated_l2",

@@ -1,12 +1,19 @@
 //! fw kernel programs. This file holds only the entry points and the one
 //! place where a verdict becomes a return code; the work is in the modules.
 //!
-//! Fail closed: any error while deciding (a map that cannot be read, a
-//! header that cannot be parsed) drops the packet and counts why.
+//! Both hooks are TC classifiers (TCX links): the same skb context, parser
+//! and link pinning on egress and ingress, on every kind of interface, and
+//! GRO-merged segments are judged once. See docs/datapath.md for why not XDP.
+//!
+//! Fail closed: any error while deciding (no policy written, a header that
+//! cannot be parsed) drops the packet and counts why.
 #![no_std]
 #![no_main]
 
 mod counters;
+mod datapath;
+mod flow;
+mod frag;
 mod parse;
 mod policy;
 mod verdict;
@@ -14,16 +21,33 @@ mod verdict;
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use fw_common::{
     tc_action::{TC_ACT_SHOT, TC_ACT_UNSPEC},
-    Direction,
+    Direction, Reason,
 };
 
-use crate::verdict::Verdict;
+use crate::verdict::{Verdict, NO_RULE};
 
-/// TC egress classifier: every packet this host sends through the interface.
+/// Egress: enforces the egress policy on every packet this host sends.
 #[classifier]
 pub fn fw_egress(ctx: TcContext) -> i32 {
-    let verdict = egress(&ctx);
-    counters::count(Direction::Egress, &verdict, ctx.len());
+    classify(&ctx, Direction::Egress)
+}
+
+/// Ingress: records the flows inbound rules admit (so their replies pass
+/// egress) and, where the phase says `inbound_default: drop`, filters.
+#[classifier]
+pub fn fw_ingress(ctx: TcContext) -> i32 {
+    classify(&ctx, Direction::Inbound)
+}
+
+#[inline(always)]
+fn classify(ctx: &TcContext, direction: Direction) -> i32 {
+    let mut pkt = parse::Packet::empty();
+    let verdict = match parse::parse_skb(ctx, &mut pkt) {
+        Ok(parse::Parsed::Ip) => datapath::judge(direction, &pkt),
+        Ok(parse::Parsed::NotIp) => Verdict::new(Reason::PassNonIp, NO_RULE),
+        Err(reason) => Verdict::drop(reason),
+    };
+    counters::count(direction, &verdict, ctx.len());
     if verdict.reason.is_drop() {
         TC_ACT_SHOT
     } else {
@@ -31,16 +55,6 @@ pub fn fw_egress(ctx: TcContext) -> i32 {
         // kernel passes the packet when none objects.
         TC_ACT_UNSPEC
     }
-}
-
-#[inline(always)]
-fn egress(ctx: &TcContext) -> Verdict {
-    let pkt = match parse::parse_skb(ctx) {
-        Ok(parse::Parsed::Ip(pkt)) => pkt,
-        Ok(parse::Parsed::NotIp) => return Verdict::pass_non_ip(),
-        Err(reason) => return Verdict::drop(reason),
-    };
-    policy::decide(Direction::Egress, &pkt)
 }
 
 #[cfg(not(test))]

@@ -31,26 +31,90 @@ const NEXTHDR_FRAGMENT: u8 = 44;
 const NEXTHDR_AUTH: u8 = 51;
 const NEXTHDR_DEST: u8 = 60;
 
-#[derive(Clone, Copy)]
-pub enum Addrs {
-    V4 { src: [u8; 4], dst: [u8; 4] },
-    V6 { src: [u8; 16], dst: [u8; 16] },
+/// Fragment position of an IP packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Frag {
+    /// Not fragmented.
+    None,
+    /// First fragment: carries the transport header and decides.
+    First,
+    /// Later fragment: no transport header; follows the first's verdict.
+    Later,
 }
 
+/// The transport part of a flow: ports, or the ICMP echo identifier in both
+/// port fields (so a reply finds its request's entry).
+#[derive(Clone, Copy)]
+pub struct Ports {
+    pub src: u16,
+    pub dst: u16,
+}
+
+/// The packet quoted by an ICMP error (destination unreachable, packet too
+/// big, time exceeded, parameter problem), as it was sent.
+#[derive(Clone, Copy)]
+pub struct Quoted {
+    /// False when the packet is no ICMP error or its quote matches no flow.
+    pub valid: bool,
+    pub family: u8,
+    pub proto: u8,
+    pub ports: Ports,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+
+/// What the policy and the flow table need of a packet.
+///
+/// Plain fields, no enums with data: the object's BTF must describe these
+/// types in a form the kernel accepts (Rust's tagged unions are not).
+/// IPv4 addresses fill the first 4 bytes of `src`/`dst`, the rest stays 0.
 #[derive(Clone, Copy)]
 pub struct Packet {
-    pub addrs: Addrs,
+    /// 4 or 6.
+    pub family: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
     pub proto: u8,
-    pub sport: u16,
-    /// Destination port; for ICMP and ICMPv6 `type << 8 | code`; 0 for
-    /// protocols without ports.
-    pub dport: u16,
+    /// Flow ports (see [`Ports`]); zero for protocols without ports and for
+    /// later fragments.
+    pub ports: Ports,
+    /// The port the policy matches: the destination port; for ICMP and
+    /// ICMPv6 `type << 8 | code`; 0 for protocols without ports.
+    pub policy_port: u16,
+    pub tcp_flags: u8,
+    pub frag: Frag,
+    /// IPv4: the 16-bit id; IPv6: the fragment header's 32-bit id.
+    pub frag_id: u32,
+    pub quoted: Quoted,
 }
 
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_RST: u8 = 0x04;
+
+/// What the parser made of a frame. Small on purpose: a non-inlined BPF
+/// function may not return through a pointer into its caller's stack, so
+/// the packet itself is written into the caller's [`Packet`].
 pub enum Parsed {
-    Ip(Packet),
+    Ip,
     /// ARP, LLDP...: not the policy's business.
     NotIp,
+}
+
+impl Packet {
+    pub const fn empty() -> Packet {
+        Packet {
+            family: 0,
+            src: [0; 16],
+            dst: [0; 16],
+            proto: 0,
+            ports: Ports { src: 0, dst: 0 },
+            policy_port: 0,
+            tcp_flags: 0,
+            frag: Frag::None,
+            frag_id: 0,
+            quoted: Quoted { valid: false, family: 0, proto: 0, ports: Ports { src: 0, dst: 0 }, src: [0; 16], dst: [0; 16] },
+        }
+    }
 }
 
 /// The readable window of a packet: `[start, end)`.
@@ -82,8 +146,12 @@ impl Bounds {
 
 /// Parses the packet of a TC program, first pulling the headers into the
 /// linear area when the stack left them in page fragments.
-#[inline(always)]
-pub fn parse_skb(ctx: &TcContext) -> Result<Parsed, Reason> {
+///
+/// Not inlined: a BPF-to-BPF call gets its own stack frame, so the header
+/// copies made here do not add to the flow and LPM keys the caller builds
+/// later (the verifier allows 512 bytes along one call chain).
+#[inline(never)]
+pub fn parse_skb(ctx: &TcContext, pkt: &mut Packet) -> Result<Parsed, Reason> {
     let len = ctx.len() as usize;
     let linear = ctx.data_end() - ctx.data();
     if linear < len && linear < MAX_HEADER_BYTES {
@@ -92,11 +160,11 @@ pub fn parse_skb(ctx: &TcContext) -> Result<Parsed, Reason> {
         // drop the packet as truncated: fail closed.
         let _ = ctx.pull_data(want as u32);
     }
-    parse(ctx.data(), ctx.data_end())
+    parse(ctx.data(), ctx.data_end(), pkt)
 }
 
 #[inline(always)]
-pub fn parse(start: usize, end: usize) -> Result<Parsed, Reason> {
+pub fn parse(start: usize, end: usize, pkt: &mut Packet) -> Result<Parsed, Reason> {
     let b = Bounds { start, end };
     let mut ethertype = b.be16(12).ok_or(Reason::DropTruncatedL2)?;
     let mut off = ETH_HLEN;
@@ -108,15 +176,15 @@ pub fn parse(start: usize, end: usize) -> Result<Parsed, Reason> {
         off += 4;
     }
     match ethertype {
-        ETH_P_IP => parse_ipv4(&b, off).map(Parsed::Ip),
-        ETH_P_IPV6 => parse_ipv6(&b, off).map(Parsed::Ip),
+        ETH_P_IP => parse_ipv4(&b, off, pkt).map(|()| Parsed::Ip),
+        ETH_P_IPV6 => parse_ipv6(&b, off, pkt).map(|()| Parsed::Ip),
         ETH_P_8021Q | ETH_P_8021AD => Err(Reason::DropVlanDepth),
         _ => Ok(Parsed::NotIp),
     }
 }
 
 #[inline(always)]
-fn parse_ipv4(b: &Bounds, off: usize) -> Result<Packet, Reason> {
+fn parse_ipv4(b: &Bounds, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
     // Fixed 20-byte header: version/IHL, TOS, total length, id, flags/fragment
     // offset, TTL, protocol, checksum, source, destination.
     let hdr: [u8; 20] = b.load(off).ok_or(Reason::DropTruncatedL3)?;
@@ -129,31 +197,33 @@ fn parse_ipv4(b: &Bounds, off: usize) -> Result<Packet, Reason> {
     if ihl < 20 || total < ihl || total > available {
         return Err(Reason::DropBadIpHeader);
     }
-    let fragment_offset = u16::from_be_bytes([hdr[6], hdr[7]]) & 0x1fff;
-    if fragment_offset != 0 {
-        // A non-first fragment carries no ports. Until fragments are
-        // tracked, it cannot be matched to its first fragment's verdict:
-        // never a blanket allow.
-        return Err(Reason::DropFragment);
+    let flags_offset = u16::from_be_bytes([hdr[6], hdr[7]]);
+    let frag = if flags_offset & 0x1fff != 0 {
+        Frag::Later
+    } else if flags_offset & 0x2000 != 0 {
+        Frag::First
+    } else {
+        Frag::None
+    };
+    pkt.family = 4;
+    pkt.src[..4].copy_from_slice(&hdr[12..16]);
+    pkt.dst[..4].copy_from_slice(&hdr[16..20]);
+    pkt.proto = hdr[9];
+    pkt.frag = frag;
+    pkt.frag_id = u32::from(u16::from_be_bytes([hdr[4], hdr[5]]));
+    if frag != Frag::Later {
+        parse_l4(b, pkt, off + ihl, off + total)?;
     }
-    let proto = hdr[9];
-    let (sport, dport) = parse_l4(b, proto, off + ihl, off + total)?;
-    Ok(Packet {
-        addrs: Addrs::V4 {
-            src: [hdr[12], hdr[13], hdr[14], hdr[15]],
-            dst: [hdr[16], hdr[17], hdr[18], hdr[19]],
-        },
-        proto,
-        sport,
-        dport,
-    })
+    Ok(())
 }
 
 #[inline(always)]
-fn parse_ipv6(b: &Bounds, off: usize) -> Result<Packet, Reason> {
+fn parse_ipv6(b: &Bounds, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
     // Fixed header: version/class/flow (4), payload length (2), next header,
-    // hop limit, source (16), destination (16).
-    let hdr: [u8; IPV6_HDR_LEN] = b.load(off).ok_or(Reason::DropTruncatedL3)?;
+    // hop limit, then source (16) and destination (16), read further down.
+    let hdr: [u8; 8] = b.load(off).ok_or(Reason::DropTruncatedL3)?;
+    let src: [u8; 16] = b.load(off + 8).ok_or(Reason::DropTruncatedL3)?;
+    let dst: [u8; 16] = b.load(off + 24).ok_or(Reason::DropTruncatedL3)?;
     if hdr[0] >> 4 != 6 {
         return Err(Reason::DropBadIpHeader);
     }
@@ -166,10 +236,12 @@ fn parse_ipv6(b: &Bounds, off: usize) -> Result<Packet, Reason> {
     let mut next = hdr[6];
     let ip_end = off + IPV6_HDR_LEN + payload;
     let mut hoff = off + IPV6_HDR_LEN;
+    let mut frag = Frag::None;
+    let mut frag_id = 0;
     let mut walked = 0;
     while walked < MAX_IPV6_EXT {
         // Every extension header starts with (next header, length); the
-        // fragment header has its offset in the next two bytes.
+        // fragment header has its offset next, then its id.
         let len = match next {
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
                 let h: [u8; 2] = b.load(hoff).ok_or(Reason::DropTruncatedL3)?;
@@ -182,11 +254,17 @@ fn parse_ipv6(b: &Bounds, off: usize) -> Result<Packet, Reason> {
                 (h[1] as usize + 2) * 4
             }
             NEXTHDR_FRAGMENT => {
-                let h: [u8; 4] = b.load(hoff).ok_or(Reason::DropTruncatedL3)?;
-                if u16::from_be_bytes([h[2], h[3]]) >> 3 != 0 {
-                    // Non-first fragment: see parse_ipv4.
-                    return Err(Reason::DropFragment);
-                }
+                let h: [u8; 8] = b.load(hoff).ok_or(Reason::DropTruncatedL3)?;
+                let offset_flags = u16::from_be_bytes([h[2], h[3]]);
+                frag = if offset_flags >> 3 != 0 {
+                    Frag::Later
+                } else if offset_flags & 1 != 0 {
+                    Frag::First
+                } else {
+                    // An atomic fragment (RFC 6946): a whole packet.
+                    Frag::None
+                };
+                frag_id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
                 next = h[0];
                 8
             }
@@ -200,16 +278,24 @@ fn parse_ipv6(b: &Bounds, off: usize) -> Result<Packet, Reason> {
             return Err(Reason::DropTruncatedL3);
         }
         walked += 1;
+        if frag == Frag::Later {
+            // The rest of the chain is in the first fragment.
+            break;
+        }
     }
-    if walked == MAX_IPV6_EXT && is_ipv6_ext(next) {
+    if frag != Frag::Later && walked == MAX_IPV6_EXT && is_ipv6_ext(next) {
         return Err(Reason::DropIpv6ExtChain);
     }
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    src.copy_from_slice(&hdr[8..24]);
-    dst.copy_from_slice(&hdr[24..40]);
-    let (sport, dport) = parse_l4(b, next, hoff, ip_end)?;
-    Ok(Packet { addrs: Addrs::V6 { src, dst }, proto: next, sport, dport })
+    pkt.family = 6;
+    pkt.src = src;
+    pkt.dst = dst;
+    pkt.proto = next;
+    pkt.frag = frag;
+    pkt.frag_id = frag_id;
+    if frag != Frag::Later {
+        parse_l4(b, pkt, hoff, ip_end)?;
+    }
+    Ok(())
 }
 
 #[inline(always)]
@@ -220,29 +306,121 @@ fn is_ipv6_ext(next: u8) -> bool {
     )
 }
 
-/// Ports of the transport header at `off`, which must lie within the IP
+/// ICMP types whose body quotes the offending packet.
+#[inline(always)]
+fn is_icmp_error(proto: u8, ty: u8) -> bool {
+    match proto {
+        proto::ICMP => matches!(ty, 3 | 11 | 12),
+        _ => matches!(ty, 1..=4),
+    }
+}
+
+/// Echo request and reply carry an identifier that pairs them.
+#[inline(always)]
+fn is_icmp_echo(proto: u8, ty: u8) -> bool {
+    match proto {
+        proto::ICMP => ty == 8 || ty == 0,
+        _ => ty == 128 || ty == 129,
+    }
+}
+
+/// Reads the transport header at `off`, which must lie within the IP
 /// datagram (ending at `ip_end`) as well as within the frame.
 #[inline(always)]
-fn parse_l4(b: &Bounds, proto: u8, off: usize, ip_end: usize) -> Result<(u16, u16), Reason> {
-    let (need, head) = match proto {
-        proto::TCP => (20, b.load::<[u8; 20]>(off).map(first4)),
-        proto::UDP => (8, b.load::<[u8; 8]>(off).map(first4)),
-        proto::SCTP => (12, b.load::<[u8; 12]>(off).map(first4)),
-        proto::ICMP | proto::ICMPV6 => (4, b.load::<[u8; 4]>(off)),
-        _ => return Ok((0, 0)),
-    };
-    let head = match head {
-        Some(h) if off + need <= ip_end => h,
-        _ => return Err(Reason::DropTruncatedL4),
-    };
-    if proto == proto::ICMP || proto == proto::ICMPV6 {
-        // type << 8 | code rides in the port field.
-        return Ok((0, u16::from_be_bytes([head[0], head[1]])));
+fn parse_l4(b: &Bounds, pkt: &mut Packet, off: usize, ip_end: usize) -> Result<(), Reason> {
+    match pkt.proto {
+        proto::TCP => {
+            let h: [u8; 20] = b.load(off).ok_or(Reason::DropTruncatedL4)?;
+            check_within(off + 20, ip_end)?;
+            pkt.ports = Ports { src: u16::from_be_bytes([h[0], h[1]]), dst: u16::from_be_bytes([h[2], h[3]]) };
+            pkt.tcp_flags = h[13];
+        }
+        proto::UDP => {
+            let h: [u8; 8] = b.load(off).ok_or(Reason::DropTruncatedL4)?;
+            check_within(off + 8, ip_end)?;
+            pkt.ports = Ports { src: u16::from_be_bytes([h[0], h[1]]), dst: u16::from_be_bytes([h[2], h[3]]) };
+        }
+        proto::SCTP => {
+            let h: [u8; 12] = b.load(off).ok_or(Reason::DropTruncatedL4)?;
+            check_within(off + 12, ip_end)?;
+            pkt.ports = Ports { src: u16::from_be_bytes([h[0], h[1]]), dst: u16::from_be_bytes([h[2], h[3]]) };
+        }
+        proto::ICMP | proto::ICMPV6 => {
+            // type, code, checksum, then 4 bytes whose meaning depends on
+            // the type (echo: identifier and sequence).
+            let h: [u8; 8] = b.load(off).ok_or(Reason::DropTruncatedL4)?;
+            check_within(off + 8, ip_end)?;
+            pkt.policy_port = u16::from_be_bytes([h[0], h[1]]);
+            if is_icmp_echo(pkt.proto, h[0]) {
+                let id = u16::from_be_bytes([h[4], h[5]]);
+                pkt.ports = Ports { src: id, dst: id };
+            } else if is_icmp_error(pkt.proto, h[0]) {
+                pkt.quoted.valid = parse_quoted(b, pkt, off + 8, ip_end);
+            }
+            return Ok(());
+        }
+        _ => {}
     }
-    Ok((u16::from_be_bytes([head[0], head[1]]), u16::from_be_bytes([head[2], head[3]])))
+    pkt.policy_port = pkt.ports.dst;
+    Ok(())
 }
 
 #[inline(always)]
-fn first4<const N: usize>(h: [u8; N]) -> [u8; 4] {
-    [h[0], h[1], h[2], h[3]]
+fn check_within(header_end: usize, ip_end: usize) -> Result<(), Reason> {
+    if header_end > ip_end {
+        Err(Reason::DropTruncatedL4)
+    } else {
+        Ok(())
+    }
+}
+
+/// The offending packet an ICMP error quotes: its IP header and the first
+/// 8 bytes of its payload (RFC 792 and RFC 4443 guarantee at least these).
+/// Left `None` (and `false` returned) when the quote is too short or not
+/// TCP/UDP/SCTP/echo: such an error matches no flow and is left to the
+/// policy. It returns a value because a BPF subprogram must not exit with a
+/// stack pointer left in R0, which LLVM may do for a `()` function.
+#[inline(never)]
+fn parse_quoted(b: &Bounds, pkt: &mut Packet, off: usize, ip_end: usize) -> bool {
+    let q = &mut pkt.quoted;
+    let l4 = if pkt.proto == proto::ICMP {
+        let Some(h) = b.load::<[u8; 20]>(off) else { return false };
+        let ihl = ((h[0] & 0x0f) as usize) * 4;
+        if h[0] >> 4 != 4 || ihl < 20 {
+            return false;
+        }
+        q.family = 4;
+        q.proto = h[9];
+        q.src[..4].copy_from_slice(&h[12..16]);
+        q.dst[..4].copy_from_slice(&h[16..20]);
+        off + ihl
+    } else {
+        let Some(h) = b.load::<[u8; 8]>(off) else { return false };
+        let (Some(src), Some(dst)) = (b.load::<[u8; 16]>(off + 8), b.load::<[u8; 16]>(off + 24)) else {
+            return false;
+        };
+        if h[0] >> 4 != 6 {
+            return false;
+        }
+        q.family = 6;
+        q.proto = h[6];
+        q.src = src;
+        q.dst = dst;
+        off + IPV6_HDR_LEN
+    };
+    let Some(t) = b.load::<[u8; 8]>(l4) else { return false };
+    if l4 + 8 > ip_end {
+        return false;
+    }
+    q.ports = match q.proto {
+        proto::TCP | proto::UDP | proto::SCTP => {
+            Ports { src: u16::from_be_bytes([t[0], t[1]]), dst: u16::from_be_bytes([t[2], t[3]]) }
+        }
+        proto::ICMP | proto::ICMPV6 if is_icmp_echo(q.proto, t[0]) => {
+            let id = u16::from_be_bytes([t[4], t[5]]);
+            Ports { src: id, dst: id }
+        }
+        _ => return false,
+    };
+    true
 }

@@ -17,10 +17,6 @@ impl Verdict {
         Self { reason, rule: NO_RULE }
     }
     #[inline(always)]
-    pub const fn pass_non_ip() -> Self {
-        Self { reason: Reason::PassNonIp, rule: NO_RULE }
-    }
-    #[inline(always)]
     pub const fn new(reason: Reason, rule: u32) -> Self {
         Self { reason, rule }
     }

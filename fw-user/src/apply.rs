@@ -80,3 +80,63 @@ fn remove_where<K: aya::Pod, V: aya::Pod>(
     }
     Ok(doomed.len())
 }
+
+/// Reads the active generation's entries back out of the kernel maps: what
+/// `fw explain --name` judges by, so it reports what is enforced.
+pub fn read_active(maps: &PolicyMaps, state: &crate::state::InstanceState) -> Result<CompiledPhase> {
+    use crate::compile::tables::{AddrEntry4, AddrEntry6, PhaseSettings, PortEntry};
+    use fw_common::{
+        policy::{ADDR_KEY_FIXED_BITS, PORT_KEY_CLASS_BITS, PORT_KEY_PROTO_BITS},
+        Action, Direction,
+    };
+
+    let generation = active_generation(maps)?;
+    let gen = generation.to_be_bytes();
+    let settings = maps.phases.get(&(generation & 1), 0).context("reading FW_PHASES")?;
+    let direction = |d: u8| if d == Direction::Inbound as u8 { Direction::Inbound } else { Direction::Egress };
+    let mut phase = CompiledPhase {
+        phase: state.phase.clone(),
+        settings: PhaseSettings {
+            egress_default: Action::from_u8(settings.egress_default),
+            inbound_default: Action::from_u8(settings.inbound_default),
+            audit: settings.audit != 0,
+        },
+        addr4: Vec::new(),
+        addr6: Vec::new(),
+        ports: Vec::new(),
+        rules: state.rules.clone(),
+    };
+    for item in maps.addr4.iter() {
+        let (key, class) = item.context("reading FW_ADDR4")?;
+        let data = key.data();
+        if data.generation == gen {
+            let prefix_len = (key.prefix_len() - ADDR_KEY_FIXED_BITS) as u8;
+            phase.addr4.push(AddrEntry4 { direction: direction(data.direction), addr: data.addr.into(), prefix_len, class });
+        }
+    }
+    for item in maps.addr6.iter() {
+        let (key, class) = item.context("reading FW_ADDR6")?;
+        let data = key.data();
+        if data.generation == gen {
+            let prefix_len = (key.prefix_len() - ADDR_KEY_FIXED_BITS) as u8;
+            phase.addr6.push(AddrEntry6 { direction: direction(data.direction), addr: data.addr.into(), prefix_len, class });
+        }
+    }
+    for item in maps.ports.iter() {
+        let (key, value) = item.context("reading FW_PORTS")?;
+        let data = key.data();
+        if data.generation == gen {
+            let bits = key.prefix_len();
+            let (proto, port, port_prefix_len) = if bits <= PORT_KEY_CLASS_BITS {
+                (None, 0, 0)
+            } else {
+                (Some(data.proto), data.port(), (bits - PORT_KEY_PROTO_BITS) as u8)
+            };
+            phase.ports.push(PortEntry { class: data.class(), proto, port, port_prefix_len, value });
+        }
+    }
+    phase.addr4.sort();
+    phase.addr6.sort();
+    phase.ports.sort();
+    Ok(phase)
+}

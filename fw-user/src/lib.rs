@@ -1,3 +1,24 @@
 //! `fw` userspace: policy language, compiler, loader and CLI.
 
 pub mod compile;
+pub mod eval;
+pub mod policy;
+pub mod apply;
+pub mod bpffs;
+pub mod cli;
+pub mod counters;
+pub mod linkinfo;
+pub mod loader;
+pub mod paths;
+pub mod policy_source;
+pub mod state;
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+pub mod explain;
+pub mod report;

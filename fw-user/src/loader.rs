@@ -259,3 +259,20 @@ fn remove_pin_dir(dir: &Path) -> Result<()> {
         Err(e) => Err(e).with_context(|| format!("reading {}", dir.display())),
     }
 }
+
+/// Loads both programs (without attaching them) and returns the number of
+/// instructions each has after verification.
+pub fn verified_instruction_counts() -> Result<Vec<(&'static str, u32)>> {
+    let mut ebpf = load(Capacity::default())?;
+    let mut counts = Vec::new();
+    for hook in Hook::ALL {
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(hook.program())
+            .ok_or_else(|| anyhow!("the kernel object has no program {}", hook.program()))?
+            .try_into()?;
+        program.load().with_context(|| format!("the kernel verifier rejected {}", hook.program()))?;
+        let bytes = program.info()?.size_translated().unwrap_or(0);
+        counts.push((hook.program(), bytes / 8));
+    }
+    Ok(counts)
+}

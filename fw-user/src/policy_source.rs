@@ -8,7 +8,7 @@ use anyhow::{anyhow, Context, Result};
 
 use crate::{
     compile::{self, tables::CompiledPhase},
-    policy::{self, Vars},
+    policy::{self, LoadedPolicy, Vars},
 };
 
 /// The shipped policies, by name.
@@ -31,8 +31,10 @@ pub struct PolicyText {
 }
 
 impl PolicyText {
-    /// `arg` is a path to a file, or a shipped policy's name.
+    /// `arg` is a path to a file, or a shipped policy's name (bare or as
+    /// `builtin:NAME`, the label a running instance records).
     pub fn resolve(arg: &str) -> Result<PolicyText> {
+        let arg = arg.strip_prefix("builtin:").unwrap_or(arg);
         let path = Path::new(arg);
         if path.exists() || arg.contains('/') || arg.ends_with(".yaml") || arg.ends_with(".yml") {
             let text = std::fs::read_to_string(path).with_context(|| format!("reading policy file {arg}"))?;
@@ -63,15 +65,21 @@ pub struct LoadedPhase {
     pub warnings: Vec<String>,
 }
 
-/// `--policy`, `--env-file`, `--phase` -> a compiled, capacity-checked phase.
-pub fn load_phase(policy_arg: &str, env: Option<&Path>, phase: &str) -> Result<LoadedPhase> {
+/// `--policy` and `--env-file` -> the validated policy, and its label.
+pub fn load_policy(policy_arg: &str, env: Option<&Path>) -> Result<(String, LoadedPolicy)> {
     let text = PolicyText::resolve(policy_arg)?;
     let vars = Vars::from_env_file(env_file(env).as_deref())?;
     let loaded = policy::parse_str(&text.text, &text.label, &vars)?;
+    Ok((text.label, loaded))
+}
+
+/// `--policy`, `--env-file`, `--phase` -> a compiled, capacity-checked phase.
+pub fn load_phase(policy_arg: &str, env: Option<&Path>, phase: &str) -> Result<LoadedPhase> {
+    let (label, loaded) = load_policy(policy_arg, env)?;
     let compiled = compile::compile_phase(&loaded.policy, phase)?;
     compile::check_capacity(&compiled, &compile::Limits::default())?;
     Ok(LoadedPhase {
-        source: text.label,
+        source: label,
         policy_name: loaded.policy.name.clone(),
         compiled,
         warnings: loaded.warnings.iter().map(|w| w.to_string()).collect(),

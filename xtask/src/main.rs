@@ -1,1 +1,47 @@
-fn main(){}
+//! `cargo xtask`: what cargo alone can't do for `fw`.
+//!
+//! `cargo build` already builds the eBPF object (fw-user's build script runs
+//! aya-build); xtask only prepares the machine for it (nightly + rust-src,
+//! bpf-linker against the nightly's LLVM, bpffs, test tools), runs `fw` as
+//! root on an interface, and runs both test suites, the privileged one in
+//! network namespaces.
+
+mod bootstrap;
+mod build;
+mod cmd;
+mod run;
+mod test;
+
+use std::process::exit;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, run and test fw")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Bootstrap the toolchain, then build fw (and its eBPF object).
+    Build(build::Options),
+    /// Build fw in release mode and run it as root (`fw run ARGS`).
+    Run(run::Options),
+    /// Run the unprivileged suite, then the privileged (root, netns) suite.
+    Test(test::Options),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Build(opts) => build::build(&opts),
+        Command::Run(opts) => run::run(&opts),
+        Command::Test(opts) => test::test(&opts),
+    };
+    if let Err(e) = result {
+        eprintln!("{e:#}");
+        exit(1);
+    }
+}

@@ -3,7 +3,9 @@
 //! Exit codes: 0 success; 1 "no" (`fw status`: not enforcing; `fw check`:
 //! problems found); 2 the command could not do its job.
 
+mod check;
 mod drops;
+mod explain;
 mod instance;
 mod run;
 mod status;
@@ -26,6 +28,8 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     Run(run::RunArgs),
+    Check(check::CheckArgs),
+    Explain(explain::ExplainArgs),
     Status(status::StatusArgs),
     Drops(drops::DropsArgs),
     Stop(stop::StopArgs),
@@ -34,6 +38,8 @@ pub enum Command {
 pub fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Check(args) => check::check(args),
+        Command::Explain(args) => explain::explain(args),
         Command::Status(args) => status::status(args),
         Command::Drops(args) => drops::drops(args),
         Command::Stop(args) => stop::stop(args),

@@ -1,0 +1,133 @@
+//! The per-packet decision, the same for both hooks, in this order:
+//!
+//! 1. ICMPv6 neighbour discovery and MLD pass: without them IPv6 stops.
+//! 2. No active policy -> drop (fail closed).
+//! 3. A later fragment follows its first fragment's verdict.
+//! 4. A packet of a tracked flow admitted under the active generation
+//!    passes (one hash lookup: the path almost every packet takes).
+//!    A flow admitted under another generation is re-checked against the
+//!    rule kind that admitted it, and forgotten when no longer allowed.
+//! 5. An ICMP error quoting a tracked flow passes (path MTU discovery).
+//! 6. Otherwise the policy decides; a packet an allow rule passes opens a
+//!    flow, so its replies and later packets take step 4.
+
+use fw_common::{flow::FLOW_INBOUND, policy::proto, Direction, Reason};
+
+use crate::{
+    flow, frag,
+    parse::{Frag, Packet},
+    policy::{self, Active},
+    verdict::{Verdict, NO_RULE},
+};
+
+/// ICMPv6 types 130-137 (MLD query/report/done, router and neighbour
+/// solicitation/advertisement, redirect) and 143 (MLDv2 report).
+#[inline(always)]
+fn is_icmpv6_control(pkt: &Packet) -> bool {
+    let ty = (pkt.policy_port >> 8) as u8;
+    pkt.proto == proto::ICMPV6 && ((130..=137).contains(&ty) || ty == 143)
+}
+
+/// Packets worth a flow entry: everything but ICMP other than echo requests
+/// (a flow is what lets the reply pass).
+#[inline(always)]
+fn opens_flow(pkt: &Packet) -> bool {
+    let ty = (pkt.policy_port >> 8) as u8;
+    match pkt.proto {
+        proto::ICMP => ty == 8,
+        proto::ICMPV6 => ty == 128,
+        _ => true,
+    }
+}
+
+/// Not inlined, so its keys do not share a stack frame with the parser's
+/// header copies (see `parse::parse_skb`).
+#[inline(never)]
+pub fn judge(direction: Direction, pkt: &Packet) -> Verdict {
+    if is_icmpv6_control(pkt) {
+        return Verdict::new(Reason::PassIcmpControl, NO_RULE);
+    }
+    let Some(active) = policy::active() else { return Verdict::drop(Reason::DropDefault) };
+    let now = flow::now_ns();
+    if pkt.frag == Frag::Later {
+        return frag::follow_first(pkt, now);
+    }
+    let key = flow::key(direction, pkt);
+    let tracked = match flow::get(&key, now) {
+        Some(entry) => recheck(&active, direction, pkt, &key, entry, now),
+        None => None,
+    };
+    let verdict = match tracked {
+        Some(v) => v,
+        None => {
+            let v = untracked(&active, direction, pkt, now);
+            if v.reason == Reason::PassRule && opens_flow(pkt) {
+                flow::admit(&key, direction, active.generation, v.rule, pkt.policy_port, pkt.tcp_flags, now);
+            }
+            v
+        }
+    };
+    if pkt.frag == Frag::First && !verdict.reason.is_drop() {
+        frag::remember_pass(pkt, verdict.rule, now);
+    }
+    verdict
+}
+
+/// Step 4: `Some(pass)` when the flow may continue, `None` when the policy
+/// must judge the packet afresh.
+#[inline(always)]
+fn recheck(
+    active: &Active,
+    direction: Direction,
+    pkt: &Packet,
+    key: &fw_common::FlowKey,
+    entry: *mut fw_common::FlowValue,
+    now: u64,
+) -> Option<Verdict> {
+    // SAFETY: pointer from a successful map lookup, valid for this run.
+    let value = unsafe { &mut *entry };
+    if value.generation != active.generation {
+        let origin = if value.flags & FLOW_INBOUND != 0 { Direction::Inbound } else { Direction::Egress };
+        let remote = policy::peer(direction, pkt);
+        match policy::lookup(active.generation, origin, remote, pkt.proto, value.policy_port) {
+            Some(v) if v.action() == fw_common::Action::Allow => {
+                value.generation = active.generation;
+                value.rule = v.rule;
+            }
+            _ => {
+                flow::forget(key);
+                return None;
+            }
+        }
+    }
+    flow::touch(entry, now, pkt.tcp_flags);
+    Some(Verdict::new(Reason::PassFlow, value.rule))
+}
+
+/// Steps 5 and 6.
+#[inline(always)]
+fn untracked(active: &Active, direction: Direction, pkt: &Packet, now: u64) -> Verdict {
+    if pkt.quoted.valid && flow::get(&flow::quoted_key(direction, &pkt.quoted), now).is_some() {
+        return Verdict::new(Reason::PassIcmpControl, NO_RULE);
+    }
+    let peer = policy::peer(direction, pkt);
+    let verdict = policy::decide(active, direction, peer, pkt.proto, pkt.policy_port);
+    if direction == Direction::Egress && verdict.reason == Reason::DropDefault && is_served(active, pkt, peer) {
+        // Sent from a port this host serves, to a peer that has no flow:
+        // not a reply to anything. Named apart so operators see it.
+        return Verdict::drop(Reason::DropSpoofedReply);
+    }
+    verdict
+}
+
+/// Does an inbound rule admit `peer` to this packet's source port?
+#[inline(always)]
+fn is_served(active: &Active, pkt: &Packet, peer: policy::Peer) -> bool {
+    if pkt.proto == proto::ICMP || pkt.proto == proto::ICMPV6 {
+        return false;
+    }
+    matches!(
+        policy::lookup(active.generation, Direction::Inbound, peer, pkt.proto, pkt.ports.src),
+        Some(v) if v.action() == fw_common::Action::Allow
+    )
+}

@@ -1,0 +1,113 @@
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{anyhow, bail, Result};
+use clap::Args;
+use fw_common::Direction;
+
+use super::instance::{require_root, resolve_name};
+use crate::{
+    apply,
+    compile::tables::CompiledPhase,
+    explain::{self, Explanation},
+    loader::PolicyMaps,
+    policy_source,
+    state::InstanceState,
+};
+
+/// Which rule allows or denies a packet, and why: computed from compiled
+/// tables (with --name, the tables live in the kernel), so it shows what is
+/// enforced. DEST is `ADDR[:PORT][/PROTO]`, IPv6 as `[2001:db8::1]:443/tcp`.
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    /// `203.0.113.5:443/tcp`, `[2001:db8::1]:443/tcp`, `host.example.com:443`,
+    /// `203.0.113.5/icmp`. With --inbound, the peer that connects and the
+    /// local port.
+    pub dest: String,
+    /// Explain against this policy file (or shipped policy) instead of a
+    /// running instance.
+    #[arg(long, requires = "phase", conflicts_with = "name")]
+    pub policy: Option<String>,
+    /// Phase of --policy.
+    #[arg(long)]
+    pub phase: Option<String>,
+    /// Running instance to ask (default: the only one, when no --policy).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// KEY=VALUE file for ${VARS} in --policy.
+    #[arg(long)]
+    pub env_file: Option<PathBuf>,
+    /// The peer of an inbound packet (same as giving it as DEST with --inbound).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Explain a packet arriving at this host instead of one leaving it.
+    #[arg(long)]
+    pub inbound: bool,
+    /// One JSON object (`verdict`, `rule`, ...) per address.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn explain(args: ExplainArgs) -> Result<ExitCode> {
+    let direction = if args.inbound || args.from.is_some() { Direction::Inbound } else { Direction::Egress };
+    let query_text = match (&args.from, direction) {
+        // `--from PEER DEST:PORT`: the peer's address with the local port.
+        (Some(from), _) => format!("{}{}", from.trim_end_matches(|c: char| c == '/'), port_part(&args.dest)),
+        _ => args.dest.clone(),
+    };
+    let queries = explain::parse_query(&query_text, direction)?;
+    let phase = compiled_phase(&args)?;
+    let explanations: Vec<Explanation> = queries.iter().map(|q| explain::explain(&phase, q)).collect();
+    for e in &explanations {
+        if args.json {
+            println!("{}", e.to_json());
+        } else {
+            print!("{}", e.render_text());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `:443/tcp` of `203.0.113.5:443/tcp` or `[2001:db8::1]:443/tcp`.
+fn port_part(dest: &str) -> &str {
+    let after_host = match dest.rfind(']') {
+        Some(i) => i + 1,
+        None => dest.find(':').unwrap_or(dest.len()),
+    };
+    let rest = &dest[after_host..];
+    if rest.starts_with(':') || rest.starts_with('/') {
+        rest
+    } else if let Some(i) = rest.find(['/', ':']) {
+        &rest[i..]
+    } else {
+        ""
+    }
+}
+
+fn compiled_phase(args: &ExplainArgs) -> Result<CompiledPhase> {
+    if let Some(policy) = &args.policy {
+        let phase = args.phase.as_deref().ok_or_else(|| anyhow!("--policy needs --phase"))?;
+        return Ok(policy_source::load_phase(policy, args.env_file.as_deref(), phase)?.compiled);
+    }
+    if args.phase.is_some() {
+        bail!("--phase goes with --policy; a running instance explains its active phase");
+    }
+    require_root("fw explain --name")?;
+    let name = resolve_name(args.name.clone())?;
+    let state = InstanceState::load(&name)?.ok_or_else(|| anyhow!("no fw instance named {name}"))?;
+    let maps = PolicyMaps::open(&name)?;
+    apply::read_active(&maps, &state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::port_part;
+
+    #[test]
+    fn the_local_port_part_is_taken_from_any_destination_form() {
+        assert_eq!(port_part("198.18.0.1:443/tcp"), ":443/tcp");
+        assert_eq!(port_part("[2001:db8::1]:443/tcp"), ":443/tcp");
+        assert_eq!(port_part(":3478/udp"), ":3478/udp");
+        assert_eq!(port_part("198.18.0.1/icmp"), "/icmp");
+        assert_eq!(port_part("198.18.0.1"), "");
+    }
+}

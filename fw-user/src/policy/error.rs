@@ -1,0 +1,135 @@
+//! Diagnostics of the policy front end: [`PolicyError`] (the policy is
+//! rejected) and [`Warning`] (accepted, but the operator should look).
+//! Both render as `FILE:LINE:COL: message`, the format editors jump to.
+
+use std::fmt;
+
+use super::ir::Pos;
+
+/// Why a policy (or an env file) was rejected, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyError {
+    pub file: String,
+    /// 1-based; 0 when the problem has no position (unreadable file).
+    pub line: usize,
+    pub col: usize,
+    pub kind: ErrorKind,
+}
+
+impl PolicyError {
+    pub(crate) fn new(file: &str, pos: Pos, kind: ErrorKind) -> Self {
+        PolicyError { file: file.to_string(), line: pos.line, col: pos.col, kind }
+    }
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file, self.kind)
+        } else {
+            write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.kind)
+        }
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+/// Every way a policy can be wrong. Each message says what was expected.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ErrorKind {
+    /// The file could not be read.
+    #[error("cannot read the file: {0}")]
+    Io(String),
+    /// Not well-formed YAML (or YAML features the language does not use:
+    /// anchors, tags, non-scalar keys).
+    #[error("YAML syntax: {0}")]
+    Syntax(String),
+    /// The same key twice in one mapping.
+    #[error("duplicate key `{key}` (first at line {first_line})")]
+    DuplicateKey { key: String, first_line: usize },
+    /// A node of the wrong shape, e.g. a mapping where a list was expected.
+    #[error("{what}: expected {expected}, found {found}")]
+    WrongType { what: String, expected: &'static str, found: &'static str },
+    /// A key the language does not know (typos are errors, not ignored).
+    #[error("unknown key `{key}` in {context} (expected one of: {})", expected.join(", "))]
+    UnknownKey { key: String, context: &'static str, expected: &'static [&'static str] },
+    #[error("{context} is missing the required key `{key}`")]
+    MissingKey { key: &'static str, context: String },
+    /// A value outside a fixed set of words.
+    #[error("`{key}: {value}` is not valid (expected {expected})")]
+    InvalidValue { key: &'static str, value: String, expected: &'static str },
+    #[error("an empty list for `{key}` matches nothing (leave the key out to match any, or write `any`)")]
+    EmptyList { key: &'static str },
+    #[error("phase `{phase}` extends `{parent}`, which is not a phase of this policy (phases: {})", known.join(", "))]
+    UnknownPhase { phase: String, parent: String, known: Vec<String> },
+    #[error("phases extend each other in a cycle: {}", cycle.join(" -> "))]
+    ExtendsCycle { cycle: Vec<String> },
+    #[error("the policy has no phases (expected a `phases:` mapping with at least one phase)")]
+    NoPhases,
+    #[error("a rule named `{name}` already exists at line {first_line} (rule names are unique across all phases)")]
+    DuplicateRuleName { name: String, first_line: usize },
+    #[error("address set `{name}` is defined twice")]
+    DuplicateAddressSet { name: String },
+    /// `to` in an inbound rule or `from` in an egress rule.
+    #[error("{direction} rules name their peer with `{expected}`, not `{found}`")]
+    WrongPeerKey { direction: &'static str, expected: &'static str, found: String },
+    #[error("unknown protocol `{0}` (expected tcp, udp, icmp, icmpv6, sctp or any)")]
+    UnknownProtocol(String),
+    #[error("`proto: any` takes no ports (name the protocols, e.g. `proto: [tcp, udp]`)")]
+    PortsWithAnyProtocol,
+    #[error("ports without a protocol: say which one, e.g. `proto: tcp`")]
+    PortsWithoutProtocol,
+    #[error("protocol without ports where ports are needed: {proto} matches by port (write `ports: any` for all ports)")]
+    MissingPorts { proto: String },
+    #[error(
+        "ports mean port numbers for {port_protocols} but type/code for {icmp_protocols}: write one rule for each"
+    )]
+    MixedPortMeaning { port_protocols: String, icmp_protocols: String },
+    #[error("`{0}` is not a port (expected a number 1-65535, a range \"a-b\", or any)")]
+    BadPort(String),
+    #[error("{0} out of bounds (ports are 1-65535)")]
+    PortOutOfBounds(String),
+    #[error("port range {0} is inverted (write the lower port first)")]
+    InvertedRange(String),
+    #[error("`{0}` is not an ICMP type (expected a type 0-255 or \"type/code\", e.g. 8 or \"3/4\", or any)")]
+    BadIcmpType(String),
+    #[error("`{0}` is not an address (expected an IPv4/IPv6 address or CIDR, `any`, a named address set, a host name or an http(s) URL)")]
+    BadAddress(String),
+    #[error("cannot resolve host name `{host}`: {reason} (mark the rule `optional: true` to leave it out instead)")]
+    UnresolvedHost { host: String, reason: String },
+    #[error(
+        "`{0}` is a wildcard name and nothing else is left in the rule: wildcard names cannot be resolved \
+         (DNS-aware names are a later feature); list addresses or CIDRs, or mark the rule `optional: true`"
+    )]
+    OnlyWildcardNames(String),
+    #[error("variable `{0}` is not set or empty (set it in the env file or the environment, or mark the rule `optional: true`)")]
+    UnsetVariable(String),
+    #[error("malformed variable reference in `{0}` (expected ${{NAME}})")]
+    MalformedVariable(String),
+    #[error("env file line is not KEY=VALUE: `{0}`")]
+    BadEnvLine(String),
+}
+
+/// Something `fw check` reports without rejecting the policy.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Warning {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    /// Stable short name: `host-bits`, `resolved-host`, `wildcard-name`,
+    /// `optional-left-out`, `shadowed-rule`, `allow-everything`.
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Warning {
+    pub(crate) fn new(file: &str, pos: Pos, code: &'static str, message: String) -> Self {
+        Warning { file: file.to_string(), line: pos.line, col: pos.col, code, message }
+    }
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: warning: {}", self.file, self.line, self.col, self.message)
+    }
+}

@@ -1,0 +1,401 @@
+//! Raw policy -> validated IR: expands variables, resolves names and
+//! address sets, parses protocols and ports, orders rules by file position
+//! and gives them their ids, resolves `extends`. Every rejection is a
+//! [`PolicyError`] at the position of the offending value; everything
+//! accepted but suspicious is a [`Warning`].
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
+
+use fw_common::Action;
+use ipnet::IpNet;
+
+use super::{
+    address::{parse_peer, Peer},
+    error::{ErrorKind, PolicyError, Warning},
+    ir::{merge_ranges, Phase, Policy, PortRange, Pos, ProtoPorts, Protocols, Rule},
+    protocols::{is_icmp, parse_icmp_entry, parse_port_entry, parse_protocol, protocol_name},
+    raw::{RawPhase, RawPolicy, RawRule, Text, TextList},
+    vars::{ExpandError, Vars},
+    Resolve,
+};
+use crate::compile::tables::PhaseSettings;
+
+pub(crate) fn lower(file: &str, raw: RawPolicy, vars: &Vars, resolve: &Resolve) -> Result<(Policy, Vec<Warning>), PolicyError> {
+    let mut lowerer = Lowerer { file, vars, resolve, warnings: Vec::new(), sets: HashMap::new() };
+    let policy = lowerer.policy(raw)?;
+    Ok((policy, lowerer.warnings))
+}
+
+/// Why a rule did not make it into the policy.
+enum RuleProblem {
+    /// The whole policy is rejected.
+    Fatal(PolicyError),
+    /// The rule is `optional` and something it needs is missing: it is left
+    /// out (it keeps its id and matches nothing) with a warning.
+    LeftOut { pos: Pos, reason: String },
+}
+
+impl From<PolicyError> for RuleProblem {
+    fn from(e: PolicyError) -> Self {
+        RuleProblem::Fatal(e)
+    }
+}
+
+struct Lowerer<'a> {
+    file: &'a str,
+    vars: &'a Vars,
+    resolve: &'a Resolve,
+    warnings: Vec<Warning>,
+    /// Named address sets, resolved.
+    sets: HashMap<String, Vec<IpNet>>,
+}
+
+fn any_address() -> Vec<IpNet> {
+    vec![IpNet::V4(Default::default()), IpNet::V6(Default::default())]
+}
+
+impl Lowerer<'_> {
+    fn error(&self, pos: Pos, kind: ErrorKind) -> PolicyError {
+        PolicyError::new(self.file, pos, kind)
+    }
+
+    fn warn(&mut self, pos: Pos, code: &'static str, message: String) {
+        self.warnings.push(Warning::new(self.file, pos, code, message));
+    }
+
+    /// Expands variables where an unset one is always an error.
+    fn expand(&self, text: &Text) -> Result<String, PolicyError> {
+        self.vars.expand(&text.value).map_err(|e| self.expand_error(text, e))
+    }
+
+    fn expand_error(&self, text: &Text, error: ExpandError) -> PolicyError {
+        match error {
+            ExpandError::Unset(name) => self.error(text.pos, ErrorKind::UnsetVariable(name)),
+            ExpandError::Malformed => self.error(text.pos, ErrorKind::MalformedVariable(text.value.clone())),
+        }
+    }
+
+    /// Expands variables in a rule: an unset one leaves an optional rule out.
+    fn expand_in_rule(&self, text: &Text, optional: bool) -> Result<String, RuleProblem> {
+        match self.vars.expand(&text.value) {
+            Ok(v) => Ok(v),
+            Err(ExpandError::Unset(name)) if optional => {
+                Err(RuleProblem::LeftOut { pos: text.pos, reason: format!("variable `{name}` is not set") })
+            }
+            Err(e) => Err(RuleProblem::Fatal(self.expand_error(text, e))),
+        }
+    }
+
+    fn policy(&mut self, raw: RawPolicy) -> Result<Policy, PolicyError> {
+        let name = match &raw.name {
+            Some(text) => self.expand(text)?,
+            None => std::path::Path::new(self.file).file_stem().map_or("policy".into(), |s| s.to_string_lossy().into()),
+        };
+        for (set_name, entries) in &raw.addresses {
+            let nets = self.address_set(set_name, entries)?;
+            self.sets.insert(set_name.value.clone(), nets);
+        }
+        if raw.phases.is_empty() {
+            return Err(self.error(raw.phases_pos, ErrorKind::NoPhases));
+        }
+        let phases = raw.phases.iter().map(|p| self.phase(p)).collect::<Result<Vec<_>, _>>()?;
+        self.check_extends(&raw.phases)?;
+
+        // File order is textual position, whichever phase or direction a
+        // rule is written under.
+        let mut raw_rules: Vec<(&str, &RawRule)> =
+            raw.phases.iter().flat_map(|p| p.rules.iter().map(move |r| (p.name.value.as_str(), r))).collect();
+        raw_rules.sort_by_key(|(_, r)| r.pos);
+
+        let mut first_line_of_name: HashMap<String, usize> = HashMap::new();
+        let mut rules = Vec::with_capacity(raw_rules.len());
+        for (id, (phase, raw_rule)) in raw_rules.into_iter().enumerate() {
+            let rule = self.rule(id as u32, phase, raw_rule)?;
+            if let Some(&first_line) = first_line_of_name.get(&rule.name) {
+                let name_pos = raw_rule.name.as_ref().map_or(raw_rule.pos, |n| n.pos);
+                return Err(self.error(name_pos, ErrorKind::DuplicateRuleName { name: rule.name, first_line }));
+            }
+            first_line_of_name.insert(rule.name.clone(), raw_rule.pos.line);
+            rules.push(rule);
+        }
+        Ok(Policy { name, file: self.file.to_string(), phases, rules })
+    }
+
+    fn address_set(&mut self, set_name: &Text, entries: &TextList) -> Result<Vec<IpNet>, PolicyError> {
+        if self.sets.contains_key(&set_name.value) {
+            return Err(self.error(set_name.pos, ErrorKind::DuplicateAddressSet { name: set_name.value.clone() }));
+        }
+        if entries.items.is_empty() {
+            return Err(self.error(entries.key_pos, ErrorKind::EmptyList { key: "addresses" }));
+        }
+        let mut nets = Vec::new();
+        for item in &entries.items {
+            let value = self.expand(item)?;
+            match parse_peer(&value).map_err(|kind| self.error(item.pos, kind))? {
+                Peer::Url { .. } => return Err(self.error(item.pos, ErrorKind::BadAddress(value))),
+                Peer::Wildcard(name) => self.warn_wildcard(item.pos, &name),
+                peer => match self.peer_nets(item.pos, peer, false) {
+                    Ok(found) => nets.extend(found),
+                    Err(RuleProblem::Fatal(e)) => return Err(e),
+                    Err(RuleProblem::LeftOut { .. }) => unreachable!("not optional"),
+                },
+            }
+        }
+        Ok(nets)
+    }
+
+    fn phase(&self, raw: &RawPhase) -> Result<Phase, PolicyError> {
+        let setting = |text: &Option<Text>, key: &'static str, expected: &'static str, default: bool, words: &[(&str, bool)]| {
+            let Some(text) = text else { return Ok(default) };
+            let value = self.expand(text)?;
+            words.iter().find(|(w, _)| *w == value).map(|(_, v)| *v).ok_or_else(|| {
+                self.error(text.pos, ErrorKind::InvalidValue { key, value, expected })
+            })
+        };
+        const DEFAULTS: &[(&str, bool)] = &[("allow", true), ("drop", false), ("deny", false)];
+        let egress_allows = setting(&raw.egress_default, "egress_default", "allow or drop", false, DEFAULTS)?;
+        let inbound_allows = setting(&raw.inbound_default, "inbound_default", "allow or drop", true, DEFAULTS)?;
+        let audit = setting(&raw.mode, "mode", "enforce or audit", false, &[("enforce", false), ("audit", true)])?;
+        let action = |allows: bool| if allows { Action::Allow } else { Action::Deny };
+        Ok(Phase {
+            name: raw.name.value.clone(),
+            extends: raw.extends.as_ref().map(|e| e.value.clone()),
+            settings: PhaseSettings {
+                egress_default: action(egress_allows),
+                inbound_default: action(inbound_allows),
+                audit,
+            },
+            pos: raw.name.pos,
+        })
+    }
+
+    /// Every `extends` names a phase, and following them never loops.
+    fn check_extends(&self, phases: &[RawPhase]) -> Result<(), PolicyError> {
+        let names: Vec<String> = phases.iter().map(|p| p.name.value.clone()).collect();
+        let parent_of: HashMap<&str, &Text> =
+            phases.iter().filter_map(|p| p.extends.as_ref().map(|e| (p.name.value.as_str(), e))).collect();
+        for phase in phases {
+            if let Some(parent) = &phase.extends {
+                if !names.contains(&parent.value) {
+                    let kind = ErrorKind::UnknownPhase {
+                        phase: phase.name.value.clone(),
+                        parent: parent.value.clone(),
+                        known: names.clone(),
+                    };
+                    return Err(self.error(parent.pos, kind));
+                }
+            }
+        }
+        for phase in phases {
+            let mut chain = vec![phase.name.value.as_str()];
+            let mut seen: HashSet<&str> = chain.iter().copied().collect();
+            while let Some(parent) = parent_of.get(chain[chain.len() - 1]) {
+                chain.push(parent.value.as_str());
+                if !seen.insert(parent.value.as_str()) {
+                    let cycle = chain.iter().map(|s| s.to_string()).collect();
+                    return Err(self.error(parent.pos, ErrorKind::ExtendsCycle { cycle }));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn rule(&mut self, id: u32, phase: &str, raw: &RawRule) -> Result<Rule, PolicyError> {
+        let Some(name_text) = &raw.name else {
+            return Err(self.error(raw.pos, ErrorKind::MissingKey { key: "name", context: "a rule".into() }));
+        };
+        let name = self.expand(name_text)?;
+        let action = match &raw.action {
+            None => Action::Allow,
+            Some(text) => match self.expand(text)?.as_str() {
+                "allow" => Action::Allow,
+                "deny" | "drop" => Action::Deny,
+                other => {
+                    let kind = ErrorKind::InvalidValue { key: "action", value: other.to_string(), expected: "allow or deny" };
+                    return Err(self.error(text.pos, kind));
+                }
+            },
+        };
+        let optional = raw.optional.is_some_and(|(_, flag)| flag);
+        let (peers, protocols) = match self.rule_match(raw, optional) {
+            Ok(m) => m,
+            Err(RuleProblem::Fatal(e)) => return Err(e),
+            Err(RuleProblem::LeftOut { pos, reason }) => {
+                self.warn(pos, "optional-left-out", format!("optional rule `{name}` left out: {reason}"));
+                (Vec::new(), Protocols::Any)
+            }
+        };
+        Ok(Rule { id, name, phase: phase.to_string(), direction: raw.direction, action, peers, protocols, pos: raw.pos })
+    }
+
+    /// The addresses and the protocols/ports of a rule.
+    fn rule_match(&mut self, raw: &RawRule, optional: bool) -> Result<(Vec<IpNet>, Protocols), RuleProblem> {
+        let (peers, url_ports) = match &raw.peers {
+            None => (any_address(), Vec::new()),
+            Some(list) => self.rule_peers(list, optional)?,
+        };
+        let protocols = self.rule_protocols(raw, optional, &url_ports)?;
+        let mut peers = peers;
+        peers.sort();
+        peers.dedup();
+        Ok((peers, protocols))
+    }
+
+    /// Returns the rule's CIDRs and the ports its URL entries imply.
+    fn rule_peers(&mut self, list: &TextList, optional: bool) -> Result<(Vec<IpNet>, Vec<u16>), RuleProblem> {
+        let key = "to/from";
+        if list.items.is_empty() {
+            return Err(self.error(list.key_pos, ErrorKind::EmptyList { key }).into());
+        }
+        let mut nets = Vec::new();
+        let mut url_ports = Vec::new();
+        let mut first_wildcard: Option<(Pos, String)> = None;
+        for item in &list.items {
+            let value = self.expand_in_rule(item, optional)?;
+            if let Some(set) = self.sets.get(&value) {
+                nets.extend(set.iter().copied());
+                continue;
+            }
+            match parse_peer(&value).map_err(|kind| self.error(item.pos, kind))? {
+                Peer::Wildcard(name) => {
+                    self.warn_wildcard(item.pos, &name);
+                    first_wildcard.get_or_insert((item.pos, name));
+                }
+                Peer::Url { host, port } => {
+                    url_ports.push(port);
+                    let host_peer = match host.parse::<IpAddr>() {
+                        Ok(addr) => Peer::Net { net: IpNet::from(addr), had_host_bits: false },
+                        Err(_) => Peer::Host(host),
+                    };
+                    nets.extend(self.peer_nets(item.pos, host_peer, optional)?);
+                }
+                peer => nets.extend(self.peer_nets(item.pos, peer, optional)?),
+            }
+        }
+        if nets.is_empty() {
+            if let Some((pos, name)) = first_wildcard {
+                return Err(if optional {
+                    RuleProblem::LeftOut { pos, reason: "only wildcard names, which cannot be resolved yet".into() }
+                } else {
+                    self.error(pos, ErrorKind::OnlyWildcardNames(name)).into()
+                });
+            }
+        }
+        Ok((nets, url_ports))
+    }
+
+    fn warn_wildcard(&mut self, pos: Pos, name: &str) {
+        self.warn(
+            pos,
+            "wildcard-name",
+            format!("`{name}` skipped: wildcard names cannot be resolved (DNS-aware names are a later feature)"),
+        );
+    }
+
+    /// CIDRs of `any`, an address/CIDR or a host name (resolved now).
+    fn peer_nets(&mut self, pos: Pos, peer: Peer, optional: bool) -> Result<Vec<IpNet>, RuleProblem> {
+        match peer {
+            Peer::Any => Ok(any_address()),
+            Peer::Net { net, had_host_bits } => {
+                if had_host_bits {
+                    self.warn(pos, "host-bits", format!("CIDR has host bits set; it means {net}"));
+                }
+                Ok(vec![net])
+            }
+            Peer::Host(host) => match (self.resolve)(&host) {
+                Ok(addrs) if !addrs.is_empty() => {
+                    let mut addrs = addrs;
+                    addrs.sort();
+                    addrs.dedup();
+                    let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+                    self.warn(
+                        pos,
+                        "resolved-host",
+                        format!("`{host}` resolved to {}; these addresses are fixed until the next compile", list.join(", ")),
+                    );
+                    Ok(addrs.into_iter().map(IpNet::from).collect())
+                }
+                result => {
+                    let reason = result.err().unwrap_or_else(|| "no addresses".into());
+                    if optional {
+                        Err(RuleProblem::LeftOut { pos, reason: format!("cannot resolve `{host}`: {reason}") })
+                    } else {
+                        Err(self.error(pos, ErrorKind::UnresolvedHost { host, reason }).into())
+                    }
+                }
+            },
+            Peer::Wildcard(_) | Peer::Url { .. } => unreachable!("handled by the callers"),
+        }
+    }
+
+    fn rule_protocols(&self, raw: &RawRule, optional: bool, url_ports: &[u16]) -> Result<Protocols, RuleProblem> {
+        let mut protos: Vec<u8> = Vec::new();
+        let mut any_named = false;
+        if let Some(list) = &raw.proto {
+            if list.items.is_empty() {
+                return Err(self.error(list.key_pos, ErrorKind::EmptyList { key: "proto" }).into());
+            }
+            for item in &list.items {
+                let value = self.expand_in_rule(item, optional)?;
+                match parse_protocol(&value).map_err(|kind| self.error(item.pos, kind))? {
+                    None => any_named = true,
+                    Some(p) => protos.push(p),
+                }
+            }
+        } else if !url_ports.is_empty() {
+            // A URL endpoint speaks TCP unless the rule says otherwise.
+            protos.push(fw_common::policy::proto::TCP);
+        }
+        protos.sort_unstable();
+        protos.dedup();
+
+        if any_named || protos.is_empty() {
+            return match &raw.ports {
+                None => Ok(Protocols::Any),
+                Some(ports) if raw.proto.is_some() => Err(self.error(ports.key_pos, ErrorKind::PortsWithAnyProtocol).into()),
+                Some(ports) => Err(self.error(ports.key_pos, ErrorKind::PortsWithoutProtocol).into()),
+            };
+        }
+
+        let (icmp_protos, port_protos): (Vec<u8>, Vec<u8>) = protos.iter().partition(|&&p| is_icmp(p));
+        let names = |list: &[u8]| list.iter().map(|&p| protocol_name(p)).collect::<Vec<_>>().join(", ");
+        let ranges: Vec<PortRange> = match &raw.ports {
+            Some(ports) => {
+                if !icmp_protos.is_empty() && !port_protos.is_empty() {
+                    let kind = ErrorKind::MixedPortMeaning { port_protocols: names(&port_protos), icmp_protocols: names(&icmp_protos) };
+                    return Err(self.error(ports.key_pos, kind).into());
+                }
+                if ports.items.is_empty() {
+                    return Err(self.error(ports.key_pos, ErrorKind::EmptyList { key: "ports" }).into());
+                }
+                let parse = if icmp_protos.is_empty() { parse_port_entry } else { parse_icmp_entry };
+                let mut ranges = Vec::new();
+                for item in &ports.items {
+                    let value = self.expand_in_rule(item, optional)?;
+                    ranges.push(parse(&value).map_err(|kind| self.error(item.pos, kind))?);
+                }
+                ranges
+            }
+            None if port_protos.is_empty() => vec![PortRange::ALL],
+            None if !url_ports.is_empty() => url_ports.iter().map(|&p| PortRange { first: p, last: p }).collect(),
+            None => {
+                let pos = raw.proto.as_ref().map_or(raw.pos, |p| p.key_pos);
+                return Err(self.error(pos, ErrorKind::MissingPorts { proto: names(&port_protos) }).into());
+            }
+        };
+        // Without `ports`, ICMP in a mixed list matches every type.
+        let ranges = merge_ranges(ranges);
+        Ok(Protocols::Only(
+            protos
+                .iter()
+                .map(|&proto| ProtoPorts {
+                    proto,
+                    ports: if is_icmp(proto) && raw.ports.is_none() { vec![PortRange::ALL] } else { ranges.clone() },
+                })
+                .collect(),
+        ))
+    }
+}

@@ -1,0 +1,79 @@
+//! The policy language: YAML in, a validated [`ir::Policy`] out.
+//!
+//! Pipeline (one concern per module):
+//! * [`raw`] reads YAML into structs that keep every value's line and column
+//!   and rejects unknown keys and wrong shapes;
+//! * [`vars`] expands `${NAME}` from an env file or the environment;
+//! * [`address`] and [`protocols`] give meaning to peer entries and to
+//!   protocols/ports;
+//! * [`lower`] validates and normalizes into [`ir`], resolving host names;
+//! * [`lint`] finds what is legal but suspicious (needs the compiled phases).
+//!
+//! Public API:
+//! * [`load`]`(path, &Vars) -> Result<LoadedPolicy, PolicyError>`: read and
+//!   validate a file, resolving host names with the system resolver;
+//! * [`parse_str`]`(text, file, &Vars)`: the same from a string (`file` only
+//!   labels diagnostics);
+//! * [`parse_str_with_resolver`]`(text, file, &Vars, &Resolve)`: with the
+//!   resolver given (tests use a fake one, never real DNS);
+//! * [`Vars::from_env_file`]`(Option<&Path>)`, [`Vars::from_pairs`];
+//! * [`lint::lint`]`(&Policy, &[CompiledPhase]) -> Vec<Warning>`.
+//!
+//! The semantics are written out in `docs/policy.md`.
+
+pub mod address;
+pub mod error;
+pub mod ir;
+pub mod lint;
+mod lower;
+pub mod protocols;
+pub mod raw;
+pub mod vars;
+
+use std::{
+    net::{IpAddr, ToSocketAddrs},
+    path::Path,
+};
+
+pub use self::{
+    error::{ErrorKind, PolicyError, Warning},
+    vars::Vars,
+};
+
+/// A validated policy and what loading it had to say.
+#[derive(Clone, Debug)]
+pub struct LoadedPolicy {
+    pub policy: ir::Policy,
+    /// Warnings of loading: host bits, resolved and wildcard names, optional
+    /// rules left out. `fw check` adds those of [`lint::lint`].
+    pub warnings: Vec<Warning>,
+}
+
+/// Resolves a host name to all its addresses (A and AAAA), or says why not.
+pub type Resolve = dyn Fn(&str) -> Result<Vec<IpAddr>, String>;
+
+/// The system resolver (`getaddrinfo`, so /etc/hosts and DNS).
+pub fn system_resolve(host: &str) -> Result<Vec<IpAddr>, String> {
+    (host, 0u16).to_socket_addrs().map(|addrs| addrs.map(|a| a.ip()).collect()).map_err(|e| e.to_string())
+}
+
+/// Reads and validates the policy at `path`.
+pub fn load(path: &Path, vars: &Vars) -> Result<LoadedPolicy, PolicyError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| PolicyError::new(&file, ir::Pos::default(), ErrorKind::Io(e.to_string())))?;
+    parse_str(&text, &file, vars)
+}
+
+/// Validates policy text, resolving names with the system resolver; `file`
+/// is only used in diagnostics.
+pub fn parse_str(text: &str, file: &str, vars: &Vars) -> Result<LoadedPolicy, PolicyError> {
+    parse_str_with_resolver(text, file, vars, &system_resolve)
+}
+
+/// [`parse_str`] with the host-name resolver given.
+pub fn parse_str_with_resolver(text: &str, file: &str, vars: &Vars, resolve: &Resolve) -> Result<LoadedPolicy, PolicyError> {
+    let raw = raw::parse(file, text)?;
+    let (policy, warnings) = lower::lower(file, raw, vars, resolve)?;
+    Ok(LoadedPolicy { policy, warnings })
+}

@@ -1,0 +1,142 @@
+//! `${NAME}` variables: values from an env file (the `KEY=VALUE` format of
+//! OpenVidu's `/opt/openvidu/.env`), else from the process environment.
+
+use std::{collections::HashMap, path::Path};
+
+use super::{
+    error::{ErrorKind, PolicyError},
+    ir::Pos,
+};
+
+/// Where variable values come from.
+#[derive(Clone, Debug, Default)]
+pub struct Vars {
+    file_values: HashMap<String, String>,
+    /// Fall back to the process environment (off in tests, so that a
+    /// developer's environment cannot change their outcome).
+    use_process_env: bool,
+}
+
+/// Why a string could not be expanded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ExpandError {
+    /// The variable is unset or empty.
+    Unset(String),
+    /// `${` without a closing `}` or with an invalid name.
+    Malformed,
+}
+
+impl Vars {
+    /// Values of `env_file` (if given), then the process environment.
+    pub fn from_env_file(env_file: Option<&Path>) -> Result<Vars, PolicyError> {
+        let mut vars = Vars { file_values: HashMap::new(), use_process_env: true };
+        if let Some(path) = env_file {
+            let file = path.display().to_string();
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| PolicyError::new(&file, Pos::default(), ErrorKind::Io(e.to_string())))?;
+            vars.file_values = parse_env_file(&file, &text)?;
+        }
+        Ok(vars)
+    }
+
+    /// Only these values; the process environment is not consulted.
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Vars {
+        Vars {
+            file_values: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            use_process_env: false,
+        }
+    }
+
+    /// The value of `name`; `None` if unset or empty (both mean "not
+    /// configured" in an OpenVidu env file, where `KEY=` is common).
+    pub fn get(&self, name: &str) -> Option<String> {
+        let value = match self.file_values.get(name) {
+            Some(v) => Some(v.clone()),
+            None if self.use_process_env => std::env::var(name).ok(),
+            None => None,
+        };
+        value.filter(|v| !v.is_empty())
+    }
+
+    /// Replaces every `${NAME}` in `text`.
+    pub(crate) fn expand(&self, text: &str) -> Result<String, ExpandError> {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let end = after.find('}').ok_or(ExpandError::Malformed)?;
+            let name = &after[..end];
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(ExpandError::Malformed);
+            }
+            out.push_str(&self.get(name).ok_or_else(|| ExpandError::Unset(name.to_string()))?);
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+}
+
+/// `KEY=VALUE` lines; blank lines and `#` comments are skipped, an `export `
+/// prefix is allowed, and a value in matching single or double quotes loses
+/// them. A line that is none of these is an error with its line number.
+fn parse_env_file(file: &str, text: &str) -> Result<HashMap<String, String>, PolicyError> {
+    let mut values = HashMap::new();
+    for (index, raw_line) in text.lines().enumerate() {
+        let line = raw_line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let bad = || {
+            let pos = Pos { line: index + 1, col: 1 };
+            PolicyError::new(file, pos, ErrorKind::BadEnvLine(raw_line.to_string()))
+        };
+        let (key, value) = line.split_once('=').ok_or_else(bad)?;
+        let key = key.trim();
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(bad());
+        }
+        let value = value.trim();
+        let unquoted = [('"', '"'), ('\'', '\'')]
+            .iter()
+            .find_map(|&(open, close)| value.strip_prefix(open)?.strip_suffix(close))
+            .unwrap_or(value);
+        values.insert(key.to_string(), unquoted.to_string());
+    }
+    Ok(values)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_file_lines_comments_and_quotes() {
+        let text = "# OpenVidu\nDOMAIN_OR_PUBLIC_IP=203.0.113.10\n\nexport A='x y'\nB=\"q\"\nEMPTY=\n";
+        let values = parse_env_file(".env", text).unwrap();
+        assert_eq!(values["DOMAIN_OR_PUBLIC_IP"], "203.0.113.10");
+        assert_eq!(values["A"], "x y");
+        assert_eq!(values["B"], "q");
+        assert_eq!(values["EMPTY"], "");
+    }
+
+    #[test]
+    fn env_file_error_names_the_line() {
+        let err = parse_env_file(".env", "A=1\nnot a pair\n").unwrap_err();
+        assert_eq!((err.line, err.col), (2, 1));
+        assert_eq!(err.to_string(), ".env:2:1: env file line is not KEY=VALUE: `not a pair`");
+    }
+
+    #[test]
+    fn expansion_replaces_every_reference_and_reports_unset_or_empty() {
+        let vars = Vars::from_pairs([("HOST", "203.0.113.5"), ("PORT", "8443"), ("EMPTY", "")]);
+        assert_eq!(vars.expand("https://${HOST}:${PORT}/x").unwrap(), "https://203.0.113.5:8443/x");
+        assert_eq!(vars.expand("plain").unwrap(), "plain");
+        assert_eq!(vars.expand("${NOPE}"), Err(ExpandError::Unset("NOPE".into())));
+        assert_eq!(vars.expand("${EMPTY}"), Err(ExpandError::Unset("EMPTY".into())));
+        assert_eq!(vars.expand("${OPEN"), Err(ExpandError::Malformed));
+        assert_eq!(vars.expand("${a b}"), Err(ExpandError::Malformed));
+    }
+}

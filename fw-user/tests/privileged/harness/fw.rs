@@ -1,0 +1,269 @@
+//! The `fw` binary under test: a guard around a running `fw run`, and
+//! bounded runs of its other commands. Every `fw` process runs inside the
+//! test's namespace, where `--iface` names resolve.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde::Deserialize;
+
+use super::{netns::Netns, unique_name, TempDir};
+
+pub const FW: &str = env!("CARGO_BIN_EXE_fw");
+const PIN_ROOT: &str = "/sys/fs/bpf/fw";
+const FW_RUN_DIR: &str = "/run/fw";
+
+pub fn pin_dir(name: &str) -> PathBuf {
+    Path::new(PIN_ROOT).join(name)
+}
+
+/// Everything an `fw` process printed, and how it ended.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// Asserts the contract for bad input: non-zero exit and exactly one
+    /// non-empty line on stderr. Returns that line.
+    pub fn one_line_error(&self) -> &str {
+        assert!(!self.status.success(), "expected failure, got success: {self:#?}");
+        let lines: Vec<&str> = self.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "expected a one-line error on stderr: {self:#?}");
+        lines[0]
+    }
+}
+
+/// Runs `cmd` with its output in files (no pipe can fill up), and kills it
+/// if it is still running after `limit`: a command that should fail at once
+/// must not hang the suite by succeeding into the foreground.
+pub fn run_bounded(cmd: Command, limit: Duration) -> Finished {
+    try_run_bounded(cmd, limit).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`run_bounded`] that never panics, for guards' `Drop`.
+fn try_run_bounded(mut cmd: Command, limit: Duration) -> Result<Finished, String> {
+    let dir = std::env::temp_dir().join(unique_name());
+    fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let result = run_with_files(&mut cmd, limit, &dir.join("stdout"), &dir.join("stderr"));
+    let _ = fs::remove_dir_all(&dir);
+    result
+}
+
+fn run_with_files(cmd: &mut Command, limit: Duration, out_path: &Path, err_path: &Path) -> Result<Finished, String> {
+    let file = |p: &Path| fs::File::create(p).map_err(|e| format!("creating {}: {e}", p.display()));
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(file(out_path)?)
+        .stderr(file(err_path)?)
+        .spawn()
+        .map_err(|e| format!("starting {cmd:?}: {e}"))?;
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| format!("waiting for {cmd:?}: {e}"))? {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "{cmd:?} still running after {limit:?}; stderr so far:\n{}",
+                fs::read_to_string(err_path).unwrap_or_default()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Ok(Finished {
+        status,
+        stdout: fs::read_to_string(out_path).unwrap_or_default(),
+        stderr: fs::read_to_string(err_path).unwrap_or_default(),
+    })
+}
+
+/// `fw ARGS` inside `ns`, bounded to 30 s.
+pub fn fw(ns: &Netns, args: &[&str]) -> Finished {
+    let mut cmd = ns.command(FW);
+    cmd.args(args);
+    run_bounded(cmd, Duration::from_secs(30))
+}
+
+/// Counters of one instance, as `fw drops --json` prints them.
+#[derive(Debug, Deserialize)]
+pub struct Drops {
+    pub name: String,
+    pub phase: String,
+    pub reasons: Vec<ReasonCount>,
+    pub rules: Vec<RuleCount>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReasonCount {
+    pub direction: String,
+    pub reason: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RuleCount {
+    pub name: String,
+    pub direction: String,
+    pub action: String,
+    pub packets: u64,
+}
+
+impl Drops {
+    /// (packets, bytes) of egress `reason`; a reason that is not listed has
+    /// counted nothing.
+    pub fn egress(&self, reason: &str) -> (u64, u64) {
+        self.reasons
+            .iter()
+            .filter(|r| r.direction == "egress" && r.reason == reason)
+            .fold((0, 0), |(p, b), r| (p + r.packets, b + r.bytes))
+    }
+
+    /// The counters of the rule called `name`; panics if there is none.
+    pub fn rule(&self, name: &str) -> &RuleCount {
+        self.rules
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no rule {name:?} in {self:#?}"))
+    }
+}
+
+/// A running `fw run`, from the moment `fw status` says it enforces. On
+/// drop: `fw stop`, kill and reap the process, and remove whatever pins or
+/// state it left.
+pub struct Fw<'ns> {
+    ns: &'ns Netns,
+    name: String,
+    child: Option<Child>,
+    /// `fw stop` succeeded: nothing left for `Drop` to stop.
+    stopped: bool,
+    /// stdout and stderr of `fw run`, shown when it fails.
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl<'ns> Fw<'ns> {
+    /// Starts `fw run` on `iface` in `ns` and waits until it enforces.
+    pub fn start(ns: &'ns Netns, iface: &str, policy: &Path, phase: &str) -> Self {
+        let name = unique_name();
+        let dir = TempDir::new();
+        let log = dir.path().join("fw-run.log");
+        let out = fs::File::create(&log).expect("creating the fw log");
+        let err = out.try_clone().expect("cloning the fw log");
+        let mut cmd = ns.command(FW);
+        cmd.args(["run", "--iface", iface, "--phase", phase, "--name", &name, "--interval", "1"])
+            .arg("--policy")
+            .arg(policy)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+        let mut fw = Self { ns, name, child: Some(child), stopped: false, log, _dir: dir };
+        fw.wait_ready();
+        fw
+    }
+
+    /// Polls `fw status` until it exits 0: a bounded readiness check that
+    /// gives up (with fw's output) if `fw run` exits or 20 s pass.
+    fn wait_ready(&mut self) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().expect("waiting for fw run")) {
+                panic!("`fw run` exited before enforcing ({status}):\n{}", self.log_text());
+            }
+            if self.status().status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("`fw status --name {}` did not succeed within 20 s; fw run printed:\n{}", self.name, self.log_text());
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `fw status --name NAME`.
+    pub fn status(&self) -> Finished {
+        fw(self.ns, &["status", "--name", &self.name])
+    }
+
+    /// `fw drops --name NAME --json`, parsed.
+    pub fn drops(&self) -> Drops {
+        let out = fw(self.ns, &["drops", "--name", &self.name, "--json"]);
+        assert!(out.status.success(), "fw drops failed: {out:#?}");
+        let drops: Drops = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("fw drops --json printed something else than one Drops object ({e}):\n{}", out.stdout));
+        assert_eq!(drops.name, self.name);
+        drops
+    }
+
+    /// Polls `fw drops` until `done` holds (counters of packets that were
+    /// already sent can land a moment later, e.g. behind neighbour
+    /// resolution), at most 3 s. Returns the last reading either way; the
+    /// caller asserts on it.
+    pub fn drops_when(&self, done: impl Fn(&Drops) -> bool) -> Drops {
+        let start = Instant::now();
+        loop {
+            let drops = self.drops();
+            if done(&drops) || start.elapsed() > Duration::from_secs(3) {
+                return drops;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `fw stop`, which must succeed, and the end of `fw run`.
+    pub fn stop(&mut self) {
+        let out = fw(self.ns, &["stop", "--name", &self.name]);
+        assert!(out.status.success(), "fw stop failed: {out:#?}\nfw run printed:\n{}", self.log_text());
+        self.stopped = true;
+        self.reap();
+    }
+
+    /// Kills the `fw run` process (as a crash would), leaving its pins.
+    pub fn kill_run_process(&mut self) {
+        let mut child = self.child.take().expect("fw run is running");
+        child.kill().expect("killing fw run");
+        child.wait().expect("reaping fw run");
+    }
+
+    fn reap(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Fw<'_> {
+    fn drop(&mut self) {
+        if !self.stopped {
+            let mut cmd = self.ns.command(FW);
+            cmd.args(["stop", "--name", &self.name]);
+            let _ = try_run_bounded(cmd, Duration::from_secs(30));
+        }
+        self.reap();
+        remove_leftovers(&self.name);
+    }
+}
+
+/// Removes the pins and state of instance `name`, if any are left.
+pub fn remove_leftovers(name: &str) {
+    let _ = fs::remove_dir_all(pin_dir(name));
+    let _ = fs::remove_file(Path::new(FW_RUN_DIR).join(format!("{name}.json")));
+    let _ = fs::remove_file(Path::new(FW_RUN_DIR).join(format!("{name}.sock")));
+}

@@ -1,0 +1,270 @@
+//! Prepares the machine: every step checks first, does work only when
+//! something is missing, and prints one line when (and only when) it acts.
+//! A second run prints nothing and does nothing.
+//!
+//! * the nightly toolchain with `rust-src` (the eBPF target builds `core`);
+//! * `bpf-linker`, built against the nightly's own LLVM (no system LLVM
+//!   matches it), through a stable prefix directory whose `lib/libLLVM.so`
+//!   links to the nightly's library; the binary's RUNPATH points there, so
+//!   the prefix lives in `~/.cache/fw/`, not in `target/` or `/tmp`;
+//! * bpffs at `/sys/fs/bpf` (pins), for the privileged tests (as root;
+//!   `xtask run` mounts it itself, through sudo if need be);
+//! * the tools the privileged tests drive (`ip`, `nsenter`, `setpriv`).
+
+use std::{
+    fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::cmd;
+
+/// What the bootstrapped machine must be able to do.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Build fw and its eBPF object.
+    Build,
+    /// Also run the privileged tests: bpffs (if root) and the netns tools.
+    Test,
+}
+
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+pub fn bootstrap(purpose: Purpose) -> Result<()> {
+    cargo_bin_on_path()?;
+    nightly_with_rust_src()?;
+    bpf_linker()?;
+    match purpose {
+        Purpose::Build => {}
+        Purpose::Test => {
+            test_tools()?;
+            if cmd::is_root() {
+                mount_bpffs()?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `cargo install` puts bpf-linker in `$CARGO_HOME/bin`; aya-build looks it
+/// up on PATH, so make sure that directory is there for every child.
+fn cargo_bin_on_path() -> Result<()> {
+    let bin = cargo_home()?.join("bin");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|p| p == bin) {
+        return Ok(());
+    }
+    let joined = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&path)))
+        .context("PATH cannot hold $CARGO_HOME/bin")?;
+    std::env::set_var("PATH", joined);
+    Ok(())
+}
+
+fn cargo_home() -> Result<PathBuf> {
+    if let Some(home) = std::env::var_os("CARGO_HOME") {
+        return Ok(home.into());
+    }
+    Ok(home_dir()?.join(".cargo"))
+}
+
+fn home_dir() -> Result<PathBuf> {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .context("HOME is not set")
+}
+
+fn nightly_with_rust_src() -> Result<()> {
+    if cmd::which("rustup").is_none() {
+        bail!("rustup not found: building the eBPF object needs a nightly toolchain with rust-src, managed by rustup");
+    }
+    let toolchains = cmd::output(Command::new("rustup").args(["toolchain", "list"]))?;
+    let has_nightly = toolchains
+        .lines()
+        .any(|l| l.split_whitespace().next().is_some_and(|t| t.starts_with("nightly")));
+    if !has_nightly {
+        println!("installing the nightly toolchain (builds the eBPF object)");
+        cmd::run(Command::new("rustup").args([
+            "toolchain", "install", "nightly", "--profile", "minimal",
+        ]))?;
+    }
+    let components = cmd::output(Command::new("rustup").args([
+        "component", "list", "--toolchain", "nightly", "--installed",
+    ]))?;
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        println!("adding rust-src to the nightly toolchain (the eBPF target builds core from source)");
+        cmd::run(Command::new("rustup").args([
+            "component", "add", "rust-src", "--toolchain", "nightly",
+        ]))?;
+    }
+    Ok(())
+}
+
+/// A bpf-linker that is on PATH but cannot start (its libLLVM moved away) is
+/// as good as missing, so the check runs it.
+fn bpf_linker() -> Result<()> {
+    let works = Command::new("bpf-linker")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if works {
+        return Ok(());
+    }
+    let llvm = NightlyLlvm::find()?;
+    let prefix = llvm_prefix(&llvm)?;
+    println!(
+        "building bpf-linker against nightly's LLVM {} (takes about a minute)",
+        llvm.major
+    );
+    cmd::run(
+        cmd::cargo()
+            .args(["install", "bpf-linker", "--force", "--locked", "--no-default-features"])
+            .arg("--features")
+            .arg(format!("llvm-{}", llvm.major))
+            .env("LLVM_PREFIX", &prefix),
+    )
+    .context("building bpf-linker")?;
+    Ok(())
+}
+
+/// The LLVM shared library that ships inside the nightly toolchain.
+struct NightlyLlvm {
+    major: u32,
+    /// `<sysroot>/lib/libLLVM.so.<ver>-rust-<...>`
+    library: PathBuf,
+}
+
+impl NightlyLlvm {
+    fn find() -> Result<Self> {
+        let vv = cmd::output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+        let major = parse_llvm_major(&vv)
+            .with_context(|| format!("no \"LLVM version: X.Y.Z\" line in `rustc +nightly -vV`:\n{vv}"))?;
+        let sysroot = cmd::output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+        let lib = Path::new(sysroot.trim()).join("lib");
+        let library = fs::read_dir(&lib)
+            .with_context(|| format!("reading {}", lib.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("libLLVM.so."))
+            })
+            .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
+        Ok(Self { major, library })
+    }
+}
+
+fn parse_llvm_major(rustc_vv: &str) -> Option<u32> {
+    rustc_vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))?
+        .split('.')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// `~/.cache/fw/llvm-<major>/lib/libLLVM.so` -> the nightly's library, for
+/// llvm-sys to link against, plus a link under the library's own name (its
+/// soname), which the built bpf-linker loads through its RUNPATH to this
+/// directory. So the prefix must outlive the build.
+fn llvm_prefix(llvm: &NightlyLlvm) -> Result<PathBuf> {
+    let prefix = home_dir()?
+        .join(".cache/fw")
+        .join(format!("llvm-{}", llvm.major));
+    let lib = prefix.join("lib");
+    fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
+    let soname = llvm.library.file_name().context("libLLVM path has a file name")?;
+    for name in [std::ffi::OsStr::new("libLLVM.so"), soname] {
+        let link = lib.join(name);
+        if fs::read_link(&link).ok().as_deref() != Some(llvm.library.as_path()) {
+            // Stale (an older nightly) or absent: point it at today's library.
+            let _ = fs::remove_file(&link);
+            symlink(&llvm.library, &link).with_context(|| {
+                format!("linking {} to {}", link.display(), llvm.library.display())
+            })?;
+        }
+    }
+    Ok(prefix)
+}
+
+pub fn bpffs_mounted() -> Result<bool> {
+    let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    Ok(mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let (_dev, dir, fstype) = (f.next(), f.next(), f.next());
+        dir == Some(BPFFS) && fstype == Some("bpf")
+    }))
+}
+
+/// Mounts bpffs (as root) when it is not mounted yet.
+pub fn mount_bpffs() -> Result<()> {
+    if bpffs_mounted()? {
+        return Ok(());
+    }
+    if !cmd::is_root() {
+        bail!("bpffs is not mounted at {BPFFS} and mounting it needs root");
+    }
+    println!("mounting bpffs at {BPFFS} (pins keep fw attached)");
+    cmd::run(Command::new("mount").args(["-t", "bpf", "bpffs", BPFFS]))
+}
+
+/// Commands the privileged tests run, and the Debian package of each.
+const TEST_TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("nsenter", "util-linux"),
+    ("setpriv", "util-linux"),
+    ("mount", "mount"),
+];
+
+fn test_tools() -> Result<()> {
+    let mut packages: Vec<&str> = TEST_TOOLS
+        .iter()
+        .filter(|(tool, _)| cmd::which(tool).is_none() && !in_sbin(tool))
+        .map(|&(_, package)| package)
+        .collect();
+    packages.sort_unstable();
+    packages.dedup();
+    if packages.is_empty() {
+        return Ok(());
+    }
+    if !cmd::is_root() {
+        bail!(
+            "the privileged tests need {} (apt-get install {}), and installing needs root",
+            packages.join(", "),
+            packages.join(" ")
+        );
+    }
+    println!("installing test tools: {}", packages.join(" "));
+    cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
+    cmd::run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&packages),
+    )
+}
+
+/// A non-root PATH often lacks /sbin and /usr/sbin, where `ip` lives.
+fn in_sbin(tool: &str) -> bool {
+    ["/usr/sbin", "/sbin"]
+        .iter()
+        .any(|d| Path::new(d).join(tool).exists())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llvm_major_comes_from_the_llvm_version_line() {
+        let vv = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)\nbinary: rustc\nhost: x86_64-unknown-linux-gnu\nLLVM version: 22.1.4\n";
+        assert_eq!(parse_llvm_major(vv), Some(22));
+        assert_eq!(parse_llvm_major("rustc 1.0.0\n"), None);
+    }
+}
