@@ -95,7 +95,7 @@ pub fn read_active(maps: &PolicyMaps, state: &crate::state::InstanceState) -> Re
     let settings = maps.phases.get(&(generation & 1), 0).context("reading FW_PHASES")?;
     let direction = |d: u8| if d == Direction::Inbound as u8 { Direction::Inbound } else { Direction::Egress };
     let mut phase = CompiledPhase {
-        phase: state.phase.clone(),
+        phase: state.enforced.phase.clone(),
         settings: PhaseSettings {
             egress_default: Action::from_u8(settings.egress_default),
             inbound_default: Action::from_u8(settings.inbound_default),
@@ -104,7 +104,7 @@ pub fn read_active(maps: &PolicyMaps, state: &crate::state::InstanceState) -> Re
         addr4: Vec::new(),
         addr6: Vec::new(),
         ports: Vec::new(),
-        rules: state.rules.clone(),
+        rules: state.enforced.rules.clone(),
     };
     for item in maps.addr4.iter() {
         let (key, class) = item.context("reading FW_ADDR4")?;
@@ -139,4 +139,25 @@ pub fn read_active(maps: &PolicyMaps, state: &crate::state::InstanceState) -> Re
     phase.addr6.sort();
     phase.ports.sort();
     Ok(phase)
+}
+
+/// How full the maps are.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct EntryCounts {
+    /// Entries of the given generation.
+    pub addr4: usize,
+    pub addr6: usize,
+    pub ports: usize,
+    /// Tracked flows (all generations, expired ones not yet evicted included).
+    pub flows: usize,
+}
+
+pub fn count_entries(maps: &PolicyMaps, generation: u32) -> Result<EntryCounts> {
+    let gen = generation.to_be_bytes();
+    Ok(EntryCounts {
+        addr4: maps.addr4.keys().filter_map(|k| k.ok()).filter(|k| k.data().generation == gen).count(),
+        addr6: maps.addr6.keys().filter_map(|k| k.ok()).filter(|k| k.data().generation == gen).count(),
+        ports: maps.ports.keys().filter_map(|k| k.ok()).filter(|k| k.data().generation == gen).count(),
+        flows: maps.flows.keys().filter_map(|k| k.ok()).count(),
+    })
 }

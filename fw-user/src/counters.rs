@@ -4,20 +4,20 @@
 
 use anyhow::Result;
 use fw_common::{stats::stats_index, Counter, Direction, Reason};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{compile::tables::RuleInfo, loader::CounterMaps};
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ReasonCount {
-    pub direction: &'static str,
-    pub reason: &'static str,
+    pub direction: String,
+    pub reason: String,
     pub drop: bool,
     pub packets: u64,
     pub bytes: u64,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RuleCount {
     pub id: u32,
     pub name: String,
@@ -27,7 +27,7 @@ pub struct RuleCount {
     pub bytes: u64,
 }
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Snapshot {
     /// Every (direction, reason) pair, zero or not, in a fixed order.
     pub reasons: Vec<ReasonCount>,
@@ -42,8 +42,8 @@ impl Snapshot {
             for reason in Reason::ALL {
                 let c = CounterMaps::sum(&maps.stats, stats_index(direction, reason))?;
                 reasons.push(ReasonCount {
-                    direction: direction.as_str(),
-                    reason: reason.as_str(),
+                    direction: direction.as_str().to_string(),
+                    reason: reason.as_str().to_string(),
                     drop: reason.is_drop(),
                     packets: c.packets,
                     bytes: c.bytes,
@@ -68,6 +68,11 @@ impl Snapshot {
     /// Packets dropped in total.
     pub fn dropped(&self) -> u64 {
         self.reasons.iter().filter(|r| r.drop).map(|r| r.packets).sum()
+    }
+
+    /// The same entries, every counter zero.
+    pub fn zeroed(&self) -> Snapshot {
+        self.since(self)
     }
 
     /// `self - earlier`, entry by entry (both read from the same instance).
@@ -121,8 +126,8 @@ impl Snapshot {
 mod tests {
     use super::*;
 
-    fn reason(reason: &'static str, drop: bool, packets: u64) -> ReasonCount {
-        ReasonCount { direction: "egress", reason, drop, packets, bytes: packets * 100 }
+    fn reason(reason: &str, drop: bool, packets: u64) -> ReasonCount {
+        ReasonCount { direction: "egress".into(), reason: reason.into(), drop, packets, bytes: packets * 100 }
     }
 
     #[test]

@@ -2,13 +2,18 @@
 
 pub mod compile;
 pub mod eval;
+pub mod explain;
 pub mod policy;
+pub mod report;
 pub mod apply;
 pub mod bpffs;
 pub mod cli;
+pub mod control;
 pub mod counters;
 pub mod linkinfo;
 pub mod loader;
+pub mod lock;
+pub mod ops;
 pub mod paths;
 pub mod policy_source;
 pub mod state;
@@ -20,5 +25,3 @@ pub fn unix_now() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
-pub mod explain;
-pub mod report;

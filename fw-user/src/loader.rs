@@ -10,7 +10,7 @@ use std::{fs, io, path::Path};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{Array, LpmTrie, Map, MapData, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray},
     programs::{
         links::{FdLink, Link, PinnedLink},
         tc::{self, SchedClassifier, SchedClassifierLink, TcAttachOptions, TcAttachType},
@@ -18,7 +18,7 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use fw_common::{maps, AddrKey4, AddrKey6, Config, Counter, PhaseConfig, PolicyValue, PortKey};
+use fw_common::{maps, AddrKey4, AddrKey6, Config, Counter, FlowKey, FlowValue, PhaseConfig, PolicyValue, PortKey};
 
 use crate::paths;
 
@@ -50,6 +50,7 @@ pub struct PolicyMaps {
     pub addr4: LpmTrie<MapData, AddrKey4, u32>,
     pub addr6: LpmTrie<MapData, AddrKey6, u32>,
     pub ports: LpmTrie<MapData, PortKey, PolicyValue>,
+    pub flows: HashMap<MapData, FlowKey, FlowValue>,
 }
 
 /// The counter maps of an instance.
@@ -90,6 +91,7 @@ impl PolicyMaps {
             addr4: take(ebpf, maps::ADDR4)?.try_into()?,
             addr6: take(ebpf, maps::ADDR6)?.try_into()?,
             ports: take(ebpf, maps::PORTS)?.try_into()?,
+            flows: take(ebpf, maps::FLOWS)?.try_into()?,
         })
     }
 
@@ -101,6 +103,7 @@ impl PolicyMaps {
             addr4: LpmTrie::try_from(Map::LpmTrie(open_pinned(instance, maps::ADDR4)?))?,
             addr6: LpmTrie::try_from(Map::LpmTrie(open_pinned(instance, maps::ADDR6)?))?,
             ports: LpmTrie::try_from(Map::LpmTrie(open_pinned(instance, maps::PORTS)?))?,
+            flows: HashMap::try_from(Map::LruHashMap(open_pinned(instance, maps::FLOWS)?))?,
         })
     }
 }

@@ -7,6 +7,9 @@
 //!                     link_egress the TCX links: enforcement outlives the process
 //!                     link_ingress
 //! /run/fw/NAME.json               what the instance enforces (policy, phase, rules)
+//! /run/fw/NAME.lock               serializes changes (switch, confirm, rollback)
+//! /run/fw/NAME.sock               the daemon's control socket (root only)
+//! /run/fw/NAME.drops.json         counters at the last `fw drops`, for deltas
 //! ```
 //! Both disappear on reboot, together, which is what we want: a rebooted
 //! host starts `fw` again from its unit, not from stale state.
@@ -43,6 +46,21 @@ pub fn map_pin(name: &str, map: &str) -> PathBuf {
 /// State file of instance `name`.
 pub fn state_file(name: &str) -> PathBuf {
     PathBuf::from(RUN_DIR).join(format!("{name}.json"))
+}
+
+/// Lock file of instance `name`.
+pub fn lock_file(name: &str) -> PathBuf {
+    PathBuf::from(RUN_DIR).join(format!("{name}.lock"))
+}
+
+/// Control socket of instance `name`'s daemon.
+pub fn control_socket(name: &str) -> PathBuf {
+    PathBuf::from(RUN_DIR).join(format!("{name}.sock"))
+}
+
+/// Counters at the last `fw drops` of instance `name`.
+pub fn drops_snapshot(name: &str) -> PathBuf {
+    PathBuf::from(RUN_DIR).join(format!("{name}.drops.json"))
 }
 
 /// Instance names become path components: keep them to a safe alphabet.

@@ -11,23 +11,48 @@ use serde::{Deserialize, Serialize};
 
 use crate::{compile::tables::RuleInfo, loader::AttachMode, paths};
 
+/// What one generation of the maps enforces.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Enforced {
+    /// Path of the policy file, or `builtin:NAME` for an embedded one.
+    pub policy: String,
+    /// The `name:` of the policy.
+    pub policy_name: String,
+    /// The env file its variables came from, if any.
+    pub env_file: Option<String>,
+    pub phase: String,
+    pub generation: u32,
+    pub audit: bool,
+    /// Every rule of the policy, indexed by rule id.
+    pub rules: Vec<RuleInfo>,
+}
+
+/// A switch made with `--confirm SECS` that `fw confirm` has not confirmed:
+/// the previous generation's entries are kept so that the rollback is one
+/// map write. Kept in the state file, so a restarted daemon still rolls back.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PendingConfirm {
+    /// Unix seconds after which the daemon rolls back.
+    pub deadline: u64,
+    pub previous: Enforced,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct InstanceState {
     pub name: String,
     pub iface: String,
     pub ifindex: u32,
-    /// Path of the policy file, or `builtin:NAME` for an embedded one.
-    pub policy: String,
-    /// The `name:` of the policy.
-    pub policy_name: String,
-    pub phase: String,
-    pub generation: u32,
     pub attach_mode: AttachMode,
-    pub audit: bool,
+    /// `fw run --audit`: every phase runs in audit mode.
+    pub audit_override: bool,
     /// Unix seconds when enforcement started.
     pub started_at: u64,
-    /// Every rule of the policy, indexed by rule id.
-    pub rules: Vec<RuleInfo>,
+    #[serde(flatten)]
+    pub enforced: Enforced,
+    /// The highest generation ever written: new ones are always higher.
+    #[serde(default)]
+    pub highest_generation: u32,
+    pub pending: Option<PendingConfirm>,
 }
 
 impl InstanceState {

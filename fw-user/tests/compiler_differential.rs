@@ -26,8 +26,16 @@ use fw_user::{
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use proptest::{prelude::*, test_runner::FileFailurePersistence};
 
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+/// `cases` policies (or `PROPTEST_CASES`, divided by `divisor`), failures kept
+/// in `proptest-regressions/NAME.txt` (relative to the package root, where
+/// cargo runs integration tests).
+fn config(default_cases: u32, divisor: u32, name: &'static str) -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default_cases);
+    ProptestConfig {
+        cases: (cases / divisor).max(1),
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(name))),
+        ..ProptestConfig::default()
+    }
 }
 
 const PHASE_NAMES: [&str; 3] = ["runtime", "install", "debug"];
@@ -228,14 +236,7 @@ fn assert_tables_agree_with_evaluator(policy: &Policy, packets: &[Packet]) -> Re
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: cases(10_000),
-        // Relative to the package root, where cargo runs integration tests.
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
-            "proptest-regressions/compiler_differential.txt",
-        ))),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(config(10_000, 1, "proptest-regressions/compiler_differential.txt"))]
 
     #[test]
     fn compiled_tables_agree_with_the_evaluator(
@@ -361,13 +362,7 @@ prop_compose! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: cases(10_000) / 10,
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
-            "proptest-regressions/compiler_differential_yaml.txt",
-        ))),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(config(10_000, 10, "proptest-regressions/compiler_differential_yaml.txt"))]
 
     #[test]
     fn yaml_policies_parse_to_the_generated_rules_and_compile_faithfully(

@@ -10,6 +10,7 @@ mod instance;
 mod run;
 mod status;
 mod stop;
+mod switch;
 
 use std::process::ExitCode;
 
@@ -30,6 +31,8 @@ pub enum Command {
     Run(run::RunArgs),
     Check(check::CheckArgs),
     Explain(explain::ExplainArgs),
+    Switch(switch::SwitchArgs),
+    Confirm(switch::ConfirmArgs),
     Status(status::StatusArgs),
     Drops(drops::DropsArgs),
     Stop(stop::StopArgs),
@@ -40,6 +43,8 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => run::run(args),
         Command::Check(args) => check::check(args),
         Command::Explain(args) => explain::explain(args),
+        Command::Switch(args) => switch::switch(args),
+        Command::Confirm(args) => switch::confirm(args),
         Command::Status(args) => status::status(args),
         Command::Drops(args) => drops::drops(args),
         Command::Stop(args) => stop::stop(args),

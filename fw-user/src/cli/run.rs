@@ -1,39 +1,44 @@
-use std::{
-    path::PathBuf,
-    process::ExitCode,
-    time::Duration,
-};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use super::instance::require_root;
 use crate::{
-    apply, bpffs,
+    apply, bpffs, control,
     counters::Snapshot,
     loader::{self, CounterMaps, PolicyMaps},
-    paths, policy_source,
-    state::InstanceState,
+    ops, paths, policy_source,
+    state::{Enforced, InstanceState},
 };
 
-/// Load the enforcer, attach it to IFACE's egress, pin it, and stay in the
-/// foreground printing a drop summary.
+/// The policy `fw run` starts with when --policy is not given.
+const DEFAULT_POLICY: &str = "openvidu-ce";
+/// The phase `fw run` starts with when --phase is not given.
+const DEFAULT_PHASE: &str = "install";
+
+/// Load the enforcer, attach it to IFACE (egress enforcing, ingress
+/// tracking), pin it, and stay in the foreground as its daemon: drop
+/// summaries, the control socket, and the rollback of unconfirmed switches.
 ///
 /// Enforcement is pinned in the kernel: when this process exits (Ctrl-C,
 /// SIGTERM, a crash) the interface stays filtered, fail closed. Only
-/// `fw stop` detaches it.
+/// `fw stop` detaches it. Started again for an instance that is still
+/// pinned, `fw run` adopts it without reloading: no moment without
+/// enforcement, and the phase it enforces stays (change it with `fw switch`).
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Interface to enforce on (its egress).
+    /// Interface to enforce on.
     #[arg(long)]
     pub iface: String,
-    /// Policy file, or the name of a policy shipped inside fw
-    /// (openvidu-ce, openvidu-pro-master, openvidu-media-node, vonage-webrtc-client).
-    #[arg(long, default_value = "openvidu-ce")]
-    pub policy: String,
-    /// Phase of the policy to enforce.
-    #[arg(long, default_value = "install")]
-    pub phase: String,
+    /// Policy file, or the name of a policy shipped inside fw (openvidu-ce,
+    /// openvidu-pro-master, openvidu-media-node, vonage-webrtc-client).
+    /// Default: openvidu-ce.
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// Phase of the policy to enforce at a fresh start (default: install).
+    #[arg(long)]
+    pub phase: Option<String>,
     /// Instance name: selects /sys/fs/bpf/fw/NAME (default: the interface name).
     #[arg(long)]
     pub name: Option<String>,
@@ -53,10 +58,32 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let name = args.name.clone().unwrap_or_else(|| args.iface.clone());
     paths::validate_name(&name).map_err(anyhow::Error::msg).context("--name")?;
     let ifindex = ifindex(&args.iface)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let _guard = runtime.enter();
+    // Bound first: it fails when another daemon runs this instance.
+    let listener = control::bind(&name)?;
+    let state = if paths::pin_dir(&name).exists() {
+        adopt(&name, &args, ifindex)?
+    } else {
+        start(&name, &args, ifindex)?
+    };
+    let info = control::DaemonInfo { pid: std::process::id(), started_at: crate::unix_now() };
+    runtime.spawn(control::serve(listener, info));
+    let result = runtime.block_on(daemon(&name, &state, Duration::from_secs(args.interval)));
+    control::unlink(&name);
+    result?;
+    if paths::pin_dir(&name).exists() {
+        println!("fw: {name}: exiting; enforcement stays attached (fail closed). `fw stop --name {name}` detaches it.");
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
-    // Everything that can fail on bad input fails here, before the kernel
-    // is touched: a policy that does not compile is never applied.
-    let loaded = policy_source::load_phase(&args.policy, args.env_file.as_deref(), &args.phase)?;
+/// A fresh start: everything that can fail on bad input fails before the
+/// kernel is touched, and a start that fails later removes what it made.
+fn start(name: &str, args: &RunArgs, ifindex: u32) -> Result<InstanceState> {
+    let policy = args.policy.as_deref().unwrap_or(DEFAULT_POLICY);
+    let phase = args.phase.as_deref().unwrap_or(DEFAULT_PHASE);
+    let loaded = policy_source::load_phase(policy, args.env_file.as_deref(), phase)?;
     for warning in &loaded.warnings {
         eprintln!("fw: warning: {warning}");
     }
@@ -64,62 +91,94 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     compiled.settings.audit |= args.audit;
 
     bpffs::ensure_mounted()?;
-    let pin_dir = paths::pin_dir(&name);
     std::fs::create_dir_all(paths::PIN_ROOT).with_context(|| format!("creating {}", paths::PIN_ROOT))?;
-    // Creating the pin directory is the lock: a second `fw run` for the same
-    // name fails here, before it can touch the first one's maps.
-    if let Err(e) = std::fs::create_dir(&pin_dir) {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            bail!(
-                "an fw instance named {name} already exists ({}): stop it first with `fw stop --name {name}`, or pick another --name",
-                pin_dir.display()
-            );
-        }
-        return Err(e).with_context(|| format!("creating {}", pin_dir.display()));
-    }
-    let mut cleanup = RemoveOnError { name: name.clone(), armed: true };
+    let pin_dir = paths::pin_dir(name);
+    // Creating the pin directory is the lock against a concurrent start.
+    std::fs::create_dir(&pin_dir).with_context(|| format!("creating {}", pin_dir.display()))?;
+    let mut cleanup = RemoveOnError { name: name.to_string(), armed: true };
 
     let generation = 1;
     let mut ebpf = loader::load(loader::Capacity::default())?;
-    loader::pin_maps(&ebpf, &name)?;
+    loader::pin_maps(&ebpf, name)?;
     let mut maps = PolicyMaps::take(&mut ebpf)?;
     apply::write_generation(&mut maps, &compiled, generation)?;
     apply::activate(&mut maps, generation)?;
-    let attach_mode = loader::attach(&mut ebpf, &name, &args.iface)?;
+    let attach_mode = loader::attach(&mut ebpf, name, &args.iface)?;
     let state = InstanceState {
-        name: name.clone(),
+        name: name.to_string(),
         iface: args.iface.clone(),
         ifindex,
-        policy: loaded.source,
-        policy_name: loaded.policy_name,
-        phase: args.phase.clone(),
-        generation,
         attach_mode,
-        audit: compiled.settings.audit,
+        audit_override: args.audit,
         started_at: crate::unix_now(),
-        rules: compiled.rules.clone(),
+        enforced: Enforced {
+            policy: loaded.source,
+            policy_name: loaded.policy_name,
+            env_file: policy_source::env_file(args.env_file.as_deref()).map(|p| p.display().to_string()),
+            phase: phase.to_string(),
+            generation,
+            audit: compiled.settings.audit,
+            rules: compiled.rules,
+        },
+        highest_generation: generation,
+        pending: None,
     };
     state.save()?;
     cleanup.armed = false;
-
+    let e = &state.enforced;
     println!(
-        "fw: {name}: enforcing policy {} phase {} on {} ({}{}); Ctrl-C leaves it enforcing, `fw stop --name {name}` removes it",
-        state.policy_name,
-        state.phase,
+        "fw: {name}: enforcing policy {} phase {} on {}{}; Ctrl-C leaves it enforcing, `fw stop --name {name}` removes it",
+        e.policy_name,
+        e.phase,
         state.iface,
-        attach_mode_label(&state),
-        if state.audit { ", audit mode" } else { "" }
+        if e.audit { " (audit mode: would-drop only)" } else { "" }
     );
-    report_until_signal(&name, &state, Duration::from_secs(args.interval))?;
-    println!("fw: {name}: exiting; enforcement stays attached (fail closed). `fw stop --name {name}` detaches it.");
-    Ok(ExitCode::SUCCESS)
+    if e.phase == DEFAULT_PHASE && args.phase.is_none() {
+        println!("fw: next, when the install is done: `fw switch runtime --name {name} --confirm 120`, then `fw confirm --name {name}`");
+    }
+    Ok(state)
 }
 
-fn attach_mode_label(state: &InstanceState) -> &'static str {
-    match state.attach_mode {
-        loader::AttachMode::Tcx => "tcx",
-        loader::AttachMode::Clsact { .. } => "clsact",
+/// A restart: the pinned programs and maps keep enforcing; take them over.
+fn adopt(name: &str, args: &RunArgs, ifindex: u32) -> Result<InstanceState> {
+    let state = ops::load_state(name).with_context(|| {
+        format!("{} exists but its state does not: `fw stop --name {name}` cleans up", paths::pin_dir(name).display())
+    })?;
+    if state.iface != args.iface || state.ifindex != ifindex {
+        bail!("instance {name} enforces on {} (ifindex {}), not {}: pick another --name", state.iface, state.ifindex, args.iface);
     }
+    if let Some(policy) = &args.policy {
+        let wanted = policy_source::PolicyText::resolve(policy)?.label;
+        if wanted != state.enforced.policy {
+            bail!(
+                "instance {name} enforces {}, not {wanted}: change it with `fw switch PHASE --name {name} --policy {policy}`",
+                state.enforced.policy
+            );
+        }
+    }
+    if state.audit_override != args.audit {
+        bail!("instance {name} runs with audit {}; `fw stop` it to change --audit", state.audit_override);
+    }
+    // The kernel must still be enforcing what the state says.
+    let maps = PolicyMaps::open(name)?;
+    let generation = apply::active_generation(&maps)?;
+    if generation != state.enforced.generation {
+        bail!(
+            "instance {name}: the kernel enforces generation {generation} but the state says {}; `fw switch` to repair",
+            state.enforced.generation
+        );
+    }
+    let e = &state.enforced;
+    println!(
+        "fw: {name}: adopted the pinned enforcer on {}: policy {} phase {} (generation {}), no reload, no gap",
+        state.iface, e.policy_name, e.phase, e.generation
+    );
+    if let Some(phase) = &args.phase {
+        if *phase != e.phase {
+            println!("fw: {name}: --phase {phase} applies to a fresh start only; the pinned phase {} stays (use `fw switch`)", e.phase);
+        }
+    }
+    Ok(state)
 }
 
 fn ifindex(iface: &str) -> Result<u32> {
@@ -132,28 +191,48 @@ fn ifindex(iface: &str) -> Result<u32> {
     Ok(index)
 }
 
-/// Prints a drop summary every `interval` until SIGINT or SIGTERM.
-fn report_until_signal(name: &str, state: &InstanceState, interval: Duration) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async {
-        let counters = CounterMaps::open(name)?;
-        let mut last = Snapshot::read(&counters, &state.rules)?;
-        let mut tick = tokio::time::interval(interval);
-        tick.tick().await;
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    let now = Snapshot::read(&counters, &state.rules)?;
+/// Until SIGINT or SIGTERM: every second, roll back an unconfirmed switch
+/// whose deadline passed; every `interval`, print the drops since the last
+/// summary.
+async fn daemon(name: &str, state: &InstanceState, interval: Duration) -> Result<()> {
+    let counters = CounterMaps::open(name)?;
+    let mut rules = state.enforced.rules.clone();
+    let mut last = Snapshot::read(&counters, &rules)?;
+    let mut last_summary = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if !paths::pin_dir(name).exists() {
+                    println!("fw: {name}: the instance was stopped (`fw stop`)");
+                    return Ok(());
+                }
+                match ops::rollback_if_due(name, crate::unix_now()) {
+                    Ok(Some(back)) => println!(
+                        "fw: {name}: the switch was not confirmed in time: rolled back to phase {} (generation {})",
+                        back.phase, back.generation
+                    ),
+                    Ok(None) => {}
+                    Err(e) => eprintln!("fw: {name}: rollback failed: {e:#}"),
+                }
+                if last_summary.elapsed() >= interval {
+                    last_summary = tokio::time::Instant::now();
+                    let current = ops::load_state(name)?.enforced.rules;
+                    if current != rules {
+                        rules = current;
+                        last = Snapshot::read(&counters, &rules)?;
+                        continue;
+                    }
+                    let now = Snapshot::read(&counters, &rules)?;
                     println!("fw: {name}: last {}s: {}", interval.as_secs(), now.since(&last).drop_line());
                     last = now;
                 }
-                _ = tokio::signal::ctrl_c() => break,
-                _ = sigterm.recv() => break,
             }
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = sigterm.recv() => return Ok(()),
         }
-        Ok(())
-    })
+    }
 }
 
 /// Removes a half-created instance when `fw run` fails before it is up.

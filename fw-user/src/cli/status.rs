@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::instance::{require_root, resolve_name};
 use crate::{
-    apply, counters::Snapshot, linkinfo, loader::{AttachMode, CounterMaps, Hook, PolicyMaps},
+    apply, control, counters::Snapshot, linkinfo, loader::{AttachMode, CounterMaps, Hook, PolicyMaps},
     state::InstanceState,
 };
 
@@ -47,6 +47,18 @@ struct Status {
     audit: Option<bool>,
     uptime_seconds: Option<u64>,
     dropped_packets: Option<u64>,
+    /// A switch awaiting `fw confirm`.
+    pending_confirm: Option<PendingStatus>,
+    /// Pid of the `fw run` daemon, when one runs.
+    daemon_pid: Option<u32>,
+    /// Entries of the active generation per map, and tracked flows.
+    entries: Option<apply::EntryCounts>,
+}
+
+#[derive(Serialize, Debug)]
+struct PendingStatus {
+    rollback_to: String,
+    seconds_left: u64,
 }
 
 pub fn status(args: StatusArgs) -> Result<ExitCode> {
@@ -77,6 +89,9 @@ fn inspect(name: &str) -> Status {
         audit: None,
         uptime_seconds: None,
         dropped_packets: None,
+        pending_confirm: None,
+        daemon_pid: None,
+        entries: None,
     };
     let state = match InstanceState::load(name) {
         Ok(Some(state)) => state,
@@ -91,16 +106,24 @@ fn inspect(name: &str) -> Status {
     };
     s.iface = Some(state.iface.clone());
     s.ifindex = Some(state.ifindex);
-    s.policy = Some(state.policy.clone());
-    s.policy_name = Some(state.policy_name.clone());
-    s.phase = Some(state.phase.clone());
+    s.policy = Some(state.enforced.policy.clone());
+    s.policy_name = Some(state.enforced.policy_name.clone());
+    s.phase = Some(state.enforced.phase.clone());
     s.attach_mode = Some(state.attach_mode);
-    s.audit = Some(state.audit);
+    s.audit = Some(state.enforced.audit);
+    s.pending_confirm = state.pending.as_ref().map(|p| PendingStatus {
+        rollback_to: p.previous.phase.clone(),
+        seconds_left: p.deadline.saturating_sub(crate::unix_now()),
+    });
+    s.daemon_pid = control::ping(name).ok().flatten().map(|d| d.pid);
     s.uptime_seconds = Some(crate::unix_now().saturating_sub(state.started_at));
     s.problem = check_enforcing(name, &state, &mut s).err().map(|e| format!("{e:#}"));
     s.enforcing = s.problem.is_none();
     if let Ok(maps) = CounterMaps::open(name) {
-        s.dropped_packets = Snapshot::read(&maps, &state.rules).ok().map(|snap| snap.dropped());
+        s.dropped_packets = Snapshot::read(&maps, &state.enforced.rules).ok().map(|snap| snap.dropped());
+    }
+    if let Ok(maps) = PolicyMaps::open(name) {
+        s.entries = apply::count_entries(&maps, state.enforced.generation).ok();
     }
     s
 }
@@ -110,6 +133,11 @@ fn check_enforcing(name: &str, state: &InstanceState, s: &mut Status) -> Result<
     let generation = apply::active_generation(&maps)?;
     s.generation = Some(generation);
     anyhow::ensure!(generation != 0, "no policy generation is active");
+    anyhow::ensure!(
+        generation == state.enforced.generation || state.pending.is_some(),
+        "the kernel enforces generation {generation} but the state says {}",
+        state.enforced.generation
+    );
     if state.attach_mode == AttachMode::Tcx {
         for (hook, label) in [(Hook::Egress, "egress"), (Hook::Ingress, "ingress")] {
             let link = linkinfo::tcx_link_info(&hook.link_pin(name))?
@@ -153,5 +181,15 @@ fn print_text(s: &Status) {
     };
     println!("attached:   {attach}");
     println!("uptime:     {}", s.uptime_seconds.map_or("-".into(), |u| format!("{u}s")));
+    println!("daemon:     {}", s.daemon_pid.map_or("not running (enforcement continues)".into(), |p| format!("pid {p}")));
+    if let Some(p) = &s.pending_confirm {
+        println!("confirm:    pending: rolls back to {} in {}s unless `fw confirm`", p.rollback_to, p.seconds_left);
+    }
+    if let Some(e) = &s.entries {
+        println!(
+            "entries:    addr4 {} addr6 {} ports {} flows {}",
+            e.addr4, e.addr6, e.ports, e.flows
+        );
+    }
     println!("dropped:    {}", s.dropped_packets.map_or("-".into(), |d| d.to_string()));
 }

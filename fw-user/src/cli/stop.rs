@@ -24,6 +24,9 @@ pub fn stop(args: StopArgs) -> Result<ExitCode> {
     let iface = state.as_ref().map(|s| s.iface.as_str());
     loader::detach(&name, iface, state.as_ref().map(|s| s.attach_mode))?;
     InstanceState::remove(&name)?;
+    for leftover in [paths::drops_snapshot(&name), paths::lock_file(&name)] {
+        let _ = std::fs::remove_file(leftover);
+    }
     println!("fw: {name}: detached{}; pins removed", iface.map(|i| format!(" from {i}")).unwrap_or_default());
     Ok(ExitCode::SUCCESS)
 }

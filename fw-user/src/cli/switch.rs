@@ -1,0 +1,79 @@
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use super::instance::{require_root, resolve_name};
+use crate::{control, ops};
+
+/// Switch the running instance to another phase (or an edited policy),
+/// atomically: the new phase is written aside, published with one map
+/// write, then the old one is removed. Flows the old phase admitted are
+/// re-checked against the new one on their next packet. Works with or
+/// without the daemon; a policy that does not compile changes nothing.
+#[derive(Args, Debug)]
+pub struct SwitchArgs {
+    /// The phase to enforce.
+    pub phase: String,
+    /// Instance name (default: the only running instance).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Load this policy file instead of the one enforced.
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// KEY=VALUE file for ${VARS} (default: the one the instance uses).
+    #[arg(long)]
+    pub env_file: Option<PathBuf>,
+    /// Commit-confirmed: roll back to the current phase by itself unless
+    /// `fw confirm` comes within SECS seconds (needs the `fw run` daemon).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub confirm: Option<u64>,
+}
+
+pub fn switch(args: SwitchArgs) -> Result<ExitCode> {
+    require_root("fw switch")?;
+    let name = resolve_name(args.name)?;
+    if args.confirm.is_some() && control::ping(&name)?.is_none() {
+        bail!("--confirm needs the daemon that times the rollback: start `fw run --name {name} --iface IFACE` first");
+    }
+    let request = ops::SwitchRequest {
+        phase: args.phase,
+        policy: args.policy,
+        env_file: args.env_file,
+        confirm_secs: args.confirm,
+    };
+    let outcome = ops::switch(&name, &request)?;
+    println!(
+        "fw: {name}: switched {} -> {} (generation {} -> {}) in {:.1} ms: {} entries written, {} removed",
+        outcome.from.phase,
+        outcome.to.phase,
+        outcome.from.generation,
+        outcome.to.generation,
+        outcome.elapsed.as_secs_f64() * 1e3,
+        outcome.written,
+        outcome.removed
+    );
+    if let (Some(deadline), Some(secs)) = (outcome.deadline, request.confirm_secs) {
+        println!(
+            "fw: {name}: rolls back to {} in {secs} s (unix time {deadline}) unless `fw confirm --name {name}`",
+            outcome.from.phase
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Keep a switch made with --confirm (otherwise it rolls back).
+#[derive(Args, Debug)]
+pub struct ConfirmArgs {
+    /// Instance name (default: the only running instance).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+pub fn confirm(args: ConfirmArgs) -> Result<ExitCode> {
+    require_root("fw confirm")?;
+    let name = resolve_name(args.name)?;
+    let kept = ops::confirm(&name)?;
+    println!("fw: {name}: confirmed phase {} (generation {})", kept.phase, kept.generation);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,96 @@
+//! The daemon's control socket, /run/fw/NAME.sock: root only (mode 0600 in
+//! a root-only directory). One JSON request line, one JSON reply line.
+//!
+//! Changes to the instance do not go through it (`fw switch` works on the
+//! pinned maps under the instance lock, daemon or not); it answers who
+//! runs the instance, which `fw run` uses to refuse a second daemon and
+//! `fw status` to show the daemon.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::{fs::PermissionsExt, net::UnixStream},
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+use crate::paths;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DaemonInfo {
+    pub pid: u32,
+    /// Unix seconds.
+    pub started_at: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+enum Request {
+    Ping,
+}
+
+/// Binds the socket for `name`, replacing a stale one (no daemon behind
+/// it). Fails when another daemon answers on it.
+pub fn bind(name: &str) -> Result<tokio::net::UnixListener> {
+    let path = paths::control_socket(name);
+    std::fs::create_dir_all(paths::RUN_DIR).with_context(|| format!("creating {}", paths::RUN_DIR))?;
+    std::fs::set_permissions(paths::RUN_DIR, std::fs::Permissions::from_mode(0o700))?;
+    if let Some(info) = ping(name)? {
+        anyhow::bail!("an fw daemon (pid {}) already runs instance {name}", info.pid);
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Answers requests until the listener is dropped.
+pub async fn serve(listener: tokio::net::UnixListener, info: DaemonInfo) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let info = info.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            let mut reader = tokio::io::BufReader::new(read);
+            if reader.read_line(&mut line).await.is_err() {
+                return;
+            }
+            let reply = match serde_json::from_str::<Request>(&line) {
+                Ok(Request::Ping) => serde_json::to_string(&info).unwrap_or_default(),
+                Err(e) => serde_json::json!({ "error": e.to_string() }).to_string(),
+            };
+            let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
+        });
+    }
+}
+
+/// Asks the daemon of `name` who it is; `None` when no daemon answers.
+pub fn ping(name: &str) -> Result<Option<DaemonInfo>> {
+    ping_at(&paths::control_socket(name))
+}
+
+fn ping_at(path: &Path) -> Result<Option<DaemonInfo>> {
+    let mut stream = match UnixStream::connect(path) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            anyhow::bail!("the control socket {} is root-only: run fw with sudo", path.display())
+        }
+        // Absent, or left behind by a daemon that died: nobody answers.
+        Err(_) => return Ok(None),
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(b"{\"op\":\"ping\"}\n")?;
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line)?;
+    Ok(serde_json::from_str(&line).ok())
+}
+
+/// Removes the socket file when the daemon exits.
+pub fn unlink(name: &str) {
+    let _ = std::fs::remove_file(paths::control_socket(name));
+}
