@@ -24,7 +24,9 @@ pub struct PhaseConfig {
     pub inbound_default: u8,
     /// Non-zero: audit mode, denied packets are counted and passed.
     pub audit: u8,
-    pub _pad: u8,
+    /// Non-zero: the cgroup socket hooks refuse a denied `connect()` or
+    /// `sendmsg()` with EPERM at once (zero: `reject: false`, silent drops).
+    pub reject: u8,
 }
 
 impl PhaseConfig {

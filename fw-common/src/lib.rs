@@ -11,6 +11,7 @@
 #![no_std]
 
 pub mod config;
+pub mod event;
 pub mod flow;
 pub mod maps;
 pub mod policy;
@@ -18,6 +19,7 @@ pub mod reason;
 pub mod stats;
 
 pub use config::{Config, PhaseConfig};
+pub use event::{DropEvent, RateWindow};
 pub use flow::{FlowKey, FlowValue, FragKey, FragValue};
 pub use policy::{Action, AddrKey4, AddrKey6, Direction, PolicyValue, PortKey};
 pub use reason::Reason;
@@ -55,4 +57,6 @@ mod pod {
     unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::FragValue {}
+    unsafe impl aya::Pod for super::DropEvent {}
+    unsafe impl aya::Pod for super::RateWindow {}
 }

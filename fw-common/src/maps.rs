@@ -20,19 +20,42 @@ pub const FRAGS: &str = "FW_FRAGS";
 pub const STATS: &str = "FW_STATS";
 /// `PerCpuArray<Counter>`: per rule id.
 pub const RULE_STATS: &str = "FW_RULE_STATS";
+/// `LpmTrie<[u8; 4], u8>` / `LpmTrie<[u8; 16], u8>`: destinations the
+/// socket hooks leave alone, because they do not leave through the enforced
+/// interface (loopback, local addresses, routes via other interfaces).
+pub const BYPASS4: &str = "FW_BYPASS4";
+pub const BYPASS6: &str = "FW_BYPASS6";
+/// `RingBuf` of `DropEvent`s.
+pub const EVENTS: &str = "FW_EVENTS";
+/// `LruPerCpuHashMap<u64, RateWindow>`: event rate per (reason, rule).
+pub const EVENT_RATE: &str = "FW_EVENT_RATE";
+/// `PerCpuArray<u64>`: events emitted, suppressed, lost.
+pub const EVENT_STATS: &str = "FW_EVENT_STATS";
 
 /// Every map that `fw` pins, in a fixed order.
-pub const ALL: [&str; 9] = [CONFIG, PHASES, ADDR4, ADDR6, PORTS, FLOWS, FRAGS, STATS, RULE_STATS];
+pub const ALL: [&str; 14] = [
+    CONFIG, PHASES, ADDR4, ADDR6, PORTS, FLOWS, FRAGS, STATS, RULE_STATS, EVENTS, EVENT_RATE, EVENT_STATS, BYPASS4,
+    BYPASS6,
+];
 
 /// The TC egress classifier: enforces the egress policy.
 pub const PROG_EGRESS: &str = "fw_egress";
 /// The TC ingress classifier: tracks (and where asked, filters) inbound flows.
 pub const PROG_INGRESS: &str = "fw_ingress";
+/// The cgroup socket hooks: fail a denied connect()/sendmsg() at once.
+pub const PROG_CONNECT4: &str = "fw_connect4";
+pub const PROG_CONNECT6: &str = "fw_connect6";
+pub const PROG_SENDMSG4: &str = "fw_sendmsg4";
+pub const PROG_SENDMSG6: &str = "fw_sendmsg6";
 
 /// Default capacities (entries), overridable at load time.
 pub const DEFAULT_ADDR_ENTRIES: u32 = 1 << 18;
 pub const DEFAULT_PORT_ENTRIES: u32 = 1 << 20;
 pub const DEFAULT_FLOW_ENTRIES: u32 = 1 << 18;
 pub const DEFAULT_FRAG_ENTRIES: u32 = 1 << 13;
+/// Ring buffer size: room for about 10,000 events.
+pub const EVENTS_BYTES: u32 = 1 << 20;
+/// Default events per second per (reason, rule) and CPU (`EVENT_BUDGET`).
+pub const DEFAULT_EVENT_BUDGET: u32 = 20;
 /// Rule ids index `FW_RULE_STATS`; a policy may have at most this many rules.
 pub const MAX_RULES: u32 = 1 << 17;

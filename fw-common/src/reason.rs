@@ -44,6 +44,9 @@ pub enum Reason {
     DropVlanDepth = 24,
     /// A packet from a served port to a peer that never connected.
     DropSpoofedReply = 25,
+    /// A `connect()` or `sendmsg()` the cgroup socket hook refused with
+    /// EPERM (a call, not a packet: nothing was sent).
+    DropSocket = 26,
 }
 
 impl Reason {
@@ -51,7 +54,7 @@ impl Reason {
     /// Counter slots per direction in `FW_STATS`.
     pub const SLOTS: u32 = 32;
 
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::PassRule,
         Reason::PassFlow,
         Reason::PassNonIp,
@@ -69,6 +72,7 @@ impl Reason {
         Reason::DropFragment,
         Reason::DropVlanDepth,
         Reason::DropSpoofedReply,
+        Reason::DropSocket,
     ];
 
     #[inline(always)]
@@ -100,6 +104,7 @@ impl Reason {
             Reason::DropFragment => "drop_fragment",
             Reason::DropVlanDepth => "drop_vlan_depth",
             Reason::DropSpoofedReply => "drop_spoofed_reply",
+            Reason::DropSocket => "drop_socket",
         }
     }
 }

@@ -12,14 +12,17 @@
 
 mod counters;
 mod datapath;
+mod events;
 mod flow;
 mod frag;
 mod parse;
 mod policy;
+mod sock;
 mod verdict;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{helpers::bpf_skb_cgroup_id, macros::classifier, programs::TcContext};
 use fw_common::{
+    event::EVENT_AUDIT,
     tc_action::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     Direction, Reason,
 };
@@ -48,6 +51,9 @@ fn classify(ctx: &TcContext, direction: Direction) -> i32 {
         Err(reason) => Verdict::drop(reason),
     };
     counters::count(direction, &verdict, ctx.len());
+    if verdict.reason.is_drop() || verdict.reason == Reason::PassAudit {
+        report(ctx, direction, &verdict, &pkt);
+    }
     if verdict.reason.is_drop() {
         TC_ACT_SHOT
     } else {
@@ -55,6 +61,29 @@ fn classify(ctx: &TcContext, direction: Direction) -> i32 {
         // kernel passes the packet when none objects.
         TC_ACT_UNSPEC
     }
+}
+
+/// A drop event for `pkt` (rate-limited in `events`). Packets carry no
+/// process; on egress the sending socket's cgroup names the container.
+#[inline(always)]
+fn report(ctx: &TcContext, direction: Direction, verdict: &Verdict, pkt: &parse::Packet) {
+    let cgroup_id = if direction == Direction::Egress {
+        // SAFETY: the helper reads the skb's socket, if any; 0 otherwise.
+        unsafe { bpf_skb_cgroup_id(ctx.skb.skb) }
+    } else {
+        0
+    };
+    events::emit(verdict, flow::now_ns(), |e| {
+        e.direction = direction as u8;
+        e.family = pkt.family;
+        e.proto = pkt.proto;
+        e.flags = if verdict.reason == Reason::PassAudit { EVENT_AUDIT } else { 0 };
+        e.src = pkt.src;
+        e.dst = pkt.dst;
+        e.src_port = pkt.ports.src;
+        e.dst_port = pkt.policy_port;
+        e.cgroup_id = cgroup_id;
+    });
 }
 
 #[cfg(not(test))]

@@ -35,7 +35,7 @@ pub fn write_generation(maps: &mut PolicyMaps, phase: &CompiledPhase, generation
         egress_default: phase.settings.egress_default as u8,
         inbound_default: phase.settings.inbound_default as u8,
         audit: u8::from(phase.settings.audit),
-        _pad: 0,
+        reject: 1,
     };
     maps.phases
         .set(generation & 1, settings, 0)

@@ -7,6 +7,8 @@ pub mod policy;
 pub mod report;
 pub mod apply;
 pub mod bpffs;
+pub mod bypass;
+pub mod cgroup;
 pub mod cli;
 pub mod control;
 pub mod counters;

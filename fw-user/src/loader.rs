@@ -12,7 +12,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray},
     programs::{
-        links::{FdLink, Link, PinnedLink},
+        links::{CgroupAttachMode, FdLink, Link, PinnedLink},
+        CgroupSockAddr,
         tc::{self, SchedClassifier, SchedClassifierLink, TcAttachOptions, TcAttachType},
         LinkOrder,
     },
@@ -59,18 +60,63 @@ pub struct CounterMaps {
     pub rule_stats: PerCpuArray<MapData, Counter>,
 }
 
-/// Loads the object with the given capacities. Nothing is attached yet.
-pub fn load(capacity: Capacity) -> Result<Ebpf> {
+/// Settings fixed at load time.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    pub capacity: Capacity,
+    /// Drop events per second per (reason, rule) and CPU.
+    pub event_budget: u32,
+    /// The network namespace whose sockets the cgroup hooks judge.
+    pub netns_cookie: u64,
+}
+
+impl LoadOptions {
+    /// Defaults, for the namespace this process runs in.
+    pub fn here() -> Result<Self> {
+        Ok(Self { capacity: Capacity::default(), event_budget: maps::DEFAULT_EVENT_BUDGET, netns_cookie: netns_cookie()? })
+    }
+}
+
+/// Loads the object. Nothing is attached yet.
+pub fn load(options: &LoadOptions) -> Result<Ebpf> {
     if EBPF_OBJECT.is_empty() {
         bail!("this fw binary was built without its kernel object (AYA_BUILD_SKIP): rebuild with `cargo xtask build`");
     }
+    let capacity = options.capacity;
     EbpfLoader::new()
         .map_max_entries(maps::ADDR4, capacity.addr_entries)
         .map_max_entries(maps::ADDR6, capacity.addr_entries)
         .map_max_entries(maps::PORTS, capacity.port_entries)
         .map_max_entries(maps::FLOWS, capacity.flow_entries)
+        .override_global("EVENT_BUDGET", &options.event_budget, true)
+        .override_global("NETNS_COOKIE", &options.netns_cookie, true)
         .load(EBPF_OBJECT)
         .context("loading the fw kernel object (is bpffs mounted and are you root?)")
+}
+
+/// The cookie of the network namespace this process runs in
+/// (`SO_NETNS_COOKIE`, Linux 5.14+), as `bpf_get_netns_cookie` sees it.
+pub fn netns_cookie() -> Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")
+        .or_else(|_| std::net::UdpSocket::bind("[::1]:0"))
+        .context("opening a socket to read the network namespace cookie")?;
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("reading SO_NETNS_COOKIE");
+    }
+    Ok(cookie)
 }
 
 fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
@@ -227,11 +273,10 @@ pub fn attach(ebpf: &mut Ebpf, instance: &str, iface: &str) -> Result<AttachMode
 /// Detaches the instance (unpinning a link releases it) and removes its
 /// pins. Safe to call on a half-created instance.
 pub fn detach(instance: &str, iface: Option<&str>, mode: Option<AttachMode>) -> Result<()> {
-    for hook in Hook::ALL {
-        let link_path = hook.link_pin(instance);
+    for link_path in paths::link_pins(instance)? {
         match PinnedLink::from_pin(&link_path) {
             // Unpinning drops the last reference once the fd closes: the
-            // kernel detaches the program from the interface.
+            // kernel detaches the program.
             Ok(pinned) => drop(pinned.unpin().with_context(|| format!("unpinning {}", link_path.display()))?),
             Err(_) if !link_path.exists() => {}
             Err(e) => return Err(e).with_context(|| format!("opening {}", link_path.display())),
@@ -246,6 +291,73 @@ pub fn detach(instance: &str, iface: Option<&str>, mode: Option<AttachMode>) -> 
         }
     }
     remove_pin_dir(&paths::pin_dir(instance))
+}
+
+/// The cgroup socket hooks and the pin of each one's link.
+const SOCKET_HOOKS: [&str; 4] = [maps::PROG_CONNECT4, maps::PROG_CONNECT6, maps::PROG_SENDMSG4, maps::PROG_SENDMSG6];
+
+/// Attaches the cgroup socket hooks to the cgroup v2 directory `cgroup`
+/// (they apply to its whole subtree), pinning their links.
+pub fn attach_cgroup(ebpf: &mut Ebpf, instance: &str, cgroup: &Path) -> Result<()> {
+    let dir = fs::File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+    for name in SOCKET_HOOKS {
+        let program: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("the kernel object has no program {name}"))?
+            .try_into()?;
+        program.load().with_context(|| format!("the kernel verifier rejected {name}"))?;
+        // A BPF link never displaces other programs (systemd's, another fw
+        // instance's): links always stack, and link_create takes no
+        // attach flags, which is what `Single` passes.
+        let link_id = program
+            .attach(&dir, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {name} to cgroup {}", cgroup.display()))?;
+        let link: FdLink = program.take_link(link_id)?.try_into()?;
+        let path = paths::link_pin(instance, name);
+        link.pin(&path).with_context(|| format!("pinning the link at {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Replaces the socket hooks' bypass prefixes.
+pub fn write_bypass(instance_maps: &mut BypassMaps, prefixes: &std::collections::BTreeSet<ipnet::IpNet>) -> Result<()> {
+    use aya::maps::lpm_trie::Key;
+    let stale4: Vec<Key<[u8; 4]>> = instance_maps.v4.keys().filter_map(|k| k.ok()).collect();
+    let stale6: Vec<Key<[u8; 16]>> = instance_maps.v6.keys().filter_map(|k| k.ok()).collect();
+    for prefix in prefixes {
+        match prefix {
+            ipnet::IpNet::V4(n) => instance_maps.v4.insert(&Key::new(n.prefix_len().into(), n.network().octets()), 1, 0)?,
+            ipnet::IpNet::V6(n) => instance_maps.v6.insert(&Key::new(n.prefix_len().into(), n.network().octets()), 1, 0)?,
+        }
+    }
+    for key in stale4 {
+        let net = ipnet::Ipv4Net::new(key.data().into(), key.prefix_len() as u8)?;
+        if !prefixes.contains(&ipnet::IpNet::V4(net)) {
+            instance_maps.v4.remove(&key)?;
+        }
+    }
+    for key in stale6 {
+        let net = ipnet::Ipv6Net::new(key.data().into(), key.prefix_len() as u8)?;
+        if !prefixes.contains(&ipnet::IpNet::V6(net)) {
+            instance_maps.v6.remove(&key)?;
+        }
+    }
+    Ok(())
+}
+
+/// The socket hooks' bypass prefixes.
+pub struct BypassMaps {
+    pub v4: LpmTrie<MapData, [u8; 4], u8>,
+    pub v6: LpmTrie<MapData, [u8; 16], u8>,
+}
+
+impl BypassMaps {
+    pub fn open(instance: &str) -> Result<Self> {
+        Ok(Self {
+            v4: LpmTrie::try_from(Map::LpmTrie(open_pinned(instance, maps::BYPASS4)?))?,
+            v6: LpmTrie::try_from(Map::LpmTrie(open_pinned(instance, maps::BYPASS6)?))?,
+        })
+    }
 }
 
 fn remove_pin_dir(dir: &Path) -> Result<()> {
@@ -265,17 +377,23 @@ fn remove_pin_dir(dir: &Path) -> Result<()> {
 
 /// Loads both programs (without attaching them) and returns the number of
 /// instructions each has after verification.
-pub fn verified_instruction_counts() -> Result<Vec<(&'static str, u32)>> {
-    let mut ebpf = load(Capacity::default())?;
+pub fn verified_instruction_counts() -> Result<Vec<(String, u32)>> {
+    let mut ebpf = load(&LoadOptions::here()?)?;
     let mut counts = Vec::new();
-    for hook in Hook::ALL {
-        let program: &mut SchedClassifier = ebpf
-            .program_mut(hook.program())
-            .ok_or_else(|| anyhow!("the kernel object has no program {}", hook.program()))?
-            .try_into()?;
-        program.load().with_context(|| format!("the kernel verifier rejected {}", hook.program()))?;
-        let bytes = program.info()?.size_translated().unwrap_or(0);
-        counts.push((hook.program(), bytes / 8));
+    for (name, program) in ebpf.programs_mut() {
+        let bytes = match program {
+            aya::programs::Program::SchedClassifier(p) => {
+                p.load().with_context(|| format!("the kernel verifier rejected {name}"))?;
+                p.info()?.size_translated()
+            }
+            aya::programs::Program::CgroupSockAddr(p) => {
+                p.load().with_context(|| format!("the kernel verifier rejected {name}"))?;
+                p.info()?.size_translated()
+            }
+            _ => continue,
+        };
+        counts.push((name.to_string(), bytes.unwrap_or(0) / 8));
     }
+    counts.sort();
     Ok(counts)
 }

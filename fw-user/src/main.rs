@@ -6,6 +6,10 @@ use clap::Parser;
 use fw_user::cli::{self, Cli};
 
 fn main() -> ExitCode {
+    // `fw drops | head`: end quietly on a closed pipe, as other CLI tools do,
+    // instead of panicking in println!.
+    // SAFETY: setting a signal disposition before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp(None)
@@ -13,12 +17,6 @@ fn main() -> ExitCode {
     match cli::dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
-            // A closed pipe (`fw drops | head`) is not an error.
-            if let Some(io) = e.downcast_ref::<std::io::Error>() {
-                if io.kind() == std::io::ErrorKind::BrokenPipe {
-                    return ExitCode::SUCCESS;
-                }
-            }
             eprintln!("fw: {e:#}");
             ExitCode::from(2)
         }

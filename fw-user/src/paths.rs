@@ -38,6 +38,24 @@ pub fn ingress_link(name: &str) -> PathBuf {
     pin_dir(name).join("link_ingress")
 }
 
+/// Pin of the link of program `program` of instance `name`.
+pub fn link_pin(name: &str, program: &str) -> PathBuf {
+    pin_dir(name).join(format!("link_{program}"))
+}
+
+/// Every link pinned for instance `name`.
+pub fn link_pins(name: &str) -> std::io::Result<Vec<PathBuf>> {
+    match std::fs::read_dir(pin_dir(name)) {
+        Ok(dir) => Ok(dir
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("link_"))
+            .map(|e| e.path())
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Pin of map `map` of instance `name`.
 pub fn map_pin(name: &str, map: &str) -> PathBuf {
     pin_dir(name).join(map)

@@ -43,6 +43,9 @@ pub struct InstanceState {
     pub iface: String,
     pub ifindex: u32,
     pub attach_mode: AttachMode,
+    /// cgroup v2 directory the socket hooks are attached to, if any.
+    #[serde(default)]
+    pub cgroup: Option<String>,
     /// `fw run --audit`: every phase runs in audit mode.
     pub audit_override: bool,
     /// Unix seconds when enforcement started.

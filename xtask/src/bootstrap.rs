@@ -81,22 +81,38 @@ fn nightly_with_rust_src() -> Result<()> {
         bail!("rustup not found: building the eBPF object needs a nightly toolchain with rust-src, managed by rustup");
     }
     let toolchains = cmd::output(Command::new("rustup").args(["toolchain", "list"]))?;
-    let has_nightly = toolchains
-        .lines()
-        .any(|l| l.split_whitespace().next().is_some_and(|t| t.starts_with("nightly")));
+    let has_nightly = toolchains.lines().any(|l| {
+        l.split_whitespace()
+            .next()
+            .is_some_and(|t| t.starts_with("nightly"))
+    });
     if !has_nightly {
         println!("installing the nightly toolchain (builds the eBPF object)");
         cmd::run(Command::new("rustup").args([
-            "toolchain", "install", "nightly", "--profile", "minimal",
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
         ]))?;
     }
     let components = cmd::output(Command::new("rustup").args([
-        "component", "list", "--toolchain", "nightly", "--installed",
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
     ]))?;
     if !components.lines().any(|l| l.starts_with("rust-src")) {
-        println!("adding rust-src to the nightly toolchain (the eBPF target builds core from source)");
+        println!(
+            "adding rust-src to the nightly toolchain (the eBPF target builds core from source)"
+        );
         cmd::run(Command::new("rustup").args([
-            "component", "add", "rust-src", "--toolchain", "nightly",
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
         ]))?;
     }
     Ok(())
@@ -122,7 +138,13 @@ fn bpf_linker() -> Result<()> {
     );
     cmd::run(
         cmd::cargo()
-            .args(["install", "bpf-linker", "--force", "--locked", "--no-default-features"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--force",
+                "--locked",
+                "--no-default-features",
+            ])
             .arg("--features")
             .arg(format!("llvm-{}", llvm.major))
             .env("LLVM_PREFIX", &prefix),
@@ -141,8 +163,9 @@ struct NightlyLlvm {
 impl NightlyLlvm {
     fn find() -> Result<Self> {
         let vv = cmd::output(Command::new("rustc").args(["+nightly", "-vV"]))?;
-        let major = parse_llvm_major(&vv)
-            .with_context(|| format!("no \"LLVM version: X.Y.Z\" line in `rustc +nightly -vV`:\n{vv}"))?;
+        let major = parse_llvm_major(&vv).with_context(|| {
+            format!("no \"LLVM version: X.Y.Z\" line in `rustc +nightly -vV`:\n{vv}")
+        })?;
         let sysroot = cmd::output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
         let lib = Path::new(sysroot.trim()).join("lib");
         let library = fs::read_dir(&lib)
@@ -179,7 +202,10 @@ fn llvm_prefix(llvm: &NightlyLlvm) -> Result<PathBuf> {
         .join(format!("llvm-{}", llvm.major));
     let lib = prefix.join("lib");
     fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
-    let soname = llvm.library.file_name().context("libLLVM path has a file name")?;
+    let soname = llvm
+        .library
+        .file_name()
+        .context("libLLVM path has a file name")?;
     for name in [std::ffi::OsStr::new("libLLVM.so"), soname] {
         let link = lib.join(name);
         if fs::read_link(&link).ok().as_deref() != Some(llvm.library.as_path()) {

@@ -1,15 +1,17 @@
 //! `cargo xtask test [-- ARGS]`: the unprivileged suite (`cargo test
-//! --workspace`, less the BPF-only fw-ebpf), then the privileged one (root: real eBPF, network
-//! namespaces, veth pairs). ARGS (a filter, `-- --nocapture`...) go to both
-//! `cargo test` runs. Never skips the privileged suite silently: without
-//! root it fails.
+//! --workspace`, less the BPF-only fw-ebpf), then the privileged one: every
+//! fw-user test target that requires the `privileged-tests` feature (root:
+//! real eBPF, network namespaces, veth pairs). ARGS (a filter, `--
+//! --nocapture`...) go to both `cargo test` runs. Never skips the
+//! privileged suite silently: without root it fails.
 
 use std::{
+    fs,
     process::Command,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use clap::Args;
 
 use crate::{bootstrap, cmd};
@@ -44,11 +46,19 @@ pub fn test(opts: &Options) -> Result<()> {
             bail!("privileged tests need root: run as root (CI does)");
         }
         bootstrap::mount_bpffs()?;
-        cmd::run(
-            cargo_test()
-                .args(["-p", "fw-user", "--features", "privileged-tests", "--test", "privileged"])
-                .args(&opts.args),
-        )
+        let manifest = cmd::workspace_root().join("fw-user/Cargo.toml");
+        let manifest = fs::read_to_string(&manifest)
+            .with_context(|| format!("reading {}", manifest.display()))?;
+        let targets = privileged_targets(&manifest);
+        if targets.is_empty() {
+            bail!("fw-user/Cargo.toml declares no test target with required-features = [\"{FEATURE}\"]");
+        }
+        let mut cargo = cargo_test();
+        cargo.args(["-p", "fw-user", "--features", FEATURE]);
+        for target in &targets {
+            cargo.args(["--test", target]);
+        }
+        cmd::run(cargo.args(&opts.args))
     }));
 
     let mut failed = Vec::new();
@@ -56,7 +66,11 @@ pub fn test(opts: &Options) -> Result<()> {
         match &o.result {
             Ok(()) => println!("{} suite: passed ({:.1} s)", o.suite, o.took.as_secs_f64()),
             Err(e) => {
-                println!("{} suite: FAILED ({:.1} s): {e:#}", o.suite, o.took.as_secs_f64());
+                println!(
+                    "{} suite: FAILED ({:.1} s): {e:#}",
+                    o.suite,
+                    o.took.as_secs_f64()
+                );
                 failed.push(o.suite);
             }
         }
@@ -65,6 +79,42 @@ pub fn test(opts: &Options) -> Result<()> {
         bail!("failed suites: {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// The cargo feature that gates the privileged test targets.
+const FEATURE: &str = "privileged-tests";
+
+/// Names of the `[[test]]` targets in `manifest` whose `required-features`
+/// name [`FEATURE`]. A line-level reading of the TOML that fw-user's
+/// manifest uses (one key per line), so xtask needs no TOML parser.
+fn privileged_targets(manifest: &str) -> Vec<String> {
+    let mut targets = Vec::new();
+    let mut in_test = false;
+    let mut name: Option<String> = None;
+    let mut privileged = false;
+    let mut flush = |name: &mut Option<String>, privileged: &mut bool| {
+        if let Some(n) = name.take().filter(|_| *privileged) {
+            targets.push(n);
+        }
+        *privileged = false;
+    };
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            flush(&mut name, &mut privileged);
+            in_test = line == "[[test]]";
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=').filter(|_| in_test) else {
+            continue;
+        };
+        match key.trim() {
+            "name" => name = Some(value.trim().trim_matches('"').to_owned()),
+            "required-features" => privileged = value.contains(&format!("\"{FEATURE}\"")),
+            _ => {}
+        }
+    }
+    flush(&mut name, &mut privileged);
+    targets
 }
 
 fn cargo_test() -> Command {
@@ -76,5 +126,39 @@ fn cargo_test() -> Command {
 fn timed(suite: &'static str, f: impl FnOnce() -> Result<()>) -> Outcome {
     let start = Instant::now();
     let result = f();
-    Outcome { suite, result, took: start.elapsed() }
+    Outcome {
+        suite,
+        result,
+        took: start.elapsed(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn privileged_targets_are_the_tests_that_require_the_feature() {
+        let manifest = r#"
+[features]
+privileged-tests = []
+
+[[test]]
+name = "privileged"
+path = "tests/privileged/main.rs"
+required-features = ["privileged-tests"]
+
+[[test]]
+name = "golden"
+path = "tests/golden.rs"
+
+[[test]]
+required-features = ["other", "privileged-tests"]
+name = "kernel"
+
+[dependencies]
+name = "not a test"
+"#;
+        assert_eq!(privileged_targets(manifest), ["privileged", "kernel"]);
+    }
 }

@@ -5,7 +5,7 @@ use clap::Args;
 
 use super::instance::require_root;
 use crate::{
-    apply, bpffs, control,
+    apply, bpffs, bypass, cgroup, control,
     counters::Snapshot,
     loader::{self, CounterMaps, PolicyMaps},
     ops, paths, policy_source,
@@ -16,6 +16,8 @@ use crate::{
 const DEFAULT_POLICY: &str = "openvidu-ce";
 /// The phase `fw run` starts with when --phase is not given.
 const DEFAULT_PHASE: &str = "install";
+/// How often the daemon re-reads the routes the socket hooks bypass.
+const BYPASS_REFRESH: Duration = Duration::from_secs(10);
 
 /// Load the enforcer, attach it to IFACE (egress enforcing, ingress
 /// tracking), pin it, and stay in the foreground as its daemon: drop
@@ -48,6 +50,14 @@ pub struct RunArgs {
     /// Count and report denied packets as "would drop" but let them pass.
     #[arg(long)]
     pub audit: bool,
+    /// cgroup v2 directory whose processes get an immediate EPERM for a
+    /// denied connect()/sendmsg(), or `none`. Default: the root of the
+    /// hierarchy when IFACE is in the host's own network namespace, else none.
+    #[arg(long)]
+    pub cgroup: Option<String>,
+    /// Drop events per second per (reason, rule) and CPU.
+    #[arg(long, default_value_t = fw_common::maps::DEFAULT_EVENT_BUDGET)]
+    pub event_budget: u32,
     /// Seconds between drop summaries.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub interval: u64,
@@ -89,6 +99,7 @@ fn start(name: &str, args: &RunArgs, ifindex: u32) -> Result<InstanceState> {
     }
     let mut compiled = loaded.compiled;
     compiled.settings.audit |= args.audit;
+    let cgroup = cgroup::resolve(args.cgroup.as_deref())?;
 
     bpffs::ensure_mounted()?;
     std::fs::create_dir_all(paths::PIN_ROOT).with_context(|| format!("creating {}", paths::PIN_ROOT))?;
@@ -98,17 +109,23 @@ fn start(name: &str, args: &RunArgs, ifindex: u32) -> Result<InstanceState> {
     let mut cleanup = RemoveOnError { name: name.to_string(), armed: true };
 
     let generation = 1;
-    let mut ebpf = loader::load(loader::Capacity::default())?;
+    let options = loader::LoadOptions { event_budget: args.event_budget, ..loader::LoadOptions::here()? };
+    let mut ebpf = loader::load(&options)?;
     loader::pin_maps(&ebpf, name)?;
     let mut maps = PolicyMaps::take(&mut ebpf)?;
     apply::write_generation(&mut maps, &compiled, generation)?;
     apply::activate(&mut maps, generation)?;
     let attach_mode = loader::attach(&mut ebpf, name, &args.iface)?;
+    if let Some(dir) = &cgroup {
+        loader::write_bypass(&mut loader::BypassMaps::open(name)?, &bypass::prefixes(&args.iface)?)?;
+        loader::attach_cgroup(&mut ebpf, name, dir)?;
+    }
     let state = InstanceState {
         name: name.to_string(),
         iface: args.iface.clone(),
         ifindex,
         attach_mode,
+        cgroup: cgroup.as_ref().map(|p| p.display().to_string()),
         audit_override: args.audit,
         started_at: crate::unix_now(),
         enforced: Enforced {
@@ -199,6 +216,7 @@ async fn daemon(name: &str, state: &InstanceState, interval: Duration) -> Result
     let mut rules = state.enforced.rules.clone();
     let mut last = Snapshot::read(&counters, &rules)?;
     let mut last_summary = tokio::time::Instant::now();
+    let mut refresh_bypass = tokio::time::Instant::now() - BYPASS_REFRESH;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -215,6 +233,14 @@ async fn daemon(name: &str, state: &InstanceState, interval: Duration) -> Result
                     ),
                     Ok(None) => {}
                     Err(e) => eprintln!("fw: {name}: rollback failed: {e:#}"),
+                }
+                if state.cgroup.is_some() && refresh_bypass.elapsed() >= BYPASS_REFRESH {
+                    refresh_bypass = tokio::time::Instant::now();
+                    if let Err(e) = bypass::prefixes(&state.iface)
+                        .and_then(|p| loader::write_bypass(&mut loader::BypassMaps::open(name)?, &p))
+                    {
+                        eprintln!("fw: {name}: refreshing the socket hooks' routes: {e:#}");
+                    }
                 }
                 if last_summary.elapsed() >= interval {
                     last_summary = tokio::time::Instant::now();

@@ -68,8 +68,6 @@ pub enum ErrorKind {
     NoPhases,
     #[error("a rule named `{name}` already exists at line {first_line} (rule names are unique across all phases)")]
     DuplicateRuleName { name: String, first_line: usize },
-    #[error("address set `{name}` is defined twice")]
-    DuplicateAddressSet { name: String },
     /// `to` in an inbound rule or `from` in an egress rule.
     #[error("{direction} rules name their peer with `{expected}`, not `{found}`")]
     WrongPeerKey { direction: &'static str, expected: &'static str, found: String },

@@ -94,8 +94,10 @@ impl Lowerer<'_> {
             Some(text) => self.expand(text)?,
             None => std::path::Path::new(self.file).file_stem().map_or("policy".into(), |s| s.to_string_lossy().into()),
         };
+        // Two sets of the same name would be a duplicate YAML key, which the
+        // YAML reader already rejects.
         for (set_name, entries) in &raw.addresses {
-            let nets = self.address_set(set_name, entries)?;
+            let nets = self.address_set(entries)?;
             self.sets.insert(set_name.value.clone(), nets);
         }
         if raw.phases.is_empty() {
@@ -124,10 +126,7 @@ impl Lowerer<'_> {
         Ok(Policy { name, file: self.file.to_string(), phases, rules })
     }
 
-    fn address_set(&mut self, set_name: &Text, entries: &TextList) -> Result<Vec<IpNet>, PolicyError> {
-        if self.sets.contains_key(&set_name.value) {
-            return Err(self.error(set_name.pos, ErrorKind::DuplicateAddressSet { name: set_name.value.clone() }));
-        }
+    fn address_set(&mut self, entries: &TextList) -> Result<Vec<IpNet>, PolicyError> {
         if entries.items.is_empty() {
             return Err(self.error(entries.key_pos, ErrorKind::EmptyList { key: "addresses" }));
         }
@@ -235,7 +234,10 @@ impl Lowerer<'_> {
     fn rule_match(&mut self, raw: &RawRule, optional: bool) -> Result<(Vec<IpNet>, Protocols), RuleProblem> {
         let (peers, url_ports) = match &raw.peers {
             None => (any_address(), Vec::new()),
-            Some(list) => self.rule_peers(list, optional)?,
+            Some(list) => {
+                let key = if raw.direction == fw_common::Direction::Egress { "to" } else { "from" };
+                self.rule_peers(key, list, optional)?
+            }
         };
         let protocols = self.rule_protocols(raw, optional, &url_ports)?;
         let mut peers = peers;
@@ -245,8 +247,7 @@ impl Lowerer<'_> {
     }
 
     /// Returns the rule's CIDRs and the ports its URL entries imply.
-    fn rule_peers(&mut self, list: &TextList, optional: bool) -> Result<(Vec<IpNet>, Vec<u16>), RuleProblem> {
-        let key = "to/from";
+    fn rule_peers(&mut self, key: &'static str, list: &TextList, optional: bool) -> Result<(Vec<IpNet>, Vec<u16>), RuleProblem> {
         if list.items.is_empty() {
             return Err(self.error(list.key_pos, ErrorKind::EmptyList { key }).into());
         }
@@ -386,8 +387,9 @@ impl Lowerer<'_> {
                 return Err(self.error(pos, ErrorKind::MissingPorts { proto: names(&port_protos) }).into());
             }
         };
-        // Without `ports`, ICMP in a mixed list matches every type.
         let ranges = merge_ranges(ranges);
+        // Without `ports`, ICMP in a list with port protocols (whose ports a
+        // URL implied) matches every type.
         Ok(Protocols::Only(
             protos
                 .iter()

@@ -21,13 +21,13 @@
 //!
 //! The semantics are written out in `docs/policy.md`.
 
-pub mod address;
+mod address;
 pub mod error;
 pub mod ir;
 pub mod lint;
 mod lower;
 pub mod protocols;
-pub mod raw;
+mod raw;
 pub mod vars;
 
 use std::{

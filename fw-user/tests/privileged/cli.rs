@@ -1,7 +1,7 @@
 //! Bad input to `fw run`: one line on stderr, a non-zero exit, nothing
 //! pinned, and a running instance left alone.
 
-use std::process::Command;
+use std::{process::Command, time::Duration};
 
 use crate::harness::{
     self,
@@ -25,16 +25,35 @@ phases:
       - { name: allow-tcp, to: [198.18.0.2, proto: tcp
 "#;
 
-/// `fw run` in `ns` with a fresh instance name; returns how it ended, after
-/// checking that it left no pins. Bounded: a run that starts enforcing
-/// instead of failing is killed and fails the test.
-fn run_expecting_failure(ns: &Netns, iface: &str, policy: &str) -> (String, Finished) {
+/// Runs `cmd`, an `fw run` for instance `name`, and checks that it left no
+/// pins (removing any, so that a failure here leaks nothing). Bounded: a
+/// run that starts enforcing instead of failing is killed and fails.
+fn run_leaving_nothing(name: &str, cmd: Command) -> Finished {
+    let out = run_bounded(cmd, Duration::from_secs(30));
+    let pinned = pin_dir(name).exists();
+    remove_leftovers(name);
+    assert!(
+        !pinned,
+        "a failed fw run left {} behind: {out:#?}",
+        pin_dir(name).display()
+    );
+    out
+}
+
+/// `fw run` in `ns` with a fresh instance name.
+fn run_expecting_failure(ns: &Netns, iface: &str, policy: &str) -> Finished {
     let name = unique_name();
-    let out = fw(ns, &["run", "--iface", iface, "--policy", policy, "--phase", "test", "--name", &name]);
-    let pinned = pin_dir(&name).exists();
-    remove_leftovers(&name);
-    assert!(!pinned, "a failed fw run left {} behind: {out:#?}", pin_dir(&name).display());
-    (name, out)
+    let mut cmd = ns.command(FW);
+    cmd.args([
+        "run", "--iface", iface, "--policy", policy, "--phase", "test", "--name", &name,
+    ]);
+    run_leaving_nothing(&name, cmd)
+}
+
+/// A veth pair and a scratch directory for policy files.
+fn veth_and_dir() -> (VethPair, TempDir) {
+    harness::setup();
+    (VethPair::new(0), TempDir::new())
 }
 
 #[test]
@@ -44,67 +63,92 @@ fn run_on_a_missing_interface_fails_in_one_line() {
     let dir = TempDir::new();
     let policy = dir.write("policy.yaml", POLICY);
     let iface = format!("fwnone{}", harness::next_n());
-    let (_, out) = run_expecting_failure(&ns, &iface, policy.to_str().unwrap());
+    let out = run_expecting_failure(&ns, &iface, policy.to_str().unwrap());
     let line = out.one_line_error();
-    assert!(line.contains(&iface), "the error must name the interface: {line}");
+    assert!(
+        line.contains(&iface),
+        "the error must name the interface: {line}"
+    );
+}
+
+/// `fw run` on a real veth with policy file `file`, which holds `contents`
+/// or does not exist: must fail in one line that names the file.
+fn assert_bad_policy_named(file: &str, contents: Option<&str>) {
+    let (pair, dir) = veth_and_dir();
+    let policy = match contents {
+        Some(text) => dir.write(file, text),
+        None => dir.path().join(file),
+    };
+    let out = run_expecting_failure(&pair.near, &pair.near_if, policy.to_str().unwrap());
+    let line = out.one_line_error();
+    assert!(line.contains(file), "the error must name the file: {line}");
 }
 
 #[test]
 fn run_with_a_missing_policy_file_fails_in_one_line() {
-    harness::setup();
-    let pair = VethPair::new(0);
-    let dir = TempDir::new();
-    let missing = dir.path().join("no-such-policy.yaml");
-    let (_, out) = run_expecting_failure(&pair.near, &pair.near_if, missing.to_str().unwrap());
-    let line = out.one_line_error();
-    assert!(line.contains("no-such-policy.yaml"), "the error must name the file: {line}");
+    assert_bad_policy_named("no-such-policy.yaml", None);
 }
 
 #[test]
 fn run_with_a_policy_syntax_error_fails_in_one_line() {
-    harness::setup();
-    let pair = VethPair::new(0);
-    let dir = TempDir::new();
-    let policy = dir.write("broken.yaml", BROKEN_POLICY);
-    let (_, out) = run_expecting_failure(&pair.near, &pair.near_if, policy.to_str().unwrap());
-    let line = out.one_line_error();
-    assert!(line.contains("broken.yaml"), "the error must name the file: {line}");
+    assert_bad_policy_named("broken.yaml", Some(BROKEN_POLICY));
 }
 
 #[test]
 fn second_run_with_the_same_name_fails_and_leaves_the_first_enforcing() {
-    harness::setup();
-    let pair = VethPair::new(0);
-    let dir = TempDir::new();
+    let (pair, dir) = veth_and_dir();
     let policy = dir.write("policy.yaml", POLICY);
     let first = Fw::start(&pair.near, &pair.near_if, &policy, "test");
 
     let out = fw(
         &pair.near,
-        &["run", "--iface", &pair.near_if, "--phase", "test", "--name", first.name(), "--policy", policy.to_str().unwrap()],
+        &[
+            "run",
+            "--iface",
+            &pair.near_if,
+            "--phase",
+            "test",
+            "--name",
+            first.name(),
+            "--policy",
+            policy.to_str().unwrap(),
+        ],
     );
     let line = out.one_line_error();
-    assert!(line.contains(first.name()), "the error must name the instance: {line}");
+    assert!(
+        line.contains(first.name()),
+        "the error must name the instance: {line}"
+    );
     let status = first.status();
-    assert!(status.status.success(), "the first instance must still enforce: {status:#?}");
+    assert!(
+        status.status.success(),
+        "the first instance must still enforce: {status:#?}"
+    );
     assert!(pin_dir(first.name()).exists());
 }
 
 #[test]
 fn run_without_root_says_it_needs_root() {
-    harness::setup();
-    let pair = VethPair::new(0);
-    let dir = TempDir::new();
+    let (pair, dir) = veth_and_dir();
     let policy = dir.write("policy.yaml", POLICY);
     let name = unique_name();
-    let mut cmd: Command = pair.near.command("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", FW, "run", "--iface", &pair.near_if])
-        .args(["--phase", "test", "--name", &name, "--policy"])
-        .arg(&policy);
-    let out = run_bounded(cmd, std::time::Duration::from_secs(30));
-    let pinned = pin_dir(&name).exists();
-    remove_leftovers(&name);
-    assert!(!pinned, "a refused fw run left pins: {out:#?}");
+    let mut cmd = pair.near.command("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--",
+        FW,
+        "run",
+        "--iface",
+        &pair.near_if,
+    ])
+    .args(["--phase", "test", "--name", &name, "--policy"])
+    .arg(&policy);
+    let out = run_leaving_nothing(&name, cmd);
     let line = out.one_line_error();
-    assert!(line.contains("root"), "the error must say that root is needed: {line}");
+    assert!(
+        line.contains("root"),
+        "the error must say that root is needed: {line}"
+    );
 }

@@ -33,9 +33,20 @@ impl Finished {
     /// Asserts the contract for bad input: non-zero exit and exactly one
     /// non-empty line on stderr. Returns that line.
     pub fn one_line_error(&self) -> &str {
-        assert!(!self.status.success(), "expected failure, got success: {self:#?}");
-        let lines: Vec<&str> = self.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-        assert_eq!(lines.len(), 1, "expected a one-line error on stderr: {self:#?}");
+        assert!(
+            !self.status.success(),
+            "expected failure, got success: {self:#?}"
+        );
+        let lines: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected a one-line error on stderr: {self:#?}"
+        );
         lines[0]
     }
 }
@@ -56,7 +67,12 @@ fn try_run_bounded(mut cmd: Command, limit: Duration) -> Result<Finished, String
     result
 }
 
-fn run_with_files(cmd: &mut Command, limit: Duration, out_path: &Path, err_path: &Path) -> Result<Finished, String> {
+fn run_with_files(
+    cmd: &mut Command,
+    limit: Duration,
+    out_path: &Path,
+    err_path: &Path,
+) -> Result<Finished, String> {
     let file = |p: &Path| fs::File::create(p).map_err(|e| format!("creating {}: {e}", p.display()));
     let mut child = cmd
         .stdin(Stdio::null())
@@ -66,7 +82,10 @@ fn run_with_files(cmd: &mut Command, limit: Duration, out_path: &Path, err_path:
         .map_err(|e| format!("starting {cmd:?}: {e}"))?;
     let start = Instant::now();
     let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| format!("waiting for {cmd:?}: {e}"))? {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(|e| format!("waiting for {cmd:?}: {e}"))?
+        {
             break status;
         }
         if start.elapsed() > limit {
@@ -160,14 +179,33 @@ impl<'ns> Fw<'ns> {
         let out = fs::File::create(&log).expect("creating the fw log");
         let err = out.try_clone().expect("cloning the fw log");
         let mut cmd = ns.command(FW);
-        cmd.args(["run", "--iface", iface, "--phase", phase, "--name", &name, "--interval", "1"])
-            .arg("--policy")
-            .arg(policy)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
-        let mut fw = Self { ns, name, child: Some(child), stopped: false, log, _dir: dir };
+        cmd.args([
+            "run",
+            "--iface",
+            iface,
+            "--phase",
+            phase,
+            "--name",
+            &name,
+            "--interval",
+            "1",
+        ])
+        .arg("--policy")
+        .arg(policy)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+        let mut fw = Self {
+            ns,
+            name,
+            child: Some(child),
+            stopped: false,
+            log,
+            _dir: dir,
+        };
         fw.wait_ready();
         fw
     }
@@ -177,15 +215,26 @@ impl<'ns> Fw<'ns> {
     fn wait_ready(&mut self) {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(20) {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().expect("waiting for fw run")) {
-                panic!("`fw run` exited before enforcing ({status}):\n{}", self.log_text());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().expect("waiting for fw run"))
+            {
+                panic!(
+                    "`fw run` exited before enforcing ({status}):\n{}",
+                    self.log_text()
+                );
             }
             if self.status().status.success() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("`fw status --name {}` did not succeed within 20 s; fw run printed:\n{}", self.name, self.log_text());
+        panic!(
+            "`fw status --name {}` did not succeed within 20 s; fw run printed:\n{}",
+            self.name,
+            self.log_text()
+        );
     }
 
     pub fn name(&self) -> &str {
@@ -205,8 +254,12 @@ impl<'ns> Fw<'ns> {
     pub fn drops(&self) -> Drops {
         let out = fw(self.ns, &["drops", "--name", &self.name, "--json"]);
         assert!(out.status.success(), "fw drops failed: {out:#?}");
-        let drops: Drops = serde_json::from_str(&out.stdout)
-            .unwrap_or_else(|e| panic!("fw drops --json printed something else than one Drops object ({e}):\n{}", out.stdout));
+        let drops: Drops = serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "fw drops --json printed something else than one Drops object ({e}):\n{}",
+                out.stdout
+            )
+        });
         assert_eq!(drops.name, self.name);
         drops
     }
@@ -229,7 +282,11 @@ impl<'ns> Fw<'ns> {
     /// `fw stop`, which must succeed, and the end of `fw run`.
     pub fn stop(&mut self) {
         let out = fw(self.ns, &["stop", "--name", &self.name]);
-        assert!(out.status.success(), "fw stop failed: {out:#?}\nfw run printed:\n{}", self.log_text());
+        assert!(
+            out.status.success(),
+            "fw stop failed: {out:#?}\nfw run printed:\n{}",
+            self.log_text()
+        );
         self.stopped = true;
         self.reap();
     }

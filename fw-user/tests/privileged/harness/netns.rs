@@ -42,7 +42,10 @@ pub struct Netns {
 
 impl Netns {
     pub fn new(name: String) -> Self {
-        assert!(owner_pid(&name).is_some(), "{name} must come from unique_name()");
+        assert!(
+            owner_pid(&name).is_some(),
+            "{name} must come from unique_name()"
+        );
         run_ok(Command::new("ip").args(["netns", "add", &name]));
         Self { name }
     }
@@ -88,7 +91,9 @@ impl Netns {
     /// kernel state, not a sleep standing in for it.
     pub fn wait_link_up(&self, dev: &str) {
         for _ in 0..300 {
-            let out = run_ok(Command::new("ip").args(["-n", &self.name, "-o", "link", "show", "dev", dev]));
+            let out = run_ok(
+                Command::new("ip").args(["-n", &self.name, "-o", "link", "show", "dev", dev]),
+            );
             if String::from_utf8_lossy(&out.stdout).contains("state UP") {
                 return;
             }
@@ -100,7 +105,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let out = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let out = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
         if !out.is_ok_and(|o| o.status.success()) {
             eprintln!("warning: could not delete network namespace {}", self.name);
         }
@@ -130,7 +137,10 @@ impl VethPair {
         // fw<pid mod 100000><n>a: at most 15 characters (IFNAMSIZ - 1).
         let tag = format!("fw{}{}", process::id() % 100_000, super::next_n());
         let (near_if, far_if) = (format!("{tag}a"), format!("{tag}b"));
-        assert!(near_if.len() <= 15, "{near_if} is longer than IFNAMSIZ allows");
+        assert!(
+            near_if.len() <= 15,
+            "{near_if} is longer than IFNAMSIZ allows"
+        );
         let pair = Self {
             near4: Ipv4Addr::new(198, 18, x, 1),
             far4: Ipv4Addr::new(198, 18, x, 2),
@@ -142,15 +152,33 @@ impl VethPair {
             far_if,
         };
         run_ok(Command::new("ip").args([
-            "link", "add", &pair.near_if, "netns", pair.near.name(), "type", "veth",
-            "peer", "name", &pair.far_if, "netns", pair.far.name(),
+            "link",
+            "add",
+            &pair.near_if,
+            "netns",
+            pair.near.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &pair.far_if,
+            "netns",
+            pair.far.name(),
         ]));
         for (ns, dev, v4, v6) in [
             (&pair.near, &pair.near_if, pair.near4, pair.near6),
             (&pair.far, &pair.far_if, pair.far4, pair.far6),
         ] {
             ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
-            ns.ip(&["-6", "addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]);
+            ns.ip(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                dev,
+                "nodad",
+            ]);
             ns.ip(&["link", "set", "dev", dev, "up"]);
         }
         pair.near.wait_link_up(&pair.near_if);
@@ -169,16 +197,28 @@ impl VethPair {
 /// test run killed before its guards ran left behind. Leaves everything
 /// else, including the leftovers of runs that are still going.
 pub fn sweep_leftovers() {
-    let dead = |name: &str| owner_pid(name).is_some_and(|pid| pid != process::id() && !pid_alive(pid));
-    for name in names_in(Path::new(NETNS_DIR)).into_iter().filter(|n| dead(n)) {
+    let dead =
+        |name: &str| owner_pid(name).is_some_and(|pid| pid != process::id() && !pid_alive(pid));
+    for name in names_in(Path::new(NETNS_DIR))
+        .into_iter()
+        .filter(|n| dead(n))
+    {
         eprintln!("sweeping leftover namespace {name}");
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
     }
-    for dir in [Path::new(PIN_ROOT), Path::new(FW_RUN_DIR), &std::env::temp_dir()] {
+    for dir in [
+        Path::new(PIN_ROOT),
+        Path::new(FW_RUN_DIR),
+        &std::env::temp_dir(),
+    ] {
         for name in names_in(dir).into_iter().filter(|n| dead(n)) {
             let path = dir.join(&name);
             eprintln!("sweeping leftover {}", path.display());
-            let _ = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+            let _ = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
         }
     }
 }

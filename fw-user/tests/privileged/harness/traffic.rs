@@ -32,10 +32,17 @@ pub fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
     let path = ns.path();
     thread::scope(|s| {
         s.spawn(move || {
-            let file = fs::File::open(&path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+            let file =
+                fs::File::open(&path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
             // SAFETY: setns on a valid descriptor; it changes only this thread.
             let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns {}: {}", path.display(), io::Error::last_os_error());
+            assert_eq!(
+                rc,
+                0,
+                "setns {}: {}",
+                path.display(),
+                io::Error::last_os_error()
+            );
             f()
         })
         .join()
@@ -84,7 +91,11 @@ impl Echo {
             let (received, stop) = (received.clone(), stop.clone());
             thread::spawn(move || serve(received, stop))
         };
-        Self { received, stop, thread: Some(thread) }
+        Self {
+            received,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     pub fn received(&self) -> usize {
@@ -106,7 +117,11 @@ const POLL_TICK: Duration = Duration::from_millis(50);
 
 /// Waits up to [`POLL_TICK`] for `fd` to become readable.
 fn readable(fd: i32) -> bool {
-    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
     // SAFETY: one valid pollfd, for the length we pass.
     let n = unsafe { libc::poll(&mut pfd, 1, POLL_TICK.as_millis() as i32) };
     n > 0 && pfd.revents & libc::POLLIN != 0
@@ -117,7 +132,9 @@ fn serve_tcp(listener: &TcpListener, received: &Counter, stop: &AtomicBool) {
         if !readable(listener.as_raw_fd()) {
             continue;
         }
-        let Ok((mut conn, _)) = listener.accept() else { continue };
+        let Ok((mut conn, _)) = listener.accept() else {
+            continue;
+        };
         received.bump();
         let _ = conn.set_read_timeout(Some(PASS_TIMEOUT));
         let mut buf = [0u8; 1024];
@@ -173,7 +190,10 @@ pub fn tcp_echo(addr: SocketAddr, connect_timeout: Duration) -> Outcome {
     })();
     match echoed {
         Ok(back) if back == payload.as_bytes() => Outcome::Echoed,
-        Ok(back) => Outcome::Failed(format!("{addr} echoed {:?}", String::from_utf8_lossy(&back))),
+        Ok(back) => Outcome::Failed(format!(
+            "{addr} echoed {:?}",
+            String::from_utf8_lossy(&back)
+        )),
         Err(e) => Outcome::Failed(format!("echo over {addr}: {e}")),
     }
 }
@@ -201,8 +221,18 @@ pub fn udp_echo(addr: SocketAddr, timeout: Duration) -> Outcome {
     })();
     match result {
         Ok(back) if back == payload.as_bytes() => Outcome::Echoed,
-        Ok(back) => Outcome::Failed(format!("{addr} echoed {:?}", String::from_utf8_lossy(&back))),
-        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => Outcome::TimedOut,
+        Ok(back) => Outcome::Failed(format!(
+            "{addr} echoed {:?}",
+            String::from_utf8_lossy(&back)
+        )),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            Outcome::TimedOut
+        }
         Err(e) => Outcome::Failed(format!("udp {addr}: {e}")),
     }
 }

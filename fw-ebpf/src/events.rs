@@ -1,0 +1,92 @@
+//! Drop events: one record per denied packet or connect, sent through a
+//! ring buffer, at most `EVENT_BUDGET` per second per (reason, rule) and
+//! CPU. A flood costs one per-CPU hash lookup per packet past the budget;
+//! the counters stay exact (they are kept elsewhere, for every packet).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{LruPerCpuHashMap, PerCpuArray, RingBuf},
+};
+use fw_common::{
+    event::{event_stats, DropEvent, RateWindow, EVENT_VERSION},
+    maps::{DEFAULT_EVENT_BUDGET, EVENTS_BYTES},
+};
+
+use crate::verdict::Verdict;
+
+/// Events per second per (reason, rule) and CPU; set at load time.
+#[unsafe(no_mangle)]
+static EVENT_BUDGET: u32 = DEFAULT_EVENT_BUDGET;
+
+#[map(name = "FW_EVENTS")]
+static FW_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+#[map(name = "FW_EVENT_RATE")]
+static FW_EVENT_RATE: LruPerCpuHashMap<u64, RateWindow> = LruPerCpuHashMap::with_max_entries(4096, 0);
+
+#[map(name = "FW_EVENT_STATS")]
+static FW_EVENT_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(event_stats::ENTRIES, 0);
+
+const SECOND_NS: u64 = 1_000_000_000;
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(c) = FW_EVENT_STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Whether this (reason, rule) may emit one more event now.
+#[inline(always)]
+fn within_budget(verdict: &Verdict, now: u64) -> bool {
+    // SAFETY: reading a load-time constant the loader may have rewritten.
+    let budget = unsafe { core::ptr::read_volatile(&EVENT_BUDGET) };
+    let key = (u64::from(verdict.reason as u8) << 32) | u64::from(verdict.rule);
+    match FW_EVENT_RATE.get_ptr_mut(&key) {
+        Some(w) => {
+            // SAFETY: per-CPU value from a successful lookup.
+            let w = unsafe { &mut *w };
+            if now.wrapping_sub(w.start_ns) >= SECOND_NS {
+                w.start_ns = now;
+                w.emitted = 0;
+            }
+            if w.emitted >= budget {
+                return false;
+            }
+            w.emitted += 1;
+            true
+        }
+        None => {
+            let w = RateWindow { start_ns: now, emitted: 1, _pad: 0 };
+            let _ = FW_EVENT_RATE.insert(&key, &w, 0);
+            budget > 0
+        }
+    }
+}
+
+/// Sends the event `build` fills in (called only when within budget).
+/// Returns whether an event was sent. (It returns a value because a BPF
+/// subprogram must not exit with a stack pointer left in R0.)
+#[inline(never)]
+pub fn emit(verdict: &Verdict, now: u64, build: impl FnOnce(&mut DropEvent)) -> bool {
+    if !within_budget(verdict, now) {
+        bump(event_stats::SUPPRESSED);
+        return false;
+    }
+    let Some(mut entry) = FW_EVENTS.reserve::<DropEvent>(0) else {
+        bump(event_stats::LOST);
+        return false;
+    };
+    let event = entry.write(DropEvent {
+        version: EVENT_VERSION,
+        reason: verdict.reason as u8,
+        rule: verdict.rule,
+        time_ns: now,
+        ..DropEvent::default()
+    });
+    build(event);
+    entry.submit(0);
+    bump(event_stats::EMITTED);
+    true
+}

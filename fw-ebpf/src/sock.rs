@@ -1,0 +1,143 @@
+//! Cgroup socket hooks: a `connect()` or `sendmsg()` that the egress policy
+//! denies fails at once with EPERM instead of timing out on a silently
+//! dropped SYN (nginx's public-IP autodiscovery in the OpenVidu thread).
+//!
+//! The TC egress program stays the enforcer of record for every packet;
+//! these hooks only make the answer fast, so they defer (allow) whenever
+//! they cannot judge exactly:
+//! * sockets of another network namespace (the policy is this namespace's);
+//! * destinations that do not leave through the enforced interface
+//!   (`FW_BYPASS4/6`: loopback, local addresses, other interfaces' routes);
+//! * protocols other than TCP and UDP;
+//! * sockets bound to a port an inbound rule serves to that peer: their
+//!   sends may be replies to flows only the TC programs see (a media server
+//!   answering a client's ICE check from port 40000).
+//! Phase switches and audit mode apply as for packets; `reject: false` in a
+//! phase turns the hooks off.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_netns_cookie},
+    macros::{cgroup_sock_addr, map},
+    maps::{lpm_trie::Key, LpmTrie},
+    programs::SockAddrContext,
+    EbpfContext,
+};
+use fw_common::{event::EVENT_FROM_SOCKET, policy::proto, Action, Direction, Reason};
+
+use crate::{counters, events, flow, policy, verdict::Verdict};
+
+/// Network namespace cookie of the enforced interface; set at load time.
+#[unsafe(no_mangle)]
+static NETNS_COOKIE: u64 = 0;
+
+#[map(name = "FW_BYPASS4")]
+static FW_BYPASS4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(4096, 0);
+
+#[map(name = "FW_BYPASS6")]
+static FW_BYPASS6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(4096, 0);
+
+const ALLOW: i32 = 1;
+const REFUSE: i32 = 0;
+
+#[cgroup_sock_addr(connect4)]
+pub fn fw_connect4(ctx: SockAddrContext) -> i32 {
+    judge(&ctx, 4)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn fw_connect6(ctx: SockAddrContext) -> i32 {
+    judge(&ctx, 6)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn fw_sendmsg4(ctx: SockAddrContext) -> i32 {
+    judge(&ctx, 4)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn fw_sendmsg6(ctx: SockAddrContext) -> i32 {
+    judge(&ctx, 6)
+}
+
+#[inline(always)]
+fn judge(ctx: &SockAddrContext, family: u8) -> i32 {
+    // SAFETY: the kernel passes a valid bpf_sock_addr for this program type.
+    let sa = unsafe { &*ctx.sock_addr };
+    // SAFETY: the helper only reads the socket's namespace.
+    let cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // SAFETY: reading a load-time constant the loader rewrote.
+    if cookie != unsafe { core::ptr::read_volatile(&NETNS_COOKIE) } {
+        return ALLOW;
+    }
+    let ip_proto = sa.protocol as u8;
+    if ip_proto != proto::TCP && ip_proto != proto::UDP {
+        return ALLOW;
+    }
+    let mut dst = [0u8; 16];
+    if family == 4 {
+        dst[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+        if FW_BYPASS4.get(&Key::new(32, [dst[0], dst[1], dst[2], dst[3]])).is_some() {
+            return ALLOW;
+        }
+    } else {
+        for (i, word) in sa.user_ip6.iter().enumerate() {
+            dst[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+        }
+        if FW_BYPASS6.get(&Key::new(128, dst)).is_some() {
+            return ALLOW;
+        }
+    }
+    // user_port holds the port in network byte order in its first 2 bytes.
+    let dport = u16::from_be(sa.user_port as u16);
+    let Some(active) = policy::active() else { return ALLOW };
+    if active.phase.reject == 0 {
+        return ALLOW;
+    }
+    let peer = policy::Peer { family, addr: &dst };
+    let verdict = policy::decide(&active, Direction::Egress, peer, ip_proto, dport);
+    if verdict.reason == Reason::PassAudit {
+        report(ctx, &verdict, family, ip_proto, &dst, dport);
+        return ALLOW;
+    }
+    if !verdict.reason.is_drop() {
+        return ALLOW;
+    }
+    // SAFETY: `sk` is always set for sock_addr programs; checked anyway.
+    let sk = unsafe { sa.__bindgen_anon_1.sk };
+    if !sk.is_null() {
+        // SAFETY: non-null socket pointer from the context.
+        let local_port = unsafe { (*sk).src_port } as u16;
+        if local_port != 0 && serves(&active, peer, ip_proto, local_port) {
+            return ALLOW;
+        }
+    }
+    let refused = Verdict::new(Reason::DropSocket, verdict.rule);
+    counters::count(Direction::Egress, &refused, 0);
+    report(ctx, &refused, family, ip_proto, &dst, dport);
+    REFUSE
+}
+
+/// Does an inbound rule admit `peer` to `local_port`?
+#[inline(always)]
+fn serves(active: &policy::Active, peer: policy::Peer, ip_proto: u8, local_port: u16) -> bool {
+    matches!(
+        policy::lookup(active.generation, Direction::Inbound, peer, ip_proto, local_port),
+        Some(v) if v.action() == Action::Allow
+    )
+}
+
+#[inline(always)]
+fn report(_ctx: &SockAddrContext, verdict: &Verdict, family: u8, ip_proto: u8, dst: &[u8; 16], dport: u16) {
+    events::emit(verdict, flow::now_ns(), |e| {
+        e.direction = Direction::Egress as u8;
+        e.family = family;
+        e.proto = ip_proto;
+        e.flags = EVENT_FROM_SOCKET | if verdict.reason == Reason::PassAudit { fw_common::event::EVENT_AUDIT } else { 0 };
+        e.dst = *dst;
+        e.dst_port = dport;
+        e.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        e.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        // SAFETY: a helper without preconditions in this program type.
+        e.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    });
+}

@@ -1,0 +1,48 @@
+//! Where the cgroup socket hooks go.
+//!
+//! On a real server `fw run` enforces an interface of the host's own network
+//! namespace, and the hooks belong on the root of the cgroup v2 hierarchy
+//! (every process). When `fw` runs in another namespace (a container, a
+//! test) the default is no hooks: a root-cgroup hook would see every
+//! process of the machine. `--cgroup PATH` picks a directory explicitly.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+
+/// The cgroup v2 mount point: `/sys/fs/cgroup`, or `/sys/fs/cgroup/unified`
+/// on a hybrid layout.
+pub fn v2_mount() -> Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    mounts
+        .lines()
+        .find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .context("no cgroup v2 hierarchy is mounted (see /proc/mounts)")
+}
+
+/// Does this process run in the host's initial network namespace?
+pub fn in_initial_netns() -> Result<bool> {
+    let ours = std::fs::read_link("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
+    let init = std::fs::read_link("/proc/1/ns/net").context("reading /proc/1/ns/net")?;
+    Ok(ours == init)
+}
+
+/// `--cgroup` resolved: `None` for no hooks.
+pub fn resolve(arg: Option<&str>) -> Result<Option<PathBuf>> {
+    match arg {
+        Some("none") => Ok(None),
+        Some(path) => {
+            let path = PathBuf::from(path);
+            let mount = v2_mount()?;
+            if !path.starts_with(&mount) || !path.is_dir() {
+                bail!("--cgroup {}: not a directory of the cgroup v2 hierarchy at {}", path.display(), mount.display());
+            }
+            Ok(Some(path))
+        }
+        None if in_initial_netns()? => Ok(Some(v2_mount()?)),
+        None => Ok(None),
+    }
+}

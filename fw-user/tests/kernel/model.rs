@@ -1,0 +1,596 @@
+//! The reference model: a plain-Rust packet parser and decision procedure,
+//! written from the design (DESIGN.md "Datapath"), the documented order in
+//! `fw-ebpf/src/datapath.rs` and the policy semantics, sharing no code with
+//! the kernel programs. The policy part reads the compiled tables with
+//! `CompiledPhase::lookup`, the reference LPM lookup.
+//!
+//! It keeps its own flow and fragment tables and applies to them what the
+//! kernel must do (admit, touch, re-check, forget, remember a first
+//! fragment), so that a sequence of packets can be predicted, not only a
+//! single one.
+//!
+//! Semantics, in the order a packet meets them:
+//!
+//! * Parsing. A frame shorter than its Ethernet header plus VLAN tags is
+//!   `drop_truncated_l2`; more than two tags `drop_vlan_depth`; anything but
+//!   IPv4/IPv6 passes (`pass_non_ip`). An IP header cut short is
+//!   `drop_truncated_l3`; a wrong version, IHL < 5, total length smaller than
+//!   the header or beyond the frame, IPv6 payload length 0 or beyond the frame
+//!   is `drop_bad_ip_header`. IPv6 extension headers (hop-by-hop, routing,
+//!   destination options, fragment, AH) are walked, at most 6; a 7th, or one
+//!   of the types no parser can walk (135, 139, 140, 253, 254), is
+//!   `drop_ipv6_ext_chain`; an extension header running past the datagram is
+//!   `drop_truncated_l3`. The transport header (TCP 20, UDP 8, SCTP 12,
+//!   ICMP/ICMPv6 8 bytes) must lie inside the datagram, else
+//!   `drop_truncated_l4`. Non-first fragments have no transport header.
+//!   Headers are only looked for within the first 512 bytes of the frame (a
+//!   documented limit of the parser: a header read starting beyond it counts
+//!   as missing).
+//! * ICMPv6 neighbour discovery / MLD (types 130-137, 143) in IPv6 passes.
+//! * A non-first fragment follows its datagram's first fragment: passes if
+//!   that one passed less than 30 s ago, else `drop_fragment`. The datagram
+//!   is identified by (src, dst, id) and the protocol: for IPv4 the protocol
+//!   field; for IPv6 the fragment header's Next Header (the first header of
+//!   the fragmentable part, the same in every fragment, RFC 8200 4.5).
+//! * A live tracked flow (same generation) passes; of another generation, it
+//!   is re-checked against the rule kind that opened it (origin direction,
+//!   remote peer, protocol, the port it was admitted on) and re-stamped, or
+//!   forgotten and the packet judged afresh.
+//! * An ICMP error quoting a live tracked flow passes.
+//! * The policy: the deciding rule (allow/deny) or the phase default; audit
+//!   turns drops into `pass_audit`; an egress packet that only the default
+//!   drops, sent from a port an inbound rule serves to that peer, is
+//!   `drop_spoofed_reply`. A rule's allow opens a flow (ICMP: echo requests
+//!   only).
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use fw_common::{
+    flow::{
+        FLOW_FIN, FLOW_INBOUND, FRAG_TIMEOUT_NS, OTHER_TIMEOUT_NS, TCP_CLOSING_TIMEOUT_NS, TCP_TIMEOUT_NS,
+        TOUCH_INTERVAL_NS, UDP_TIMEOUT_NS,
+    },
+    Action, Direction, FlowKey, FlowValue, FragKey, FragValue, PolicyValue, Reason,
+};
+use fw_user::compile::tables::{CompiledPhase, PhaseSettings, TableVerdict};
+
+pub const NO_RULE: u32 = u32::MAX;
+/// The parser's look-ahead window (see the module docs).
+pub const HEADER_WINDOW: usize = 512;
+
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const SCTP: u8 = 132;
+const ICMP: u8 = 1;
+const ICMPV6: u8 = 58;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fragment {
+    Whole,
+    First,
+    Later,
+}
+
+/// The transport identity of the packet an ICMP error quotes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quote {
+    pub family: u8,
+    pub proto: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Headers {
+    pub family: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// The transport protocol (IPv6: the header after the walked chain).
+    pub proto: u8,
+    /// Flow ports (ICMP echo: the identifier twice).
+    pub sport: u16,
+    pub dport: u16,
+    /// What the policy matches: destination port, ICMP `type << 8 | code`.
+    pub policy_port: u16,
+    pub icmp_type: Option<u8>,
+    pub tcp_flags: u8,
+    pub fragment: Fragment,
+    pub frag_id: u32,
+    /// IPv6 fragments: the fragment header's Next Header.
+    pub frag_next: u8,
+    pub quote: Option<Quote>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Parsed {
+    NotIp,
+    Ip(Headers),
+    Bad(Reason),
+}
+
+/// Byte access honouring the frame end and the look-ahead window.
+struct Frame<'a>(&'a [u8]);
+
+impl Frame<'_> {
+    fn get(&self, off: usize, n: usize) -> Option<&[u8]> {
+        if off > HEADER_WINDOW || off + n > self.0.len() {
+            return None;
+        }
+        Some(&self.0[off..off + n])
+    }
+    fn be16(&self, off: usize) -> Option<u16> {
+        self.get(off, 2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+}
+
+fn be16(b: &[u8]) -> u16 {
+    u16::from_be_bytes([b[0], b[1]])
+}
+
+fn addr16(b: &[u8]) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[..b.len()].copy_from_slice(b);
+    a
+}
+
+fn is_vlan(ethertype: u16) -> bool {
+    ethertype == 0x8100 || ethertype == 0x88a8
+}
+
+fn walkable_ext(next: u8) -> bool {
+    matches!(next, 0 | 43 | 44 | 51 | 60)
+}
+
+fn unwalkable_ext(next: u8) -> bool {
+    matches!(next, 135 | 139 | 140 | 253 | 254)
+}
+
+fn icmp_echo(proto: u8, ty: u8) -> bool {
+    if proto == ICMP {
+        ty == 0 || ty == 8
+    } else {
+        ty == 128 || ty == 129
+    }
+}
+
+fn icmp_error(proto: u8, ty: u8) -> bool {
+    if proto == ICMP {
+        ty == 3 || ty == 11 || ty == 12
+    } else {
+        (1..=4).contains(&ty)
+    }
+}
+
+/// Parses a whole frame (at least 14 bytes: shorter frames cannot be fed to
+/// a TC program).
+pub fn parse(bytes: &[u8]) -> Parsed {
+    let f = Frame(bytes);
+    let Some(mut ethertype) = f.be16(12) else { return Parsed::Bad(Reason::DropTruncatedL2) };
+    let mut l3 = 14;
+    let mut tags = 0;
+    while is_vlan(ethertype) {
+        if tags == 2 {
+            return Parsed::Bad(Reason::DropVlanDepth);
+        }
+        match f.be16(l3 + 2) {
+            Some(t) => ethertype = t,
+            None => return Parsed::Bad(Reason::DropTruncatedL2),
+        }
+        l3 += 4;
+        tags += 1;
+    }
+    let result = match ethertype {
+        0x0800 => ipv4(&f, l3),
+        0x86dd => ipv6(&f, l3),
+        _ => return Parsed::NotIp,
+    };
+    match result {
+        Ok(h) => Parsed::Ip(h),
+        Err(r) => Parsed::Bad(r),
+    }
+}
+
+fn empty_headers(family: u8, src: [u8; 16], dst: [u8; 16], proto: u8) -> Headers {
+    Headers {
+        family,
+        src,
+        dst,
+        proto,
+        sport: 0,
+        dport: 0,
+        policy_port: 0,
+        icmp_type: None,
+        tcp_flags: 0,
+        fragment: Fragment::Whole,
+        frag_id: 0,
+        frag_next: 0,
+        quote: None,
+    }
+}
+
+fn ipv4(f: &Frame, l3: usize) -> Result<Headers, Reason> {
+    let h = f.get(l3, 20).ok_or(Reason::DropTruncatedL3)?;
+    let version = h[0] >> 4;
+    let header_len = usize::from(h[0] & 0xf) * 4;
+    let total = usize::from(be16(&h[2..4]));
+    let in_frame = f.0.len() - l3;
+    if version != 4 || header_len < 20 || total < header_len || total > in_frame {
+        return Err(Reason::DropBadIpHeader);
+    }
+    let mut out = empty_headers(4, addr16(&h[12..16]), addr16(&h[16..20]), h[9]);
+    let flags_offset = be16(&h[6..8]);
+    out.frag_id = u32::from(be16(&h[4..6]));
+    out.fragment = match (flags_offset & 0x1fff, flags_offset & 0x2000) {
+        (0, 0) => Fragment::Whole,
+        (0, _) => Fragment::First,
+        _ => Fragment::Later,
+    };
+    out.frag_next = out.proto;
+    if out.fragment != Fragment::Later {
+        transport(f, &mut out, l3 + header_len, l3 + total)?;
+    }
+    Ok(out)
+}
+
+fn ipv6(f: &Frame, l3: usize) -> Result<Headers, Reason> {
+    let h = f.get(l3, 40).ok_or(Reason::DropTruncatedL3)?;
+    if h[0] >> 4 != 6 {
+        return Err(Reason::DropBadIpHeader);
+    }
+    let payload = usize::from(be16(&h[4..6]));
+    if payload == 0 || 40 + payload > f.0.len() - l3 {
+        return Err(Reason::DropBadIpHeader);
+    }
+    let end = l3 + 40 + payload;
+    let mut out = empty_headers(6, addr16(&h[8..24]), addr16(&h[24..40]), 0);
+    let mut next = h[6];
+    let mut at = l3 + 40;
+    let mut walked = 0;
+    loop {
+        if unwalkable_ext(next) || (walkable_ext(next) && walked == 6) {
+            return Err(Reason::DropIpv6ExtChain);
+        }
+        if !walkable_ext(next) {
+            break;
+        }
+        let len = match next {
+            44 => {
+                let x = f.get(at, 8).ok_or(Reason::DropTruncatedL3)?;
+                let field = be16(&x[2..4]);
+                out.fragment = if field >> 3 != 0 {
+                    Fragment::Later
+                } else if field & 1 != 0 {
+                    Fragment::First
+                } else {
+                    Fragment::Whole
+                };
+                out.frag_id = u32::from_be_bytes([x[4], x[5], x[6], x[7]]);
+                out.frag_next = x[0];
+                8
+            }
+            51 => (usize::from(f.get(at, 2).ok_or(Reason::DropTruncatedL3)?[1]) + 2) * 4,
+            _ => (usize::from(f.get(at, 2).ok_or(Reason::DropTruncatedL3)?[1]) + 1) * 8,
+        };
+        next = f.0[at];
+        at += len;
+        if at > end {
+            return Err(Reason::DropTruncatedL3);
+        }
+        walked += 1;
+        if out.fragment == Fragment::Later {
+            // The rest of the chain travels in the first fragment.
+            break;
+        }
+    }
+    out.proto = next;
+    if out.fragment != Fragment::Later {
+        transport(f, &mut out, at, end)?;
+    }
+    Ok(out)
+}
+
+fn transport(f: &Frame, out: &mut Headers, at: usize, end: usize) -> Result<(), Reason> {
+    let need = match out.proto {
+        TCP => 20,
+        UDP | ICMP | ICMPV6 => 8,
+        SCTP => 12,
+        _ => return Ok(()),
+    };
+    let h = match f.get(at, need) {
+        Some(h) if at + need <= end => h,
+        _ => return Err(Reason::DropTruncatedL4),
+    };
+    if out.proto == ICMP || out.proto == ICMPV6 {
+        let ty = h[0];
+        out.icmp_type = Some(ty);
+        out.policy_port = u16::from(ty) << 8 | u16::from(h[1]);
+        if icmp_echo(out.proto, ty) {
+            let id = be16(&h[4..6]);
+            (out.sport, out.dport) = (id, id);
+        } else if icmp_error(out.proto, ty) {
+            out.quote = quote(f, out.proto, at + 8, end);
+        }
+    } else {
+        out.sport = be16(&h[0..2]);
+        out.dport = be16(&h[2..4]);
+        out.policy_port = out.dport;
+        if out.proto == TCP {
+            out.tcp_flags = h[13];
+        }
+    }
+    Ok(())
+}
+
+/// The quoted packet of an ICMP error: its IP header (ICMP quotes IPv4,
+/// ICMPv6 quotes IPv6) and 8 bytes of its transport header, inside the
+/// error's datagram. Only TCP/UDP/SCTP and echo quotes identify a flow.
+fn quote(f: &Frame, icmp_proto: u8, at: usize, end: usize) -> Option<Quote> {
+    let (family, proto, src, dst, l4) = if icmp_proto == ICMP {
+        let h = f.get(at, 20)?;
+        let ihl = usize::from(h[0] & 0xf) * 4;
+        if h[0] >> 4 != 4 || ihl < 20 {
+            return None;
+        }
+        (4, h[9], addr16(&h[12..16]), addr16(&h[16..20]), at + ihl)
+    } else {
+        // The addresses are read as two separate 16-byte fields, each of
+        // which must start inside the window.
+        let h = f.get(at, 40)?;
+        f.get(at + 24, 16)?;
+        if h[0] >> 4 != 6 {
+            return None;
+        }
+        (6, h[6], addr16(&h[8..24]), addr16(&h[24..40]), at + 40)
+    };
+    let t = f.get(l4, 8)?;
+    if l4 + 8 > end {
+        return None;
+    }
+    let (sport, dport) = match proto {
+        TCP | UDP | SCTP => (be16(&t[0..2]), be16(&t[2..4])),
+        ICMP | ICMPV6 if icmp_echo(proto, t[0]) => (be16(&t[4..6]), be16(&t[4..6])),
+        _ => return None,
+    };
+    Some(Quote { family, proto, src, dst, sport, dport })
+}
+
+/// The policy the kernel enforces: the generation in `FW_CONFIG` and the
+/// compiled phase written under it. `phase: None` is the state before any
+/// policy was written: generation 0, zeroed settings (which read as deny).
+#[derive(Clone, Debug)]
+pub struct Active {
+    pub generation: u32,
+    pub phase: Option<CompiledPhase>,
+}
+
+impl Active {
+    pub fn unwritten() -> Active {
+        Active { generation: 0, phase: None }
+    }
+
+    fn settings(&self) -> PhaseSettings {
+        match &self.phase {
+            Some(p) => p.settings,
+            None => PhaseSettings { egress_default: Action::Deny, inbound_default: Action::Deny, audit: false },
+        }
+    }
+
+    /// The deciding rule, if any rule matches.
+    pub fn rule(&self, direction: Direction, family: u8, addr: &[u8; 16], proto: u8, port: u16) -> Option<PolicyValue> {
+        let phase = self.phase.as_ref()?;
+        let ip = if family == 4 {
+            IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(*addr))
+        };
+        match phase.lookup(direction, ip, proto, port) {
+            TableVerdict::Rule(v) => Some(v),
+            TableVerdict::Default(_) => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub reason: Reason,
+    pub rule: u32,
+}
+
+impl Outcome {
+    fn new(reason: Reason, rule: u32) -> Outcome {
+        Outcome { reason, rule }
+    }
+    fn bare(reason: Reason) -> Outcome {
+        Outcome { reason, rule: NO_RULE }
+    }
+}
+
+/// Flow and fragment state, as the kernel's maps should hold it.
+#[derive(Clone, Debug, Default)]
+pub struct State {
+    pub flows: HashMap<FlowKey, FlowValue>,
+    pub frags: HashMap<FragKey, FragValue>,
+}
+
+pub fn flow_key(family: u8, proto: u8, local: &[u8; 16], remote: &[u8; 16], lport: u16, rport: u16) -> FlowKey {
+    FlowKey {
+        family,
+        proto,
+        _pad: [0; 2],
+        local_port: lport.to_be_bytes(),
+        remote_port: rport.to_be_bytes(),
+        local_addr: *local,
+        remote_addr: *remote,
+    }
+}
+
+/// This host is the source on egress, the destination on ingress.
+pub fn packet_flow_key(direction: Direction, h: &Headers) -> FlowKey {
+    match direction {
+        Direction::Egress => flow_key(h.family, h.proto, &h.src, &h.dst, h.sport, h.dport),
+        Direction::Inbound => flow_key(h.family, h.proto, &h.dst, &h.src, h.dport, h.sport),
+    }
+}
+
+/// The quoted packet went the other way: on ingress it is one this host
+/// sent (its source is local), on egress one it received.
+pub fn quote_flow_key(direction: Direction, q: &Quote) -> FlowKey {
+    match direction {
+        Direction::Inbound => flow_key(q.family, q.proto, &q.src, &q.dst, q.sport, q.dport),
+        Direction::Egress => flow_key(q.family, q.proto, &q.dst, &q.src, q.dport, q.sport),
+    }
+}
+
+pub fn frag_key(h: &Headers) -> FragKey {
+    FragKey { family: h.family, proto: h.frag_next, _pad: [0; 2], id: h.frag_id, src: h.src, dst: h.dst }
+}
+
+pub fn flow_timeout(proto: u8, flags: u8) -> u64 {
+    match proto {
+        TCP if flags & FLOW_FIN != 0 => TCP_CLOSING_TIMEOUT_NS,
+        TCP => TCP_TIMEOUT_NS,
+        UDP => UDP_TIMEOUT_NS,
+        _ => OTHER_TIMEOUT_NS,
+    }
+}
+
+fn peer(direction: Direction, h: &Headers) -> &[u8; 16] {
+    match direction {
+        Direction::Egress => &h.dst,
+        Direction::Inbound => &h.src,
+    }
+}
+
+fn is_control(h: &Headers) -> bool {
+    h.family == 6 && h.proto == ICMPV6 && matches!(h.icmp_type, Some(130..=137 | 143))
+}
+
+fn opens_flow(h: &Headers) -> bool {
+    match h.proto {
+        ICMP => h.icmp_type == Some(8),
+        ICMPV6 => h.icmp_type == Some(128),
+        _ => true,
+    }
+}
+
+impl State {
+    fn live_flow(&self, key: &FlowKey, now: u64) -> bool {
+        self.flows
+            .get(key)
+            .is_some_and(|v| now.wrapping_sub(v.last_seen_ns) <= flow_timeout(key.proto, v.flags))
+    }
+
+    /// Judges one frame at time `now` (CLOCK_MONOTONIC_COARSE ns) and
+    /// applies what judging it changes.
+    pub fn judge(&mut self, active: &Active, direction: Direction, frame: &[u8], now: u64) -> Outcome {
+        let h = match parse(frame) {
+            Parsed::Bad(reason) => return Outcome::bare(reason),
+            Parsed::NotIp => return Outcome::bare(Reason::PassNonIp),
+            Parsed::Ip(h) => h,
+        };
+        if is_control(&h) {
+            return Outcome::bare(Reason::PassIcmpControl);
+        }
+        if h.fragment == Fragment::Later {
+            return match self.frags.get(&frag_key(&h)) {
+                Some(v) if now.wrapping_sub(v.seen_ns) <= FRAG_TIMEOUT_NS => Outcome::new(Reason::PassFragment, v.rule),
+                _ => Outcome::bare(Reason::DropFragment),
+            };
+        }
+        let key = packet_flow_key(direction, &h);
+        let mut outcome = None;
+        if self.live_flow(&key, now) {
+            let value = self.flows.get_mut(&key).expect("live");
+            let mut keep = true;
+            if value.generation != active.generation {
+                let origin = if value.flags & FLOW_INBOUND != 0 { Direction::Inbound } else { Direction::Egress };
+                match active.rule(origin, h.family, peer(direction, &h), h.proto, value.policy_port) {
+                    Some(v) if v.action() == Action::Allow => {
+                        value.generation = active.generation;
+                        value.rule = v.rule;
+                    }
+                    _ => keep = false,
+                }
+            }
+            if keep {
+                if h.tcp_flags & 0x05 != 0 && value.flags & FLOW_FIN == 0 {
+                    value.flags |= FLOW_FIN;
+                    value.last_seen_ns = now;
+                } else if now.wrapping_sub(value.last_seen_ns) > TOUCH_INTERVAL_NS {
+                    value.last_seen_ns = now;
+                }
+                outcome = Some(Outcome::new(Reason::PassFlow, value.rule));
+            } else {
+                self.flows.remove(&key);
+            }
+        }
+        let outcome = match outcome {
+            Some(o) => o,
+            None => {
+                let o = self.untracked(active, direction, &h, now);
+                if o.reason == Reason::PassRule && opens_flow(&h) {
+                    let mut flags = if direction == Direction::Inbound { FLOW_INBOUND } else { 0 };
+                    if h.tcp_flags & 0x05 != 0 {
+                        flags |= FLOW_FIN;
+                    }
+                    let value = FlowValue {
+                        last_seen_ns: now,
+                        generation: active.generation,
+                        rule: o.rule,
+                        policy_port: h.policy_port,
+                        flags,
+                        _pad: [0; 5],
+                    };
+                    self.flows.insert(key, value);
+                }
+                o
+            }
+        };
+        if h.fragment == Fragment::First && !outcome.reason.is_drop() {
+            self.frags.insert(frag_key(&h), FragValue { seen_ns: now, rule: outcome.rule, _pad: 0 });
+        }
+        outcome
+    }
+
+    fn untracked(&self, active: &Active, direction: Direction, h: &Headers, now: u64) -> Outcome {
+        if let Some(q) = &h.quote {
+            if self.live_flow(&quote_flow_key(direction, q), now) {
+                return Outcome::bare(Reason::PassIcmpControl);
+            }
+        }
+        let peer = peer(direction, h);
+        let settings = active.settings();
+        let mut outcome = match active.rule(direction, h.family, peer, h.proto, h.policy_port) {
+            Some(v) if v.action() == Action::Allow => Outcome::new(Reason::PassRule, v.rule),
+            Some(v) => Outcome::new(Reason::DropRule, v.rule),
+            None => {
+                let default = match direction {
+                    Direction::Egress => settings.egress_default,
+                    Direction::Inbound => settings.inbound_default,
+                };
+                match default {
+                    Action::Allow => Outcome::bare(Reason::PassDefault),
+                    Action::Deny => Outcome::bare(Reason::DropDefault),
+                }
+            }
+        };
+        if settings.audit && outcome.reason.is_drop() {
+            outcome.reason = Reason::PassAudit;
+        }
+        if direction == Direction::Egress
+            && outcome.reason == Reason::DropDefault
+            && h.proto != ICMP
+            && h.proto != ICMPV6
+            && matches!(active.rule(Direction::Inbound, h.family, peer, h.proto, h.sport),
+                        Some(v) if v.action() == Action::Allow)
+        {
+            outcome = Outcome::bare(Reason::DropSpoofedReply);
+        }
+        outcome
+    }
+}

@@ -1,0 +1,220 @@
+//! Random policies, written as YAML and taken through the real front end
+//! (`policy::parse_str`) and compiler (`compile_phase`): nested and
+//! overlapping CIDRs of both families in small windows, port lists and
+//! ranges, ICMP types, deny rules, inbound rules, phases extending each
+//! other, both defaults and audit mode.
+
+use fw_user::{
+    compile::{compile_phase, tables::CompiledPhase},
+    policy::{self, Vars},
+};
+
+use crate::rng::Rng;
+
+/// 198.18.0.0 + 0..1024: the IPv4 window rules and packets share.
+pub const V4_BASE: u32 = 0xc612_0000;
+/// 2001:db8:: + 0..1024.
+pub const V6_BASE: u128 = 0x2001_0db8_0000_0000_0000_0000_0000_0000;
+const WINDOW: u64 = 1024;
+
+/// Values packets should hit: the edges of every CIDR and port range.
+#[derive(Clone, Debug, Default)]
+pub struct Hints {
+    pub v4: Vec<[u8; 4]>,
+    pub v6: Vec<[u8; 16]>,
+    pub ports: Vec<u16>,
+    pub icmp: Vec<u16>,
+}
+
+pub struct RandomPolicy {
+    pub yaml: String,
+    pub phase: String,
+    pub compiled: CompiledPhase,
+    pub hints: Hints,
+}
+
+fn v4_cidr(rng: &mut Rng, hints: &mut Hints) -> String {
+    let len = *rng.pick(&[0u32, 16, 22, 24, 24, 26, 28, 29, 30, 31, 32, 32]);
+    let raw = V4_BASE + rng.below(WINDOW) as u32;
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    let first = raw & mask;
+    let last = first | !mask;
+    for a in [first.wrapping_sub(1), first, first.wrapping_add(1), last.wrapping_sub(1), last, last.wrapping_add(1)] {
+        hints.v4.push(a.to_be_bytes());
+    }
+    format!("{}/{len}", std::net::Ipv4Addr::from(first))
+}
+
+fn v6_cidr(rng: &mut Rng, hints: &mut Hints) -> String {
+    let len = *rng.pick(&[0u32, 32, 64, 118, 120, 120, 124, 126, 127, 128, 128]);
+    let raw = V6_BASE + u128::from(rng.below(WINDOW));
+    let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+    let first = raw & mask;
+    let last = first | !mask;
+    for a in [first.wrapping_sub(1), first, first.wrapping_add(1), last.wrapping_sub(1), last, last.wrapping_add(1)] {
+        hints.v6.push(a.to_be_bytes());
+    }
+    format!("{}/{len}", std::net::Ipv6Addr::from(first))
+}
+
+fn port_value(rng: &mut Rng) -> u16 {
+    match rng.below(3) {
+        0 => *rng.pick(&[1u16, 2, 53, 80, 123, 255, 256, 443, 1023, 1024, 3478, 40000, 49152, 57000, 57001, 65534, 65535]),
+        1 => rng.range(1, 65535) as u16,
+        _ => rng.range(1, 600) as u16,
+    }
+}
+
+fn ports_list(rng: &mut Rng, hints: &mut Hints) -> String {
+    if rng.percent(8) {
+        hints.ports.extend([0, 1, 65535]);
+        return "[any]".into();
+    }
+    let n = rng.usize(1, 3);
+    let mut items = Vec::new();
+    for _ in 0..n {
+        let a = port_value(rng);
+        if rng.percent(50) {
+            let b = port_value(rng);
+            let (lo, hi) = (a.min(b), a.max(b));
+            hints.ports.extend([lo - 1, lo, lo.saturating_add(1), hi - 1, hi, hi.saturating_add(1)]);
+            items.push(format!("\"{lo}-{hi}\""));
+        } else {
+            hints.ports.extend([a - 1, a, a.saturating_add(1)]);
+            items.push(a.to_string());
+        }
+    }
+    format!("[{}]", items.join(", "))
+}
+
+fn icmp_list(rng: &mut Rng, v6: bool, hints: &mut Hints) -> Option<String> {
+    if rng.percent(30) {
+        return None;
+    }
+    let types: &[u8] = if v6 { &[1, 2, 3, 4, 128, 129, 135, 136, 140] } else { &[0, 3, 5, 8, 11, 12, 13] };
+    let n = rng.usize(1, 2);
+    let mut items = Vec::new();
+    for _ in 0..n {
+        let t = *rng.pick(types);
+        if rng.percent(40) {
+            let c = rng.below(5) as u8;
+            hints.icmp.push(u16::from(t) << 8 | u16::from(c));
+            items.push(format!("\"{t}/{c}\""));
+        } else {
+            hints.icmp.extend([u16::from(t) << 8, u16::from(t) << 8 | 0xff]);
+            items.push(t.to_string());
+        }
+    }
+    Some(format!("[{}]", items.join(", ")))
+}
+
+fn rule(rng: &mut Rng, id: usize, inbound: bool, hints: &mut Hints) -> String {
+    let mut fields = vec![format!("name: r{id}")];
+    let peers_key = if inbound { "from" } else { "to" };
+    match rng.weighted(&[2, 1, 7]) {
+        0 => {}
+        1 => fields.push(format!("{peers_key}: [any]")),
+        _ => {
+            let n = rng.usize(1, 3);
+            let nets: Vec<String> = (0..n)
+                .map(|_| {
+                    let net = if rng.percent(55) { v4_cidr(rng, hints) } else { v6_cidr(rng, hints) };
+                    format!("\"{net}\"")
+                })
+                .collect();
+            fields.push(format!("{peers_key}: [{}]", nets.join(", ")));
+        }
+    }
+    match rng.weighted(&[12, 6, 40, 15, 12, 8]) {
+        0 => {}
+        1 => fields.push("proto: any".into()),
+        2 => {
+            let p = rng.pick(&["tcp", "udp", "sctp"]);
+            fields.push(format!("proto: {p}"));
+            fields.push(format!("ports: {}", ports_list(rng, hints)));
+        }
+        3 => {
+            let p = rng.pick(&["[tcp, udp]", "[udp, sctp]", "[tcp, sctp]", "[tcp, udp, sctp]"]);
+            fields.push(format!("proto: {p}"));
+            fields.push(format!("ports: {}", ports_list(rng, hints)));
+        }
+        4 => {
+            fields.push("proto: icmp".into());
+            if let Some(l) = icmp_list(rng, false, hints) {
+                fields.push(format!("ports: {l}"));
+            }
+        }
+        _ => {
+            fields.push("proto: icmpv6".into());
+            if let Some(l) = icmp_list(rng, true, hints) {
+                fields.push(format!("ports: {l}"));
+            }
+        }
+    }
+    if rng.percent(30) {
+        fields.push(format!("action: {}", rng.pick(&["deny", "drop"])));
+    } else if rng.percent(20) {
+        fields.push("action: allow".into());
+    }
+    format!("      - {{ {} }}\n", fields.join(", "))
+}
+
+/// Settings to impose on every phase instead of random ones.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Force {
+    pub audit: bool,
+    pub inbound_drop: bool,
+}
+
+/// A random policy with 1-3 phases; one of them is compiled.
+pub fn random_policy(rng: &mut Rng, serial: usize, force: Force) -> RandomPolicy {
+    let mut hints = Hints::default();
+    let phases = rng.usize(1, 3);
+    let mut yaml = format!("name: diff-{serial}\nphases:\n");
+    let mut id = 0;
+    for p in 0..phases {
+        yaml += &format!("  p{p}:\n");
+        if p > 0 && rng.percent(60) {
+            yaml += &format!("    extends: p{}\n", rng.below(p as u64));
+        }
+        match rng.below(3) {
+            0 => yaml += "    egress_default: allow\n",
+            1 => yaml += "    egress_default: drop\n",
+            _ => {}
+        }
+        match rng.below(3) {
+            _ if force.inbound_drop => yaml += "    inbound_default: drop\n",
+            0 => yaml += "    inbound_default: allow\n",
+            1 => yaml += "    inbound_default: drop\n",
+            _ => {}
+        }
+        match rng.weighted(&[2, 1, 6]) {
+            _ if force.audit => yaml += "    mode: audit\n",
+            0 => yaml += "    mode: enforce\n",
+            1 => yaml += "    mode: audit\n",
+            _ => {}
+        }
+        let inbound = rng.usize(0, 5);
+        if inbound > 0 {
+            yaml += "    inbound:\n";
+            for _ in 0..inbound {
+                yaml += &rule(rng, id, true, &mut hints);
+                id += 1;
+            }
+        }
+        let egress = rng.usize(0, 7);
+        if egress > 0 {
+            yaml += "    egress:\n";
+            for _ in 0..egress {
+                yaml += &rule(rng, id, false, &mut hints);
+                id += 1;
+            }
+        }
+    }
+    let phase = format!("p{}", rng.below(phases as u64));
+    let loaded = policy::parse_str(&yaml, "random.yaml", &Vars::from_pairs(Vec::<(String, String)>::new()))
+        .unwrap_or_else(|e| panic!("the generated policy does not parse: {e}\n{yaml}"));
+    let compiled = compile_phase(&loaded.policy, &phase).unwrap_or_else(|e| panic!("compiling {phase}: {e}\n{yaml}"));
+    hints.ports.extend([0, 1, 53, 443, 65535]);
+    RandomPolicy { yaml, phase, compiled, hints }
+}
