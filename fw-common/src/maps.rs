@@ -42,6 +42,8 @@ pub const ALL: [&str; 14] = [
 pub const PROG_EGRESS: &str = "fw_egress";
 /// The TC ingress classifier: tracks (and where asked, filters) inbound flows.
 pub const PROG_INGRESS: &str = "fw_ingress";
+/// A classifier that does nothing: the benchmarks' floor, never attached.
+pub const PROG_NOOP: &str = "fw_noop";
 /// The cgroup socket hooks: fail a denied connect()/sendmsg() at once.
 pub const PROG_CONNECT4: &str = "fw_connect4";
 pub const PROG_CONNECT6: &str = "fw_connect6";

@@ -42,6 +42,13 @@ pub fn fw_ingress(ctx: TcContext) -> i32 {
     classify(&ctx, Direction::Inbound)
 }
 
+/// Does nothing: the floor that `cargo xtask bench` measures fw against
+/// (the same object, loader and test-run path). Never attached.
+#[classifier]
+pub fn fw_noop(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
 #[inline(always)]
 fn classify(ctx: &TcContext, direction: Direction) -> i32 {
     let mut pkt = parse::Packet::empty();
