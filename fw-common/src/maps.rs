@@ -50,9 +50,12 @@ pub const PROG_CONNECT6: &str = "fw_connect6";
 pub const PROG_SENDMSG4: &str = "fw_sendmsg4";
 pub const PROG_SENDMSG6: &str = "fw_sendmsg6";
 
-/// Default capacities (entries), overridable at load time.
-pub const DEFAULT_ADDR_ENTRIES: u32 = 1 << 18;
-pub const DEFAULT_PORT_ENTRIES: u32 = 1 << 20;
+/// Default capacities (entries), overridable at load time. LPM tries
+/// allocate per entry (BPF_F_NO_PREALLOC), so a large maximum costs nothing
+/// until used; a phase may use half, since two generations coexist during a
+/// switch. 100,000 dense rules need about 560,000 port entries.
+pub const DEFAULT_ADDR_ENTRIES: u32 = 1 << 19;
+pub const DEFAULT_PORT_ENTRIES: u32 = 1 << 21;
 pub const DEFAULT_FLOW_ENTRIES: u32 = 1 << 18;
 pub const DEFAULT_FRAG_ENTRIES: u32 = 1 << 13;
 /// Ring buffer size: room for about 10,000 events.

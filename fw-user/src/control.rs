@@ -4,7 +4,14 @@
 //! Changes to the instance do not go through it (`fw switch` works on the
 //! pinned maps under the instance lock, daemon or not); it answers who
 //! runs the instance, which `fw run` uses to refuse a second daemon and
-//! `fw status` to show the daemon.
+//! `fw status` to show the daemon, and hands out the drop events the
+//! daemon kept:
+//!
+//! ```text
+//! {"op":"ping"}                       -> {"pid":812,"started_at":1700000000}
+//! {"op":"events","since_seq":N}       -> {"events":[...],"next_seq":M,"undecodable":0}
+//! {"op":"events","since_secs":600}    -> the events of the last 10 minutes
+//! ```
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -17,7 +24,10 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
-use crate::paths;
+use crate::{
+    events::{log::EventBatch, SharedLog},
+    paths,
+};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DaemonInfo {
@@ -30,6 +40,16 @@ pub struct DaemonInfo {
 #[serde(tag = "op", rename_all = "lowercase")]
 enum Request {
     Ping,
+    /// Kept events with `seq >= since_seq` and not older than `since_secs`
+    /// (both optional: all kept events).
+    Events { since_seq: Option<u64>, since_secs: Option<u64> },
+}
+
+/// Which kept events to fetch.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventQuery {
+    pub since_seq: Option<u64>,
+    pub since_secs: Option<u64>,
 }
 
 /// Binds the socket for `name`, replacing a stale one (no daemon behind
@@ -49,10 +69,11 @@ pub fn bind(name: &str) -> Result<tokio::net::UnixListener> {
 }
 
 /// Answers requests until the listener is dropped.
-pub async fn serve(listener: tokio::net::UnixListener, info: DaemonInfo) {
+pub async fn serve(listener: tokio::net::UnixListener, info: DaemonInfo, log: SharedLog) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         let info = info.clone();
+        let log = log.clone();
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut line = String::new();
@@ -61,9 +82,15 @@ pub async fn serve(listener: tokio::net::UnixListener, info: DaemonInfo) {
                 return;
             }
             let reply = match serde_json::from_str::<Request>(&line) {
-                Ok(Request::Ping) => serde_json::to_string(&info).unwrap_or_default(),
-                Err(e) => serde_json::json!({ "error": e.to_string() }).to_string(),
-            };
+                Ok(Request::Ping) => serde_json::to_string(&info),
+                Ok(Request::Events { since_seq, since_secs }) => {
+                    let since_time = since_secs.map_or(0.0, |s| unix_now_f64() - s as f64);
+                    let batch = log.lock().expect("event log lock").query(since_seq.unwrap_or(0), since_time);
+                    serde_json::to_string(&batch)
+                }
+                Err(e) => Ok(serde_json::json!({ "error": e.to_string() }).to_string()),
+            }
+            .unwrap_or_default();
             let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
         });
     }
@@ -74,7 +101,21 @@ pub fn ping(name: &str) -> Result<Option<DaemonInfo>> {
     ping_at(&paths::control_socket(name))
 }
 
+/// The events the daemon of `name` kept that match `query`; `None` when no
+/// daemon answers.
+pub fn events(name: &str, query: EventQuery) -> Result<Option<EventBatch>> {
+    let request = Request::Events { since_seq: query.since_seq, since_secs: query.since_secs };
+    let reply = ask(&paths::control_socket(name), &request)?;
+    reply.map(|line| serde_json::from_str(&line).context("the daemon's reply to an events request")).transpose()
+}
+
 fn ping_at(path: &Path) -> Result<Option<DaemonInfo>> {
+    Ok(ask(path, &Request::Ping)?.and_then(|line| serde_json::from_str(&line).ok()))
+}
+
+/// Sends one request line and returns the reply line; `None` when nobody
+/// answers on `path`.
+fn ask(path: &Path, request: &Request) -> Result<Option<String>> {
     let mut stream = match UnixStream::connect(path) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
@@ -84,10 +125,14 @@ fn ping_at(path: &Path) -> Result<Option<DaemonInfo>> {
         Err(_) => return Ok(None),
     };
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.write_all(b"{\"op\":\"ping\"}\n")?;
+    stream.write_all(format!("{}\n", serde_json::to_string(request)?).as_bytes())?;
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
-    Ok(serde_json::from_str(&line).ok())
+    Ok(Some(line))
+}
+
+fn unix_now_f64() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Removes the socket file when the daemon exits.

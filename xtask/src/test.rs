@@ -117,9 +117,12 @@ fn privileged_targets(manifest: &str) -> Vec<String> {
     targets
 }
 
+/// `cargo test --no-fail-fast`: one failing test target does not hide the
+/// results of the others.
 fn cargo_test() -> Command {
     let mut c = cmd::cargo();
-    c.current_dir(cmd::workspace_root()).arg("test");
+    c.current_dir(cmd::workspace_root())
+        .args(["test", "--no-fail-fast"]);
     c
 }
 

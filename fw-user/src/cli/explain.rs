@@ -67,19 +67,16 @@ pub fn explain(args: ExplainArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `:443/tcp` of `203.0.113.5:443/tcp` or `[2001:db8::1]:443/tcp`.
+/// `:443/tcp` of `203.0.113.5:443/tcp` or `[2001:db8::1]:443/tcp`, `/icmp`
+/// of `198.18.0.1/icmp`: the part after the address.
 fn port_part(dest: &str) -> &str {
-    let after_host = match dest.rfind(']') {
-        Some(i) => i + 1,
-        None => dest.find(':').unwrap_or(dest.len()),
+    let rest = match dest.strip_prefix('[') {
+        Some(bracketed) => bracketed.split_once(']').map_or("", |(_, rest)| rest),
+        None => dest,
     };
-    let rest = &dest[after_host..];
-    if rest.starts_with(':') || rest.starts_with('/') {
-        rest
-    } else if let Some(i) = rest.find(['/', ':']) {
-        &rest[i..]
-    } else {
-        ""
+    match rest.find([':', '/']) {
+        Some(i) => &rest[i..],
+        None => "",
     }
 }
 

@@ -289,14 +289,16 @@ impl Gen {
             Variant::FirstFragment | Variant::LaterFragment => {
                 let first = variant == Variant::FirstFragment;
                 let mut ip = Ip::new(conv.v6, src, dst, conv.proto);
-                let dest_after = conv.v6 && self.rng.percent(12);
+                // Decided by the datagram, so that its first and later
+                // fragments agree.
+                let dest_after = conv.v6 && frag_id % 8 == 3;
                 let l4 = if first {
                     let mut l4 = self.data_l4(conv, sport, dport, true, direction);
                     // Round the fragment to 8 bytes, as a real one is.
                     l4.resize(l4.len().max(8).div_ceil(8) * 8, 0);
                     l4
                 } else {
-                    self.rng.bytes(self.rng.usize(1, 60))
+                    self.rng.bytes_between(1, 60)
                 };
                 let offset = if first { 0 } else { self.rng.range(1, 400) as u16 };
                 let more = first || self.rng.percent(50);
@@ -363,7 +365,7 @@ impl Gen {
         if self.rng.percent(30) {
             ip.v6_ext.push(Ext::Generic { ty: 0, len8: 0 });
         }
-        let l4 = icmp(ty, 0, [0; 4], &self.rng.bytes(self.rng.usize(0, 24)));
+        let l4 = icmp(ty, 0, [0; 4], &self.rng.bytes_between(0, 24));
         self.finish(&ip, &l4)
     }
 
@@ -380,7 +382,7 @@ impl Gen {
                 let ty = if v6 { *self.rng.pick(&[0u8, 5, 100, 138, 139, 144, 200]) } else { *self.rng.pick(&[5u8, 9, 10, 13, 14, 42]) };
                 (p, icmp(ty, self.rng.u8(), [0; 4], &[0; 8]))
             }
-            1 => (*self.rng.pick(&[47u8, 50, 59, 0, 255, 2]), self.rng.bytes(self.rng.usize(0, 40))),
+            1 => (*self.rng.pick(&[47u8, 50, 59, 0, 255, 2]), self.rng.bytes_between(0, 40)),
             // ICMP in IPv6 and ICMPv6 in IPv4 (which the stacks never send).
             2 => {
                 let p = if v6 { ICMP } else { ICMPV6 };
@@ -399,7 +401,7 @@ impl Gen {
         let (tags, pad) = self.l2();
         let ethertype = *self.rng.pick(&[ETH_P_ARP, 0x88cc, 0x8847, 0x0842, 0x05dc, 0x9000]);
         let mut f = ethernet(&tags, ethertype);
-        f.extend(self.rng.bytes(self.rng.usize(0, 46) + pad));
+        f.extend({ let n = self.rng.usize(0, 46) + pad; self.rng.bytes(n) });
         f
     }
 }

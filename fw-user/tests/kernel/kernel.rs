@@ -12,7 +12,7 @@ use fw_common::{
 use fw_user::{
     apply,
     compile::tables::CompiledPhase,
-    loader::{self, Capacity, PolicyMaps},
+    loader::{self, LoadOptions, PolicyMaps},
 };
 
 pub const TC_ACT_SHOT: u32 = 2;
@@ -20,8 +20,8 @@ pub const TC_ACT_UNSPEC: u32 = u32::MAX;
 
 pub struct Kernel {
     ebpf: Ebpf,
+    /// The policy maps, and `flows` (FW_FLOWS).
     pub policy: PolicyMaps,
-    flows: BpfHashMap<MapData, FlowKey, FlowValue>,
     frags: BpfHashMap<MapData, FragKey, FragValue>,
     stats: PerCpuArray<MapData, Counter>,
     rule_stats: PerCpuArray<MapData, Counter>,
@@ -37,10 +37,10 @@ fn program_name(direction: Direction) -> &'static str {
 impl Kernel {
     /// Loads the embedded object and both programs (through the verifier).
     pub fn load() -> Kernel {
-        let mut ebpf = loader::load(Capacity::default()).expect("loading the fw kernel object");
+        let options = LoadOptions::here().expect("load options");
+        let mut ebpf = loader::load(&options).expect("loading the fw kernel object");
         let policy = PolicyMaps::take(&mut ebpf).expect("taking the policy maps");
         let take = |ebpf: &mut Ebpf, name: &str| ebpf.take_map(name).unwrap_or_else(|| panic!("no map {name}"));
-        let flows = BpfHashMap::try_from(take(&mut ebpf, maps::FLOWS)).expect("FW_FLOWS");
         let frags = BpfHashMap::try_from(take(&mut ebpf, maps::FRAGS)).expect("FW_FRAGS");
         let stats = PerCpuArray::try_from(take(&mut ebpf, maps::STATS)).expect("FW_STATS");
         let rule_stats = PerCpuArray::try_from(take(&mut ebpf, maps::RULE_STATS)).expect("FW_RULE_STATS");
@@ -52,7 +52,7 @@ impl Kernel {
                 .expect("a TC classifier");
             program.load().unwrap_or_else(|e| panic!("the verifier rejected {name}: {e:?}"));
         }
-        Kernel { ebpf, policy, flows, frags, stats, rule_stats }
+        Kernel { ebpf, policy, frags, stats, rule_stats }
     }
 
     pub fn program(&self, direction: Direction) -> &SchedClassifier {
@@ -83,7 +83,7 @@ impl Kernel {
     }
 
     pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
-        self.flows.iter().map(|r| r.expect("reading FW_FLOWS")).collect()
+        self.policy.flows.iter().map(|r| r.expect("reading FW_FLOWS")).collect()
     }
 
     pub fn frags(&self) -> Vec<(FragKey, FragValue)> {
@@ -92,9 +92,9 @@ impl Kernel {
 
     /// Empties the flow and fragment tables.
     pub fn clear_state(&mut self) {
-        let flow_keys: Vec<FlowKey> = self.flows.keys().map(|k| k.expect("FW_FLOWS key")).collect();
+        let flow_keys: Vec<FlowKey> = self.policy.flows.keys().map(|k| k.expect("FW_FLOWS key")).collect();
         for k in flow_keys {
-            let _ = self.flows.remove(&k);
+            let _ = self.policy.flows.remove(&k);
         }
         let frag_keys: Vec<FragKey> = self.frags.keys().map(|k| k.expect("FW_FRAGS key")).collect();
         for k in frag_keys {
@@ -103,7 +103,7 @@ impl Kernel {
     }
 
     pub fn insert_flow(&mut self, key: &FlowKey, value: &FlowValue) {
-        self.flows.insert(key, value, 0).expect("writing FW_FLOWS");
+        self.policy.flows.insert(key, value, 0).expect("writing FW_FLOWS");
     }
 
     pub fn insert_frag(&mut self, key: &FragKey, value: &FragValue) {

@@ -69,8 +69,9 @@ impl Rng {
         (0..n).map(|_| self.u8()).collect()
     }
 
-    /// An independent stream (for sub-generators whose draw count varies).
-    pub fn fork(&mut self) -> Rng {
-        Rng(self.next_u64())
+    /// `lo..=hi` random bytes.
+    pub fn bytes_between(&mut self, lo: usize, hi: usize) -> Vec<u8> {
+        let n = self.usize(lo, hi);
+        self.bytes(n)
     }
 }

@@ -1,11 +1,11 @@
 //! Bad input to `fw run`: one line on stderr, a non-zero exit, nothing
 //! pinned, and a running instance left alone.
 
-use std::{process::Command, time::Duration};
+use std::{path::Path, process::Command, time::Duration};
 
 use crate::harness::{
     self,
-    fw::{fw, pin_dir, remove_leftovers, run_bounded, Finished, Fw, FW},
+    fw::{pin_dir, remove_leftovers, run_args, run_bounded, Finished, Fw, FW},
     netns::{Netns, VethPair},
     unique_name, TempDir,
 };
@@ -41,12 +41,10 @@ fn run_leaving_nothing(name: &str, cmd: Command) -> Finished {
 }
 
 /// `fw run` in `ns` with a fresh instance name.
-fn run_expecting_failure(ns: &Netns, iface: &str, policy: &str) -> Finished {
+fn run_expecting_failure(ns: &Netns, iface: &str, policy: &Path) -> Finished {
     let name = unique_name();
     let mut cmd = ns.command(FW);
-    cmd.args([
-        "run", "--iface", iface, "--policy", policy, "--phase", "test", "--name", &name,
-    ]);
+    cmd.args(run_args(iface, policy, "test", &name));
     run_leaving_nothing(&name, cmd)
 }
 
@@ -63,7 +61,7 @@ fn run_on_a_missing_interface_fails_in_one_line() {
     let dir = TempDir::new();
     let policy = dir.write("policy.yaml", POLICY);
     let iface = format!("fwnone{}", harness::next_n());
-    let out = run_expecting_failure(&ns, &iface, policy.to_str().unwrap());
+    let out = run_expecting_failure(&ns, &iface, &policy);
     let line = out.one_line_error();
     assert!(
         line.contains(&iface),
@@ -79,7 +77,7 @@ fn assert_bad_policy_named(file: &str, contents: Option<&str>) {
         Some(text) => dir.write(file, text),
         None => dir.path().join(file),
     };
-    let out = run_expecting_failure(&pair.near, &pair.near_if, policy.to_str().unwrap());
+    let out = run_expecting_failure(&pair.near, &pair.near_if, &policy);
     let line = out.one_line_error();
     assert!(line.contains(file), "the error must name the file: {line}");
 }
@@ -100,20 +98,9 @@ fn second_run_with_the_same_name_fails_and_leaves_the_first_enforcing() {
     let policy = dir.write("policy.yaml", POLICY);
     let first = Fw::start(&pair.near, &pair.near_if, &policy, "test");
 
-    let out = fw(
-        &pair.near,
-        &[
-            "run",
-            "--iface",
-            &pair.near_if,
-            "--phase",
-            "test",
-            "--name",
-            first.name(),
-            "--policy",
-            policy.to_str().unwrap(),
-        ],
-    );
+    let mut again = pair.near.command(FW);
+    again.args(run_args(&pair.near_if, &policy, "test", first.name()));
+    let out = run_bounded(again, Duration::from_secs(30));
     let line = out.one_line_error();
     assert!(
         line.contains(first.name()),
@@ -133,18 +120,8 @@ fn run_without_root_says_it_needs_root() {
     let policy = dir.write("policy.yaml", POLICY);
     let name = unique_name();
     let mut cmd = pair.near.command("setpriv");
-    cmd.args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        "--",
-        FW,
-        "run",
-        "--iface",
-        &pair.near_if,
-    ])
-    .args(["--phase", "test", "--name", &name, "--policy"])
-    .arg(&policy);
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", FW])
+        .args(run_args(&pair.near_if, &policy, "test", &name));
     let out = run_leaving_nothing(&name, cmd);
     let line = out.one_line_error();
     assert!(

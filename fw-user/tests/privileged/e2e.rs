@@ -136,47 +136,33 @@ impl Site {
     /// Asserts that each target times out (dropped) and that its server saw
     /// nothing of it.
     fn assert_dropped(&self, targets: &[(Proto, SocketAddr)]) {
-        let before: Vec<usize> = targets
-            .iter()
-            .map(|&(p, a)| self.echo(p, a).received())
-            .collect();
-        let seen = self.probe(targets, DROP_TIMEOUT);
-        for ((&(proto, addr), outcome), before) in
-            targets.iter().zip(seen.iter().map(|s| &s.2)).zip(before)
-        {
-            assert_eq!(
-                *outcome,
-                Outcome::TimedOut,
-                "{proto:?} {addr} must be dropped"
-            );
-            assert_eq!(
-                self.echo(proto, addr).received(),
-                before,
-                "{proto:?} {addr}: the server must see nothing"
-            );
-        }
+        self.assert_each(targets, Outcome::TimedOut, 0);
     }
 
     /// Asserts that each target echoes, each server seeing exactly one more
     /// connection or datagram.
     fn assert_pass(&self, targets: &[(Proto, SocketAddr)]) {
+        self.assert_each(targets, Outcome::Echoed, 1);
+    }
+
+    /// Probes each target, expecting `outcome` and `receptions` more
+    /// connections or datagrams at its server.
+    fn assert_each(&self, targets: &[(Proto, SocketAddr)], outcome: Outcome, receptions: usize) {
         let before: Vec<usize> = targets
             .iter()
             .map(|&(p, a)| self.echo(p, a).received())
             .collect();
-        let seen = self.probe(targets, PASS_TIMEOUT);
-        for ((&(proto, addr), outcome), before) in
-            targets.iter().zip(seen.iter().map(|s| &s.2)).zip(before)
-        {
-            assert_eq!(
-                *outcome,
-                Outcome::Echoed,
-                "{proto:?} {addr} must get through"
-            );
+        let timeout = match outcome {
+            Outcome::Echoed => PASS_TIMEOUT,
+            _ => DROP_TIMEOUT,
+        };
+        let seen = self.probe(targets, timeout);
+        for ((proto, addr, got), before) in seen.into_iter().zip(before) {
+            assert_eq!(got, outcome, "{proto:?} {addr}");
             assert_eq!(
                 self.echo(proto, addr).received(),
-                before + 1,
-                "{proto:?} {addr}: one reception"
+                before + receptions,
+                "{proto:?} {addr}: receptions at the server"
             );
         }
     }

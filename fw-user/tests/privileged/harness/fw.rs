@@ -3,6 +3,7 @@
 //! test's namespace, where `--iface` names resolve.
 
 use std::{
+    ffi::OsString,
     fs,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
@@ -14,6 +15,24 @@ use serde::Deserialize;
 use super::{netns::Netns, unique_name, TempDir};
 
 pub const FW: &str = env!("CARGO_BIN_EXE_fw");
+
+/// Arguments of every test's `fw run`. `--cgroup none`: the cgroup socket
+/// hooks are not scoped by network namespace, and hooked on the root cgroup
+/// they would refuse denied connect()s of every process on the machine.
+/// fw's default leaves them out outside the host's namespace; tests do not
+/// rely on that detection.
+pub fn run_args(iface: &str, policy: &Path, phase: &str, name: &str) -> Vec<OsString> {
+    let mut args: Vec<OsString> = ["run", "--iface", iface, "--phase", phase, "--name", name]
+        .map(OsString::from)
+        .into();
+    args.extend([
+        "--policy".into(),
+        policy.into(),
+        "--cgroup".into(),
+        "none".into(),
+    ]);
+    args
+}
 const PIN_ROOT: &str = "/sys/fs/bpf/fw";
 const FW_RUN_DIR: &str = "/run/fw";
 
@@ -179,22 +198,11 @@ impl<'ns> Fw<'ns> {
         let out = fs::File::create(&log).expect("creating the fw log");
         let err = out.try_clone().expect("cloning the fw log");
         let mut cmd = ns.command(FW);
-        cmd.args([
-            "run",
-            "--iface",
-            iface,
-            "--phase",
-            phase,
-            "--name",
-            &name,
-            "--interval",
-            "1",
-        ])
-        .arg("--policy")
-        .arg(policy)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
+        cmd.args(run_args(iface, policy, phase, &name))
+            .args(["--interval", "1"])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));

@@ -35,7 +35,8 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
-/// A named network namespace (`/run/netns/NAME`), deleted on drop.
+/// A named network namespace (`/run/netns/NAME`) with loopback up,
+/// deleted on drop.
 pub struct Netns {
     name: String,
 }
@@ -47,7 +48,10 @@ impl Netns {
             "{name} must come from unique_name()"
         );
         run_ok(Command::new("ip").args(["netns", "add", &name]));
-        Self { name }
+        let ns = Self { name };
+        // Like any host: loopback up (a new namespace has it down).
+        ns.ip(&["link", "set", "dev", "lo", "up"]);
+        ns
     }
 
     pub fn name(&self) -> &str {

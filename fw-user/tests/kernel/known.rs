@@ -1,0 +1,1 @@
+//! Directed cases (filled below).
