@@ -23,11 +23,14 @@ pub fn v2_mount() -> Result<PathBuf> {
         .context("no cgroup v2 hierarchy is mounted (see /proc/mounts)")
 }
 
-/// Does this process run in the host's initial network namespace?
-pub fn in_initial_netns() -> Result<bool> {
-    let ours = std::fs::read_link("/proc/self/ns/net").context("reading /proc/self/ns/net")?;
-    let init = std::fs::read_link("/proc/1/ns/net").context("reading /proc/1/ns/net")?;
-    Ok(ours == init)
+/// Does this process run in the host's initial network namespace? When
+/// that cannot be told (`/proc/1/ns/net` is unreadable from some
+/// namespaces), the answer is no: hooks on the root cgroup must be asked for.
+pub fn in_initial_netns() -> bool {
+    match (std::fs::read_link("/proc/self/ns/net"), std::fs::read_link("/proc/1/ns/net")) {
+        (Ok(ours), Ok(init)) => ours == init,
+        _ => false,
+    }
 }
 
 /// `--cgroup` resolved: `None` for no hooks.
@@ -42,7 +45,7 @@ pub fn resolve(arg: Option<&str>) -> Result<Option<PathBuf>> {
             }
             Ok(Some(path))
         }
-        None if in_initial_netns()? => Ok(Some(v2_mount()?)),
+        None if in_initial_netns() => Ok(Some(v2_mount()?)),
         None => Ok(None),
     }
 }

@@ -98,9 +98,14 @@ pub fn load(options: &LoadOptions) -> Result<Ebpf> {
 /// (`SO_NETNS_COOKIE`, Linux 5.14+), as `bpf_get_netns_cookie` sees it.
 pub fn netns_cookie() -> Result<u64> {
     const SO_NETNS_COOKIE: libc::c_int = 71;
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0")
-        .or_else(|_| std::net::UdpSocket::bind("[::1]:0"))
-        .context("opening a socket to read the network namespace cookie")?;
+    // An unbound socket: it needs no address, not even a loopback that is up.
+    // SAFETY: plain socket(2); the descriptor is owned right below.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("opening a socket to read the network namespace cookie");
+    }
+    // SAFETY: `fd` is a new descriptor nobody else owns.
+    let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     let mut cookie = 0u64;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `cookie`.

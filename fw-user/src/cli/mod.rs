@@ -5,8 +5,11 @@
 
 mod check;
 mod drops;
+mod duration;
 mod explain;
+mod export;
 mod instance;
+mod learn;
 mod run;
 mod status;
 mod stop;
@@ -31,10 +34,12 @@ pub enum Command {
     Run(run::RunArgs),
     Check(check::CheckArgs),
     Explain(explain::ExplainArgs),
+    Export(export::ExportArgs),
     Switch(switch::SwitchArgs),
     Confirm(switch::ConfirmArgs),
     Status(status::StatusArgs),
     Drops(drops::DropsArgs),
+    Learn(learn::LearnArgs),
     Stop(stop::StopArgs),
 }
 
@@ -43,10 +48,12 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => run::run(args),
         Command::Check(args) => check::check(args),
         Command::Explain(args) => explain::explain(args),
+        Command::Export(args) => export::export(args),
         Command::Switch(args) => switch::switch(args),
         Command::Confirm(args) => switch::confirm(args),
         Command::Status(args) => status::status(args),
         Command::Drops(args) => drops::drops(args),
+        Command::Learn(args) => learn::learn(args),
         Command::Stop(args) => stop::stop(args),
     }
 }

@@ -7,8 +7,9 @@ use super::instance::require_root;
 use crate::{
     apply, bpffs, bypass, cgroup, control,
     counters::Snapshot,
+    events,
     loader::{self, CounterMaps, PolicyMaps},
-    ops, paths, policy_source,
+    metrics, ops, paths, policy_source,
     state::{Enforced, InstanceState},
 };
 
@@ -61,6 +62,11 @@ pub struct RunArgs {
     /// Seconds between drop summaries.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub interval: u64,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off by
+    /// default). A bare PORT listens on 127.0.0.1 only; any other host
+    /// must be written out (e.g. 0.0.0.0:9469).
+    #[arg(long, value_name = "ADDR:PORT", value_parser = metrics::parse_listen)]
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
@@ -72,13 +78,23 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let _guard = runtime.enter();
     // Bound first: it fails when another daemon runs this instance.
     let listener = control::bind(&name)?;
+    // Before the kernel is touched: a port in use fails the start cleanly.
+    let metrics_server = args.metrics.map(metrics::Server::bind).transpose()?;
     let state = if paths::pin_dir(&name).exists() {
         adopt(&name, &args, ifindex)?
     } else {
-        start(&name, &args, ifindex)?
+        let state = start(&name, &args, ifindex)?;
+        announce(&name, &args, &state);
+        state
     };
     let info = control::DaemonInfo { pid: std::process::id(), started_at: crate::unix_now() };
-    runtime.spawn(control::serve(listener, info));
+    let log = events::EventLog::shared();
+    runtime.spawn(control::serve(listener, info, log.clone()));
+    runtime.spawn(events::reader::run(name.clone(), log.clone()));
+    if let Some(server) = metrics_server {
+        println!("fw: {name}: metrics at http://{}/metrics", server.addr());
+        server.spawn(name.clone(), log);
+    }
     let result = runtime.block_on(daemon(&name, &state, Duration::from_secs(args.interval)));
     control::unlink(&name);
     result?;
@@ -90,7 +106,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 
 /// A fresh start: everything that can fail on bad input fails before the
 /// kernel is touched, and a start that fails later removes what it made.
-fn start(name: &str, args: &RunArgs, ifindex: u32) -> Result<InstanceState> {
+/// `fw learn` starts its temporary instance through this too.
+pub(crate) fn start(name: &str, args: &RunArgs, ifindex: u32) -> Result<InstanceState> {
     let policy = args.policy.as_deref().unwrap_or(DEFAULT_POLICY);
     let phase = args.phase.as_deref().unwrap_or(DEFAULT_PHASE);
     let loaded = policy_source::load_phase(policy, args.env_file.as_deref(), phase)?;
@@ -142,6 +159,11 @@ fn start(name: &str, args: &RunArgs, ifindex: u32) -> Result<InstanceState> {
     };
     state.save()?;
     cleanup.armed = false;
+    Ok(state)
+}
+
+/// What `fw run` says after a fresh start.
+fn announce(name: &str, args: &RunArgs, state: &InstanceState) {
     let e = &state.enforced;
     println!(
         "fw: {name}: enforcing policy {} phase {} on {}{}; Ctrl-C leaves it enforcing, `fw stop --name {name}` removes it",
@@ -153,7 +175,6 @@ fn start(name: &str, args: &RunArgs, ifindex: u32) -> Result<InstanceState> {
     if e.phase == DEFAULT_PHASE && args.phase.is_none() {
         println!("fw: next, when the install is done: `fw switch runtime --name {name} --confirm 120`, then `fw confirm --name {name}`");
     }
-    Ok(state)
 }
 
 /// A restart: the pinned programs and maps keep enforcing; take them over.
@@ -198,7 +219,7 @@ fn adopt(name: &str, args: &RunArgs, ifindex: u32) -> Result<InstanceState> {
     Ok(state)
 }
 
-fn ifindex(iface: &str) -> Result<u32> {
+pub(crate) fn ifindex(iface: &str) -> Result<u32> {
     let c = std::ffi::CString::new(iface).context("--iface")?;
     // SAFETY: `c` is a valid NUL-terminated string.
     let index = unsafe { libc::if_nametoindex(c.as_ptr()) };

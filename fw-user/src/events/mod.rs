@@ -153,7 +153,7 @@ impl Event {
             (Some(addr), Some(port)) => format!("{} ", endpoint(addr, port)),
             _ => String::new(),
         };
-        format!("{verdict} ({}) rule {rule} - {who} {from}-> {}/{}", self.reason, endpoint(self.dst, self.dst_port), self.proto)
+        format!("{verdict} ({}) rule {rule} {who} {from}-> {}/{}", self.reason, endpoint(self.dst, self.dst_port), self.proto)
     }
 }
 

@@ -52,7 +52,9 @@ impl EventReader {
         let path = paths::map_pin(name, fw_common::maps::EVENTS);
         let map = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
         let ring = RingBuf::try_from(Map::RingBuf(map)).context("FW_EVENTS is not a ring buffer")?;
-        let ring = AsyncFd::with_interest(ring, Interest::READABLE).context("polling FW_EVENTS")?;
+        // SAFETY: the RingBuf owns its map fd and keeps it open, unchanged,
+        // for as long as the AsyncFd that owns the RingBuf lives.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.context("polling FW_EVENTS")?;
         Ok(EventReader { name: name.to_string(), ring, resolver: Resolver::new(), rules: Vec::new(), rules_read: None })
     }
 

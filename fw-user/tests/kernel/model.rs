@@ -44,7 +44,7 @@
 //!   only).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -415,7 +415,22 @@ impl Outcome {
 pub struct State {
     pub flows: HashMap<FlowKey, FlowValue>,
     pub frags: HashMap<FragKey, FragValue>,
+    /// How often each stateful path was taken (to show the run reached them).
+    pub paths: BTreeMap<&'static str, u64>,
 }
+
+/// The stateful paths a run must take at least once.
+pub const PATHS: [&str; 9] = [
+    "flow of the active generation",
+    "flow of another generation, still allowed",
+    "flow of another generation, forgotten",
+    "flow expired",
+    "flow opened",
+    "flow closing (FIN/RST)",
+    "error quoting a flow",
+    "first fragment remembered",
+    "fragment entry expired",
+];
 
 pub fn flow_key(family: u8, proto: u8, local: &[u8; 16], remote: &[u8; 16], lport: u16, rport: u16) -> FlowKey {
     FlowKey {
@@ -479,6 +494,10 @@ fn opens_flow(h: &Headers) -> bool {
 }
 
 impl State {
+    fn took(&mut self, path: &'static str) {
+        *self.paths.entry(path).or_insert(0) += 1;
+    }
+
     fn live_flow(&self, key: &FlowKey, now: u64) -> bool {
         self.flows
             .get(key)
@@ -497,27 +516,35 @@ impl State {
             return Outcome::bare(Reason::PassIcmpControl);
         }
         if h.fragment == Fragment::Later {
-            return match self.frags.get(&frag_key(&h)) {
+            return match self.frags.get(&frag_key(&h)).copied() {
                 Some(v) if now.wrapping_sub(v.seen_ns) <= FRAG_TIMEOUT_NS => Outcome::new(Reason::PassFragment, v.rule),
-                _ => Outcome::bare(Reason::DropFragment),
+                Some(_) => {
+                    self.took("fragment entry expired");
+                    Outcome::bare(Reason::DropFragment)
+                }
+                None => Outcome::bare(Reason::DropFragment),
             };
         }
         let key = packet_flow_key(direction, &h);
         let mut outcome = None;
+        if self.flows.contains_key(&key) && !self.live_flow(&key, now) {
+            self.took("flow expired");
+        }
         if self.live_flow(&key, now) {
             let value = self.flows.get_mut(&key).expect("live");
-            let mut keep = true;
+            let mut path = "flow of the active generation";
             if value.generation != active.generation {
                 let origin = if value.flags & FLOW_INBOUND != 0 { Direction::Inbound } else { Direction::Egress };
-                match active.rule(origin, h.family, peer(direction, &h), h.proto, value.policy_port) {
+                path = match active.rule(origin, h.family, peer(direction, &h), h.proto, value.policy_port) {
                     Some(v) if v.action() == Action::Allow => {
                         value.generation = active.generation;
                         value.rule = v.rule;
+                        "flow of another generation, still allowed"
                     }
-                    _ => keep = false,
-                }
+                    _ => "flow of another generation, forgotten",
+                };
             }
-            if keep {
+            if path != "flow of another generation, forgotten" {
                 if h.tcp_flags & 0x05 != 0 && value.flags & FLOW_FIN == 0 {
                     value.flags |= FLOW_FIN;
                     value.last_seen_ns = now;
@@ -528,6 +555,7 @@ impl State {
             } else {
                 self.flows.remove(&key);
             }
+            self.took(path);
         }
         let outcome = match outcome {
             Some(o) => o,
@@ -537,7 +565,9 @@ impl State {
                     let mut flags = if direction == Direction::Inbound { FLOW_INBOUND } else { 0 };
                     if h.tcp_flags & 0x05 != 0 {
                         flags |= FLOW_FIN;
+                        self.took("flow closing (FIN/RST)");
                     }
+                    self.took("flow opened");
                     let value = FlowValue {
                         last_seen_ns: now,
                         generation: active.generation,
@@ -552,14 +582,16 @@ impl State {
             }
         };
         if h.fragment == Fragment::First && !outcome.reason.is_drop() {
+            self.took("first fragment remembered");
             self.frags.insert(frag_key(&h), FragValue { seen_ns: now, rule: outcome.rule, _pad: 0 });
         }
         outcome
     }
 
-    fn untracked(&self, active: &Active, direction: Direction, h: &Headers, now: u64) -> Outcome {
+    fn untracked(&mut self, active: &Active, direction: Direction, h: &Headers, now: u64) -> Outcome {
         if let Some(q) = &h.quote {
             if self.live_flow(&quote_flow_key(direction, q), now) {
+                self.took("error quoting a flow");
                 return Outcome::bare(Reason::PassIcmpControl);
             }
         }

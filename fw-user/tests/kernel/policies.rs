@@ -33,28 +33,32 @@ pub struct RandomPolicy {
     pub hints: Hints,
 }
 
-fn v4_cidr(rng: &mut Rng, hints: &mut Hints) -> String {
-    let len = *rng.pick(&[0u32, 16, 22, 24, 24, 26, 28, 29, 30, 31, 32, 32]);
-    let raw = V4_BASE + rng.below(WINDOW) as u32;
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    let first = raw & mask;
-    let last = first | !mask;
+/// A canonical CIDR in the family's window; its edges and their
+/// neighbours become hints.
+fn cidr(rng: &mut Rng, hints: &mut Hints, v6: bool) -> String {
+    let (bits, base, lens): (u32, u128, &[u32]) = if v6 {
+        (128, V6_BASE, &[0, 32, 64, 118, 120, 120, 124, 126, 127, 128, 128])
+    } else {
+        (32, u128::from(V4_BASE), &[0, 16, 22, 24, 24, 26, 28, 29, 30, 31, 32, 32])
+    };
+    let len = *rng.pick(lens);
+    let space = if bits == 128 { u128::MAX } else { (1u128 << bits) - 1 };
+    let host = if bits - len == 128 { u128::MAX } else { (1u128 << (bits - len)) - 1 };
+    let first = (base + u128::from(rng.below(WINDOW))) & !host & space;
+    let last = first | host;
     for a in [first.wrapping_sub(1), first, first.wrapping_add(1), last.wrapping_sub(1), last, last.wrapping_add(1)] {
-        hints.v4.push(a.to_be_bytes());
+        let a = a & space;
+        if v6 {
+            hints.v6.push(a.to_be_bytes());
+        } else {
+            hints.v4.push((a as u32).to_be_bytes());
+        }
     }
-    format!("{}/{len}", std::net::Ipv4Addr::from(first))
-}
-
-fn v6_cidr(rng: &mut Rng, hints: &mut Hints) -> String {
-    let len = *rng.pick(&[0u32, 32, 64, 118, 120, 120, 124, 126, 127, 128, 128]);
-    let raw = V6_BASE + u128::from(rng.below(WINDOW));
-    let mask = if len == 0 { 0 } else { u128::MAX << (128 - len) };
-    let first = raw & mask;
-    let last = first | !mask;
-    for a in [first.wrapping_sub(1), first, first.wrapping_add(1), last.wrapping_sub(1), last, last.wrapping_add(1)] {
-        hints.v6.push(a.to_be_bytes());
+    if v6 {
+        format!("{}/{len}", std::net::Ipv6Addr::from(first))
+    } else {
+        format!("{}/{len}", std::net::Ipv4Addr::from(first as u32))
     }
-    format!("{}/{len}", std::net::Ipv6Addr::from(first))
 }
 
 fn port_value(rng: &mut Rng) -> u16 {
@@ -118,7 +122,8 @@ fn rule(rng: &mut Rng, id: usize, inbound: bool, hints: &mut Hints) -> String {
             let n = rng.usize(1, 3);
             let nets: Vec<String> = (0..n)
                 .map(|_| {
-                    let net = if rng.percent(55) { v4_cidr(rng, hints) } else { v6_cidr(rng, hints) };
+                    let v6 = rng.percent(45);
+                    let net = cidr(rng, hints, v6);
                     format!("\"{net}\"")
                 })
                 .collect();

@@ -1,0 +1,78 @@
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{anyhow, bail, Result};
+use clap::{Args, ValueEnum};
+
+use super::instance::resolve_name;
+use crate::{
+    export::{self, Family, Options},
+    policy_source,
+    state::InstanceState,
+};
+
+/// Print a phase of a policy as an nftables or iptables ruleset with the
+/// same meaning (deny first, the phase defaults, replies of admitted
+/// connections pass), to compare or to migrate. `nft` keeps fw's structure
+/// (address interval maps, one chain per address class) and loads with
+/// `nft -f`; `iptables`/`ip6tables` is a linear list for `iptables-restore`
+/// (which replaces the filter table). Never touches the kernel.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Output language.
+    #[arg(value_enum)]
+    pub format: Format,
+    /// Policy file (or shipped policy) to export.
+    #[arg(long, requires = "phase", conflicts_with = "name")]
+    pub policy: Option<String>,
+    /// Phase of --policy.
+    #[arg(long)]
+    pub phase: Option<String>,
+    /// Export what this running instance enforces (its policy file and
+    /// phase as recorded; default: the only instance, when no --policy).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// KEY=VALUE file for ${VARS} in --policy.
+    #[arg(long)]
+    pub env_file: Option<PathBuf>,
+    /// Apply only to this interface (default: the instance's interface with
+    /// --name; with --policy, every interface).
+    #[arg(long)]
+    pub iface: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// `nft -f` input: table `inet fw`.
+    Nft,
+    /// `iptables-restore` input: the IPv4 rules.
+    Iptables,
+    /// `ip6tables-restore` input: the IPv6 rules.
+    Ip6tables,
+}
+
+pub fn export(args: ExportArgs) -> Result<ExitCode> {
+    let (policy_arg, env_file, phase, iface) = match &args.policy {
+        Some(policy) => {
+            let phase = args.phase.clone().ok_or_else(|| anyhow!("--policy needs --phase"))?;
+            (policy.clone(), args.env_file.clone(), phase, args.iface.clone())
+        }
+        None => {
+            if args.phase.is_some() {
+                bail!("--phase goes with --policy; a running instance exports its active phase");
+            }
+            let name = resolve_name(args.name.clone())?;
+            let state = InstanceState::load(&name)?.ok_or_else(|| anyhow!("no fw instance named {name}"))?;
+            let e = state.enforced;
+            (e.policy, e.env_file.map(PathBuf::from), e.phase, args.iface.clone().or(Some(state.iface)))
+        }
+    };
+    let (_, loaded) = policy_source::load_policy(&policy_arg, env_file.as_deref())?;
+    let options = Options { iface };
+    let text = match args.format {
+        Format::Nft => export::nft(&loaded.policy, &phase, &options)?,
+        Format::Iptables => export::iptables(&loaded.policy, &phase, Family::Ipv4, &options)?,
+        Format::Ip6tables => export::iptables(&loaded.policy, &phase, Family::Ipv6, &options)?,
+    };
+    print!("{text}");
+    Ok(ExitCode::SUCCESS)
+}

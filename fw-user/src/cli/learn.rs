@@ -1,0 +1,221 @@
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::{
+    duration,
+    instance::require_root,
+    run::{self, RunArgs},
+};
+use crate::{
+    events::reader::EventReader,
+    learn::{self, Tally},
+    loader::{self, AttachMode},
+    paths, policy_source,
+    state::InstanceState,
+};
+
+/// The learning instance's policy: one phase, audit mode, no egress rule,
+/// so every new outbound connection is a would-drop event (and passes).
+/// Inbound stays `allow` (tracked): replies to what this host serves are
+/// flows, not events.
+const LEARNING_POLICY: &str = "name: learning\nphases:\n  learning:\n    mode: audit\n";
+const LEARNING_PHASE: &str = "learning";
+/// Events per second per (reason, rule) and CPU while learning: every
+/// connection of a busy host, not a sample.
+const LEARN_EVENT_BUDGET: u32 = 5000;
+
+/// Watch what this host connects to and write it as a policy: starts a
+/// temporary instance on IFACE in audit mode with no egress rule (nothing is
+/// blocked), records every new outbound flow with the process, container
+/// and destination behind it, then writes a phase that allows exactly
+/// those flows (one rule per program, container and destination, ports
+/// folded into ranges, a comment on who used each and how often). Runs for
+/// --duration or until Ctrl-C; the temporary instance is removed either way.
+#[derive(Args, Debug)]
+pub struct LearnArgs {
+    /// Interface to watch.
+    #[arg(long)]
+    pub iface: String,
+    /// Name of the phase to write.
+    #[arg(long, default_value = "learned")]
+    pub phase: String,
+    /// A policy file to add the learned phase to (its `phases:` must be its
+    /// last top-level key). Default: write a policy of its own.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// How long to watch (30s, 10m, 2h...). Default: until Ctrl-C.
+    #[arg(long, value_parser = duration::parse)]
+    pub duration: Option<Duration>,
+    /// cgroup v2 directory whose processes are named in the learned rules
+    /// (connect()/sendmsg() hooks), or `none`: same default as `fw run`.
+    #[arg(long)]
+    pub cgroup: Option<String>,
+    /// Where to write the policy (default: standard output).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Name of the temporary instance (default: learn-IFACE).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+pub fn learn(args: LearnArgs) -> Result<ExitCode> {
+    require_root("fw learn")?;
+    let name = args.name.clone().unwrap_or_else(|| format!("learn-{}", args.iface));
+    paths::validate_name(&name).map_err(anyhow::Error::msg).context("--name")?;
+    if paths::pin_dir(&name).exists() {
+        bail!("an instance named {name} exists: pick another --name, or `fw stop --name {name}`");
+    }
+    let base = args.policy.as_deref().map(read_base).transpose()?;
+    if let Some((path, _)) = &base {
+        check_phase_is_new(path, &args.phase)?;
+    }
+    let ifindex = run::ifindex(&args.iface)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let _guard = runtime.enter();
+    // Taken over before the instance exists: a Ctrl-C from here on stops
+    // learning and removes the instance instead of killing the process.
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+
+    std::fs::create_dir_all(paths::RUN_DIR).with_context(|| format!("creating {}", paths::RUN_DIR))?;
+    let policy_file = PathBuf::from(paths::RUN_DIR).join(format!("{name}.learning.yaml"));
+    let mut instance = Temporary { name: name.clone(), policy_file: policy_file.clone(), started: None };
+    std::fs::write(&policy_file, LEARNING_POLICY).with_context(|| format!("writing {}", policy_file.display()))?;
+    let run_args = RunArgs {
+        iface: args.iface.clone(),
+        policy: Some(policy_file.display().to_string()),
+        phase: Some(LEARNING_PHASE.to_string()),
+        name: Some(name.clone()),
+        env_file: None,
+        audit: true,
+        cgroup: args.cgroup.clone(),
+        event_budget: LEARN_EVENT_BUDGET,
+        interval: 5,
+        metrics: None,
+    };
+    let state = run::start(&name, &run_args, ifindex)?;
+    instance.started = Some((state.iface.clone(), state.attach_mode));
+    let hooks = state.cgroup.as_deref().map_or("no socket hooks: processes are not named".into(), |c| format!("processes in cgroup {c}"));
+    eprintln!(
+        "fw: learning what {} connects to ({hooks}), {}; nothing is blocked",
+        args.iface,
+        args.duration.map_or("until Ctrl-C".into(), |d| format!("for {}s or until Ctrl-C", d.as_secs()))
+    );
+
+    let mut tally = Tally::default();
+    runtime.block_on(async {
+        let mut reader = EventReader::open(&name)?;
+        let deadline = async {
+            match args.duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                batch = reader.next_batch(&mut tally) => batch?,
+                _ = &mut deadline => break,
+                _ = interrupt.recv() => break,
+                _ = terminate.recv() => break,
+            }
+        }
+        // What the kernel submitted up to now, still unread.
+        reader.drain(&mut tally);
+        anyhow::Ok(())
+    })?;
+    instance.stop()?;
+
+    let rules = tally.rules();
+    let header = format!(
+        "# Learned by `fw learn --iface {}`: {} destinations in {} rules.\n# Each rule allows exactly what was seen; review before enforcing.\n",
+        args.iface,
+        tally.destinations(),
+        rules.len()
+    );
+    let text = match &base {
+        None => learn::policy_yaml(&header, &args.phase, &rules),
+        Some((path, base)) => learn::append_phase(base, &header, &args.phase, &rules)
+            .map_err(|e| anyhow::anyhow!("cannot add the learned phase to {}: {e}", path.display()))?,
+    };
+    write_checked(&text, &args.phase, args.output.as_deref(), &name)?;
+    if tally.undecodable > 0 {
+        eprintln!("fw: warning: {} events could not be decoded (is this fw older than its kernel object?)", tally.undecodable);
+    }
+    eprintln!(
+        "fw: learned {} rules{}",
+        rules.len(),
+        args.output.as_ref().map(|p| format!(", written to {}", p.display())).unwrap_or_default()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_base(path: &Path) -> Result<(PathBuf, String)> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading policy file {}", path.display()))?;
+    Ok((path.to_path_buf(), text))
+}
+
+/// Fails before learning, not after, when the phase to write exists.
+fn check_phase_is_new(path: &Path, phase: &str) -> Result<()> {
+    let (_, loaded) = policy_source::load_policy(&path.display().to_string(), None)?;
+    if loaded.policy.phase(phase).is_some() {
+        bail!("{} already has a phase {phase}: pick another --phase", path.display());
+    }
+    Ok(())
+}
+
+/// Checks `text` the way `fw check` does (parse, compile the phase, fit
+/// the maps), then writes it to `output` or prints it.
+fn write_checked(text: &str, phase: &str, output: Option<&Path>, name: &str) -> Result<()> {
+    let draft = match output {
+        Some(path) => path.with_extension(format!("tmp.{}", std::process::id())),
+        None => PathBuf::from(paths::RUN_DIR).join(format!("{name}.learned.yaml")),
+    };
+    std::fs::write(&draft, text).with_context(|| format!("writing {}", draft.display()))?;
+    let checked = policy_source::load_phase(&draft.display().to_string(), None, phase);
+    let result = match (checked, output) {
+        (Err(e), _) => Err(e.context("the learned policy does not pass `fw check` (a bug in fw learn)")),
+        (Ok(_), Some(path)) => {
+            std::fs::rename(&draft, path).with_context(|| format!("writing {}", path.display()))
+        }
+        (Ok(_), None) => {
+            print!("{text}");
+            Ok(())
+        }
+    };
+    let _ = std::fs::remove_file(&draft);
+    result
+}
+
+/// The learning instance: stopped and removed when learning ends, fails or
+/// is interrupted.
+struct Temporary {
+    name: String,
+    policy_file: PathBuf,
+    /// Interface and attach mode, once started.
+    started: Option<(String, AttachMode)>,
+}
+
+impl Temporary {
+    fn stop(&mut self) -> Result<()> {
+        let _ = std::fs::remove_file(&self.policy_file);
+        let Some((iface, mode)) = self.started.take() else { return Ok(()) };
+        loader::detach(&self.name, Some(&iface), Some(mode))?;
+        InstanceState::remove(&self.name)
+    }
+}
+
+impl Drop for Temporary {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            eprintln!("fw: removing the learning instance {}: {e:#} (`fw stop --name {}` retries)", self.name, self.name);
+        }
+    }
+}
