@@ -246,6 +246,7 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     ("nsenter", "util-linux"),
     ("setpriv", "util-linux"),
     ("mount", "mount"),
+    ("systemd-analyze", "systemd"),
 ];
 
 fn test_tools() -> Result<()> {

@@ -9,6 +9,7 @@
 mod bootstrap;
 mod build;
 mod cmd;
+mod install;
 mod run;
 mod test;
 
@@ -31,6 +32,9 @@ enum Command {
     Run(run::Options),
     /// Run the unprivileged suite, then the privileged (root, netns) suite.
     Test(test::Options),
+    /// Install fw in /usr/local/bin, the policies in /etc/fw/ and the
+    /// systemd unit fw@IFACE.service.
+    Install(install::Options),
 }
 
 fn main() {
@@ -39,6 +43,7 @@ fn main() {
         Command::Build(opts) => build::build(&opts),
         Command::Run(opts) => run::run(&opts),
         Command::Test(opts) => test::test(&opts),
+        Command::Install(opts) => install::install(&opts),
     };
     if let Err(e) = result {
         eprintln!("{e:#}");

@@ -1,0 +1,73 @@
+//! `fw-bench`: the measuring half of `cargo xtask bench` (xtask/src/bench
+//! orchestrates, this binary does what needs the fw libraries or has to run
+//! inside a network namespace). Built with `--features bench`, run as root.
+//!
+//! * `policy N` prints the generated N-rule policy (YAML);
+//! * `testrun` measures ns/packet through the real programs (part 1);
+//! * `control` measures compile, load, write and map memory (part 3);
+//! * `udp-send` / `udp-recv`: the small-packet sender (sendmmsg) and its
+//!   counting receiver (part 2), each run inside a namespace.
+//!
+//! Results go to stdout as one JSON object.
+
+mod control;
+mod frames;
+mod gen;
+mod testrun;
+mod udp;
+
+use std::process::exit;
+
+use anyhow::{bail, Context as _, Result};
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T> {
+    match args.iter().position(|a| a == name) {
+        Some(i) => {
+            let v = args.get(i + 1).with_context(|| format!("{name} needs a value"))?;
+            v.parse().map_err(|_| anyhow::anyhow!("{name}: cannot parse {v:?}"))
+        }
+        None => Ok(default),
+    }
+}
+
+fn list(args: &[String], name: &str, default: &str) -> Result<Vec<usize>> {
+    let text: String = arg(args, name, default.to_string())?;
+    text.split(',').map(|s| s.trim().parse().with_context(|| format!("{name}: {s:?}"))).collect()
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(command) = args.first() else { bail!("usage: fw-bench policy|testrun|control|udp-send|udp-recv ...") };
+    let json = match command.as_str() {
+        "policy" => {
+            let rules: usize = args.get(1).context("policy N")?.parse()?;
+            print!("{}", gen::policy(rules));
+            return Ok(());
+        }
+        "testrun" => testrun::run(&testrun::Options {
+            sizes: list(&args, "--sizes", "10,1000,10000,100000")?,
+            repeat: arg(&args, "--repeat", 1_000_000)?,
+            rounds: arg(&args, "--rounds", 5)?,
+            distinct: arg(&args, "--distinct", 20_000)?,
+        })?,
+        "control" => control::run(arg(&args, "--rules", 100_000)?)?,
+        "udp-send" => udp::send(
+            arg(&args, "--dst", std::net::SocketAddr::from((gen::RECEIVER4, gen::UDP_PORT)))?,
+            arg(&args, "--seconds", 2.0)?,
+        )?,
+        "udp-recv" => udp::recv(
+            arg(&args, "--bind", std::net::SocketAddr::from((gen::RECEIVER4, gen::UDP_PORT)))?,
+            arg(&args, "--seconds", 4.0)?,
+        )?,
+        other => bail!("unknown command {other}"),
+    };
+    println!("{json}");
+    Ok(())
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("fw-bench: {e:#}");
+        exit(1);
+    }
+}

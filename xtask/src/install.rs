@@ -1,0 +1,160 @@
+//! `cargo xtask install`: the release `fw` binary, the shipped policies and
+//! the systemd unit `fw@IFACE.service`, where an operator expects them.
+//!
+//! Policies already in the config directory are operator-owned: a shipped
+//! file that differs is written beside it as `NAME.yaml.new` (as dpkg does
+//! with conffiles), never over it.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::{bootstrap, build, cmd};
+
+#[derive(Args)]
+pub struct Options {
+    /// Prefix of the binary: PREFIX/bin/fw.
+    #[arg(long, default_value = "/usr/local")]
+    pub prefix: PathBuf,
+    /// Configuration directory: SYSCONFDIR/fw/*.yaml.
+    #[arg(long, default_value = "/etc")]
+    pub sysconfdir: PathBuf,
+    /// Where the systemd unit goes.
+    #[arg(long, default_value = "/etc/systemd/system")]
+    pub unitdir: PathBuf,
+}
+
+/// The unit template, with @BINDIR@ and @SYSCONFDIR@ to fill in.
+const UNIT_TEMPLATE: &str = include_str!("../../dist/fw@.service");
+const UNIT_NAME: &str = "fw@.service";
+
+pub fn install(opts: &Options) -> Result<()> {
+    bootstrap::bootstrap(bootstrap::Purpose::Build)?;
+    build::cargo_build(true)?;
+    let binary = cmd::workspace_root().join("target/release/fw");
+    let installed = install_files(&binary, &cmd::workspace_root().join("policies"), opts)?;
+    for line in installed {
+        println!("{line}");
+    }
+    if Path::new("/run/systemd/system").is_dir() && opts.unitdir.starts_with("/etc/systemd") {
+        cmd::run(Command::new("systemctl").arg("daemon-reload"))?;
+    }
+    println!("enable it with: systemctl enable --now fw@IFACE.service (settings: {}/fw/IFACE.env)", opts.sysconfdir.display());
+    Ok(())
+}
+
+/// Copies the binary, policies and unit; returns one line per file written.
+pub fn install_files(binary: &Path, policies: &Path, opts: &Options) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    let bindir = opts.prefix.join("bin");
+    let confdir = opts.sysconfdir.join("fw");
+    for dir in [&bindir, &confdir, &opts.unitdir] {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    copy_atomic(binary, &bindir.join("fw"), 0o755)?;
+    done.push(format!("installed {}", bindir.join("fw").display()));
+
+    let mut shipped: Vec<PathBuf> = fs::read_dir(policies)
+        .with_context(|| format!("reading {}", policies.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    shipped.sort();
+    if shipped.is_empty() {
+        bail!("no policies in {}", policies.display());
+    }
+    for policy in shipped {
+        let name = policy.file_name().expect("a file");
+        let target = confdir.join(name);
+        let text = fs::read(&policy)?;
+        match fs::read(&target) {
+            Ok(existing) if existing == text => {}
+            Ok(_) => {
+                let new = target.with_extension("yaml.new");
+                copy_atomic(&policy, &new, 0o644)?;
+                done.push(format!("kept your {}; the shipped one is {}", target.display(), new.display()));
+            }
+            Err(_) => {
+                copy_atomic(&policy, &target, 0o644)?;
+                done.push(format!("installed {}", target.display()));
+            }
+        }
+    }
+
+    let unit = render_unit(&bindir, &opts.sysconfdir);
+    let unit_path = opts.unitdir.join(UNIT_NAME);
+    write_atomic(&unit_path, unit.as_bytes(), 0o644)?;
+    done.push(format!("installed {}", unit_path.display()));
+    Ok(done)
+}
+
+pub fn render_unit(bindir: &Path, sysconfdir: &Path) -> String {
+    UNIT_TEMPLATE
+        .replace("@BINDIR@", &bindir.display().to_string())
+        .replace("@SYSCONFDIR@", &sysconfdir.display().to_string())
+}
+
+fn copy_atomic(from: &Path, to: &Path, mode: u32) -> Result<()> {
+    let bytes = fs::read(from).with_context(|| format!("reading {}", from.display()))?;
+    write_atomic(to, &bytes, mode)
+}
+
+/// Temp file + rename: a running `fw` binary or a unit being read is never
+/// seen half-written.
+fn write_atomic(to: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = to.with_extension(format!("tmp.{}", std::process::id()));
+    fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
+    fs::rename(&tmp, to).with_context(|| format!("installing {}", to.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_root() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("fw-install-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_installed_unit_passes_systemd_analyze_verify_and_policies_are_not_overwritten() {
+        let root = temp_root();
+        let opts = Options {
+            prefix: root.join("usr/local"),
+            sysconfdir: root.join("etc"),
+            unitdir: root.join("etc/systemd/system"),
+        };
+        // Any executable stands in for fw: verify checks that ExecStart runs.
+        let binary = Path::new("/bin/true");
+        let policies = cmd::workspace_root().join("policies");
+        install_files(binary, &policies, &opts).unwrap();
+        let unit = fs::read_to_string(opts.unitdir.join(UNIT_NAME)).unwrap();
+        assert!(unit.contains(&format!("ExecStart={}/fw run --iface %i", opts.prefix.join("bin").display())));
+        assert!(unit.contains("Restart=on-failure") && unit.contains("After=network-online.target"));
+
+        // systemd-analyze verifies an instance of the template.
+        let instance = opts.unitdir.join("fw@veth0.service");
+        fs::copy(opts.unitdir.join(UNIT_NAME), &instance).unwrap();
+        let out = Command::new("systemd-analyze").arg("verify").arg(&instance).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && stderr.trim().is_empty(), "systemd-analyze verify: {stderr}");
+
+        // An operator's edit survives a reinstall.
+        let policy = opts.sysconfdir.join("fw/openvidu-ce.yaml");
+        fs::write(&policy, "# edited\n").unwrap();
+        let lines = install_files(binary, &policies, &opts).unwrap();
+        assert_eq!(fs::read_to_string(&policy).unwrap(), "# edited\n");
+        assert!(opts.sysconfdir.join("fw/openvidu-ce.yaml.new").exists());
+        assert!(lines.iter().any(|l| l.contains("kept your")));
+        fs::remove_dir_all(&root).unwrap();
+    }
+}
