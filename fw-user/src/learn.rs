@@ -97,7 +97,7 @@ impl Tally {
     /// phase default) is not a flow to learn.
     pub fn record(&mut self, event: &Event) {
         let learnable = [Reason::PassAudit, Reason::DropDefault, Reason::DropSocket].map(Reason::as_str);
-        if event.direction != "egress" || !learnable.contains(&event.reason.as_str()) {
+        if event.direction != "egress" || !learnable.contains(&event.reason.as_str()) || is_icmp_error(event) {
             return;
         }
         let dest = (event.proto.clone(), event.dst, event.dst_port);
@@ -120,7 +120,8 @@ impl Tally {
     /// The flows, grouped into rules.
     pub fn rules(&self) -> Vec<LearnedRule> {
         // (who, proto, address) -> ports, uses, pids
-        let mut groups: BTreeMap<(Who, String, IpAddr), (BTreeSet<u16>, u64, BTreeSet<u32>)> = BTreeMap::new();
+        type Group = (BTreeSet<u16>, u64, BTreeSet<u32>);
+        let mut groups: BTreeMap<(Who, String, IpAddr), Group> = BTreeMap::new();
         for (dest, by_who) in &self.calls {
             for (who, calls) in by_who {
                 let g = groups.entry((who.clone(), dest.0.clone(), dest.1)).or_default();
@@ -153,6 +154,20 @@ impl Tally {
                 pids: pids.into_iter().collect(),
             })
             .collect()
+    }
+}
+
+/// An ICMP error this host sent (port unreachable for a late reply...):
+/// it answers a flow, and the datapath passes such errors when that flow
+/// is allowed and tracked, so it is not a flow of its own to learn.
+fn is_icmp_error(event: &Event) -> bool {
+    let kind = event.dst_port >> 8;
+    match event.proto.as_str() {
+        // destination unreachable, source quench, time exceeded, parameter problem
+        "icmp" => matches!(kind, 3 | 4 | 11 | 12),
+        // destination unreachable, packet too big, time exceeded, parameter problem
+        "icmpv6" => matches!(kind, 1..=4),
+        _ => false,
     }
 }
 
@@ -354,15 +369,20 @@ mod tests {
         tally.record(&event("packet", None, "198.18.1.3", 53, Some(5001)));
         let inbound = Event { direction: "inbound".into(), ..event("packet", None, "198.18.1.9", 1, Some(1)) };
         tally.record(&inbound);
+        let port_unreachable = Event { proto: "icmp".into(), ..event("packet", None, "198.18.1.9", 3 << 8 | 3, None) };
+        tally.record(&port_unreachable);
+        let echo_request = Event { proto: "icmp".into(), ..event("packet", None, "198.18.1.4", 8 << 8, None) };
+        tally.record(&echo_request);
         let rules = tally.rules();
-        assert_eq!(rules.len(), 2, "{rules:#?}");
-        assert_eq!(rules[0].name, "learned-flow-1");
-        assert_eq!(rules[0].ports, [PortEntry::One(53)]);
-        assert_eq!(rules[0].uses, 2);
-        assert_eq!(rules[1].name, "learned-curl-1");
-        assert_eq!(rules[1].ports, [PortEntry::Range(8080, 8082), PortEntry::One(9000)]);
-        assert_eq!(rules[1].uses, 5);
-        assert_eq!(rules[1].pids, [812]);
+        assert_eq!(rules.len(), 3, "{rules:#?}");
+        assert_eq!((rules[0].proto.as_str(), rules[0].ports.as_slice()), ("icmp", [PortEntry::Icmp(8, 0)].as_slice()));
+        assert_eq!(rules[1].name, "learned-flow-2");
+        assert_eq!(rules[1].ports, [PortEntry::One(53)]);
+        assert_eq!(rules[1].uses, 2);
+        assert_eq!(rules[2].name, "learned-curl-1");
+        assert_eq!(rules[2].ports, [PortEntry::Range(8080, 8082), PortEntry::One(9000)]);
+        assert_eq!(rules[2].uses, 5);
+        assert_eq!(rules[2].pids, [812]);
         let yaml = phase_yaml("learned", &rules, 2);
         assert!(yaml.contains("    # curl (cgroup /app): 5 times, pid 812\n"), "{yaml}");
         assert!(

@@ -61,6 +61,10 @@ fn kernel_verdicts_match_the_reference_model() {
     for ((dir, reason), n) in &d.tally {
         eprintln!("  {} {:<22} {n}", if *dir == 0 { "egress " } else { "ingress" }, reason.as_str());
     }
+    eprintln!("stateful paths taken (model):");
+    for path in model::PATHS {
+        eprintln!("  {path:<45} {}", d.state.paths.get(path).copied().unwrap_or(0));
+    }
     let mut report = String::new();
     for (kind, n) in &d.kinds {
         report += &format!("\n{n:>6} x {kind}");
@@ -92,10 +96,8 @@ fn kernel_verdicts_match_the_reference_model() {
         let n: u64 = d.tally.iter().filter(|((_, r), _)| *r == reason).map(|(_, n)| n).sum();
         assert!(n > 0, "seed {seed}: no frame was expected to end in {}", reason.as_str());
     }
-    eprintln!("stateful paths taken:");
     for path in model::PATHS {
         let n = d.state.paths.get(path).copied().unwrap_or(0);
-        eprintln!("  {path:<45} {n}");
         assert!(n > 0, "seed {seed}: the run never took the path `{path}`");
     }
     eprintln!("{} frames agreed in {:.1?}", d.cases, started.elapsed());

@@ -179,6 +179,7 @@ pub fn random_policy(rng: &mut Rng, serial: usize, force: Force) -> RandomPolicy
     let mut id = 0;
     for p in 0..phases {
         yaml += &format!("  p{p}:\n");
+        let phase_start = yaml.len();
         if p > 0 && rng.percent(60) {
             yaml += &format!("    extends: p{}\n", rng.below(p as u64));
         }
@@ -214,6 +215,10 @@ pub fn random_policy(rng: &mut Rng, serial: usize, force: Force) -> RandomPolicy
                 yaml += &rule(rng, id, false, &mut hints);
                 id += 1;
             }
+        }
+        if yaml.len() == phase_start {
+            // An empty phase must still be a mapping.
+            yaml += "    mode: enforce\n";
         }
     }
     let phase = format!("p{}", rng.below(phases as u64));

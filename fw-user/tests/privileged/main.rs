@@ -15,4 +15,5 @@
 
 mod cli;
 mod e2e;
+mod events;
 mod harness;

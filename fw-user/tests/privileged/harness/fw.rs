@@ -3,7 +3,7 @@
 //! test's namespace, where `--iface` names resolve.
 
 use std::{
-    ffi::OsString,
+    ffi::{OsStr, OsString},
     fs,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
@@ -21,13 +21,13 @@ pub const FW: &str = env!("CARGO_BIN_EXE_fw");
 /// they would refuse denied connect()s of every process on the machine.
 /// fw's default leaves them out outside the host's namespace; tests do not
 /// rely on that detection.
-pub fn run_args(iface: &str, policy: &Path, phase: &str, name: &str) -> Vec<OsString> {
+pub fn run_args(iface: &str, policy: impl AsRef<OsStr>, phase: &str, name: &str) -> Vec<OsString> {
     let mut args: Vec<OsString> = ["run", "--iface", iface, "--phase", phase, "--name", name]
         .map(OsString::from)
         .into();
     args.extend([
         "--policy".into(),
-        policy.into(),
+        policy.as_ref().to_owned(),
         "--cgroup".into(),
         "none".into(),
     ]);
@@ -160,10 +160,29 @@ impl Drops {
     /// (packets, bytes) of egress `reason`; a reason that is not listed has
     /// counted nothing.
     pub fn egress(&self, reason: &str) -> (u64, u64) {
+        self.counted("egress", reason)
+    }
+
+    /// (packets, bytes) of inbound (ingress hook) `reason`.
+    pub fn inbound(&self, reason: &str) -> (u64, u64) {
+        self.counted("inbound", reason)
+    }
+
+    /// (packets, bytes) of `reason` in `direction` ("egress", "inbound").
+    pub fn counted(&self, direction: &str, reason: &str) -> (u64, u64) {
         self.reasons
             .iter()
-            .filter(|r| r.direction == "egress" && r.reason == reason)
+            .filter(|r| r.direction == direction && r.reason == reason)
             .fold((0, 0), |(p, b), r| (p + r.packets, b + r.bytes))
+    }
+
+    /// Packets of every `drop_*` reason in `direction`.
+    pub fn dropped(&self, direction: &str) -> u64 {
+        self.reasons
+            .iter()
+            .filter(|r| r.direction == direction && r.reason.starts_with("drop_"))
+            .map(|r| r.packets)
+            .sum()
     }
 
     /// The counters of the rule called `name`; panics if there is none.
@@ -181,6 +200,8 @@ impl Drops {
 pub struct Fw<'ns> {
     ns: &'ns Netns,
     name: String,
+    /// The arguments of `fw run`, for [`Fw::restart`].
+    args: Vec<OsString>,
     child: Option<Child>,
     /// `fw stop` succeeded: nothing left for `Drop` to stop.
     stopped: bool,
@@ -192,35 +213,65 @@ pub struct Fw<'ns> {
 impl<'ns> Fw<'ns> {
     /// Starts `fw run` on `iface` in `ns` and waits until it enforces.
     pub fn start(ns: &'ns Netns, iface: &str, policy: &Path, phase: &str) -> Self {
+        Self::start_with(ns, iface, policy, phase, &[])
+    }
+
+    /// [`Fw::start`] with `policy` a file or a shipped policy's name, and
+    /// `extra` arguments (e.g. `--env-file F`).
+    pub fn start_with(
+        ns: &'ns Netns,
+        iface: &str,
+        policy: impl AsRef<OsStr>,
+        phase: &str,
+        extra: &[&OsStr],
+    ) -> Self {
         let name = unique_name();
         let dir = TempDir::new();
         let log = dir.path().join("fw-run.log");
-        let out = fs::File::create(&log).expect("creating the fw log");
+        let mut args = run_args(iface, policy, phase, &name);
+        args.extend(["--interval".into(), "1".into()]);
+        args.extend(extra.iter().map(|a| a.to_os_string()));
+        let mut fw = Self {
+            ns,
+            name,
+            args,
+            child: None,
+            stopped: false,
+            log,
+            _dir: dir,
+        };
+        fw.spawn();
+        fw.wait_ready();
+        fw
+    }
+
+    /// Starts the `fw run` process (output appended to the log). Must run
+    /// on the thread that owns the test: the child dies with its parent
+    /// thread (`PR_SET_PDEATHSIG`).
+    fn spawn(&mut self) {
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("opening the fw log");
         let err = out.try_clone().expect("cloning the fw log");
-        let mut cmd = ns.command(FW);
-        cmd.args(run_args(iface, policy, phase, &name))
-            .args(["--interval", "1"])
+        let mut cmd = self.ns.command(FW);
+        cmd.args(&self.args)
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
-        let mut fw = Self {
-            ns,
-            name,
-            child: Some(child),
-            stopped: false,
-            log,
-            _dir: dir,
-        };
-        fw.wait_ready();
-        fw
+        self.child = Some(child);
     }
 
-    /// Polls `fw status` until it exits 0: a bounded readiness check that
-    /// gives up (with fw's output) if `fw run` exits or 20 s pass.
+    /// Polls `fw status --json` until it exits 0 and names this process as
+    /// the daemon (after a restart the pins enforce before the new daemon
+    /// answers): a bounded readiness check that gives up (with fw's output)
+    /// if `fw run` exits or 20 s pass.
     fn wait_ready(&mut self) {
+        let pid = self.pid();
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(20) {
             if let Some(status) = self
@@ -233,13 +284,18 @@ impl<'ns> Fw<'ns> {
                     self.log_text()
                 );
             }
-            if self.status().status.success() {
-                return;
+            let out = fw(self.ns, &["status", "--name", &self.name, "--json"]);
+            if out.status.success() {
+                let json: serde_json::Value =
+                    serde_json::from_str(&out.stdout).unwrap_or_default();
+                if json["daemon_pid"].as_u64() == Some(u64::from(pid)) {
+                    return;
+                }
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
         panic!(
-            "`fw status --name {}` did not succeed within 20 s; fw run printed:\n{}",
+            "`fw status --name {}` did not report daemon {pid} enforcing within 20 s; fw run printed:\n{}",
             self.name,
             self.log_text()
         );
@@ -249,6 +305,16 @@ impl<'ns> Fw<'ns> {
         &self.name
     }
 
+    /// Pid of the running `fw run` process.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("fw run is running").id()
+    }
+
+    /// The `fw run` arguments this instance was started with.
+    pub fn run_args(&self) -> &[OsString] {
+        &self.args
+    }
+
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -256,6 +322,20 @@ impl<'ns> Fw<'ns> {
     /// `fw status --name NAME`.
     pub fn status(&self) -> Finished {
         fw(self.ns, &["status", "--name", &self.name])
+    }
+
+    /// `fw status --name NAME --json`, parsed (whatever the exit code).
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = fw(self.ns, &["status", "--name", &self.name, "--json"]);
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("fw status --json printed no JSON object ({e}): {out:#?}"))
+    }
+
+    /// `fw ARGS --name NAME` (the name appended).
+    pub fn cli(&self, args: &[&str]) -> Finished {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--name", &self.name]);
+        fw(self.ns, &all)
     }
 
     /// `fw drops --name NAME --json`, parsed.
@@ -299,11 +379,29 @@ impl<'ns> Fw<'ns> {
         self.reap();
     }
 
-    /// Kills the `fw run` process (as a crash would), leaving its pins.
+    /// Kills the `fw run` process (SIGKILL, as a crash would), leaving its
+    /// pins.
     pub fn kill_run_process(&mut self) {
         let mut child = self.child.take().expect("fw run is running");
         child.kill().expect("killing fw run");
         child.wait().expect("reaping fw run");
+    }
+
+    /// Starts `fw run` again with the same arguments (after
+    /// [`Fw::kill_run_process`]) and waits until the new daemon answers.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "fw run is still running");
+        self.spawn();
+        self.wait_ready();
+    }
+
+    /// `kill -9` of the daemon, then the same `fw run` again, which adopts
+    /// the pinned instance. Returns how long the instance had no daemon.
+    pub fn restart(&mut self) -> Duration {
+        let start = Instant::now();
+        self.kill_run_process();
+        self.start_again();
+        start.elapsed()
     }
 
     fn reap(&mut self) {

@@ -15,7 +15,8 @@ pub fn frame(src: IpAddr, dst: IpAddr, kind: u8, sport: u16, dport: u16) -> Vec<
             let mut b = vec![0u8; 8 + 18];
             b[0..2].copy_from_slice(&sport.to_be_bytes());
             b[2..4].copy_from_slice(&dport.to_be_bytes());
-            b[4..6].copy_from_slice(&(b.len() as u16).to_be_bytes());
+            let len = b.len() as u16;
+            b[4..6].copy_from_slice(&len.to_be_bytes());
             (UDP, b)
         }
         TCP => {

@@ -77,6 +77,19 @@ fn peers(rng: &mut Rng, len: u8) -> String {
     format!("[\"{v4}/{len}\", \"{v6}\"]")
 }
 
+/// A host (or one /24 in eight) in 10.0.0.0/8, and one in 2001:db8:8000::/33.
+fn sparse(rng: &mut Rng) -> (String, u8) {
+    let a = 0x0a00_0000 | (rng.next() as u32 & 0x00ff_ffff);
+    let h = rng.next() as u128;
+    let v6 = Ipv6Addr::from((0x2001_0db8_8000u128 << 80) | (h & ((1u128 << 79) - 1)));
+    if rng.below(8) == 0 {
+        let net6 = Ipv6Addr::from(u128::from(v6) >> 64 << 64);
+        (format!("[\"{}/24\", \"{net6}/64\"]", Ipv4Addr::from(a & 0xffff_ff00)), 24)
+    } else {
+        (format!("[\"{}\", \"{v6}\"]", Ipv4Addr::from(a)), 32)
+    }
+}
+
 /// A port range that does not start or end on a prefix boundary.
 fn range(rng: &mut Rng, min: u64, span: u64) -> String {
     let lo = 1024 + rng.below(60_000 - span);
@@ -92,6 +105,13 @@ fn body(rng: &mut Rng, len: u8) -> String {
             0..=39 => "proto: any".into(),
             40..=69 => format!("proto: tcp, ports: [{}], action: deny", [23, 25, 135, 139, 445][rng.below(5) as usize]),
             _ => format!("proto: [tcp, udp], ports: [{}]", [53, 123, 443][rng.below(3) as usize]),
+        };
+    }
+    if len < 28 {
+        return match roll {
+            0..=9 => format!("proto: [tcp, udp], ports: [{}], action: deny", 100 + rng.below(900)),
+            10..=69 => format!("proto: tcp, ports: [{}]", 1024 + rng.below(60_000)),
+            _ => "proto: any".into(),
         };
     }
     match roll {
@@ -116,8 +136,14 @@ pub fn policy(rules: usize) -> String {
     y += "    egress:\n";
     let generated = rules.saturating_sub(3);
     for i in 0..generated {
-        let len = pick_len(&mut rng);
-        let _ = writeln!(y, "      - {{ name: r{i}, to: {}, {} }}", peers(&mut rng, len), body(&mut rng, len));
+        // Half dense and nested, half sparse hosts and /24s elsewhere.
+        let (to, len) = if i % 2 == 0 {
+            let len = pick_len(&mut rng);
+            (peers(&mut rng, len), len)
+        } else {
+            sparse(&mut rng)
+        };
+        let _ = writeln!(y, "      - {{ name: r{i}, to: {to}, {} }}", body(&mut rng, len));
     }
     let to = format!("[\"{RECEIVER4}\", \"{RECEIVER6}\"]");
     let _ = writeln!(

@@ -68,7 +68,7 @@ pub fn recv(bind: SocketAddr, seconds: f64) -> Result<serde_json::Value> {
     let (mut received, mut first, mut last) = (0u64, None::<Instant>, Instant::now());
     while Instant::now() < deadline {
         // SAFETY: msgs points to BATCH headers whose buffers live.
-        let n = unsafe { libc::recvmmsg(fd, msgs.as_mut_ptr(), BATCH as u32, 0, std::ptr::null_mut()) };
+        let n = unsafe { libc::recvmmsg(fd, msgs.as_mut_ptr(), BATCH as u32, libc::MSG_WAITFORONE, std::ptr::null_mut()) };
         if n > 0 {
             let now = Instant::now();
             first.get_or_insert(now);

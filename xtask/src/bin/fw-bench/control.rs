@@ -1,0 +1,102 @@
+//! Part 3, in process: the steps `fw run` takes for a fresh start, timed one
+//! by one, and the kernel memory the policy maps take: the slab growth
+//! (`Slab:` of /proc/meminfo) across writing the entries, next to the
+//! `memlock` the kernel charges for the maps (which understates an LPM trie:
+//! its nodes are allocated as entries come, and memlock counts only the
+//! key and value bytes).
+
+use std::time::Instant;
+
+use anyhow::{Context as _, Result};
+use aya::programs::SchedClassifier;
+use fw_common::maps;
+use fw_user::{
+    apply,
+    compile::{check_capacity, compile_phase, Limits},
+    loader::{self, LoadOptions, PolicyMaps},
+    policy::{parse_str_with_resolver, Vars},
+};
+use serde_json::{json, Value};
+
+use crate::gen;
+
+/// `Slab:` of /proc/meminfo, in bytes.
+fn slab_bytes() -> Result<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+    let kb: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("Slab:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no Slab: line in /proc/meminfo")?;
+    Ok(kb * 1024)
+}
+
+/// `memlock:` of the map behind `fd`, from /proc/self/fdinfo.
+fn memlock(fd: std::os::fd::BorrowedFd<'_>) -> u64 {
+    use std::os::fd::AsRawFd as _;
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+pub fn run(rules: usize) -> Result<Value> {
+    let yaml = gen::policy(rules);
+    let vars = Vars::from_pairs::<&str, &str>([]);
+    let t = Instant::now();
+    let loaded = parse_str_with_resolver(&yaml, "bench.yaml", &vars, &|h| Err(format!("no DNS ({h})")))?;
+    let parse = t.elapsed();
+    let t = Instant::now();
+    let compiled = compile_phase(&loaded.policy, "a")?;
+    check_capacity(&compiled, &Limits::default())?;
+    let compile = t.elapsed();
+
+    let t = Instant::now();
+    let mut ebpf = loader::load(&LoadOptions::here()?)?;
+    for name in [maps::PROG_EGRESS, maps::PROG_INGRESS] {
+        let p: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
+        p.load().with_context(|| format!("the verifier rejected {name}"))?;
+    }
+    let load = t.elapsed();
+    let mut policy = PolicyMaps::take(&mut ebpf)?;
+
+    // Settle, then measure the slab across the writes (median of 3 reads
+    // each side, to damp other activity on the machine).
+    let read = || -> Result<u64> {
+        let mut v = [slab_bytes()?, slab_bytes()?, slab_bytes()?];
+        v.sort_unstable();
+        Ok(v[1])
+    };
+    let before = read()?;
+    let t = Instant::now();
+    apply::write_generation(&mut policy, &compiled, 1)?;
+    apply::activate(&mut policy, 1)?;
+    let write = t.elapsed();
+    let after = read()?;
+    let entries = compiled.addr4.len() + compiled.addr6.len() + compiled.ports.len();
+
+    // A switch to phase b, as `fw switch` does it: compile, write the new
+    // generation, activate, delete the old one.
+    let t = Instant::now();
+    let compiled_b = compile_phase(&loaded.policy, "b")?;
+    apply::write_generation(&mut policy, &compiled_b, 2)?;
+    apply::activate(&mut policy, 2)?;
+    let removed = apply::delete_generation(&mut policy, 1)?;
+    let switch = t.elapsed();
+
+    use std::os::fd::AsFd as _;
+    use aya::maps::IterableMap as _;
+    let memlock_policy = memlock(policy.addr4.map().fd().as_fd())
+        + memlock(policy.addr6.map().fd().as_fd())
+        + memlock(policy.ports.map().fd().as_fd());
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    Ok(json!({
+        "rules": rules,
+        "entries": { "addr4": compiled.addr4.len(), "addr6": compiled.addr6.len(), "ports": compiled.ports.len(), "total": entries },
+        "parse_ms": ms(parse), "compile_ms": ms(compile), "load_verify_ms": ms(load), "write_ms": ms(write),
+        "total_ms": ms(parse + compile + load + write),
+        "switch_ms": ms(switch), "switch_removed": removed,
+        "slab_growth_bytes": after.saturating_sub(before),
+        "memlock_policy_maps_bytes": memlock_policy,
+    }))
+}
