@@ -47,6 +47,8 @@ pub enum Reason {
     /// A `connect()` or `sendmsg()` the cgroup socket hook refused with
     /// EPERM (a call, not a packet: nothing was sent).
     DropSocket = 26,
+    /// No policy generation is active (maps not written): fail closed.
+    DropNoPolicy = 27,
 }
 
 impl Reason {
@@ -54,7 +56,7 @@ impl Reason {
     /// Counter slots per direction in `FW_STATS`.
     pub const SLOTS: u32 = 32;
 
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 19] = [
         Reason::PassRule,
         Reason::PassFlow,
         Reason::PassNonIp,
@@ -73,6 +75,7 @@ impl Reason {
         Reason::DropVlanDepth,
         Reason::DropSpoofedReply,
         Reason::DropSocket,
+        Reason::DropNoPolicy,
     ];
 
     #[inline(always)]
@@ -105,6 +108,7 @@ impl Reason {
             Reason::DropVlanDepth => "drop_vlan_depth",
             Reason::DropSpoofedReply => "drop_spoofed_reply",
             Reason::DropSocket => "drop_socket",
+            Reason::DropNoPolicy => "drop_no_policy",
         }
     }
 }

@@ -47,7 +47,7 @@ pub fn judge(direction: Direction, pkt: &Packet) -> Verdict {
     if is_icmpv6_control(pkt) {
         return Verdict::new(Reason::PassIcmpControl, NO_RULE);
     }
-    let Some(active) = policy::active() else { return Verdict::drop(Reason::DropDefault) };
+    let Some(active) = policy::active() else { return Verdict::drop(Reason::DropNoPolicy) };
     let now = flow::now_ns();
     if pkt.frag == Frag::Later {
         return frag::follow_first(pkt, now);

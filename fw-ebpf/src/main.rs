@@ -21,6 +21,7 @@ mod sock;
 mod verdict;
 
 use aya_ebpf::{helpers::bpf_skb_cgroup_id, macros::classifier, programs::TcContext};
+use aya_log_ebpf::error;
 use fw_common::{
     event::EVENT_AUDIT,
     tc_action::{TC_ACT_SHOT, TC_ACT_UNSPEC},
@@ -59,6 +60,11 @@ fn classify(ctx: &TcContext, direction: Direction) -> i32 {
     };
     counters::count(direction, &verdict, ctx.len());
     if verdict.reason.is_drop() || verdict.reason == Reason::PassAudit {
+        if verdict.reason == Reason::DropNoPolicy {
+            // Never expected: the loader writes a policy before attaching.
+            // Forwarded by the daemon to its log (aya-log).
+            error!(ctx, "no policy generation is active: dropping every packet (fail closed)");
+        }
         report(ctx, direction, &verdict, &pkt);
     }
     if verdict.reason.is_drop() {

@@ -15,6 +15,7 @@ pub mod control;
 pub mod counters;
 pub mod events;
 pub mod learn;
+pub mod kernel_log;
 pub mod linkinfo;
 pub mod loader;
 pub mod lock;

@@ -9,7 +9,7 @@ use crate::{
     counters::Snapshot,
     events,
     loader::{self, CounterMaps, PolicyMaps},
-    metrics, ops, paths, policy_source,
+    kernel_log, metrics, ops, paths, policy_source,
     state::{Enforced, InstanceState},
 };
 
@@ -91,6 +91,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let log = events::EventLog::shared();
     runtime.spawn(control::serve(listener, info, log.clone()));
     runtime.spawn(events::reader::run(name.clone(), log.clone()));
+    runtime.spawn(kernel_log::forward(name.clone()));
     if let Some(server) = metrics_server {
         println!("fw: {name}: metrics at http://{}/metrics", server.addr());
         server.spawn(name.clone(), log);
