@@ -25,6 +25,9 @@ pub const RULE_STATS: &str = "FW_RULE_STATS";
 /// interface (loopback, local addresses, routes via other interfaces).
 pub const BYPASS4: &str = "FW_BYPASS4";
 pub const BYPASS6: &str = "FW_BYPASS6";
+/// `LpmTrie<[u8; 16], u8>`: the enforced interface's on-link IPv6 prefixes,
+/// where neighbour discovery may go.
+pub const ONLINK6: &str = "FW_ONLINK6";
 /// `RingBuf` of `DropEvent`s.
 pub const EVENTS: &str = "FW_EVENTS";
 /// `LruPerCpuHashMap<u64, RateWindow>`: event rate per (reason, rule).
@@ -33,9 +36,9 @@ pub const EVENT_RATE: &str = "FW_EVENT_RATE";
 pub const EVENT_STATS: &str = "FW_EVENT_STATS";
 
 /// Every map that `fw` pins, in a fixed order.
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 15] = [
     CONFIG, PHASES, ADDR4, ADDR6, PORTS, FLOWS, FRAGS, STATS, RULE_STATS, EVENTS, EVENT_RATE, EVENT_STATS, BYPASS4,
-    BYPASS6,
+    BYPASS6, ONLINK6,
 ];
 
 /// The TC egress classifier: enforces the egress policy.

@@ -7,7 +7,8 @@
 //!    passes (one hash lookup: the path almost every packet takes).
 //!    A flow admitted under another generation is re-checked against the
 //!    rule kind that admitted it, and forgotten when no longer allowed.
-//! 5. An ICMP error quoting a tracked flow passes (path MTU discovery).
+//! 5. An ICMP error quoting a tracked flow, addressed to the quoted
+//!    packet's sender, passes (path MTU discovery).
 //! 6. Otherwise the policy decides; a packet an allow rule passes opens a
 //!    flow, so its replies and later packets take step 4.
 
@@ -20,12 +21,21 @@ use crate::{
     verdict::{Verdict, NO_RULE},
 };
 
-/// ICMPv6 types 130-137 (MLD query/report/done, router and neighbour
-/// solicitation/advertisement, redirect) and 143 (MLDv2 report).
+/// ICMPv6 the link needs whatever the policy says: without neighbour
+/// discovery and MLD, IPv6 stops working. Only what cannot carry anything
+/// off the link passes: MLD (130-132, 143) with hop limit 1, and router and
+/// neighbour discovery (133-137) with hop limit 255 (RFC 4861) to a
+/// link-local or link-scope multicast address or an on-link neighbour.
 #[inline(always)]
 fn is_icmpv6_control(pkt: &Packet) -> bool {
-    let ty = (pkt.policy_port >> 8) as u8;
-    pkt.proto == proto::ICMPV6 && ((130..=137).contains(&ty) || ty == 143)
+    if pkt.family != 6 || pkt.proto != proto::ICMPV6 {
+        return false;
+    }
+    match (pkt.policy_port >> 8) as u8 {
+        130..=132 | 143 => pkt.hop_limit == 1,
+        133..=137 => pkt.hop_limit == 255 && policy::on_link6(&pkt.dst),
+        _ => false,
+    }
 }
 
 /// Packets worth a flow entry: everything but ICMP other than echo requests
@@ -107,7 +117,13 @@ fn recheck(
 /// Steps 5 and 6.
 #[inline(always)]
 fn untracked(active: &Active, direction: Direction, pkt: &Packet, now: u64) -> Verdict {
-    if pkt.quoted.valid && flow::get(&flow::quoted_key(direction, &pkt.quoted), now).is_some() {
+    // The error must be addressed to the quoted packet's sender: on egress
+    // the peer that sent what this host reports on, on ingress this host.
+    // Otherwise quoting a tracked flow would carry it anywhere.
+    if pkt.quoted.valid
+        && pkt.dst == pkt.quoted.src
+        && flow::get(&flow::quoted_key(direction, &pkt.quoted), now).is_some()
+    {
         return Verdict::new(Reason::PassIcmpControl, NO_RULE);
     }
     let peer = policy::peer(direction, pkt);

@@ -85,6 +85,13 @@ pub struct Packet {
     pub frag: Frag,
     /// IPv4: the 16-bit id; IPv6: the fragment header's 32-bit id.
     pub frag_id: u32,
+    /// The protocol that identifies a fragmented datagram: IPv4's protocol
+    /// field; for IPv6 the fragment header's Next Header, the same in every
+    /// fragment (RFC 8200), unlike the protocol at the end of the chain,
+    /// which only the first fragment reaches.
+    pub frag_proto: u8,
+    /// IPv4 TTL or IPv6 hop limit.
+    pub hop_limit: u8,
     pub quoted: Quoted,
 }
 
@@ -112,6 +119,8 @@ impl Packet {
             tcp_flags: 0,
             frag: Frag::None,
             frag_id: 0,
+            frag_proto: 0,
+            hop_limit: 0,
             quoted: Quoted { valid: false, family: 0, proto: 0, ports: Ports { src: 0, dst: 0 }, src: [0; 16], dst: [0; 16] },
         }
     }
@@ -211,6 +220,8 @@ fn parse_ipv4(b: &Bounds, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
     pkt.proto = hdr[9];
     pkt.frag = frag;
     pkt.frag_id = u32::from(u16::from_be_bytes([hdr[4], hdr[5]]));
+    pkt.frag_proto = hdr[9];
+    pkt.hop_limit = hdr[8];
     if frag != Frag::Later {
         parse_l4(b, pkt, off + ihl, off + total)?;
     }
@@ -238,6 +249,7 @@ fn parse_ipv6(b: &Bounds, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
     let mut hoff = off + IPV6_HDR_LEN;
     let mut frag = Frag::None;
     let mut frag_id = 0;
+    let mut frag_proto = 0;
     let mut walked = 0;
     while walked < MAX_IPV6_EXT {
         // Every extension header starts with (next header, length); the
@@ -265,6 +277,7 @@ fn parse_ipv6(b: &Bounds, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
                     Frag::None
                 };
                 frag_id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+                frag_proto = h[0];
                 next = h[0];
                 8
             }
@@ -292,6 +305,8 @@ fn parse_ipv6(b: &Bounds, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
     pkt.proto = next;
     pkt.frag = frag;
     pkt.frag_id = frag_id;
+    pkt.frag_proto = frag_proto;
+    pkt.hop_limit = hdr[7];
     if frag != Frag::Later {
         parse_l4(b, pkt, hoff, ip_end)?;
     }
@@ -345,7 +360,9 @@ fn parse_l4(b: &Bounds, pkt: &mut Packet, off: usize, ip_end: usize) -> Result<(
             check_within(off + 12, ip_end)?;
             pkt.ports = Ports { src: u16::from_be_bytes([h[0], h[1]]), dst: u16::from_be_bytes([h[2], h[3]]) };
         }
-        proto::ICMP | proto::ICMPV6 => {
+        // ICMP belongs to IPv4 and ICMPv6 to IPv6; crossed over, neither
+        // is parsed (no echo pairing, no quoted flow): the policy decides.
+        proto::ICMP | proto::ICMPV6 if (pkt.proto == proto::ICMP) == (pkt.family == 4) => {
             // type, code, checksum, then 4 bytes whose meaning depends on
             // the type (echo: identifier and sequence).
             let h: [u8; 8] = b.load(off).ok_or(Reason::DropTruncatedL4)?;

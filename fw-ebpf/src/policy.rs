@@ -39,6 +39,19 @@ static FW_ADDR6: LpmTrie<AddrKey6, u32> = LpmTrie::with_max_entries(DEFAULT_ADDR
 #[map(name = "FW_PORTS")]
 static FW_PORTS: LpmTrie<PortKey, PolicyValue> = LpmTrie::with_max_entries(DEFAULT_PORT_ENTRIES, 0);
 
+/// The enforced interface's on-link IPv6 prefixes (filled by userspace from
+/// the routing table): neighbours that neighbour discovery may address.
+#[map(name = "FW_ONLINK6")]
+static FW_ONLINK6: LpmTrie<[u8; 16], u8> = LpmTrie::with_max_entries(256, 0);
+
+/// Link-local (fe80::/10), link-scope multicast (ff02::/16), or on-link.
+#[inline(always)]
+pub fn on_link6(addr: &[u8; 16]) -> bool {
+    (addr[0] == 0xfe && addr[1] & 0xc0 == 0x80)
+        || (addr[0] == 0xff && addr[1] & 0x0f == 0x02)
+        || FW_ONLINK6.get(&Key::new(128, *addr)).is_some()
+}
+
 /// The policy in force for this packet.
 #[derive(Clone, Copy)]
 pub struct Active {
@@ -46,10 +59,14 @@ pub struct Active {
     pub phase: PhaseConfig,
 }
 
-/// `None` before any policy was written: callers fail closed.
+/// `None` before any policy was written (generation 0 is never used for a
+/// policy; an array reads zeroed until written): callers fail closed.
 #[inline(always)]
 pub fn active() -> Option<Active> {
     let generation = FW_CONFIG.get(0)?.generation;
+    if generation == 0 {
+        return None;
+    }
     let phase = *FW_PHASES.get(generation & 1)?;
     Some(Active { generation, phase })
 }

@@ -8,7 +8,7 @@ pub mod policy;
 pub mod report;
 pub mod apply;
 pub mod bpffs;
-pub mod bypass;
+pub mod routes;
 pub mod cgroup;
 pub mod cli;
 pub mod control;

@@ -324,45 +324,64 @@ pub fn attach_cgroup(ebpf: &mut Ebpf, instance: &str, cgroup: &Path) -> Result<(
     Ok(())
 }
 
-/// Replaces the socket hooks' bypass prefixes.
-pub fn write_bypass(instance_maps: &mut BypassMaps, prefixes: &std::collections::BTreeSet<ipnet::IpNet>) -> Result<()> {
+/// The maps filled from the routing table (see `routes`).
+pub struct RouteMaps {
+    pub bypass4: LpmTrie<MapData, [u8; 4], u8>,
+    pub bypass6: LpmTrie<MapData, [u8; 16], u8>,
+    pub onlink6: LpmTrie<MapData, [u8; 16], u8>,
+}
+
+impl RouteMaps {
+    pub fn open(instance: &str) -> Result<Self> {
+        Ok(Self {
+            bypass4: LpmTrie::try_from(Map::LpmTrie(open_pinned(instance, maps::BYPASS4)?))?,
+            bypass6: LpmTrie::try_from(Map::LpmTrie(open_pinned(instance, maps::BYPASS6)?))?,
+            onlink6: LpmTrie::try_from(Map::LpmTrie(open_pinned(instance, maps::ONLINK6)?))?,
+        })
+    }
+
+    /// Rewrites all three from the routing table of `iface`'s namespace.
+    pub fn refresh(&mut self, iface: &str) -> Result<()> {
+        let bypass = crate::routes::bypass_prefixes(iface)?;
+        replace_prefixes(&mut self.bypass4, bypass.iter().filter_map(v4_key))?;
+        replace_prefixes(&mut self.bypass6, bypass.iter().filter_map(v6_key))?;
+        replace_prefixes(&mut self.onlink6, crate::routes::onlink6_prefixes(iface)?.iter().filter_map(v6_key))?;
+        Ok(())
+    }
+}
+
+fn v4_key(net: &ipnet::IpNet) -> Option<([u8; 4], u8)> {
+    match net {
+        ipnet::IpNet::V4(n) => Some((n.network().octets(), n.prefix_len())),
+        ipnet::IpNet::V6(_) => None,
+    }
+}
+
+fn v6_key(net: &ipnet::IpNet) -> Option<([u8; 16], u8)> {
+    match net {
+        ipnet::IpNet::V6(n) => Some((n.network().octets(), n.prefix_len())),
+        ipnet::IpNet::V4(_) => None,
+    }
+}
+
+/// Makes `trie` hold exactly `prefixes`: new ones inserted first, then the
+/// stale ones removed, so a prefix that stays is never missing.
+fn replace_prefixes<const N: usize>(
+    trie: &mut LpmTrie<MapData, [u8; N], u8>,
+    prefixes: impl Iterator<Item = ([u8; N], u8)>,
+) -> Result<()> {
     use aya::maps::lpm_trie::Key;
-    let stale4: Vec<Key<[u8; 4]>> = instance_maps.v4.keys().filter_map(|k| k.ok()).collect();
-    let stale6: Vec<Key<[u8; 16]>> = instance_maps.v6.keys().filter_map(|k| k.ok()).collect();
-    for prefix in prefixes {
-        match prefix {
-            ipnet::IpNet::V4(n) => instance_maps.v4.insert(&Key::new(n.prefix_len().into(), n.network().octets()), 1, 0)?,
-            ipnet::IpNet::V6(n) => instance_maps.v6.insert(&Key::new(n.prefix_len().into(), n.network().octets()), 1, 0)?,
-        }
+    let wanted: std::collections::BTreeSet<([u8; N], u8)> = prefixes.collect();
+    let present: Vec<Key<[u8; N]>> = trie.keys().filter_map(|k| k.ok()).collect();
+    for (addr, len) in &wanted {
+        trie.insert(&Key::new(u32::from(*len), *addr), 1, 0)?;
     }
-    for key in stale4 {
-        let net = ipnet::Ipv4Net::new(key.data().into(), key.prefix_len() as u8)?;
-        if !prefixes.contains(&ipnet::IpNet::V4(net)) {
-            instance_maps.v4.remove(&key)?;
-        }
-    }
-    for key in stale6 {
-        let net = ipnet::Ipv6Net::new(key.data().into(), key.prefix_len() as u8)?;
-        if !prefixes.contains(&ipnet::IpNet::V6(net)) {
-            instance_maps.v6.remove(&key)?;
+    for key in present {
+        if !wanted.contains(&(key.data(), key.prefix_len() as u8)) {
+            trie.remove(&key)?;
         }
     }
     Ok(())
-}
-
-/// The socket hooks' bypass prefixes.
-pub struct BypassMaps {
-    pub v4: LpmTrie<MapData, [u8; 4], u8>,
-    pub v6: LpmTrie<MapData, [u8; 16], u8>,
-}
-
-impl BypassMaps {
-    pub fn open(instance: &str) -> Result<Self> {
-        Ok(Self {
-            v4: LpmTrie::try_from(Map::LpmTrie(open_pinned(instance, maps::BYPASS4)?))?,
-            v6: LpmTrie::try_from(Map::LpmTrie(open_pinned(instance, maps::BYPASS6)?))?,
-        })
-    }
 }
 
 fn remove_pin_dir(dir: &Path) -> Result<()> {

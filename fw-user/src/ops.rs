@@ -146,14 +146,15 @@ pub fn rollback_if_due(name: &str, now: u64) -> Result<Option<Enforced>> {
     Ok(Some(state.enforced))
 }
 
-/// A generation never used before (flows remember the generation that
-/// admitted them: reusing a number would let a rolled-back phase's flows
-/// pass unchecked), whose `FW_PHASES` slot (`generation & 1`) is not the
-/// active one's.
+/// A generation not used since the counter last wrapped (flows remember
+/// the generation that admitted them: reusing a live number would let a
+/// rolled-back phase's flows pass unchecked), never 0 (which the kernel
+/// reads as "no policy"), whose `FW_PHASES` slot (`generation & 1`) is not
+/// the active one's.
 fn next_generation(highest: u32, active: u32) -> u32 {
-    let mut next = highest + 1;
-    if next & 1 == active & 1 {
-        next += 1;
+    let mut next = highest.wrapping_add(1);
+    while next == 0 || next & 1 == active & 1 {
+        next = next.wrapping_add(1);
     }
     next
 }
@@ -184,5 +185,8 @@ mod tests {
             let next = next_generation(highest, active);
             assert!(next > highest && next & 1 != active & 1);
         }
+        // At the top of the range it wraps, skipping 0.
+        assert_eq!(next_generation(u32::MAX, u32::MAX), 2);
+        assert_eq!(next_generation(u32::MAX - 1, u32::MAX - 1), u32::MAX);
     }
 }

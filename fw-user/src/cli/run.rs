@@ -5,7 +5,7 @@ use clap::Args;
 
 use super::instance::require_root;
 use crate::{
-    apply, bpffs, bypass, cgroup, control,
+    apply, bpffs, cgroup, control,
     counters::Snapshot,
     events,
     loader::{self, CounterMaps, PolicyMaps},
@@ -17,8 +17,8 @@ use crate::{
 const DEFAULT_POLICY: &str = "openvidu-ce";
 /// The phase `fw run` starts with when --phase is not given.
 const DEFAULT_PHASE: &str = "install";
-/// How often the daemon re-reads the routes the socket hooks bypass.
-const BYPASS_REFRESH: Duration = Duration::from_secs(10);
+/// How often the daemon re-reads the routing table (see `routes`).
+const ROUTES_REFRESH: Duration = Duration::from_secs(10);
 
 /// Load the enforcer, attach it to IFACE (egress enforcing, ingress
 /// tracking), pin it, and stay in the foreground as its daemon: drop
@@ -133,9 +133,9 @@ pub(crate) fn start(name: &str, args: &RunArgs, ifindex: u32) -> Result<Instance
     let mut maps = PolicyMaps::take(&mut ebpf)?;
     apply::write_generation(&mut maps, &compiled, generation)?;
     apply::activate(&mut maps, generation)?;
+    loader::RouteMaps::open(name)?.refresh(&args.iface)?;
     let attach_mode = loader::attach(&mut ebpf, name, &args.iface)?;
     if let Some(dir) = &cgroup {
-        loader::write_bypass(&mut loader::BypassMaps::open(name)?, &bypass::prefixes(&args.iface)?)?;
         loader::attach_cgroup(&mut ebpf, name, dir)?;
     }
     let state = InstanceState {
@@ -238,7 +238,7 @@ async fn daemon(name: &str, state: &InstanceState, interval: Duration) -> Result
     let mut rules = state.enforced.rules.clone();
     let mut last = Snapshot::read(&counters, &rules)?;
     let mut last_summary = tokio::time::Instant::now();
-    let mut refresh_bypass = tokio::time::Instant::now() - BYPASS_REFRESH;
+    let mut last_routes = tokio::time::Instant::now() - ROUTES_REFRESH;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -256,12 +256,10 @@ async fn daemon(name: &str, state: &InstanceState, interval: Duration) -> Result
                     Ok(None) => {}
                     Err(e) => eprintln!("fw: {name}: rollback failed: {e:#}"),
                 }
-                if state.cgroup.is_some() && refresh_bypass.elapsed() >= BYPASS_REFRESH {
-                    refresh_bypass = tokio::time::Instant::now();
-                    if let Err(e) = bypass::prefixes(&state.iface)
-                        .and_then(|p| loader::write_bypass(&mut loader::BypassMaps::open(name)?, &p))
-                    {
-                        eprintln!("fw: {name}: refreshing the socket hooks' routes: {e:#}");
+                if last_routes.elapsed() >= ROUTES_REFRESH {
+                    last_routes = tokio::time::Instant::now();
+                    if let Err(e) = loader::RouteMaps::open(name).and_then(|mut m| m.refresh(&state.iface)) {
+                        eprintln!("fw: {name}: refreshing the routes the kernel programs use: {e:#}");
                     }
                 }
                 if last_summary.elapsed() >= interval {

@@ -69,7 +69,11 @@ pub struct Driver {
 }
 
 fn reason_name(index: u32) -> String {
-    let dir = if index / Reason::SLOTS == 0 { "egress" } else { "ingress" };
+    let dir = if index / Reason::SLOTS == 0 {
+        "egress"
+    } else {
+        "ingress"
+    };
     match Reason::from_u8((index % Reason::SLOTS) as u8) {
         Some(r) => format!("{dir}/{}", r.as_str()),
         None => format!("{dir}/slot{}", index % Reason::SLOTS),
@@ -93,7 +97,10 @@ impl Driver {
             kernel,
             state: State::default(),
             active: Active::unwritten(),
-            gen: Gen { rng: Rng::new(seed), hints: Hints::default() },
+            gen: Gen {
+                rng: Rng::new(seed),
+                hints: Hints::default(),
+            },
             known,
             known_rules,
             cases: 0,
@@ -130,7 +137,11 @@ impl Driver {
     pub fn case(&mut self, direction: Direction, frame: &[u8]) -> Option<Outcome> {
         if !test_run_accepts(frame) {
             let refused = self.kernel.run(direction, frame).is_err();
-            assert!(refused, "BPF_PROG_TEST_RUN accepted a frame it should refuse: {}", hex(frame));
+            assert!(
+                refused,
+                "BPF_PROG_TEST_RUN accepted a frame it should refuse: {}",
+                hex(frame)
+            );
             self.refused += 1;
             return None;
         }
@@ -142,9 +153,16 @@ impl Driver {
             .run(direction, frame)
             .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN failed on {}: {e:?}", hex(frame)));
         self.cases += 1;
-        *self.tally.entry((direction as u8, expected.reason)).or_insert(0) += 1;
+        *self
+            .tally
+            .entry((direction as u8, expected.reason))
+            .or_insert(0) += 1;
 
-        let expected_ret = if expected.reason.is_drop() { TC_ACT_SHOT } else { TC_ACT_UNSPEC };
+        let expected_ret = if expected.reason.is_drop() {
+            TC_ACT_SHOT
+        } else {
+            TC_ACT_UNSPEC
+        };
         let index = stats_index(direction, expected.reason);
         let c = self.kernel.stat(index);
         let k = self.known[index as usize];
@@ -164,11 +182,19 @@ impl Driver {
                     if a.packets == b.packets + 1 && a.bytes == b.bytes + len {
                         name
                     } else {
-                        format!("{name}(+{} pkts, +{} bytes)", a.packets - b.packets, a.bytes - b.bytes)
+                        format!(
+                            "{name}(+{} pkts, +{} bytes)",
+                            a.packets - b.packets,
+                            a.bytes - b.bytes
+                        )
                     }
                 })
                 .collect();
-            actual_reason = if moved.is_empty() { "no counter".into() } else { moved.join(" and ") };
+            actual_reason = if moved.is_empty() {
+                "no counter".into()
+            } else {
+                moved.join(" and ")
+            };
             counters_ok = moved.len() == 1 && actual_reason == reason_name(index);
             self.known = full;
         }
@@ -195,7 +221,11 @@ impl Driver {
             actual_rule = if moved.is_empty() {
                 "-".into()
             } else {
-                moved.iter().map(|(r, n)| format!("{r}(+{n})")).collect::<Vec<_>>().join(",")
+                moved
+                    .iter()
+                    .map(|(r, n)| format!("{r}(+{n})"))
+                    .collect::<Vec<_>>()
+                    .join(",")
             };
         }
 
@@ -207,12 +237,20 @@ impl Driver {
             };
             // Grouped by what the kernel did against what the model expected;
             // the exact reasons are in each example's detail.
-            let kernel_reason = actual_reason.split('/').nth(1).unwrap_or(&actual_reason).to_string();
+            let kernel_reason = actual_reason
+                .split('/')
+                .nth(1)
+                .unwrap_or(&actual_reason)
+                .to_string();
             let kind = format!(
                 "kernel {} {} where the model expects {}",
                 verdict(ret),
                 kernel_reason,
-                if expected.reason.is_drop() { "a drop" } else { "a pass" },
+                if expected.reason.is_drop() {
+                    "a drop"
+                } else {
+                    "a pass"
+                },
             );
             let detail = format!(
                 "model: {} reason {} rule {}; kernel: {} reason {} rule {}; parsed by the model as {:?}{}",
@@ -259,7 +297,10 @@ impl Driver {
     pub fn reset(&mut self) {
         self.kernel.clear_state();
         let paths = std::mem::take(&mut self.state.paths);
-        self.state = State { paths, ..State::default() };
+        self.state = State {
+            paths,
+            ..State::default()
+        };
         self.last_reset = coarse_now();
     }
 
@@ -282,16 +323,29 @@ impl Driver {
     /// Compares counters and tables with the model's after a segment.
     pub fn check_state(&mut self) {
         let full = self.kernel.all_stats();
-        for i in 0..STATS_ENTRIES as usize {
-            if full[i] != self.known[i] {
-                let detail = format!("{} is {:?}, expected {:?}", reason_name(i as u32), full[i], self.known[i]);
-                self.record(format!("counter drift in {}", reason_name(i as u32)), Direction::Egress, &[], detail);
-            }
+        let drifted: Vec<(u32, Counter, Counter)> = (0..STATS_ENTRIES)
+            .zip(full.iter().zip(&self.known))
+            .filter(|(_, (a, b))| a != b)
+            .map(|(i, (a, b))| (i, *a, *b))
+            .collect();
+        for (i, actual, known) in drifted {
+            let detail = format!("{} is {actual:?}, expected {known:?}", reason_name(i));
+            self.record(
+                format!("counter drift in {}", reason_name(i)),
+                Direction::Egress,
+                &[],
+                detail,
+            );
         }
         self.known = full;
         let moved = self.rule_diff();
         if !moved.is_empty() {
-            self.record("rule counter drift".into(), Direction::Egress, &[], format!("moved unexpectedly: {moved:?}"));
+            self.record(
+                "rule counter drift".into(),
+                Direction::Egress,
+                &[],
+                format!("moved unexpectedly: {moved:?}"),
+            );
         }
 
         let kernel_flows: HashMap<FlowKey, FlowValue> = self.kernel.flows().into_iter().collect();
@@ -325,24 +379,38 @@ impl Driver {
         }
         for (k, m) in &self.state.frags {
             if !kernel_frags.contains_key(k) {
-                problems.push(format!("model has fragment {k:?} -> {m:?}, kernel has none"));
+                problems.push(format!(
+                    "model has fragment {k:?} -> {m:?}, kernel has none"
+                ));
             }
         }
         if !problems.is_empty() {
-            self.record("flow/fragment tables differ".into(), Direction::Egress, &[], problems.join("\n      "));
+            self.record(
+                "flow/fragment tables differ".into(),
+                Direction::Egress,
+                &[],
+                problems.join("\n      "),
+            );
             self.resync();
         }
     }
 
     /// A phase switch to `phase` of the policy `yaml` (directed tests).
     pub fn apply_yaml(&mut self, yaml: &str, phase: &str) {
-        let loaded = fw_user::policy::parse_str(yaml, "directed.yaml", &fw_user::policy::Vars::from_pairs(Vec::<(String, String)>::new()))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let loaded = fw_user::policy::parse_str(
+            yaml,
+            "directed.yaml",
+            &fw_user::policy::Vars::from_pairs(Vec::<(String, String)>::new()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         let compiled = fw_user::compile::compile_phase(&loaded.policy, phase).expect("compiles");
         let previous = self.active.phase.as_ref().map(|_| self.active.generation);
         let generation = previous.map_or(1, |g| g.wrapping_add(1));
         self.kernel.switch(&compiled, generation, previous);
-        self.active = Active { generation, phase: Some(compiled) };
+        self.active = Active {
+            generation,
+            phase: Some(compiled),
+        };
         self.policies.push((phase.to_string(), yaml.to_string()));
     }
 
@@ -354,9 +422,13 @@ impl Driver {
         // with a jump, once across the u32 wrap.
         let generation = match previous {
             None => 1,
-            // Next to the top, so that later switches wrap through 0.
+            // Next to the top, so that later switches wrap (past 0, which
+            // means "no policy", as `fw switch` skips it).
             Some(g) if serial == 4 => 0xffff_fffe | ((g & 1) ^ 1),
-            Some(g) => g.wrapping_add(1 + 2 * self.gen.rng.below(3) as u32),
+            Some(g) => match g.wrapping_add(1 + 2 * self.gen.rng.below(3) as u32) {
+                0 => 2,
+                next => next,
+            },
         };
         self.kernel.switch(&policy.compiled, generation, previous);
         eprintln!(
@@ -367,7 +439,10 @@ impl Driver {
             policy.compiled.ports.len(),
             policy.compiled.settings
         );
-        self.active = Active { generation, phase: Some(policy.compiled) };
+        self.active = Active {
+            generation,
+            phase: Some(policy.compiled),
+        };
         self.gen.hints = policy.hints;
         self.policies.push((policy.phase, policy.yaml));
         self.label = format!("switch/{serial}");
@@ -424,7 +499,14 @@ impl Driver {
     }
 
     fn conv_flow_key(conv: &Conv) -> FlowKey {
-        flow_key(if conv.v6 { 6 } else { 4 }, conv.proto, &conv.local, &conv.remote, conv.lport, conv.rport)
+        flow_key(
+            if conv.v6 { 6 } else { 4 },
+            conv.proto,
+            &conv.local,
+            &conv.remote,
+            conv.lport,
+            conv.rport,
+        )
     }
 
     /// A flow entry for `conv` as if some earlier packet had opened it.
@@ -441,7 +523,13 @@ impl Driver {
             _ => rng.u32(),
         };
         let policy_port = match rng.weighted(&[80, 20]) {
-            0 if conv.is_echo() => if conv.v6 { 128 << 8 } else { 8 << 8 },
+            0 if conv.is_echo() => {
+                if conv.v6 {
+                    128 << 8
+                } else {
+                    8 << 8
+                }
+            }
             0 if inbound => conv.lport,
             0 => conv.rport,
             _ => rng.u16(),
@@ -449,8 +537,14 @@ impl Driver {
         let rule = rng.below(u64::from(RULE_WINDOW) / 2) as u32;
         let fresh = rng.percent(65);
         let age = self.flow_age(flow_timeout(conv.proto, flags), fresh);
-        let value =
-            FlowValue { last_seen_ns: coarse_now().wrapping_sub(age), generation, rule, policy_port, flags, _pad: [0; 5] };
+        let value = FlowValue {
+            last_seen_ns: coarse_now().wrapping_sub(age),
+            generation,
+            rule,
+            policy_port,
+            flags,
+            _pad: [0; 5],
+        };
         self.insert_flow(Self::conv_flow_key(conv), value);
     }
 
@@ -462,20 +556,49 @@ impl Driver {
         } else {
             FRAG_TIMEOUT_NS + 2 * SEC + self.gen.rng.below(1000 * SEC)
         };
-        let rule = if self.gen.rng.percent(20) { NO_RULE } else { self.gen.rng.below(32) as u32 };
+        let rule = if self.gen.rng.percent(20) {
+            NO_RULE
+        } else {
+            self.gen.rng.below(32) as u32
+        };
         let family = if conv.v6 { 6 } else { 4 };
-        let key = FragKey { family, proto: conv.proto, _pad: [0; 2], id, src, dst };
-        self.insert_frag(key, FragValue { seen_ns: coarse_now().wrapping_sub(age), rule, _pad: 0 });
+        let key = FragKey {
+            family,
+            proto: conv.proto,
+            _pad: [0; 2],
+            id,
+            src,
+            dst,
+        };
+        self.insert_frag(
+            key,
+            FragValue {
+                seen_ns: coarse_now().wrapping_sub(age),
+                rule,
+                _pad: 0,
+            },
+        );
     }
 
     fn variant(&mut self, conv: &Conv) -> Variant {
         let rng = &mut self.gen.rng;
         if conv.is_echo() {
-            [Variant::EchoRequest, Variant::EchoReply, Variant::ErrorQuoting, Variant::ErrorQuotingOther, Variant::FirstFragment, Variant::LaterFragment]
-                [rng.weighted(&[5, 4, 2, 1, 1, 1])]
+            [
+                Variant::EchoRequest,
+                Variant::EchoReply,
+                Variant::ErrorQuoting,
+                Variant::ErrorQuotingOther,
+                Variant::FirstFragment,
+                Variant::LaterFragment,
+            ][rng.weighted(&[5, 4, 2, 1, 1, 1])]
         } else {
-            [Variant::Data, Variant::ErrorQuoting, Variant::ErrorQuotingOther, Variant::FirstFragment, Variant::LaterFragment]
-                [rng.weighted(&[8, 3, 1, 2, 2])]
+            [
+                Variant::Data,
+                Variant::ErrorQuoting,
+                Variant::ErrorQuotingOther,
+                Variant::FirstFragment,
+                Variant::LaterFragment,
+            ][rng.weighted(&[8, 3, 1, 2, 2])]
         }
     }
 
@@ -506,7 +629,11 @@ impl Driver {
                 _ => {
                     let d = self.random_direction();
                     let v = self.variant(&conv);
-                    let id = if self.gen.rng.percent(85) { frag_id } else { self.gen.rng.u32() & 0xffff };
+                    let id = if self.gen.rng.percent(85) {
+                        frag_id
+                    } else {
+                        self.gen.rng.u32() & 0xffff
+                    };
                     (d, self.gen.packet(&conv, d, v, id))
                 }
             };
@@ -589,7 +716,9 @@ impl Driver {
         let pool: Vec<Conv> = (0..4).map(|_| self.gen.conv()).collect();
         for _ in 0..n {
             let (d, mut f) = self.any_valid(&pool);
-            let Some(l3) = Self::l3_offset(&f) else { continue };
+            let Some(l3) = Self::l3_offset(&f) else {
+                continue;
+            };
             let ethertype = u16::from_be_bytes([f[l3 - 2], f[l3 - 1]]);
             if l3 + 40 > f.len() || (ethertype != ETH_P_IP && ethertype != ETH_P_IPV6) {
                 self.case(d, &f);
@@ -597,11 +726,17 @@ impl Driver {
             }
             let rng = &mut self.gen.rng;
             let avail = f.len() - l3;
-            let set16 = |f: &mut Vec<u8>, at: usize, v: u16| f[at..at + 2].copy_from_slice(&v.to_be_bytes());
+            let set16 = |f: &mut Vec<u8>, at: usize, v: u16| {
+                f[at..at + 2].copy_from_slice(&v.to_be_bytes())
+            };
             match (f[l3] >> 4, rng.below(8)) {
                 (4, 0) => f[l3] = 0x40 | rng.below(5) as u8,
                 (4, 1) => f[l3] = 0x40 | rng.range(6, 15) as u8,
-                (4, 2) => set16(&mut f, l3 + 2, (avail + rng.usize(1, 300)).min(65535) as u16),
+                (4, 2) => set16(
+                    &mut f,
+                    l3 + 2,
+                    (avail + rng.usize(1, 300)).min(65535) as u16,
+                ),
                 (4, 3) => {
                     let ihl = usize::from(f[l3] & 0xf) * 4;
                     set16(&mut f, l3 + 2, rng.below(ihl as u64) as u16)
@@ -610,7 +745,11 @@ impl Driver {
                 (4, 5) => f[l3 + 9] = rng.u8(),
                 (4, 6) => set16(&mut f, l3 + 6, rng.u16()),
                 (6, 0) => set16(&mut f, l3 + 4, 0),
-                (6, 1) => set16(&mut f, l3 + 4, (avail - 40 + rng.usize(1, 300)).min(65535) as u16),
+                (6, 1) => set16(
+                    &mut f,
+                    l3 + 4,
+                    (avail - 40 + rng.usize(1, 300)).min(65535) as u16,
+                ),
                 (6, 2) => {
                     let p = u16::from_be_bytes([f[l3 + 4], f[l3 + 5]]);
                     set16(&mut f, l3 + 4, rng.range(1, u64::from(p.max(1))) as u16)
@@ -670,11 +809,17 @@ impl Driver {
                 let e = match self.gen.rng.weighted(&[70, 12, 10]) {
                     0 => self.gen.ext(i == 0),
                     1 => Ext::Fragment {
-                        offset: if self.gen.rng.percent(50) { 0 } else { self.gen.rng.range(1, 100) as u16 },
+                        offset: if self.gen.rng.percent(50) {
+                            0
+                        } else {
+                            self.gen.rng.range(1, 100) as u16
+                        },
                         more: self.gen.rng.percent(50),
                         id: self.gen.rng.u32(),
                     },
-                    _ => Ext::Unknown { ty: *self.gen.rng.pick(&[135u8, 139, 140, 253, 254]) },
+                    _ => Ext::Unknown {
+                        ty: *self.gen.rng.pick(&[135u8, 139, 140, 253, 254]),
+                    },
                 };
                 ip.v6_ext.push(e);
             }
@@ -682,7 +827,12 @@ impl Driver {
                 TCP => tcp(sport, dport, TCP_SYN, 0),
                 UDP => udp(sport, dport, 4),
                 SCTP => sctp(sport, dport, 0),
-                ICMPV6 => icmp(*self.gen.rng.pick(&[128u8, 129, 135, 1]), 0, [0; 4], &[0; 8]),
+                ICMPV6 => icmp(
+                    *self.gen.rng.pick(&[128u8, 129, 135, 1]),
+                    0,
+                    [0; 4],
+                    &[0; 8],
+                ),
                 _ => vec![],
             };
             let (tags, pad) = self.gen.l2();
@@ -776,7 +926,10 @@ pub fn run(seed: u64, target: u64, paranoid: bool) -> Driver {
     let policies = (target / 15_000).max(6) as usize;
     let per_policy = target / policies as u64;
     for serial in 0..policies {
-        let force = Force { audit: serial == 1, inbound_drop: serial == 2 };
+        let force = Force {
+            audit: serial == 1,
+            inbound_drop: serial == 2,
+        };
         // Flows opened under the outgoing policy, for the replay to re-check.
         d.bulk(300);
         d.switch_policy(serial, force);

@@ -40,34 +40,61 @@ impl Kernel {
         let options = LoadOptions::here().expect("load options");
         let mut ebpf = loader::load(&options).expect("loading the fw kernel object");
         let policy = PolicyMaps::take(&mut ebpf).expect("taking the policy maps");
-        let take = |ebpf: &mut Ebpf, name: &str| ebpf.take_map(name).unwrap_or_else(|| panic!("no map {name}"));
+        let take = |ebpf: &mut Ebpf, name: &str| {
+            ebpf.take_map(name)
+                .unwrap_or_else(|| panic!("no map {name}"))
+        };
         let frags = BpfHashMap::try_from(take(&mut ebpf, maps::FRAGS)).expect("FW_FRAGS");
         let stats = PerCpuArray::try_from(take(&mut ebpf, maps::STATS)).expect("FW_STATS");
-        let rule_stats = PerCpuArray::try_from(take(&mut ebpf, maps::RULE_STATS)).expect("FW_RULE_STATS");
+        let rule_stats =
+            PerCpuArray::try_from(take(&mut ebpf, maps::RULE_STATS)).expect("FW_RULE_STATS");
         for name in [maps::PROG_EGRESS, maps::PROG_INGRESS] {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .unwrap_or_else(|| panic!("no program {name}"))
                 .try_into()
                 .expect("a TC classifier");
-            program.load().unwrap_or_else(|e| panic!("the verifier rejected {name}: {e:?}"));
+            program
+                .load()
+                .unwrap_or_else(|e| panic!("the verifier rejected {name}: {e:?}"));
         }
-        Kernel { ebpf, policy, frags, stats, rule_stats }
+        Kernel {
+            ebpf,
+            policy,
+            frags,
+            stats,
+            rule_stats,
+        }
     }
 
     pub fn program(&self, direction: Direction) -> &SchedClassifier {
-        self.ebpf.program(program_name(direction)).expect("program").try_into().expect("a TC classifier")
+        self.ebpf
+            .program(program_name(direction))
+            .expect("program")
+            .try_into()
+            .expect("a TC classifier")
     }
 
     /// One BPF_PROG_TEST_RUN: the program's return value.
     pub fn run(&self, direction: Direction, frame: &[u8]) -> Result<u32, ProgramError> {
-        let opts = TestRunOptions { data_in: Some(frame), repeat: 1, ..Default::default() };
-        self.program(direction).test_run(opts).map(|r| r.return_value)
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat: 1,
+            ..Default::default()
+        };
+        self.program(direction)
+            .test_run(opts)
+            .map(|r| r.return_value)
     }
 
     fn sum(map: &PerCpuArray<MapData, Counter>, index: u32) -> Counter {
-        let values = map.get(&index, 0).unwrap_or_else(|e| panic!("reading counter {index}: {e}"));
-        values.iter().fold(Counter::default(), |a, c| Counter { packets: a.packets + c.packets, bytes: a.bytes + c.bytes })
+        let values = map
+            .get(&index, 0)
+            .unwrap_or_else(|e| panic!("reading counter {index}: {e}"));
+        values.iter().fold(Counter::default(), |a, c| Counter {
+            packets: a.packets + c.packets,
+            bytes: a.bytes + c.bytes,
+        })
     }
 
     pub fn stat(&self, index: u32) -> Counter {
@@ -83,27 +110,46 @@ impl Kernel {
     }
 
     pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
-        self.policy.flows.iter().map(|r| r.expect("reading FW_FLOWS")).collect()
+        self.policy
+            .flows
+            .iter()
+            .map(|r| r.expect("reading FW_FLOWS"))
+            .collect()
     }
 
     pub fn frags(&self) -> Vec<(FragKey, FragValue)> {
-        self.frags.iter().map(|r| r.expect("reading FW_FRAGS")).collect()
+        self.frags
+            .iter()
+            .map(|r| r.expect("reading FW_FRAGS"))
+            .collect()
     }
 
     /// Empties the flow and fragment tables.
     pub fn clear_state(&mut self) {
-        let flow_keys: Vec<FlowKey> = self.policy.flows.keys().map(|k| k.expect("FW_FLOWS key")).collect();
+        let flow_keys: Vec<FlowKey> = self
+            .policy
+            .flows
+            .keys()
+            .map(|k| k.expect("FW_FLOWS key"))
+            .collect();
         for k in flow_keys {
             let _ = self.policy.flows.remove(&k);
         }
-        let frag_keys: Vec<FragKey> = self.frags.keys().map(|k| k.expect("FW_FRAGS key")).collect();
+        let frag_keys: Vec<FragKey> = self
+            .frags
+            .keys()
+            .map(|k| k.expect("FW_FRAGS key"))
+            .collect();
         for k in frag_keys {
             let _ = self.frags.remove(&k);
         }
     }
 
     pub fn insert_flow(&mut self, key: &FlowKey, value: &FlowValue) {
-        self.policy.flows.insert(key, value, 0).expect("writing FW_FLOWS");
+        self.policy
+            .flows
+            .insert(key, value, 0)
+            .expect("writing FW_FLOWS");
     }
 
     pub fn insert_frag(&mut self, key: &FragKey, value: &FragValue) {
@@ -123,7 +169,10 @@ impl Kernel {
 
 /// CLOCK_MONOTONIC_COARSE, the clock of `bpf_ktime_get_coarse_ns`.
 pub fn coarse_now() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: a valid clock id and a valid out pointer.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC_COARSE)");

@@ -26,7 +26,11 @@
 //!   Headers are only looked for within the first 512 bytes of the frame (a
 //!   documented limit of the parser: a header read starting beyond it counts
 //!   as missing).
-//! * ICMPv6 neighbour discovery / MLD (types 130-137, 143) in IPv6 passes.
+//! * ICMPv6 control in IPv6 passes: MLD (130-132, 143) with hop limit 1,
+//!   router and neighbour discovery (133-137) with hop limit 255 to a
+//!   link-local (fe80::/10) or link-scope multicast (ff02::/16) destination
+//!   (the on-link prefix map is empty in these tests). ICMP in IPv6 and
+//!   ICMPv6 in IPv4 are parsed as protocols without ports.
 //! * A non-first fragment follows its datagram's first fragment: passes if
 //!   that one passed less than 30 s ago, else `drop_fragment`. The datagram
 //!   is identified by (src, dst, id) and the protocol: for IPv4 the protocol
@@ -36,7 +40,8 @@
 //!   is re-checked against the rule kind that opened it (origin direction,
 //!   remote peer, protocol, the port it was admitted on) and re-stamped, or
 //!   forgotten and the packet judged afresh.
-//! * An ICMP error quoting a live tracked flow passes.
+//! * An ICMP error quoting a live tracked flow passes when it is addressed
+//!   to the quoted packet's source.
 //! * The policy: the deciding rule (allow/deny) or the phase default; audit
 //!   turns drops into `pass_audit`; an egress packet that only the default
 //!   drops, sent from a port an inbound rule serves to that peer, is
@@ -50,8 +55,8 @@ use std::{
 
 use fw_common::{
     flow::{
-        FLOW_FIN, FLOW_INBOUND, FRAG_TIMEOUT_NS, OTHER_TIMEOUT_NS, TCP_CLOSING_TIMEOUT_NS, TCP_TIMEOUT_NS,
-        TOUCH_INTERVAL_NS, UDP_TIMEOUT_NS,
+        FLOW_FIN, FLOW_INBOUND, FRAG_TIMEOUT_NS, OTHER_TIMEOUT_NS, TCP_CLOSING_TIMEOUT_NS,
+        TCP_TIMEOUT_NS, TOUCH_INTERVAL_NS, UDP_TIMEOUT_NS,
     },
     Action, Direction, FlowKey, FlowValue, FragKey, FragValue, PolicyValue, Reason,
 };
@@ -103,6 +108,8 @@ pub struct Headers {
     pub frag_id: u32,
     /// IPv6 fragments: the fragment header's Next Header.
     pub frag_next: u8,
+    /// IPv4 TTL / IPv6 hop limit.
+    pub hop_limit: u8,
     pub quote: Option<Quote>,
 }
 
@@ -170,7 +177,9 @@ fn icmp_error(proto: u8, ty: u8) -> bool {
 /// a TC program).
 pub fn parse(bytes: &[u8]) -> Parsed {
     let f = Frame(bytes);
-    let Some(mut ethertype) = f.be16(12) else { return Parsed::Bad(Reason::DropTruncatedL2) };
+    let Some(mut ethertype) = f.be16(12) else {
+        return Parsed::Bad(Reason::DropTruncatedL2);
+    };
     let mut l3 = 14;
     let mut tags = 0;
     while is_vlan(ethertype) {
@@ -209,6 +218,7 @@ fn empty_headers(family: u8, src: [u8; 16], dst: [u8; 16], proto: u8) -> Headers
         fragment: Fragment::Whole,
         frag_id: 0,
         frag_next: 0,
+        hop_limit: 0,
         quote: None,
     }
 }
@@ -223,6 +233,7 @@ fn ipv4(f: &Frame, l3: usize) -> Result<Headers, Reason> {
         return Err(Reason::DropBadIpHeader);
     }
     let mut out = empty_headers(4, addr16(&h[12..16]), addr16(&h[16..20]), h[9]);
+    out.hop_limit = h[8];
     let flags_offset = be16(&h[6..8]);
     out.frag_id = u32::from(be16(&h[4..6]));
     out.fragment = match (flags_offset & 0x1fff, flags_offset & 0x2000) {
@@ -248,6 +259,7 @@ fn ipv6(f: &Frame, l3: usize) -> Result<Headers, Reason> {
     }
     let end = l3 + 40 + payload;
     let mut out = empty_headers(6, addr16(&h[8..24]), addr16(&h[24..40]), 0);
+    out.hop_limit = h[7];
     let mut next = h[6];
     let mut at = l3 + 40;
     let mut walked = 0;
@@ -295,7 +307,9 @@ fn ipv6(f: &Frame, l3: usize) -> Result<Headers, Reason> {
 }
 
 fn transport(f: &Frame, out: &mut Headers, at: usize, end: usize) -> Result<(), Reason> {
+    let crossed = (out.proto == ICMP && out.family == 6) || (out.proto == ICMPV6 && out.family == 4);
     let need = match out.proto {
+        _ if crossed => return Ok(()),
         TCP => 20,
         UDP | ICMP | ICMPV6 => 8,
         SCTP => 12,
@@ -356,12 +370,19 @@ fn quote(f: &Frame, icmp_proto: u8, at: usize, end: usize) -> Option<Quote> {
         ICMP | ICMPV6 if icmp_echo(proto, t[0]) => (be16(&t[4..6]), be16(&t[4..6])),
         _ => return None,
     };
-    Some(Quote { family, proto, src, dst, sport, dport })
+    Some(Quote {
+        family,
+        proto,
+        src,
+        dst,
+        sport,
+        dport,
+    })
 }
 
 /// The policy the kernel enforces: the generation in `FW_CONFIG` and the
 /// compiled phase written under it. `phase: None` is the state before any
-/// policy was written: generation 0, zeroed settings (which read as deny).
+/// policy was written: generation 0, which the kernel reads as no policy.
 #[derive(Clone, Debug)]
 pub struct Active {
     pub generation: u32,
@@ -370,18 +391,32 @@ pub struct Active {
 
 impl Active {
     pub fn unwritten() -> Active {
-        Active { generation: 0, phase: None }
+        Active {
+            generation: 0,
+            phase: None,
+        }
     }
 
     fn settings(&self) -> PhaseSettings {
         match &self.phase {
             Some(p) => p.settings,
-            None => PhaseSettings { egress_default: Action::Deny, inbound_default: Action::Deny, audit: false },
+            None => PhaseSettings {
+                egress_default: Action::Deny,
+                inbound_default: Action::Deny,
+                audit: false,
+            },
         }
     }
 
     /// The deciding rule, if any rule matches.
-    pub fn rule(&self, direction: Direction, family: u8, addr: &[u8; 16], proto: u8, port: u16) -> Option<PolicyValue> {
+    pub fn rule(
+        &self,
+        direction: Direction,
+        family: u8,
+        addr: &[u8; 16],
+        proto: u8,
+        port: u16,
+    ) -> Option<PolicyValue> {
         let phase = self.phase.as_ref()?;
         let ip = if family == 4 {
             IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
@@ -406,7 +441,10 @@ impl Outcome {
         Outcome { reason, rule }
     }
     fn bare(reason: Reason) -> Outcome {
-        Outcome { reason, rule: NO_RULE }
+        Outcome {
+            reason,
+            rule: NO_RULE,
+        }
     }
 }
 
@@ -432,7 +470,14 @@ pub const PATHS: [&str; 9] = [
     "fragment entry expired",
 ];
 
-pub fn flow_key(family: u8, proto: u8, local: &[u8; 16], remote: &[u8; 16], lport: u16, rport: u16) -> FlowKey {
+pub fn flow_key(
+    family: u8,
+    proto: u8,
+    local: &[u8; 16],
+    remote: &[u8; 16],
+    lport: u16,
+    rport: u16,
+) -> FlowKey {
     FlowKey {
         family,
         proto,
@@ -462,7 +507,14 @@ pub fn quote_flow_key(direction: Direction, q: &Quote) -> FlowKey {
 }
 
 pub fn frag_key(h: &Headers) -> FragKey {
-    FragKey { family: h.family, proto: h.frag_next, _pad: [0; 2], id: h.frag_id, src: h.src, dst: h.dst }
+    FragKey {
+        family: h.family,
+        proto: h.frag_next,
+        _pad: [0; 2],
+        id: h.frag_id,
+        src: h.src,
+        dst: h.dst,
+    }
 }
 
 pub fn flow_timeout(proto: u8, flags: u8) -> u64 {
@@ -482,7 +534,14 @@ fn peer(direction: Direction, h: &Headers) -> &[u8; 16] {
 }
 
 fn is_control(h: &Headers) -> bool {
-    h.family == 6 && h.proto == ICMPV6 && matches!(h.icmp_type, Some(130..=137 | 143))
+    let link_scope = (h.dst[0] == 0xfe && h.dst[1] & 0xc0 == 0x80) || (h.dst[0] == 0xff && h.dst[1] & 0x0f == 0x02);
+    h.family == 6
+        && h.proto == ICMPV6
+        && match h.icmp_type {
+            Some(130..=132 | 143) => h.hop_limit == 1,
+            Some(133..=137) => h.hop_limit == 255 && link_scope,
+            _ => false,
+        }
 }
 
 fn opens_flow(h: &Headers) -> bool {
@@ -506,7 +565,13 @@ impl State {
 
     /// Judges one frame at time `now` (CLOCK_MONOTONIC_COARSE ns) and
     /// applies what judging it changes.
-    pub fn judge(&mut self, active: &Active, direction: Direction, frame: &[u8], now: u64) -> Outcome {
+    pub fn judge(
+        &mut self,
+        active: &Active,
+        direction: Direction,
+        frame: &[u8],
+        now: u64,
+    ) -> Outcome {
         let h = match parse(frame) {
             Parsed::Bad(reason) => return Outcome::bare(reason),
             Parsed::NotIp => return Outcome::bare(Reason::PassNonIp),
@@ -515,9 +580,14 @@ impl State {
         if is_control(&h) {
             return Outcome::bare(Reason::PassIcmpControl);
         }
+        if active.phase.is_none() {
+            return Outcome::bare(Reason::DropNoPolicy);
+        }
         if h.fragment == Fragment::Later {
             return match self.frags.get(&frag_key(&h)).copied() {
-                Some(v) if now.wrapping_sub(v.seen_ns) <= FRAG_TIMEOUT_NS => Outcome::new(Reason::PassFragment, v.rule),
+                Some(v) if now.wrapping_sub(v.seen_ns) <= FRAG_TIMEOUT_NS => {
+                    Outcome::new(Reason::PassFragment, v.rule)
+                }
                 Some(_) => {
                     self.took("fragment entry expired");
                     Outcome::bare(Reason::DropFragment)
@@ -534,8 +604,18 @@ impl State {
             let value = self.flows.get_mut(&key).expect("live");
             let mut path = "flow of the active generation";
             if value.generation != active.generation {
-                let origin = if value.flags & FLOW_INBOUND != 0 { Direction::Inbound } else { Direction::Egress };
-                path = match active.rule(origin, h.family, peer(direction, &h), h.proto, value.policy_port) {
+                let origin = if value.flags & FLOW_INBOUND != 0 {
+                    Direction::Inbound
+                } else {
+                    Direction::Egress
+                };
+                path = match active.rule(
+                    origin,
+                    h.family,
+                    peer(direction, &h),
+                    h.proto,
+                    value.policy_port,
+                ) {
                     Some(v) if v.action() == Action::Allow => {
                         value.generation = active.generation;
                         value.rule = v.rule;
@@ -562,7 +642,11 @@ impl State {
             None => {
                 let o = self.untracked(active, direction, &h, now);
                 if o.reason == Reason::PassRule && opens_flow(&h) {
-                    let mut flags = if direction == Direction::Inbound { FLOW_INBOUND } else { 0 };
+                    let mut flags = if direction == Direction::Inbound {
+                        FLOW_INBOUND
+                    } else {
+                        0
+                    };
                     if h.tcp_flags & 0x05 != 0 {
                         flags |= FLOW_FIN;
                         self.took("flow closing (FIN/RST)");
@@ -583,14 +667,27 @@ impl State {
         };
         if h.fragment == Fragment::First && !outcome.reason.is_drop() {
             self.took("first fragment remembered");
-            self.frags.insert(frag_key(&h), FragValue { seen_ns: now, rule: outcome.rule, _pad: 0 });
+            self.frags.insert(
+                frag_key(&h),
+                FragValue {
+                    seen_ns: now,
+                    rule: outcome.rule,
+                    _pad: 0,
+                },
+            );
         }
         outcome
     }
 
-    fn untracked(&mut self, active: &Active, direction: Direction, h: &Headers, now: u64) -> Outcome {
+    fn untracked(
+        &mut self,
+        active: &Active,
+        direction: Direction,
+        h: &Headers,
+        now: u64,
+    ) -> Outcome {
         if let Some(q) = &h.quote {
-            if self.live_flow(&quote_flow_key(direction, q), now) {
+            if h.dst == q.src && self.live_flow(&quote_flow_key(direction, q), now) {
                 self.took("error quoting a flow");
                 return Outcome::bare(Reason::PassIcmpControl);
             }

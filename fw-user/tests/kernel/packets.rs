@@ -26,12 +26,23 @@ pub const TCP_ACK: u8 = 0x10;
 pub enum Ext {
     /// Hop-by-hop options, routing, destination options: (type, length in
     /// 8-octet units not counting the first).
-    Generic { ty: u8, len8: u8 },
+    Generic {
+        ty: u8,
+        len8: u8,
+    },
     /// Authentication header: payload length field (4-octet units minus 2).
-    Auth { len4: u8 },
-    Fragment { offset: u16, more: bool, id: u32 },
+    Auth {
+        len4: u8,
+    },
+    Fragment {
+        offset: u16,
+        more: bool,
+        id: u32,
+    },
     /// A type the parser does not walk (135, 139, 140, 253, 254...), 8 bytes.
-    Unknown { ty: u8 },
+    Unknown {
+        ty: u8,
+    },
 }
 
 impl Ext {
@@ -93,11 +104,23 @@ pub struct Ip {
     /// IPv4 flags and fragment offset (MF = 0x2000, offset in 8-byte units).
     pub v4_frag: u16,
     pub v6_ext: Vec<Ext>,
+    /// IPv4 TTL / IPv6 hop limit.
+    pub hop_limit: u8,
 }
 
 impl Ip {
     pub fn new(v6: bool, src: [u8; 16], dst: [u8; 16], proto: u8) -> Ip {
-        Ip { v6, src, dst, proto, v4_options: Vec::new(), v4_id: 0, v4_frag: 0, v6_ext: Vec::new() }
+        Ip {
+            v6,
+            src,
+            dst,
+            proto,
+            v4_options: Vec::new(),
+            v4_id: 0,
+            v4_frag: 0,
+            v6_ext: Vec::new(),
+            hop_limit: 64,
+        }
     }
 
     /// The IP header (and extension headers) followed by `l4`.
@@ -114,12 +137,12 @@ impl Ip {
             out.extend([0x60, 0, 0, 0]);
             out.extend(payload.to_be_bytes());
             out.push(first);
-            out.push(64);
+            out.push(self.hop_limit);
             out.extend(self.src);
             out.extend(self.dst);
             out.extend(ext);
         } else {
-            assert!(self.v4_options.len() % 4 == 0 && self.v4_options.len() <= 40);
+            assert!(self.v4_options.len().is_multiple_of(4) && self.v4_options.len() <= 40);
             let ihl = 20 + self.v4_options.len();
             let total = (ihl + l4.len()) as u16;
             out.push(0x40 | (ihl / 4) as u8);
@@ -127,7 +150,7 @@ impl Ip {
             out.extend(total.to_be_bytes());
             out.extend(self.v4_id.to_be_bytes());
             out.extend(self.v4_frag.to_be_bytes());
-            out.push(64);
+            out.push(self.hop_limit);
             out.push(self.proto);
             out.extend([0, 0]);
             out.extend(&self.src[..4]);

@@ -1,10 +1,14 @@
-//! Destinations the cgroup socket hooks must leave alone: those that do not
-//! leave through the enforced interface, so its TC program never sees them
-//! and its policy is not theirs. Loopback, this host's own addresses (routed
-//! over `lo`), and every non-default route through another interface.
+//! What the kernel programs need to know of the routing table, read from
+//! /proc/net/route, /proc/net/ipv6_route and getifaddrs(3) of the namespace
+//! `fw` runs in (the daemon refreshes them):
 //!
-//! Read from /proc/net/route, /proc/net/ipv6_route and getifaddrs(3) of the
-//! namespace `fw` runs in; the daemon refreshes them.
+//! * the destinations the cgroup socket hooks must leave alone, because
+//!   they do not leave through the enforced interface, so its TC program
+//!   never sees them and its policy is not theirs: loopback, this host's own
+//!   addresses (routed over `lo`), every non-default route through another
+//!   interface;
+//! * the enforced interface's on-link IPv6 prefixes, the neighbours that
+//!   neighbour discovery may address whatever the policy says.
 
 use std::{
     collections::BTreeSet,
@@ -15,7 +19,7 @@ use anyhow::{Context, Result};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 /// The prefixes the hooks bypass, for an enforced interface `iface`.
-pub fn prefixes(iface: &str) -> Result<BTreeSet<IpNet>> {
+pub fn bypass_prefixes(iface: &str) -> Result<BTreeSet<IpNet>> {
     let mut out = BTreeSet::new();
     out.insert(IpNet::V4(Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8)?));
     out.insert(IpNet::V6(Ipv6Net::new(Ipv6Addr::LOCALHOST, 128)?));
@@ -29,6 +33,33 @@ pub fn prefixes(iface: &str) -> Result<BTreeSet<IpNet>> {
         out.extend(routes_v6(&v6, iface));
     }
     Ok(out)
+}
+
+/// Routes of `iface` with no gateway: its on-link IPv6 prefixes.
+pub fn onlink6_prefixes(iface: &str) -> Result<BTreeSet<IpNet>> {
+    match std::fs::read_to_string("/proc/net/ipv6_route") {
+        Ok(table) => Ok(onlink_v6(&table, iface).into_iter().collect()),
+        // IPv6 disabled: no neighbours to discover.
+        Err(_) => Ok(BTreeSet::new()),
+    }
+}
+
+/// IPv6 routes through `iface` without a next hop, multicast aside.
+fn onlink_v6(table: &str, iface: &str) -> Vec<IpNet> {
+    table
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (dest, len, next_hop, dev) = (*f.first()?, *f.get(1)?, *f.get(4)?, *f.get(9)?);
+            let dest = Ipv6Addr::from(u128::from_str_radix(dest, 16).ok()?);
+            let len = u8::from_str_radix(len, 16).ok()?;
+            let direct = u128::from_str_radix(next_hop, 16).ok()? == 0;
+            if dev != iface || !direct || len == 0 || dest.is_multicast() {
+                return None;
+            }
+            Ipv6Net::new(dest, len).ok().map(IpNet::V6)
+        })
+        .collect()
 }
 
 /// Non-default IPv4 routes via interfaces other than `iface`.
@@ -118,5 +149,7 @@ mod tests {
                   20010db8000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001  docker0\n\
                   00000000000000000000000000000000 00 00000000000000000000000000000000 00 fd000000000000000000000000000001 00000400 00000002 00000000 00000003     eth0\n";
         assert_eq!(routes_v6(v6, "eth0"), vec!["2001:db8::/64".parse::<IpNet>().unwrap()]);
+        // eth0's on-link prefix is fd00::/64; the default route has a next hop.
+        assert_eq!(onlink_v6(v6, "eth0"), vec!["fd00::/64".parse::<IpNet>().unwrap()]);
     }
 }
