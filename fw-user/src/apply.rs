@@ -35,7 +35,7 @@ pub fn write_generation(maps: &mut PolicyMaps, phase: &CompiledPhase, generation
         egress_default: phase.settings.egress_default as u8,
         inbound_default: phase.settings.inbound_default as u8,
         audit: u8::from(phase.settings.audit),
-        reject: 1,
+        reject: u8::from(phase.settings.reject),
     };
     maps.phases
         .set(generation & 1, settings, 0)
@@ -100,6 +100,7 @@ pub fn read_active(maps: &PolicyMaps, state: &crate::state::InstanceState) -> Re
             egress_default: Action::from_u8(settings.egress_default),
             inbound_default: Action::from_u8(settings.inbound_default),
             audit: settings.audit != 0,
+            reject: settings.reject != 0,
         },
         addr4: Vec::new(),
         addr6: Vec::new(),

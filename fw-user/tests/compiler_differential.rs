@@ -123,6 +123,7 @@ prop_compose! {
 
 fn settings() -> impl Strategy<Value = PhaseSettings> {
     (any::<bool>(), any::<bool>(), any::<bool>()).prop_map(|(egress_allow, inbound_drop, audit)| PhaseSettings {
+        reject: true,
         egress_default: if egress_allow { Action::Allow } else { Action::Deny },
         inbound_default: if inbound_drop { Action::Deny } else { Action::Allow },
         audit,

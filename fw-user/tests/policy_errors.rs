@@ -130,6 +130,7 @@ fn unknown_and_missing_keys() {
 #[test]
 fn invalid_values() {
     assert_error("phases:\n  runtime:\n    mode: enforse\n", 3, 11, |k| matches!(k, ErrorKind::InvalidValue { key: "mode", .. }));
+    assert_error("phases:\n  runtime:\n    reject: maybe\n", 3, 13, |k| matches!(k, ErrorKind::InvalidValue { key: "reject", .. }));
     assert_error("phases:\n  runtime:\n    egress_default: maybe\n", 3, 21, |k| {
         matches!(k, ErrorKind::InvalidValue { key: "egress_default", .. })
     });

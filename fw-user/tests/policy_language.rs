@@ -215,3 +215,10 @@ fn capacity_check_counts_entries_against_half_of_each_map() {
     let few_rules = Limits { max_rules: 3, ..Limits::default() };
     assert!(fw_user::compile::check_capacity(&compiled, &few_rules).is_err());
 }
+
+#[test]
+fn reject_defaults_to_true_and_a_phase_can_turn_it_off() {
+    let loaded = load("phases:\n  quiet:\n    reject: false\n  loud:\n    egress: []\n");
+    assert!(!compile_phase(&loaded.policy, "quiet").unwrap().settings.reject);
+    assert!(compile_phase(&loaded.policy, "loud").unwrap().settings.reject);
+}

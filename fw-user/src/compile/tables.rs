@@ -19,6 +19,9 @@ pub struct PhaseSettings {
     pub egress_default: Action,
     pub inbound_default: Action,
     pub audit: bool,
+    /// The cgroup socket hooks refuse denied connect()/sendmsg() with EPERM
+    /// (`reject: false` in the phase keeps silent drops).
+    pub reject: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -158,6 +158,7 @@ impl Lowerer<'_> {
         let egress_allows = setting(&raw.egress_default, "egress_default", "allow or drop", false, DEFAULTS)?;
         let inbound_allows = setting(&raw.inbound_default, "inbound_default", "allow or drop", true, DEFAULTS)?;
         let audit = setting(&raw.mode, "mode", "enforce or audit", false, &[("enforce", false), ("audit", true)])?;
+        let reject = setting(&raw.reject, "reject", "true or false", true, &[("true", true), ("false", false)])?;
         let action = |allows: bool| if allows { Action::Allow } else { Action::Deny };
         Ok(Phase {
             name: raw.name.value.clone(),
@@ -166,6 +167,7 @@ impl Lowerer<'_> {
                 egress_default: action(egress_allows),
                 inbound_default: action(inbound_allows),
                 audit,
+                reject,
             },
             pos: raw.name.pos,
         })

@@ -47,6 +47,7 @@ pub(crate) struct RawPhase {
     pub inbound_default: Option<Text>,
     pub egress_default: Option<Text>,
     pub mode: Option<Text>,
+    pub reject: Option<Text>,
     pub rules: Vec<RawRule>,
 }
 
@@ -65,7 +66,7 @@ pub(crate) struct RawRule {
 }
 
 const POLICY_KEYS: &[&str] = &["name", "addresses", "phases"];
-const PHASE_KEYS: &[&str] = &["extends", "inbound_default", "egress_default", "mode", "inbound", "egress"];
+const PHASE_KEYS: &[&str] = &["extends", "inbound_default", "egress_default", "mode", "reject", "inbound", "egress"];
 const EGRESS_RULE_KEYS: &[&str] = &["name", "to", "proto", "ports", "action", "optional"];
 const INBOUND_RULE_KEYS: &[&str] = &["name", "from", "proto", "ports", "action", "optional"];
 
@@ -194,6 +195,7 @@ impl Reader<'_> {
             inbound_default: None,
             egress_default: None,
             mode: None,
+            reject: None,
             rules: Vec::new(),
         };
         for (key, value) in map.iter() {
@@ -203,6 +205,7 @@ impl Reader<'_> {
                 "inbound_default" => phase.inbound_default = Some(self.text(value, &what)?),
                 "egress_default" => phase.egress_default = Some(self.text(value, &what)?),
                 "mode" => phase.mode = Some(self.text(value, &what)?),
+                "reject" => phase.reject = Some(self.text(value, &what)?),
                 "inbound" | "egress" => {
                     let direction = if key.as_str() == "egress" { Direction::Egress } else { Direction::Inbound };
                     let rules = value.as_sequence().ok_or_else(|| self.wrong_type(value, what, "a list of rules"))?;

@@ -404,6 +404,7 @@ impl Active {
                 egress_default: Action::Deny,
                 inbound_default: Action::Deny,
                 audit: false,
+                reject: true,
             },
         }
     }
