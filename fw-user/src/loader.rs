@@ -26,6 +26,11 @@ use crate::paths;
 /// The kernel object built by build.rs (empty when built with AYA_BUILD_SKIP).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fw-ebpf"));
 
+/// The embedded kernel object (ELF), for tools that inspect it.
+pub fn object() -> &'static [u8] {
+    EBPF_OBJECT
+}
+
 /// Map capacities chosen at load time.
 #[derive(Clone, Copy, Debug)]
 pub struct Capacity {
