@@ -135,7 +135,21 @@ fn unix_now_f64() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Removes the socket file when the daemon exits.
-pub fn unlink(name: &str) {
-    let _ = std::fs::remove_file(paths::control_socket(name));
+/// Removes the socket file when dropped: held by the daemon from the bind
+/// on, so that no exit path (a bad argument found after binding included)
+/// leaves a socket nobody answers.
+pub struct SocketFile {
+    name: String,
+}
+
+impl SocketFile {
+    pub fn new(name: &str) -> Self {
+        Self { name: name.to_string() }
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(paths::control_socket(&self.name));
+    }
 }

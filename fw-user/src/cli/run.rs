@@ -78,6 +78,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let _guard = runtime.enter();
     // Bound first: it fails when another daemon runs this instance.
     let listener = control::bind(&name)?;
+    let _socket_file = control::SocketFile::new(&name);
     // Before the kernel is touched: a port in use fails the start cleanly.
     let metrics_server = args.metrics.map(metrics::Server::bind).transpose()?;
     let state = if paths::pin_dir(&name).exists() {
@@ -96,9 +97,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         println!("fw: {name}: metrics at http://{}/metrics", server.addr());
         server.spawn(name.clone(), log);
     }
-    let result = runtime.block_on(daemon(&name, &state, Duration::from_secs(args.interval)));
-    control::unlink(&name);
-    result?;
+    runtime.block_on(daemon(&name, &state, Duration::from_secs(args.interval)))?;
     if paths::pin_dir(&name).exists() {
         println!("fw: {name}: exiting; enforcement stays attached (fail closed). `fw stop --name {name}` detaches it.");
     }
