@@ -16,7 +16,7 @@ use fw_common::{flow::FLOW_INBOUND, policy::proto, Direction, Reason};
 
 use crate::{
     flow, frag,
-    parse::{Frag, Packet},
+    parse::{Frag, Packet, TCP_ACK, TCP_SYN},
     policy::{self, Active},
     verdict::{Verdict, NO_RULE},
 };
@@ -38,14 +38,19 @@ fn is_icmpv6_control(pkt: &Packet) -> bool {
     }
 }
 
-/// Packets worth a flow entry: everything but ICMP other than echo requests
-/// (a flow is what lets the reply pass).
+/// Packets that open a flow when a rule allows them (a flow is what lets
+/// the replies pass): ICMP only echo requests; inbound TCP only a SYN
+/// without ACK, the start of a connection. Without that rule, the first
+/// inbound segment of a connection this host opened, cut by a phase switch,
+/// would reopen it as "inbound" whenever its local port falls in a served
+/// range (Linux's ephemeral ports overlap the media ports).
 #[inline(always)]
-fn opens_flow(pkt: &Packet) -> bool {
+fn opens_flow(direction: Direction, pkt: &Packet) -> bool {
     let ty = (pkt.policy_port >> 8) as u8;
     match pkt.proto {
         proto::ICMP => ty == 8,
         proto::ICMPV6 => ty == 128,
+        proto::TCP if direction == Direction::Inbound => pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
         _ => true,
     }
 }
@@ -71,7 +76,7 @@ pub fn judge(direction: Direction, pkt: &Packet) -> Verdict {
         Some(v) => v,
         None => {
             let v = untracked(&active, direction, pkt, now);
-            if v.reason == Reason::PassRule && opens_flow(pkt) {
+            if v.reason == Reason::PassRule && opens_flow(direction, pkt) {
                 flow::admit(&key, direction, active.generation, v.rule, pkt.policy_port, pkt.tcp_flags, now);
             }
             v

@@ -53,7 +53,7 @@ pub fn fw_noop(_ctx: TcContext) -> i32 {
 #[inline(always)]
 fn classify(ctx: &TcContext, direction: Direction) -> i32 {
     let mut pkt = parse::Packet::empty();
-    let verdict = match parse::parse_skb(ctx, &mut pkt) {
+    let verdict = match parse::parse_skb(ctx, &mut pkt).decode() {
         Ok(parse::Parsed::Ip) => datapath::judge(direction, &pkt),
         Ok(parse::Parsed::NotIp) => Verdict::new(Reason::PassNonIp, NO_RULE),
         Err(reason) => Verdict::drop(reason),

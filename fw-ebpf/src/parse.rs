@@ -96,7 +96,9 @@ pub struct Packet {
 }
 
 pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 
 /// What the parser made of a frame. Small on purpose: a non-inlined BPF
 /// function may not return through a pointer into its caller's stack, so
@@ -126,11 +128,14 @@ impl Packet {
     }
 }
 
-/// The readable window of a packet: `[start, end)`.
+/// The readable window of a packet, `[start, end)` (the linear area, which
+/// holds at least the headers), and the whole packet's length, which may go
+/// on in page fragments the program does not read.
 #[derive(Clone, Copy)]
 struct Bounds {
     start: usize,
     end: usize,
+    len: usize,
 }
 
 impl Bounds {
@@ -151,6 +156,13 @@ impl Bounds {
     fn be16(&self, off: usize) -> Option<u16> {
         self.load::<[u8; 2]>(off).map(u16::from_be_bytes)
     }
+
+    /// Bytes of the whole packet from `off` on: what an IP length field
+    /// must fit in (a large datagram's payload is not in the linear area).
+    #[inline(always)]
+    fn remaining(&self, off: usize) -> usize {
+        self.len.saturating_sub(off)
+    }
 }
 
 /// Parses the packet of a TC program, first pulling the headers into the
@@ -158,9 +170,44 @@ impl Bounds {
 ///
 /// Not inlined: a BPF-to-BPF call gets its own stack frame, so the header
 /// copies made here do not add to the flow and LPM keys the caller builds
-/// later (the verifier allows 512 bytes along one call chain).
+/// later (the verifier allows 512 bytes along one call chain). The outcome
+/// crosses the call as a plain number (see [`Outcome`]).
 #[inline(never)]
-pub fn parse_skb(ctx: &TcContext, pkt: &mut Packet) -> Result<Parsed, Reason> {
+pub fn parse_skb(ctx: &TcContext, pkt: &mut Packet) -> Outcome {
+    Outcome::encode(parse_skb_inner(ctx, pkt))
+}
+
+/// [`parse_skb`]'s result as one integer: `Parsed` as 0/1, a drop reason as
+/// 256 + its number. A non-inlined BPF function must leave a scalar in R0
+/// on every path (the verifier refuses a stack pointer there), which LLVM
+/// does not guarantee for a small `Result` whose bits it only partly sets.
+#[derive(Clone, Copy)]
+pub struct Outcome(u32);
+
+impl Outcome {
+    #[inline(always)]
+    fn encode(result: Result<Parsed, Reason>) -> Outcome {
+        Outcome(match result {
+            Ok(Parsed::Ip) => 0,
+            Ok(Parsed::NotIp) => 1,
+            Err(reason) => 256 + reason as u32,
+        })
+    }
+
+    #[inline(always)]
+    pub fn decode(self) -> Result<Parsed, Reason> {
+        match self.0 {
+            0 => Ok(Parsed::Ip),
+            1 => Ok(Parsed::NotIp),
+            // SAFETY: only `encode` makes an Outcome, from a valid Reason
+            // (a `#[repr(u8)]` enum), so `n - 256` is one of its values.
+            n => Err(unsafe { core::mem::transmute::<u8, Reason>((n - 256) as u8) }),
+        }
+    }
+}
+
+#[inline(always)]
+fn parse_skb_inner(ctx: &TcContext, pkt: &mut Packet) -> Result<Parsed, Reason> {
     let len = ctx.len() as usize;
     let linear = ctx.data_end() - ctx.data();
     if linear < len && linear < MAX_HEADER_BYTES {
@@ -169,12 +216,13 @@ pub fn parse_skb(ctx: &TcContext, pkt: &mut Packet) -> Result<Parsed, Reason> {
         // drop the packet as truncated: fail closed.
         let _ = ctx.pull_data(want as u32);
     }
-    parse(ctx.data(), ctx.data_end(), pkt)
+    parse(ctx.data(), ctx.data_end(), ctx.len() as usize, pkt)
 }
 
+/// `start..end` is the readable (linear) part of a packet of `len` bytes.
 #[inline(always)]
-pub fn parse(start: usize, end: usize, pkt: &mut Packet) -> Result<Parsed, Reason> {
-    let b = Bounds { start, end };
+pub fn parse(start: usize, end: usize, len: usize, pkt: &mut Packet) -> Result<Parsed, Reason> {
+    let b = Bounds { start, end, len };
     let mut ethertype = b.be16(12).ok_or(Reason::DropTruncatedL2)?;
     let mut off = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
@@ -202,8 +250,7 @@ fn parse_ipv4(b: &Bounds, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
     }
     let ihl = ((hdr[0] & 0x0f) as usize) * 4;
     let total = u16::from_be_bytes([hdr[2], hdr[3]]) as usize;
-    let available = b.end - (b.start + off);
-    if ihl < 20 || total < ihl || total > available {
+    if ihl < 20 || total < ihl || total > b.remaining(off) {
         return Err(Reason::DropBadIpHeader);
     }
     let flags_offset = u16::from_be_bytes([hdr[6], hdr[7]]);
@@ -239,9 +286,8 @@ fn parse_ipv6(b: &Bounds, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
         return Err(Reason::DropBadIpHeader);
     }
     let payload = u16::from_be_bytes([hdr[4], hdr[5]]) as usize;
-    let available = b.end - (b.start + off);
     // Payload length 0 means a jumbogram, which no Ethernet link carries.
-    if payload == 0 || IPV6_HDR_LEN + payload > available {
+    if payload == 0 || IPV6_HDR_LEN + payload > b.remaining(off) {
         return Err(Reason::DropBadIpHeader);
     }
     let mut next = hdr[6];

@@ -28,6 +28,16 @@ pub fn lint(policy: &Policy, compiled: &[CompiledPhase]) -> Vec<Warning> {
 }
 
 fn shadowed_rules(policy: &Policy, compiled: &[CompiledPhase]) -> Vec<Warning> {
+    // Per phase, once: the phases it inherits from and the rules that decide
+    // some cell (per rule it would make this quadratic in the policy size).
+    let phases: Vec<(&str, HashSet<&str>, HashSet<u32>)> = compiled
+        .iter()
+        .filter_map(|phase| {
+            let chain = policy.phase_chain(&phase.phase)?;
+            let deciding = phase.ports.iter().map(|e| e.value.rule).collect();
+            Some((phase.phase.as_str(), chain.into_iter().collect(), deciding))
+        })
+        .collect();
     let mut warnings = Vec::new();
     for rule in &policy.rules {
         // Rules left out (no addresses) are already reported when loading.
@@ -36,15 +46,13 @@ fn shadowed_rules(policy: &Policy, compiled: &[CompiledPhase]) -> Vec<Warning> {
         }
         let mut in_effect = Vec::new();
         let mut never_decides = Vec::new();
-        for phase in compiled {
-            let Some(chain) = policy.phase_chain(&phase.phase) else { continue };
-            if !chain.contains(&rule.phase.as_str()) {
+        for (name, chain, deciding) in &phases {
+            if !chain.contains(rule.phase.as_str()) {
                 continue;
             }
-            in_effect.push(phase.phase.as_str());
-            let deciding: HashSet<u32> = phase.ports.iter().map(|e| e.value.rule).collect();
+            in_effect.push(*name);
             if !deciding.contains(&rule.id) {
-                never_decides.push(phase.phase.as_str());
+                never_decides.push(*name);
             }
         }
         if !never_decides.is_empty() {

@@ -46,7 +46,7 @@
 //!   turns drops into `pass_audit`; an egress packet that only the default
 //!   drops, sent from a port an inbound rule serves to that peer, is
 //!   `drop_spoofed_reply`. A rule's allow opens a flow (ICMP: echo requests
-//!   only).
+//!   only; inbound TCP: a SYN without ACK only).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -545,10 +545,12 @@ fn is_control(h: &Headers) -> bool {
         }
 }
 
-fn opens_flow(h: &Headers) -> bool {
+fn opens_flow(direction: Direction, h: &Headers) -> bool {
     match h.proto {
         ICMP => h.icmp_type == Some(8),
         ICMPV6 => h.icmp_type == Some(128),
+        // Inbound TCP: only the start of a connection (SYN without ACK).
+        TCP if direction == Direction::Inbound => h.tcp_flags & 0x12 == 0x02,
         _ => true,
     }
 }
@@ -642,7 +644,7 @@ impl State {
             Some(o) => o,
             None => {
                 let o = self.untracked(active, direction, &h, now);
-                if o.reason == Reason::PassRule && opens_flow(&h) {
+                if o.reason == Reason::PassRule && opens_flow(direction, &h) {
                     let mut flags = if direction == Direction::Inbound {
                         FLOW_INBOUND
                     } else {

@@ -17,3 +17,5 @@ mod cli;
 mod e2e;
 mod events;
 mod harness;
+mod operate;
+mod stateful;

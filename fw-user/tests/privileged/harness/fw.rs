@@ -163,11 +163,6 @@ impl Drops {
         self.counted("egress", reason)
     }
 
-    /// (packets, bytes) of inbound (ingress hook) `reason`.
-    pub fn inbound(&self, reason: &str) -> (u64, u64) {
-        self.counted("inbound", reason)
-    }
-
     /// (packets, bytes) of `reason` in `direction` ("egress", "inbound").
     pub fn counted(&self, direction: &str, reason: &str) -> (u64, u64) {
         self.reasons
@@ -286,8 +281,7 @@ impl<'ns> Fw<'ns> {
             }
             let out = fw(self.ns, &["status", "--name", &self.name, "--json"]);
             if out.status.success() {
-                let json: serde_json::Value =
-                    serde_json::from_str(&out.stdout).unwrap_or_default();
+                let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
                 if json["daemon_pid"].as_u64() == Some(u64::from(pid)) {
                     return;
                 }

@@ -1,9 +1,12 @@
 //! Guards and helpers for the privileged tests: namespaces and veth pairs
 //! ([`netns`]), the `fw` process and its CLI ([`fw`]), sockets in a namespace
-//! ([`traffic`]).
+//! ([`traffic`]), traffic that runs in the background during an event
+//! ([`stream`]), and crafted or sniffed packets ([`packet`]).
 
 pub mod fw;
 pub mod netns;
+pub mod packet;
+pub mod stream;
 pub mod traffic;
 
 use std::{

@@ -90,6 +90,21 @@ impl Netns {
         run_ok(Command::new("ip").arg("-n").arg(&self.name).args(args));
     }
 
+    /// `sysctl -w KEY=VALUE` in this namespace (the `net.*` keys are per
+    /// namespace), which must succeed.
+    pub fn sysctl(&self, key: &str, value: &str) {
+        run_ok(
+            self.command("sysctl")
+                .args(["-q", "-w", &format!("{key}={value}")]),
+        );
+    }
+
+    /// Output of `ip -n NAME ARGS`, which must succeed.
+    pub fn ip_output(&self, args: &[&str]) -> String {
+        let out = run_ok(Command::new("ip").arg("-n").arg(&self.name).args(args));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Waits until `dev` reports operstate UP: before that the kernel may
     /// still drop packets on it (no qdisc activated yet). A bounded poll of a
     /// kernel state, not a sleep standing in for it.
@@ -118,6 +133,131 @@ impl Drop for Netns {
     }
 }
 
+/// A veth pair with one end in `a`, the other in `b`, both down and
+/// without addresses; returns (name in `a`, name in `b`). Created inside the
+/// namespaces: nothing appears in the root namespace.
+pub fn veth(a: &Netns, b: &Netns) -> (String, String) {
+    // fw<pid mod 100000><n>a: at most 15 characters (IFNAMSIZ - 1).
+    let tag = format!("fw{}{}", process::id() % 100_000, super::next_n());
+    let (a_if, b_if) = (format!("{tag}a"), format!("{tag}b"));
+    assert!(a_if.len() <= 15, "{a_if} is longer than IFNAMSIZ allows");
+    run_ok(Command::new("ip").args([
+        "link",
+        "add",
+        &a_if,
+        "netns",
+        a.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &b_if,
+        "netns",
+        b.name(),
+    ]));
+    (a_if, b_if)
+}
+
+/// Gives `dev` in `ns` an IPv4 /24 and an IPv6 /64 (`nodad`) and brings it
+/// up.
+pub fn address(ns: &Netns, dev: &str, v4: Ipv4Addr, v6: Ipv6Addr) {
+    ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
+    ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{v6}/64"),
+        "dev",
+        dev,
+        "nodad",
+    ]);
+    ns.ip(&["link", "set", "dev", dev, "up"]);
+}
+
+/// Three namespaces in a line, `client - router - server`, the router
+/// forwarding IPv4 and IPv6 between its two links:
+///
+/// * server link, subnet `x`: server 198.18.x.1 / 2001:db8:x::1 on
+///   `server_if` (where fw enforces), router .254 / ::fe;
+/// * client link, subnet `x + 1`: client 198.18.(x+1).1 / 2001:db8:(x+1)::1,
+///   router .254 / ::fe.
+///
+/// Every MTU is 1500 unless [`Routed::new`] is told otherwise for the
+/// router's end of the client link.
+pub struct Routed {
+    pub client: Netns,
+    pub router: Netns,
+    pub server: Netns,
+    pub server_if: String,
+    pub client_if: String,
+    /// The router's end of the client link.
+    pub router_client_if: String,
+    pub server4: Ipv4Addr,
+    pub server6: Ipv6Addr,
+    pub client4: Ipv4Addr,
+    pub client6: Ipv6Addr,
+}
+
+impl Routed {
+    /// `router_client_mtu`: the MTU of the router's end of the client link
+    /// (the client's own end stays at 1500, so the client advertises a full
+    /// MSS and nothing but path MTU discovery can shrink the server's
+    /// segments).
+    pub fn new(x: u8, router_client_mtu: u32) -> Self {
+        let base = super::unique_name();
+        let client = Netns::new(format!("{base}-client"));
+        let router = Netns::new(format!("{base}-router"));
+        let server = Netns::new(format!("{base}-server"));
+        let (server_if, router_server_if) = veth(&server, &router);
+        let (router_client_if, client_if) = veth(&router, &client);
+        let y = x + 1;
+        let v4 = |net: u8, host: u8| Ipv4Addr::new(198, 18, net, host);
+        let v6 =
+            |net: u8, host: u16| Ipv6Addr::new(0x2001, 0xdb8, u16::from(net), 0, 0, 0, 0, host);
+        address(&server, &server_if, v4(x, 1), v6(x, 1));
+        address(&router, &router_server_if, v4(x, 254), v6(x, 0xfe));
+        address(&router, &router_client_if, v4(y, 254), v6(y, 0xfe));
+        address(&client, &client_if, v4(y, 1), v6(y, 1));
+        router.ip(&[
+            "link",
+            "set",
+            "dev",
+            &router_client_if,
+            "mtu",
+            &router_client_mtu.to_string(),
+        ]);
+        router.sysctl("net.ipv4.ip_forward", "1");
+        router.sysctl("net.ipv6.conf.all.forwarding", "1");
+        for (ns, via4, via6) in [
+            (&server, v4(x, 254), v6(x, 0xfe)),
+            (&client, v4(y, 254), v6(y, 0xfe)),
+        ] {
+            ns.ip(&["route", "add", "default", "via", &via4.to_string()]);
+            ns.ip(&["-6", "route", "add", "default", "via", &via6.to_string()]);
+        }
+        for (ns, dev) in [
+            (&server, &server_if),
+            (&router, &router_server_if),
+            (&router, &router_client_if),
+            (&client, &client_if),
+        ] {
+            ns.wait_link_up(dev);
+        }
+        Self {
+            server4: v4(x, 1),
+            server6: v6(x, 1),
+            client4: v4(y, 1),
+            client6: v6(y, 1),
+            client,
+            router,
+            server,
+            server_if,
+            client_if,
+            router_client_if,
+        }
+    }
+}
+
 /// Two namespaces, `near` (where fw enforces, on `near_if`'s egress) and
 /// `far` (the servers), joined by one veth pair, with IPv4 and IPv6
 /// addresses ready to use (IPv6 with `nodad`).
@@ -138,13 +278,7 @@ impl VethPair {
         let base = super::unique_name();
         let near = Netns::new(format!("{base}-near"));
         let far = Netns::new(format!("{base}-far"));
-        // fw<pid mod 100000><n>a: at most 15 characters (IFNAMSIZ - 1).
-        let tag = format!("fw{}{}", process::id() % 100_000, super::next_n());
-        let (near_if, far_if) = (format!("{tag}a"), format!("{tag}b"));
-        assert!(
-            near_if.len() <= 15,
-            "{near_if} is longer than IFNAMSIZ allows"
-        );
+        let (near_if, far_if) = veth(&near, &far);
         let pair = Self {
             near4: Ipv4Addr::new(198, 18, x, 1),
             far4: Ipv4Addr::new(198, 18, x, 2),
@@ -155,36 +289,8 @@ impl VethPair {
             near_if,
             far_if,
         };
-        run_ok(Command::new("ip").args([
-            "link",
-            "add",
-            &pair.near_if,
-            "netns",
-            pair.near.name(),
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &pair.far_if,
-            "netns",
-            pair.far.name(),
-        ]));
-        for (ns, dev, v4, v6) in [
-            (&pair.near, &pair.near_if, pair.near4, pair.near6),
-            (&pair.far, &pair.far_if, pair.far4, pair.far6),
-        ] {
-            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
-            ns.ip(&[
-                "-6",
-                "addr",
-                "add",
-                &format!("{v6}/64"),
-                "dev",
-                dev,
-                "nodad",
-            ]);
-            ns.ip(&["link", "set", "dev", dev, "up"]);
-        }
+        address(&pair.near, &pair.near_if, pair.near4, pair.near6);
+        address(&pair.far, &pair.far_if, pair.far4, pair.far6);
         pair.near.wait_link_up(&pair.near_if);
         pair.far.wait_link_up(&pair.far_if);
         pair
