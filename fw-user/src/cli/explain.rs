@@ -49,10 +49,10 @@ pub struct ExplainArgs {
 
 pub fn explain(args: ExplainArgs) -> Result<ExitCode> {
     let direction = if args.inbound || args.from.is_some() { Direction::Inbound } else { Direction::Egress };
-    let query_text = match (&args.from, direction) {
+    let query_text = match &args.from {
         // `--from PEER DEST:PORT`: the peer's address with the local port.
-        (Some(from), _) => format!("{}{}", from.trim_end_matches(|c: char| c == '/'), port_part(&args.dest)),
-        _ => args.dest.clone(),
+        Some(from) => format!("{}{}", from.trim_end_matches('/'), port_part(&args.dest)),
+        None => args.dest.clone(),
     };
     let queries = explain::parse_query(&query_text, direction)?;
     let phase = compiled_phase(&args)?;

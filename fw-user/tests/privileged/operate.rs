@@ -280,7 +280,7 @@ fn assert_ok(out: &Finished, what: &str) {
 
 /// Downloads of both families from the mirror, started from local ports
 /// `ports` of the media host, checked flowing (1 MiB each).
-fn start_downloads<'a>(ov: &Ov, ports: [u16; 2]) -> Vec<(SocketAddr, Download)> {
+fn start_downloads(ov: &Ov, ports: [u16; 2]) -> Vec<(SocketAddr, Download)> {
     ov.mirror
         .iter()
         .zip(ports)
