@@ -129,7 +129,13 @@ pub fn nft(policy: &Policy, phase: &str, options: &Options) -> Result<String, Co
                 .into_iter()
                 .filter_map(|(first, last, class)| {
                     let target = target_of_class.get(&class)?;
-                    let addr = |a: u128| if is_v4 { IpAddr::from((a as u32).to_be_bytes()) } else { IpAddr::from(a.to_be_bytes()) };
+                    let addr = |a: u128| {
+                        if is_v4 {
+                            IpAddr::from((a as u32).to_be_bytes())
+                        } else {
+                            IpAddr::from(a.to_be_bytes())
+                        }
+                    };
                     Some(if first == last {
                         format!("{} : {target}", addr(first))
                     } else {
@@ -160,10 +166,8 @@ pub fn nft(policy: &Policy, phase: &str, options: &Options) -> Result<String, Co
         if let Some(iface) = &options.iface {
             let _ = writeln!(out, "\t\t{dev} != \"{iface}\" accept");
         }
-        let _ = writeln!(
-            out,
-            "\t\tct state established,related ct mark & {ADMITTED_MARK:#x} == {ADMITTED_MARK:#x} accept"
-        );
+        let _ =
+            writeln!(out, "\t\tct state established,related ct mark & {ADMITTED_MARK:#x} == {ADMITTED_MARK:#x} accept");
         let _ = writeln!(out, "\t\tmeta l4proto ipv6-icmp icmpv6 type {{ {ICMPV6_CONTROL} }} accept");
         for lookup in lookups.get(&direction).into_iter().flatten() {
             let _ = writeln!(out, "\t\t{lookup}");
@@ -238,10 +242,8 @@ fn class_chain_body(entries: &[&PortEntry]) -> Vec<String> {
 /// Disjoint port segments (first, last, action) where the longest of
 /// `blocks` (aligned prefixes of one protocol) decides.
 fn port_segments(blocks: &[&PortEntry]) -> Vec<(u16, u16, Action)> {
-    let ranges: Vec<(u128, u8, Action)> = blocks
-        .iter()
-        .map(|b| (u128::from(b.port), 16 - b.port_prefix_len, b.value.action()))
-        .collect();
+    let ranges: Vec<(u128, u8, Action)> =
+        blocks.iter().map(|b| (u128::from(b.port), 16 - b.port_prefix_len, b.value.action())).collect();
     flatten(&ranges).into_iter().map(|(f, l, a)| (f as u16, l as u16, a)).collect()
 }
 
@@ -331,7 +333,9 @@ pub fn iptables(policy: &Policy, phase: &str, family: Family, options: &Options)
             }
         }
         let of_direction = || rules.iter().copied().filter(|r| r.direction == direction);
-        let ordered = of_direction().filter(|r| r.action == Action::Deny).chain(of_direction().filter(|r| r.action == Action::Allow));
+        let ordered = of_direction()
+            .filter(|r| r.action == Action::Deny)
+            .chain(of_direction().filter(|r| r.action == Action::Allow));
         for rule in ordered {
             write_iptables_rule(&mut out, chain, addr_flag, rule, family);
         }
@@ -497,11 +501,17 @@ phases:
             ]
         );
         assert!(text.contains("-A INPUT -i veth0 -j fw-inbound"));
-        assert!(text.contains("-A fw-inbound -p tcp -m tcp --dport 443 -j fw-admit\n-A fw-inbound -j ACCEPT\n"), "{text}");
+        assert!(
+            text.contains("-A fw-inbound -p tcp -m tcp --dport 443 -j fw-admit\n-A fw-inbound -j ACCEPT\n"),
+            "{text}"
+        );
         assert!(text.ends_with("COMMIT\n"));
 
         let v6 = iptables(&policy(SMALL), "runtime", Family::Ipv6, &Options::default()).unwrap();
-        assert!(v6.contains("-A fw-egress -d 2001:db8::/32 -p udp -m multiport --dports 443,8000:8100 -j fw-admit"), "{v6}");
+        assert!(
+            v6.contains("-A fw-egress -d 2001:db8::/32 -p udp -m multiport --dports 443,8000:8100 -j fw-admit"),
+            "{v6}"
+        );
         assert!(v6.contains("--icmpv6-type 135 -j ACCEPT"));
         assert!(!v6.contains("198.18."));
         assert!(!v6.contains("icmp-type 8"));
@@ -509,7 +519,8 @@ phases:
 
     #[test]
     fn multiport_lists_hold_at_most_15_slots_and_icmp_codes_split() {
-        let ranges: Vec<PortRange> = (0..10).map(|i| PortRange { first: 1000 + i * 10, last: 1000 + i * 10 + 1 }).collect();
+        let ranges: Vec<PortRange> =
+            (0..10).map(|i| PortRange { first: 1000 + i * 10, last: 1000 + i * 10 + 1 }).collect();
         let m = protocol_matches(TCP, &ranges, Family::Ipv4);
         assert_eq!(m.len(), 2, "{m:?}");
         assert_eq!(m[0].matches(':').count(), 7);

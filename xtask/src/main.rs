@@ -6,6 +6,7 @@
 //! root on an interface, and runs both test suites, the privileged one in
 //! network namespaces.
 
+mod bench;
 mod bootstrap;
 mod build;
 mod cmd;
@@ -32,6 +33,8 @@ enum Command {
     Run(run::Options),
     /// Run the unprivileged suite, then the privileged (root, netns) suite.
     Test(test::Options),
+    /// Measure fw against the floor, nftables and iptables; write BENCHMARKS.md.
+    Bench(bench::Options),
     /// Install fw in /usr/local/bin, the policies in /etc/fw/ and the
     /// systemd unit fw@IFACE.service.
     Install(install::Options),
@@ -43,6 +46,7 @@ fn main() {
         Command::Build(opts) => build::build(&opts),
         Command::Run(opts) => run::run(&opts),
         Command::Test(opts) => test::test(&opts),
+        Command::Bench(opts) => bench::bench(&opts),
         Command::Install(opts) => install::install(&opts),
     };
     if let Err(e) = result {

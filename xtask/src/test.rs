@@ -61,6 +61,11 @@ pub fn test(opts: &Options) -> Result<()> {
         cmd::run(cargo.args(&opts.args))
     }));
 
+    // The benchmark's quick subset, so that `cargo xtask bench` cannot rot.
+    outcomes.push(timed("bench --quick", || {
+        crate::bench::bench(&crate::bench::Options::quick())
+    }));
+
     let mut failed = Vec::new();
     for o in &outcomes {
         match &o.result {

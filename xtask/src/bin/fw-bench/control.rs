@@ -36,7 +36,11 @@ fn memlock(fd: std::os::fd::BorrowedFd<'_>) -> u64 {
     use std::os::fd::AsRawFd as _;
     std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -44,7 +48,9 @@ pub fn run(rules: usize) -> Result<Value> {
     let yaml = gen::policy(rules);
     let vars = Vars::from_pairs::<&str, &str>([]);
     let t = Instant::now();
-    let loaded = parse_str_with_resolver(&yaml, "bench.yaml", &vars, &|h| Err(format!("no DNS ({h})")))?;
+    let loaded = parse_str_with_resolver(&yaml, "bench.yaml", &vars, &|h| {
+        Err(format!("no DNS ({h})"))
+    })?;
     let parse = t.elapsed();
     let t = Instant::now();
     let compiled = compile_phase(&loaded.policy, "a")?;
@@ -55,7 +61,8 @@ pub fn run(rules: usize) -> Result<Value> {
     let mut ebpf = loader::load(&LoadOptions::here()?)?;
     for name in [maps::PROG_EGRESS, maps::PROG_INGRESS] {
         let p: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
-        p.load().with_context(|| format!("the verifier rejected {name}"))?;
+        p.load()
+            .with_context(|| format!("the verifier rejected {name}"))?;
     }
     let load = t.elapsed();
     let mut policy = PolicyMaps::take(&mut ebpf)?;
@@ -84,8 +91,8 @@ pub fn run(rules: usize) -> Result<Value> {
     let removed = apply::delete_generation(&mut policy, 1)?;
     let switch = t.elapsed();
 
-    use std::os::fd::AsFd as _;
     use aya::maps::IterableMap as _;
+    use std::os::fd::AsFd as _;
     let memlock_policy = memlock(policy.addr4.map().fd().as_fd())
         + memlock(policy.addr6.map().fd().as_fd())
         + memlock(policy.ports.map().fd().as_fd());

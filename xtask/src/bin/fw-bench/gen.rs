@@ -15,6 +15,7 @@
 //! last in file order, they are the worst case for a linear ruleset.
 
 use std::{
+    collections::HashSet,
     fmt::Write as _,
     net::{Ipv4Addr, Ipv6Addr},
 };
@@ -47,8 +48,17 @@ impl Rng {
 }
 
 /// v4 prefix lengths and their weights (per mille).
-const LENGTHS: [(u8, u64); 9] =
-    [(16, 2), (18, 6), (20, 12), (22, 30), (24, 80), (26, 110), (28, 160), (30, 200), (32, 400)];
+const LENGTHS: [(u8, u64); 9] = [
+    (16, 2),
+    (18, 6),
+    (20, 12),
+    (22, 30),
+    (24, 80),
+    (26, 110),
+    (28, 160),
+    (30, 200),
+    (32, 400),
+];
 
 fn pick_len(rng: &mut Rng) -> u8 {
     let mut x = rng.below(1000);
@@ -61,11 +71,29 @@ fn pick_len(rng: &mut Rng) -> u8 {
     32
 }
 
-/// One rule's `to:` (v4 CIDR and its v6 twin) for a v4 prefix.
-fn peers(rng: &mut Rng, len: u8) -> String {
-    let offset = rng.below(1 << 17) as u32;
-    let host_bits = 32 - u32::from(len);
-    let offset = offset >> host_bits << host_bits;
+/// One rule's `to:` (v4 CIDR and its v6 twin) for a v4 prefix of about
+/// `len`: each CIDR is named by one rule only (a longer one when `len` is
+/// taken), so the tree is deep but a wide prefix does not pile up rules.
+/// `None` when no free prefix was found.
+fn peers(rng: &mut Rng, used: &mut HashSet<(u32, u8)>, mut len: u8) -> Option<(String, u8)> {
+    let mut offset = rng.below(1 << 17) as u32;
+    let mut tries = 0;
+    loop {
+        let host_bits = 32 - u32::from(len);
+        if used.insert((offset >> host_bits << host_bits, len)) {
+            offset = offset >> host_bits << host_bits;
+            break;
+        }
+        if len < 28 {
+            len = (len + 2).min(32);
+        } else {
+            tries += 1;
+            if tries > 8 {
+                return None;
+            }
+            offset = rng.below(1 << 17) as u32;
+        }
+    }
     let v4 = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + offset);
     // The 17 bits of the offset go to bits 32..49 of the v6 address.
     let net6 = (0x2001_0db8u128 << 96) | (u128::from(offset) << (128 - 49));
@@ -74,17 +102,23 @@ fn peers(rng: &mut Rng, len: u8) -> String {
     } else {
         format!("{}/{}", Ipv6Addr::from(net6), 32 + u32::from(len) - 15)
     };
-    format!("[\"{v4}/{len}\", \"{v6}\"]")
+    Some((format!("[\"{v4}/{len}\", \"{v6}\"]"), len))
 }
 
-/// A host (or one /24 in eight) in 10.0.0.0/8, and one in 2001:db8:8000::/33.
+/// A host (or one /24 in eight) in 10.0.0.0/8, and one in 3fff::/20 (RFC 9637).
 fn sparse(rng: &mut Rng) -> (String, u8) {
     let a = 0x0a00_0000 | (rng.next() as u32 & 0x00ff_ffff);
-    let h = rng.next() as u128;
-    let v6 = Ipv6Addr::from((0x2001_0db8_8000u128 << 80) | (h & ((1u128 << 79) - 1)));
+    let h = u128::from(rng.next()) << 64 | u128::from(rng.next());
+    let v6 = Ipv6Addr::from((0x3fffu128 << 112) | (h & ((1u128 << 108) - 1)));
     if rng.below(8) == 0 {
         let net6 = Ipv6Addr::from(u128::from(v6) >> 64 << 64);
-        (format!("[\"{}/24\", \"{net6}/64\"]", Ipv4Addr::from(a & 0xffff_ff00)), 24)
+        (
+            format!(
+                "[\"{}/24\", \"{net6}/64\"]",
+                Ipv4Addr::from(a & 0xffff_ff00)
+            ),
+            24,
+        )
     } else {
         (format!("[\"{}\", \"{v6}\"]", Ipv4Addr::from(a)), 32)
     }
@@ -103,21 +137,37 @@ fn body(rng: &mut Rng, len: u8) -> String {
     if len <= 22 {
         return match roll {
             0..=39 => "proto: any".into(),
-            40..=69 => format!("proto: tcp, ports: [{}], action: deny", [23, 25, 135, 139, 445][rng.below(5) as usize]),
-            _ => format!("proto: [tcp, udp], ports: [{}]", [53, 123, 443][rng.below(3) as usize]),
+            40..=69 => format!(
+                "proto: tcp, ports: [{}], action: deny",
+                [23, 25, 135, 139, 445][rng.below(5) as usize]
+            ),
+            _ => format!(
+                "proto: [tcp, udp], ports: [{}]",
+                [53, 123, 443][rng.below(3) as usize]
+            ),
         };
     }
     if len < 28 {
         return match roll {
-            0..=9 => format!("proto: [tcp, udp], ports: [{}], action: deny", 100 + rng.below(900)),
+            0..=9 => format!(
+                "proto: [tcp, udp], ports: [{}], action: deny",
+                100 + rng.below(900)
+            ),
             10..=69 => format!("proto: tcp, ports: [{}]", 1024 + rng.below(60_000)),
             _ => "proto: any".into(),
         };
     }
     match roll {
-        0..=7 => format!("proto: [tcp, udp], ports: [{}], action: deny", 100 + rng.below(900)),
+        0..=7 => format!(
+            "proto: [tcp, udp], ports: [{}], action: deny",
+            100 + rng.below(900)
+        ),
         8..=39 => format!("proto: tcp, ports: [{}]", 1024 + rng.below(60_000)),
-        40..=54 => format!("proto: udp, ports: [{}, {}]", 1024 + rng.below(30_000), 30_000 + rng.below(30_000)),
+        40..=54 => format!(
+            "proto: udp, ports: [{}, {}]",
+            1024 + rng.below(30_000),
+            30_000 + rng.below(30_000)
+        ),
         55..=79 => format!("proto: tcp, ports: [{}]", range(rng, 10, 500)),
         80..=89 => format!("proto: udp, ports: [{}]", range(rng, 1000, 20_000)),
         90..=93 => "proto: icmp, ports: [8]".into(),
@@ -135,22 +185,31 @@ pub fn policy(rules: usize) -> String {
     y += "      - { name: media, proto: [tcp, udp], ports: [\"40000-65535\"] }\n";
     y += "    egress:\n";
     let generated = rules.saturating_sub(3);
+    let mut used = HashSet::new();
     for i in 0..generated {
         // Half dense and nested, half sparse hosts and /24s elsewhere.
-        let (to, len) = if i % 2 == 0 {
+        let dense = if i % 2 == 0 {
             let len = pick_len(&mut rng);
-            (peers(&mut rng, len), len)
+            peers(&mut rng, &mut used, len)
         } else {
-            sparse(&mut rng)
+            None
         };
-        let _ = writeln!(y, "      - {{ name: r{i}, to: {to}, {} }}", body(&mut rng, len));
+        let (to, len) = dense.unwrap_or_else(|| sparse(&mut rng));
+        let _ = writeln!(
+            y,
+            "      - {{ name: r{i}, to: {to}, {} }}",
+            body(&mut rng, len)
+        );
     }
     let to = format!("[\"{RECEIVER4}\", \"{RECEIVER6}\"]");
     let _ = writeln!(
         y,
         "      - {{ name: bench-deny, to: {to}, proto: tcp, ports: [{DENIED_PORT}], action: deny }}"
     );
-    let _ = writeln!(y, "      - {{ name: bench-icmp, to: {to}, proto: [icmp, icmpv6] }}");
+    let _ = writeln!(
+        y,
+        "      - {{ name: bench-icmp, to: {to}, proto: [icmp, icmpv6] }}"
+    );
     let _ = writeln!(
         y,
         "      - {{ name: bench-flows, to: {to}, proto: [udp, tcp], ports: [{UDP_PORT}, {TCP_PORT}] }}"

@@ -13,6 +13,8 @@
 mod control;
 mod frames;
 mod gen;
+#[path = "../../bench/stats.rs"]
+mod stats;
 mod testrun;
 mod udp;
 
@@ -23,8 +25,11 @@ use anyhow::{bail, Context as _, Result};
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T> {
     match args.iter().position(|a| a == name) {
         Some(i) => {
-            let v = args.get(i + 1).with_context(|| format!("{name} needs a value"))?;
-            v.parse().map_err(|_| anyhow::anyhow!("{name}: cannot parse {v:?}"))
+            let v = args
+                .get(i + 1)
+                .with_context(|| format!("{name} needs a value"))?;
+            v.parse()
+                .map_err(|_| anyhow::anyhow!("{name}: cannot parse {v:?}"))
         }
         None => Ok(default),
     }
@@ -32,12 +37,16 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<
 
 fn list(args: &[String], name: &str, default: &str) -> Result<Vec<usize>> {
     let text: String = arg(args, name, default.to_string())?;
-    text.split(',').map(|s| s.trim().parse().with_context(|| format!("{name}: {s:?}"))).collect()
+    text.split(',')
+        .map(|s| s.trim().parse().with_context(|| format!("{name}: {s:?}")))
+        .collect()
 }
 
 fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(command) = args.first() else { bail!("usage: fw-bench policy|testrun|control|udp-send|udp-recv ...") };
+    let Some(command) = args.first() else {
+        bail!("usage: fw-bench policy|testrun|control|udp-send|udp-recv ...")
+    };
     let json = match command.as_str() {
         "policy" => {
             let rules: usize = args.get(1).context("policy N")?.parse()?;
@@ -52,11 +61,19 @@ fn run() -> Result<()> {
         })?,
         "control" => control::run(arg(&args, "--rules", 100_000)?)?,
         "udp-send" => udp::send(
-            arg(&args, "--dst", std::net::SocketAddr::from((gen::RECEIVER4, gen::UDP_PORT)))?,
+            arg(
+                &args,
+                "--dst",
+                std::net::SocketAddr::from((gen::RECEIVER4, gen::UDP_PORT)),
+            )?,
             arg(&args, "--seconds", 2.0)?,
         )?,
         "udp-recv" => udp::recv(
-            arg(&args, "--bind", std::net::SocketAddr::from((gen::RECEIVER4, gen::UDP_PORT)))?,
+            arg(
+                &args,
+                "--bind",
+                std::net::SocketAddr::from((gen::RECEIVER4, gen::UDP_PORT)),
+            )?,
             arg(&args, "--seconds", 4.0)?,
         )?,
         other => bail!("unknown command {other}"),

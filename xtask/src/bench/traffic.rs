@@ -1,0 +1,351 @@
+//! Part 2 (and the live half of part 3): real traffic across a veth pair.
+//!
+//! For each policy size, four identical namespace pairs: `none` (no
+//! filter), `fw` (`fw run` on the sender's veth), `nft` and `ipt` (the same
+//! policy from `fw export nft|iptables`, in the sender's namespace). Loading
+//! each one is timed (fw until it prints that it enforces; `nft -f`;
+//! `iptables-restore`), then the switch to phase b (`fw switch`; `nft -f`
+//! of phase b, which replaces the table).
+//!
+//! Rounds interleave: none, fw, none, nft, none, ipt, none. Each filtered
+//! run is compared with the mean of the unfiltered runs on either side;
+//! the report gives the median of those ratios and their spread.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::{json, Value};
+
+use super::{
+    netns::{in_ns, Guarded, Pair, IFACE, RECEIVER4},
+    slab_bytes, Settings, Tools,
+};
+use crate::cmd;
+
+const UDP_PORT: &str = "9000";
+const TCP_PORT: &str = "5201";
+
+struct Setup {
+    pairs: Vec<(&'static str, Pair)>,
+    /// The systems that loaded in time (the others are not measured).
+    active: Vec<&'static str>,
+    /// The fw daemon (stopped, and the instance removed, on drop).
+    _fw: FwInstance,
+    load: Value,
+}
+
+struct FwInstance {
+    fw: PathBuf,
+    name: String,
+    _daemon: Option<Guarded>,
+}
+
+impl Drop for FwInstance {
+    fn drop(&mut self) {
+        self._daemon.take();
+        let _ = Command::new(&self.fw)
+            .args(["stop", "--name", &self.name])
+            .output();
+    }
+}
+
+/// Runs `c` for at most `limit`: its time in ms, or `None` when it had to
+/// be killed (an nft -f that takes minutes must not stall the whole bench).
+fn timed(c: &mut Command, limit: Duration) -> Result<Option<f64>> {
+    let t = Instant::now();
+    let mut child = Guarded::spawn(c)?;
+    loop {
+        if let Some(status) = child.0.try_wait()? {
+            if !status.success() {
+                let mut err = String::new();
+                if let Some(mut e) = child.0.stderr.take() {
+                    use std::io::Read as _;
+                    let _ = e.read_to_string(&mut err);
+                }
+                bail!("`{}` failed ({status}): {}", cmd::display(c), err.trim());
+            }
+            return Ok(Some(t.elapsed().as_secs_f64() * 1e3));
+        }
+        if t.elapsed() > limit {
+            println!(
+                "bench: `{}` still runs after {limit:?}: killed, reported as timed out",
+                cmd::display(c)
+            );
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn write(dir: &Path, file: &str, text: &str) -> Result<PathBuf> {
+    let path = dir.join(file);
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+fn export(tools: &Tools, policy: &Path, phase: &str, format: &str) -> Result<String> {
+    cmd::output(
+        Command::new(&tools.fw)
+            .args(["export", format, "--phase", phase, "--iface", IFACE])
+            .arg("--policy")
+            .arg(policy),
+    )
+}
+
+fn setup(tools: &Tools, dir: &Path, rules: usize, limit: Duration) -> Result<Setup> {
+    let policy = write(
+        dir,
+        &format!("policy-{rules}.yaml"),
+        &cmd::output(Command::new(&tools.runner).args(["policy", &rules.to_string()]))?,
+    )?;
+    let mut pairs = Vec::new();
+    for tag in ["none", "fw", "nft", "ipt"] {
+        pairs.push((tag, Pair::new(&format!("{tag}{rules}"))?));
+    }
+    let ns = |tag: &str| {
+        pairs
+            .iter()
+            .find(|(t, _)| *t == tag)
+            .map(|(_, p)| p.a.clone())
+            .expect("pair")
+    };
+
+    // fw: `fw run` until it says it enforces, then a switch to phase b.
+    let name = super::netns::name(&format!("fw{rules}"));
+    let mut instance = FwInstance {
+        fw: tools.fw.clone(),
+        name: name.clone(),
+        _daemon: None,
+    };
+    let slab0 = slab_bytes()?;
+    let mut daemon = Guarded::spawn(
+        in_ns(&ns("fw"), &tools.fw)
+            .args([
+                "run",
+                "--iface",
+                IFACE,
+                "--phase",
+                "a",
+                "--name",
+                &name,
+                "--interval",
+                "3600",
+                "--cgroup",
+                "none",
+            ])
+            .arg("--policy")
+            .arg(&policy),
+    )?;
+    let (stdout, fw_load) = daemon
+        .wait_for_line("enforcing", Duration::from_secs(300))
+        .context("fw run")?;
+    // Keep draining its output so that it never blocks on a full pipe.
+    std::thread::spawn(move || {
+        std::io::copy(&mut std::io::BufReader::new(stdout), &mut std::io::sink())
+    });
+    instance._daemon = Some(daemon);
+    let fw_slab = slab_bytes()?.saturating_sub(slab0);
+    let t = Instant::now();
+    let switch_out = cmd::output(Command::new(&tools.fw).args(["switch", "b", "--name", &name]))?;
+    let fw_switch = t.elapsed().as_secs_f64() * 1e3;
+
+    // nft: the same policy through `nft -f`, then phase b (replaces the table).
+    let nft_a = write(
+        dir,
+        &format!("policy-{rules}-a.nft"),
+        &export(tools, &policy, "a", "nft")?,
+    )?;
+    let nft_b = write(
+        dir,
+        &format!("policy-{rules}-b.nft"),
+        &export(tools, &policy, "b", "nft")?,
+    )?;
+    let slab0 = slab_bytes()?;
+    let nft_load = timed(in_ns(&ns("nft"), "nft").arg("-f").arg(&nft_a), limit)?;
+    let nft_slab = slab_bytes()?.saturating_sub(slab0);
+    let nft_switch = match nft_load {
+        Some(_) => timed(in_ns(&ns("nft"), "nft").arg("-f").arg(&nft_b), limit)?,
+        None => None,
+    };
+
+    // iptables: linear rules, IPv4 and IPv6.
+    let ipt4 = write(
+        dir,
+        &format!("policy-{rules}-a.iptables"),
+        &export(tools, &policy, "a", "iptables")?,
+    )?;
+    let ipt6 = write(
+        dir,
+        &format!("policy-{rules}-a.ip6tables"),
+        &export(tools, &policy, "a", "ip6tables")?,
+    )?;
+    let ipt_rules = std::fs::read_to_string(&ipt4)?
+        .lines()
+        .filter(|l| l.starts_with("-A fw-egress"))
+        .count();
+    let restore = |tool: &str, file: &Path| -> Result<Option<f64>> {
+        // The file as an argument: `timed` gives the child no stdin.
+        timed(in_ns(&ns("ipt"), tool).arg(file), limit)
+    };
+    let ipt_load = match restore(&tools.iptables_restore, &ipt4)? {
+        Some(v4) => restore(&tools.ip6tables_restore, &ipt6)?.map(|v6| v4 + v6),
+        None => None,
+    };
+    let mut active = vec!["fw"];
+    active.extend(nft_load.map(|_| "nft"));
+    active.extend(ipt_load.map(|_| "ipt"));
+
+    let load = json!({
+        "rules": rules,
+        "fw_run_ms": fw_load.as_secs_f64() * 1e3, "fw_switch_ms": fw_switch, "fw_switch_says": switch_out.trim(),
+        "fw_slab_bytes": fw_slab,
+        "nft_load_ms": nft_load, "nft_switch_ms": nft_switch, "nft_slab_bytes": nft_slab,
+        "nft_bytes": std::fs::metadata(&nft_a)?.len(),
+        "ipt_load_ms": ipt_load, "ipt_egress_rules_v4": ipt_rules, "limit_ms": limit.as_secs_f64() * 1e3,
+    });
+    println!("bench: loaded {rules} rules: {load}");
+    Ok(Setup {
+        pairs,
+        active,
+        _fw: instance,
+        load,
+    })
+}
+
+fn udp_run(tools: &Tools, pair: &Pair, seconds: f64) -> Result<f64> {
+    let mut rx = Guarded::spawn(in_ns(&pair.b, &tools.runner).args([
+        "udp-recv",
+        "--bind",
+        &format!("{RECEIVER4}:{UDP_PORT}"),
+        "--seconds",
+        &(seconds + 5.0).to_string(),
+    ]))?;
+    let (rest, _) = rx.wait_for_line("ready", Duration::from_secs(10))?;
+    let tx = Guarded::spawn(in_ns(&pair.a, &tools.runner).args([
+        "udp-send",
+        "--dst",
+        &format!("{RECEIVER4}:{UDP_PORT}"),
+        "--seconds",
+        &seconds.to_string(),
+    ]))?;
+    tx.finish(Duration::from_secs_f64(seconds + 10.0))
+        .context("udp-send")?;
+    rx.0.stdout = Some(rest);
+    let out = rx
+        .finish(Duration::from_secs_f64(seconds + 10.0))
+        .context("udp-recv")?;
+    let v: Value =
+        serde_json::from_str(out.lines().last().unwrap_or("{}")).context("udp-recv output")?;
+    v["pps"].as_f64().context("no pps from udp-recv")
+}
+
+fn tcp_run(tools: &Tools, pair: &Pair, seconds: u32) -> Result<f64> {
+    let c = Guarded::spawn(in_ns(&pair.a, &tools.iperf3).args([
+        "-c",
+        RECEIVER4,
+        "-p",
+        TCP_PORT,
+        "-t",
+        &seconds.to_string(),
+        "-J",
+    ]))?;
+    let out = c
+        .finish(Duration::from_secs(u64::from(seconds) + 20))
+        .context("iperf3 -c")?;
+    let v: Value = serde_json::from_str(&out).context("iperf3 -J output")?;
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("no bits_per_second from iperf3")
+}
+
+/// Ratios X / mean(none before, none after), per round.
+fn interleaved(
+    setup: &Setup,
+    rounds: usize,
+    mut run: impl FnMut(&Pair) -> Result<f64>,
+) -> Result<Value> {
+    let pair = |tag: &str| &setup.pairs.iter().find(|(t, _)| *t == tag).expect("pair").1;
+    let mut raw: Vec<Value> = Vec::new();
+    let mut ratios: Vec<(String, f64, f64)> = Vec::new(); // system, ratio, added ns/packet
+    for round in 0..rounds {
+        let mut prev = run(pair("none"))?;
+        let mut seq = vec![json!({ "system": "none", "value": prev })];
+        for &sys in &setup.active {
+            let x = run(pair(sys))?;
+            let next = run(pair("none"))?;
+            let base = (prev + next) / 2.0;
+            ratios.push((sys.to_string(), x / base, 1e9 / x - 1e9 / base));
+            seq.push(json!({ "system": sys, "value": x }));
+            seq.push(json!({ "system": "none", "value": next }));
+            prev = next;
+        }
+        println!(
+            "bench:   round {}: {}",
+            round + 1,
+            Value::Array(seq.clone())
+        );
+        raw.push(Value::Array(seq));
+    }
+    let mut summary = serde_json::Map::new();
+    for &sys in &setup.active {
+        let mut r: Vec<f64> = ratios.iter().filter(|x| x.0 == sys).map(|x| x.1).collect();
+        let mut added: Vec<f64> = ratios.iter().filter(|x| x.0 == sys).map(|x| x.2).collect();
+        summary.insert(
+            sys.to_string(),
+            json!({
+                "median": super::median(&mut r), "min": r.first(), "max": r.last(),
+                "added_ns_per_packet": super::median(&mut added),
+            }),
+        );
+    }
+    let mut none: Vec<f64> = raw
+        .iter()
+        .flat_map(|s| s.as_array().cloned().unwrap_or_default())
+        .filter(|v| v["system"] == "none")
+        .filter_map(|v| v["value"].as_f64())
+        .collect();
+    summary.insert("none_median".into(), json!(super::median(&mut none)));
+    Ok(json!({ "summary": summary, "rounds": raw }))
+}
+
+pub fn run(tools: &Tools, settings: &Settings, dir: &Path) -> Result<Vec<Value>> {
+    let mut out = Vec::new();
+    for &rules in &settings.traffic_sizes {
+        println!("bench: traffic with {rules} rules");
+        let setup = setup(tools, dir, rules, settings.load_limit)?;
+        println!(
+            "bench:  small-packet UDP ({} rounds of {} s runs)",
+            settings.rounds, settings.udp_seconds
+        );
+        let udp = interleaved(&setup, settings.rounds, |p| {
+            udp_run(tools, p, settings.udp_seconds)
+        })?;
+        let tcp = if settings.tcp_sizes.contains(&rules) {
+            // One server per receiving namespace, for every round.
+            let mut servers = Vec::new();
+            for (_, p) in &setup.pairs {
+                servers.push(Guarded::spawn(
+                    in_ns(&p.b, &tools.iperf3).args(["-s", "-B", RECEIVER4, "-p", TCP_PORT]),
+                )?);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            println!(
+                "bench:  TCP throughput ({} rounds of {} s runs)",
+                settings.rounds, settings.tcp_seconds
+            );
+            let tcp = interleaved(&setup, settings.rounds, |p| {
+                tcp_run(tools, p, settings.tcp_seconds)
+            })?;
+            drop(servers);
+            tcp
+        } else {
+            Value::Null
+        };
+        out.push(json!({ "rules": rules, "load": setup.load, "udp": udp, "tcp": tcp }));
+    }
+    Ok(out)
+}
