@@ -26,7 +26,7 @@ pub struct DropEvent {
     pub proto: u8,
     /// [`EVENT_FROM_SOCKET`], [`EVENT_AUDIT`].
     pub flags: u8,
-    pub _pad: [u8; 2],
+    pub _pad: u16,
     /// Deciding rule, `u32::MAX` for none.
     pub rule: u32,
     /// Process (thread group) id; 0 when unknown (packets have no process).

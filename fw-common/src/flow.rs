@@ -9,13 +9,17 @@
 //! before it. The table is an LRU hash: an evicted entry only costs a fresh
 //! policy lookup, it never opens anything.
 
+/// 8-aligned, so that the kernel builds it (and hashes it) with 8-byte
+/// moves; 40 bytes either way.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[repr(C)]
+#[repr(C, align(8))]
 pub struct FlowKey {
     /// 4 or 6.
     pub family: u8,
     pub proto: u8,
-    pub _pad: [u8; 2],
+    // Integer padding, not `[u8; N]`: the BPF backend zeroes byte arrays
+    // with a call to a byte-loop memset (see fw-ebpf's `mem`).
+    pub _pad: u16,
     /// Big-endian; ICMP echo uses the identifier as both ports.
     pub local_port: [u8; 2],
     pub remote_port: [u8; 2],
@@ -39,7 +43,8 @@ pub struct FlowValue {
     pub policy_port: u16,
     /// [`FLOW_INBOUND`], [`FLOW_FIN`].
     pub flags: u8,
-    pub _pad: [u8; 5],
+    pub _pad1: u8,
+    pub _pad4: u32,
 }
 
 /// The flow was opened by a peer (admitted by an inbound rule).
@@ -61,11 +66,11 @@ pub const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
 /// A fragmented datagram: non-first fragments carry no ports, so they follow
 /// the verdict their first fragment got, found by this key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-#[repr(C)]
+#[repr(C, align(8))]
 pub struct FragKey {
     pub family: u8,
     pub proto: u8,
-    pub _pad: [u8; 2],
+    pub _pad: u16,
     /// IPv4: the 16-bit identification; IPv6: the fragment header's id.
     pub id: u32,
     pub src: [u8; 16],

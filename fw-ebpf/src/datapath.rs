@@ -56,8 +56,11 @@ fn opens_flow(direction: Direction, pkt: &Packet) -> bool {
 }
 
 /// Not inlined, so its keys do not share a stack frame with the parser's
-/// header copies (see `parse::parse_skb`).
+/// header copies (see `parse::parse_skb`). Compiled with misaligned
+/// accesses allowed, like the parser: the LPM keys are packed structs, and
+/// without it every address is copied into them byte by byte.
 #[inline(never)]
+#[target_feature(enable = "allows-misaligned-mem-access")]
 pub fn judge(direction: Direction, pkt: &Packet) -> Verdict {
     if is_icmpv6_control(pkt) {
         return Verdict::new(Reason::PassIcmpControl, NO_RULE);

@@ -78,13 +78,16 @@ pub fn emit(verdict: &Verdict, now: u64, build: impl FnOnce(&mut DropEvent)) -> 
         bump(event_stats::LOST);
         return false;
     };
-    let event = entry.write(DropEvent {
-        version: EVENT_VERSION,
-        reason: verdict.reason as u8,
-        rule: verdict.rule,
-        time_ns: now,
-        ..DropEvent::default()
-    });
+    // SAFETY: ring buffer records are 8-aligned; DropEvent's size is a
+    // multiple of 8 and all zeros is a valid DropEvent.
+    let event = unsafe {
+        crate::mem::zero(entry.as_mut_ptr());
+        entry.assume_init_mut()
+    };
+    event.version = EVENT_VERSION;
+    event.reason = verdict.reason as u8;
+    event.rule = verdict.rule;
+    event.time_ns = now;
     build(event);
     entry.submit(0);
     bump(event_stats::EMITTED);

@@ -30,7 +30,7 @@ fn make_key(family: u8, proto: u8, src: &[u8; 16], dst: &[u8; 16], ports: &Ports
     FlowKey {
         family,
         proto,
-        _pad: [0; 2],
+        _pad: 0,
         local_port: lp.to_be_bytes(),
         remote_port: rp.to_be_bytes(),
         local_addr,
@@ -95,7 +95,7 @@ pub fn admit(key: &FlowKey, direction: Direction, generation: u32, rule: u32, po
     if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         flags |= FLOW_FIN;
     }
-    let value = FlowValue { last_seen_ns: now, generation, rule, policy_port, flags, _pad: [0; 5] };
+    let value = FlowValue { last_seen_ns: now, generation, rule, policy_port, flags, _pad1: 0, _pad4: 0 };
     // A full table evicts its least recently used entry; failure to insert
     // only means the next packet is judged by the policy again.
     let _ = FW_FLOWS.insert(key, &value, 0);

@@ -12,7 +12,7 @@ static FW_FRAGS: LruHashMap<FragKey, FragValue> = LruHashMap::with_max_entries(D
 
 #[inline(always)]
 fn key(pkt: &Packet) -> FragKey {
-    FragKey { family: pkt.family, proto: pkt.frag_proto, _pad: [0; 2], id: pkt.frag_id, src: pkt.src, dst: pkt.dst }
+    FragKey { family: pkt.family, proto: pkt.frag_proto, _pad: 0, id: pkt.frag_id, src: pkt.src, dst: pkt.dst }
 }
 
 /// Remembers that the first fragment of `pkt`'s datagram passed.

@@ -9,12 +9,15 @@
 //! cannot be parsed) drops the packet and counts why.
 #![no_std]
 #![no_main]
+// `allows-misaligned-mem-access` for the parser (see parse::parse_skb).
+#![feature(bpf_target_feature)]
 
 mod counters;
 mod datapath;
 mod events;
 mod flow;
 mod frag;
+mod mem;
 mod parse;
 mod policy;
 mod sock;
@@ -52,9 +55,14 @@ pub fn fw_noop(_ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn classify(ctx: &TcContext, direction: Direction) -> i32 {
-    let mut pkt = parse::Packet::empty();
-    let verdict = match parse::parse_skb(ctx, &mut pkt).decode() {
-        Ok(parse::Parsed::Ip) => datapath::judge(direction, &pkt),
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let pkt = parse::Packet::zeroed_in(&mut slot);
+    // SAFETY: parse_skb is compiled for misaligned loads, which the kernel
+    // allows on packet data where the CPU handles them (x86-64, arm64);
+    // elsewhere the verifier refuses the program at load: it fails closed.
+    let verdict = match unsafe { parse::parse_skb(ctx, pkt) }.decode() {
+        // SAFETY: as for parse_skb above.
+        Ok(parse::Parsed::Ip) => unsafe { datapath::judge(direction, pkt) },
         Ok(parse::Parsed::NotIp) => Verdict::new(Reason::PassNonIp, NO_RULE),
         Err(reason) => Verdict::drop(reason),
     };
@@ -65,7 +73,7 @@ fn classify(ctx: &TcContext, direction: Direction) -> i32 {
             // Forwarded by the daemon to its log (aya-log).
             error!(ctx, "no policy generation is active: dropping every packet (fail closed)");
         }
-        report(ctx, direction, &verdict, &pkt);
+        report(ctx, direction, &verdict, pkt);
     }
     if verdict.reason.is_drop() {
         TC_ACT_SHOT

@@ -6,8 +6,6 @@
 //! contents are capped by constants before use, so the verifier can prove
 //! each access in range.
 
-use core::mem::size_of;
-
 use aya_ebpf::programs::TcContext;
 use fw_common::{policy::proto, Reason};
 
@@ -33,9 +31,10 @@ const NEXTHDR_DEST: u8 = 60;
 
 /// Fragment position of an IP packet.
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Frag {
-    /// Not fragmented.
-    None,
+    /// Not fragmented (0: what `Packet::empty` makes).
+    None = 0,
     /// First fragment: carries the transport header and decides.
     First,
     /// Later fragment: no transport header; follows the first's verdict.
@@ -54,13 +53,13 @@ pub struct Ports {
 /// big, time exceeded, parameter problem), as it was sent.
 #[derive(Clone, Copy)]
 pub struct Quoted {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub ports: Ports,
     /// False when the packet is no ICMP error or its quote matches no flow.
     pub valid: bool,
     pub family: u8,
     pub proto: u8,
-    pub ports: Ports,
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
 }
 
 /// What the policy and the flow table need of a packet.
@@ -69,11 +68,14 @@ pub struct Quoted {
 /// types in a form the kernel accepts (Rust's tagged unions are not).
 /// IPv4 addresses fill the first 4 bytes of `src`/`dst`, the rest stays 0.
 #[derive(Clone, Copy)]
+#[repr(C, align(8))]
 pub struct Packet {
-    /// 4 or 6.
-    pub family: u8,
+    // Addresses first, at 8-aligned offsets of an 8-aligned struct: copied
+    // into the 8-aligned flow and fragment keys with 8-byte moves.
     pub src: [u8; 16],
     pub dst: [u8; 16],
+    /// 4 or 6.
+    pub family: u8,
     pub proto: u8,
     /// Flow ports (see [`Ports`]); zero for protocols without ports and for
     /// later fragments.
@@ -110,20 +112,17 @@ pub enum Parsed {
 }
 
 impl Packet {
-    pub const fn empty() -> Packet {
-        Packet {
-            family: 0,
-            src: [0; 16],
-            dst: [0; 16],
-            proto: 0,
-            ports: Ports { src: 0, dst: 0 },
-            policy_port: 0,
-            tcp_flags: 0,
-            frag: Frag::None,
-            frag_id: 0,
-            frag_proto: 0,
-            hop_limit: 0,
-            quoted: Quoted { valid: false, family: 0, proto: 0, ports: Ports { src: 0, dst: 0 }, src: [0; 16], dst: [0; 16] },
+    /// Zeroes `slot` in place (IPv4 addresses need the rest of their 16
+    /// bytes zero) and returns it as a packet. In place: returning a zeroed
+    /// value would be copied, and LLVM turns a copy of known zeros back
+    /// into a `memset` (see `mem`).
+    #[inline(always)]
+    pub fn zeroed_in(slot: &mut core::mem::MaybeUninit<Packet>) -> &mut Packet {
+        // SAFETY: Packet is 8-aligned with a size a multiple of 8, and all
+        // zeros is a valid Packet (Frag::None is 0, `valid` false).
+        unsafe {
+            crate::mem::zero(slot.as_mut_ptr());
+            slot.assume_init_mut()
         }
     }
 }
@@ -138,23 +137,46 @@ struct Bounds {
     len: usize,
 }
 
-impl Bounds {
-    /// Reads a `T` at `off`, or `None` when the packet is shorter.
-    ///
-    /// Never used for single bytes: LLVM rewrites `p + 1 > end` as
-    /// `p >= end`, a form the verifier does not turn into a packet range.
+/// `N` bytes of a header that were checked to lie in the readable packet:
+/// its fields are read in place, as integers of their own width (the
+/// parser is compiled with misaligned loads allowed, see `parse_skb`).
+#[derive(Clone, Copy)]
+struct Hdr<const N: usize>(*const u8);
+
+impl<const N: usize> Hdr<N> {
     #[inline(always)]
-    fn load<T: Copy>(&self, off: usize) -> Option<T> {
-        if off > MAX_HEADER_BYTES || self.start + off + size_of::<T>() > self.end {
-            return None;
-        }
-        // SAFETY: the range was checked against the packet end just above.
-        Some(unsafe { core::ptr::read_unaligned((self.start + off) as *const T) })
+    fn u8(self, i: usize) -> u8 {
+        // SAFETY: `i < N` at every call site (constant offsets), and the
+        // N bytes were bounds-checked when the Hdr was made.
+        unsafe { *self.0.add(i) }
     }
 
     #[inline(always)]
-    fn be16(&self, off: usize) -> Option<u16> {
-        self.load::<[u8; 2]>(off).map(u16::from_be_bytes)
+    fn be16(self, i: usize) -> u16 {
+        // SAFETY: as in `u8`, for bytes i and i + 1.
+        u16::from_be(unsafe { core::ptr::read_unaligned(self.0.add(i) as *const u16) })
+    }
+
+    /// `M` bytes starting at `i`, as they are in the packet.
+    #[inline(always)]
+    fn bytes<const M: usize>(self, i: usize) -> [u8; M] {
+        // SAFETY: as in `u8`, for bytes i .. i + M.
+        unsafe { core::ptr::read_unaligned(self.0.add(i) as *const [u8; M]) }
+    }
+}
+
+impl Bounds {
+    /// The `N`-byte header at `off`, or `None` when the packet is shorter.
+    ///
+    /// Checked for at least 2 bytes: LLVM rewrites `p + 1 > end` as
+    /// `p >= end`, a form the verifier does not turn into a packet range.
+    #[inline(always)]
+    fn header<const N: usize>(&self, off: usize) -> Option<Hdr<N>> {
+        const { assert!(N >= 2) };
+        if off > MAX_HEADER_BYTES || self.start + off + N > self.end {
+            return None;
+        }
+        Some(Hdr((self.start + off) as *const u8))
     }
 
     /// Bytes of the whole packet from `off` on: what an IP length field
@@ -172,7 +194,13 @@ impl Bounds {
 /// copies made here do not add to the flow and LPM keys the caller builds
 /// later (the verifier allows 512 bytes along one call chain). The outcome
 /// crosses the call as a plain number (see [`Outcome`]).
+///
+/// Compiled with misaligned loads allowed: header fields sit at any
+/// alignment, and without this LLVM reads every multi-byte field and
+/// address byte by byte and reassembles it with shifts (measured: about a
+/// third of the established-flow cost).
 #[inline(never)]
+#[target_feature(enable = "allows-misaligned-mem-access")]
 pub fn parse_skb(ctx: &TcContext, pkt: &mut Packet) -> Outcome {
     Outcome::encode(parse_skb_inner(ctx, pkt))
 }
@@ -223,13 +251,13 @@ fn parse_skb_inner(ctx: &TcContext, pkt: &mut Packet) -> Result<Parsed, Reason> 
 #[inline(always)]
 pub fn parse(start: usize, end: usize, len: usize, pkt: &mut Packet) -> Result<Parsed, Reason> {
     let b = Bounds { start, end, len };
-    let mut ethertype = b.be16(12).ok_or(Reason::DropTruncatedL2)?;
+    let mut ethertype = b.header::<ETH_HLEN>(0).ok_or(Reason::DropTruncatedL2)?.be16(12);
     let mut off = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
-        ethertype = b.be16(off + 2).ok_or(Reason::DropTruncatedL2)?;
+        ethertype = b.header::<4>(off).ok_or(Reason::DropTruncatedL2)?.be16(2);
         off += 4;
     }
     match ethertype {
@@ -244,16 +272,17 @@ pub fn parse(start: usize, end: usize, len: usize, pkt: &mut Packet) -> Result<P
 fn parse_ipv4(b: &Bounds, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
     // Fixed 20-byte header: version/IHL, TOS, total length, id, flags/fragment
     // offset, TTL, protocol, checksum, source, destination.
-    let hdr: [u8; 20] = b.load(off).ok_or(Reason::DropTruncatedL3)?;
-    if hdr[0] >> 4 != 4 {
+    let hdr = b.header::<20>(off).ok_or(Reason::DropTruncatedL3)?;
+    let version_ihl = hdr.u8(0);
+    if version_ihl >> 4 != 4 {
         return Err(Reason::DropBadIpHeader);
     }
-    let ihl = ((hdr[0] & 0x0f) as usize) * 4;
-    let total = u16::from_be_bytes([hdr[2], hdr[3]]) as usize;
+    let ihl = ((version_ihl & 0x0f) as usize) * 4;
+    let total = hdr.be16(2) as usize;
     if ihl < 20 || total < ihl || total > b.remaining(off) {
         return Err(Reason::DropBadIpHeader);
     }
-    let flags_offset = u16::from_be_bytes([hdr[6], hdr[7]]);
+    let flags_offset = hdr.be16(6);
     let frag = if flags_offset & 0x1fff != 0 {
         Frag::Later
     } else if flags_offset & 0x2000 != 0 {
@@ -262,13 +291,14 @@ fn parse_ipv4(b: &Bounds, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
         Frag::None
     };
     pkt.family = 4;
-    pkt.src[..4].copy_from_slice(&hdr[12..16]);
-    pkt.dst[..4].copy_from_slice(&hdr[16..20]);
-    pkt.proto = hdr[9];
+    // The other 12 bytes stay zero (Packet::zeroed_in).
+    write4(&mut pkt.src, hdr.bytes(12));
+    write4(&mut pkt.dst, hdr.bytes(16));
+    pkt.proto = hdr.u8(9);
     pkt.frag = frag;
-    pkt.frag_id = u32::from(u16::from_be_bytes([hdr[4], hdr[5]]));
-    pkt.frag_proto = hdr[9];
-    pkt.hop_limit = hdr[8];
+    pkt.frag_id = u32::from(hdr.be16(4));
+    pkt.frag_proto = pkt.proto;
+    pkt.hop_limit = hdr.u8(8);
     if frag != Frag::Later {
         parse_l4(b, pkt, off + ihl, off + total)?;
     }
@@ -279,18 +309,16 @@ fn parse_ipv4(b: &Bounds, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
 fn parse_ipv6(b: &Bounds, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
     // Fixed header: version/class/flow (4), payload length (2), next header,
     // hop limit, then source (16) and destination (16), read further down.
-    let hdr: [u8; 8] = b.load(off).ok_or(Reason::DropTruncatedL3)?;
-    let src: [u8; 16] = b.load(off + 8).ok_or(Reason::DropTruncatedL3)?;
-    let dst: [u8; 16] = b.load(off + 24).ok_or(Reason::DropTruncatedL3)?;
-    if hdr[0] >> 4 != 6 {
+    let hdr = b.header::<IPV6_HDR_LEN>(off).ok_or(Reason::DropTruncatedL3)?;
+    if hdr.u8(0) >> 4 != 6 {
         return Err(Reason::DropBadIpHeader);
     }
-    let payload = u16::from_be_bytes([hdr[4], hdr[5]]) as usize;
+    let payload = hdr.be16(4) as usize;
     // Payload length 0 means a jumbogram, which no Ethernet link carries.
     if payload == 0 || IPV6_HDR_LEN + payload > b.remaining(off) {
         return Err(Reason::DropBadIpHeader);
     }
-    let mut next = hdr[6];
+    let mut next = hdr.u8(6);
     let ip_end = off + IPV6_HDR_LEN + payload;
     let mut hoff = off + IPV6_HDR_LEN;
     let mut frag = Frag::None;
@@ -302,18 +330,18 @@ fn parse_ipv6(b: &Bounds, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
         // fragment header has its offset next, then its id.
         let len = match next {
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
-                let h: [u8; 2] = b.load(hoff).ok_or(Reason::DropTruncatedL3)?;
-                next = h[0];
-                (h[1] as usize + 1) * 8
+                let h = b.header::<2>(hoff).ok_or(Reason::DropTruncatedL3)?;
+                next = h.u8(0);
+                (h.u8(1) as usize + 1) * 8
             }
             NEXTHDR_AUTH => {
-                let h: [u8; 2] = b.load(hoff).ok_or(Reason::DropTruncatedL3)?;
-                next = h[0];
-                (h[1] as usize + 2) * 4
+                let h = b.header::<2>(hoff).ok_or(Reason::DropTruncatedL3)?;
+                next = h.u8(0);
+                (h.u8(1) as usize + 2) * 4
             }
             NEXTHDR_FRAGMENT => {
-                let h: [u8; 8] = b.load(hoff).ok_or(Reason::DropTruncatedL3)?;
-                let offset_flags = u16::from_be_bytes([h[2], h[3]]);
+                let h = b.header::<8>(hoff).ok_or(Reason::DropTruncatedL3)?;
+                let offset_flags = h.be16(2);
                 frag = if offset_flags >> 3 != 0 {
                     Frag::Later
                 } else if offset_flags & 1 != 0 {
@@ -322,9 +350,9 @@ fn parse_ipv6(b: &Bounds, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
                     // An atomic fragment (RFC 6946): a whole packet.
                     Frag::None
                 };
-                frag_id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
-                frag_proto = h[0];
-                next = h[0];
+                frag_id = u32::from_be_bytes(h.bytes(4));
+                frag_proto = h.u8(0);
+                next = frag_proto;
                 8
             }
             // Mobility, HIP, Shim6 and the experimental values are extension
@@ -346,13 +374,13 @@ fn parse_ipv6(b: &Bounds, off: usize, pkt: &mut Packet) -> Result<(), Reason> {
         return Err(Reason::DropIpv6ExtChain);
     }
     pkt.family = 6;
-    pkt.src = src;
-    pkt.dst = dst;
+    pkt.src = hdr.bytes(8);
+    pkt.dst = hdr.bytes(24);
     pkt.proto = next;
     pkt.frag = frag;
     pkt.frag_id = frag_id;
     pkt.frag_proto = frag_proto;
-    pkt.hop_limit = hdr[7];
+    pkt.hop_limit = hdr.u8(7);
     if frag != Frag::Later {
         parse_l4(b, pkt, hoff, ip_end)?;
     }
@@ -391,33 +419,34 @@ fn is_icmp_echo(proto: u8, ty: u8) -> bool {
 fn parse_l4(b: &Bounds, pkt: &mut Packet, off: usize, ip_end: usize) -> Result<(), Reason> {
     match pkt.proto {
         proto::TCP => {
-            let h: [u8; 20] = b.load(off).ok_or(Reason::DropTruncatedL4)?;
+            let h = b.header::<20>(off).ok_or(Reason::DropTruncatedL4)?;
             check_within(off + 20, ip_end)?;
-            pkt.ports = Ports { src: u16::from_be_bytes([h[0], h[1]]), dst: u16::from_be_bytes([h[2], h[3]]) };
-            pkt.tcp_flags = h[13];
+            pkt.ports = ports(h);
+            pkt.tcp_flags = h.u8(13);
         }
         proto::UDP => {
-            let h: [u8; 8] = b.load(off).ok_or(Reason::DropTruncatedL4)?;
+            let h = b.header::<8>(off).ok_or(Reason::DropTruncatedL4)?;
             check_within(off + 8, ip_end)?;
-            pkt.ports = Ports { src: u16::from_be_bytes([h[0], h[1]]), dst: u16::from_be_bytes([h[2], h[3]]) };
+            pkt.ports = ports(h);
         }
         proto::SCTP => {
-            let h: [u8; 12] = b.load(off).ok_or(Reason::DropTruncatedL4)?;
+            let h = b.header::<12>(off).ok_or(Reason::DropTruncatedL4)?;
             check_within(off + 12, ip_end)?;
-            pkt.ports = Ports { src: u16::from_be_bytes([h[0], h[1]]), dst: u16::from_be_bytes([h[2], h[3]]) };
+            pkt.ports = ports(h);
         }
         // ICMP belongs to IPv4 and ICMPv6 to IPv6; crossed over, neither
         // is parsed (no echo pairing, no quoted flow): the policy decides.
         proto::ICMP | proto::ICMPV6 if (pkt.proto == proto::ICMP) == (pkt.family == 4) => {
             // type, code, checksum, then 4 bytes whose meaning depends on
             // the type (echo: identifier and sequence).
-            let h: [u8; 8] = b.load(off).ok_or(Reason::DropTruncatedL4)?;
+            let h = b.header::<8>(off).ok_or(Reason::DropTruncatedL4)?;
             check_within(off + 8, ip_end)?;
-            pkt.policy_port = u16::from_be_bytes([h[0], h[1]]);
-            if is_icmp_echo(pkt.proto, h[0]) {
-                let id = u16::from_be_bytes([h[4], h[5]]);
+            let ty = h.u8(0);
+            pkt.policy_port = h.be16(0);
+            if is_icmp_echo(pkt.proto, ty) {
+                let id = h.be16(4);
                 pkt.ports = Ports { src: id, dst: id };
-            } else if is_icmp_error(pkt.proto, h[0]) {
+            } else if is_icmp_error(pkt.proto, ty) {
                 pkt.quoted.valid = parse_quoted(b, pkt, off + 8, ip_end);
             }
             return Ok(());
@@ -427,6 +456,23 @@ fn parse_l4(b: &Bounds, pkt: &mut Packet, off: usize, ip_end: usize) -> Result<(
     pkt.policy_port = pkt.ports.dst;
     Ok(())
 }
+
+/// Source and destination port, the first 4 bytes of TCP, UDP and SCTP.
+#[inline(always)]
+fn ports<const N: usize>(h: Hdr<N>) -> Ports {
+    Ports { src: h.be16(0), dst: h.be16(2) }
+}
+
+/// An IPv4 address into the first 4 bytes of a 16-byte address field.
+#[inline(always)]
+fn write4(dst: &mut [u8; 16], addr: [u8; 4]) {
+    let [a, b, c, d] = addr;
+    dst[0] = a;
+    dst[1] = b;
+    dst[2] = c;
+    dst[3] = d;
+}
+
 
 #[inline(always)]
 fn check_within(header_end: usize, ip_end: usize) -> Result<(), Reason> {
@@ -447,40 +493,36 @@ fn check_within(header_end: usize, ip_end: usize) -> Result<(), Reason> {
 fn parse_quoted(b: &Bounds, pkt: &mut Packet, off: usize, ip_end: usize) -> bool {
     let q = &mut pkt.quoted;
     let l4 = if pkt.proto == proto::ICMP {
-        let Some(h) = b.load::<[u8; 20]>(off) else { return false };
-        let ihl = ((h[0] & 0x0f) as usize) * 4;
-        if h[0] >> 4 != 4 || ihl < 20 {
+        let Some(h) = b.header::<20>(off) else { return false };
+        let version_ihl = h.u8(0);
+        let ihl = ((version_ihl & 0x0f) as usize) * 4;
+        if version_ihl >> 4 != 4 || ihl < 20 {
             return false;
         }
         q.family = 4;
-        q.proto = h[9];
-        q.src[..4].copy_from_slice(&h[12..16]);
-        q.dst[..4].copy_from_slice(&h[16..20]);
+        q.proto = h.u8(9);
+        write4(&mut q.src, h.bytes(12));
+        write4(&mut q.dst, h.bytes(16));
         off + ihl
     } else {
-        let Some(h) = b.load::<[u8; 8]>(off) else { return false };
-        let (Some(src), Some(dst)) = (b.load::<[u8; 16]>(off + 8), b.load::<[u8; 16]>(off + 24)) else {
-            return false;
-        };
-        if h[0] >> 4 != 6 {
+        let Some(h) = b.header::<IPV6_HDR_LEN>(off) else { return false };
+        if h.u8(0) >> 4 != 6 {
             return false;
         }
         q.family = 6;
-        q.proto = h[6];
-        q.src = src;
-        q.dst = dst;
+        q.proto = h.u8(6);
+        q.src = h.bytes(8);
+        q.dst = h.bytes(24);
         off + IPV6_HDR_LEN
     };
-    let Some(t) = b.load::<[u8; 8]>(l4) else { return false };
+    let Some(t) = b.header::<8>(l4) else { return false };
     if l4 + 8 > ip_end {
         return false;
     }
     q.ports = match q.proto {
-        proto::TCP | proto::UDP | proto::SCTP => {
-            Ports { src: u16::from_be_bytes([t[0], t[1]]), dst: u16::from_be_bytes([t[2], t[3]]) }
-        }
-        proto::ICMP | proto::ICMPV6 if is_icmp_echo(q.proto, t[0]) => {
-            let id = u16::from_be_bytes([t[4], t[5]]);
+        proto::TCP | proto::UDP | proto::SCTP => ports(t),
+        proto::ICMP | proto::ICMPV6 if is_icmp_echo(q.proto, t.u8(0)) => {
+            let id = t.be16(4);
             Ports { src: id, dst: id }
         }
         _ => return false,

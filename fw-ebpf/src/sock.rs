@@ -16,7 +16,7 @@
 //! phase turns the hooks off.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_netns_cookie},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_netns_cookie, generated},
     macros::{cgroup_sock_addr, map},
     maps::{lpm_trie::Key, LpmTrie},
     programs::SockAddrContext,
@@ -73,19 +73,21 @@ fn judge(ctx: &SockAddrContext, family: u8) -> i32 {
     if ip_proto != proto::TCP && ip_proto != proto::UDP {
         return ALLOW;
     }
-    let mut dst = [0u8; 16];
+    // The address bytes as they are in memory (network order), IPv4 in the
+    // first 4 of 16; built from integers, as a zeroed byte array would
+    // cost a memset call (see `mem`). bpfel: the low bytes come first.
+    let dst: [u8; 16] = if family == 4 {
+        u128::from(sa.user_ip4).to_le_bytes()
+    } else {
+        let w = sa.user_ip6;
+        (u128::from(w[0]) | u128::from(w[1]) << 32 | u128::from(w[2]) << 64 | u128::from(w[3]) << 96).to_le_bytes()
+    };
     if family == 4 {
-        dst[..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
         if FW_BYPASS4.get(&Key::new(32, [dst[0], dst[1], dst[2], dst[3]])).is_some() {
             return ALLOW;
         }
-    } else {
-        for (i, word) in sa.user_ip6.iter().enumerate() {
-            dst[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
-        }
-        if FW_BYPASS6.get(&Key::new(128, dst)).is_some() {
-            return ALLOW;
-        }
+    } else if FW_BYPASS6.get(&Key::new(128, dst)).is_some() {
+        return ALLOW;
     }
     // user_port holds the port in network byte order in its first 2 bytes.
     let dport = u16::from_be(sa.user_port as u16);
@@ -136,7 +138,10 @@ fn report(_ctx: &SockAddrContext, verdict: &Verdict, family: u8, ip_proto: u8, d
         e.dst = *dst;
         e.dst_port = dport;
         e.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        e.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        // Straight into the (zeroed) record: aya's wrapper returns a fresh
+        // array, which costs a memset (see `mem`).
+        // SAFETY: `comm` is 16 writable bytes; the helper NUL-terminates.
+        unsafe { generated::bpf_get_current_comm(e.comm.as_mut_ptr().cast(), e.comm.len() as u32) };
         // SAFETY: a helper without preconditions in this program type.
         e.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     });

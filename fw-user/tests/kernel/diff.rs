@@ -543,7 +543,8 @@ impl Driver {
             rule,
             policy_port,
             flags,
-            _pad: [0; 5],
+            _pad1: 0,
+            _pad4: 0,
         };
         self.insert_flow(Self::conv_flow_key(conv), value);
     }
@@ -565,7 +566,7 @@ impl Driver {
         let key = FragKey {
             family,
             proto: conv.proto,
-            _pad: [0; 2],
+            _pad: 0,
             id,
             src,
             dst,

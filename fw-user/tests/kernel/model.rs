@@ -482,7 +482,7 @@ pub fn flow_key(
     FlowKey {
         family,
         proto,
-        _pad: [0; 2],
+        _pad: 0,
         local_port: lport.to_be_bytes(),
         remote_port: rport.to_be_bytes(),
         local_addr: *local,
@@ -511,7 +511,7 @@ pub fn frag_key(h: &Headers) -> FragKey {
     FragKey {
         family: h.family,
         proto: h.frag_next,
-        _pad: [0; 2],
+        _pad: 0,
         id: h.frag_id,
         src: h.src,
         dst: h.dst,
@@ -661,7 +661,8 @@ impl State {
                         rule: o.rule,
                         policy_port: h.policy_port,
                         flags,
-                        _pad: [0; 5],
+                        _pad1: 0,
+                        _pad4: 0,
                     };
                     self.flows.insert(key, value);
                 }
