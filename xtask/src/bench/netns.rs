@@ -54,11 +54,17 @@ pub fn sweep(fw: &Path) {
         for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
             let file = entry.file_name().to_string_lossy().into_owned();
             let instance = file.split('.').next().unwrap_or_default().to_string();
-            if dead(&instance) && Path::new(PIN_ROOT).join(&instance).exists() {
+            if !dead(&instance) {
+                continue;
+            }
+            if Path::new(PIN_ROOT).join(&instance).exists() {
                 println!("bench: removing the fw instance {instance} of an earlier run");
                 let _ = Command::new(fw)
                     .args(["stop", "--name", &instance])
                     .output();
+            } else if dir == "/run/fw" {
+                // A killed `fw run` leaves its socket (and state) behind.
+                let _ = fs::remove_file(entry.path());
             }
         }
     }
