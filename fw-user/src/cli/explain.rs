@@ -1,10 +1,13 @@
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use clap::Args;
 use fw_common::Direction;
 
-use super::instance::{require_root, resolve_name};
+use super::{
+    instance::require_root,
+    source::{PhaseSource, Source},
+};
 use crate::{
     apply,
     compile::tables::CompiledPhase,
@@ -23,19 +26,8 @@ pub struct ExplainArgs {
     /// `203.0.113.5/icmp`. With --inbound, the peer that connects and the
     /// local port.
     pub dest: String,
-    /// Explain against this policy file (or shipped policy) instead of a
-    /// running instance.
-    #[arg(long, requires = "phase", conflicts_with = "name")]
-    pub policy: Option<String>,
-    /// Phase of --policy.
-    #[arg(long)]
-    pub phase: Option<String>,
-    /// Running instance to ask (default: the only one, when no --policy).
-    #[arg(long)]
-    pub name: Option<String>,
-    /// KEY=VALUE file for ${VARS} in --policy.
-    #[arg(long)]
-    pub env_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub source: PhaseSource,
     /// The peer of an inbound packet (same as giving it as DEST with --inbound).
     #[arg(long)]
     pub from: Option<String>,
@@ -81,18 +73,16 @@ fn port_part(dest: &str) -> &str {
 }
 
 fn compiled_phase(args: &ExplainArgs) -> Result<CompiledPhase> {
-    if let Some(policy) = &args.policy {
-        let phase = args.phase.as_deref().ok_or_else(|| anyhow!("--policy needs --phase"))?;
-        return Ok(policy_source::load_phase(policy, args.env_file.as_deref(), phase)?.compiled);
+    match args.source.resolve()? {
+        Source::File { policy, phase, env_file } => {
+            Ok(policy_source::load_phase(&policy, env_file.as_deref(), &phase)?.compiled)
+        }
+        Source::Instance(name) => {
+            require_root("fw explain --name")?;
+            let state = InstanceState::load(&name)?.ok_or_else(|| anyhow!("no fw instance named {name}"))?;
+            apply::read_active(&PolicyMaps::open(&name)?, &state)
+        }
     }
-    if args.phase.is_some() {
-        bail!("--phase goes with --policy; a running instance explains its active phase");
-    }
-    require_root("fw explain --name")?;
-    let name = resolve_name(args.name.clone())?;
-    let state = InstanceState::load(&name)?.ok_or_else(|| anyhow!("no fw instance named {name}"))?;
-    let maps = PolicyMaps::open(&name)?;
-    apply::read_active(&maps, &state)
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
 use std::{path::PathBuf, process::ExitCode};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use clap::{Args, ValueEnum};
 
-use super::instance::resolve_name;
+use super::source::{PhaseSource, Source};
 use crate::{
     export::{self, Family, Options},
     policy_source,
@@ -21,19 +21,10 @@ pub struct ExportArgs {
     /// Output language.
     #[arg(value_enum)]
     pub format: Format,
-    /// Policy file (or shipped policy) to export.
-    #[arg(long, requires = "phase", conflicts_with = "name")]
-    pub policy: Option<String>,
-    /// Phase of --policy.
-    #[arg(long)]
-    pub phase: Option<String>,
-    /// Export what this running instance enforces (its policy file and
-    /// phase as recorded; default: the only instance, when no --policy).
-    #[arg(long)]
-    pub name: Option<String>,
-    /// KEY=VALUE file for ${VARS} in --policy.
-    #[arg(long)]
-    pub env_file: Option<PathBuf>,
+    /// What to export; a running instance exports its policy file and
+    /// phase as recorded.
+    #[command(flatten)]
+    pub source: PhaseSource,
     /// Apply only to this interface (default: the instance's interface with
     /// --name; with --policy, every interface).
     #[arg(long)]
@@ -51,16 +42,9 @@ pub enum Format {
 }
 
 pub fn export(args: ExportArgs) -> Result<ExitCode> {
-    let (policy_arg, env_file, phase, iface) = match &args.policy {
-        Some(policy) => {
-            let phase = args.phase.clone().ok_or_else(|| anyhow!("--policy needs --phase"))?;
-            (policy.clone(), args.env_file.clone(), phase, args.iface.clone())
-        }
-        None => {
-            if args.phase.is_some() {
-                bail!("--phase goes with --policy; a running instance exports its active phase");
-            }
-            let name = resolve_name(args.name.clone())?;
+    let (policy_arg, env_file, phase, iface) = match args.source.resolve()? {
+        Source::File { policy, phase, env_file } => (policy, env_file, phase, args.iface.clone()),
+        Source::Instance(name) => {
             let state = InstanceState::load(&name)?.ok_or_else(|| anyhow!("no fw instance named {name}"))?;
             let e = state.enforced;
             (e.policy, e.env_file.map(PathBuf::from), e.phase, args.iface.clone().or(Some(state.iface)))

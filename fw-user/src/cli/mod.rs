@@ -11,6 +11,7 @@ mod export;
 mod instance;
 mod learn;
 mod run;
+mod source;
 mod status;
 mod stop;
 mod switch;
