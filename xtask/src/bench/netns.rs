@@ -240,10 +240,24 @@ impl Guarded {
 }
 
 impl Drop for Guarded {
+    /// SIGTERM first, so that an `fw run` exits as it should (removing its
+    /// control socket; enforcement stays pinned until `fw stop`), then
+    /// SIGKILL if it has not exited within a second.
     fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+        if !matches!(self.0.try_wait(), Ok(None)) {
+            return;
         }
+        // SAFETY: kill(2) on the pid of a child this guard owns and has not
+        // reaped, so the pid cannot have been reused.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < deadline {
+            if !matches!(self.0.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
