@@ -35,7 +35,7 @@ pub struct DropEvent {
     /// Destination port; ICMP: `type << 8 | code`.
     pub dst_port: u16,
     pub _pad2: u32,
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    /// `bpf_ktime_get_coarse_ns`: CLOCK_MONOTONIC, to a tick.
     pub time_ns: u64,
     /// cgroup v2 id (the inode number of its directory); 0 when unknown.
     pub cgroup_id: u64,

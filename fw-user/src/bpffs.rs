@@ -1,16 +1,11 @@
 //! Making sure the BPF filesystem is mounted where pins live.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
-use crate::paths::BPFFS;
+use crate::{mounts::mounts, paths::BPFFS};
 
 fn is_mounted() -> Result<bool> {
-    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
-    Ok(mounts.lines().any(|l| {
-        let mut f = l.split_whitespace();
-        let (_dev, dir, fstype) = (f.next(), f.next(), f.next());
-        dir == Some(BPFFS) && fstype == Some("bpf")
-    }))
+    Ok(mounts()?.iter().any(|(dir, fstype)| dir.as_os_str() == BPFFS && fstype == "bpf"))
 }
 
 /// Mounts bpffs at /sys/fs/bpf when it is not (a fresh machine), with the

@@ -13,13 +13,9 @@ use anyhow::{bail, Context, Result};
 /// The cgroup v2 mount point: `/sys/fs/cgroup`, or `/sys/fs/cgroup/unified`
 /// on a hybrid layout.
 pub fn v2_mount() -> Result<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
-    mounts
-        .lines()
-        .find_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-        })
+    crate::mounts::mounts()?
+        .into_iter()
+        .find_map(|(dir, fstype)| (fstype == "cgroup2").then_some(dir))
         .context("no cgroup v2 hierarchy is mounted (see /proc/mounts)")
 }
 

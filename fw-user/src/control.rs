@@ -84,7 +84,7 @@ pub async fn serve(listener: tokio::net::UnixListener, info: DaemonInfo, log: Sh
             let reply = match serde_json::from_str::<Request>(&line) {
                 Ok(Request::Ping) => serde_json::to_string(&info),
                 Ok(Request::Events { since_seq, since_secs }) => {
-                    let since_time = since_secs.map_or(0.0, |s| unix_now_f64() - s as f64);
+                    let since_time = since_secs.map_or(0.0, |s| crate::unix_time().as_secs_f64() - s as f64);
                     let batch = log.lock().expect("event log lock").query(since_seq.unwrap_or(0), since_time);
                     serde_json::to_string(&batch)
                 }
@@ -129,10 +129,6 @@ fn ask(path: &Path, request: &Request) -> Result<Option<String>> {
     let mut line = String::new();
     BufReader::new(&stream).read_line(&mut line)?;
     Ok(Some(line))
-}
-
-fn unix_now_f64() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Removes the socket file when dropped: held by the daemon from the bind

@@ -19,16 +19,19 @@ pub mod kernel_log;
 pub mod linkinfo;
 pub mod loader;
 pub mod lock;
+pub mod mounts;
 pub mod metrics;
 pub mod ops;
 pub mod paths;
 pub mod policy_source;
 pub mod state;
 
-/// Seconds since the Unix epoch.
+/// Time since the Unix epoch (zero for a clock set before 1970).
+pub fn unix_time() -> std::time::Duration {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
+}
+
+/// Whole seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    unix_time().as_secs()
 }

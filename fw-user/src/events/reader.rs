@@ -104,10 +104,7 @@ impl Clock {
         let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
         // SAFETY: clock_gettime writes one timespec.
         unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        let wall = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
+        let wall = crate::unix_time().as_secs_f64();
         Clock { mono_ns: ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64, wall }
     }
 
