@@ -3,29 +3,45 @@
 //! A phase is written into the keys of a *new* generation, which no packet
 //! matches yet; then [`activate`] publishes it with one 4-byte map write;
 //! then the previous generation's keys are deleted. At no moment does a
-//! packet see a partly written policy.
+//! packet see a partly written policy. The order of these steps, and what
+//! survives an interruption between any two of them, is `instance::txn`'s.
+
+use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use aya::maps::{lpm_trie::Key, MapData};
-use fw_common::{Config, PhaseConfig};
+use aya::maps::{lpm_trie::Key, MapData, PerCpuValues};
+use fw_common::{Config, Counter, PhaseConfig};
 
-use crate::{compile::tables::CompiledPhase, loader::PolicyMaps};
+use crate::{
+    compile::tables::CompiledPhase,
+    loader::{CounterMaps, PolicyMaps},
+};
 
-/// Writes every entry of `phase` under `generation` (not yet active).
-pub fn write_generation(maps: &mut PolicyMaps, phase: &CompiledPhase, generation: u32) -> Result<()> {
+/// Writes every entry of `phase` under `generation` (not yet active);
+/// `step` runs before each map write (the failpoints of the crash tests).
+/// Returns the number of trie entries written.
+pub fn write_generation(
+    maps: &mut PolicyMaps,
+    phase: &CompiledPhase,
+    generation: u32,
+    step: &mut dyn FnMut(),
+) -> Result<usize> {
     for e in &phase.addr4 {
+        step();
         let (bits, key) = e.key(generation);
         maps.addr4
             .insert(&Key::new(bits, key), e.class, 0)
             .with_context(|| format!("writing {}/{} to FW_ADDR4", e.addr, e.prefix_len))?;
     }
     for e in &phase.addr6 {
+        step();
         let (bits, key) = e.key(generation);
         maps.addr6
             .insert(&Key::new(bits, key), e.class, 0)
             .with_context(|| format!("writing {}/{} to FW_ADDR6", e.addr, e.prefix_len))?;
     }
     for e in &phase.ports {
+        step();
         let (bits, key) = e.key(generation);
         maps.ports
             .insert(&Key::new(bits, key), e.value, 0)
@@ -37,10 +53,11 @@ pub fn write_generation(maps: &mut PolicyMaps, phase: &CompiledPhase, generation
         audit: u8::from(phase.settings.audit),
         reject: u8::from(phase.settings.reject),
     };
+    step();
     maps.phases
         .set(generation & 1, settings, 0)
         .context("writing the phase settings to FW_PHASES")?;
-    Ok(())
+    Ok(phase.addr4.len() + phase.addr6.len() + phase.ports.len())
 }
 
 /// Makes `generation` the one every packet is judged by.
@@ -55,19 +72,21 @@ pub fn active_generation(maps: &PolicyMaps) -> Result<u32> {
     Ok(maps.config.get(&0, 0).context("reading FW_CONFIG")?.generation)
 }
 
-/// Deletes every entry of `generation` (after another one was activated).
-pub fn delete_generation(maps: &mut PolicyMaps, generation: u32) -> Result<usize> {
+/// Deletes every entry of `generation` (never the active one: callers
+/// check); `step` runs before each deletion.
+pub fn delete_generation(maps: &mut PolicyMaps, generation: u32, step: &mut dyn FnMut()) -> Result<usize> {
     let gen = generation.to_be_bytes();
     let mut removed = 0;
-    removed += remove_where(&mut maps.addr4, |k| k.generation == gen)?;
-    removed += remove_where(&mut maps.addr6, |k| k.generation == gen)?;
-    removed += remove_where(&mut maps.ports, |k| k.generation == gen)?;
+    removed += remove_where(&mut maps.addr4, |k| k.generation == gen, step)?;
+    removed += remove_where(&mut maps.addr6, |k| k.generation == gen, step)?;
+    removed += remove_where(&mut maps.ports, |k| k.generation == gen, step)?;
     Ok(removed)
 }
 
 fn remove_where<K: aya::Pod, V: aya::Pod>(
     trie: &mut aya::maps::LpmTrie<MapData, K, V>,
     matches: impl Fn(&K) -> bool,
+    step: &mut dyn FnMut(),
 ) -> Result<usize> {
     // Collect first: deleting while walking get_next_key restarts the walk.
     let doomed: Vec<Key<K>> = trie
@@ -76,26 +95,52 @@ fn remove_where<K: aya::Pod, V: aya::Pod>(
         .filter(|k| matches(&k.data()))
         .collect();
     for key in &doomed {
+        step();
         trie.remove(key).context("deleting an old-generation entry")?;
     }
     Ok(doomed.len())
 }
 
-/// Reads the active generation's entries back out of the kernel maps: what
-/// `fw explain --name` judges by, so it reports what is enforced.
-pub fn read_active(maps: &PolicyMaps, state: &crate::state::InstanceState) -> Result<CompiledPhase> {
+/// Entries per generation in the three policy tries.
+pub fn generations(maps: &PolicyMaps) -> Result<BTreeMap<u32, usize>> {
+    let mut seen = BTreeMap::new();
+    let mut count = |gen: [u8; 4]| *seen.entry(u32::from_be_bytes(gen)).or_insert(0) += 1;
+    maps.addr4.keys().filter_map(|k| k.ok()).for_each(|k| count(k.data().generation));
+    maps.addr6.keys().filter_map(|k| k.ok()).for_each(|k| count(k.data().generation));
+    maps.ports.keys().filter_map(|k| k.ok()).for_each(|k| count(k.data().generation));
+    Ok(seen)
+}
+
+/// The highest generation a tracked flow was admitted or re-checked under.
+pub fn highest_flow_generation(maps: &PolicyMaps) -> Result<u32> {
+    Ok(maps.flows.iter().filter_map(|e| e.ok()).map(|(_, v)| v.generation).max().unwrap_or(0))
+}
+
+/// Zeroes the per-rule counters of ids `0..rules`.
+pub fn zero_rule_counters(counters: &mut CounterMaps, rules: usize) -> Result<()> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
+    for id in 0..rules as u32 {
+        let zeros = PerCpuValues::try_from(vec![Counter::default(); cpus])?;
+        counters.rule_stats.set(id, zeros, 0).context("zeroing rule counters")?;
+    }
+    Ok(())
+}
+
+/// Reads a generation's entries back out of the kernel maps: what
+/// `fw explain --name` judges by, so it reports what is enforced. The phase
+/// name and rules are not in the kernel: the caller fills them in.
+pub fn read_generation(maps: &PolicyMaps, generation: u32) -> Result<CompiledPhase> {
     use crate::compile::tables::{AddrEntry4, AddrEntry6, PhaseSettings, PortEntry};
     use fw_common::{
         policy::{ADDR_KEY_FIXED_BITS, PORT_KEY_CLASS_BITS, PORT_KEY_PROTO_BITS},
         Action, Direction,
     };
 
-    let generation = active_generation(maps)?;
     let gen = generation.to_be_bytes();
     let settings = maps.phases.get(&(generation & 1), 0).context("reading FW_PHASES")?;
     let direction = |d: u8| if d == Direction::Inbound as u8 { Direction::Inbound } else { Direction::Egress };
     let mut phase = CompiledPhase {
-        phase: state.enforced.phase.clone(),
+        phase: String::new(),
         settings: PhaseSettings {
             egress_default: Action::from_u8(settings.egress_default),
             inbound_default: Action::from_u8(settings.inbound_default),
@@ -105,7 +150,7 @@ pub fn read_active(maps: &PolicyMaps, state: &crate::state::InstanceState) -> Re
         addr4: Vec::new(),
         addr6: Vec::new(),
         ports: Vec::new(),
-        rules: state.enforced.rules.clone(),
+        rules: Vec::new(),
     };
     for item in maps.addr4.iter() {
         let (key, class) = item.context("reading FW_ADDR4")?;

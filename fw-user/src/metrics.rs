@@ -33,7 +33,7 @@ use crate::{
     counters::{ReasonCount, RuleCount, Snapshot},
     events::SharedLog,
     loader::{CounterMaps, PolicyMaps},
-    ops, paths,
+    instance, paths,
 };
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -122,7 +122,7 @@ struct Scrape {
 
 impl Scrape {
     fn read(name: &str, log: &SharedLog) -> Result<Scrape> {
-        let state = ops::load_state(name)?;
+        let state = instance::load_state(name)?;
         let snapshot = Snapshot::read(&CounterMaps::open(name)?, &state.enforced.rules)?;
         let policy_maps = PolicyMaps::open(name)?;
         let generation = apply::active_generation(&policy_maps)?;

@@ -10,9 +10,13 @@
 //! /run/fw/NAME.lock               serializes changes (switch, confirm, rollback)
 //! /run/fw/NAME.sock               the daemon's control socket (root only)
 //! /run/fw/NAME.drops.json         counters at the last `fw drops`, for deltas
+//! /run/fw/NAME.daemon.lock        held by the instance's one daemon for its life
+//! /var/lib/fw/NAME/boot.json      the last confirmed policy and phase
+//!                  policy-G.yaml  the text generation G was compiled from
+//!                  env-G          (and its env file)
 //! ```
-//! Both disappear on reboot, together, which is what we want: a rebooted
-//! host starts `fw` again from its unit, not from stale state.
+//! Pins and /run disappear on reboot, together; /var/lib stays, so that a
+//! rebooted host enforces the phase last confirmed, not the install phase.
 
 use std::path::PathBuf;
 
@@ -20,8 +24,20 @@ use std::path::PathBuf;
 pub const BPFFS: &str = "/sys/fs/bpf";
 /// Root of all fw pins.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/fw";
-/// Runtime state and (later) control sockets.
+/// Runtime state, locks and control sockets.
 pub const RUN_DIR: &str = "/run/fw";
+/// What survives a reboot.
+pub const LIB_DIR: &str = "/var/lib/fw";
+
+/// Boot record directory of instance `name`.
+pub fn boot_dir(name: &str) -> PathBuf {
+    PathBuf::from(LIB_DIR).join(name)
+}
+
+/// The lock the daemon of instance `name` holds for its life.
+pub fn daemon_lock_file(name: &str) -> PathBuf {
+    PathBuf::from(RUN_DIR).join(format!("{name}.daemon.lock"))
+}
 
 /// Pin directory of instance `name`.
 pub fn pin_dir(name: &str) -> PathBuf {

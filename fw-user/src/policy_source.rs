@@ -8,6 +8,7 @@ use anyhow::{anyhow, Context, Result};
 
 use crate::{
     compile::{self, tables::CompiledPhase},
+    instance::records::PolicyCopy,
     policy::{self, LoadedPolicy, Vars},
 };
 
@@ -59,29 +60,67 @@ pub fn env_file(given: Option<&Path>) -> Option<PathBuf> {
 pub struct LoadedPhase {
     /// Path or `builtin:NAME`.
     pub source: String,
+    /// The env file the variables came from.
+    pub env_file: Option<PathBuf>,
     /// The policy's `name:`.
     pub policy_name: String,
     pub compiled: CompiledPhase,
     pub warnings: Vec<String>,
+    /// The text it was compiled from (kept for the boot record).
+    pub copy: PolicyCopy,
 }
 
-/// `--policy` and `--env-file` -> the validated policy, and its label.
-pub fn load_policy(policy_arg: &str, env: Option<&Path>) -> Result<(String, LoadedPolicy)> {
+/// `--policy` and `--env-file` -> the validated policy, its label and text.
+pub fn load_policy(policy_arg: &str, env: Option<&Path>) -> Result<(String, LoadedPolicy, PolicyCopy)> {
     let text = PolicyText::resolve(policy_arg)?;
-    let vars = Vars::from_env_file(env_file(env).as_deref())?;
-    let loaded = policy::parse_str(&text.text, &text.label, &vars)?;
-    Ok((text.label, loaded))
+    let env = env_file(env);
+    let env_text = env
+        .as_deref()
+        .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading env file {}", p.display())))
+        .transpose()?;
+    let copy = PolicyCopy { policy_text: text.text, env_text };
+    let loaded = parse_copy(&text.label, env.as_deref(), &copy)?;
+    Ok((text.label, loaded, copy))
+}
+
+fn parse_copy(label: &str, env: Option<&Path>, copy: &PolicyCopy) -> Result<LoadedPolicy> {
+    let vars = match (&copy.env_text, env) {
+        (Some(text), Some(path)) => Vars::from_env_text(&path.display().to_string(), text)?,
+        (Some(text), None) => Vars::from_env_text("env file", text)?,
+        (None, _) => Vars::from_env_file(None)?,
+    };
+    Ok(policy::parse_str(&copy.policy_text, label, &vars)?)
 }
 
 /// `--policy`, `--env-file`, `--phase` -> a compiled, capacity-checked phase.
 pub fn load_phase(policy_arg: &str, env: Option<&Path>, phase: &str) -> Result<LoadedPhase> {
-    let (label, loaded) = load_policy(policy_arg, env)?;
+    let env = env_file(env);
+    let (label, loaded, copy) = load_policy(policy_arg, env.as_deref())?;
+    compile_loaded(label, env, loaded, copy, phase)
+}
+
+/// A phase of policy text kept earlier (a boot record's copy, `fw learn`'s
+/// own policy); `label` and `env` name where it came from, in messages.
+pub fn load_phase_text(label: &str, env: Option<&Path>, copy: PolicyCopy, phase: &str) -> Result<LoadedPhase> {
+    let loaded = parse_copy(label, env, &copy)?;
+    compile_loaded(label.to_string(), env.map(Path::to_path_buf), loaded, copy, phase)
+}
+
+fn compile_loaded(
+    label: String,
+    env_file: Option<PathBuf>,
+    loaded: LoadedPolicy,
+    copy: PolicyCopy,
+    phase: &str,
+) -> Result<LoadedPhase> {
     let compiled = compile::compile_phase(&loaded.policy, phase)?;
     compile::check_capacity(&compiled, &compile::Limits::default())?;
     Ok(LoadedPhase {
         source: label,
+        env_file,
         policy_name: loaded.policy.name.clone(),
         compiled,
         warnings: loaded.warnings.iter().map(|w| w.to_string()).collect(),
+        copy,
     })
 }

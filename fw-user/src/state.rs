@@ -52,10 +52,28 @@ pub struct InstanceState {
     pub started_at: u64,
     #[serde(flatten)]
     pub enforced: Enforced,
-    /// The highest generation ever written: new ones are always higher.
+    /// A temporary instance (`fw learn`): no boot record.
+    #[serde(default)]
+    pub ephemeral: bool,
+    /// The highest generation ever reserved: saved before a switch writes
+    /// any entry, so a new one is always higher.
     #[serde(default)]
     pub highest_generation: u32,
     pub pending: Option<PendingConfirm>,
+    /// A switch between writing its generation and recording the outcome:
+    /// saved before the activation, so that whoever finds the kernel on
+    /// `to.generation` knows what it enforces (and finishes the switch),
+    /// and whoever finds it on the old one knows to discard `to`.
+    #[serde(default)]
+    pub switching: Option<Switching>,
+}
+
+/// The journal entry of a switch in progress (see `instance::txn`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Switching {
+    pub to: Enforced,
+    /// The rollback deadline of a `--confirm` switch (unix seconds).
+    pub confirm_deadline: Option<u64>,
 }
 
 impl InstanceState {
@@ -72,7 +90,7 @@ impl InstanceState {
 
     pub fn save(&self) -> Result<()> {
         let path = paths::state_file(&self.name);
-        write_atomic(&path, &serde_json::to_vec_pretty(self)?)
+        write_atomic(&path, &serde_json::to_vec(self)?)
     }
 
     pub fn remove(name: &str) -> Result<()> {
@@ -86,10 +104,16 @@ impl InstanceState {
     }
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Temp file, fsync, rename, fsync of the directory: after a crash or a
+/// power cut the file holds the old bytes or the new ones, never a mix or
+/// nothing (the boot record under /var/lib must survive both).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
     let dir = path.parent().expect("state files live in a directory");
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+    let mut file = fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    file.write_all(bytes).and_then(|()| file.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))
 }

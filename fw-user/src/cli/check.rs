@@ -28,7 +28,7 @@ pub struct CheckArgs {
 }
 
 pub fn check(args: CheckArgs) -> Result<ExitCode> {
-    let (_, loaded) = policy_source::load_policy(&args.file, args.env_file.as_deref())?;
+    let (_, loaded, _) = policy_source::load_policy(&args.file, args.env_file.as_deref())?;
     let report = report::check(&loaded, args.phase.as_deref(), &Limits::default())?;
     if args.json {
         println!("{}", report::render_json(&report));

@@ -13,7 +13,7 @@ use crate::{
     counters::{RuleCount, Snapshot},
     events::Event,
     loader::CounterMaps,
-    ops, paths,
+    instance, paths,
     state::InstanceState,
 };
 
@@ -68,7 +68,7 @@ pub fn drops(args: DropsArgs) -> Result<ExitCode> {
     let mut screen: VecDeque<String> = VecDeque::new();
     let clear_screen = args.follow && !args.json && std::io::stdout().is_terminal();
     loop {
-        let state = ops::load_state(&name)?;
+        let state = instance::load_state(&name)?;
         let snapshot = Snapshot::read(&CounterMaps::open(&name)?, &state.enforced.rules)?;
         let previous = load_previous(&name, &snapshot);
         let delta = snapshot.since(&previous);

@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use clap::Args;
 use fw_common::Direction;
 
@@ -9,12 +9,9 @@ use super::{
     source::{PhaseSource, Source},
 };
 use crate::{
-    apply,
     compile::tables::CompiledPhase,
     explain::{self, Explanation},
-    loader::PolicyMaps,
     policy_source,
-    state::InstanceState,
 };
 
 /// Which rule allows or denies a packet, and why: computed from compiled
@@ -79,8 +76,7 @@ fn compiled_phase(args: &ExplainArgs) -> Result<CompiledPhase> {
         }
         Source::Instance(name) => {
             require_root("fw explain --name")?;
-            let state = InstanceState::load(&name)?.ok_or_else(|| anyhow!("no fw instance named {name}"))?;
-            apply::read_active(&PolicyMaps::open(&name)?, &state)
+            crate::instance::read_enforced(&name)
         }
     }
 }

@@ -8,17 +8,13 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::{
-    duration,
-    instance::require_root,
-    run::{self, RunArgs},
-};
+use super::{duration, instance::require_root};
 use crate::{
+    cgroup,
     events::reader::EventReader,
+    instance::{self, records::PolicyCopy, StartRequest},
     learn::{self, Tally},
-    loader::{self, AttachMode},
     paths, policy_source,
-    state::InstanceState,
 };
 
 /// The learning instance's policy: one phase, audit mode, no egress rule,
@@ -76,7 +72,10 @@ pub fn learn(args: LearnArgs) -> Result<ExitCode> {
     if let Some((path, _)) = &base {
         check_phase_is_new(path, &args.phase)?;
     }
-    let ifindex = run::ifindex(&args.iface)?;
+    instance::ifindex(&args.iface)?;
+    let copy = PolicyCopy { policy_text: LEARNING_POLICY.to_string(), env_text: None };
+    let loaded = policy_source::load_phase_text("builtin:learning", None, copy, LEARNING_PHASE)?;
+    let cgroup = cgroup::resolve(args.cgroup.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let _guard = runtime.enter();
     // Taken over before the instance exists: a Ctrl-C from here on stops
@@ -84,24 +83,18 @@ pub fn learn(args: LearnArgs) -> Result<ExitCode> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
 
-    std::fs::create_dir_all(paths::RUN_DIR).with_context(|| format!("creating {}", paths::RUN_DIR))?;
-    let policy_file = PathBuf::from(paths::RUN_DIR).join(format!("{name}.learning.yaml"));
-    let mut instance = Temporary { name: name.clone(), policy_file: policy_file.clone(), started: None };
-    std::fs::write(&policy_file, LEARNING_POLICY).with_context(|| format!("writing {}", policy_file.display()))?;
-    let run_args = RunArgs {
+    let mut temporary = Temporary { name: name.clone(), started: false };
+    let state = instance::start(StartRequest {
+        name: name.clone(),
         iface: args.iface.clone(),
-        policy: Some(policy_file.display().to_string()),
-        phase: Some(LEARNING_PHASE.to_string()),
-        name: Some(name.clone()),
-        env_file: None,
+        loaded,
+        phase: LEARNING_PHASE.to_string(),
         audit: true,
-        cgroup: args.cgroup.clone(),
+        cgroup,
         event_budget: LEARN_EVENT_BUDGET,
-        interval: 5,
-        metrics: None,
-    };
-    let state = run::start(&name, &run_args, ifindex)?;
-    instance.started = Some((state.iface.clone(), state.attach_mode));
+        ephemeral: true,
+    })?;
+    temporary.started = true;
     let hooks = state.cgroup.as_deref().map_or("no socket hooks: processes are not named".into(), |c| format!("processes in cgroup {c}"));
     eprintln!(
         "fw: learning what {} connects to ({hooks}), {}; nothing is blocked",
@@ -131,7 +124,7 @@ pub fn learn(args: LearnArgs) -> Result<ExitCode> {
         reader.drain(&mut tally);
         anyhow::Ok(())
     })?;
-    instance.stop()?;
+    temporary.stop()?;
 
     let rules = tally.rules();
     let header = format!(
@@ -164,7 +157,7 @@ fn read_base(path: &Path) -> Result<(PathBuf, String)> {
 
 /// Fails before learning, not after, when the phase to write exists.
 fn check_phase_is_new(path: &Path, phase: &str) -> Result<()> {
-    let (_, loaded) = policy_source::load_policy(&path.display().to_string(), None)?;
+    let (_, loaded, _) = policy_source::load_policy(&path.display().to_string(), None)?;
     if loaded.policy.phase(phase).is_some() {
         bail!("{} already has a phase {phase}: pick another --phase", path.display());
     }
@@ -198,17 +191,15 @@ fn write_checked(text: &str, phase: &str, output: Option<&Path>, name: &str) -> 
 /// is interrupted.
 struct Temporary {
     name: String,
-    policy_file: PathBuf,
-    /// Interface and attach mode, once started.
-    started: Option<(String, AttachMode)>,
+    started: bool,
 }
 
 impl Temporary {
     fn stop(&mut self) -> Result<()> {
-        let _ = std::fs::remove_file(&self.policy_file);
-        let Some((iface, mode)) = self.started.take() else { return Ok(()) };
-        loader::detach(&self.name, Some(&iface), Some(mode))?;
-        InstanceState::remove(&self.name)
+        if std::mem::take(&mut self.started) {
+            instance::stop(&self.name, true)?;
+        }
+        Ok(())
     }
 }
 

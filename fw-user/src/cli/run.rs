@@ -5,12 +5,15 @@ use clap::Args;
 
 use super::instance::require_root;
 use crate::{
-    apply, bpffs, cgroup, control,
+    cgroup, control,
     counters::Snapshot,
     events,
-    loader::{self, CounterMaps, PolicyMaps},
-    kernel_log, metrics, ops, paths, policy_source,
-    state::{Enforced, InstanceState},
+    instance::{self, Leftover, StartRequest},
+    kernel_log,
+    loader::{self, CounterMaps},
+    lock, metrics, paths,
+    policy_source::{self, LoadedPhase},
+    state::InstanceState,
 };
 
 /// The policy `fw run` starts with when --policy is not given.
@@ -73,20 +76,35 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     require_root("fw run")?;
     let name = args.name.clone().unwrap_or_else(|| args.iface.clone());
     paths::validate_name(&name).map_err(anyhow::Error::msg).context("--name")?;
-    let ifindex = ifindex(&args.iface)?;
+    // One daemon per instance, taken before anything is created: a second
+    // `fw run` changes nothing of the first's (its socket included).
+    let _daemon = lock::daemon_lock(&name)?;
+    instance::ifindex(&args.iface)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let _guard = runtime.enter();
-    // Bound first: it fails when another daemon runs this instance.
     let listener = control::bind(&name)?;
     let _socket_file = control::SocketFile::new(&name);
     // Before the kernel is touched: a port in use fails the start cleanly.
     let metrics_server = args.metrics.map(metrics::Server::bind).transpose()?;
     let state = if paths::pin_dir(&name).exists() {
-        adopt(&name, &args, ifindex)?
+        match instance::leftover(&name)? {
+            Leftover::Instance => adopt(&name, &args)?,
+            Leftover::InterruptedStart => {
+                println!("fw: {name}: an earlier start was interrupted before it enforced anything: starting afresh");
+                instance::discard_interrupted_start(&name)?;
+                fresh(&name, &args)?
+            }
+            Leftover::NoState => {
+                let candidate = initial_policy(&name, &args).ok();
+                let candidate = candidate.as_ref().map(|(loaded, phase, _)| (loaded, phase.as_str()));
+                for note in instance::rebuild_state(&name, &args.iface, candidate)? {
+                    println!("fw: {name}: {note}");
+                }
+                adopt(&name, &args)?
+            }
+        }
     } else {
-        let state = start(&name, &args, ifindex)?;
-        announce(&name, &args, &state);
-        state
+        fresh(&name, &args)?
     };
     let info = control::DaemonInfo { pid: std::process::id(), started_at: crate::unix_now() };
     let log = events::EventLog::shared();
@@ -104,66 +122,49 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A fresh start: everything that can fail on bad input fails before the
-/// kernel is touched, and a start that fails later removes what it made.
-/// `fw learn` starts its temporary instance through this too.
-pub(crate) fn start(name: &str, args: &RunArgs, ifindex: u32) -> Result<InstanceState> {
+/// The policy a fresh start enforces: the boot record's (the last
+/// confirmed phase) when there is one, else --policy/--phase. Returns the
+/// compiled phase, its name, and whether it came from the boot record.
+fn initial_policy(name: &str, args: &RunArgs) -> Result<(LoadedPhase, String, bool)> {
+    if let Some((record, loaded)) = instance::boot_policy(name)? {
+        return Ok((loaded, record.phase, true));
+    }
     let policy = args.policy.as_deref().unwrap_or(DEFAULT_POLICY);
     let phase = args.phase.as_deref().unwrap_or(DEFAULT_PHASE);
-    let loaded = policy_source::load_phase(policy, args.env_file.as_deref(), phase)?;
-    for warning in &loaded.warnings {
+    Ok((policy_source::load_phase(policy, args.env_file.as_deref(), phase)?, phase.to_string(), false))
+}
+
+/// A fresh start: everything that can fail on bad input fails before the
+/// kernel is touched.
+fn fresh(name: &str, args: &RunArgs) -> Result<InstanceState> {
+    let (mut loaded, phase, from_boot) = initial_policy(name, args)?;
+    if from_boot {
+        println!(
+            "fw: {name}: starting in phase {phase} of {}, the last one confirmed ({}); --policy/--phase only seed the first start (`fw stop --forget` resets)",
+            loaded.source,
+            paths::boot_dir(name).display()
+        );
+    }
+    for warning in std::mem::take(&mut loaded.warnings) {
         eprintln!("fw: warning: {warning}");
     }
-    let mut compiled = loaded.compiled;
-    compiled.settings.audit |= args.audit;
     let cgroup = cgroup::resolve(args.cgroup.as_deref())?;
-
-    bpffs::ensure_mounted()?;
-    std::fs::create_dir_all(paths::PIN_ROOT).with_context(|| format!("creating {}", paths::PIN_ROOT))?;
-    let pin_dir = paths::pin_dir(name);
-    // Creating the pin directory is the lock against a concurrent start.
-    std::fs::create_dir(&pin_dir).with_context(|| format!("creating {}", pin_dir.display()))?;
-    let mut cleanup = RemoveOnError { name: name.to_string(), armed: true };
-
-    let generation = 1;
-    let options = loader::LoadOptions { event_budget: args.event_budget, ..loader::LoadOptions::here()? };
-    let mut ebpf = loader::load(&options)?;
-    loader::pin_maps(&ebpf, name)?;
-    let mut maps = PolicyMaps::take(&mut ebpf)?;
-    apply::write_generation(&mut maps, &compiled, generation)?;
-    apply::activate(&mut maps, generation)?;
-    loader::RouteMaps::open(name)?.refresh(&args.iface)?;
-    let attach_mode = loader::attach(&mut ebpf, name, &args.iface)?;
-    if let Some(dir) = &cgroup {
-        loader::attach_cgroup(&mut ebpf, name, dir)?;
-    }
-    let state = InstanceState {
+    let state = instance::start(StartRequest {
         name: name.to_string(),
         iface: args.iface.clone(),
-        ifindex,
-        attach_mode,
-        cgroup: cgroup.as_ref().map(|p| p.display().to_string()),
-        audit_override: args.audit,
-        started_at: crate::unix_now(),
-        enforced: Enforced {
-            policy: loaded.source,
-            policy_name: loaded.policy_name,
-            env_file: policy_source::env_file(args.env_file.as_deref()).map(|p| p.display().to_string()),
-            phase: phase.to_string(),
-            generation,
-            audit: compiled.settings.audit,
-            rules: compiled.rules,
-        },
-        highest_generation: generation,
-        pending: None,
-    };
-    state.save()?;
-    cleanup.armed = false;
+        loaded,
+        phase,
+        audit: args.audit,
+        cgroup,
+        event_budget: args.event_budget,
+        ephemeral: false,
+    })?;
+    announce(name, args, &state, from_boot);
     Ok(state)
 }
 
 /// What `fw run` says after a fresh start.
-fn announce(name: &str, args: &RunArgs, state: &InstanceState) {
+fn announce(name: &str, args: &RunArgs, state: &InstanceState, from_boot: bool) {
     let e = &state.enforced;
     println!(
         "fw: {name}: enforcing policy {} phase {} on {}{}; Ctrl-C leaves it enforcing, `fw stop --name {name}` removes it",
@@ -172,16 +173,19 @@ fn announce(name: &str, args: &RunArgs, state: &InstanceState) {
         state.iface,
         if e.audit { " (audit mode: would-drop only)" } else { "" }
     );
-    if e.phase == DEFAULT_PHASE && args.phase.is_none() {
+    if e.phase == DEFAULT_PHASE && args.phase.is_none() && !from_boot {
         println!("fw: next, when the install is done: `fw switch runtime --name {name} --confirm 120`, then `fw confirm --name {name}`");
     }
 }
 
-/// A restart: the pinned programs and maps keep enforcing; take them over.
-fn adopt(name: &str, args: &RunArgs, ifindex: u32) -> Result<InstanceState> {
-    let state = ops::load_state(name).with_context(|| {
-        format!("{} exists but its state does not: `fw stop --name {name}` cleans up", paths::pin_dir(name).display())
-    })?;
+/// A restart: the pinned programs and maps keep enforcing; take them over,
+/// finishing whatever an interrupted command left half done.
+fn adopt(name: &str, args: &RunArgs) -> Result<InstanceState> {
+    let (state, notes) = instance::reconcile(name)?;
+    for note in notes {
+        println!("fw: {name}: {note}");
+    }
+    let ifindex = instance::ifindex(&args.iface)?;
     if state.iface != args.iface || state.ifindex != ifindex {
         bail!("instance {name} enforces on {} (ifindex {}), not {}: pick another --name", state.iface, state.ifindex, args.iface);
     }
@@ -197,15 +201,6 @@ fn adopt(name: &str, args: &RunArgs, ifindex: u32) -> Result<InstanceState> {
     if state.audit_override != args.audit {
         bail!("instance {name} runs with audit {}; `fw stop` it to change --audit", state.audit_override);
     }
-    // The kernel must still be enforcing what the state says.
-    let maps = PolicyMaps::open(name)?;
-    let generation = apply::active_generation(&maps)?;
-    if generation != state.enforced.generation {
-        bail!(
-            "instance {name}: the kernel enforces generation {generation} but the state says {}; `fw switch` to repair",
-            state.enforced.generation
-        );
-    }
     let e = &state.enforced;
     println!(
         "fw: {name}: adopted the pinned enforcer on {}: policy {} phase {} (generation {}), no reload, no gap",
@@ -217,16 +212,6 @@ fn adopt(name: &str, args: &RunArgs, ifindex: u32) -> Result<InstanceState> {
         }
     }
     Ok(state)
-}
-
-pub(crate) fn ifindex(iface: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(iface).context("--iface")?;
-    // SAFETY: `c` is a valid NUL-terminated string.
-    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if index == 0 {
-        bail!("no interface named {iface} in this network namespace (see `ip link`): check --iface");
-    }
-    Ok(index)
 }
 
 /// Until SIGINT or SIGTERM: every second, roll back an unconfirmed switch
@@ -247,12 +232,18 @@ async fn daemon(name: &str, state: &InstanceState, interval: Duration) -> Result
                     println!("fw: {name}: the instance was stopped (`fw stop`)");
                     return Ok(());
                 }
-                match ops::rollback_if_due(name, crate::unix_now()) {
-                    Ok(Some(back)) => println!(
-                        "fw: {name}: the switch was not confirmed in time: rolled back to phase {} (generation {})",
-                        back.phase, back.generation
-                    ),
-                    Ok(None) => {}
+                match instance::rollback_if_due(name, crate::unix_now()) {
+                    Ok((back, notes)) => {
+                        for note in notes {
+                            println!("fw: {name}: {note}");
+                        }
+                        if let Some(back) = back {
+                            println!(
+                                "fw: {name}: the switch was not confirmed in time: rolled back to phase {} (generation {})",
+                                back.phase, back.generation
+                            );
+                        }
+                    }
                     Err(e) => eprintln!("fw: {name}: rollback failed: {e:#}"),
                 }
                 if last_routes.elapsed() >= ROUTES_REFRESH {
@@ -263,7 +254,7 @@ async fn daemon(name: &str, state: &InstanceState, interval: Duration) -> Result
                 }
                 if last_summary.elapsed() >= interval {
                     last_summary = tokio::time::Instant::now();
-                    let current = ops::load_state(name)?.enforced.rules;
+                    let current = instance::load_state(name)?.enforced.rules;
                     if current != rules {
                         rules = current;
                         last = Snapshot::read(&counters, &rules)?;
@@ -276,23 +267,6 @@ async fn daemon(name: &str, state: &InstanceState, interval: Duration) -> Result
             }
             _ = tokio::signal::ctrl_c() => return Ok(()),
             _ = sigterm.recv() => return Ok(()),
-        }
-    }
-}
-
-/// Removes a half-created instance when `fw run` fails before it is up.
-struct RemoveOnError {
-    name: String,
-    armed: bool,
-}
-
-impl Drop for RemoveOnError {
-    fn drop(&mut self) {
-        if self.armed {
-            if let Err(e) = loader::detach(&self.name, None, None) {
-                eprintln!("fw: cleaning up the failed start of {}: {e:#}", self.name);
-            }
-            let _ = InstanceState::remove(&self.name);
         }
     }
 }

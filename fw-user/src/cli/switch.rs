@@ -4,7 +4,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use super::instance::{require_root, resolve_name};
-use crate::{control, ops};
+use crate::{control, instance};
 
 /// Switch the running instance to another phase (or an edited policy),
 /// atomically: the new phase is written aside, published with one map
@@ -26,7 +26,7 @@ pub struct SwitchArgs {
     pub env_file: Option<PathBuf>,
     /// Commit-confirmed: roll back to the current phase by itself unless
     /// `fw confirm` comes within SECS seconds (needs the `fw run` daemon).
-    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=instance::MAX_CONFIRM_SECS))]
     pub confirm: Option<u64>,
 }
 
@@ -36,22 +36,27 @@ pub fn switch(args: SwitchArgs) -> Result<ExitCode> {
     if args.confirm.is_some() && control::ping(&name)?.is_none() {
         bail!("--confirm needs the daemon that times the rollback: start `fw run --name {name} --iface IFACE` first");
     }
-    let request = ops::SwitchRequest {
+    let request = instance::SwitchRequest {
         phase: args.phase,
         policy: args.policy,
         env_file: args.env_file,
         confirm_secs: args.confirm,
     };
-    let outcome = ops::switch(&name, &request)?;
+    let outcome = instance::switch(&name, &request)?;
+    for note in &outcome.notes {
+        println!("fw: {name}: {note}");
+    }
+    for warning in &outcome.warnings {
+        eprintln!("fw: warning: {warning}");
+    }
     println!(
-        "fw: {name}: switched {} -> {} (generation {} -> {}) in {:.1} ms: {} entries written, {} removed",
+        "fw: {name}: switched {} -> {} (generation {} -> {}) in {:.1} ms: {} entries written",
         outcome.from.phase,
         outcome.to.phase,
         outcome.from.generation,
         outcome.to.generation,
         outcome.elapsed.as_secs_f64() * 1e3,
         outcome.written,
-        outcome.removed
     );
     if let (Some(deadline), Some(secs)) = (outcome.deadline, request.confirm_secs) {
         println!(
@@ -73,7 +78,10 @@ pub struct ConfirmArgs {
 pub fn confirm(args: ConfirmArgs) -> Result<ExitCode> {
     require_root("fw confirm")?;
     let name = resolve_name(args.name)?;
-    let kept = ops::confirm(&name)?;
+    let (kept, notes) = instance::confirm(&name)?;
+    for note in &notes {
+        println!("fw: {name}: {note}");
+    }
     println!("fw: {name}: confirmed phase {} (generation {})", kept.phase, kept.generation);
     Ok(ExitCode::SUCCESS)
 }

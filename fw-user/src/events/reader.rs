@@ -9,7 +9,7 @@ use aya::maps::{Map, MapData, RingBuf};
 use tokio::io::{unix::AsyncFd, Interest};
 
 use super::{decode, Context, DecodeError, Event, Resolver, SharedLog};
-use crate::{compile::tables::RuleInfo, ops, paths};
+use crate::{compile::tables::RuleInfo, instance, paths};
 
 /// How often rule names are re-read from the instance state (a switch may
 /// have changed the policy).
@@ -72,7 +72,7 @@ impl EventReader {
     pub fn drain(&mut self, sink: &mut impl Sink) {
         if self.rules_read.is_none_or(|t| t.elapsed() >= RULES_REFRESH) {
             self.rules_read = Some(Instant::now());
-            if let Ok(state) = ops::load_state(&self.name) {
+            if let Ok(state) = instance::load_state(&self.name) {
                 self.rules = state.enforced.rules;
             }
         }

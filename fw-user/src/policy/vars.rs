@@ -39,6 +39,12 @@ impl Vars {
         Ok(vars)
     }
 
+    /// Values of env-file text read elsewhere (`file` names it in errors),
+    /// then the process environment.
+    pub fn from_env_text(file: &str, text: &str) -> Result<Vars, PolicyError> {
+        Ok(Vars { file_values: parse_env_file(file, text)?, use_process_env: true })
+    }
+
     /// Only these values; the process environment is not consulted.
     pub fn from_pairs<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Vars {
         Vars {

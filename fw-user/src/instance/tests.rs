@@ -1,0 +1,525 @@
+//! The crash tests of the instance transactions, without root: an in-memory
+//! policy store and in-memory records that "die" at step N (that step and
+//! every later one fail, as nothing runs after a kill), for every N a
+//! command has; then a restart (reconcile, as `fw run` does on adopt) and
+//! the invariants:
+//!
+//! * exactly one complete generation is enforced: the one before the
+//!   command or the one after, never a mix, never none;
+//! * the state file describes the active generation (what `fw status` and
+//!   `fw explain --name` show), and the pending rollback target, if any, is
+//!   complete;
+//! * no other generation has entries left;
+//! * the boot record names the active generation when nothing is pending;
+//! * the command, or the next one, can still be completed.
+
+use std::{
+    cell::Cell,
+    collections::{BTreeMap, BTreeSet},
+    rc::Rc,
+};
+
+use anyhow::{anyhow, bail, Result};
+
+use super::{
+    records::{BootRecord, PolicyCopy, Records},
+    store::PolicyStore,
+    txn::{self, SwitchPlan},
+};
+use crate::{
+    compile::tables::{AddrEntry4, AddrEntry6, CompiledPhase, PhaseSettings, PortEntry},
+    loader::AttachMode,
+    policy_source::{self, LoadedPhase},
+    state::{Enforced, InstanceState},
+};
+
+/// Counts steps; from step `at` on, every step fails (the process is dead).
+#[derive(Default)]
+struct Fate {
+    steps: Cell<u64>,
+    die_at: Cell<Option<u64>>,
+}
+
+impl Fate {
+    fn step(&self) -> Result<()> {
+        let n = self.steps.get() + 1;
+        self.steps.set(n);
+        match self.die_at.get() {
+            Some(at) if n >= at => bail!("killed at step {at}"),
+            _ => Ok(()),
+        }
+    }
+
+    fn arm(&self, at: Option<u64>) {
+        self.steps.set(0);
+        self.die_at.set(at);
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Entry {
+    V4(AddrEntry4),
+    V6(AddrEntry6),
+    Port(PortEntry),
+}
+
+struct MemStore {
+    fate: Rc<Fate>,
+    active: u32,
+    slots: [Option<PhaseSettings>; 2],
+    entries: BTreeMap<u32, BTreeSet<Entry>>,
+    flow_generations: BTreeSet<u32>,
+    /// Total entries the maps hold (ENOSPC beyond), like the kernel's
+    /// max_entries.
+    capacity: usize,
+}
+
+impl MemStore {
+    fn new(fate: Rc<Fate>) -> Self {
+        Self { fate, active: 0, slots: [None, None], entries: BTreeMap::new(), flow_generations: BTreeSet::new(), capacity: usize::MAX }
+    }
+
+    /// A packet opens a flow under the active generation.
+    fn admit_flow(&mut self) {
+        self.flow_generations.insert(self.active);
+    }
+
+    fn total(&self) -> usize {
+        self.entries.values().map(BTreeSet::len).sum()
+    }
+}
+
+impl PolicyStore for MemStore {
+    fn active(&self) -> Result<u32> {
+        Ok(self.active)
+    }
+
+    fn activate(&mut self, generation: u32) -> Result<()> {
+        self.fate.step()?;
+        self.active = generation;
+        Ok(())
+    }
+
+    fn write(&mut self, phase: &CompiledPhase, generation: u32) -> Result<usize> {
+        if generation == self.active || generation & 1 == self.active & 1 {
+            bail!("write to the active generation {generation} (active {})", self.active);
+        }
+        let entries = phase.addr4.iter().map(|e| Entry::V4(*e))
+            .chain(phase.addr6.iter().map(|e| Entry::V6(*e)))
+            .chain(phase.ports.iter().map(|e| Entry::Port(*e)));
+        let mut written = 0;
+        for entry in entries {
+            self.fate.step()?;
+            if self.total() >= self.capacity {
+                bail!("No space left on device (os error 28)");
+            }
+            self.entries.entry(generation).or_default().insert(entry);
+            written += 1;
+        }
+        self.fate.step()?;
+        self.slots[(generation & 1) as usize] = Some(phase.settings);
+        Ok(written)
+    }
+
+    fn delete(&mut self, generation: u32) -> Result<usize> {
+        if generation == self.active {
+            bail!("delete of the active generation {generation}");
+        }
+        let doomed: Vec<Entry> = self.entries.get(&generation).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+        for entry in &doomed {
+            self.fate.step()?;
+            let set = self.entries.get_mut(&generation).expect("listed");
+            set.remove(entry);
+            if set.is_empty() {
+                self.entries.remove(&generation);
+            }
+        }
+        Ok(doomed.len())
+    }
+
+    fn generations(&self) -> Result<BTreeMap<u32, usize>> {
+        Ok(self.entries.iter().map(|(g, s)| (*g, s.len())).collect())
+    }
+
+    fn highest_flow_generation(&self) -> Result<u32> {
+        Ok(self.flow_generations.iter().copied().max().unwrap_or(0))
+    }
+
+    fn zero_rule_counters(&mut self, _rules: usize) -> Result<()> {
+        self.fate.step()
+    }
+
+    fn read(&self, generation: u32) -> Result<CompiledPhase> {
+        let settings = self.slots[(generation & 1) as usize].ok_or_else(|| anyhow!("slot of {generation} never written"))?;
+        let mut phase = CompiledPhase { phase: String::new(), settings, addr4: vec![], addr6: vec![], ports: vec![], rules: vec![] };
+        for entry in self.entries.get(&generation).into_iter().flatten() {
+            match entry {
+                Entry::V4(e) => phase.addr4.push(*e),
+                Entry::V6(e) => phase.addr6.push(*e),
+                Entry::Port(e) => phase.ports.push(*e),
+            }
+        }
+        Ok(phase)
+    }
+}
+
+struct MemRecords {
+    fate: Rc<Fate>,
+    state: Option<InstanceState>,
+    copies: BTreeMap<u32, PolicyCopy>,
+    boot: Option<BootRecord>,
+}
+
+impl Records for MemRecords {
+    fn load_state(&self) -> Result<Option<InstanceState>> {
+        Ok(self.state.clone())
+    }
+
+    fn save_state(&mut self, state: &InstanceState) -> Result<()> {
+        self.fate.step()?;
+        self.state = Some(state.clone());
+        Ok(())
+    }
+
+    fn save_copy(&mut self, generation: u32, copy: &PolicyCopy) -> Result<()> {
+        self.fate.step()?;
+        self.copies.insert(generation, copy.clone());
+        Ok(())
+    }
+
+    fn load_boot(&self) -> Result<Option<(BootRecord, PolicyCopy)>> {
+        Ok(self.boot.clone().map(|b| {
+            let copy = self.copies[&b.generation].clone();
+            (b, copy)
+        }))
+    }
+
+    fn boot_generation(&self) -> Result<Option<u32>> {
+        Ok(self.boot.as_ref().map(|b| b.generation))
+    }
+
+    fn has_copy(&self, generation: u32) -> bool {
+        self.copies.contains_key(&generation)
+    }
+
+    fn save_boot(&mut self, record: &BootRecord) -> Result<()> {
+        self.fate.step()?;
+        self.boot = Some(record.clone());
+        Ok(())
+    }
+
+    fn keep_copies(&mut self, keep: &[u32]) -> Result<()> {
+        self.copies.retain(|g, _| keep.contains(g));
+        Ok(())
+    }
+}
+
+/// Three phases of one policy, of different sizes and meanings.
+const POLICY: &str = "
+name: crash-test
+phases:
+  runtime:
+    inbound_default: drop
+    inbound:
+      - { name: https, proto: tcp, ports: [443] }
+      - { name: media, proto: [tcp, udp], ports: ['40000-65535'] }
+    egress:
+      - { name: webhook, to: [198.18.7.7], proto: tcp, ports: [443] }
+  install:
+    extends: runtime
+    egress:
+      - { name: dns, to: [any], proto: [udp, tcp], ports: [53] }
+      - { name: web, to: [198.18.0.0/15, '2001:db8::/32'], proto: tcp, ports: [80, 443, '8000-8999'] }
+      - { name: ntp, to: [any], proto: udp, ports: [123] }
+      - { name: deny-one, to: [198.18.9.9], action: deny }
+  closed:
+    egress:
+      - { name: only, to: [198.18.1.1/32], proto: tcp, ports: [443] }
+";
+
+fn phase(name: &str) -> LoadedPhase {
+    let copy = PolicyCopy { policy_text: POLICY.to_string(), env_text: None };
+    policy_source::load_phase_text("crash-test.yaml", None, copy, name).expect("the test policy compiles")
+}
+
+fn plan(name: &str, confirm_deadline: Option<u64>) -> SwitchPlan {
+    let loaded = phase(name);
+    SwitchPlan {
+        to: enforced(&loaded, 0),
+        compiled: loaded.compiled.clone(),
+        copy: loaded.copy.clone(),
+        confirm_deadline,
+    }
+}
+
+fn enforced(loaded: &LoadedPhase, generation: u32) -> Enforced {
+    Enforced {
+        policy: loaded.source.clone(),
+        policy_name: loaded.policy_name.clone(),
+        env_file: None,
+        phase: loaded.compiled.phase.clone(),
+        generation,
+        audit: loaded.compiled.settings.audit,
+        rules: loaded.compiled.rules.clone(),
+    }
+}
+
+/// An instance enforcing `first`, as `instance::start` leaves it.
+fn started(first: &str) -> (Rc<Fate>, MemStore, MemRecords) {
+    let fate = Rc::new(Fate::default());
+    let mut store = MemStore::new(fate.clone());
+    let mut records = MemRecords { fate: fate.clone(), state: None, copies: BTreeMap::new(), boot: None };
+    let loaded = phase(first);
+    records.save_copy(1, &loaded.copy).unwrap();
+    store.write(&loaded.compiled, 1).unwrap();
+    store.activate(1).unwrap();
+    records
+        .save_state(&InstanceState {
+            name: "crash".into(),
+            iface: "veth0".into(),
+            ifindex: 2,
+            attach_mode: AttachMode::Tcx,
+            cgroup: None,
+            audit_override: false,
+            started_at: 0,
+            enforced: enforced(&loaded, 1),
+            ephemeral: false,
+            highest_generation: 1,
+            pending: None,
+            switching: None,
+        })
+        .unwrap();
+    txn::reconcile(&mut store, &mut records).unwrap();
+    store.admit_flow();
+    (fate, store, records)
+}
+
+/// What the kernel judges by, compared without the generation number.
+fn enforced_phase(store: &MemStore, generation: u32) -> CompiledPhase {
+    store.read(generation).unwrap()
+}
+
+fn tables(name: &str) -> CompiledPhase {
+    CompiledPhase { phase: String::new(), rules: vec![], ..phase(name).compiled }
+}
+
+/// The invariants after a restart; returns the phase enforced.
+fn check(store: &MemStore, records: &MemRecords, allowed: &[&str], context: &str) -> String {
+    let active = store.active;
+    assert_ne!(active, 0, "{context}: no generation active");
+    let kernel = enforced_phase(store, active);
+    let phase = allowed
+        .iter()
+        .find(|p| tables(p) == kernel)
+        .unwrap_or_else(|| panic!("{context}: the kernel enforces a mix, not one of {allowed:?}: {kernel:#?}"));
+    let state = records.state.as_ref().expect("state");
+    assert_eq!(state.switching, None, "{context}: a journal entry survived the reconcile");
+    assert_eq!(state.enforced.generation, active, "{context}: the state describes another generation");
+    assert_eq!(state.enforced.phase, *phase, "{context}: status and explain would name the wrong phase");
+    assert_eq!(state.enforced.rules, phase_rules(phase), "{context}: explain would name other rules");
+    let mut kept = BTreeSet::from([active]);
+    if let Some(p) = &state.pending {
+        assert!(
+            allowed.iter().any(|a| tables(a) == enforced_phase(store, p.previous.generation) && *a == p.previous.phase),
+            "{context}: the rollback target is incomplete"
+        );
+        kept.insert(p.previous.generation);
+    } else {
+        let boot = records.boot.as_ref().expect("a boot record");
+        assert_eq!(boot.generation, active, "{context}: the boot record names another generation");
+        assert_eq!(boot.phase, *phase, "{context}: a reboot would come back in another phase");
+        assert!(records.copies.contains_key(&active), "{context}: the boot copy is missing");
+    }
+    let present: BTreeSet<u32> = store.entries.keys().copied().collect();
+    assert!(present.is_subset(&kept), "{context}: orphan generations {present:?} beside {kept:?}");
+    assert!(state.highest_generation >= active, "{context}: highest_generation below the active one");
+    phase.to_string()
+}
+
+fn phase_rules(name: &str) -> Vec<crate::compile::tables::RuleInfo> {
+    phase(name).compiled.rules
+}
+
+/// Runs `op` once to count its steps, then for every step N: a fresh
+/// instance set up by `setup`, `op` killed at step N, a restart, the
+/// invariants, then `finish` (which must succeed and leave the invariants).
+/// Returns the number of interrupted runs checked.
+fn every_step(
+    setup: &dyn Fn() -> (Rc<Fate>, MemStore, MemRecords),
+    op: &dyn Fn(&mut MemStore, &mut MemRecords) -> Result<()>,
+    allowed: &[&str],
+    finish: &dyn Fn(&mut MemStore, &mut MemRecords, &str) -> Result<()>,
+    after_finish: &[&str],
+) -> u64 {
+    let (fate, mut store, mut records) = setup();
+    fate.arm(None);
+    op(&mut store, &mut records).expect("the uninterrupted command succeeds");
+    let steps = fate.steps.get();
+    assert!(steps > 3, "the command has steps to interrupt ({steps})");
+    for at in 1..=steps {
+        let (fate, mut store, mut records) = setup();
+        fate.arm(Some(at));
+        assert!(op(&mut store, &mut records).is_err(), "killed at step {at} of {steps}, the command still succeeded");
+        // The restart: nothing fails any more.
+        fate.arm(None);
+        let context = format!("killed at step {at} of {steps}");
+        txn::reconcile(&mut store, &mut records).unwrap_or_else(|e| panic!("{context}: reconcile: {e:#}"));
+        let phase = check(&store, &records, allowed, &context);
+        finish(&mut store, &mut records, &phase).unwrap_or_else(|e| panic!("{context}: then: {e:#}"));
+        check(&store, &records, after_finish, &format!("{context}, then finished"));
+    }
+    steps
+}
+
+#[test]
+fn finding1_interrupted_switch_never_mixes_policies() {
+    // install (large) -> closed (one destination), killed at every step;
+    // then the next switch, to closed again, must enforce exactly closed.
+    let tried = every_step(
+        &|| started("install"),
+        &|store, records| txn::switch(store, records, plan("closed", None)).map(drop),
+        &["install", "closed"],
+        &|store, records, _| txn::switch(store, records, plan("closed", None)).map(drop),
+        &["closed"],
+    );
+    assert!(tried > 40, "{tried} steps");
+}
+
+#[test]
+fn finding1_a_switch_after_an_interrupted_one_uses_a_fresh_generation() {
+    let (fate, mut store, mut records) = started("install");
+    fate.arm(Some(10));
+    assert!(txn::switch(&mut store, &mut records, plan("runtime", None)).is_err());
+    fate.arm(None);
+    let reserved = records.state.as_ref().unwrap().highest_generation;
+    let switched = txn::switch(&mut store, &mut records, plan("closed", None)).unwrap();
+    assert!(switched.to.generation > reserved, "generation {} reused (reserved {reserved})", switched.to.generation);
+    assert_eq!(tables("closed"), enforced_phase(&store, store.active));
+}
+
+#[test]
+fn switch_with_confirm_then_confirm_survives_every_kill() {
+    let tried = every_step(
+        &|| started("install"),
+        &|store, records| {
+            txn::switch(store, records, plan("runtime", Some(u64::MAX)))?;
+            txn::confirm(store, records).map(drop)
+        },
+        &["install", "runtime"],
+        &|store, records, phase| {
+            // The operator retries what did not happen.
+            let pending = records.state.as_ref().unwrap().pending.is_some();
+            if phase == "install" {
+                txn::switch(store, records, plan("runtime", Some(u64::MAX)))?;
+                txn::confirm(store, records).map(drop)
+            } else if pending {
+                txn::confirm(store, records).map(drop)
+            } else {
+                Ok(())
+            }
+        },
+        &["runtime"],
+    );
+    assert!(tried > 20, "{tried} steps");
+}
+
+/// An instance whose switch install -> runtime awaits confirmation.
+fn pending_runtime() -> (Rc<Fate>, MemStore, MemRecords) {
+    let (fate, mut store, mut records) = started("install");
+    txn::switch(&mut store, &mut records, plan("runtime", Some(100))).unwrap();
+    store.admit_flow();
+    (fate, store, records)
+}
+
+#[test]
+fn finding4_interrupted_rollback_then_confirm_never_deletes_the_active_generation() {
+    let tried = every_step(
+        &pending_runtime,
+        &|store, records| match txn::rollback_if_due(store, records, 100)? {
+            (Some(_), _) => Ok(()),
+            (None, _) => bail!("not rolled back"),
+        },
+        &["install", "runtime"],
+        &|store, records, phase| {
+            // What the operator did in the finding: confirm after the
+            // restart. It must either confirm the switch (still pending)
+            // or refuse, never delete the active generation.
+            let confirmed = txn::confirm(store, records);
+            match phase {
+                "runtime" => confirmed.map(drop),
+                _ => match confirmed {
+                    Err(e) if e.to_string().contains("nothing to confirm") => Ok(()),
+                    other => bail!("confirm after a completed rollback: {other:?}"),
+                },
+            }
+        },
+        &["install", "runtime"],
+    );
+    assert!(tried > 10, "{tried} steps");
+}
+
+#[test]
+fn rollback_never_lands_on_a_half_deleted_generation() {
+    // confirm killed at every step, then a due rollback: either confirmed
+    // (nothing to roll back) or rolled back to a complete install phase.
+    every_step(
+        &pending_runtime,
+        &|store, records| txn::confirm(store, records).map(drop),
+        &["runtime", "install"],
+        &|store, records, _| txn::rollback_if_due(store, records, 100).map(drop),
+        &["install", "runtime"],
+    );
+}
+
+#[test]
+fn finding5_orphaned_generations_are_collected() {
+    let (fate, mut store, mut records) = started("install");
+    // Room for two generations of install and a little more, as the kernel
+    // maps are sized for two.
+    store.capacity = 2 * store.total() + 4;
+    for at in [5, 9, 13] {
+        fate.arm(Some(at));
+        assert!(txn::switch(&mut store, &mut records, plan("install", None)).is_err());
+        fate.arm(None);
+    }
+    txn::switch(&mut store, &mut records, plan("install", None)).expect("a valid switch after three aborted ones fits");
+    check(&store, &records, &["install"], "after three aborted switches");
+    assert_eq!(store.entries.len(), 1, "only the active generation has entries");
+}
+
+#[test]
+fn a_flows_generation_is_never_reused() {
+    // Rolled back from generation 2: its flows remember 2. With the state
+    // file's counter lost, the next generation must still not be 2 (or 3,
+    // which shares the active slot).
+    let (_fate, mut store, mut records) = pending_runtime();
+    txn::rollback_if_due(&mut store, &mut records, 100).unwrap();
+    records.state.as_mut().unwrap().highest_generation = 1;
+    let switched = txn::switch(&mut store, &mut records, plan("closed", None)).unwrap();
+    assert!(switched.to.generation > 2, "generation {} reuses a number flows remember", switched.to.generation);
+}
+
+#[test]
+fn a_lost_state_file_is_rebuilt_from_the_kernel_never_the_reverse() {
+    let (_fate, mut store, mut records) = started("install");
+    txn::switch(&mut store, &mut records, plan("closed", None)).unwrap();
+    let active = store.active;
+    // A stale state file (a backup restored, a bug): it names generation 1.
+    let mut stale = records.state.clone().unwrap();
+    stale.enforced.generation = 1;
+    stale.enforced.phase = "install".into();
+    records.state = Some(stale);
+    let (state, notes) = txn::reconcile(&mut store, &mut records).unwrap();
+    assert_eq!(store.active, active, "the kernel was changed to match the state file");
+    assert_eq!(tables("closed"), enforced_phase(&store, active));
+    assert_eq!(state.enforced.generation, active);
+    assert!(notes.iter().any(|n| n.contains("rebuilt from the kernel")), "{notes:?}");
+}
+
+#[test]
+fn no_command_writes_the_active_generation() {
+    let (_fate, mut store, _records) = started("install");
+    let active = store.active;
+    assert!(store.write(&phase("closed").compiled, active).is_err());
+    assert!(store.delete(active).is_err());
+}

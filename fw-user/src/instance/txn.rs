@@ -1,0 +1,343 @@
+//! The transactions on an instance's policy: switch, confirm, rollback, and
+//! the repair that runs before each of them. Written against the
+//! [`PolicyStore`] and [`Records`] traits, so that the crash tests can stop
+//! them between any two steps.
+//!
+//! The kernel is the truth; the state file is a journal that explains it:
+//!
+//! 1. Reserve: the new generation number (higher than any number the maps,
+//!    the flows or the state know) is saved before anything is written, so
+//!    an interrupted switch's number is never reused on top of its leftovers.
+//! 2. Write the new generation (no packet is judged by it yet).
+//! 3. Journal: `switching = {to, deadline}` is saved.
+//! 4. Activate: one map write. This is the commit point.
+//! 5. Record the outcome (`enforced = to`, `pending` for `--confirm`), then
+//!    delete every generation that is neither active nor the pending
+//!    rollback target, then update the boot record.
+//!
+//! [`reconcile`] runs first under the instance lock in every command and in
+//! the daemon: it reads the active generation from the kernel and finishes
+//! or discards whatever step 1-5 or a rollback/confirm was interrupted at.
+//! No step ever writes or deletes the active generation.
+
+use std::collections::BTreeSet;
+
+use anyhow::{bail, Context, Result};
+
+use super::{
+    records::{BootRecord, PolicyCopy, Records},
+    store::PolicyStore,
+};
+use crate::{
+    compile::tables::CompiledPhase,
+    state::{Enforced, InstanceState, PendingConfirm, Switching},
+};
+
+/// What the kernel's active generation means for a state file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reading {
+    /// The kernel enforces `state.enforced`.
+    Agrees,
+    /// A switch was activated but not recorded: the kernel enforces
+    /// `state.switching.to`.
+    SwitchActivated,
+    /// A switch was journaled but never activated: the kernel still
+    /// enforces `state.enforced`; `switching` is to be discarded.
+    SwitchNotActivated,
+    /// A rollback was activated but not recorded: the kernel enforces
+    /// `state.pending.previous`.
+    RolledBack,
+    /// No generation is active: every packet is dropped.
+    NoPolicy,
+    /// A generation the state does not describe.
+    Unknown(u32),
+}
+
+pub fn read(state: &InstanceState, active: u32) -> Reading {
+    if active == 0 {
+        return Reading::NoPolicy;
+    }
+    if let Some(to) = state.switching.as_ref().map(|s| &s.to) {
+        if active == to.generation {
+            return Reading::SwitchActivated;
+        }
+        if active == state.enforced.generation {
+            return Reading::SwitchNotActivated;
+        }
+    }
+    if active == state.enforced.generation {
+        return Reading::Agrees;
+    }
+    if state.pending.as_ref().is_some_and(|p| p.previous.generation == active) {
+        return Reading::RolledBack;
+    }
+    Reading::Unknown(active)
+}
+
+/// What the kernel enforces, as far as the state knows (read-only: `fw
+/// status`, `fw explain`, metrics). `None`: the state does not describe it.
+pub fn effective(state: &InstanceState, active: u32) -> Option<&Enforced> {
+    match read(state, active) {
+        Reading::Agrees | Reading::SwitchNotActivated => Some(&state.enforced),
+        Reading::SwitchActivated => state.switching.as_ref().map(|s| &s.to),
+        Reading::RolledBack => state.pending.as_ref().map(|p| &p.previous),
+        Reading::NoPolicy | Reading::Unknown(_) => None,
+    }
+}
+
+/// Brings the state file in line with the kernel, finishing or discarding
+/// an interrupted transaction, then deletes orphaned generations and brings
+/// the boot record up to date. Returns the state and what was repaired (one
+/// line each, for the log).
+pub fn reconcile(store: &mut dyn PolicyStore, records: &mut dyn Records) -> Result<(InstanceState, Vec<String>)> {
+    let mut state = records.load_state()?.context("the instance has pins but no state file")?;
+    let active = store.active()?;
+    let mut notes = Vec::new();
+    match read(&state, active) {
+        Reading::Agrees => {}
+        Reading::SwitchNotActivated => {
+            let to = state.switching.take().expect("read() saw it");
+            records.save_state(&state)?;
+            notes.push(format!(
+                "a switch to phase {} (generation {}) was interrupted before it took effect: discarded; phase {} stays",
+                to.to.phase, to.to.generation, state.enforced.phase
+            ));
+        }
+        Reading::SwitchActivated => {
+            let from = finish_switch(store, records, &mut state)?;
+            notes.push(format!(
+                "a switch from phase {} to {} (generation {}) was interrupted after it took effect: completed",
+                from.phase, state.enforced.phase, state.enforced.generation
+            ));
+        }
+        Reading::RolledBack => {
+            let undone = finish_rollback(store, records, &mut state)?;
+            notes.push(format!(
+                "a rollback from phase {} to {} (generation {}) was interrupted after it took effect: completed",
+                undone.phase, state.enforced.phase, state.enforced.generation
+            ));
+        }
+        Reading::NoPolicy => bail!("no policy generation is active in the kernel: every packet is dropped"),
+        Reading::Unknown(generation) => {
+            let phase = store.read(generation)?;
+            notes.push(format!(
+                "the kernel enforces generation {generation}, which the state file does not describe (it said {}): \
+                 the state is rebuilt from the kernel; rule names are unknown until the next `fw switch`",
+                state.enforced.generation
+            ));
+            state.enforced = Enforced {
+                policy: "unknown (rebuilt from the kernel)".into(),
+                policy_name: "unknown".into(),
+                env_file: None,
+                phase: "unknown".into(),
+                generation,
+                audit: phase.settings.audit,
+                rules: Vec::new(),
+            };
+            state.pending = None;
+            state.switching = None;
+            state.highest_generation = state.highest_generation.max(generation);
+            records.save_state(&state)?;
+        }
+    }
+    let removed = collect_garbage(store, &state)?;
+    if removed > 0 {
+        notes.push(format!("removed {removed} entries of generations no longer in use"));
+    }
+    sync_boot_record(records, &state)?;
+    Ok((state, notes))
+}
+
+/// What a switch will enforce; the generation is chosen by [`switch`].
+pub struct SwitchPlan {
+    pub to: Enforced,
+    pub compiled: CompiledPhase,
+    pub copy: PolicyCopy,
+    /// Unix seconds of the rollback deadline (`--confirm`).
+    pub confirm_deadline: Option<u64>,
+}
+
+#[derive(Debug)]
+pub struct Switched {
+    pub from: Enforced,
+    pub to: Enforced,
+    /// Entries written for the new generation.
+    pub written: usize,
+    /// Repairs [`reconcile`] made first.
+    pub notes: Vec<String>,
+}
+
+pub fn switch(store: &mut dyn PolicyStore, records: &mut dyn Records, plan: SwitchPlan) -> Result<Switched> {
+    let (mut state, notes) = reconcile(store, records)?;
+    if let Some(pending) = &state.pending {
+        bail!(
+            "the switch to {} awaits `fw confirm --name {}` (it rolls back to {} at unix time {}): confirm it or let it roll back first",
+            state.enforced.phase,
+            state.name,
+            pending.previous.phase,
+            pending.deadline
+        );
+    }
+    let old = state.enforced.generation;
+    let in_use = store.generations()?.keys().copied().max().unwrap_or(0);
+    let highest = state.highest_generation.max(old).max(in_use).max(store.highest_flow_generation()?);
+    let new = next_generation(highest, old);
+    // 1. Reserve.
+    state.highest_generation = new;
+    records.save_state(&state)?;
+    if !state.ephemeral {
+        records.save_copy(new, &plan.copy)?;
+    }
+    // 2. Write.
+    let written = match store.write(&plan.compiled, new) {
+        Ok(n) => n,
+        Err(e) => {
+            // Leave nothing of it behind (if this fails too, the next
+            // reconcile collects it).
+            let _ = store.delete(new);
+            return Err(e).context("the switch was not applied");
+        }
+    };
+    // 3. Journal.
+    let to = Enforced { generation: new, ..plan.to };
+    state.switching = Some(Switching { to, confirm_deadline: plan.confirm_deadline });
+    records.save_state(&state)?;
+    // 4. Commit.
+    store.activate(new)?;
+    // 5. Record.
+    let from = finish_switch(store, records, &mut state)?;
+    Ok(Switched { from, to: state.enforced, written, notes })
+}
+
+/// Steps 5 of a switch whose generation is active. Returns what it replaced.
+fn finish_switch(store: &mut dyn PolicyStore, records: &mut dyn Records, state: &mut InstanceState) -> Result<Enforced> {
+    let switching = state.switching.take().expect("a switch in progress");
+    let from = std::mem::replace(&mut state.enforced, switching.to);
+    if from.rules != state.enforced.rules {
+        // Rule ids name other rules now: old counts would be misattributed.
+        store.zero_rule_counters(from.rules.len().max(state.enforced.rules.len()))?;
+    }
+    state.pending = switching.confirm_deadline.map(|deadline| PendingConfirm { deadline, previous: from.clone() });
+    records.save_state(state)?;
+    collect_garbage(store, state)?;
+    sync_boot_record(records, state)?;
+    Ok(from)
+}
+
+/// Keeps the switch awaiting confirmation. Returns what is enforced.
+pub fn confirm(store: &mut dyn PolicyStore, records: &mut dyn Records) -> Result<(Enforced, Vec<String>)> {
+    let (mut state, notes) = reconcile(store, records)?;
+    if state.pending.take().is_none() {
+        bail!(
+            "nothing to confirm: no switch of {} awaits confirmation (phase {}, generation {} is enforced)",
+            state.name,
+            state.enforced.phase,
+            state.enforced.generation
+        );
+    }
+    // Confirmed from here on; the previous generation becomes garbage.
+    records.save_state(&state)?;
+    collect_garbage(store, &state)?;
+    sync_boot_record(records, &state)?;
+    Ok((state.enforced, notes))
+}
+
+/// Rolls back a switch whose confirmation deadline has passed. Returns the
+/// phase enforced again, or `None` when nothing was due.
+pub fn rollback_if_due(
+    store: &mut dyn PolicyStore,
+    records: &mut dyn Records,
+    now: u64,
+) -> Result<(Option<Enforced>, Vec<String>)> {
+    let (mut state, notes) = reconcile(store, records)?;
+    let Some(pending) = &state.pending else { return Ok((None, notes)) };
+    if now < pending.deadline {
+        return Ok((None, notes));
+    }
+    store.activate(pending.previous.generation)?;
+    finish_rollback(store, records, &mut state)?;
+    Ok((Some(state.enforced), notes))
+}
+
+/// The rest of a rollback whose target is active. Returns what was undone.
+fn finish_rollback(store: &mut dyn PolicyStore, records: &mut dyn Records, state: &mut InstanceState) -> Result<Enforced> {
+    let pending = state.pending.take().expect("a pending rollback");
+    let undone = std::mem::replace(&mut state.enforced, pending.previous);
+    if undone.rules != state.enforced.rules {
+        store.zero_rule_counters(undone.rules.len().max(state.enforced.rules.len()))?;
+    }
+    records.save_state(state)?;
+    collect_garbage(store, state)?;
+    sync_boot_record(records, state)?;
+    Ok(undone)
+}
+
+/// Deletes every generation but the active one and the pending rollback
+/// target. Runs only on a reconciled state, so `enforced` is the active one.
+fn collect_garbage(store: &mut dyn PolicyStore, state: &InstanceState) -> Result<usize> {
+    let keep: BTreeSet<u32> = [Some(state.enforced.generation), state.pending.as_ref().map(|p| p.previous.generation)]
+        .into_iter()
+        .flatten()
+        .collect();
+    let active = store.active()?;
+    anyhow::ensure!(keep.contains(&active), "internal error: generation {active} is active but not kept");
+    let mut removed = 0;
+    for generation in store.generations()?.into_keys().filter(|g| !keep.contains(g)) {
+        removed += store.delete(generation)?;
+    }
+    Ok(removed)
+}
+
+/// Makes the boot record name the confirmed generation (none while a switch
+/// awaits confirmation: a reboot then comes back in the previous phase).
+fn sync_boot_record(records: &mut dyn Records, state: &InstanceState) -> Result<()> {
+    if state.ephemeral || state.pending.is_some() || state.switching.is_some() {
+        return Ok(());
+    }
+    let e = &state.enforced;
+    let boot = records.boot_generation()?;
+    if boot != Some(e.generation) && records.has_copy(e.generation) {
+        records.save_boot(&BootRecord {
+            generation: e.generation,
+            policy: e.policy.clone(),
+            policy_name: e.policy_name.clone(),
+            phase: e.phase.clone(),
+            env_file: e.env_file.clone(),
+        })?;
+    }
+    let boot = records.boot_generation()?;
+    let keep: Vec<u32> = [Some(e.generation), boot].into_iter().flatten().collect();
+    records.keep_copies(&keep)
+}
+
+/// The generation after `highest` (every number up to it may be referenced
+/// by leftovers or flows), never 0 (which the kernel reads as "no policy"),
+/// whose `FW_PHASES` slot (`generation & 1`) is not the active one's.
+pub fn next_generation(highest: u32, active: u32) -> u32 {
+    let mut next = highest.wrapping_add(1);
+    while next == 0 || next & 1 == active & 1 {
+        next = next.wrapping_add(1);
+    }
+    next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_generation;
+
+    #[test]
+    fn generations_are_fresh_and_never_share_the_active_slot() {
+        assert_eq!(next_generation(1, 1), 2);
+        // After a rollback from 2 to 1, 2 was used: the next is 4, not 3
+        // (3 would share slot 1 with the active generation 1).
+        assert_eq!(next_generation(2, 1), 4);
+        assert_eq!(next_generation(4, 4), 5);
+        for (highest, active) in [(1, 1), (2, 1), (7, 3), (10, 10), (9, 4)] {
+            let next = next_generation(highest, active);
+            assert!(next > highest && next & 1 != active & 1);
+        }
+        // At the top of the range it wraps, skipping 0.
+        assert_eq!(next_generation(u32::MAX, u32::MAX), 2);
+        assert_eq!(next_generation(u32::MAX - 1, u32::MAX - 1), u32::MAX);
+    }
+}
