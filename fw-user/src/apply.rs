@@ -196,14 +196,25 @@ pub struct EntryCounts {
     pub ports: usize,
     /// Tracked flows (all generations, expired ones not yet evicted included).
     pub flows: usize,
+    /// Entries of every other generation: the rollback target of a switch
+    /// awaiting confirmation, else leftovers the next command collects.
+    pub other_generations: usize,
 }
 
 pub fn count_entries(maps: &PolicyMaps, generation: u32) -> Result<EntryCounts> {
     let gen = generation.to_be_bytes();
-    Ok(EntryCounts {
-        addr4: maps.addr4.keys().filter_map(|k| k.ok()).filter(|k| k.data().generation == gen).count(),
-        addr6: maps.addr6.keys().filter_map(|k| k.ok()).filter(|k| k.data().generation == gen).count(),
-        ports: maps.ports.keys().filter_map(|k| k.ok()).filter(|k| k.data().generation == gen).count(),
-        flows: maps.flows.keys().filter_map(|k| k.ok()).count(),
-    })
+    let mine = |g: [u8; 4]| g == gen;
+    let (mut counts, mut other) = (EntryCounts::default(), 0);
+    for k in maps.addr4.keys().filter_map(|k| k.ok()) {
+        if mine(k.data().generation) { counts.addr4 += 1 } else { other += 1 }
+    }
+    for k in maps.addr6.keys().filter_map(|k| k.ok()) {
+        if mine(k.data().generation) { counts.addr6 += 1 } else { other += 1 }
+    }
+    for k in maps.ports.keys().filter_map(|k| k.ok()) {
+        if mine(k.data().generation) { counts.ports += 1 } else { other += 1 }
+    }
+    counts.flows = maps.flows.keys().filter_map(|k| k.ok()).count();
+    counts.other_generations = other;
+    Ok(counts)
 }

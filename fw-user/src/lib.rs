@@ -13,6 +13,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod control;
 pub mod counters;
+pub mod daemon;
 pub mod events;
 pub mod instance;
 pub mod learn;

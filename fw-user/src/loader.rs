@@ -284,6 +284,7 @@ pub fn attach(ebpf: &mut Ebpf, instance: &str, iface: &str) -> Result<AttachMode
 /// pins. Safe to call on a half-created instance.
 pub fn detach(instance: &str, iface: Option<&str>, mode: Option<AttachMode>) -> Result<()> {
     for link_path in paths::link_pins(instance)? {
+        crate::instance::failpoint::step("unpin link");
         match PinnedLink::from_pin(&link_path) {
             // Unpinning drops the last reference once the fd closes: the
             // kernel detaches the program.

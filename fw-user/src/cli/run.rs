@@ -5,13 +5,9 @@ use clap::Args;
 
 use super::instance::require_root;
 use crate::{
-    cgroup, control,
-    counters::Snapshot,
-    events,
+    cgroup, control, daemon, events,
     instance::{self, Leftover, StartRequest},
-    kernel_log,
-    loader::{self, CounterMaps},
-    lock, metrics, paths,
+    kernel_log, lock, metrics, paths,
     policy_source::{self, LoadedPhase},
     state::InstanceState,
 };
@@ -20,8 +16,6 @@ use crate::{
 const DEFAULT_POLICY: &str = "openvidu-ce";
 /// The phase `fw run` starts with when --phase is not given.
 const DEFAULT_PHASE: &str = "install";
-/// How often the daemon re-reads the routing table (see `routes`).
-const ROUTES_REFRESH: Duration = Duration::from_secs(10);
 
 /// Load the enforcer, attach it to IFACE (egress enforcing, ingress
 /// tracking), pin it, and stay in the foreground as its daemon: drop
@@ -89,9 +83,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let state = if paths::pin_dir(&name).exists() {
         match instance::leftover(&name)? {
             Leftover::Instance => adopt(&name, &args)?,
-            Leftover::InterruptedStart => {
-                println!("fw: {name}: an earlier start was interrupted before it enforced anything: starting afresh");
-                instance::discard_interrupted_start(&name)?;
+            Leftover::NotAttached => {
+                println!("fw: {name}: found pins that enforce nothing (a start or stop was interrupted): starting afresh");
+                instance::discard_unattached(&name)?;
                 fresh(&name, &args)?
             }
             Leftover::NoState => {
@@ -115,7 +109,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         println!("fw: {name}: metrics at http://{}/metrics", server.addr());
         server.spawn(name.clone(), log);
     }
-    runtime.block_on(daemon(&name, &state, Duration::from_secs(args.interval)))?;
+    runtime.block_on(daemon::run(&name, &state, Duration::from_secs(args.interval)))?;
     if paths::pin_dir(&name).exists() {
         println!("fw: {name}: exiting; enforcement stays attached (fail closed). `fw stop --name {name}` detaches it.");
     }
@@ -214,59 +208,3 @@ fn adopt(name: &str, args: &RunArgs) -> Result<InstanceState> {
     Ok(state)
 }
 
-/// Until SIGINT or SIGTERM: every second, roll back an unconfirmed switch
-/// whose deadline passed; every `interval`, print the drops since the last
-/// summary.
-async fn daemon(name: &str, state: &InstanceState, interval: Duration) -> Result<()> {
-    let counters = CounterMaps::open(name)?;
-    let mut rules = state.enforced.rules.clone();
-    let mut last = Snapshot::read(&counters, &rules)?;
-    let mut last_summary = tokio::time::Instant::now();
-    let mut last_routes = tokio::time::Instant::now() - ROUTES_REFRESH;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                if !paths::pin_dir(name).exists() {
-                    println!("fw: {name}: the instance was stopped (`fw stop`)");
-                    return Ok(());
-                }
-                match instance::rollback_if_due(name, crate::unix_now()) {
-                    Ok((back, notes)) => {
-                        for note in notes {
-                            println!("fw: {name}: {note}");
-                        }
-                        if let Some(back) = back {
-                            println!(
-                                "fw: {name}: the switch was not confirmed in time: rolled back to phase {} (generation {})",
-                                back.phase, back.generation
-                            );
-                        }
-                    }
-                    Err(e) => eprintln!("fw: {name}: rollback failed: {e:#}"),
-                }
-                if last_routes.elapsed() >= ROUTES_REFRESH {
-                    last_routes = tokio::time::Instant::now();
-                    if let Err(e) = loader::RouteMaps::open(name).and_then(|mut m| m.refresh(&state.iface)) {
-                        eprintln!("fw: {name}: refreshing the routes the kernel programs use: {e:#}");
-                    }
-                }
-                if last_summary.elapsed() >= interval {
-                    last_summary = tokio::time::Instant::now();
-                    let current = instance::load_state(name)?.enforced.rules;
-                    if current != rules {
-                        rules = current;
-                        last = Snapshot::read(&counters, &rules)?;
-                        continue;
-                    }
-                    let now = Snapshot::read(&counters, &rules)?;
-                    println!("fw: {name}: last {}s: {}", interval.as_secs(), now.since(&last).drop_line());
-                    last = now;
-                }
-            }
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = sigterm.recv() => return Ok(()),
-        }
-    }
-}

@@ -6,7 +6,11 @@ use serde::Serialize;
 
 use super::instance::{require_root, resolve_name};
 use crate::{
-    apply, control, counters::Snapshot, linkinfo, loader::{AttachMode, CounterMaps, Hook, PolicyMaps},
+    apply, control,
+    counters::Snapshot,
+    instance::txn,
+    linkinfo,
+    loader::{AttachMode, CounterMaps, Hook, PolicyMaps},
     state::InstanceState,
 };
 
@@ -53,6 +57,10 @@ struct Status {
     daemon_pid: Option<u32>,
     /// Entries of the active generation per map, and tracked flows.
     entries: Option<apply::EntryCounts>,
+    /// A command was interrupted; the next one (or the daemon, within a
+    /// second) finishes or discards it. What is shown is what the kernel
+    /// enforces.
+    repair_pending: bool,
 }
 
 #[derive(Serialize, Debug)]
@@ -92,6 +100,7 @@ fn inspect(name: &str) -> Status {
         pending_confirm: None,
         daemon_pid: None,
         entries: None,
+        repair_pending: false,
     };
     let state = match InstanceState::load(name) {
         Ok(Some(state)) => state,
@@ -106,38 +115,45 @@ fn inspect(name: &str) -> Status {
     };
     s.iface = Some(state.iface.clone());
     s.ifindex = Some(state.ifindex);
-    s.policy = Some(state.enforced.policy.clone());
-    s.policy_name = Some(state.enforced.policy_name.clone());
-    s.phase = Some(state.enforced.phase.clone());
     s.attach_mode = Some(state.attach_mode);
-    s.audit = Some(state.enforced.audit);
-    s.pending_confirm = state.pending.as_ref().map(|p| PendingStatus {
+    s.daemon_pid = control::ping(name).ok().flatten().map(|d| d.pid);
+    s.uptime_seconds = Some(crate::unix_now().saturating_sub(state.started_at));
+    // The kernel is the truth: the state file only names what it enforces
+    // (through its journal when a command was interrupted).
+    let active = PolicyMaps::open(name).and_then(|maps| apply::active_generation(&maps));
+    let enforced = active.as_ref().ok().and_then(|&a| txn::effective(&state, a)).cloned();
+    if let Some(e) = &enforced {
+        s.policy = Some(e.policy.clone());
+        s.policy_name = Some(e.policy_name.clone());
+        s.phase = Some(e.phase.clone());
+        s.audit = Some(e.audit);
+    }
+    if let Ok(active) = &active {
+        s.repair_pending = txn::read(&state, *active) != txn::Reading::Agrees;
+    }
+    s.pending_confirm = state.pending.as_ref().filter(|_| !s.repair_pending).map(|p| PendingStatus {
         rollback_to: p.previous.phase.clone(),
         seconds_left: p.deadline.saturating_sub(crate::unix_now()),
     });
-    s.daemon_pid = control::ping(name).ok().flatten().map(|d| d.pid);
-    s.uptime_seconds = Some(crate::unix_now().saturating_sub(state.started_at));
-    s.problem = check_enforcing(name, &state, &mut s).err().map(|e| format!("{e:#}"));
+    s.problem = check_enforcing(name, &state, active, &mut s).err().map(|e| format!("{e:#}"));
     s.enforcing = s.problem.is_none();
+    let rules = enforced.as_ref().map_or(&[][..], |e| &e.rules[..]);
     if let Ok(maps) = CounterMaps::open(name) {
-        s.dropped_packets = Snapshot::read(&maps, &state.enforced.rules).ok().map(|snap| snap.dropped());
+        s.dropped_packets = Snapshot::read(&maps, rules).ok().map(|snap| snap.dropped());
     }
-    if let Ok(maps) = PolicyMaps::open(name) {
-        s.entries = apply::count_entries(&maps, state.enforced.generation).ok();
+    if let (Ok(maps), Some(generation)) = (PolicyMaps::open(name), s.generation) {
+        s.entries = apply::count_entries(&maps, generation).ok();
     }
     s
 }
 
-fn check_enforcing(name: &str, state: &InstanceState, s: &mut Status) -> Result<()> {
-    let maps = PolicyMaps::open(name)?;
-    let generation = apply::active_generation(&maps)?;
+fn check_enforcing(name: &str, state: &InstanceState, active: Result<u32>, s: &mut Status) -> Result<()> {
+    let generation = active?;
     s.generation = Some(generation);
     anyhow::ensure!(generation != 0, "no policy generation is active");
-    anyhow::ensure!(
-        generation == state.enforced.generation || state.pending.is_some(),
-        "the kernel enforces generation {generation} but the state says {}",
-        state.enforced.generation
-    );
+    if s.phase.is_none() {
+        s.phase = Some(format!("unknown (generation {generation} is not in the state file; the next command rebuilds it)"));
+    }
     if state.attach_mode == AttachMode::Tcx {
         for (hook, label) in [(Hook::Egress, "egress"), (Hook::Ingress, "ingress")] {
             let link = linkinfo::tcx_link_info(&hook.link_pin(name))?
@@ -187,8 +203,8 @@ fn print_text(s: &Status) {
     }
     if let Some(e) = &s.entries {
         println!(
-            "entries:    addr4 {} addr6 {} ports {} flows {}",
-            e.addr4, e.addr6, e.ports, e.flows
+            "entries:    addr4 {} addr6 {} ports {} flows {}; other generations {}",
+            e.addr4, e.addr6, e.ports, e.flows, e.other_generations
         );
     }
     println!("dropped:    {}", s.dropped_packets.map_or("-".into(), |d| d.to_string()));

@@ -239,31 +239,39 @@ pub fn start(request: StartRequest) -> Result<InstanceState> {
 pub enum Leftover {
     /// A complete instance: adopt it.
     Instance,
-    /// A start interrupted before it enforced anything (no link attached):
-    /// remove the pins and start afresh, which opens nothing.
-    InterruptedStart,
+    /// Pins that do not enforce (not both TCX links attached): a start or a
+    /// stop interrupted. Removing them and starting afresh opens nothing, and
+    /// the fresh start enforces the last confirmed phase.
+    NotAttached,
     /// Links enforce but the state file is gone: rebuild it from the kernel.
     NoState,
 }
 
 /// Classifies the pins of `name`.
 pub fn leftover(name: &str) -> Result<Leftover> {
-    let has_state = InstanceState::load(name)?.is_some();
+    let state = InstanceState::load(name)?;
+    if state.as_ref().is_some_and(|s| s.attach_mode != AttachMode::Tcx) {
+        // clsact filters have no link to inspect; they stay until removed.
+        return Ok(Leftover::Instance);
+    }
     let live_links = Hook::ALL
         .iter()
         .filter(|hook| linkinfo::tcx_link_info(&hook.link_pin(name)).ok().flatten().is_some_and(|l| l.ifindex != 0))
         .count();
-    Ok(match (has_state, live_links) {
-        (true, _) => Leftover::Instance,
-        (false, 0) => Leftover::InterruptedStart,
-        (false, _) => Leftover::NoState,
+    // Both hooks or it does not enforce: a stop killed between its two
+    // unpins leaves one.
+    Ok(match (state.is_some(), live_links == Hook::ALL.len()) {
+        (_, false) => Leftover::NotAttached,
+        (true, true) => Leftover::Instance,
+        (false, true) => Leftover::NoState,
     })
 }
 
-/// Removes the pins of a start that never enforced anything.
-pub fn discard_interrupted_start(name: &str) -> Result<()> {
+/// Removes pins that enforce nothing (see [`Leftover::NotAttached`]).
+pub fn discard_unattached(name: &str) -> Result<()> {
     let _lock = lock::lock(name)?;
-    loader::detach(name, None, None)
+    loader::detach(name, None, None)?;
+    InstanceState::remove(name)
 }
 
 /// Writes a state file for pins whose state file is gone, then lets

@@ -14,8 +14,13 @@
 //! sweeps what a killed run left behind (`harness::setup`).
 
 mod cli;
+mod crash;
 mod e2e;
 mod events;
 mod harness;
 mod operate;
 mod stateful;
+/// The kernel tests' deterministic generator, for random kill times.
+#[path = "../kernel/rng.rs"]
+#[allow(dead_code)]
+mod rng;

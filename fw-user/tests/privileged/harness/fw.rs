@@ -35,6 +35,8 @@ pub fn run_args(iface: &str, policy: impl AsRef<OsStr>, phase: &str, name: &str)
 }
 const PIN_ROOT: &str = "/sys/fs/bpf/fw";
 const FW_RUN_DIR: &str = "/run/fw";
+/// Boot records (the last confirmed phase), which survive `fw stop`.
+pub const FW_LIB_DIR: &str = "/var/lib/fw";
 
 pub fn pin_dir(name: &str) -> PathBuf {
     Path::new(PIN_ROOT).join(name)
@@ -220,7 +222,19 @@ impl<'ns> Fw<'ns> {
         phase: &str,
         extra: &[&OsStr],
     ) -> Self {
-        let name = unique_name();
+        Self::start_named(ns, iface, policy, phase, extra, unique_name())
+    }
+
+    /// [`Fw::start_with`] for instance `name` (which may have pins, state
+    /// or a boot record left by an earlier process).
+    pub fn start_named(
+        ns: &'ns Netns,
+        iface: &str,
+        policy: impl AsRef<OsStr>,
+        phase: &str,
+        extra: &[&OsStr],
+        name: String,
+    ) -> Self {
         let dir = TempDir::new();
         let log = dir.path().join("fw-run.log");
         let mut args = run_args(iface, policy, phase, &name);
@@ -363,7 +377,14 @@ impl<'ns> Fw<'ns> {
 
     /// `fw stop`, which must succeed, and the end of `fw run`.
     pub fn stop(&mut self) {
-        let out = fw(self.ns, &["stop", "--name", &self.name]);
+        self.stop_with(&[]);
+    }
+
+    /// `fw stop EXTRA...` (e.g. `--forget`), which must succeed.
+    pub fn stop_with(&mut self, extra: &[&str]) {
+        let mut args = vec!["stop", "--name", &self.name];
+        args.extend_from_slice(extra);
+        let out = fw(self.ns, &args);
         assert!(
             out.status.success(),
             "fw stop failed: {out:#?}\nfw run printed:\n{}",
@@ -418,9 +439,12 @@ impl Drop for Fw<'_> {
     }
 }
 
-/// Removes the pins and state of instance `name`, if any are left.
+/// Removes the pins, state, locks and boot record of instance `name`, if
+/// any are left.
 pub fn remove_leftovers(name: &str) {
     let _ = fs::remove_dir_all(pin_dir(name));
-    let _ = fs::remove_file(Path::new(FW_RUN_DIR).join(format!("{name}.json")));
-    let _ = fs::remove_file(Path::new(FW_RUN_DIR).join(format!("{name}.sock")));
+    let _ = fs::remove_dir_all(Path::new(FW_LIB_DIR).join(name));
+    for suffix in ["json", "sock", "lock", "daemon.lock", "drops.json"] {
+        let _ = fs::remove_file(Path::new(FW_RUN_DIR).join(format!("{name}.{suffix}")));
+    }
 }

@@ -319,6 +319,7 @@ pub fn sweep_leftovers() {
     for dir in [
         Path::new(PIN_ROOT),
         Path::new(FW_RUN_DIR),
+        Path::new(super::fw::FW_LIB_DIR),
         &std::env::temp_dir(),
     ] {
         for name in names_in(dir).into_iter().filter(|n| dead(n)) {
