@@ -50,7 +50,7 @@ pub struct LearnArgs {
     /// last top-level key). Default: write a policy of its own.
     #[arg(long)]
     pub policy: Option<PathBuf>,
-    /// How long to watch (30s, 10m, 2h...). Default: until Ctrl-C.
+    /// How long to watch (30s, 10m, 2h...; at most 365d). Default: until Ctrl-C.
     #[arg(long, value_parser = duration::parse)]
     pub duration: Option<Duration>,
     /// cgroup v2 directory whose processes are named in the learned rules

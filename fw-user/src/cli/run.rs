@@ -19,6 +19,8 @@ const DEFAULT_POLICY: &str = "openvidu-ce";
 const DEFAULT_PHASE: &str = "install";
 /// How often the daemon re-reads the routing table (see `routes`).
 const ROUTES_REFRESH: Duration = Duration::from_secs(10);
+/// The largest `--event-budget`.
+const MAX_EVENT_BUDGET: i64 = 100_000;
 
 /// Load the enforcer, attach it to IFACE (egress enforcing, ingress
 /// tracking), pin it, and stay in the foreground as its daemon: drop
@@ -56,11 +58,13 @@ pub struct RunArgs {
     /// hierarchy when IFACE is in the host's own network namespace, else none.
     #[arg(long)]
     pub cgroup: Option<String>,
-    /// Drop events per second per (reason, rule) and CPU.
-    #[arg(long, default_value_t = fw_common::maps::DEFAULT_EVENT_BUDGET)]
+    /// Drop events per second per (reason, rule) and CPU, at most 100000
+    /// (the ring buffer holds about 10,000 events: more only loses events).
+    #[arg(long, default_value_t = fw_common::maps::DEFAULT_EVENT_BUDGET,
+          value_parser = clap::value_parser!(u32).range(..=MAX_EVENT_BUDGET))]
     pub event_budget: u32,
-    /// Seconds between drop summaries.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Seconds between drop summaries (1 to 86400).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub interval: u64,
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off by
     /// default). A bare PORT listens on 127.0.0.1 only; any other host

@@ -6,6 +6,9 @@ use clap::Args;
 use super::instance::{require_root, resolve_name};
 use crate::{control, ops};
 
+/// The longest `--confirm` window: a day.
+pub const MAX_CONFIRM_SECS: u64 = 86_400;
+
 /// Switch the running instance to another phase (or an edited policy),
 /// atomically: the new phase is written aside, published with one map
 /// write, then the old one is removed. Flows the old phase admitted are
@@ -26,7 +29,9 @@ pub struct SwitchArgs {
     pub env_file: Option<PathBuf>,
     /// Commit-confirmed: roll back to the current phase by itself unless
     /// `fw confirm` comes within SECS seconds (needs the `fw run` daemon).
-    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    /// At most 86400 (a day): a confirmation window is minutes long, and a
+    /// bounded one keeps the deadline `now + SECS` from overflowing.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=MAX_CONFIRM_SECS))]
     pub confirm: Option<u64>,
 }
 
