@@ -25,20 +25,25 @@ pub const OPENVIDU_ENV: &str = "/opt/openvidu/.env";
 
 /// A policy's text and the label its errors are reported under.
 pub struct PolicyText {
-    /// The file path, or `builtin:NAME`.
+    /// The file's canonical path (absolute, no symlinks, no `..`), or
+    /// `builtin:NAME`. Instances record it, so a later `fw switch` run from
+    /// another directory reads the same file.
     pub label: String,
     pub text: String,
 }
 
 impl PolicyText {
     /// `arg` is a path to a file, or a shipped policy's name (bare or as
-    /// `builtin:NAME`, the label a running instance records).
+    /// `builtin:NAME`, the label a running instance records). A file must be
+    /// a regular file of at most 64 MiB ([`policy::file`]).
     pub fn resolve(arg: &str) -> Result<PolicyText> {
         let arg = arg.strip_prefix("builtin:").unwrap_or(arg);
         let path = Path::new(arg);
         if path.exists() || arg.contains('/') || arg.ends_with(".yaml") || arg.ends_with(".yml") {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading policy file {arg}"))?;
-            return Ok(PolicyText { label: arg.to_string(), text });
+            let canonical = std::fs::canonicalize(path).with_context(|| format!("reading policy file {arg}"))?;
+            let label = canonical.display().to_string();
+            let text = policy::file::read_text(&canonical, &label)?;
+            return Ok(PolicyText { label, text });
         }
         let (name, text) = BUILTIN.iter().find(|(name, _)| *name == arg).ok_or_else(|| {
             let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
@@ -48,9 +53,11 @@ impl PolicyText {
     }
 }
 
-/// The env file to read: the one given, else OpenVidu's when it exists.
+/// The env file to read: the one given (canonical when it exists, so that
+/// the path an instance records means the same file from any directory),
+/// else OpenVidu's when it exists.
 pub fn env_file(given: Option<&Path>) -> Option<PathBuf> {
-    given.map(Path::to_path_buf).or_else(|| {
+    given.map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())).or_else(|| {
         let default = PathBuf::from(OPENVIDU_ENV);
         default.exists().then_some(default)
     })
