@@ -8,7 +8,7 @@ use anyhow::{anyhow, Context, Result};
 
 use crate::{
     compile::{self, tables::CompiledPhase},
-    policy::{self, LoadedPolicy, Vars},
+    policy::{self, lint, LoadedPolicy, Vars, Warning},
 };
 
 /// The shipped policies, by name.
@@ -64,12 +64,16 @@ pub fn env_file(given: Option<&Path>) -> Option<PathBuf> {
 }
 
 pub struct LoadedPhase {
-    /// Path or `builtin:NAME`.
+    /// Canonical path or `builtin:NAME`.
     pub source: String,
     /// The policy's `name:`.
     pub policy_name: String,
     pub compiled: CompiledPhase,
-    pub warnings: Vec<String>,
+    /// What `fw check --phase` reports for this phase: the warnings of
+    /// loading the policy, then the lints of the phase. Commands that apply
+    /// it print them; [`Warning::is_open_egress`] marks the one that should
+    /// need `--force`.
+    pub warnings: Vec<Warning>,
 }
 
 /// `--policy` and `--env-file` -> the validated policy, and its label.
@@ -80,15 +84,14 @@ pub fn load_policy(policy_arg: &str, env: Option<&Path>) -> Result<(String, Load
     Ok((text.label, loaded))
 }
 
-/// `--policy`, `--env-file`, `--phase` -> a compiled, capacity-checked phase.
+/// `--policy`, `--env-file`, `--phase` -> a compiled, capacity-checked
+/// phase and its warnings. Every command that applies a phase (run, switch,
+/// learn) comes through here, so they all see what `fw check` shows.
 pub fn load_phase(policy_arg: &str, env: Option<&Path>, phase: &str) -> Result<LoadedPhase> {
     let (label, loaded) = load_policy(policy_arg, env)?;
     let compiled = compile::compile_phase(&loaded.policy, phase)?;
     compile::check_capacity(&compiled, &compile::Limits::default())?;
-    Ok(LoadedPhase {
-        source: label,
-        policy_name: loaded.policy.name.clone(),
-        compiled,
-        warnings: loaded.warnings.iter().map(|w| w.to_string()).collect(),
-    })
+    let mut warnings = loaded.warnings;
+    warnings.extend(lint::lint(&loaded.policy, std::slice::from_ref(&compiled)));
+    Ok(LoadedPhase { source: label, policy_name: loaded.policy.name.clone(), compiled, warnings })
 }

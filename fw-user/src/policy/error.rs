@@ -134,7 +134,8 @@ pub struct Warning {
     pub line: usize,
     pub col: usize,
     /// Stable short name: `host-bits`, `resolved-host`, `wildcard-name`,
-    /// `optional-left-out`, `shadowed-rule`, `allow-everything`.
+    /// `optional-left-out`, `shadowed-rule`, `open-egress`,
+    /// `allow-everything`.
     pub code: &'static str,
     pub message: String,
 }
@@ -142,6 +143,13 @@ pub struct Warning {
 impl Warning {
     pub(crate) fn new(file: &str, pos: Pos, code: &'static str, message: String) -> Self {
         Warning { file: file.to_string(), line: pos.line, col: pos.col, code, message }
+    }
+
+    /// The runtime phase's egress allows every address on every port (see
+    /// [`super::lint`]): a phase that should not be applied without the
+    /// operator insisting.
+    pub fn is_open_egress(&self) -> bool {
+        self.code == super::lint::OPEN_EGRESS
     }
 }
 
