@@ -197,6 +197,9 @@ pub struct Fw<'ns> {
     name: String,
     /// The arguments of `fw run`, for [`Fw::restart`].
     args: Vec<OsString>,
+    /// A command (with its arguments) that runs `fw` as its last
+    /// arguments, e.g. `unshare -m`; empty: `fw` itself.
+    wrapper: Vec<OsString>,
     child: Option<Child>,
     /// `fw stop` succeeded: nothing left for `Drop` to stop.
     stopped: bool,
@@ -220,6 +223,19 @@ impl<'ns> Fw<'ns> {
         phase: &str,
         extra: &[&OsStr],
     ) -> Self {
+        Self::start_wrapped(ns, iface, policy, phase, extra, &[])
+    }
+
+    /// [`Fw::start_with`], `fw run` started by `wrapper` (a command that
+    /// execs its last arguments in the same process, e.g. `unshare -m`).
+    pub fn start_wrapped(
+        ns: &'ns Netns,
+        iface: &str,
+        policy: impl AsRef<OsStr>,
+        phase: &str,
+        extra: &[&OsStr],
+        wrapper: &[&str],
+    ) -> Self {
         let name = unique_name();
         let dir = TempDir::new();
         let log = dir.path().join("fw-run.log");
@@ -230,6 +246,7 @@ impl<'ns> Fw<'ns> {
             ns,
             name,
             args,
+            wrapper: wrapper.iter().map(OsString::from).collect(),
             child: None,
             stopped: false,
             log,
@@ -250,7 +267,14 @@ impl<'ns> Fw<'ns> {
             .open(&self.log)
             .expect("opening the fw log");
         let err = out.try_clone().expect("cloning the fw log");
-        let mut cmd = self.ns.command(FW);
+        let mut cmd = match self.wrapper.split_first() {
+            None => self.ns.command(FW),
+            Some((program, wrapper_args)) => {
+                let mut cmd = self.ns.command(program);
+                cmd.args(wrapper_args).arg(FW);
+                cmd
+            }
+        };
         cmd.args(&self.args)
             .stdin(Stdio::null())
             .stdout(out)
