@@ -31,9 +31,9 @@ fn finding6_absurd_numbers_are_refused_by_the_parser() {
     // The reported one: the deadline `now + SECS` overflowed after the new
     // generation was already active.
     assert_refused(&["switch", "install", "--confirm", MAX_U64], "--confirm");
-    assert_refused(&["switch", "install", "--confirm", "86401"], "--confirm");
+    assert_refused(&["switch", "install", "--confirm", "604801"], "--confirm");
     assert_refused(&["switch", "install", "--confirm", "0"], "--confirm");
-    assert_accepted(&["switch", "install", "--confirm", "86400"]);
+    assert_accepted(&["switch", "install", "--confirm", "604800"]);
     assert_accepted(&["switch", "install", "--confirm", "120"]);
 
     let run = ["run", "--iface", "veth0"];

@@ -6,8 +6,9 @@ use clap::Args;
 use super::instance::{require_root, resolve_name};
 use crate::{control, ops};
 
-/// The longest `--confirm` window: a day.
-pub const MAX_CONFIRM_SECS: u64 = 86_400;
+/// The longest `--confirm` window: a week (the value main's instance API
+/// uses too).
+pub const MAX_CONFIRM_SECS: u64 = 7 * 24 * 3600;
 
 /// Switch the running instance to another phase (or an edited policy),
 /// atomically: the new phase is written aside, published with one map
@@ -29,7 +30,7 @@ pub struct SwitchArgs {
     pub env_file: Option<PathBuf>,
     /// Commit-confirmed: roll back to the current phase by itself unless
     /// `fw confirm` comes within SECS seconds (needs the `fw run` daemon).
-    /// At most 86400 (a day): a confirmation window is minutes long, and a
+    /// At most 604800 (a week): a confirmation window is minutes long, and a
     /// bounded one keeps the deadline `now + SECS` from overflowing.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=MAX_CONFIRM_SECS))]
     pub confirm: Option<u64>,
