@@ -143,7 +143,7 @@ fn finding12_a_second_yaml_document_is_an_error() {
     let vars = Vars::from_pairs::<&str, &str>([]);
     let two = format!("{POLICY}---\nname: other\nphases:\n  runtime:\n    egress_default: allow\n");
     let (result, _) = load_recording(&two, &vars);
-    let e = result.err().expect("a second document was ignored");
+    let e = result.expect_err("a second document was ignored");
     assert_eq!((e.line, e.col), (6, 1), "{e}");
     assert!(e.to_string().contains("second YAML document"), "{e}");
     // After an explicit end of document, too.
@@ -164,7 +164,7 @@ fn finding12_a_utf8_bom_is_skipped() {
     assert_eq!(loaded.policy.name, "t");
     // Positions on the first line are those an editor shows (no BOM column).
     let (result, _) = load_recording("\u{feff}nme: t\n", &vars);
-    let e = result.err().expect("unknown key accepted");
+    let e = result.expect_err("unknown key accepted");
     assert_eq!((e.line, e.col), (1, 1), "{e}");
 
     let dir = tempfile::tempdir().unwrap();
