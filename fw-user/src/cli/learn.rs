@@ -157,8 +157,11 @@ pub fn learn(args: LearnArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The policy to add the learned phase to: a regular file under the size
+/// limit, like every policy (a FIFO or /dev/zero must not hang or fill
+/// memory).
 fn read_base(path: &Path) -> Result<(PathBuf, String)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading policy file {}", path.display()))?;
+    let text = crate::policy::file::read_text(path, &path.display().to_string())?;
     Ok((path.to_path_buf(), text))
 }
 
