@@ -9,7 +9,7 @@ use anyhow::{anyhow, Context, Result};
 use crate::{
     compile::{self, tables::CompiledPhase},
     instance::records::PolicyCopy,
-    policy::{self, LoadedPolicy, Vars},
+    policy::{self, lint, LoadedPolicy, Vars, Warning},
 };
 
 /// The shipped policies, by name.
@@ -26,20 +26,25 @@ pub const OPENVIDU_ENV: &str = "/opt/openvidu/.env";
 
 /// A policy's text and the label its errors are reported under.
 pub struct PolicyText {
-    /// The file path, or `builtin:NAME`.
+    /// The file's canonical path (absolute, no symlinks, no `..`), or
+    /// `builtin:NAME`. Instances record it, so a later `fw switch` run from
+    /// another directory reads the same file.
     pub label: String,
     pub text: String,
 }
 
 impl PolicyText {
     /// `arg` is a path to a file, or a shipped policy's name (bare or as
-    /// `builtin:NAME`, the label a running instance records).
+    /// `builtin:NAME`, the label a running instance records). A file must be
+    /// a regular file of at most 64 MiB ([`policy::file`]).
     pub fn resolve(arg: &str) -> Result<PolicyText> {
         let arg = arg.strip_prefix("builtin:").unwrap_or(arg);
         let path = Path::new(arg);
         if path.exists() || arg.contains('/') || arg.ends_with(".yaml") || arg.ends_with(".yml") {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading policy file {arg}"))?;
-            return Ok(PolicyText { label: arg.to_string(), text });
+            let canonical = std::fs::canonicalize(path).with_context(|| format!("reading policy file {arg}"))?;
+            let label = canonical.display().to_string();
+            let text = policy::file::read_text(&canonical, &label)?;
+            return Ok(PolicyText { label, text });
         }
         let (name, text) = BUILTIN.iter().find(|(name, _)| *name == arg).ok_or_else(|| {
             let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
@@ -49,23 +54,29 @@ impl PolicyText {
     }
 }
 
-/// The env file to read: the one given, else OpenVidu's when it exists.
+/// The env file to read: the one given (canonical when it exists, so that
+/// the path an instance records means the same file from any directory),
+/// else OpenVidu's when it exists.
 pub fn env_file(given: Option<&Path>) -> Option<PathBuf> {
-    given.map(Path::to_path_buf).or_else(|| {
+    given.map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())).or_else(|| {
         let default = PathBuf::from(OPENVIDU_ENV);
         default.exists().then_some(default)
     })
 }
 
 pub struct LoadedPhase {
-    /// Path or `builtin:NAME`.
+    /// Canonical path or `builtin:NAME`.
     pub source: String,
     /// The env file the variables came from.
     pub env_file: Option<PathBuf>,
     /// The policy's `name:`.
     pub policy_name: String,
     pub compiled: CompiledPhase,
-    pub warnings: Vec<String>,
+    /// What `fw check --phase` reports for this phase: the warnings of
+    /// loading the policy, then the lints of the phase. Commands that apply
+    /// it print them; [`Warning::is_open_egress`] marks the one that needs
+    /// `--force`.
+    pub warnings: Vec<Warning>,
     /// The text it was compiled from (kept for the boot record).
     pub copy: PolicyCopy,
 }
@@ -76,7 +87,7 @@ pub fn load_policy(policy_arg: &str, env: Option<&Path>) -> Result<(String, Load
     let env = env_file(env);
     let env_text = env
         .as_deref()
-        .map(|p| std::fs::read_to_string(p).with_context(|| format!("reading env file {}", p.display())))
+        .map(|p| policy::file::read_text(p, &p.display().to_string()))
         .transpose()?;
     let copy = PolicyCopy { policy_text: text.text, env_text };
     let loaded = parse_copy(&text.label, env.as_deref(), &copy)?;
@@ -92,7 +103,9 @@ fn parse_copy(label: &str, env: Option<&Path>, copy: &PolicyCopy) -> Result<Load
     Ok(policy::parse_str(&copy.policy_text, label, &vars)?)
 }
 
-/// `--policy`, `--env-file`, `--phase` -> a compiled, capacity-checked phase.
+/// `--policy`, `--env-file`, `--phase` -> a compiled, capacity-checked
+/// phase and its warnings. Every command that applies a phase (run, switch,
+/// learn) comes through here, so they all see what `fw check` shows.
 pub fn load_phase(policy_arg: &str, env: Option<&Path>, phase: &str) -> Result<LoadedPhase> {
     let env = env_file(env);
     let (label, loaded, copy) = load_policy(policy_arg, env.as_deref())?;
@@ -115,12 +128,7 @@ fn compile_loaded(
 ) -> Result<LoadedPhase> {
     let compiled = compile::compile_phase(&loaded.policy, phase)?;
     compile::check_capacity(&compiled, &compile::Limits::default())?;
-    Ok(LoadedPhase {
-        source: label,
-        env_file,
-        policy_name: loaded.policy.name.clone(),
-        compiled,
-        warnings: loaded.warnings.iter().map(|w| w.to_string()).collect(),
-        copy,
-    })
+    let mut warnings = loaded.warnings;
+    warnings.extend(lint::lint(&loaded.policy, std::slice::from_ref(&compiled)));
+    Ok(LoadedPhase { source: label, env_file, policy_name: loaded.policy.name.clone(), compiled, warnings, copy })
 }

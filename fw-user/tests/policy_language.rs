@@ -179,19 +179,24 @@ fn omitted_peer_and_proto_mean_any_and_defaults_can_flip() {
 }
 
 #[test]
-fn lints_report_shadowed_rules_and_allow_everything_in_runtime() {
+fn lints_report_shadowed_rules_open_egress_and_allow_everything_in_runtime() {
     let loaded = load(
-        "phases:\n  runtime:\n    egress:\n      - { name: web, to: [any], proto: tcp, ports: [80, 443] }\n      - { name: https, to: [203.0.113.0/24], proto: tcp, ports: [443] }\n      - { name: everything, to: [any] }\n  debug:\n    egress:\n      - { name: block-web, to: [any], proto: tcp, ports: [\"1-1024\"], action: deny }\n      - { name: https-again, to: [any], proto: tcp, ports: [443] }\n",
+        "phases:\n  runtime:\n    inbound:\n      - { name: all-in, from: [any] }\n    egress:\n      - { name: web, to: [any], proto: tcp, ports: [80, 443] }\n      - { name: https, to: [203.0.113.0/24], proto: tcp, ports: [443] }\n      - { name: everything, to: [any] }\n  debug:\n    egress:\n      - { name: block-web, to: [any], proto: tcp, ports: [\"1-1024\"], action: deny }\n      - { name: https-again, to: [any], proto: tcp, ports: [443] }\n",
     );
     let checked = report::check(&loaded, None, &Limits::default()).unwrap();
     let lint: Vec<(&str, String)> = checked.warnings.iter().map(|w| (w.code, w.to_string())).collect();
-    assert_eq!(lint.len(), 3, "{lint:#?}");
+    assert_eq!(lint.len(), 4, "{lint:#?}");
     assert_eq!(lint[0].0, "shadowed-rule");
-    assert!(lint[0].1.starts_with("t.yaml:5:9: warning: rule `https` never decides a packet in any phase"), "{}", lint[0].1);
+    assert!(lint[0].1.starts_with("t.yaml:7:9: warning: rule `https` never decides a packet in any phase"), "{}", lint[0].1);
     assert_eq!(lint[1].0, "shadowed-rule");
     assert!(lint[1].1.contains("`https-again`"), "{}", lint[1].1);
-    assert_eq!(lint[2].0, "allow-everything");
-    assert!(lint[2].1.starts_with("t.yaml:6:9: warning: rule `everything` allows every protocol"), "{}", lint[2].1);
+    // An egress rule that allows everything is open egress (reported once);
+    // an inbound one is still allow-everything.
+    assert_eq!(lint[2].0, "open-egress");
+    assert!(checked.warnings[2].is_open_egress());
+    assert!(lint[2].1.starts_with("t.yaml:8:9: warning: rule `everything` allows every address on every port"), "{}", lint[2].1);
+    assert_eq!(lint[3].0, "allow-everything");
+    assert!(lint[3].1.starts_with("t.yaml:4:9: warning: rule `all-in` allows every protocol"), "{}", lint[3].1);
 }
 
 #[test]

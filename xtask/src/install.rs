@@ -125,6 +125,96 @@ mod tests {
         dir
     }
 
+    /// `KEY=VALUE` lines of the `[Service]` section of `unit`.
+    fn service_settings(unit: &str) -> Vec<(String, String)> {
+        let mut section = "";
+        let mut settings = Vec::new();
+        for line in unit.lines().map(str::trim) {
+            if line.starts_with('[') {
+                section = line;
+            } else if section == "[Service]" && !line.starts_with('#') {
+                if let Some((key, value)) = line.split_once('=') {
+                    settings.push((key.trim().to_string(), value.trim().to_string()));
+                }
+            }
+        }
+        settings
+    }
+
+    /// Why a sandboxing setting would cost fw the host's bpffs, or the
+    /// means to check it has it (see fw-user/src/bpffs.rs), or `None`.
+    fn loses_the_hosts_bpffs(key: &str, value: &str) -> Option<&'static str> {
+        let off = matches!(value, "" | "no" | "false" | "0" | "off");
+        match key {
+            "PrivateMounts" | "ProtectKernelTunables" | "PrivateNetwork" if !off => {
+                Some("a private or read-only /sys, or another network namespace")
+            }
+            "ProtectSystem" if value == "strict" => Some("/sys read-only: nothing can be pinned"),
+            "ProtectProc" if value != "default" && !off => Some("PID 1 hidden: fw cannot verify the bpffs"),
+            "ProcSubset" if value != "all" && !off => Some("PID 1 hidden: fw cannot verify the bpffs"),
+            "RootDirectory" | "RootImage" | "MountImages" | "NetworkNamespacePath" | "JoinsNamespaceOf" => {
+                Some("another root, mount or network namespace")
+            }
+            "TemporaryFileSystem" | "InaccessiblePaths" | "ReadOnlyPaths" | "BindPaths" | "BindReadOnlyPaths"
+                if value.split_whitespace().any(|p| "/sys/fs/bpf".starts_with(p.trim_start_matches(['-', '+']))) =>
+            {
+                Some("hides or replaces /sys/fs/bpf")
+            }
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn finding2_unit_sandboxing_keeps_the_hosts_bpffs() {
+        // Read the unit: no setting that gives fw a /sys/fs/bpf of its own.
+        let settings = service_settings(UNIT_TEMPLATE);
+        assert!(settings.iter().any(|(k, _)| k == "ExecStart"), "no [Service] section read: {settings:?}");
+        for (key, value) in &settings {
+            if let Some(why) = loses_the_hosts_bpffs(key, value) {
+                panic!("dist/fw@.service sets {key}={value}: {why}; pins would not outlive fw");
+            }
+        }
+        assert!(loses_the_hosts_bpffs("PrivateMounts", "yes").is_some() && loses_the_hosts_bpffs("ProtectHome", "yes").is_none());
+        assert!(loses_the_hosts_bpffs("TemporaryFileSystem", "/sys").is_some());
+        assert!(loses_the_hosts_bpffs("ReadOnlyPaths", "-/sys/fs/bpf").is_some());
+
+        // And as systemd reads it, where systemd-analyze exists.
+        let Ok(version) = Command::new("systemd-analyze").arg("--version").output() else {
+            eprintln!("no systemd-analyze: the unit was checked by reading it only");
+            return;
+        };
+        assert!(version.status.success());
+        let root = std::env::temp_dir().join(format!("fw-unit-bpffs-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let bindir = root.join("bin");
+        fs::create_dir_all(&bindir).unwrap();
+        // Any executable stands in for fw: verify checks that ExecStart runs.
+        copy_atomic(Path::new("/bin/true"), &bindir.join("fw"), 0o755).unwrap();
+        let instance = root.join("fw@veth0.service");
+        fs::write(&instance, render_unit(&bindir, &root.join("etc"))).unwrap();
+        let verify = Command::new("systemd-analyze").arg("verify").arg(&instance).output().unwrap();
+        let stderr = String::from_utf8_lossy(&verify.stderr);
+        assert!(verify.status.success() && stderr.trim().is_empty(), "systemd-analyze verify: {stderr}");
+        // The effective sandbox (defaults and implications included), from
+        // systemd itself (`--offline`: systemd 250 and later).
+        let security = Command::new("systemd-analyze").args(["security", "--offline=yes"]).arg(&instance).output().unwrap();
+        fs::remove_dir_all(&root).unwrap();
+        if !security.status.success() {
+            eprintln!("systemd-analyze security --offline is not available: {}", String::from_utf8_lossy(&security.stderr));
+            return;
+        }
+        let table = String::from_utf8_lossy(&security.stdout);
+        for setting in ["PrivateMounts=", "ProtectKernelTunables=", "ProtectProc=", "ProcSubset=", "RootDirectory=/RootImage="] {
+            let line = table
+                .lines()
+                .find(|l| l.split_whitespace().nth(1) == Some(setting))
+                .unwrap_or_else(|| panic!("{setting} missing from systemd-analyze security:\n{table}"));
+            assert!(line.starts_with('✗'), "systemd applies {setting} to fw@.service: {line}");
+        }
+        let protect_system = table.lines().find(|l| l.contains(" ProtectSystem= ")).expect("ProtectSystem= line");
+        assert!(!protect_system.contains("strict"), "ProtectSystem=strict makes /sys read-only: {protect_system}");
+    }
+
     #[test]
     fn the_installed_unit_passes_systemd_analyze_verify_and_policies_are_not_overwritten() {
         let root = temp_root();

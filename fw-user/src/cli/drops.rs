@@ -41,7 +41,7 @@ pub struct DropsArgs {
     #[arg(long)]
     pub follow: bool,
     /// Also show the drop events the daemon kept from this long ago on
-    /// (30s, 10m, 2h...).
+    /// (30s, 10m, 2h...; at most 365d).
     #[arg(long, value_parser = duration::parse)]
     pub since: Option<Duration>,
 }

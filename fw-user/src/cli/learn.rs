@@ -46,7 +46,7 @@ pub struct LearnArgs {
     /// last top-level key). Default: write a policy of its own.
     #[arg(long)]
     pub policy: Option<PathBuf>,
-    /// How long to watch (30s, 10m, 2h...). Default: until Ctrl-C.
+    /// How long to watch (30s, 10m, 2h...; at most 365d). Default: until Ctrl-C.
     #[arg(long, value_parser = duration::parse)]
     pub duration: Option<Duration>,
     /// cgroup v2 directory whose processes are named in the learned rules
@@ -150,8 +150,11 @@ pub fn learn(args: LearnArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The policy to add the learned phase to: a regular file under the size
+/// limit, like every policy (a FIFO or /dev/zero must not hang or fill
+/// memory).
 fn read_base(path: &Path) -> Result<(PathBuf, String)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading policy file {}", path.display()))?;
+    let text = crate::policy::file::read_text(path, &path.display().to_string())?;
     Ok((path.to_path_buf(), text))
 }
 

@@ -16,6 +16,8 @@ use crate::{
 const DEFAULT_POLICY: &str = "openvidu-ce";
 /// The phase `fw run` starts with when --phase is not given.
 const DEFAULT_PHASE: &str = "install";
+/// The largest `--event-budget`.
+const MAX_EVENT_BUDGET: i64 = 100_000;
 
 /// Load the enforcer, attach it to IFACE (egress enforcing, ingress
 /// tracking), pin it, and stay in the foreground as its daemon: drop
@@ -48,16 +50,22 @@ pub struct RunArgs {
     /// Count and report denied packets as "would drop" but let them pass.
     #[arg(long)]
     pub audit: bool,
+    /// Start in a runtime phase even though its egress lets every address
+    /// out on every port (refused otherwise).
+    #[arg(long)]
+    pub force: bool,
     /// cgroup v2 directory whose processes get an immediate EPERM for a
     /// denied connect()/sendmsg(), or `none`. Default: the root of the
     /// hierarchy when IFACE is in the host's own network namespace, else none.
     #[arg(long)]
     pub cgroup: Option<String>,
-    /// Drop events per second per (reason, rule) and CPU.
-    #[arg(long, default_value_t = fw_common::maps::DEFAULT_EVENT_BUDGET)]
+    /// Drop events per second per (reason, rule) and CPU, at most 100000
+    /// (the ring buffer holds about 10,000 events: more only loses events).
+    #[arg(long, default_value_t = fw_common::maps::DEFAULT_EVENT_BUDGET,
+          value_parser = clap::value_parser!(u32).range(..=MAX_EVENT_BUDGET))]
     pub event_budget: u32,
-    /// Seconds between drop summaries.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Seconds between drop summaries (1 to 86400).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub interval: u64,
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off by
     /// default). A bare PORT listens on 127.0.0.1 only; any other host
@@ -131,7 +139,7 @@ fn initial_policy(name: &str, args: &RunArgs) -> Result<(LoadedPhase, String, bo
 /// A fresh start: everything that can fail on bad input fails before the
 /// kernel is touched.
 fn fresh(name: &str, args: &RunArgs) -> Result<InstanceState> {
-    let (mut loaded, phase, from_boot) = initial_policy(name, args)?;
+    let (loaded, phase, from_boot) = initial_policy(name, args)?;
     if from_boot {
         println!(
             "fw: {name}: starting in phase {phase} of {}, the last one confirmed ({}); --policy/--phase only seed the first start (`fw stop --forget` resets)",
@@ -139,8 +147,11 @@ fn fresh(name: &str, args: &RunArgs) -> Result<InstanceState> {
             paths::boot_dir(name).display()
         );
     }
-    for warning in std::mem::take(&mut loaded.warnings) {
-        eprintln!("fw: warning: {warning}");
+    for warning in &loaded.warnings {
+        eprintln!("fw: {warning}");
+    }
+    if !args.force {
+        instance::refuse_open_egress(&loaded.warnings)?;
     }
     let cgroup = cgroup::resolve(args.cgroup.as_deref())?;
     let state = instance::start(StartRequest {

@@ -26,8 +26,14 @@ pub struct SwitchArgs {
     pub env_file: Option<PathBuf>,
     /// Commit-confirmed: roll back to the current phase by itself unless
     /// `fw confirm` comes within SECS seconds (needs the `fw run` daemon).
+    /// At most 604800 (a week): a confirmation window is minutes long, and a
+    /// bounded one keeps the deadline `now + SECS` from overflowing.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=instance::MAX_CONFIRM_SECS))]
     pub confirm: Option<u64>,
+    /// Apply a runtime phase even though its egress lets every address out
+    /// on every port (refused otherwise: that is not "close all outbound").
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn switch(args: SwitchArgs) -> Result<ExitCode> {
@@ -41,13 +47,14 @@ pub fn switch(args: SwitchArgs) -> Result<ExitCode> {
         policy: args.policy,
         env_file: args.env_file,
         confirm_secs: args.confirm,
+        force: args.force,
     };
     let outcome = instance::switch(&name, &request)?;
     for note in &outcome.notes {
         println!("fw: {name}: {note}");
     }
     for warning in &outcome.warnings {
-        eprintln!("fw: warning: {warning}");
+        eprintln!("fw: {warning}");
     }
     println!(
         "fw: {name}: switched {} -> {} (generation {} -> {}) in {:.1} ms: {} entries written",

@@ -25,6 +25,7 @@ use crate::{
     linkinfo,
     loader::{self, AttachMode, Hook, PolicyMaps},
     lock, paths,
+    policy::Warning,
     policy_source::{self, LoadedPhase},
     state::{Enforced, InstanceState},
 };
@@ -79,6 +80,8 @@ pub struct SwitchRequest {
     pub env_file: Option<PathBuf>,
     /// Roll back unless confirmed within this many seconds.
     pub confirm_secs: Option<u64>,
+    /// Apply a runtime phase that lets everything out (see [`refuse_open_egress`]).
+    pub force: bool,
 }
 
 #[derive(Debug)]
@@ -89,7 +92,7 @@ pub struct SwitchOutcome {
     pub written: usize,
     pub deadline: Option<u64>,
     /// Loading the policy had these to say (the same as `fw check`).
-    pub warnings: Vec<String>,
+    pub warnings: Vec<Warning>,
     /// Repairs of an interrupted earlier transaction.
     pub notes: Vec<String>,
 }
@@ -112,6 +115,9 @@ pub fn switch(name: &str, request: &SwitchRequest) -> Result<SwitchOutcome> {
     let mut loaded = policy_source::load_phase(&policy, env_file.as_deref(), &request.phase)?;
     loaded.compiled.settings.audit |= current.audit_override;
     let warnings = std::mem::take(&mut loaded.warnings);
+    if !request.force {
+        refuse_open_egress(&warnings)?;
+    }
 
     let _lock = lock::lock(name)?;
     let mut store = KernelStore::open(name)?;
@@ -131,6 +137,16 @@ pub fn switch(name: &str, request: &SwitchRequest) -> Result<SwitchOutcome> {
         warnings,
         notes: switched.notes,
     })
+}
+
+/// A runtime phase whose egress lets every address out on every port is
+/// not "close all outbound", whatever the operator meant (an env value
+/// `any`, a CIDR of the whole family): applying it takes `--force`.
+pub fn refuse_open_egress(warnings: &[Warning]) -> Result<()> {
+    if let Some(open) = warnings.iter().find(|w| w.is_open_egress()) {
+        bail!("{open}; this is not \"close all outbound\": fix the policy, or pass --force to apply it anyway");
+    }
+    Ok(())
 }
 
 /// Keeps the switch awaiting confirmation.

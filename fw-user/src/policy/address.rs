@@ -25,21 +25,34 @@ pub(crate) enum Peer {
 }
 
 /// Parses one entry. Errors carry no position; the caller adds it.
+///
+/// Addresses are written one way only: IPv4 as dotted-quad (what
+/// `Ipv4Addr` parses: four decimal numbers, no leading zeros), IPv6 as
+/// `Ipv6Addr` parses it. Anything else made of numbers (`010.0.0.1`,
+/// `1.2.3`, `2130706433`, `0x7f.1`) is an error, never a host name: the
+/// resolver's `inet_aton` would turn it into an address that is not the one
+/// it looks like (`010` is octal 8).
 pub(crate) fn parse_peer(text: &str) -> Result<Peer, ErrorKind> {
     let bad = || ErrorKind::BadAddress(text.to_string());
     if text == "any" {
         return Ok(Peer::Any);
     }
     if let Some((scheme, rest)) = text.split_once("://") {
-        return parse_url(scheme, rest).ok_or_else(bad);
+        return parse_url(scheme, rest).ok_or_else(bad)?;
     }
-    if text.contains('/') {
+    if let Some((addr, _prefix)) = text.split_once('/') {
+        if addr.parse::<IpAddr>().is_err() && looks_numeric(addr) {
+            return Err(ErrorKind::NumericName(addr.to_string()));
+        }
         let net: IpNet = text.parse().map_err(|_| bad())?;
         let canonical = net.trunc();
         return Ok(Peer::Net { net: canonical, had_host_bits: canonical != net });
     }
     if let Ok(addr) = text.parse::<IpAddr>() {
         return Ok(Peer::Net { net: IpNet::from(addr), had_host_bits: false });
+    }
+    if looks_numeric(text) {
+        return Err(ErrorKind::NumericName(text.to_string()));
     }
     if text.contains('*') {
         return Ok(Peer::Wildcard(text.to_string()));
@@ -50,8 +63,23 @@ pub(crate) fn parse_peer(text: &str) -> Result<Peer, ErrorKind> {
     Err(bad())
 }
 
-/// `scheme://[user@]host[:port][/path...]`.
-fn parse_url(scheme: &str, rest: &str) -> Option<Peer> {
+/// Text that is not an address to `IpAddr::from_str` yet reads as a number:
+/// its last label is all digits (no top-level domain is, RFC 3696 2), or
+/// every label is a number in C syntax (decimal, `0x` hex), which is what
+/// `inet_aton` accepts (`0x7f000001`, `0x7f.0x1`).
+fn looks_numeric(text: &str) -> bool {
+    let labels: Vec<&str> = text.strip_suffix('.').unwrap_or(text).split('.').collect();
+    let digits = |l: &str| !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit());
+    let hex = |l: &str| {
+        let rest = l.strip_prefix("0x").or_else(|| l.strip_prefix("0X"));
+        rest.is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    labels.last().is_some_and(|l| digits(l)) || labels.iter().all(|l| digits(l) || hex(l))
+}
+
+/// `scheme://[user@]host[:port][/path...]`; `None` if malformed, an error
+/// for a host that looks like a number.
+fn parse_url(scheme: &str, rest: &str) -> Option<Result<Peer, ErrorKind>> {
     let authority = rest.split(['/', '?', '#']).next()?;
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
     let (host, port) = if let Some(bracketed) = host_port.strip_prefix('[') {
@@ -77,8 +105,11 @@ fn parse_url(scheme: &str, rest: &str) -> Option<Peer> {
             _ => return None,
         },
     };
+    if host.parse::<IpAddr>().is_err() && looks_numeric(host) {
+        return Some(Err(ErrorKind::NumericName(host.to_string())));
+    }
     let host_ok = host.parse::<IpAddr>().is_ok() || is_host_name(host);
-    host_ok.then(|| Peer::Url { host: host.to_ascii_lowercase(), port })
+    host_ok.then(|| Ok(Peer::Url { host: host.to_ascii_lowercase(), port }))
 }
 
 /// Letters, digits, hyphens and dots, in labels of 1-63 characters.
@@ -125,5 +156,20 @@ mod tests {
         assert!(parse_peer("ftp://example.com/").is_err());
         assert!(parse_peer("https://example.com:0/").is_err());
         assert!(parse_peer("under_score").is_err());
+    }
+
+    #[test]
+    fn names_made_of_numbers_are_not_names() {
+        for text in ["010.000.000.001", "1.2.3", "2130706433", "0x7f.1", "0X7F000001", "1.2.3.4.5", "127.1.", "example.123"] {
+            assert_eq!(parse_peer(text), Err(ErrorKind::NumericName(text.into())), "{text}");
+        }
+        assert_eq!(parse_peer("010.0.0.0/8"), Err(ErrorKind::NumericName("010.0.0.0".into())));
+        assert_eq!(parse_peer("https://2130706433:8443/x"), Err(ErrorKind::NumericName("2130706433".into())));
+        // Names with digits, and hex-looking words without 0x, are names.
+        for text in ["3com.example", "123.example.com", "deadbeef", "0x", "a1.b2"] {
+            assert_eq!(parse_peer(text), Ok(Peer::Host(text.to_ascii_lowercase())), "{text}");
+        }
+        assert!(matches!(parse_peer("::ffff:198.51.100.1"), Ok(Peer::Net { .. })));
+        assert!(matches!(parse_peer("2001:0db8::1"), Ok(Peer::Net { .. })));
     }
 }

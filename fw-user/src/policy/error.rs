@@ -40,6 +40,17 @@ pub enum ErrorKind {
     /// The file could not be read.
     #[error("cannot read the file: {0}")]
     Io(String),
+    /// A FIFO, a device, a directory: reading it could block or never end.
+    #[error("not a regular file but {0} (a policy or env file must be one)")]
+    NotRegularFile(&'static str),
+    #[error("larger than {limit_mib} MiB: not a policy or env file")]
+    TooLarge { limit_mib: u64 },
+    /// Positioned at the first byte that is not UTF-8.
+    #[error("not UTF-8 text")]
+    NotUtf8,
+    /// A policy is one YAML document; a reader would silently drop the rest.
+    #[error("a second YAML document starts here: a policy file holds one document (remove the `---` or `...` line, or split the file)")]
+    SecondDocument,
     /// Not well-formed YAML (or YAML features the language does not use:
     /// anchors, tags, non-scalar keys).
     #[error("YAML syntax: {0}")]
@@ -93,6 +104,14 @@ pub enum ErrorKind {
     BadIcmpType(String),
     #[error("`{0}` is not an address (expected an IPv4/IPv6 address or CIDR, `any`, a named address set, a host name or an http(s) URL)")]
     BadAddress(String),
+    /// `010.0.0.1` (octal to the resolver), `1.2.3`, `2130706433`,
+    /// `0x7f.1`: forms `inet_aton` reads as an address, each differently
+    /// from how it looks; never passed to the resolver.
+    #[error(
+        "`{0}` is not an address: use dotted-quad (four decimal numbers 0-255 without leading zeros, \
+         e.g. 10.0.0.1) or an IPv6 address; a name that is all numbers is never resolved"
+    )]
+    NumericName(String),
     #[error("cannot resolve host name `{host}`: {reason} (mark the rule `optional: true` to leave it out instead)")]
     UnresolvedHost { host: String, reason: String },
     #[error(
@@ -115,7 +134,8 @@ pub struct Warning {
     pub line: usize,
     pub col: usize,
     /// Stable short name: `host-bits`, `resolved-host`, `wildcard-name`,
-    /// `optional-left-out`, `shadowed-rule`, `allow-everything`.
+    /// `optional-left-out`, `shadowed-rule`, `open-egress`,
+    /// `allow-everything`.
     pub code: &'static str,
     pub message: String,
 }
@@ -123,6 +143,13 @@ pub struct Warning {
 impl Warning {
     pub(crate) fn new(file: &str, pos: Pos, code: &'static str, message: String) -> Self {
         Warning { file: file.to_string(), line: pos.line, col: pos.col, code, message }
+    }
+
+    /// The runtime phase's egress allows every address on every port (see
+    /// [`super::lint`]): a phase that should not be applied without the
+    /// operator insisting.
+    pub fn is_open_egress(&self) -> bool {
+        self.code == super::lint::OPEN_EGRESS
     }
 }
 

@@ -7,23 +7,49 @@
 //!   never decides there. One approximation: a class whose CIDR is entirely
 //!   covered by more specific CIDRs is unreachable, yet its entries count,
 //!   so a rule deciding only in such a class is not reported.
-//! * `allow-everything`: an allow rule for any protocol to a whole address
-//!   family in a phase named `runtime`, which defeats "close all outbound".
+//! * `open-egress`: in the phase named `runtime` ("close all outbound"),
+//!   egress allows every address on every port: `egress_default: allow`, or
+//!   an egress allow rule to a whole address family (`any`, `0.0.0.0/0`,
+//!   `::/0`) for every protocol, or for every port of TCP, UDP or SCTP.
+//!   Deny rules may carve exceptions out of it; it is open all the same.
+//!   [`Warning::is_open_egress`] recognizes it (commands that apply a phase
+//!   ask for confirmation).
+//! * `allow-everything`: an allow rule for any protocol to or from a whole
+//!   address family in the phase named `runtime`, which `open-egress` does
+//!   not already report (an inbound rule).
+//!
+//! Every lint looks only at the phases it is given compiled, so that the
+//! loading step of one phase (`policy_source::load_phase`, shared by `fw
+//! run` and `fw switch`) reports exactly what `fw check --phase` does.
 
 use std::collections::HashSet;
 
-use fw_common::Action;
+use fw_common::{
+    policy::proto::{SCTP, TCP, UDP},
+    Action, Direction,
+};
 
 use super::{
     error::Warning,
-    ir::{Policy, Protocols},
+    ir::{Policy, PortRange, Protocols, Rule},
 };
 use crate::compile::tables::CompiledPhase;
 
-/// Warnings about `policy`, given its compiled phases.
+/// The code of the open-egress warning.
+pub const OPEN_EGRESS: &str = "open-egress";
+/// The phase that closes all outbound, by convention (README, shipped policies).
+const RUNTIME: &str = "runtime";
+
+/// Warnings about the `compiled` phases of `policy`.
 pub fn lint(policy: &Policy, compiled: &[CompiledPhase]) -> Vec<Warning> {
     let mut warnings = shadowed_rules(policy, compiled);
-    warnings.extend(allow_everything_in_runtime(policy));
+    let runtime = compiled.iter().find(|phase| phase.phase == RUNTIME);
+    if let Some(runtime) = runtime {
+        let open = open_egress(policy, runtime);
+        let reported: HashSet<u32> = open.iter().filter_map(|(rule, _)| *rule).collect();
+        warnings.extend(open.into_iter().map(|(_, warning)| warning));
+        warnings.extend(allow_everything_in_runtime(policy, &reported));
+    }
     warnings
 }
 
@@ -72,10 +98,52 @@ fn shadowed_rules(policy: &Policy, compiled: &[CompiledPhase]) -> Vec<Warning> {
     warnings
 }
 
-fn allow_everything_in_runtime(policy: &Policy) -> Vec<Warning> {
-    let Some(rules) = policy.rules_of_phase("runtime") else { return Vec::new() };
+/// Whether `rule` admits every port of some protocol: every protocol, or
+/// all ports of TCP, UDP or SCTP.
+fn every_port(rule: &Rule) -> bool {
+    match &rule.protocols {
+        Protocols::Any => true,
+        Protocols::Only(list) => {
+            list.iter().any(|p| [TCP, UDP, SCTP].contains(&p.proto) && p.ports.as_slice() == [PortRange::ALL])
+        }
+    }
+}
+
+/// Open-egress warnings of the runtime phase, with the rule each is about
+/// (`None`: the phase default).
+fn open_egress(policy: &Policy, runtime: &CompiledPhase) -> Vec<(Option<u32>, Warning)> {
+    let mut found = Vec::new();
+    if runtime.settings.egress_default == Action::Allow {
+        let pos = policy.phase(RUNTIME).map(|p| p.pos).unwrap_or_default();
+        let message = format!(
+            "phase `{RUNTIME}` allows every address on every port: `egress_default: allow` \
+             (write `egress_default: drop` and allow what the host needs)"
+        );
+        found.push((None, Warning::new(&policy.file, pos, OPEN_EGRESS, message)));
+    }
+    let rules = policy.rules_of_phase(RUNTIME).unwrap_or_default();
+    for rule in rules {
+        let whole_family = rule.peers.iter().any(|net| net.prefix_len() == 0);
+        if rule.direction != Direction::Egress || rule.action != Action::Allow || !whole_family || !every_port(rule) {
+            continue;
+        }
+        let families = if rule.peers.iter().filter(|n| n.prefix_len() == 0).count() == 2 { "IPv4 and IPv6" } else { "IPv4 or IPv6" };
+        let what = if rule.protocols == Protocols::Any { "every protocol" } else { "every port of a protocol" };
+        let message = format!(
+            "rule `{}` allows every address on every port in the `{RUNTIME}` phase ({what}, every {families} address), \
+             which defeats \"close all outbound\"",
+            rule.name
+        );
+        found.push((Some(rule.id), Warning::new(&policy.file, rule.pos, OPEN_EGRESS, message)));
+    }
+    found
+}
+
+fn allow_everything_in_runtime(policy: &Policy, reported: &HashSet<u32>) -> Vec<Warning> {
+    let Some(rules) = policy.rules_of_phase(RUNTIME) else { return Vec::new() };
     rules
         .into_iter()
+        .filter(|r| !reported.contains(&r.id))
         .filter(|r| r.action == Action::Allow && r.protocols == Protocols::Any)
         .filter(|r| r.peers.iter().any(|net| net.prefix_len() == 0))
         .map(|r| {

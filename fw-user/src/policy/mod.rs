@@ -1,6 +1,7 @@
 //! The policy language: YAML in, a validated [`ir::Policy`] out.
 //!
 //! Pipeline (one concern per module):
+//! * [`file`] reads a policy or env file: regular files under a size limit;
 //! * [`raw`] reads YAML into structs that keep every value's line and column
 //!   and rejects unknown keys and wrong shapes;
 //! * [`vars`] expands `${NAME}` from an env file or the environment;
@@ -23,6 +24,7 @@
 
 mod address;
 pub mod error;
+pub mod file;
 pub mod ir;
 pub mod lint;
 mod lower;
@@ -57,11 +59,11 @@ pub fn system_resolve(host: &str) -> Result<Vec<IpAddr>, String> {
     (host, 0u16).to_socket_addrs().map(|addrs| addrs.map(|a| a.ip()).collect()).map_err(|e| e.to_string())
 }
 
-/// Reads and validates the policy at `path`.
+/// Reads (a regular file only, see [`file`]) and validates the policy at
+/// `path`.
 pub fn load(path: &Path, vars: &Vars) -> Result<LoadedPolicy, PolicyError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| PolicyError::new(&file, ir::Pos::default(), ErrorKind::Io(e.to_string())))?;
+    let text = file::read_text(path, &file)?;
     parse_str(&text, &file, vars)
 }
 

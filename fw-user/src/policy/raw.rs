@@ -12,6 +12,7 @@ use marked_yaml::{
 
 use super::{
     error::{ErrorKind, PolicyError},
+    file::skip_bom,
     ir::Pos,
 };
 
@@ -70,12 +71,44 @@ const PHASE_KEYS: &[&str] = &["extends", "inbound_default", "egress_default", "m
 const EGRESS_RULE_KEYS: &[&str] = &["name", "to", "proto", "ports", "action", "optional"];
 const INBOUND_RULE_KEYS: &[&str] = &["name", "from", "proto", "ports", "action", "optional"];
 
-/// Parses `text` (the contents of `file`) into the raw policy.
+/// Parses `text` (the contents of `file`) into the raw policy. A leading
+/// UTF-8 BOM is skipped; a second YAML document is an error (the loader
+/// would drop it silently).
 pub(crate) fn parse(file: &str, text: &str) -> Result<RawPolicy, PolicyError> {
+    let text = skip_bom(text);
     let options = LoaderOptions::default().error_on_duplicate_keys(true);
     let root = parse_yaml_with_options(0, text, options).map_err(|e| load_error(file, e))?;
+    if let Some(pos) = second_document(text) {
+        return Err(PolicyError::new(file, pos, ErrorKind::SecondDocument));
+    }
     let reader = Reader { file };
     reader.policy(&root)
+}
+
+/// Where a second document starts, if there is one. Only a line starting
+/// with `---` or `...` can end the first document, so text without one
+/// (nearly every policy) is not parsed a second time.
+fn second_document(text: &str) -> Option<Pos> {
+    if !text.lines().any(|line| line.starts_with("---") || line.starts_with("...")) {
+        return None;
+    }
+    let mut parser = yaml_rust2::parser::Parser::new_from_str(text);
+    let mut documents = 0;
+    loop {
+        match parser.next_token() {
+            Ok((yaml_rust2::Event::DocumentStart, mark)) => {
+                documents += 1;
+                if documents == 2 {
+                    return Some(Pos { line: mark.line(), col: mark.col() + 1 });
+                }
+            }
+            Ok((yaml_rust2::Event::StreamEnd, _)) => return None,
+            Ok(_) => {}
+            // Past the first document, which loaded: the second is broken,
+            // but it is there.
+            Err(e) => return Some(Pos { line: e.marker().line(), col: e.marker().col() + 1 }),
+        }
+    }
 }
 
 fn load_error(file: &str, error: LoadError) -> PolicyError {

@@ -5,6 +5,7 @@ use std::{collections::HashMap, path::Path};
 
 use super::{
     error::{ErrorKind, PolicyError},
+    file::{read_text, skip_bom},
     ir::Pos,
 };
 
@@ -27,13 +28,13 @@ pub(crate) enum ExpandError {
 }
 
 impl Vars {
-    /// Values of `env_file` (if given), then the process environment.
+    /// Values of `env_file` (if given; a regular file, see [`super::file`]),
+    /// then the process environment.
     pub fn from_env_file(env_file: Option<&Path>) -> Result<Vars, PolicyError> {
         let mut vars = Vars { file_values: HashMap::new(), use_process_env: true };
         if let Some(path) = env_file {
             let file = path.display().to_string();
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| PolicyError::new(&file, Pos::default(), ErrorKind::Io(e.to_string())))?;
+            let text = read_text(path, &file)?;
             vars.file_values = parse_env_file(&file, &text)?;
         }
         Ok(vars)
@@ -89,7 +90,7 @@ impl Vars {
 /// them. A line that is none of these is an error with its line number.
 fn parse_env_file(file: &str, text: &str) -> Result<HashMap<String, String>, PolicyError> {
     let mut values = HashMap::new();
-    for (index, raw_line) in text.lines().enumerate() {
+    for (index, raw_line) in skip_bom(text).lines().enumerate() {
         let line = raw_line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;

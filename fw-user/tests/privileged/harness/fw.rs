@@ -199,6 +199,9 @@ pub struct Fw<'ns> {
     name: String,
     /// The arguments of `fw run`, for [`Fw::restart`].
     args: Vec<OsString>,
+    /// A command (with its arguments) that runs `fw` as its last
+    /// arguments, e.g. `unshare -m`; empty: `fw` itself.
+    wrapper: Vec<OsString>,
     child: Option<Child>,
     /// `fw stop` succeeded: nothing left for `Drop` to stop.
     stopped: bool,
@@ -222,7 +225,7 @@ impl<'ns> Fw<'ns> {
         phase: &str,
         extra: &[&OsStr],
     ) -> Self {
-        Self::start_named(ns, iface, policy, phase, extra, unique_name())
+        Self::start_full(ns, iface, policy, phase, extra, &[], unique_name())
     }
 
     /// [`Fw::start_with`] for instance `name` (which may have pins, state
@@ -235,6 +238,31 @@ impl<'ns> Fw<'ns> {
         extra: &[&OsStr],
         name: String,
     ) -> Self {
+        Self::start_full(ns, iface, policy, phase, extra, &[], name)
+    }
+
+    /// [`Fw::start_with`], `fw run` started by `wrapper` (a command that
+    /// execs its last arguments in the same process, e.g. `unshare -m`).
+    pub fn start_wrapped(
+        ns: &'ns Netns,
+        iface: &str,
+        policy: impl AsRef<OsStr>,
+        phase: &str,
+        extra: &[&OsStr],
+        wrapper: &[&str],
+    ) -> Self {
+        Self::start_full(ns, iface, policy, phase, extra, wrapper, unique_name())
+    }
+
+    fn start_full(
+        ns: &'ns Netns,
+        iface: &str,
+        policy: impl AsRef<OsStr>,
+        phase: &str,
+        extra: &[&OsStr],
+        wrapper: &[&str],
+        name: String,
+    ) -> Self {
         let dir = TempDir::new();
         let log = dir.path().join("fw-run.log");
         let mut args = run_args(iface, policy, phase, &name);
@@ -244,6 +272,7 @@ impl<'ns> Fw<'ns> {
             ns,
             name,
             args,
+            wrapper: wrapper.iter().map(OsString::from).collect(),
             child: None,
             stopped: false,
             log,
@@ -264,7 +293,14 @@ impl<'ns> Fw<'ns> {
             .open(&self.log)
             .expect("opening the fw log");
         let err = out.try_clone().expect("cloning the fw log");
-        let mut cmd = self.ns.command(FW);
+        let mut cmd = match self.wrapper.split_first() {
+            None => self.ns.command(FW),
+            Some((program, wrapper_args)) => {
+                let mut cmd = self.ns.command(program);
+                cmd.args(wrapper_args).arg(FW);
+                cmd
+            }
+        };
         cmd.args(&self.args)
             .stdin(Stdio::null())
             .stdout(out)
