@@ -17,5 +17,6 @@ mod cli;
 mod e2e;
 mod events;
 mod harness;
+mod lifecycle;
 mod operate;
 mod stateful;
