@@ -7,7 +7,7 @@ use super::instance::require_root;
 use crate::{
     apply, bpffs, cgroup, control,
     counters::Snapshot,
-    events,
+    events, iface_watch,
     loader::{self, CounterMaps, PolicyMaps},
     kernel_log, metrics, ops, paths, policy_source,
     state::{Enforced, InstanceState},
@@ -81,8 +81,11 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let _socket_file = control::SocketFile::new(&name);
     // Before the kernel is touched: a port in use fails the start cleanly.
     let metrics_server = args.metrics.map(metrics::Server::bind).transpose()?;
+    // Before the interface is looked at: a deletion or re-creation from now
+    // on is seen by the start/adopt below or by the watcher (finding 3).
+    let mut watcher = iface_watch::Watcher::subscribe(&name, &args.iface)?;
     let state = if paths::pin_dir(&name).exists() {
-        adopt(&name, &args, ifindex)?
+        adopt(&name, &args)?
     } else {
         let state = start(&name, &args, ifindex)?;
         announce(&name, &args, &state);
@@ -97,7 +100,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         println!("fw: {name}: metrics at http://{}/metrics", server.addr());
         server.spawn(name.clone(), log);
     }
-    runtime.block_on(daemon(&name, &state, Duration::from_secs(args.interval)))?;
+    runtime.block_on(daemon(&name, &state, Duration::from_secs(args.interval), &mut watcher))?;
     if paths::pin_dir(&name).exists() {
         println!("fw: {name}: exiting; enforcement stays attached (fail closed). `fw stop --name {name}` detaches it.");
     }
@@ -178,11 +181,11 @@ fn announce(name: &str, args: &RunArgs, state: &InstanceState) {
 }
 
 /// A restart: the pinned programs and maps keep enforcing; take them over.
-fn adopt(name: &str, args: &RunArgs, ifindex: u32) -> Result<InstanceState> {
+fn adopt(name: &str, args: &RunArgs) -> Result<InstanceState> {
     let state = ops::load_state(name).with_context(|| {
         format!("{} exists but its state does not: `fw stop --name {name}` cleans up", paths::pin_dir(name).display())
     })?;
-    if state.iface != args.iface || state.ifindex != ifindex {
+    if state.iface != args.iface {
         bail!("instance {name} enforces on {} (ifindex {}), not {}: pick another --name", state.iface, state.ifindex, args.iface);
     }
     if let Some(policy) = &args.policy {
@@ -206,6 +209,14 @@ fn adopt(name: &str, args: &RunArgs, ifindex: u32) -> Result<InstanceState> {
             state.enforced.generation
         );
     }
+    // The interface was deleted and created again (finding 3): attach the
+    // pinned enforcer to the new one, or fail leaving every pin in place.
+    if !loader::attached_to(name, state.attach_mode, state.ifindex, &args.iface)? {
+        let now = iface_watch::attach_again(name, &args.iface)
+            .with_context(|| format!("instance {name}: the enforcer is not attached to {}", args.iface))?;
+        println!("fw: {name}: interface {} was created again (ifindex {} -> {now}): attached the pinned enforcer to it", args.iface, state.ifindex);
+    }
+    let state = ops::load_state(name)?;
     let e = &state.enforced;
     println!(
         "fw: {name}: adopted the pinned enforcer on {}: policy {} phase {} (generation {}), no reload, no gap",
@@ -232,7 +243,7 @@ pub(crate) fn ifindex(iface: &str) -> Result<u32> {
 /// Until SIGINT or SIGTERM: every second, roll back an unconfirmed switch
 /// whose deadline passed; every `interval`, print the drops since the last
 /// summary.
-async fn daemon(name: &str, state: &InstanceState, interval: Duration) -> Result<()> {
+async fn daemon(name: &str, state: &InstanceState, interval: Duration, watcher: &mut iface_watch::Watcher) -> Result<()> {
     let counters = CounterMaps::open(name)?;
     let mut rules = state.enforced.rules.clone();
     let mut last = Snapshot::read(&counters, &rules)?;
@@ -240,12 +251,18 @@ async fn daemon(name: &str, state: &InstanceState, interval: Duration) -> Result
     let mut last_routes = tokio::time::Instant::now() - ROUTES_REFRESH;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Enforcing on the interface? (READY=1 to systemd the first time.)
+    watcher.check();
     loop {
         tokio::select! {
+            changed = watcher.watch() => changed?,
             _ = tick.tick() => {
                 if !paths::pin_dir(name).exists() {
                     println!("fw: {name}: the instance was stopped (`fw stop`)");
                     return Ok(());
+                }
+                if watcher.failed() {
+                    watcher.check();
                 }
                 match ops::rollback_if_due(name, crate::unix_now()) {
                     Ok(Some(back)) => println!(

@@ -15,7 +15,7 @@ use std::{
 
 use crate::harness::{
     self,
-    fw::Fw,
+    fw::{pin_dir, Fw},
     netns::{Netns, VethPair},
     traffic::{in_netns, tcp_echo, Echo, Outcome, DROP_TIMEOUT, PASS_TIMEOUT},
     TempDir,
@@ -203,13 +203,16 @@ fn finding3_recreated_interface_is_enforced_again() {
     let m = scrape(&site.pair.near, metrics);
     assert!(m.lines().any(|l| l == "fw_interface_up 0"), "while {} is gone:\n{m}", site.iface());
 
+    let recreated = Instant::now();
     site.pair.recreate_link();
     wait_enforcing(&fw, "after the interface was created again");
+    println!("re-created, up and addressed, and enforced again (fw status 0) within {:?}", recreated.elapsed());
     let back = format!("interface {} is back", site.iface());
     assert!(fw.log_text().contains(&back), "the daemon must log {back:?}; it printed:\n{}", fw.log_text());
     site.assert_enforced("after the interface was created again");
     let m = scrape(&site.pair.near, metrics);
     assert!(m.lines().any(|l| l == "fw_interface_up 1"), "after re-creation:\n{m}");
+    println!("fw run printed:\n{}", fw.log_text());
 }
 
 /// Finding 3, the restart half: the daemon is killed while the interface is
@@ -234,6 +237,27 @@ fn finding3_restarted_daemon_adopts_a_recreated_interface() {
         fw.log_text()
     );
     site.assert_enforced("after a restart on the re-created interface");
+    println!("fw run printed:\n{}", fw.log_text());
+}
+
+/// An instance started by an fw that did not pin its programs (before the
+/// fix): a defunct link still holds its program, and that is where a
+/// restarted daemon takes it from.
+#[test]
+fn finding3_an_instance_without_program_pins_is_enforced_again() {
+    let site = Site::new(113);
+    let mut fw = Fw::start(&site.pair.near, site.iface(), &site.policy, "test");
+    fw.kill_run_process();
+    for program in ["prog_egress", "prog_ingress"] {
+        std::fs::remove_file(pin_dir(fw.name()).join(program)).expect("removing a program pin");
+    }
+    site.pair.delete_link();
+    site.pair.recreate_link();
+    fw.start_again();
+    site.assert_enforced("after a restart on the re-created interface");
+    for program in ["prog_egress", "prog_ingress"] {
+        assert!(pin_dir(fw.name()).join(program).exists(), "{program} is pinned again");
+    }
 }
 
 /// Finding 11 (readiness): with NOTIFY_SOCKET set, `fw run` sends READY=1
