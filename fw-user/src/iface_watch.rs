@@ -96,8 +96,8 @@ pub struct Watcher {
     reported: Option<Presence>,
     /// The index events are matched against: the last one seen enforced.
     ifindex: u32,
-    /// The last reconciliation failed.
-    failed: bool,
+    /// Why the last reconciliation failed, if it did.
+    failure: Option<String>,
 }
 
 impl Watcher {
@@ -113,7 +113,7 @@ impl Watcher {
             messages,
             reported: None,
             ifindex: linkinfo::ifindex_of(iface).unwrap_or(0),
-            failed: false,
+            failure: None,
         })
     }
 
@@ -134,18 +134,22 @@ impl Watcher {
     /// attached to the interface (`fw status` says so), and the daemon tries
     /// again on the next event or its next tick ([`Watcher::failed`]).
     pub fn check(&mut self) {
-        self.failed = match self.reconcile() {
-            Ok(_) => false,
+        self.failure = match self.reconcile() {
+            Ok(_) => None,
             Err(e) => {
-                eprintln!("fw: {}: interface {}: {e:#}", self.name, self.iface);
-                true
+                let error = format!("{e:#}");
+                // Once per distinct error, not once per retry.
+                if self.failure.as_ref() != Some(&error) {
+                    eprintln!("fw: {}: interface {}: {error}", self.name, self.iface);
+                }
+                Some(error)
             }
         };
     }
 
     /// The last [`Watcher::check`] failed.
     pub fn failed(&self) -> bool {
-        self.failed
+        self.failure.is_some()
     }
 
     /// Waits for the next link event that concerns the interface.

@@ -15,7 +15,7 @@ use std::{
 
 use crate::harness::{
     self,
-    fw::{pin_dir, Fw},
+    fw::{pin_dir, run_bounded, Fw, FW},
     netns::{Netns, VethPair},
     traffic::{in_netns, tcp_echo, Echo, Outcome, DROP_TIMEOUT, PASS_TIMEOUT},
     TempDir,
@@ -258,6 +258,42 @@ fn finding3_an_instance_without_program_pins_is_enforced_again() {
     for program in ["prog_egress", "prog_ingress"] {
         assert!(pin_dir(fw.name()).join(program).exists(), "{program} is pinned again");
     }
+}
+
+/// Fail closed: when the enforcer cannot be attached to the re-created
+/// interface (here the pinned egress program was replaced by a map), `fw
+/// run` fails in one line and leaves every pin; `fw status` keeps saying
+/// the interface is not enforced.
+#[test]
+fn finding3_adopt_that_cannot_attach_fails_in_one_line_and_keeps_the_pins() {
+    let site = Site::new(115);
+    let mut fw = Fw::start(&site.pair.near, site.iface(), &site.policy, "test");
+    fw.kill_run_process();
+    site.pair.delete_link();
+    site.pair.recreate_link();
+    let dir = pin_dir(fw.name());
+    let map = std::fs::read_dir(&dir)
+        .expect("the pin directory")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("FW_")))
+        .expect("a pinned map");
+    std::fs::remove_file(dir.join("prog_egress")).unwrap();
+    std::fs::hard_link(&map, dir.join("prog_egress")).expect("linking a map pin where the program was");
+    let before: Vec<_> = {
+        let mut names: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok().map(|e| e.file_name())).collect();
+        names.sort();
+        names
+    };
+
+    let mut cmd = site.pair.near.command(FW);
+    cmd.args(fw.run_args());
+    let out = run_bounded(cmd, Duration::from_secs(30));
+    let line = out.one_line_error();
+    assert!(line.contains(&format!("the enforcer is not attached to {}", site.iface())), "{line}");
+    let mut after: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok().map(|e| e.file_name())).collect();
+    after.sort();
+    assert_eq!(before, after, "a failed adopt must leave every pin");
+    assert_reports_missing(&fw, site.iface());
 }
 
 /// Finding 11 (readiness): with NOTIFY_SOCKET set, `fw run` sends READY=1
