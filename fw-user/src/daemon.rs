@@ -1,4 +1,5 @@
-//! The `fw run` daemon's housekeeping, once a second: notice `fw stop`,
+//! The `fw run` daemon: its interface watcher (netlink, see `iface_watch`)
+//! and its housekeeping, once a second: notice `fw stop`,
 //! finish an interrupted command or roll back an unconfirmed switch, keep
 //! the route maps fresh, print the drops of the last interval.
 //!
@@ -19,6 +20,7 @@ use anyhow::{Context, Result};
 use crate::{
     compile::tables::RuleInfo,
     counters::Snapshot,
+    iface_watch::Watcher,
     instance,
     loader::{self, CounterMaps},
     paths,
@@ -28,14 +30,22 @@ use crate::{
 /// How often the daemon re-reads the routing table (see `routes`).
 const ROUTES_REFRESH: Duration = Duration::from_secs(10);
 
-/// Until SIGINT or SIGTERM, or until the instance is stopped.
-pub async fn run(name: &str, state: &InstanceState, interval: Duration) -> Result<()> {
+/// Until SIGINT or SIGTERM, or until the instance is stopped. `watcher`
+/// follows the interface (netlink): it re-attaches the enforcer to an
+/// interface created again, and tells systemd when it enforces.
+pub async fn run(name: &str, state: &InstanceState, interval: Duration, watcher: &mut Watcher) -> Result<()> {
     let mut housekeeping = Housekeeping::new(name, state, interval)?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Enforcing on the interface? (READY=1 to systemd the first time.)
+    watcher.check();
     loop {
         tokio::select! {
+            changed = watcher.watch() => changed?,
             _ = tick.tick() => {
+                if watcher.failed() {
+                    watcher.check();
+                }
                 let (back, stopped) = tokio::task::spawn_blocking(move || {
                     let stopped = housekeeping.tick();
                     (housekeeping, stopped)

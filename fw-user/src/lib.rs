@@ -3,6 +3,7 @@
 pub mod compile;
 pub mod eval;
 pub mod explain;
+pub mod iface_watch;
 pub mod export;
 pub mod policy;
 pub mod report;
@@ -25,6 +26,7 @@ pub mod mounts;
 pub mod metrics;
 pub mod paths;
 pub mod policy_source;
+pub mod readiness;
 pub mod state;
 
 /// Time since the Unix epoch (zero for a clock set before 1970).

@@ -5,12 +5,16 @@
 //! one: when its interface goes away the kernel detaches the link and
 //! reports ifindex 0. So `fw status` asks the kernel directly, with the two
 //! documented `bpf(2)` commands `BPF_OBJ_GET` and `BPF_OBJ_GET_INFO_BY_FD`.
+//! (And, to pin the program a link runs, `BPF_PROG_GET_FD_BY_ID` and
+//! `BPF_OBJ_PIN`, which aya does not offer for a program it did not load.)
 
 use std::{ffi::CString, io, os::fd::FromRawFd, os::fd::OwnedFd, os::unix::ffi::OsStrExt, path::Path};
 
 use anyhow::{Context, Result};
 
+const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 /// `enum bpf_link_type`: BPF_LINK_TYPE_TCX.
 const BPF_LINK_TYPE_TCX: u32 = 11;
@@ -23,6 +27,14 @@ struct ObjGetAttr {
     file_flags: u32,
     path_fd: i32,
     _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct GetFdByIdAttr {
+    id: u32,
+    next_id: u32,
+    open_flags: u32,
 }
 
 #[repr(C)]
@@ -82,4 +94,30 @@ pub fn tcx_link_info(path: &Path) -> Result<Option<TcxLinkInfo>> {
         return Ok(None);
     }
     Ok(Some(TcxLinkInfo { link_id: word(4), program_id: word(8), ifindex: word(16) }))
+}
+
+/// Pins the loaded program with id `program_id` at `path` (on bpffs).
+pub fn pin_program(program_id: u32, path: &Path) -> Result<()> {
+    let mut by_id = GetFdByIdAttr { id: program_id, ..Default::default() };
+    let fd = sys_bpf(BPF_PROG_GET_FD_BY_ID, (&mut by_id as *mut GetFdByIdAttr).cast(), std::mem::size_of::<GetFdByIdAttr>())
+        .with_context(|| format!("opening program {program_id}"))?;
+    // SAFETY: BPF_PROG_GET_FD_BY_ID returned a new file descriptor that we now own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let cpath = CString::new(path.as_os_str().as_bytes())?;
+    let mut pin = ObjGetAttr {
+        pathname: cpath.as_ptr() as u64,
+        bpf_fd: std::os::fd::AsRawFd::as_raw_fd(&fd) as u32,
+        ..Default::default()
+    };
+    sys_bpf(BPF_OBJ_PIN, (&mut pin as *mut ObjGetAttr).cast(), std::mem::size_of::<ObjGetAttr>())
+        .with_context(|| format!("pinning program {program_id} at {}", path.display()))?;
+    Ok(())
+}
+
+/// The index of interface `iface` in this network namespace, if it exists.
+pub fn ifindex_of(iface: &str) -> Option<u32> {
+    let name = CString::new(iface).ok()?;
+    // SAFETY: `name` is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
 }

@@ -21,7 +21,7 @@ use aya::{
 };
 use fw_common::{maps, AddrKey4, AddrKey6, Config, Counter, FlowKey, FlowValue, PhaseConfig, PolicyValue, PortKey};
 
-use crate::paths;
+use crate::{linkinfo, paths};
 
 /// The kernel object built by build.rs (empty when built with AYA_BUILD_SKIP).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fw-ebpf"));
@@ -222,6 +222,13 @@ impl Hook {
             Hook::Ingress => paths::ingress_link(instance),
         }
     }
+
+    pub fn program_pin(self, instance: &str) -> std::path::PathBuf {
+        match self {
+            Hook::Egress => paths::egress_program(instance),
+            Hook::Ingress => paths::ingress_program(instance),
+        }
+    }
 }
 
 /// How the programs were attached.
@@ -236,8 +243,10 @@ pub enum AttachMode {
 }
 
 /// Loads both programs into the kernel and attaches them to `iface`,
-/// pinning the links so that enforcement survives this process. Ingress is
-/// attached first: by the time egress enforces, inbound flows are tracked.
+/// pinning the links so that enforcement survives this process, and the
+/// programs so that [`reattach`] can attach them to the interface again if
+/// it is deleted and created anew. Ingress is attached first: by the time
+/// egress enforces, inbound flows are tracked.
 pub fn attach(ebpf: &mut Ebpf, instance: &str, iface: &str) -> Result<AttachMode> {
     let mut clsact = Vec::new();
     for hook in [Hook::Ingress, Hook::Egress] {
@@ -248,32 +257,117 @@ pub fn attach(ebpf: &mut Ebpf, instance: &str, iface: &str) -> Result<AttachMode
         program
             .load()
             .with_context(|| format!("the kernel verifier rejected {}", hook.program()))?;
-        let tcx = program.attach_with_options(
-            iface,
-            hook.attach_type(),
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
-        );
-        match tcx {
-            Ok(link_id) => {
-                let link: FdLink = program.take_link(link_id)?.try_into()?;
-                let path = hook.link_pin(instance);
-                link.pin(&path).with_context(|| format!("pinning the link at {}", path.display()))?;
-            }
-            Err(tcx_err) => {
-                // Kernels before 6.6 have no TCX: a clsact filter persists
-                // on its own after we exit (also fail closed).
-                let _ = tc::qdisc_add_clsact(iface);
-                let link_id = program.attach(iface, hook.attach_type()).map_err(|e| {
-                    anyhow!("attaching {} to {iface}: TCX failed ({tcx_err}), clsact failed ({e})", hook.program())
-                })?;
-                let link = program.take_link(link_id)?;
-                clsact.push((link.priority()?, u32::from(link.handle()?)));
-                // Keep the filter attached when the link handle is dropped.
-                std::mem::forget(link);
-            }
+        let pin = hook.program_pin(instance);
+        program.pin(&pin).with_context(|| format!("pinning {} at {}", hook.program(), pin.display()))?;
+        clsact.extend(attach_hook(program, hook, instance, iface)?);
+    }
+    attach_mode(iface, &clsact)
+}
+
+/// Attaches the pinned programs of `instance` to `iface` again. When an
+/// interface is deleted the kernel detaches its TCX links (their pins stay,
+/// defunct) and removes its clsact filters; when one with the same name is
+/// created, this attaches the same programs to it, with the same pinned
+/// maps: the policy, its generation and the tracked flows carry over, and
+/// nothing is loaded or verified again. A hook whose TCX link is live on
+/// `iface` already is left as it is, so this is safe to call when in doubt.
+pub fn reattach(instance: &str, iface: &str) -> Result<AttachMode> {
+    let ifindex = linkinfo::ifindex_of(iface)
+        .ok_or_else(|| anyhow!("no interface named {iface} in this network namespace"))?;
+    let mut clsact = Vec::new();
+    for hook in [Hook::Ingress, Hook::Egress] {
+        let live = linkinfo::tcx_link_info(&hook.link_pin(instance))?;
+        if live.is_some_and(|link| link.ifindex == ifindex) {
+            continue;
+        }
+        let pin = hook.program_pin(instance);
+        let mut program = SchedClassifier::from_pin(&pin)
+            .with_context(|| format!("opening the pinned program {}", pin.display()))?;
+        clsact.extend(attach_hook(&mut program, hook, instance, iface)?);
+    }
+    attach_mode(iface, &clsact)
+}
+
+/// Whether the TC programs of `instance`, attached with `mode` to the
+/// interface that had index `recorded_ifindex`, are attached to the
+/// interface called `iface` in this namespace right now. TCX: both pinned
+/// links are live and on `iface`'s index. clsact filters cannot be read back
+/// that way, but they die with their interface: for them, `iface` still has
+/// the recorded index.
+pub fn attached_to(instance: &str, mode: AttachMode, recorded_ifindex: u32, iface: &str) -> Result<bool> {
+    let Some(current) = linkinfo::ifindex_of(iface) else {
+        return Ok(false);
+    };
+    if mode != AttachMode::Tcx {
+        return Ok(current == recorded_ifindex);
+    }
+    for hook in Hook::ALL {
+        match linkinfo::tcx_link_info(&hook.link_pin(instance))? {
+            Some(link) if link.ifindex == current => {}
+            _ => return Ok(false),
         }
     }
-    Ok(match clsact.as_slice() {
+    Ok(true)
+}
+
+/// Pins the programs of an instance started by an fw that did not pin them,
+/// taking them from its TCX links (a defunct link still holds its program),
+/// so that [`reattach`] works for it too. Nothing to do when they are pinned.
+pub fn ensure_program_pins(instance: &str) -> Result<()> {
+    for hook in Hook::ALL {
+        let pin = hook.program_pin(instance);
+        if pin.exists() {
+            continue;
+        }
+        let link = linkinfo::tcx_link_info(&hook.link_pin(instance))?
+            .ok_or_else(|| anyhow!("{} is not pinned and there is no TCX link to take it from", pin.display()))?;
+        linkinfo::pin_program(link.program_id, &pin)?;
+    }
+    Ok(())
+}
+
+/// Attaches one loaded program to `iface` with a TCX link (pinned), or a
+/// clsact filter on kernels without TCX; returns the filter's (priority,
+/// handle) in the latter case.
+fn attach_hook(program: &mut SchedClassifier, hook: Hook, instance: &str, iface: &str) -> Result<Option<(u16, u32)>> {
+    let tcx = program.attach_with_options(iface, hook.attach_type(), TcAttachOptions::TcxOrder(LinkOrder::default()));
+    match tcx {
+        Ok(link_id) => {
+            let link: FdLink = program.take_link(link_id)?.try_into()?;
+            pin_link(link, &hook.link_pin(instance))?;
+            Ok(None)
+        }
+        Err(tcx_err) => {
+            // Kernels before 6.6 have no TCX: a clsact filter persists
+            // on its own after we exit (also fail closed).
+            let _ = tc::qdisc_add_clsact(iface);
+            let link_id = program.attach(iface, hook.attach_type()).map_err(|e| {
+                anyhow!("attaching {} to {iface}: TCX failed ({tcx_err}), clsact failed ({e})", hook.program())
+            })?;
+            let link = program.take_link(link_id)?;
+            let filter = (link.priority()?, u32::from(link.handle()?));
+            // Keep the filter attached when the link handle is dropped.
+            std::mem::forget(link);
+            Ok(Some(filter))
+        }
+    }
+}
+
+/// Pins `link` at `path`, replacing whatever is pinned there in one rename:
+/// a defunct link's pin is never missing before the new one is in place.
+fn pin_link(link: FdLink, path: &Path) -> Result<()> {
+    // bpffs refuses names with a dot.
+    let mut staged = path.as_os_str().to_owned();
+    staged.push("_new");
+    let staged = std::path::PathBuf::from(staged);
+    // A leftover of an attempt that died between pin and rename.
+    let _ = fs::remove_file(&staged);
+    link.pin(&staged).with_context(|| format!("pinning the link at {}", staged.display()))?;
+    fs::rename(&staged, path).with_context(|| format!("moving the link pin {} to {}", staged.display(), path.display()))
+}
+
+fn attach_mode(iface: &str, clsact: &[(u16, u32)]) -> Result<AttachMode> {
+    Ok(match clsact {
         [] => AttachMode::Tcx,
         [ingress, egress] => AttachMode::Clsact { egress: *egress, ingress: *ingress },
         _ => bail!("{iface}: one hook attached with TCX and the other with clsact; run `fw stop` and retry"),

@@ -14,6 +14,7 @@
 //! fw_events_total{outcome=emitted|suppressed|lost|undecodable}
 //! fw_map_entries{map}  fw_map_capacity{map}
 //! fw_phase_info{policy,phase} 1             fw_generation
+//! fw_interface_up   1 while the enforcer is attached to the interface
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -32,8 +33,9 @@ use crate::{
     apply,
     counters::{ReasonCount, RuleCount, Snapshot},
     events::SharedLog,
-    loader::{CounterMaps, PolicyMaps},
-    instance, paths,
+    instance,
+    loader::{self, CounterMaps, PolicyMaps},
+    paths,
 };
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -118,6 +120,8 @@ struct Scrape {
     policy: String,
     phase: String,
     generation: u32,
+    /// The enforcer is attached to the interface (read from the kernel).
+    interface_up: bool,
 }
 
 impl Scrape {
@@ -126,6 +130,7 @@ impl Scrape {
         let snapshot = Snapshot::read(&CounterMaps::open(name)?, &state.enforced.rules)?;
         let policy_maps = PolicyMaps::open(name)?;
         let generation = apply::active_generation(&policy_maps)?;
+        let interface_up = loader::attached_to(name, state.attach_mode, state.ifindex, &state.iface)?;
 
         let stats = PerCpuArray::<_, u64>::try_from(Map::PerCpuArray(pinned(name, maps::EVENT_STATS)?))?;
         let event_sum = |index: u32| -> Result<u64> { Ok(stats.get(&index, 0)?.iter().sum()) };
@@ -159,6 +164,7 @@ impl Scrape {
             policy: state.enforced.policy_name,
             phase: state.enforced.phase,
             generation,
+            interface_up,
         })
     }
 }
@@ -202,6 +208,12 @@ impl Collector for Scrape {
         ConstGauge::new(i64::from(self.generation)).encode(encoder.encode_descriptor(
             "fw_generation",
             "The active policy generation (changes on every switch).",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstGauge::new(i64::from(self.interface_up)).encode(encoder.encode_descriptor(
+            "fw_interface_up",
+            "1 while the enforcer is attached to its interface; 0 while the interface is gone (not enforcing).",
             None,
             MetricType::Gauge,
         )?)?;
@@ -261,6 +273,7 @@ mod tests {
             policy: "openvidu-ce".into(),
             phase: "runtime".into(),
             generation: 3,
+            interface_up: false,
         };
         let mut registry = Registry::default();
         registry.register_collector(Box::new(scrape));
@@ -276,6 +289,7 @@ mod tests {
             "fw_map_capacity{map=\"flows\"} 262144",
             "fw_phase_info{policy=\"openvidu-ce\",phase=\"runtime\"} 1",
             "fw_generation 3",
+            "fw_interface_up 0",
             "# EOF",
         ] {
             assert!(out.lines().any(|l| l == line), "missing {line:?} in:\n{out}");

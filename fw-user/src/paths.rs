@@ -6,6 +6,9 @@
 //!                     ...
 //!                     link_egress the TCX links: enforcement outlives the process
 //!                     link_ingress
+//!                     prog_egress the two TC programs, so that an interface deleted
+//!                     prog_ingress and created again gets them attached again
+//!                                 (new links, same programs and maps)
 //! /run/fw/NAME.json               what the instance enforces (policy, phase, rules)
 //! /run/fw/NAME.lock               serializes changes (switch, confirm, rollback)
 //! /run/fw/NAME.sock               the daemon's control socket (root only)
@@ -52,6 +55,16 @@ pub fn egress_link(name: &str) -> PathBuf {
 /// Pin of the ingress TCX link of instance `name`.
 pub fn ingress_link(name: &str) -> PathBuf {
     pin_dir(name).join("link_ingress")
+}
+
+/// Pin of the egress TC program of instance `name`.
+pub fn egress_program(name: &str) -> PathBuf {
+    pin_dir(name).join("prog_egress")
+}
+
+/// Pin of the ingress TC program of instance `name`.
+pub fn ingress_program(name: &str) -> PathBuf {
+    pin_dir(name).join("prog_ingress")
 }
 
 /// Pin of the link of program `program` of instance `name`.

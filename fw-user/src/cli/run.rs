@@ -5,9 +5,9 @@ use clap::Args;
 
 use super::instance::require_root;
 use crate::{
-    cgroup, control, daemon, events,
+    cgroup, control, daemon, events, iface_watch,
     instance::{self, Leftover, StartRequest},
-    kernel_log, lock, metrics, paths,
+    kernel_log, loader, lock, metrics, paths,
     policy_source::{self, LoadedPhase},
     state::InstanceState,
 };
@@ -88,6 +88,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let _socket_file = control::SocketFile::new(&name);
     // Before the kernel is touched: a port in use fails the start cleanly.
     let metrics_server = args.metrics.map(metrics::Server::bind).transpose()?;
+    // Before the interface is looked at: a deletion or re-creation from now
+    // on is seen by the start/adopt below or by the watcher (finding 3).
+    let mut watcher = iface_watch::Watcher::subscribe(&name, &args.iface)?;
     let state = if paths::pin_dir(&name).exists() {
         match instance::leftover(&name)? {
             Leftover::Instance => adopt(&name, &args)?,
@@ -117,7 +120,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         println!("fw: {name}: metrics at http://{}/metrics", server.addr());
         server.spawn(name.clone(), log);
     }
-    runtime.block_on(daemon::run(&name, &state, Duration::from_secs(args.interval)))?;
+    runtime.block_on(daemon::run(&name, &state, Duration::from_secs(args.interval), &mut watcher))?;
     if paths::pin_dir(&name).exists() {
         println!("fw: {name}: exiting; enforcement stays attached (fail closed). `fw stop --name {name}` detaches it.");
     }
@@ -190,8 +193,7 @@ fn adopt(name: &str, args: &RunArgs) -> Result<InstanceState> {
     for note in notes {
         println!("fw: {name}: {note}");
     }
-    let ifindex = instance::ifindex(&args.iface)?;
-    if state.iface != args.iface || state.ifindex != ifindex {
+    if state.iface != args.iface {
         bail!("instance {name} enforces on {} (ifindex {}), not {}: pick another --name", state.iface, state.ifindex, args.iface);
     }
     if let Some(policy) = &args.policy {
@@ -206,6 +208,18 @@ fn adopt(name: &str, args: &RunArgs) -> Result<InstanceState> {
     if state.audit_override != args.audit {
         bail!("instance {name} runs with audit {}; `fw stop` it to change --audit", state.audit_override);
     }
+    // The interface was deleted and created again (finding 3), or a stop
+    // was interrupted between its unpins: attach the pinned enforcer again,
+    // or fail leaving every pin in place.
+    if !loader::attached_to(name, state.attach_mode, state.ifindex, &args.iface)? {
+        let now = iface_watch::attach_again(name, &args.iface)
+            .with_context(|| format!("instance {name}: the enforcer is not attached to {}", args.iface))?;
+        println!(
+            "fw: {name}: interface {} was not enforced (ifindex {} -> {now}): attached the pinned enforcer to it",
+            args.iface, state.ifindex
+        );
+    }
+    let state = instance::load_state(name)?;
     let e = &state.enforced;
     println!(
         "fw: {name}: adopted the pinned enforcer on {}: policy {} phase {} (generation {}), no reload, no gap",
@@ -218,4 +232,3 @@ fn adopt(name: &str, args: &RunArgs) -> Result<InstanceState> {
     }
     Ok(state)
 }
-

@@ -154,19 +154,45 @@ fn check_enforcing(name: &str, state: &InstanceState, active: Result<u32>, s: &m
     if s.phase.is_none() {
         s.phase = Some(format!("unknown (generation {generation} is not in the state file; the next command rebuilds it)"));
     }
+    // The interface as this namespace sees it now (None from another
+    // namespace too: then only the links can tell).
+    let current = linkinfo::ifindex_of(&state.iface);
+    let missing = |why: String| anyhow::anyhow!("interface {} missing: not enforcing ({why})", state.iface);
     if state.attach_mode == AttachMode::Tcx {
+        let mut links = Vec::new();
         for (hook, label) in [(Hook::Egress, "egress"), (Hook::Ingress, "ingress")] {
             let link = linkinfo::tcx_link_info(&hook.link_pin(name))?
                 .ok_or_else(|| anyhow::anyhow!("the {label} link is not pinned"))?;
             s.links.push(LinkStatus { hook: label, link_id: link.link_id, program_id: link.program_id });
-            anyhow::ensure!(link.ifindex != 0, "the {label} link is defunct: interface {} is gone", state.iface);
+            links.push((label, link));
+        }
+        for (label, link) in links {
+            // The kernel detaches a TCX link when its interface goes away.
+            if link.ifindex == 0 {
+                return Err(missing(match current {
+                    Some(index) => format!(
+                        "the {label} link died with ifindex {}; the interface of that name now (ifindex {index}) has no enforcer",
+                        state.ifindex
+                    ),
+                    None => format!("the {label} link died with ifindex {}", state.ifindex),
+                }));
+            }
+            if let Some(index) = current.filter(|&index| index != link.ifindex) {
+                return Err(missing(format!(
+                    "the {label} link is on ifindex {}, the interface of that name is ifindex {index}",
+                    link.ifindex
+                )));
+            }
             anyhow::ensure!(
                 link.ifindex == state.ifindex,
-                "the {label} link is on ifindex {}, expected {}",
+                "the {label} link is on ifindex {}, the state says {}",
                 link.ifindex,
                 state.ifindex
             );
         }
+    } else if current != Some(state.ifindex) {
+        // clsact filters die with their interface.
+        return Err(missing(format!("the filters were on ifindex {}", state.ifindex)));
     }
     Ok(())
 }

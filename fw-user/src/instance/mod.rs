@@ -274,11 +274,10 @@ pub fn leftover(name: &str) -> Result<Leftover> {
         .iter()
         .filter(|hook| linkinfo::tcx_link_info(&hook.link_pin(name)).ok().flatten().is_some_and(|l| l.ifindex != 0))
         .count();
-    // Both hooks or it does not enforce: a stop killed between its two
-    // unpins leaves one.
+    // Both hooks or it does not enforce.
     Ok(match (state.is_some(), live_links == Hook::ALL.len()) {
-        (_, false) => Leftover::NotAttached,
-        (true, true) => Leftover::Instance,
+        (true, _) => Leftover::Instance,
+        (false, false) => Leftover::NotAttached,
         (false, true) => Leftover::NoState,
     })
 }

@@ -19,6 +19,7 @@ mod crash;
 mod e2e;
 mod events;
 mod harness;
+mod lifecycle;
 mod operate;
 mod stateful;
 /// The kernel tests' deterministic generator, for random kill times.

@@ -202,6 +202,8 @@ pub struct Fw<'ns> {
     /// A command (with its arguments) that runs `fw` as its last
     /// arguments, e.g. `unshare -m`; empty: `fw` itself.
     wrapper: Vec<OsString>,
+    /// Environment variables `fw run` gets on top of ours.
+    env: Vec<(OsString, OsString)>,
     child: Option<Child>,
     /// `fw stop` succeeded: nothing left for `Drop` to stop.
     stopped: bool,
@@ -263,6 +265,35 @@ impl<'ns> Fw<'ns> {
         wrapper: &[&str],
         name: String,
     ) -> Self {
+        let mut fw = Self::spawned(ns, iface, policy, phase, extra, wrapper, &[], name);
+        fw.wait_ready();
+        fw
+    }
+
+    /// Starts `fw run` with `env` added to its environment, without waiting
+    /// for anything: for tests of how it reports readiness itself.
+    pub fn launch(
+        ns: &'ns Netns,
+        iface: &str,
+        policy: impl AsRef<OsStr>,
+        phase: &str,
+        extra: &[&OsStr],
+        env: &[(&str, &OsStr)],
+    ) -> Self {
+        Self::spawned(ns, iface, policy, phase, extra, &[], env, unique_name())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawned(
+        ns: &'ns Netns,
+        iface: &str,
+        policy: impl AsRef<OsStr>,
+        phase: &str,
+        extra: &[&OsStr],
+        wrapper: &[&str],
+        env: &[(&str, &OsStr)],
+        name: String,
+    ) -> Self {
         let dir = TempDir::new();
         let log = dir.path().join("fw-run.log");
         let mut args = run_args(iface, policy, phase, &name);
@@ -273,13 +304,13 @@ impl<'ns> Fw<'ns> {
             name,
             args,
             wrapper: wrapper.iter().map(OsString::from).collect(),
+            env: env.iter().map(|(k, v)| (OsString::from(k), v.to_os_string())).collect(),
             child: None,
             stopped: false,
             log,
             _dir: dir,
         };
         fw.spawn();
-        fw.wait_ready();
         fw
     }
 
@@ -302,6 +333,7 @@ impl<'ns> Fw<'ns> {
             }
         };
         cmd.args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -315,7 +347,7 @@ impl<'ns> Fw<'ns> {
     /// the daemon (after a restart the pins enforce before the new daemon
     /// answers): a bounded readiness check that gives up (with fw's output)
     /// if `fw run` exits or 20 s pass.
-    fn wait_ready(&mut self) {
+    pub fn wait_ready(&mut self) {
         let pid = self.pid();
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(20) {
@@ -361,6 +393,26 @@ impl<'ns> Fw<'ns> {
 
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Polls the output of `fw run` until a line contains `needle`, at most
+    /// `limit`; returns whether one did.
+    pub fn log_has_within(&self, needle: &str, limit: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            if self.log_text().lines().any(|l| l.contains(needle)) {
+                return true;
+            }
+            if start.elapsed() > limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the `fw run` process has exited (reaping it if so).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().expect("waiting for fw run"))
     }
 
     /// `fw status --name NAME`.

@@ -141,21 +141,26 @@ pub fn veth(a: &Netns, b: &Netns) -> (String, String) {
     let tag = format!("fw{}{}", process::id() % 100_000, super::next_n());
     let (a_if, b_if) = (format!("{tag}a"), format!("{tag}b"));
     assert!(a_if.len() <= 15, "{a_if} is longer than IFNAMSIZ allows");
+    veth_named(a, &a_if, b, &b_if);
+    (a_if, b_if)
+}
+
+/// A veth pair named `a_if` in `a` and `b_if` in `b` (down, no addresses).
+fn veth_named(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
     run_ok(Command::new("ip").args([
         "link",
         "add",
-        &a_if,
+        a_if,
         "netns",
         a.name(),
         "type",
         "veth",
         "peer",
         "name",
-        &b_if,
+        b_if,
         "netns",
         b.name(),
     ]));
-    (a_if, b_if)
 }
 
 /// Gives `dev` in `ns` an IPv4 /24 and an IPv6 /64 (`nodad`) and brings it
@@ -294,6 +299,22 @@ impl VethPair {
         pair.near.wait_link_up(&pair.near_if);
         pair.far.wait_link_up(&pair.far_if);
         pair
+    }
+
+    /// Deletes the veth pair (both ends go), as an operator or a hotplug
+    /// would: the namespaces stay.
+    pub fn delete_link(&self) {
+        self.near.ip(&["link", "del", "dev", &self.near_if]);
+    }
+
+    /// Creates the pair again after [`VethPair::delete_link`]: same names,
+    /// same addresses, new interface indexes.
+    pub fn recreate_link(&self) {
+        veth_named(&self.near, &self.near_if, &self.far, &self.far_if);
+        address(&self.near, &self.near_if, self.near4, self.near6);
+        address(&self.far, &self.far_if, self.far4, self.far6);
+        self.near.wait_link_up(&self.near_if);
+        self.far.wait_link_up(&self.far_if);
     }
 
     /// The far host's addresses, IPv4 first.
