@@ -76,10 +76,32 @@ pub struct LoadOptions {
 }
 
 impl LoadOptions {
-    /// Defaults, for the namespace this process runs in.
+    /// Defaults, for the namespace this process runs in (the flow table's
+    /// size from [`FLOW_ENTRIES_VAR`] when it is set).
     pub fn here() -> Result<Self> {
-        Ok(Self { capacity: Capacity::default(), event_budget: maps::DEFAULT_EVENT_BUDGET, netns_cookie: netns_cookie()? })
+        let mut capacity = Capacity::default();
+        if let Some(text) = std::env::var_os(FLOW_ENTRIES_VAR) {
+            capacity.flow_entries = parse_flow_entries(&text.to_string_lossy())?;
+        }
+        Ok(Self { capacity, event_budget: maps::DEFAULT_EVENT_BUDGET, netns_cookie: netns_cookie()? })
     }
+}
+
+/// Environment variable that sizes the flow table at load time: a host
+/// with more concurrent connections than the default, or a test that must
+/// fill the table quickly. Read only when an instance is loaded, not when
+/// one is adopted (the pinned maps keep their size).
+pub const FLOW_ENTRIES_VAR: &str = "FW_FLOW_ENTRIES";
+const FLOW_ENTRIES_RANGE: std::ops::RangeInclusive<u32> = 64..=1 << 24;
+
+fn parse_flow_entries(text: &str) -> Result<u32> {
+    text.trim().parse::<u32>().ok().filter(|n| FLOW_ENTRIES_RANGE.contains(n)).ok_or_else(|| {
+        anyhow!(
+            "{FLOW_ENTRIES_VAR}={text:?}: expected a number of flows from {} to {}",
+            FLOW_ENTRIES_RANGE.start(),
+            FLOW_ENTRIES_RANGE.end()
+        )
+    })
 }
 
 /// Loads the object. Nothing is attached yet.
@@ -425,4 +447,20 @@ pub fn verified_instruction_counts() -> Result<Vec<(String, u32)>> {
     }
     counts.sort();
     Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flow_table_size_is_a_bounded_number() {
+        assert_eq!(parse_flow_entries("4096").unwrap(), 4096);
+        assert_eq!(parse_flow_entries(" 65536\n").unwrap(), 65536);
+        for bad in ["", "abc", "-1", "63", "16777217", "1e6"] {
+            let err = parse_flow_entries(bad).unwrap_err().to_string();
+            assert!(err.starts_with("FW_FLOW_ENTRIES="), "{bad:?}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
 }

@@ -16,6 +16,7 @@
 mod cli;
 mod e2e;
 mod events;
+mod flood;
 mod harness;
 mod operate;
 mod stateful;

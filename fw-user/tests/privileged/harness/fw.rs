@@ -197,6 +197,9 @@ pub struct Fw<'ns> {
     name: String,
     /// The arguments of `fw run`, for [`Fw::restart`].
     args: Vec<OsString>,
+    /// Environment variables set for `fw run` only (never for the test
+    /// process: tests run in parallel threads of one process).
+    env: Vec<(OsString, OsString)>,
     child: Option<Child>,
     /// `fw stop` succeeded: nothing left for `Drop` to stop.
     stopped: bool,
@@ -220,6 +223,18 @@ impl<'ns> Fw<'ns> {
         phase: &str,
         extra: &[&OsStr],
     ) -> Self {
+        Self::start_with_env(ns, iface, policy, phase, extra, &[])
+    }
+
+    /// [`Fw::start_with`] with `env` set for the `fw run` process.
+    pub fn start_with_env(
+        ns: &'ns Netns,
+        iface: &str,
+        policy: impl AsRef<OsStr>,
+        phase: &str,
+        extra: &[&OsStr],
+        env: &[(&str, &str)],
+    ) -> Self {
         let name = unique_name();
         let dir = TempDir::new();
         let log = dir.path().join("fw-run.log");
@@ -230,6 +245,7 @@ impl<'ns> Fw<'ns> {
             ns,
             name,
             args,
+            env: env.iter().map(|(k, v)| (k.into(), v.into())).collect(),
             child: None,
             stopped: false,
             log,
@@ -252,6 +268,7 @@ impl<'ns> Fw<'ns> {
         let err = out.try_clone().expect("cloning the fw log");
         let mut cmd = self.ns.command(FW);
         cmd.args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
