@@ -149,8 +149,12 @@ pub struct EntryCounts {
     pub addr4: usize,
     pub addr6: usize,
     pub ports: usize,
-    /// Tracked flows (all generations, expired ones not yet evicted included).
+    /// Tracked flows (all generations, expired ones not yet evicted
+    /// included) in the protected table: flows this host opened and
+    /// established inbound TCP connections.
     pub flows: usize,
+    /// The same in the probation table: flows inbound packets opened.
+    pub flows_in: usize,
 }
 
 pub fn count_entries(maps: &PolicyMaps, generation: u32) -> Result<EntryCounts> {
@@ -160,5 +164,6 @@ pub fn count_entries(maps: &PolicyMaps, generation: u32) -> Result<EntryCounts> 
         addr6: maps.addr6.keys().filter_map(|k| k.ok()).filter(|k| k.data().generation == gen).count(),
         ports: maps.ports.keys().filter_map(|k| k.ok()).filter(|k| k.data().generation == gen).count(),
         flows: maps.flows.keys().filter_map(|k| k.ok()).count(),
+        flows_in: maps.flows_in.keys().filter_map(|k| k.ok()).count(),
     })
 }

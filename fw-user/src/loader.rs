@@ -36,7 +36,16 @@ pub fn object() -> &'static [u8] {
 pub struct Capacity {
     pub addr_entries: u32,
     pub port_entries: u32,
+    /// The protected flow table (flows this host opened, established
+    /// inbound TCP); the probation table gets a share of it.
     pub flow_entries: u32,
+}
+
+impl Capacity {
+    /// Entries of the probation table, for flows inbound packets open.
+    pub fn inbound_flow_entries(&self) -> u32 {
+        (self.flow_entries / maps::INBOUND_FLOW_SHARE).max(1)
+    }
 }
 
 impl Default for Capacity {
@@ -56,7 +65,10 @@ pub struct PolicyMaps {
     pub addr4: LpmTrie<MapData, AddrKey4, u32>,
     pub addr6: LpmTrie<MapData, AddrKey6, u32>,
     pub ports: LpmTrie<MapData, PortKey, PolicyValue>,
+    /// The protected flow table, `FW_FLOWS`.
     pub flows: HashMap<MapData, FlowKey, FlowValue>,
+    /// The probation flow table, `FW_FLOWS_IN`.
+    pub flows_in: HashMap<MapData, FlowKey, FlowValue>,
 }
 
 /// The counter maps of an instance.
@@ -87,10 +99,11 @@ impl LoadOptions {
     }
 }
 
-/// Environment variable that sizes the flow table at load time: a host
-/// with more concurrent connections than the default, or a test that must
-/// fill the table quickly. Read only when an instance is loaded, not when
-/// one is adopted (the pinned maps keep their size).
+/// Environment variable that sizes the flow tables at load time (the
+/// protected one; the probation table gets a quarter): a host with more
+/// concurrent connections than the default, or a test that must fill the
+/// tables quickly. Read only when an instance is loaded, not when one is
+/// adopted (the pinned maps keep their size).
 pub const FLOW_ENTRIES_VAR: &str = "FW_FLOW_ENTRIES";
 const FLOW_ENTRIES_RANGE: std::ops::RangeInclusive<u32> = 64..=1 << 24;
 
@@ -115,6 +128,7 @@ pub fn load(options: &LoadOptions) -> Result<Ebpf> {
         .map_max_entries(maps::ADDR6, capacity.addr_entries)
         .map_max_entries(maps::PORTS, capacity.port_entries)
         .map_max_entries(maps::FLOWS, capacity.flow_entries)
+        .map_max_entries(maps::FLOWS_IN, capacity.inbound_flow_entries())
         .override_global("EVENT_BUDGET", &options.event_budget, true)
         .override_global("NETNS_COOKIE", &options.netns_cookie, true)
         .load(EBPF_OBJECT)
@@ -170,6 +184,7 @@ impl PolicyMaps {
             addr6: take(ebpf, maps::ADDR6)?.try_into()?,
             ports: take(ebpf, maps::PORTS)?.try_into()?,
             flows: take(ebpf, maps::FLOWS)?.try_into()?,
+            flows_in: take(ebpf, maps::FLOWS_IN)?.try_into()?,
         })
     }
 
@@ -182,6 +197,7 @@ impl PolicyMaps {
             addr6: LpmTrie::try_from(Map::LpmTrie(open_pinned(instance, maps::ADDR6)?))?,
             ports: LpmTrie::try_from(Map::LpmTrie(open_pinned(instance, maps::PORTS)?))?,
             flows: HashMap::try_from(Map::LruHashMap(open_pinned(instance, maps::FLOWS)?))?,
+            flows_in: HashMap::try_from(Map::LruHashMap(open_pinned(instance, maps::FLOWS_IN)?))?,
         })
     }
 }

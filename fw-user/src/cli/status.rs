@@ -187,8 +187,8 @@ fn print_text(s: &Status) {
     }
     if let Some(e) = &s.entries {
         println!(
-            "entries:    addr4 {} addr6 {} ports {} flows {}",
-            e.addr4, e.addr6, e.ports, e.flows
+            "entries:    addr4 {} addr6 {} ports {} flows {} flows_in {}",
+            e.addr4, e.addr6, e.ports, e.flows, e.flows_in
         );
     }
     println!("dropped:    {}", s.dropped_packets.map_or("-".into(), |d| d.to_string()));
