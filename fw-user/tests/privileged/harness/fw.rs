@@ -16,6 +16,12 @@ use super::{netns::Netns, unique_name, TempDir};
 
 pub const FW: &str = env!("CARGO_BIN_EXE_fw");
 
+/// How long `fw run` may take to enforce. A debug build compiles the
+/// 100,000-rule file of `operate_switch_to_a_100k_rule_policy` in 10 s
+/// alone, and took 16-20 s with the suite running beside it on two cores:
+/// 20 s was a coin toss. A readiness deadline, not a timed assertion.
+const READY_WITHIN: Duration = Duration::from_secs(60);
+
 /// Arguments of every test's `fw run`. `--cgroup none`: the cgroup socket
 /// hooks are not scoped by network namespace, and hooked on the root cgroup
 /// they would refuse denied connect()s of every process on the machine.
@@ -281,11 +287,11 @@ impl<'ns> Fw<'ns> {
     /// Polls `fw status --json` until it exits 0 and names this process as
     /// the daemon (after a restart the pins enforce before the new daemon
     /// answers): a bounded readiness check that gives up (with fw's output)
-    /// if `fw run` exits or 20 s pass.
+    /// if `fw run` exits or [`READY_WITHIN`] passes.
     fn wait_ready(&mut self) {
         let pid = self.pid();
         let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
+        while start.elapsed() < READY_WITHIN {
             if let Some(status) = self
                 .child
                 .as_mut()
@@ -306,7 +312,7 @@ impl<'ns> Fw<'ns> {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!(
-            "`fw status --name {}` did not report daemon {pid} enforcing within 20 s; fw run printed:\n{}",
+            "`fw status --name {}` did not report daemon {pid} enforcing within {READY_WITHIN:?}; fw run printed:\n{}",
             self.name,
             self.log_text()
         );
