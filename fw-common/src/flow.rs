@@ -6,8 +6,19 @@
 //! rule matched) and the generation of the policy that admitted it. A packet
 //! of a flow admitted under another generation is re-checked against the
 //! active policy before it passes: a phase switch also closes flows opened
-//! before it. The table is an LRU hash: an evicted entry only costs a fresh
-//! policy lookup, it never opens anything.
+//! before it.
+//!
+//! Two LRU hashes with these keys and values, a key in at most one of them,
+//! so that a peer flooding the host with new flows cycles only the flows
+//! such a flood can open (finding 7 of issue 11):
+//!
+//! * `FW_FLOWS`, protected: flows this host opened, and inbound TCP
+//!   connections whose handshake completed (see [`FLOW_SYN_ACK`]);
+//! * `FW_FLOWS_IN`, probation: everything an inbound packet opened (UDP,
+//!   ICMP echo, other protocols, TCP before its handshake completes).
+//!
+//! An evicted entry only costs a fresh policy lookup, it never opens
+//! anything; the lookup tries the protected table first.
 
 /// 8-aligned, so that the kernel builds it (and hashes it) with 8-byte
 /// moves; 40 bytes either way.
@@ -41,16 +52,41 @@ pub struct FlowValue {
     /// The port the admitting rule matched (the local port for inbound
     /// flows, the remote one for outbound; ICMP: `type << 8 | code`).
     pub policy_port: u16,
-    /// [`FLOW_INBOUND`], [`FLOW_FIN`].
+    /// [`FLOW_INBOUND`], [`FLOW_FIN`], [`FLOW_SYN_ACK`].
     pub flags: u8,
     pub _pad1: u8,
-    pub _pad4: u32,
+    /// With [`FLOW_SYN_ACK`]: the sequence number of this host's SYN-ACK.
+    pub syn_ack_seq: u32,
 }
 
 /// The flow was opened by a peer (admitted by an inbound rule).
 pub const FLOW_INBOUND: u8 = 1;
 /// A FIN or RST was seen: the flow expires sooner.
 pub const FLOW_FIN: u8 = 2;
+/// An inbound TCP connection in the probation table that this host
+/// answered with a SYN-ACK (`syn_ack_seq`). The peer's segment that
+/// acknowledges exactly that SYN-ACK (`ack == syn_ack_seq + 1`, the one
+/// that completes the handshake) moves the flow to the protected table: a
+/// peer that spoofs its source address never sees the SYN-ACK, and guesses
+/// its 32-bit sequence number once in 4 billion tries. A FIN or RST moves
+/// it back: only open connections are protected, so a peer that opens and
+/// closes connections as fast as it can cycles the probation table only.
+pub const FLOW_SYN_ACK: u8 = 4;
+
+/// Indices of `FW_FLOW_STATS` (per-CPU `u64` counters): how fast each table
+/// fills, so that operators see a flood (an insert into a full table evicts
+/// its least recently used entry).
+pub mod flow_stats {
+    /// Flows this host opened, inserted into the protected table.
+    pub const OPENED: u32 = 0;
+    /// Flows inbound packets opened, inserted into the probation table.
+    pub const OPENED_IN: u32 = 1;
+    /// Inbound TCP connections moved to the protected table.
+    pub const PROMOTED: u32 = 2;
+    /// Promoted connections moved back to probation when they closed.
+    pub const DEMOTED: u32 = 3;
+    pub const ENTRIES: u32 = 4;
+}
 
 /// Idle time after which a flow is forgotten (and its next packet is judged
 /// by the policy again). TCP is long: a quiet but open connection (a

@@ -12,8 +12,16 @@ pub const ADDR4: &str = "FW_ADDR4";
 pub const ADDR6: &str = "FW_ADDR6";
 /// `LpmTrie<PortKey, PolicyValue>`: {class, protocol, port prefix} -> rule.
 pub const PORTS: &str = "FW_PORTS";
-/// `LruHashMap<FlowKey, FlowValue>`: tracked flows.
+/// `LruHashMap<FlowKey, FlowValue>`: tracked flows this host opened, and
+/// inbound TCP connections once established (the protected table, see
+/// [`crate::flow`]).
 pub const FLOWS: &str = "FW_FLOWS";
+/// `LruHashMap<FlowKey, FlowValue>`: flows inbound packets opened, until
+/// promoted (the probation table).
+pub const FLOWS_IN: &str = "FW_FLOWS_IN";
+/// `PerCpuArray<u64>`: inserts per flow table and promotions, see
+/// [`crate::flow::flow_stats`].
+pub const FLOW_STATS: &str = "FW_FLOW_STATS";
 /// `LruHashMap<FragKey, FragValue>`: verdicts of first fragments.
 pub const FRAGS: &str = "FW_FRAGS";
 /// `PerCpuArray<Counter>`: per direction and reason, see [`crate::stats`].
@@ -36,9 +44,9 @@ pub const EVENT_RATE: &str = "FW_EVENT_RATE";
 pub const EVENT_STATS: &str = "FW_EVENT_STATS";
 
 /// Every map that `fw` pins, in a fixed order.
-pub const ALL: [&str; 15] = [
-    CONFIG, PHASES, ADDR4, ADDR6, PORTS, FLOWS, FRAGS, STATS, RULE_STATS, EVENTS, EVENT_RATE, EVENT_STATS, BYPASS4,
-    BYPASS6, ONLINK6,
+pub const ALL: [&str; 17] = [
+    CONFIG, PHASES, ADDR4, ADDR6, PORTS, FLOWS, FLOWS_IN, FLOW_STATS, FRAGS, STATS, RULE_STATS, EVENTS, EVENT_RATE,
+    EVENT_STATS, BYPASS4, BYPASS6, ONLINK6,
 ];
 
 /// The TC egress classifier: enforces the egress policy.
@@ -60,6 +68,11 @@ pub const PROG_SENDMSG6: &str = "fw_sendmsg6";
 pub const DEFAULT_ADDR_ENTRIES: u32 = 1 << 19;
 pub const DEFAULT_PORT_ENTRIES: u32 = 1 << 21;
 pub const DEFAULT_FLOW_ENTRIES: u32 = 1 << 18;
+/// The probation table, for flows inbound packets open, is this fraction of
+/// the protected one: large enough for every media session a host serves
+/// at once, small enough that a flood cycling it costs little memory.
+pub const INBOUND_FLOW_SHARE: u32 = 4;
+pub const DEFAULT_INBOUND_FLOW_ENTRIES: u32 = DEFAULT_FLOW_ENTRIES / INBOUND_FLOW_SHARE;
 pub const DEFAULT_FRAG_ENTRIES: u32 = 1 << 13;
 /// Ring buffer size: room for about 10,000 events.
 pub const EVENTS_BYTES: u32 = 1 << 20;

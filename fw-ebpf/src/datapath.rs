@@ -4,9 +4,12 @@
 //! 2. No active policy -> drop (fail closed).
 //! 3. A later fragment follows its first fragment's verdict.
 //! 4. A packet of a tracked flow admitted under the active generation
-//!    passes (one hash lookup: the path almost every packet takes).
-//!    A flow admitted under another generation is re-checked against the
-//!    rule kind that admitted it, and forgotten when no longer allowed.
+//!    passes (one hash lookup for an established connection or a flow this
+//!    host opened, two for a flow in probation: see `flow`). A flow
+//!    admitted under another generation is re-checked against the rule kind
+//!    that admitted it, and forgotten when no longer allowed. An inbound TCP
+//!    connection in probation is promoted when its handshake completes, and
+//!    demoted when it closes.
 //! 5. An ICMP error quoting a tracked flow, addressed to the quoted
 //!    packet's sender, passes (path MTU discovery).
 //! 6. Otherwise the policy decides; a packet an allow rule passes opens a
@@ -16,7 +19,7 @@ use fw_common::{flow::FLOW_INBOUND, policy::proto, Direction, Reason};
 
 use crate::{
     flow, frag,
-    parse::{Frag, Packet, TCP_ACK, TCP_SYN},
+    parse::{Frag, Packet, TCP_ACK, TCP_RST, TCP_SYN},
     policy::{self, Active},
     verdict::{Verdict, NO_RULE},
 };
@@ -44,13 +47,20 @@ fn is_icmpv6_control(pkt: &Packet) -> bool {
 /// inbound segment of a connection this host opened, cut by a phase switch,
 /// would reopen it as "inbound" whenever its local port falls in a served
 /// range (Linux's ephemeral ports overlap the media ports).
+///
+/// Outbound TCP: anything but a RST or a SYN-ACK. Both answer a segment a
+/// peer sent, and a peer spoofing its addresses (from a port an egress rule
+/// allows, e.g. 443 while installing) could make this host send them by
+/// the thousand, each opening a flow in the protected table.
 #[inline(always)]
 fn opens_flow(direction: Direction, pkt: &Packet) -> bool {
     let ty = (pkt.policy_port >> 8) as u8;
+    let tcp = pkt.tcp_flags;
     match pkt.proto {
         proto::ICMP => ty == 8,
         proto::ICMPV6 => ty == 128,
-        proto::TCP if direction == Direction::Inbound => pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+        proto::TCP if direction == Direction::Inbound => tcp & (TCP_SYN | TCP_ACK) == TCP_SYN,
+        proto::TCP => tcp & TCP_RST == 0 && tcp & (TCP_SYN | TCP_ACK) != TCP_SYN | TCP_ACK,
         _ => true,
     }
 }
@@ -99,11 +109,11 @@ fn recheck(
     direction: Direction,
     pkt: &Packet,
     key: &fw_common::FlowKey,
-    entry: *mut fw_common::FlowValue,
+    entry: flow::Entry,
     now: u64,
 ) -> Option<Verdict> {
     // SAFETY: pointer from a successful map lookup, valid for this run.
-    let value = unsafe { &mut *entry };
+    let value = unsafe { &mut *entry.value };
     if value.generation != active.generation {
         let origin = if value.flags & FLOW_INBOUND != 0 { Direction::Inbound } else { Direction::Egress };
         let remote = policy::peer(direction, pkt);
@@ -113,13 +123,21 @@ fn recheck(
                 value.rule = v.rule;
             }
             _ => {
-                flow::forget(key);
+                flow::forget(key, entry);
                 return None;
             }
         }
     }
-    flow::touch(entry, now, pkt.tcp_flags);
-    Some(Verdict::new(Reason::PassFlow, value.rule))
+    let rule = value.rule;
+    let closing = flow::touch(entry, now, pkt.tcp_flags);
+    if entry.table == flow::Table::Probation {
+        if pkt.proto == proto::TCP {
+            flow::follow_handshake(key, entry, direction, pkt);
+        }
+    } else if closing {
+        flow::demote_closing(key, entry);
+    }
+    Some(Verdict::new(Reason::PassFlow, rule))
 }
 
 /// Steps 5 and 6.
@@ -130,7 +148,7 @@ fn untracked(active: &Active, direction: Direction, pkt: &Packet, now: u64) -> V
     // Otherwise quoting a tracked flow would carry it anywhere.
     if pkt.quoted.valid
         && pkt.dst == pkt.quoted.src
-        && flow::get(&flow::quoted_key(direction, &pkt.quoted), now).is_some()
+        && flow::is_live(&flow::quoted_key(direction, &pkt.quoted), now)
     {
         return Verdict::new(Reason::PassIcmpControl, NO_RULE);
     }

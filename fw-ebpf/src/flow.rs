@@ -1,20 +1,75 @@
-//! The flow table: one hash lookup for every packet of an admitted flow.
+//! The flow tables: one hash lookup for every packet of an established
+//! connection or of a flow this host opened.
+//!
+//! Two LRU hashes (see `fw_common::flow`): the protected `FW_FLOWS` and the
+//! probation `FW_FLOWS_IN`, for what inbound packets open. A flood of new
+//! inbound flows evicts only probation entries; an inbound TCP connection
+//! leaves probation when its handshake completes, and returns to it when
+//! it closes. A key lives in at most
+//! one table: admitting a flow inserts it into one, an expired entry is
+//! removed when found, and a promotion inserts into the protected table
+//! before it removes from probation (a packet in between finds the
+//! protected copy first).
 
-use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, macros::map, maps::LruHashMap};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_coarse_ns,
+    macros::map,
+    maps::{LruHashMap, PerCpuArray},
+};
 use fw_common::{
     flow::{
-        FLOW_FIN, FLOW_INBOUND, OTHER_TIMEOUT_NS, TCP_CLOSING_TIMEOUT_NS, TCP_TIMEOUT_NS, TOUCH_INTERVAL_NS,
-        UDP_TIMEOUT_NS,
+        flow_stats, FLOW_FIN, FLOW_INBOUND, FLOW_SYN_ACK, OTHER_TIMEOUT_NS, TCP_CLOSING_TIMEOUT_NS, TCP_TIMEOUT_NS,
+        TOUCH_INTERVAL_NS, UDP_TIMEOUT_NS,
     },
-    maps::DEFAULT_FLOW_ENTRIES,
+    maps::{DEFAULT_FLOW_ENTRIES, DEFAULT_INBOUND_FLOW_ENTRIES},
     policy::proto,
     Direction, FlowKey, FlowValue,
 };
 
-use crate::parse::{Packet, Ports, Quoted, TCP_FIN, TCP_RST};
+use crate::parse::{Packet, Ports, Quoted, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 
 #[map(name = "FW_FLOWS")]
 static FW_FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
+
+#[map(name = "FW_FLOWS_IN")]
+static FW_FLOWS_IN: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(DEFAULT_INBOUND_FLOW_ENTRIES, 0);
+
+#[map(name = "FW_FLOW_STATS")]
+static FW_FLOW_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(flow_stats::ENTRIES, 0);
+
+/// Which table holds a flow.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// `FW_FLOWS`: flows this host opened, established inbound TCP.
+    Protected,
+    /// `FW_FLOWS_IN`: what inbound packets opened, until promoted.
+    Probation,
+}
+
+impl Table {
+    #[inline(always)]
+    fn map(self) -> &'static LruHashMap<FlowKey, FlowValue> {
+        match self {
+            Table::Protected => &FW_FLOWS,
+            Table::Probation => &FW_FLOWS_IN,
+        }
+    }
+}
+
+/// A live flow entry and the table it is in.
+#[derive(Clone, Copy)]
+pub struct Entry {
+    pub value: *mut FlowValue,
+    pub table: Table,
+}
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(c) = FW_FLOW_STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it.
+        unsafe { *c += 1 };
+    }
+}
 
 #[inline(always)]
 pub fn now_ns() -> u64 {
@@ -62,47 +117,122 @@ fn timeout_ns(proto: u8, flags: u8) -> u64 {
     }
 }
 
-/// A live entry for `key`, expired ones read as absent.
+/// The live entry for `key`: the protected table first (an established
+/// connection or a flow this host opened costs one lookup), then probation.
+/// An expired entry is removed and reads as absent, so that the flow,
+/// opened again, is in one table only.
 #[inline(always)]
-pub fn get(key: &FlowKey, now: u64) -> Option<*mut FlowValue> {
-    let entry = FW_FLOWS.get_ptr_mut(key)?;
+pub fn get(key: &FlowKey, now: u64) -> Option<Entry> {
+    let (value, table) = match FW_FLOWS.get_ptr_mut(key) {
+        Some(v) => (v, Table::Protected),
+        None => (FW_FLOWS_IN.get_ptr_mut(key)?, Table::Probation),
+    };
     // SAFETY: the pointer comes from a successful map lookup; the value
     // stays valid for this program run (RCU).
-    let value = unsafe { &*entry };
-    if now.wrapping_sub(value.last_seen_ns) > timeout_ns(key.proto, value.flags) {
+    let v = unsafe { &*value };
+    if now.wrapping_sub(v.last_seen_ns) > timeout_ns(key.proto, v.flags) {
+        let _ = table.map().remove(key);
         return None;
     }
-    Some(entry)
+    Some(Entry { value, table })
+}
+
+/// Whether `key` has a live entry in either table (nothing is changed).
+#[inline(always)]
+pub fn is_live(key: &FlowKey, now: u64) -> bool {
+    let value = match FW_FLOWS.get_ptr(key) {
+        Some(v) => v,
+        None => match FW_FLOWS_IN.get_ptr(key) {
+            Some(v) => v,
+            None => return false,
+        },
+    };
+    // SAFETY: as in `get`.
+    let v = unsafe { &*value };
+    now.wrapping_sub(v.last_seen_ns) <= timeout_ns(key.proto, v.flags)
 }
 
 /// Marks a flow seen now, and closing when the packet carries FIN or RST.
+/// True when this packet is the one that starts closing it.
 #[inline(always)]
-pub fn touch(entry: *mut FlowValue, now: u64, tcp_flags: u8) {
+pub fn touch(entry: Entry, now: u64, tcp_flags: u8) -> bool {
     // SAFETY: as in `get`; racing writers only store whole, valid values.
-    let value = unsafe { &mut *entry };
+    let value = unsafe { &mut *entry.value };
     if tcp_flags & (TCP_FIN | TCP_RST) != 0 && value.flags & FLOW_FIN == 0 {
         value.flags |= FLOW_FIN;
         value.last_seen_ns = now;
-    } else if now.wrapping_sub(value.last_seen_ns) > TOUCH_INTERVAL_NS {
+        return true;
+    }
+    if now.wrapping_sub(value.last_seen_ns) > TOUCH_INTERVAL_NS {
         value.last_seen_ns = now;
     }
+    false
 }
 
-/// Records a flow that a rule admitted.
+/// Records a flow that a rule admitted: in probation when an inbound packet
+/// opened it, else in the protected table.
 #[inline(always)]
 pub fn admit(key: &FlowKey, direction: Direction, generation: u32, rule: u32, policy_port: u16, tcp_flags: u8, now: u64) {
     let mut flags = if direction == Direction::Inbound { FLOW_INBOUND } else { 0 };
     if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
         flags |= FLOW_FIN;
     }
-    let value = FlowValue { last_seen_ns: now, generation, rule, policy_port, flags, _pad1: 0, _pad4: 0 };
+    let value = FlowValue { last_seen_ns: now, generation, rule, policy_port, flags, _pad1: 0, syn_ack_seq: 0 };
+    let (table, stat) = if direction == Direction::Inbound {
+        (Table::Probation, flow_stats::OPENED_IN)
+    } else {
+        (Table::Protected, flow_stats::OPENED)
+    };
     // A full table evicts its least recently used entry; failure to insert
     // only means the next packet is judged by the policy again.
-    let _ = FW_FLOWS.insert(key, &value, 0);
+    if table.map().insert(key, &value, 0).is_ok() {
+        count(stat);
+    }
+}
+
+/// Follows the handshake of an inbound TCP connection in probation: this
+/// host's SYN-ACK is recorded, and the peer's segment that acknowledges
+/// exactly it (the last of the handshake) promotes the flow to the
+/// protected table. A spoofed peer never sees the SYN-ACK: no flood of
+/// SYNs and ACKs completes the handshake here.
+#[inline(always)]
+pub fn follow_handshake(key: &FlowKey, entry: Entry, direction: Direction, pkt: &Packet) {
+    // SAFETY: as in `get`.
+    let value = unsafe { &mut *entry.value };
+    let flags = pkt.tcp_flags;
+    if direction == Direction::Egress {
+        if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+            value.syn_ack_seq = pkt.tcp_number;
+            value.flags |= FLOW_SYN_ACK;
+        }
+    } else if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_ACK
+        && value.flags & (FLOW_SYN_ACK | FLOW_FIN) == FLOW_SYN_ACK
+        && pkt.tcp_number == value.syn_ack_seq.wrapping_add(1)
+    {
+        // Protected first: a packet on another CPU finds one copy or the
+        // other, never none.
+        if FW_FLOWS.insert(key, value, 0).is_ok() {
+            let _ = FW_FLOWS_IN.remove(key);
+            count(flow_stats::PROMOTED);
+        }
+    }
+}
+
+/// Moves a promoted inbound connection that starts closing back to
+/// probation: the protected table keeps open connections only, and a peer
+/// decides how fast it opens and closes them.
+#[inline(always)]
+pub fn demote_closing(key: &FlowKey, entry: Entry) {
+    // SAFETY: as in `get`.
+    let value = unsafe { &*entry.value };
+    if value.flags & FLOW_INBOUND != 0 && FW_FLOWS_IN.insert(key, value, 0).is_ok() {
+        let _ = FW_FLOWS.remove(key);
+        count(flow_stats::DEMOTED);
+    }
 }
 
 /// Forgets a flow that the active policy no longer admits.
 #[inline(always)]
-pub fn forget(key: &FlowKey) {
-    let _ = FW_FLOWS.remove(key);
+pub fn forget(key: &FlowKey, entry: Entry) {
+    let _ = entry.table.map().remove(key);
 }

@@ -111,9 +111,12 @@ pub fn generations(maps: &PolicyMaps) -> Result<BTreeMap<u32, usize>> {
     Ok(seen)
 }
 
-/// The highest generation a tracked flow was admitted or re-checked under.
+/// The highest generation a tracked flow (of either table) was admitted or
+/// re-checked under.
 pub fn highest_flow_generation(maps: &PolicyMaps) -> Result<u32> {
-    Ok(maps.flows.iter().filter_map(|e| e.ok()).map(|(_, v)| v.generation).max().unwrap_or(0))
+    let flows = maps.flows.iter().filter_map(|e| e.ok()).map(|(_, v)| v.generation);
+    let flows_in = maps.flows_in.iter().filter_map(|e| e.ok()).map(|(_, v)| v.generation);
+    Ok(flows.chain(flows_in).max().unwrap_or(0))
 }
 
 /// Zeroes the per-rule counters of ids `0..rules`.
@@ -194,8 +197,12 @@ pub struct EntryCounts {
     pub addr4: usize,
     pub addr6: usize,
     pub ports: usize,
-    /// Tracked flows (all generations, expired ones not yet evicted included).
+    /// Tracked flows (all generations, expired ones not yet evicted
+    /// included) in the protected table: flows this host opened and
+    /// established inbound TCP connections.
     pub flows: usize,
+    /// The same in the probation table: flows inbound packets opened.
+    pub flows_in: usize,
     /// Entries of every other generation: the rollback target of a switch
     /// awaiting confirmation, else leftovers the next command collects.
     pub other_generations: usize,
@@ -215,6 +222,7 @@ pub fn count_entries(maps: &PolicyMaps, generation: u32) -> Result<EntryCounts> 
         if mine(k.data().generation) { counts.ports += 1 } else { other += 1 }
     }
     counts.flows = maps.flows.keys().filter_map(|k| k.ok()).count();
+    counts.flows_in = maps.flows_in.keys().filter_map(|k| k.ok()).count();
     counts.other_generations = other;
     Ok(counts)
 }

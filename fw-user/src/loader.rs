@@ -36,7 +36,16 @@ pub fn object() -> &'static [u8] {
 pub struct Capacity {
     pub addr_entries: u32,
     pub port_entries: u32,
+    /// The protected flow table (flows this host opened, established
+    /// inbound TCP); the probation table gets a share of it.
     pub flow_entries: u32,
+}
+
+impl Capacity {
+    /// Entries of the probation table, for flows inbound packets open.
+    pub fn inbound_flow_entries(&self) -> u32 {
+        (self.flow_entries / maps::INBOUND_FLOW_SHARE).max(1)
+    }
 }
 
 impl Default for Capacity {
@@ -56,7 +65,10 @@ pub struct PolicyMaps {
     pub addr4: LpmTrie<MapData, AddrKey4, u32>,
     pub addr6: LpmTrie<MapData, AddrKey6, u32>,
     pub ports: LpmTrie<MapData, PortKey, PolicyValue>,
+    /// The protected flow table, `FW_FLOWS`.
     pub flows: HashMap<MapData, FlowKey, FlowValue>,
+    /// The probation flow table, `FW_FLOWS_IN`.
+    pub flows_in: HashMap<MapData, FlowKey, FlowValue>,
 }
 
 /// The counter maps of an instance.
@@ -76,10 +88,33 @@ pub struct LoadOptions {
 }
 
 impl LoadOptions {
-    /// Defaults, for the namespace this process runs in.
+    /// Defaults, for the namespace this process runs in (the flow table's
+    /// size from [`FLOW_ENTRIES_VAR`] when it is set).
     pub fn here() -> Result<Self> {
-        Ok(Self { capacity: Capacity::default(), event_budget: maps::DEFAULT_EVENT_BUDGET, netns_cookie: netns_cookie()? })
+        let mut capacity = Capacity::default();
+        if let Some(text) = std::env::var_os(FLOW_ENTRIES_VAR) {
+            capacity.flow_entries = parse_flow_entries(&text.to_string_lossy())?;
+        }
+        Ok(Self { capacity, event_budget: maps::DEFAULT_EVENT_BUDGET, netns_cookie: netns_cookie()? })
     }
+}
+
+/// Environment variable that sizes the flow tables at load time (the
+/// protected one; the probation table gets a quarter): a host with more
+/// concurrent connections than the default, or a test that must fill the
+/// tables quickly. Read only when an instance is loaded, not when one is
+/// adopted (the pinned maps keep their size).
+pub const FLOW_ENTRIES_VAR: &str = "FW_FLOW_ENTRIES";
+const FLOW_ENTRIES_RANGE: std::ops::RangeInclusive<u32> = 64..=1 << 24;
+
+fn parse_flow_entries(text: &str) -> Result<u32> {
+    text.trim().parse::<u32>().ok().filter(|n| FLOW_ENTRIES_RANGE.contains(n)).ok_or_else(|| {
+        anyhow!(
+            "{FLOW_ENTRIES_VAR}={text:?}: expected a number of flows from {} to {}",
+            FLOW_ENTRIES_RANGE.start(),
+            FLOW_ENTRIES_RANGE.end()
+        )
+    })
 }
 
 /// Loads the object. Nothing is attached yet.
@@ -93,6 +128,7 @@ pub fn load(options: &LoadOptions) -> Result<Ebpf> {
         .map_max_entries(maps::ADDR6, capacity.addr_entries)
         .map_max_entries(maps::PORTS, capacity.port_entries)
         .map_max_entries(maps::FLOWS, capacity.flow_entries)
+        .map_max_entries(maps::FLOWS_IN, capacity.inbound_flow_entries())
         .override_global("EVENT_BUDGET", &options.event_budget, true)
         .override_global("NETNS_COOKIE", &options.netns_cookie, true)
         .load(EBPF_OBJECT)
@@ -148,6 +184,7 @@ impl PolicyMaps {
             addr6: take(ebpf, maps::ADDR6)?.try_into()?,
             ports: take(ebpf, maps::PORTS)?.try_into()?,
             flows: take(ebpf, maps::FLOWS)?.try_into()?,
+            flows_in: take(ebpf, maps::FLOWS_IN)?.try_into()?,
         })
     }
 
@@ -160,6 +197,7 @@ impl PolicyMaps {
             addr6: LpmTrie::try_from(Map::LpmTrie(open_pinned(instance, maps::ADDR6)?))?,
             ports: LpmTrie::try_from(Map::LpmTrie(open_pinned(instance, maps::PORTS)?))?,
             flows: HashMap::try_from(Map::LruHashMap(open_pinned(instance, maps::FLOWS)?))?,
+            flows_in: HashMap::try_from(Map::LruHashMap(open_pinned(instance, maps::FLOWS_IN)?))?,
         })
     }
 }
@@ -520,4 +558,20 @@ pub fn verified_instruction_counts() -> Result<Vec<(String, u32)>> {
     }
     counts.sort();
     Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flow_table_size_is_a_bounded_number() {
+        assert_eq!(parse_flow_entries("4096").unwrap(), 4096);
+        assert_eq!(parse_flow_entries(" 65536\n").unwrap(), 65536);
+        for bad in ["", "abc", "-1", "63", "16777217", "1e6"] {
+            let err = parse_flow_entries(bad).unwrap_err().to_string();
+            assert!(err.starts_with("FW_FLOW_ENTRIES="), "{bad:?}: {err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+    }
 }

@@ -13,6 +13,8 @@
 //! fw_rule_packets_total{rule,direction,action}  fw_rule_bytes_total{...}
 //! fw_events_total{outcome=emitted|suppressed|lost|undecodable}
 //! fw_map_entries{map}  fw_map_capacity{map}
+//! fw_flows_opened_total{table=flows|flows_in}
+//! fw_flows_promoted_total  fw_flows_demoted_total
 //! fw_phase_info{policy,phase} 1             fw_generation
 //! fw_interface_up   1 while the enforcer is attached to the interface
 //! ```
@@ -21,7 +23,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use anyhow::{anyhow, Context, Result};
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
-use fw_common::{event::event_stats, maps, FragKey, FragValue};
+use fw_common::{event::event_stats, flow::flow_stats, maps, FragKey, FragValue};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
@@ -117,6 +119,12 @@ struct Scrape {
     events: Vec<(&'static str, u64)>,
     /// (map, entries, capacity).
     maps: Vec<(&'static str, u64, u64)>,
+    /// (flow table, flows inserted into it).
+    flows_opened: Vec<(&'static str, u64)>,
+    /// Inbound TCP connections moved from probation to the protected table.
+    flows_promoted: u64,
+    /// Promoted connections moved back to probation when they closed.
+    flows_demoted: u64,
     policy: String,
     phase: String,
     generation: u32,
@@ -142,10 +150,19 @@ impl Scrape {
             ("undecodable", undecodable),
         ];
 
+        let flow_stats = PerCpuArray::<_, u64>::try_from(Map::PerCpuArray(pinned(name, maps::FLOW_STATS)?))?;
+        let flow_sum = |index: u32| -> Result<u64> { Ok(flow_stats.get(&index, 0)?.iter().sum()) };
+        let flows_opened = vec![("flows", flow_sum(flow_stats::OPENED)?), ("flows_in", flow_sum(flow_stats::OPENED_IN)?)];
+        let flows_promoted = flow_sum(flow_stats::PROMOTED)?;
+        let flows_demoted = flow_sum(flow_stats::DEMOTED)?;
+
         let frags: HashMap<_, FragKey, FragValue> = HashMap::try_from(Map::LruHashMap(pinned(name, maps::FRAGS)?))?;
         let count = |keys: usize| keys as u64;
+        // Counting walks every key (one syscall each): the cost of a scrape
+        // grows with the flow tables.
         let entries = [
             ("flows", maps::FLOWS, count(policy_maps.flows.keys().filter_map(|k| k.ok()).count())),
+            ("flows_in", maps::FLOWS_IN, count(policy_maps.flows_in.keys().filter_map(|k| k.ok()).count())),
             ("frags", maps::FRAGS, count(frags.keys().filter_map(|k| k.ok()).count())),
             ("addr4", maps::ADDR4, count(policy_maps.addr4.keys().filter_map(|k| k.ok()).count())),
             ("addr6", maps::ADDR6, count(policy_maps.addr6.keys().filter_map(|k| k.ok()).count())),
@@ -161,6 +178,9 @@ impl Scrape {
             rules: snapshot.rules,
             events,
             maps: fill,
+            flows_opened,
+            flows_promoted,
+            flows_demoted,
             policy: state.enforced.policy_name,
             phase: state.enforced.phase,
             generation,
@@ -202,6 +222,27 @@ impl Collector for Scrape {
         for (map, _, cap) in &self.maps {
             ConstGauge::new(*cap as i64).encode(capacity.encode_family(&[("map", *map)])?)?;
         }
+        counter_family(
+            &mut encoder,
+            "fw_flows_opened",
+            "Flows inserted into each flow table: flows (this host opened them) and flows_in (inbound packets \
+             opened them; a flood shows here). An insert into a full table evicts its least recently used entry.",
+            &self.flows_opened,
+            |(table, _)| [("table", table.to_string())],
+            |(_, n)| *n,
+        )?;
+        ConstCounter::new(self.flows_promoted).encode(encoder.encode_descriptor(
+            "fw_flows_promoted",
+            "Inbound TCP connections moved from flows_in to flows when their handshake completed.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(self.flows_demoted).encode(encoder.encode_descriptor(
+            "fw_flows_demoted",
+            "Inbound TCP connections moved back from flows to flows_in when they closed (FIN or RST).",
+            None,
+            MetricType::Counter,
+        )?)?;
         encoder
             .encode_descriptor("fw_phase", "The policy and phase being enforced.", None, MetricType::Info)?
             .encode_info(&[("policy", self.policy.as_str()), ("phase", self.phase.as_str())])?;
@@ -269,7 +310,10 @@ mod tests {
                 bytes: 300,
             }],
             events: vec![("emitted", 5), ("suppressed", 2), ("lost", 0), ("undecodable", 0)],
-            maps: vec![("flows", 4, 262144)],
+            maps: vec![("flows", 4, 262144), ("flows_in", 9, 65536)],
+            flows_opened: vec![("flows", 10), ("flows_in", 5000)],
+            flows_promoted: 2,
+            flows_demoted: 1,
             policy: "openvidu-ce".into(),
             phase: "runtime".into(),
             generation: 3,
@@ -287,6 +331,11 @@ mod tests {
             "fw_events_total{outcome=\"suppressed\"} 2",
             "fw_map_entries{map=\"flows\"} 4",
             "fw_map_capacity{map=\"flows\"} 262144",
+            "fw_map_entries{map=\"flows_in\"} 9",
+            "fw_map_capacity{map=\"flows_in\"} 65536",
+            "fw_flows_opened_total{table=\"flows_in\"} 5000",
+            "fw_flows_promoted_total 2",
+            "fw_flows_demoted_total 1",
             "fw_phase_info{policy=\"openvidu-ce\",phase=\"runtime\"} 1",
             "fw_generation 3",
             "fw_interface_up 0",

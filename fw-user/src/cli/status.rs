@@ -229,8 +229,8 @@ fn print_text(s: &Status) {
     }
     if let Some(e) = &s.entries {
         println!(
-            "entries:    addr4 {} addr6 {} ports {} flows {}; other generations {}",
-            e.addr4, e.addr6, e.ports, e.flows, e.other_generations
+            "entries:    addr4 {} addr6 {} ports {} flows {} flows_in {}; other generations {}",
+            e.addr4, e.addr6, e.ports, e.flows, e.flows_in, e.other_generations
         );
     }
     println!("dropped:    {}", s.dropped_packets.map_or("-".into(), |d| d.to_string()));

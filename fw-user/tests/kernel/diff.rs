@@ -11,7 +11,7 @@ use std::{
 };
 
 use fw_common::{
-    flow::{FLOW_FIN, FLOW_INBOUND, FRAG_TIMEOUT_NS},
+    flow::{FLOW_FIN, FLOW_INBOUND, FLOW_SYN_ACK, FRAG_TIMEOUT_NS},
     stats::{stats_index, STATS_ENTRIES},
     Counter, Direction, FlowKey, FlowValue, FragKey, FragValue, Reason,
 };
@@ -19,7 +19,7 @@ use fw_common::{
 use crate::{
     gen::{Conv, Gen, Variant},
     kernel::{coarse_now, Kernel, TC_ACT_SHOT, TC_ACT_UNSPEC},
-    model::{self, flow_key, flow_timeout, Active, Outcome, State, NO_RULE},
+    model::{self, flow_key, flow_timeout, Active, Outcome, State, Table, NO_RULE},
     packets::*,
     policies::{random_policy, Force, Hints},
     rng::Rng,
@@ -262,7 +262,12 @@ impl Driver {
                 actual_rule,
                 model::parse(frame),
                 match state_before {
-                    Some(s) => format!("; model state before: {} flows, {} frags", s.flows.len(), s.frags.len()),
+                    Some(s) => format!(
+                        "; model state before: {} + {} flows, {} frags",
+                        s.flows.len(),
+                        s.flows_in.len(),
+                        s.frags.len()
+                    ),
                     None => String::new(),
                 }
             );
@@ -289,7 +294,8 @@ impl Driver {
     }
 
     fn resync(&mut self) {
-        self.state.flows = self.kernel.flows().into_iter().collect();
+        self.state.flows = self.kernel.flows(Table::Protected).into_iter().collect();
+        self.state.flows_in = self.kernel.flows(Table::Probation).into_iter().collect();
         self.state.frags = self.kernel.frags().into_iter().collect();
     }
 
@@ -310,9 +316,9 @@ impl Driver {
         }
     }
 
-    pub fn insert_flow(&mut self, key: FlowKey, value: FlowValue) {
-        self.kernel.insert_flow(&key, &value);
-        self.state.flows.insert(key, value);
+    pub fn insert_flow(&mut self, table: Table, key: FlowKey, value: FlowValue) {
+        self.kernel.insert_flow(table, &key, &value);
+        self.state.table_mut(table).insert(key, value);
     }
 
     pub fn insert_frag(&mut self, key: FragKey, value: FragValue) {
@@ -348,26 +354,35 @@ impl Driver {
             );
         }
 
-        let kernel_flows: HashMap<FlowKey, FlowValue> = self.kernel.flows().into_iter().collect();
         let mut problems = Vec::new();
-        for (k, v) in &kernel_flows {
-            match self.state.flows.get(k) {
-                None => problems.push(format!("kernel has flow {k:?} -> {v:?}, model has none")),
-                Some(m) => {
-                    let same = m.generation == v.generation
-                        && m.rule == v.rule
-                        && m.policy_port == v.policy_port
-                        && m.flags == v.flags
-                        && v.last_seen_ns.abs_diff(m.last_seen_ns) <= SEC + SEC / 10;
-                    if !same {
-                        problems.push(format!("flow {k:?}: kernel {v:?}, model {m:?}"));
+        for table in [Table::Protected, Table::Probation] {
+            let kernel_flows: HashMap<FlowKey, FlowValue> =
+                self.kernel.flows(table).into_iter().collect();
+            let model_flows = self.state.table(table);
+            for (k, v) in &kernel_flows {
+                match model_flows.get(k) {
+                    None => problems.push(format!(
+                        "kernel has flow {k:?} -> {v:?} in {table:?}, model has none there"
+                    )),
+                    Some(m) => {
+                        let same = m.generation == v.generation
+                            && m.rule == v.rule
+                            && m.policy_port == v.policy_port
+                            && m.flags == v.flags
+                            && (m.flags & FLOW_SYN_ACK == 0 || m.syn_ack_seq == v.syn_ack_seq)
+                            && v.last_seen_ns.abs_diff(m.last_seen_ns) <= SEC + SEC / 10;
+                        if !same {
+                            problems.push(format!("flow {k:?} in {table:?}: kernel {v:?}, model {m:?}"));
+                        }
                     }
                 }
             }
-        }
-        for (k, m) in &self.state.flows {
-            if !kernel_flows.contains_key(k) {
-                problems.push(format!("model has flow {k:?} -> {m:?}, kernel has none"));
+            for (k, m) in model_flows {
+                if !kernel_flows.contains_key(k) {
+                    problems.push(format!(
+                        "model has flow {k:?} -> {m:?} in {table:?}, kernel has none there"
+                    ));
+                }
             }
         }
         let kernel_frags: HashMap<FragKey, FragValue> = self.kernel.frags().into_iter().collect();
@@ -509,13 +524,27 @@ impl Driver {
         )
     }
 
-    /// A flow entry for `conv` as if some earlier packet had opened it.
+    /// A flow entry for `conv` as if some earlier packet had opened it: in
+    /// the protected table when this host opened it or (half the time) an
+    /// inbound one was promoted, else in probation, perhaps with this
+    /// host's SYN-ACK recorded (mostly the sequence number the generator's
+    /// segments carry, so that a generated ACK can complete the handshake).
     fn seed_flow(&mut self, conv: &Conv) {
         let rng = &mut self.gen.rng;
         let inbound = rng.percent(40);
+        let table = if inbound && rng.percent(50) {
+            Table::Probation
+        } else {
+            Table::Protected
+        };
         let mut flags = if inbound { FLOW_INBOUND } else { 0 };
         if rng.percent(20) {
             flags |= FLOW_FIN;
+        }
+        let mut syn_ack_seq = 0;
+        if table == Table::Probation && conv.proto == TCP && rng.percent(75) {
+            flags |= FLOW_SYN_ACK;
+            syn_ack_seq = if rng.percent(80) { TCP_SEQ } else { rng.u32() };
         }
         let generation = match rng.weighted(&[50, 25, 25]) {
             0 => self.active.generation,
@@ -544,9 +573,9 @@ impl Driver {
             policy_port,
             flags,
             _pad1: 0,
-            _pad4: 0,
+            syn_ack_seq,
         };
-        self.insert_flow(Self::conv_flow_key(conv), value);
+        self.insert_flow(table, Self::conv_flow_key(conv), value);
     }
 
     fn seed_frag(&mut self, conv: &Conv, id: u32, direction: Direction) {

@@ -244,7 +244,17 @@ impl Gen {
             _ => self.rng.usize(41, 300),
         };
         match conv.proto {
-            TCP => tcp(sport, dport, self.tcp_flags(), payload),
+            TCP => {
+                let flags = self.tcp_flags();
+                // Mostly the acknowledgment of a SYN-ACK the generator sent
+                // the other way (all its segments carry TCP_SEQ).
+                let ack = if self.rng.percent(70) {
+                    TCP_SEQ.wrapping_add(1)
+                } else {
+                    self.rng.u32()
+                };
+                tcp_acking(sport, dport, flags, ack, payload)
+            }
             UDP => udp(sport, dport, payload),
             SCTP => sctp(sport, dport, payload),
             ICMP | ICMPV6 => {

@@ -9,6 +9,8 @@ use aya::{
 use fw_common::{
     maps, stats::STATS_ENTRIES, Counter, Direction, FlowKey, FlowValue, FragKey, FragValue,
 };
+
+use crate::model::Table;
 use fw_user::{
     apply,
     compile::tables::CompiledPhase,
@@ -20,9 +22,10 @@ pub const TC_ACT_UNSPEC: u32 = u32::MAX;
 
 pub struct Kernel {
     ebpf: Ebpf,
-    /// The policy maps, and `flows` (FW_FLOWS).
+    /// The policy maps, and the flow tables (`flows`, `flows_in`).
     pub policy: PolicyMaps,
     frags: BpfHashMap<MapData, FragKey, FragValue>,
+    flow_stats: PerCpuArray<MapData, u64>,
     stats: PerCpuArray<MapData, Counter>,
     rule_stats: PerCpuArray<MapData, Counter>,
 }
@@ -37,14 +40,20 @@ fn program_name(direction: Direction) -> &'static str {
 impl Kernel {
     /// Loads the embedded object and both programs (through the verifier).
     pub fn load() -> Kernel {
-        let options = LoadOptions::here().expect("load options");
-        let mut ebpf = loader::load(&options).expect("loading the fw kernel object");
+        Kernel::load_with(&LoadOptions::here().expect("load options"))
+    }
+
+    /// [`Kernel::load`] with other capacities.
+    pub fn load_with(options: &LoadOptions) -> Kernel {
+        let mut ebpf = loader::load(options).expect("loading the fw kernel object");
         let policy = PolicyMaps::take(&mut ebpf).expect("taking the policy maps");
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)
                 .unwrap_or_else(|| panic!("no map {name}"))
         };
         let frags = BpfHashMap::try_from(take(&mut ebpf, maps::FRAGS)).expect("FW_FRAGS");
+        let flow_stats =
+            PerCpuArray::try_from(take(&mut ebpf, maps::FLOW_STATS)).expect("FW_FLOW_STATS");
         let stats = PerCpuArray::try_from(take(&mut ebpf, maps::STATS)).expect("FW_STATS");
         let rule_stats =
             PerCpuArray::try_from(take(&mut ebpf, maps::RULE_STATS)).expect("FW_RULE_STATS");
@@ -62,6 +71,7 @@ impl Kernel {
             ebpf,
             policy,
             frags,
+            flow_stats,
             stats,
             rule_stats,
         }
@@ -109,12 +119,28 @@ impl Kernel {
         Self::sum(&self.rule_stats, rule)
     }
 
-    pub fn flows(&self) -> Vec<(FlowKey, FlowValue)> {
-        self.policy
-            .flows
+    fn flow_map(&self, table: Table) -> &BpfHashMap<MapData, FlowKey, FlowValue> {
+        match table {
+            Table::Protected => &self.policy.flows,
+            Table::Probation => &self.policy.flows_in,
+        }
+    }
+
+    /// The entries of one flow table.
+    pub fn flows(&self, table: Table) -> Vec<(FlowKey, FlowValue)> {
+        self.flow_map(table)
             .iter()
-            .map(|r| r.expect("reading FW_FLOWS"))
+            .map(|r| r.expect("reading a flow table"))
             .collect()
+    }
+
+    /// Counter `index` of `FW_FLOW_STATS`, summed over CPUs.
+    pub fn flow_stat(&self, index: u32) -> u64 {
+        self.flow_stats
+            .get(&index, 0)
+            .unwrap_or_else(|e| panic!("reading flow counter {index}: {e}"))
+            .iter()
+            .sum()
     }
 
     pub fn frags(&self) -> Vec<(FragKey, FragValue)> {
@@ -126,14 +152,11 @@ impl Kernel {
 
     /// Empties the flow and fragment tables.
     pub fn clear_state(&mut self) {
-        let flow_keys: Vec<FlowKey> = self
-            .policy
-            .flows
-            .keys()
-            .map(|k| k.expect("FW_FLOWS key"))
-            .collect();
-        for k in flow_keys {
-            let _ = self.policy.flows.remove(&k);
+        for flows in [&mut self.policy.flows, &mut self.policy.flows_in] {
+            let keys: Vec<FlowKey> = flows.keys().map(|k| k.expect("flow key")).collect();
+            for k in keys {
+                let _ = flows.remove(&k);
+            }
         }
         let frag_keys: Vec<FragKey> = self
             .frags
@@ -145,11 +168,12 @@ impl Kernel {
         }
     }
 
-    pub fn insert_flow(&mut self, key: &FlowKey, value: &FlowValue) {
-        self.policy
-            .flows
-            .insert(key, value, 0)
-            .expect("writing FW_FLOWS");
+    pub fn insert_flow(&mut self, table: Table, key: &FlowKey, value: &FlowValue) {
+        let map = match table {
+            Table::Protected => &mut self.policy.flows,
+            Table::Probation => &mut self.policy.flows_in,
+        };
+        map.insert(key, value, 0).expect("writing a flow table");
     }
 
     pub fn insert_frag(&mut self, key: &FragKey, value: &FragValue) {

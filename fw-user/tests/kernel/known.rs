@@ -40,23 +40,35 @@ fn l6(a: u128) -> [u8; 16] {
     a.to_be_bytes()
 }
 
-struct Directed {
-    d: Driver,
+/// Frames run through the model and the kernel under one policy, each
+/// against the outcome written by hand; failures collected for `finish`.
+pub struct Directed {
+    pub d: Driver,
     failures: Vec<String>,
 }
 
 impl Directed {
     fn new() -> Directed {
+        Directed::with_policy(POLICY)
+    }
+
+    /// Under phase `runtime` of `yaml`.
+    pub fn with_policy(yaml: &str) -> Directed {
         let mut d = Driver::new(1, false);
-        d.apply_yaml(POLICY, "runtime");
+        d.apply_yaml(yaml, "runtime");
         Directed {
             d,
             failures: Vec::new(),
         }
     }
 
+    /// Records a failure of a check made outside [`Directed::expect`].
+    pub fn fail(&mut self, what: String) {
+        self.failures.push(what);
+    }
+
     /// `frame` going `direction` must end in `reason` (and `rule`).
-    fn expect(
+    pub fn expect(
         &mut self,
         what: &str,
         direction: Direction,
@@ -87,7 +99,7 @@ impl Directed {
         }
     }
 
-    fn finish(self) {
+    pub fn finish(self) {
         assert!(self.failures.is_empty(), "\n{}", self.failures.join("\n"));
     }
 }

@@ -22,6 +22,7 @@ mod model;
 mod packets;
 mod policies;
 mod rng;
+mod tables;
 
 use std::time::Instant;
 

@@ -36,17 +36,30 @@
 //!   is identified by (src, dst, id) and the protocol: for IPv4 the protocol
 //!   field; for IPv6 the fragment header's Next Header (the first header of
 //!   the fragmentable part, the same in every fragment, RFC 8200 4.5).
+//! * Two flow tables, a key in at most one: protected (flows this host
+//!   opened, inbound TCP once its handshake completed) and probation (what
+//!   inbound packets opened). The protected one is looked at first; an
+//!   expired entry found there or in probation is removed and the packet
+//!   judged as untracked.
 //! * A live tracked flow (same generation) passes; of another generation, it
 //!   is re-checked against the rule kind that opened it (origin direction,
 //!   remote peer, protocol, the port it was admitted on) and re-stamped, or
 //!   forgotten and the packet judged afresh.
+//! * A TCP flow in probation records this host's SYN-ACK (egress, SYN and
+//!   ACK set: its sequence number), and moves to the protected table on the
+//!   inbound segment with ACK but neither SYN nor RST that acknowledges
+//!   exactly that SYN-ACK (ack = seq + 1), unless the flow is closing. A
+//!   protected flow an inbound packet opened goes back to probation with
+//!   the packet that starts closing it (FIN or RST).
 //! * An ICMP error quoting a live tracked flow passes when it is addressed
 //!   to the quoted packet's source.
 //! * The policy: the deciding rule (allow/deny) or the phase default; audit
 //!   turns drops into `pass_audit`; an egress packet that only the default
 //!   drops, sent from a port an inbound rule serves to that peer, is
 //!   `drop_spoofed_reply`. A rule's allow opens a flow (ICMP: echo requests
-//!   only; inbound TCP: a SYN without ACK only).
+//!   only; inbound TCP: a SYN without ACK only; outbound TCP: neither a RST
+//!   nor a SYN-ACK), in probation when the packet is inbound, else in the
+//!   protected table.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -55,7 +68,7 @@ use std::{
 
 use fw_common::{
     flow::{
-        FLOW_FIN, FLOW_INBOUND, FRAG_TIMEOUT_NS, OTHER_TIMEOUT_NS, TCP_CLOSING_TIMEOUT_NS,
+        FLOW_FIN, FLOW_INBOUND, FLOW_SYN_ACK, FRAG_TIMEOUT_NS, OTHER_TIMEOUT_NS, TCP_CLOSING_TIMEOUT_NS,
         TCP_TIMEOUT_NS, TOUCH_INTERVAL_NS, UDP_TIMEOUT_NS,
     },
     Action, Direction, FlowKey, FlowValue, FragKey, FragValue, PolicyValue, Reason,
@@ -104,6 +117,8 @@ pub struct Headers {
     pub policy_port: u16,
     pub icmp_type: Option<u8>,
     pub tcp_flags: u8,
+    pub tcp_seq: u32,
+    pub tcp_ack: u32,
     pub fragment: Fragment,
     pub frag_id: u32,
     /// IPv6 fragments: the fragment header's Next Header.
@@ -215,6 +230,8 @@ fn empty_headers(family: u8, src: [u8; 16], dst: [u8; 16], proto: u8) -> Headers
         policy_port: 0,
         icmp_type: None,
         tcp_flags: 0,
+        tcp_seq: 0,
+        tcp_ack: 0,
         fragment: Fragment::Whole,
         frag_id: 0,
         frag_next: 0,
@@ -335,6 +352,8 @@ fn transport(f: &Frame, out: &mut Headers, at: usize, end: usize) -> Result<(), 
         out.policy_port = out.dport;
         if out.proto == TCP {
             out.tcp_flags = h[13];
+            out.tcp_seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+            out.tcp_ack = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
         }
     }
     Ok(())
@@ -449,18 +468,32 @@ impl Outcome {
     }
 }
 
+/// The flow tables (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Table {
+    Protected,
+    Probation,
+}
+
 /// Flow and fragment state, as the kernel's maps should hold it.
 #[derive(Clone, Debug, Default)]
 pub struct State {
+    /// The protected flow table (`FW_FLOWS`).
     pub flows: HashMap<FlowKey, FlowValue>,
+    /// The probation flow table (`FW_FLOWS_IN`).
+    pub flows_in: HashMap<FlowKey, FlowValue>,
     pub frags: HashMap<FragKey, FragValue>,
     /// How often each stateful path was taken (to show the run reached them).
     pub paths: BTreeMap<&'static str, u64>,
 }
 
 /// The stateful paths a run must take at least once.
-pub const PATHS: [&str; 9] = [
+pub const PATHS: [&str; 13] = [
     "flow of the active generation",
+    "flow in probation",
+    "SYN-ACK recorded",
+    "flow promoted",
+    "flow demoted",
     "flow of another generation, still allowed",
     "flow of another generation, forgotten",
     "flow expired",
@@ -551,6 +584,8 @@ fn opens_flow(direction: Direction, h: &Headers) -> bool {
         ICMPV6 => h.icmp_type == Some(128),
         // Inbound TCP: only the start of a connection (SYN without ACK).
         TCP if direction == Direction::Inbound => h.tcp_flags & 0x12 == 0x02,
+        // Outbound TCP: neither a RST nor a SYN-ACK.
+        TCP => h.tcp_flags & 0x04 == 0 && h.tcp_flags & 0x12 != 0x12,
         _ => true,
     }
 }
@@ -560,10 +595,46 @@ impl State {
         *self.paths.entry(path).or_insert(0) += 1;
     }
 
-    fn live_flow(&self, key: &FlowKey, now: u64) -> bool {
+    pub fn table(&self, table: Table) -> &HashMap<FlowKey, FlowValue> {
+        match table {
+            Table::Protected => &self.flows,
+            Table::Probation => &self.flows_in,
+        }
+    }
+
+    pub fn table_mut(&mut self, table: Table) -> &mut HashMap<FlowKey, FlowValue> {
+        match table {
+            Table::Protected => &mut self.flows,
+            Table::Probation => &mut self.flows_in,
+        }
+    }
+
+    /// Whether `key` has a live entry (the protected table decides when it
+    /// has the key); nothing changes.
+    fn is_live(&self, key: &FlowKey, now: u64) -> bool {
         self.flows
             .get(key)
+            .or_else(|| self.flows_in.get(key))
             .is_some_and(|v| now.wrapping_sub(v.last_seen_ns) <= flow_timeout(key.proto, v.flags))
+    }
+
+    /// The table whose live entry `key` has: the protected table decides
+    /// when it has the key, live or not. An expired entry is removed.
+    /// `Err(())` when the entry found had expired.
+    fn find(&mut self, key: &FlowKey, now: u64) -> Result<Option<Table>, ()> {
+        let table = if self.flows.contains_key(key) {
+            Table::Protected
+        } else if self.flows_in.contains_key(key) {
+            Table::Probation
+        } else {
+            return Ok(None);
+        };
+        let v = self.table(table)[key];
+        if now.wrapping_sub(v.last_seen_ns) > flow_timeout(key.proto, v.flags) {
+            self.table_mut(table).remove(key);
+            return Err(());
+        }
+        Ok(Some(table))
     }
 
     /// Judges one frame at time `now` (CLOCK_MONOTONIC_COARSE ns) and
@@ -600,11 +671,15 @@ impl State {
         }
         let key = packet_flow_key(direction, &h);
         let mut outcome = None;
-        if self.flows.contains_key(&key) && !self.live_flow(&key, now) {
+        let found = self.find(&key, now).unwrap_or_else(|()| {
             self.took("flow expired");
-        }
-        if self.live_flow(&key, now) {
-            let value = self.flows.get_mut(&key).expect("live");
+            None
+        });
+        if let Some(table) = found {
+            if table == Table::Probation {
+                self.took("flow in probation");
+            }
+            let value = self.table_mut(table).get_mut(&key).expect("live");
             let mut path = "flow of the active generation";
             if value.generation != active.generation {
                 let origin = if value.flags & FLOW_INBOUND != 0 {
@@ -628,15 +703,27 @@ impl State {
                 };
             }
             if path != "flow of another generation, forgotten" {
+                let mut closing = false;
                 if h.tcp_flags & 0x05 != 0 && value.flags & FLOW_FIN == 0 {
                     value.flags |= FLOW_FIN;
                     value.last_seen_ns = now;
+                    closing = true;
                 } else if now.wrapping_sub(value.last_seen_ns) > TOUCH_INTERVAL_NS {
                     value.last_seen_ns = now;
                 }
+                let inbound = value.flags & FLOW_INBOUND != 0;
                 outcome = Some(Outcome::new(Reason::PassFlow, value.rule));
+                if table == Table::Probation {
+                    if h.proto == TCP {
+                        self.follow_handshake(&key, direction, &h);
+                    }
+                } else if closing && inbound {
+                    let value = self.flows.remove(&key).expect("protected");
+                    self.flows_in.insert(key, value);
+                    self.took("flow demoted");
+                }
             } else {
-                self.flows.remove(&key);
+                self.table_mut(table).remove(&key);
             }
             self.took(path);
         }
@@ -662,9 +749,12 @@ impl State {
                         policy_port: h.policy_port,
                         flags,
                         _pad1: 0,
-                        _pad4: 0,
+                        syn_ack_seq: 0,
                     };
-                    self.flows.insert(key, value);
+                    match direction {
+                        Direction::Inbound => self.flows_in.insert(key, value),
+                        Direction::Egress => self.flows.insert(key, value),
+                    };
                 }
                 o
             }
@@ -683,6 +773,31 @@ impl State {
         outcome
     }
 
+    /// A TCP flow in probation: record this host's SYN-ACK, promote on the
+    /// peer's acknowledgment of exactly it.
+    fn follow_handshake(&mut self, key: &FlowKey, direction: Direction, h: &Headers) {
+        let value = self.flows_in.get_mut(key).expect("in probation");
+        match direction {
+            Direction::Egress => {
+                if h.tcp_flags & 0x12 == 0x12 {
+                    value.syn_ack_seq = h.tcp_seq;
+                    value.flags |= FLOW_SYN_ACK;
+                    self.took("SYN-ACK recorded");
+                }
+            }
+            Direction::Inbound => {
+                if h.tcp_flags & 0x16 == 0x10
+                    && value.flags & (FLOW_SYN_ACK | FLOW_FIN) == FLOW_SYN_ACK
+                    && h.tcp_ack == value.syn_ack_seq.wrapping_add(1)
+                {
+                    let value = self.flows_in.remove(key).expect("in probation");
+                    self.flows.insert(*key, value);
+                    self.took("flow promoted");
+                }
+            }
+        }
+    }
+
     fn untracked(
         &mut self,
         active: &Active,
@@ -691,7 +806,7 @@ impl State {
         now: u64,
     ) -> Outcome {
         if let Some(q) = &h.quote {
-            if h.dst == q.src && self.live_flow(&quote_flow_key(direction, q), now) {
+            if h.dst == q.src && self.is_live(&quote_flow_key(direction, q), now) {
                 self.took("error quoting a flow");
                 return Outcome::bare(Reason::PassIcmpControl);
             }

@@ -182,11 +182,20 @@ pub fn frame(tags: &[u16], ip: &Ip, l4: &[u8], pad: usize) -> Vec<u8> {
     out
 }
 
+/// The sequence number of every generated TCP segment.
+pub const TCP_SEQ: u32 = 0x0102_0304;
+
 pub fn tcp(sport: u16, dport: u16, flags: u8, payload: usize) -> Vec<u8> {
+    tcp_acking(sport, dport, flags, 0, payload)
+}
+
+/// A TCP segment (sequence number [`TCP_SEQ`]) acknowledging `ack`.
+pub fn tcp_acking(sport: u16, dport: u16, flags: u8, ack: u32, payload: usize) -> Vec<u8> {
     let mut b = vec![0u8; 20 + payload];
     b[0..2].copy_from_slice(&sport.to_be_bytes());
     b[2..4].copy_from_slice(&dport.to_be_bytes());
-    b[4..8].copy_from_slice(&0x0102_0304u32.to_be_bytes());
+    b[4..8].copy_from_slice(&TCP_SEQ.to_be_bytes());
+    b[8..12].copy_from_slice(&ack.to_be_bytes());
     b[12] = 5 << 4;
     b[13] = flags;
     b[14..16].copy_from_slice(&65535u16.to_be_bytes());

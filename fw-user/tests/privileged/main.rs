@@ -18,6 +18,7 @@ mod cli;
 mod crash;
 mod e2e;
 mod events;
+mod flood;
 mod harness;
 mod lifecycle;
 mod operate;

@@ -16,6 +16,12 @@ use super::{netns::Netns, unique_name, TempDir};
 
 pub const FW: &str = env!("CARGO_BIN_EXE_fw");
 
+/// How long `fw run` may take to enforce. A debug build compiles the
+/// 100,000-rule file of `operate_switch_to_a_100k_rule_policy` in 10 s
+/// alone, and took 16-20 s with the suite running beside it on two cores:
+/// 20 s was a coin toss. A readiness deadline, not a timed assertion.
+const READY_WITHIN: Duration = Duration::from_secs(60);
+
 /// Arguments of every test's `fw run`. `--cgroup none`: the cgroup socket
 /// hooks are not scoped by network namespace, and hooked on the root cgroup
 /// they would refuse denied connect()s of every process on the machine.
@@ -202,7 +208,8 @@ pub struct Fw<'ns> {
     /// A command (with its arguments) that runs `fw` as its last
     /// arguments, e.g. `unshare -m`; empty: `fw` itself.
     wrapper: Vec<OsString>,
-    /// Environment variables `fw run` gets on top of ours.
+    /// Environment variables set for `fw run` only (never for the test
+    /// process: tests run in parallel threads of one process).
     env: Vec<(OsString, OsString)>,
     child: Option<Child>,
     /// `fw stop` succeeded: nothing left for `Drop` to stop.
@@ -266,6 +273,21 @@ impl<'ns> Fw<'ns> {
         name: String,
     ) -> Self {
         let mut fw = Self::spawned(ns, iface, policy, phase, extra, wrapper, &[], name);
+        fw.wait_ready();
+        fw
+    }
+
+    /// [`Fw::start_with`] with `env` set for the `fw run` process.
+    pub fn start_with_env(
+        ns: &'ns Netns,
+        iface: &str,
+        policy: impl AsRef<OsStr>,
+        phase: &str,
+        extra: &[&OsStr],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let env: Vec<(&str, &OsStr)> = env.iter().map(|(k, v)| (*k, OsStr::new(*v))).collect();
+        let mut fw = Self::spawned(ns, iface, policy, phase, extra, &[], &env, unique_name());
         fw.wait_ready();
         fw
     }
@@ -346,11 +368,11 @@ impl<'ns> Fw<'ns> {
     /// Polls `fw status --json` until it exits 0 and names this process as
     /// the daemon (after a restart the pins enforce before the new daemon
     /// answers): a bounded readiness check that gives up (with fw's output)
-    /// if `fw run` exits or 20 s pass.
+    /// if `fw run` exits or [`READY_WITHIN`] passes.
     pub fn wait_ready(&mut self) {
         let pid = self.pid();
         let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
+        while start.elapsed() < READY_WITHIN {
             if let Some(status) = self
                 .child
                 .as_mut()
@@ -371,7 +393,7 @@ impl<'ns> Fw<'ns> {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!(
-            "`fw status --name {}` did not report daemon {pid} enforcing within 20 s; fw run printed:\n{}",
+            "`fw status --name {}` did not report daemon {pid} enforcing within {READY_WITHIN:?}; fw run printed:\n{}",
             self.name,
             self.log_text()
         );

@@ -1,9 +1,11 @@
 //! Guards and helpers for the privileged tests: namespaces and veth pairs
 //! ([`netns`]), the `fw` process and its CLI ([`fw`]), sockets in a namespace
 //! ([`traffic`]), traffic that runs in the background during an event
-//! ([`stream`]), and crafted or sniffed packets ([`packet`]).
+//! ([`stream`]), crafted or sniffed packets ([`packet`]), and the metrics
+//! endpoint ([`metrics`]).
 
 pub mod fw;
+pub mod metrics;
 pub mod netns;
 pub mod packet;
 pub mod stream;

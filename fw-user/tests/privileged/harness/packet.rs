@@ -68,18 +68,117 @@ pub fn tcp_segment(src: SocketAddr, dst: SocketAddr, flags: u8, seq: u32, ack: u
     tcp.extend(65535u16.to_be_bytes()); // window
     tcp.extend([0, 0]); // checksum, below
     tcp.extend([0, 0]); // urgent pointer
-    let mut pseudo = ip_bytes(src.ip());
-    pseudo.extend(ip_bytes(dst.ip()));
-    match src.ip() {
-        IpAddr::V4(_) => pseudo.extend([0, libc::IPPROTO_TCP as u8, 0, tcp.len() as u8]),
-        IpAddr::V6(_) => {
-            pseudo.extend((tcp.len() as u32).to_be_bytes());
-            pseudo.extend([0, 0, 0, libc::IPPROTO_TCP as u8]);
-        }
-    }
-    let sum = fold(sum16(sum16(0, &pseudo), &tcp));
+    let sum = l4_checksum(src.ip(), dst.ip(), libc::IPPROTO_TCP as u8, &tcp);
     tcp[16..18].copy_from_slice(&sum.to_be_bytes());
     tcp
+}
+
+/// The TCP/UDP checksum of `l4` (its checksum field zero) over the
+/// pseudo-header of either family.
+fn l4_checksum(src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8]) -> u16 {
+    let mut pseudo = ip_bytes(src);
+    pseudo.extend(ip_bytes(dst));
+    match src {
+        IpAddr::V4(_) => {
+            pseudo.extend([0, proto]);
+            pseudo.extend((l4.len() as u16).to_be_bytes());
+        }
+        IpAddr::V6(_) => {
+            pseudo.extend((l4.len() as u32).to_be_bytes());
+            pseudo.extend([0, 0, 0, proto]);
+        }
+    }
+    fold(sum16(sum16(0, &pseudo), l4))
+}
+
+/// A UDP datagram (header and `payload`) from `src` to `dst`, checksummed.
+pub fn udp_datagram(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut udp = Vec::with_capacity(8 + payload.len());
+    udp.extend(src.port().to_be_bytes());
+    udp.extend(dst.port().to_be_bytes());
+    udp.extend(((8 + payload.len()) as u16).to_be_bytes());
+    udp.extend([0, 0]); // checksum, below
+    udp.extend(payload);
+    let sum = match l4_checksum(src.ip(), dst.ip(), libc::IPPROTO_UDP as u8, &udp) {
+        0 => 0xffff, // 0 means "no checksum" in UDP
+        sum => sum,
+    };
+    udp[6..8].copy_from_slice(&sum.to_be_bytes());
+    udp
+}
+
+/// Sends crafted UDP datagrams from `src` (an address of `ns`) to `dst`
+/// through one raw socket in `ns`: for each `(source port, destination
+/// port)` of `flows`, `per_flow` copies, back to back (a flood whose every
+/// flow looks like a conversation that goes on). The kernel adds the IP
+/// header and routes each datagram out like any packet, so the count is
+/// bounded by `flows`. Returns how many datagrams the kernel took.
+pub fn send_udp_flood(
+    ns: &Netns,
+    src: IpAddr,
+    dst: IpAddr,
+    flows: &[(u16, u16)],
+    per_flow: usize,
+) -> usize {
+    assert_eq!(src.is_ipv4(), dst.is_ipv4(), "one family: {src} -> {dst}");
+    in_netns(ns, || -> io::Result<usize> {
+        let family = if src.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
+        // SAFETY: plain socket(2); the descriptor is owned right away.
+        let fd = check(
+            unsafe { libc::socket(family, libc::SOCK_RAW, libc::IPPROTO_UDP) },
+            "raw socket",
+        )?;
+        // SAFETY: a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Bound to `src`: the IP header carries the address the checksums
+        // were computed with.
+        let (local, local_len) = raw_sockaddr(src);
+        // SAFETY: a valid sockaddr of `local_len` bytes.
+        check(
+            unsafe {
+                libc::bind(
+                    fd.as_raw_fd(),
+                    &local as *const _ as *const libc::sockaddr,
+                    local_len,
+                )
+            },
+            "binding the raw socket",
+        )?;
+        let (to, to_len) = raw_sockaddr(dst);
+        let mut sent = 0;
+        for &(sport, dport) in flows {
+            let datagram = udp_datagram(
+                SocketAddr::new(src, sport),
+                SocketAddr::new(dst, dport),
+                b"flood",
+            );
+            for _ in 0..per_flow {
+                // SAFETY: valid buffer and sockaddr for their lengths.
+                let n = unsafe {
+                    libc::sendto(
+                        fd.as_raw_fd(),
+                        datagram.as_ptr().cast(),
+                        datagram.len(),
+                        0,
+                        &to as *const _ as *const libc::sockaddr,
+                        to_len,
+                    )
+                };
+                match n {
+                    0.. => sent += 1,
+                    // A full queue: the datagram is lost, as on a wire.
+                    _ if io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS) => {}
+                    _ => return Err(io::Error::last_os_error()),
+                }
+            }
+        }
+        Ok(sent)
+    })
+    .unwrap_or_else(|e| panic!("flooding {dst} from {src}: {e}"))
 }
 
 /// A `sockaddr_storage` for `ip` with port 0 (raw sockets take none).
@@ -338,6 +437,21 @@ mod tests {
             // For IPv4 the order differs, but the one's complement sum
             // does not depend on where the words sit.
             assert_eq!(fold(sum16(sum16(0, &pseudo), &seg)), 0, "{src} -> {dst}");
+        }
+    }
+
+    #[test]
+    fn udp_checksums_verify() {
+        for (src, dst) in [
+            ("198.18.0.2:5555", "198.18.0.1:40000"),
+            ("[2001:db8::2]:5555", "[2001:db8::1]:40000"),
+        ] {
+            let (src, dst): (SocketAddr, SocketAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+            let datagram = udp_datagram(src, dst, b"odd");
+            let mut pseudo = ip_bytes(src.ip());
+            pseudo.extend(ip_bytes(dst.ip()));
+            pseudo.extend([0, 17, 0, datagram.len() as u8]);
+            assert_eq!(fold(sum16(sum16(0, &pseudo), &datagram)), 0, "{src} -> {dst}");
         }
     }
 }
