@@ -20,7 +20,7 @@ use std::{
 
 use crate::{
     harness::{
-        fw::{fw, run_bounded, Finished, Fw, FW, FW_LIB_DIR},
+        fw::{fw, run_bounded, Finished, Fw, Launch, FW, FW_LIB_DIR},
         netns::VethPair,
         traffic::{in_netns, tcp_echo, Echo, Outcome, DROP_TIMEOUT, PASS_TIMEOUT},
         TempDir,
@@ -447,6 +447,11 @@ fn finding11_reboot_comes_back_in_the_confirmed_phase() {
     assert!(!Path::new(FW_LIB_DIR).join(&name).exists());
 }
 
+/// Start options for instance `name`.
+fn named(name: &str) -> Launch<'static> {
+    Launch { name: Some(name.to_string()), ..Launch::default() }
+}
+
 /// `fw run` killed at every failpoint step of its start, then started
 /// again: it enforces the whole phase (never a part, never nothing); and
 /// `fw stop` killed at every step, then either `fw stop` again (nothing
@@ -464,7 +469,7 @@ fn crash_failpoints_of_run_and_stop() {
     };
     // The steps of a start: run with the listing until it enforces.
     let expected = {
-        let mut instance = Fw::start_named(&pair.near, &pair.near_if, &policy, "open", &[], name.clone());
+        let mut instance = Fw::start_launch(&pair.near, &pair.near_if, &policy, "open", named(&name));
         let (_, counts, _) = enforced(&instance);
         instance.kill_run_process();
         counts
@@ -493,20 +498,20 @@ fn crash_failpoints_of_run_and_stop() {
         cmd.args(&args).env("FW_FAILPOINT", at.to_string());
         let out = run_bounded(cmd, Duration::from_secs(30));
         assert!(out.status.code().is_none(), "fw run not killed at step {at}: {out:#?}");
-        let mut instance = Fw::start_named(&pair.near, &pair.near_if, &policy, "open", &[], name.clone());
+        let mut instance = Fw::start_launch(&pair.near, &pair.near_if, &policy, "open", named(&name));
         let (phase, counts, other) = enforced(&instance);
         assert_eq!((phase.as_str(), counts, other), ("open", expected, 0), "fw run killed at step {at} of {steps}, then started again");
         instance.kill_run_process();
         tried += 1;
     }
     // Stop: count its steps (on a live instance), then kill it at each one.
-    let mut instance = Fw::start_named(&pair.near, &pair.near_if, &policy, "open", &[], name.clone());
+    let mut instance = Fw::start_launch(&pair.near, &pair.near_if, &policy, "open", named(&name));
     instance.kill_run_process();
     let (stop_steps, out) = count_steps(&pair, &["stop", "--name", &name]);
     drop(instance);
     assert!(out.status.success() && stop_steps >= 2, "{stop_steps}: {out:#?}");
     for at in 1..=stop_steps {
-        let mut instance = Fw::start_named(&pair.near, &pair.near_if, &policy, "open", &[], name.clone());
+        let mut instance = Fw::start_launch(&pair.near, &pair.near_if, &policy, "open", named(&name));
         instance.kill_run_process();
         killed_at(&pair, &["stop", "--name", &name], at);
         if at % 2 == 1 {
