@@ -6,15 +6,15 @@ use serde::Serialize;
 
 use super::{
     duration,
-    instance::{require_root, resolve_name},
+    target::{require_root, resolve_name},
 };
 use crate::{
-    control::{self, EventQuery},
-    counters::{RuleCount, Snapshot},
-    events::Event,
-    loader::CounterMaps,
-    instance, paths,
-    state::InstanceState,
+    daemon::control::{self, EventQuery},
+    kernel::counters::{RuleCount, Snapshot},
+    daemon::events::Event,
+    kernel::loader::CounterMaps,
+    instance, instance::paths,
+    instance::state::InstanceState,
 };
 
 /// Event lines kept on screen under the table by `--follow` on a terminal.

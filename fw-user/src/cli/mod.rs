@@ -9,20 +9,20 @@ mod drops;
 mod duration;
 mod explain;
 mod export;
-mod instance;
 mod learn;
 mod run;
 mod source;
 mod status;
 mod stop;
 mod switch;
+mod target;
 
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-pub use instance::require_root;
+pub use target::require_root;
 
 #[derive(Parser, Debug)]
 #[command(name = "fw", version, about = "eBPF egress enforcer for media servers", long_about = None)]

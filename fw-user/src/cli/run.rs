@@ -3,13 +3,13 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use super::instance::require_root;
+use super::target::require_root;
 use crate::{
-    cgroup, control, daemon, events, iface_watch,
+    kernel::cgroup, daemon::control, daemon, daemon::events, daemon::iface_watch,
     instance::{self, Leftover, StartRequest},
-    kernel_log, loader, lock, metrics, paths,
-    policy_source::{self, LoadedPhase},
-    state::InstanceState,
+    daemon::kernel_log, kernel::loader, instance::lock, daemon::metrics, instance::paths,
+    source::{self, LoadedPhase},
+    instance::state::InstanceState,
 };
 
 /// The policy `fw run` starts with when --policy is not given.
@@ -136,7 +136,7 @@ fn initial_policy(name: &str, args: &RunArgs) -> Result<(LoadedPhase, String, bo
     }
     let policy = args.policy.as_deref().unwrap_or(DEFAULT_POLICY);
     let phase = args.phase.as_deref().unwrap_or(DEFAULT_PHASE);
-    Ok((policy_source::load_phase(policy, args.env_file.as_deref(), phase)?, phase.to_string(), false))
+    Ok((source::load_phase(policy, args.env_file.as_deref(), phase)?, phase.to_string(), false))
 }
 
 /// A fresh start: everything that can fail on bad input fails before the
@@ -197,7 +197,7 @@ fn adopt(name: &str, args: &RunArgs) -> Result<InstanceState> {
         bail!("instance {name} enforces on {} (ifindex {}), not {}: pick another --name", state.iface, state.ifindex, args.iface);
     }
     if let Some(policy) = &args.policy {
-        let wanted = policy_source::PolicyText::resolve(policy)?.label;
+        let wanted = source::PolicyText::resolve(policy)?.label;
         if wanted != state.enforced.policy {
             bail!(
                 "instance {name} enforces {}, not {wanted}: change it with `fw switch PHASE --name {name} --policy {policy}`",

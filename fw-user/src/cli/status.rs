@@ -4,14 +4,14 @@ use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
 
-use super::instance::{require_root, resolve_name};
+use super::target::{require_root, resolve_name};
 use crate::{
-    apply, control,
-    counters::Snapshot,
+    kernel::apply, daemon::control,
+    kernel::counters::Snapshot,
     instance::txn,
-    linkinfo,
-    loader::{AttachMode, CounterMaps, Hook, PolicyMaps},
-    state::InstanceState,
+    kernel::linkinfo,
+    kernel::loader::{AttachMode, CounterMaps, Hook, PolicyMaps},
+    instance::state::InstanceState,
 };
 
 /// Is the instance attached and enforcing? Exit 0 only when it is (scripts

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
-use super::instance::{require_root, resolve_name};
+use super::target::{require_root, resolve_name};
 use crate::instance;
 
 /// Detach the enforcer and remove its pins: the only way to stop enforcing.

@@ -3,8 +3,8 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{bail, Result};
 use clap::Args;
 
-use super::instance::{require_root, resolve_name};
-use crate::{control, instance};
+use super::target::{require_root, resolve_name};
+use crate::{daemon::control, instance};
 
 /// Switch the running instance to another phase (or an edited policy),
 /// atomically: the new phase is written aside, published with one map

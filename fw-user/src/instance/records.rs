@@ -8,7 +8,7 @@
 //!   that a rebooted host comes back in that phase (not in the install phase
 //!   of the unit's env file) even if the files were edited since.
 //!
-//! Both are written atomically (see [`crate::state::write_atomic`]). Behind
+//! Both are written atomically (see [`crate::instance::state::write_atomic`]). Behind
 //! a trait so that the crash tests can interrupt every write.
 
 use std::{
@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use super::failpoint;
 use crate::{
-    paths,
-    state::{write_atomic, InstanceState},
+    instance::paths,
+    instance::state::{write_atomic, InstanceState},
 };
 
 /// The text a generation was compiled from.

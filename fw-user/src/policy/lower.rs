@@ -21,7 +21,7 @@ use super::{
     vars::{ExpandError, Vars},
     Resolve,
 };
-use crate::compile::tables::PhaseSettings;
+use crate::policy::compile::tables::PhaseSettings;
 
 pub(crate) fn lower(file: &str, raw: RawPolicy, vars: &Vars, resolve: &Resolve) -> Result<(Policy, Vec<Warning>), PolicyError> {
     let mut lowerer = Lowerer { file, vars, resolve, warnings: Vec::new(), sets: HashMap::new() };

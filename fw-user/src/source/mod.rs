@@ -1,4 +1,5 @@
-//! Where a policy comes from: a file, or one of the policies shipped inside
+//! Where a policy comes from (the only module besides the kernel's that
+//! touches files for the policy core): a file, or one of the policies shipped inside
 //! the binary (so `cargo xtask run` on a fresh server needs no file), and the
 //! one path from `--policy` to a compiled phase used by every command.
 
@@ -6,18 +7,20 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
 
+pub mod file;
+
 use crate::{
-    compile::{self, tables::CompiledPhase},
+    policy::compile::{self, tables::CompiledPhase},
     instance::records::PolicyCopy,
     policy::{self, lint, LoadedPolicy, Vars, Warning},
 };
 
 /// The shipped policies, by name.
 pub const BUILTIN: &[(&str, &str)] = &[
-    ("openvidu-ce", include_str!("../../policies/openvidu-ce.yaml")),
-    ("openvidu-pro-master", include_str!("../../policies/openvidu-pro-master.yaml")),
-    ("openvidu-media-node", include_str!("../../policies/openvidu-media-node.yaml")),
-    ("vonage-webrtc-client", include_str!("../../policies/vonage-webrtc-client.yaml")),
+    ("openvidu-ce", include_str!("../../../policies/openvidu-ce.yaml")),
+    ("openvidu-pro-master", include_str!("../../../policies/openvidu-pro-master.yaml")),
+    ("openvidu-media-node", include_str!("../../../policies/openvidu-media-node.yaml")),
+    ("vonage-webrtc-client", include_str!("../../../policies/vonage-webrtc-client.yaml")),
 ];
 
 /// OpenVidu keeps its configuration here; its variables fill the shipped
@@ -43,7 +46,7 @@ impl PolicyText {
         if path.exists() || arg.contains('/') || arg.ends_with(".yaml") || arg.ends_with(".yml") {
             let canonical = std::fs::canonicalize(path).with_context(|| format!("reading policy file {arg}"))?;
             let label = canonical.display().to_string();
-            let text = policy::file::read_text(&canonical, &label)?;
+            let text = file::read_text(&canonical, &label)?;
             return Ok(PolicyText { label, text });
         }
         let (name, text) = BUILTIN.iter().find(|(name, _)| *name == arg).ok_or_else(|| {
@@ -87,7 +90,7 @@ pub fn load_policy(policy_arg: &str, env: Option<&Path>) -> Result<(String, Load
     let env = env_file(env);
     let env_text = env
         .as_deref()
-        .map(|p| policy::file::read_text(p, &p.display().to_string()))
+        .map(|p| file::read_text(p, &p.display().to_string()))
         .transpose()?;
     let copy = PolicyCopy { policy_text: text.text, env_text };
     let loaded = parse_copy(&text.label, env.as_deref(), &copy)?;
@@ -98,7 +101,7 @@ fn parse_copy(label: &str, env: Option<&Path>, copy: &PolicyCopy) -> Result<Load
     let vars = match (&copy.env_text, env) {
         (Some(text), Some(path)) => Vars::from_env_text(&path.display().to_string(), text)?,
         (Some(text), None) => Vars::from_env_text("env file", text)?,
-        (None, _) => Vars::from_env_file(None)?,
+        (None, _) => Vars::from_process_env(),
     };
     Ok(policy::parse_str(&copy.policy_text, label, &vars)?)
 }

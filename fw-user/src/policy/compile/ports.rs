@@ -20,7 +20,7 @@ use std::collections::{BTreeSet, HashSet};
 use fw_common::{Action, PolicyValue};
 
 use crate::{
-    compile::tables::PortEntry,
+    policy::compile::tables::PortEntry,
     policy::ir::{PortRange, Protocols, Rule},
 };
 

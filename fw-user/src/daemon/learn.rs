@@ -21,7 +21,7 @@ use std::{
 
 use fw_common::Reason;
 
-use crate::events::{reader::Sink, DecodeError, Event};
+use crate::daemon::events::{reader::Sink, DecodeError, Event};
 
 /// Who opened a flow: the command name and where it runs.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

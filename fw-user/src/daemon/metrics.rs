@@ -32,12 +32,12 @@ use prometheus_client::{
 };
 
 use crate::{
-    apply,
-    counters::{ReasonCount, RuleCount, Snapshot},
-    events::SharedLog,
+    kernel::apply,
+    kernel::counters::{ReasonCount, RuleCount, Snapshot},
+    daemon::events::SharedLog,
     instance,
-    loader::{self, CounterMaps, PolicyMaps},
-    paths,
+    kernel::loader::{self, CounterMaps, PolicyMaps},
+    instance::paths,
 };
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

@@ -10,6 +10,14 @@
 //! when it changed, and the summary reads the reason counters and the deny
 //! rules' counters only.
 
+pub mod control;
+pub mod events;
+pub mod iface_watch;
+pub mod kernel_log;
+pub mod learn;
+pub mod metrics;
+pub mod readiness;
+
 use std::{
     fs,
     time::{Duration, Instant, SystemTime},
@@ -18,13 +26,13 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
-    compile::tables::RuleInfo,
-    counters::Snapshot,
-    iface_watch::Watcher,
+    policy::compile::tables::RuleInfo,
+    kernel::counters::Snapshot,
+    daemon::iface_watch::Watcher,
     instance,
-    loader::{self, CounterMaps},
-    paths,
-    state::InstanceState,
+    kernel::loader::{self, CounterMaps},
+    instance::paths,
+    instance::state::InstanceState,
 };
 
 /// How often the daemon re-reads the routing table (see `routes`).

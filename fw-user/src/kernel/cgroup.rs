@@ -13,7 +13,7 @@ use anyhow::{bail, Context, Result};
 /// The cgroup v2 mount point: `/sys/fs/cgroup`, or `/sys/fs/cgroup/unified`
 /// on a hybrid layout.
 pub fn v2_mount() -> Result<PathBuf> {
-    crate::mounts::mounts()?
+    crate::kernel::mounts::mounts()?
         .into_iter()
         .find_map(|(dir, fstype)| (fstype == "cgroup2").then_some(dir))
         .context("no cgroup v2 hierarchy is mounted (see /proc/mounts)")

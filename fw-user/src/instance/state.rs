@@ -9,7 +9,7 @@ use std::{fs, io, path::Path};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::{compile::tables::RuleInfo, loader::AttachMode, paths};
+use crate::{policy::compile::tables::RuleInfo, kernel::loader::AttachMode, instance::paths};
 
 /// What one generation of the maps enforces.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -13,8 +13,8 @@ use aya::maps::{lpm_trie::Key, MapData, PerCpuValues};
 use fw_common::{Config, Counter, PhaseConfig};
 
 use crate::{
-    compile::tables::CompiledPhase,
-    loader::{CounterMaps, PolicyMaps},
+    policy::compile::tables::CompiledPhase,
+    kernel::loader::{CounterMaps, PolicyMaps},
 };
 
 /// Writes every entry of `phase` under `generation` (not yet active);
@@ -133,7 +133,7 @@ pub fn zero_rule_counters(counters: &mut CounterMaps, rules: usize) -> Result<()
 /// `fw explain --name` judges by, so it reports what is enforced. The phase
 /// name and rules are not in the kernel: the caller fills them in.
 pub fn read_generation(maps: &PolicyMaps, generation: u32) -> Result<CompiledPhase> {
-    use crate::compile::tables::{AddrEntry4, AddrEntry6, PhaseSettings, PortEntry};
+    use crate::policy::compile::tables::{AddrEntry4, AddrEntry6, PhaseSettings, PortEntry};
     use fw_common::{
         policy::{ADDR_KEY_FIXED_BITS, PORT_KEY_CLASS_BITS, PORT_KEY_PROTO_BITS},
         Action, Direction,

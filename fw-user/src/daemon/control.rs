@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 use crate::{
-    events::{log::EventBatch, SharedLog},
-    paths,
+    daemon::events::{log::EventBatch, SharedLog},
+    instance::paths,
 };
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -6,7 +6,7 @@
 use anyhow::{Context, Result};
 use tokio::io::unix::AsyncFd;
 
-use crate::{linkinfo, loader::Hook};
+use crate::{kernel::linkinfo, kernel::loader::Hook};
 
 /// Runs until the process exits; logs (once) why it cannot.
 pub async fn forward(name: String) {

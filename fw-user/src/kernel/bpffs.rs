@@ -30,7 +30,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::paths::BPFFS;
+use crate::instance::paths::BPFFS;
 
 /// `f_type` of bpffs in statfs(2) (linux/magic.h).
 const BPF_FS_MAGIC: u32 = 0xcafe_4a11;

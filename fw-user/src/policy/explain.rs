@@ -26,7 +26,7 @@ use fw_common::{
 use serde::Serialize;
 
 use crate::{
-    compile::tables::{CompiledPhase, TableVerdict},
+    policy::compile::tables::{CompiledPhase, TableVerdict},
     policy::{
         protocols::{is_icmp, protocol_name},
         system_resolve, Resolve,

@@ -21,7 +21,7 @@ use aya::{
 };
 use fw_common::{maps, AddrKey4, AddrKey6, Config, Counter, FlowKey, FlowValue, PhaseConfig, PolicyValue, PortKey};
 
-use crate::{linkinfo, paths};
+use crate::{kernel::linkinfo, instance::paths};
 
 /// The kernel object built by build.rs (empty when built with AYA_BUILD_SKIP).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fw-ebpf"));
@@ -480,10 +480,10 @@ impl RouteMaps {
 
     /// Rewrites all three from the routing table of `iface`'s namespace.
     pub fn refresh(&mut self, iface: &str) -> Result<()> {
-        let bypass = crate::routes::bypass_prefixes(iface)?;
+        let bypass = crate::kernel::routes::bypass_prefixes(iface)?;
         replace_prefixes(&mut self.bypass4, bypass.iter().filter_map(v4_key))?;
         replace_prefixes(&mut self.bypass6, bypass.iter().filter_map(v6_key))?;
-        replace_prefixes(&mut self.onlink6, crate::routes::onlink6_prefixes(iface)?.iter().filter_map(v6_key))?;
+        replace_prefixes(&mut self.onlink6, crate::kernel::routes::onlink6_prefixes(iface)?.iter().filter_map(v6_key))?;
         Ok(())
     }
 }

@@ -30,7 +30,7 @@ use rtnetlink::{
     MulticastGroup,
 };
 
-use crate::{instance, linkinfo, loader, lock, readiness};
+use crate::{instance, kernel::linkinfo, kernel::loader, instance::lock, daemon::readiness};
 
 /// A link notification, reduced to what the watcher needs.
 #[derive(Clone, Debug, PartialEq, Eq)]

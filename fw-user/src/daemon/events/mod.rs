@@ -17,7 +17,7 @@ use fw_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{compile::tables::RuleInfo, policy::protocols::protocol_name};
+use crate::{policy::compile::tables::RuleInfo, policy::protocols::protocol_name};
 
 pub use self::{
     cgroups::{Container, Resolver},

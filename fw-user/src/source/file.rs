@@ -13,9 +13,10 @@ use std::{
     path::Path,
 };
 
-use super::{
+use crate::policy::{
     error::{ErrorKind, PolicyError},
     ir::Pos,
+    parse_str, LoadedPolicy, Vars,
 };
 
 /// The largest policy or env file: 64 MiB, far above a 50,000-rule policy
@@ -24,7 +25,7 @@ pub const MAX_FILE_BYTES: u64 = 64 << 20;
 
 /// The text of the regular file at `path`, or why not; errors are
 /// reported under `label` (the path as the operator should see it).
-pub(crate) fn read_text(path: &Path, label: &str) -> Result<String, PolicyError> {
+pub fn read_text(path: &Path, label: &str) -> Result<String, PolicyError> {
     read(path).map_err(|(pos, kind)| PolicyError::new(label, pos, kind))
 }
 
@@ -82,11 +83,24 @@ fn read_bounded(file: File) -> Result<String, (Pos, ErrorKind)> {
     })
 }
 
-/// A UTF-8 byte order mark, which some Windows editors write first: not
-/// part of the text (YAML and env readers would make it part of the first
-/// key).
-pub(crate) fn skip_bom(text: &str) -> &str {
-    text.strip_prefix('\u{feff}').unwrap_or(text)
+/// Reads (a regular file only) and validates the policy at `path`,
+/// resolving host names with the system resolver.
+pub fn load_policy_file(path: &Path, vars: &Vars) -> Result<LoadedPolicy, PolicyError> {
+    let file = path.display().to_string();
+    let text = read_text(path, &file)?;
+    parse_str(&text, &file, vars)
+}
+
+/// The values of the env file at `path` (a regular file only), then the
+/// process environment; without a path, the process environment only.
+pub fn env_vars(path: Option<&Path>) -> Result<Vars, PolicyError> {
+    match path {
+        Some(path) => {
+            let file = path.display().to_string();
+            Vars::from_env_text(&file, &read_text(path, &file)?)
+        }
+        None => Ok(Vars::from_process_env()),
+    }
 }
 
 #[cfg(test)]
@@ -115,9 +129,4 @@ mod tests {
         assert_eq!(e.to_string(), "p.yaml:2:3: not UTF-8 text");
     }
 
-    #[test]
-    fn a_bom_is_skipped_once() {
-        assert_eq!(skip_bom("\u{feff}name: t"), "name: t");
-        assert_eq!(skip_bom("name: t"), "name: t");
-    }
 }

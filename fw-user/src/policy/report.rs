@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use serde_json::json;
 
 use crate::{
-    compile::{check_capacity, compile_phase, tables::CompiledPhase, CompileError, Limits},
+    policy::compile::{check_capacity, compile_phase, tables::CompiledPhase, CompileError, Limits},
     policy::{
         ir::{Policy, PortRange, Protocols, Rule},
         lint::lint,

@@ -12,7 +12,7 @@ use std::fs::{self, File, OpenOptions};
 
 use anyhow::{Context, Result};
 
-use crate::paths;
+use crate::instance::paths;
 
 /// Held until dropped.
 pub struct InstanceLock {

@@ -35,7 +35,7 @@ use fw_common::{
 use ipnet::IpNet;
 
 use crate::{
-    compile::{compile_phase, tables::PortEntry, CompileError},
+    policy::compile::{compile_phase, tables::PortEntry, CompileError},
     policy::ir::{Policy, PortRange, Protocols, Rule},
 };
 

@@ -100,7 +100,7 @@ impl Resolver {
     /// A resolver over the cgroup v2 hierarchy mounted on this host (none
     /// mounted: every id stays unresolved).
     pub fn new() -> Resolver {
-        Resolver { mount: crate::cgroup::v2_mount().ok(), ..Resolver::empty() }
+        Resolver { mount: crate::kernel::cgroup::v2_mount().ok(), ..Resolver::empty() }
     }
 
     /// A resolver that knows no cgroups (tests, hosts without cgroup v2).

@@ -6,7 +6,7 @@ use anyhow::Result;
 use fw_common::{stats::stats_index, Counter, Direction, Reason};
 use serde::{Deserialize, Serialize};
 
-use crate::{compile::tables::RuleInfo, loader::CounterMaps};
+use crate::{policy::compile::tables::RuleInfo, kernel::loader::CounterMaps};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ReasonCount {

@@ -4,7 +4,7 @@ use std::fs;
 
 use anyhow::{bail, Result};
 
-use crate::paths;
+use crate::instance::paths;
 
 /// Every command that touches the kernel says so in one line without root.
 pub fn require_root(command: &str) -> Result<()> {
