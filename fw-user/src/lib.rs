@@ -28,6 +28,7 @@ pub mod paths;
 pub mod policy_source;
 pub mod readiness;
 pub mod state;
+pub mod watch;
 
 /// Time since the Unix epoch (zero for a clock set before 1970).
 pub fn unix_time() -> std::time::Duration {

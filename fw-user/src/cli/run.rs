@@ -10,6 +10,7 @@ use crate::{
     kernel_log, loader, lock, metrics, paths,
     policy_source::{self, LoadedPhase},
     state::InstanceState,
+    watch,
 };
 
 /// The policy `fw run` starts with when --policy is not given.
@@ -72,6 +73,13 @@ pub struct RunArgs {
     /// must be written out (e.g. 0.0.0.0:9469).
     #[arg(long, value_name = "ADDR:PORT", value_parser = metrics::parse_listen)]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Follow the policy file and the env file: an edit switches the
+    /// enforced phase to it atomically, as `fw switch` would (debounced,
+    /// logged, counted in fw_policy_reloads_total); an edit that does not
+    /// compile changes nothing. The files are the truth: at start, and
+    /// after a switch awaiting `fw confirm` ends, what they hold is loaded.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
@@ -91,6 +99,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     // Before the interface is looked at: a deletion or re-creation from now
     // on is seen by the start/adopt below or by the watcher (finding 3).
     let mut watcher = iface_watch::Watcher::subscribe(&name, &args.iface)?;
+    // Likewise for the files: an edit from now on is seen (see `watch`).
+    let files = if args.watch {
+        let policy = args.policy.as_deref().unwrap_or(DEFAULT_POLICY);
+        Some(watch::Watch::subscribe(&name, watch::Watched::new(policy, args.env_file.as_deref())?)?)
+    } else {
+        None
+    };
     let state = if paths::pin_dir(&name).exists() {
         match instance::leftover(&name)? {
             Leftover::Instance => adopt(&name, &args)?,
@@ -120,7 +135,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         println!("fw: {name}: metrics at http://{}/metrics", server.addr());
         server.spawn(name.clone(), log);
     }
-    runtime.block_on(daemon::run(&name, &state, Duration::from_secs(args.interval), &mut watcher))?;
+    runtime.block_on(daemon::run(&name, &state, Duration::from_secs(args.interval), &mut watcher, files))?;
     if paths::pin_dir(&name).exists() {
         println!("fw: {name}: exiting; enforcement stays attached (fail closed). `fw stop --name {name}` detaches it.");
     }
@@ -198,7 +213,10 @@ fn adopt(name: &str, args: &RunArgs) -> Result<InstanceState> {
     }
     if let Some(policy) = &args.policy {
         let wanted = policy_source::PolicyText::resolve(policy)?.label;
-        if wanted != state.enforced.policy {
+        if wanted != state.enforced.policy && args.watch {
+            // The watched file is the truth: the daemon's first look loads it.
+            println!("fw: {name}: instance enforces {}; --watch loads {wanted} in its phase", state.enforced.policy);
+        } else if wanted != state.enforced.policy {
             bail!(
                 "instance {name} enforces {}, not {wanted}: change it with `fw switch PHASE --name {name} --policy {policy}`",
                 state.enforced.policy

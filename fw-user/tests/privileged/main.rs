@@ -23,6 +23,7 @@ mod harness;
 mod lifecycle;
 mod operate;
 mod stateful;
+mod watch;
 /// The kernel tests' deterministic generator, for random kill times.
 #[path = "../kernel/rng.rs"]
 #[allow(dead_code)]
