@@ -15,6 +15,7 @@
 
 mod bpffs;
 mod cli;
+mod container;
 mod crash;
 mod e2e;
 mod events;
