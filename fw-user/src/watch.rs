@@ -347,3 +347,36 @@ impl Watch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shipped_policy_without_an_env_file_leaves_nothing_to_watch() {
+        if Path::new(policy_source::OPENVIDU_ENV).exists() {
+            return; // that env file would be watched
+        }
+        let e = Watched::new("openvidu-ce", None).unwrap_err().to_string();
+        assert!(e.starts_with("--watch: ") && !e.contains('\n'), "{e}");
+    }
+
+    #[test]
+    fn the_directories_of_the_files_as_named_and_as_resolved_are_watched() {
+        // A ConfigMap volume: policy.yaml -> ..data/policy.yaml, ..data -> ..v1.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("..v1")).unwrap();
+        std::fs::write(dir.path().join("..v1/policy.yaml"), "name: x\n").unwrap();
+        std::os::unix::fs::symlink("..v1", dir.path().join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/policy.yaml", dir.path().join("policy.yaml")).unwrap();
+        let named = dir.path().join("policy.yaml");
+        let watched = Watched::new(named.to_str().unwrap(), Some(&named)).unwrap();
+        let root = std::fs::canonicalize(dir.path()).unwrap();
+        let dirs: Vec<PathBuf> = watched.dirs().into_iter().map(|d| std::fs::canonicalize(d).unwrap()).collect();
+        assert!(dirs.contains(&root), "{dirs:?}");
+        assert!(dirs.contains(&root.join("..v1")), "{dirs:?}");
+        // A relative name is made absolute once, at start.
+        let relative = Watched::new("src/watch.rs", None).unwrap();
+        assert!(Path::new(&relative.policy).is_absolute());
+    }
+}

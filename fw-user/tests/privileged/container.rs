@@ -114,6 +114,44 @@ fn container_enforces_survives_podman_kill_is_adopted_without_a_gap_and_stops() 
 }
 
 #[test]
+fn container_watch_reloads_an_edit_of_the_mounted_policy_directory() {
+    harness::setup();
+    let pair = VethPair::new(0);
+    let far = |port| SocketAddr::new(pair.far4.into(), port);
+    let _servers = [Echo::tcp(&pair.far, far(ALLOWED)), Echo::tcp(&pair.far, far(DENIED))];
+    let dir = TempDir::new();
+    let policy = |port: u16| {
+        format!(
+            "name: container\nphases:\n  runtime:\n    egress:\n      - {{ name: allowed, to: [{}], proto: tcp, ports: [{port}] }}\n",
+            pair.far4
+        )
+    };
+    let file = dir.write("policy.yaml", &policy(ALLOWED));
+    let c = Container::launch(
+        &pair.near,
+        &pair.near_if,
+        &unique_name(),
+        &[(dir.path(), "/etc/fw/site")],
+        &["--policy", "/etc/fw/site/policy.yaml", "--phase", "runtime", "--watch"],
+    );
+    c.wait_enforcing();
+    dropped(&pair.near, far(DENIED));
+    let before = c.status().1["generation"].clone();
+
+    // Saved on the host the way editors save: a new file renamed over.
+    let tmp = dir.write("policy.yaml.new", &policy(DENIED));
+    std::fs::rename(tmp, &file).unwrap();
+    let start = std::time::Instant::now();
+    while c.status().1["generation"] == before {
+        assert!(start.elapsed() < Duration::from_secs(2), "no reload within 2 s of the edit:\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    passes(&pair.near, far(DENIED));
+    dropped(&pair.near, far(ALLOWED));
+    assert!(c.logs().contains("changed: reloaded phase runtime"), "{}", c.logs());
+}
+
+#[test]
 fn container_needs_bpf_net_admin_and_perfmon_and_fails_closed_without_one() {
     harness::setup();
     let pair = VethPair::new(0);
