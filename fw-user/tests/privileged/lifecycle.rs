@@ -15,7 +15,7 @@ use std::{
 
 use crate::harness::{
     self,
-    fw::{pin_dir, run_bounded, Fw, FW},
+    fw::{pin_dir, run_bounded, Fw, Launch, FW},
     netns::{Netns, VethPair},
     traffic::{in_netns, tcp_echo, Echo, Outcome, DROP_TIMEOUT, PASS_TIMEOUT},
     TempDir,
@@ -310,8 +310,7 @@ fn finding11_ready_is_sent_once_enforcing() {
         site.iface(),
         &site.policy,
         "test",
-        &[],
-        &[("NOTIFY_SOCKET", socket_path.as_os_str())],
+        Launch { env: &[("NOTIFY_SOCKET", socket_path.as_os_str())], ..Launch::default() },
     );
     let mut buf = [0u8; 4096];
     let mut received = String::new();
