@@ -42,7 +42,9 @@ pub struct RunArgs {
     /// Phase of the policy to enforce at a fresh start (default: install).
     #[arg(long)]
     pub phase: Option<String>,
-    /// Instance name: selects /sys/fs/bpf/fw/NAME (default: the interface name).
+    /// Instance name: selects /sys/fs/bpf/fw/NAME (default: $FW_NAME, else the
+    /// interface name). A container sets FW_NAME once for `fw run` and for
+    /// the `fw status` of its health check alike.
     #[arg(long)]
     pub name: Option<String>,
     /// KEY=VALUE file for ${VARS} in the policy (default: /opt/openvidu/.env when it exists).
@@ -84,7 +86,7 @@ pub struct RunArgs {
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     require_root("fw run")?;
-    let name = args.name.clone().unwrap_or_else(|| args.iface.clone());
+    let name = super::instance::run_name(args.name.clone(), &args.iface);
     paths::validate_name(&name).map_err(anyhow::Error::msg).context("--name")?;
     // One daemon per instance, taken before anything is created: a second
     // `fw run` changes nothing of the first's (its socket included).

@@ -66,7 +66,8 @@ fn container_enforces_survives_podman_kill_is_adopted_without_a_gap_and_stops() 
     dropped(&pair.near, far(DENIED));
     // The host's bpffs, verified (host PID + SYS_PTRACE): no "cannot verify".
     assert!(!c.logs().contains("cannot verify"), "{}", c.logs());
-    // The image's HEALTHCHECK (`fw status`) reports healthy.
+    // The image's HEALTHCHECK (`fw status`, the instance named by FW_NAME
+    // among all the host's) reports healthy.
     let health = podman(&["healthcheck", "run", &c.name]);
     assert!(health.status.success(), "podman healthcheck run: {health:#?}\n{}", c.logs());
 
@@ -111,6 +112,25 @@ fn container_enforces_survives_podman_kill_is_adopted_without_a_gap_and_stops() 
     assert_ne!(c.status().0, Some(0), "still enforcing after fw stop");
     assert!(!pin_dir(&instance).exists(), "pins left after fw stop");
     passes(&pair.near, far(DENIED));
+}
+
+/// Found by the whole suite: with other instances on the host (they share
+/// /sys/fs/bpf/fw and /run/fw), the image's HEALTHCHECK, a bare `fw
+/// status`, could not pick one and said "unhealthy". The container names
+/// its instance once, in FW_NAME, for `fw run` and `fw status` alike.
+#[test]
+fn finding_healthcheck_names_its_instance_among_several() {
+    harness::setup();
+    let pair = VethPair::new(0);
+    let other = VethPair::new(1);
+    let dir = TempDir::new();
+    let policy = dir.write("policy.yaml", "name: other\nphases:\n  test:\n    egress: []\n");
+    // Another instance on the host, whatever the rest of the suite runs.
+    let _other = crate::harness::fw::Fw::start(&other.near, &other.near_if, &policy, "test");
+    let c = Container::launch(&pair.near, &pair.near_if, &unique_name(), &[], &["--policy", "openvidu-ce"]);
+    c.wait_enforcing();
+    let health = podman(&["healthcheck", "run", &c.name]);
+    assert!(health.status.success(), "podman healthcheck run with two instances on the host: {health:#?}");
 }
 
 #[test]

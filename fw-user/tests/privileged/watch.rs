@@ -256,3 +256,25 @@ fn watch_waits_while_a_switch_awaits_confirmation() {
     let far: IpAddr = site.pair.far4.into();
     assert!(site.passes(far, PORT_B) && site.dropped(far, PORT_A));
 }
+
+#[test]
+fn watch_loads_an_edit_made_while_no_daemon_ran() {
+    let site = Site::new();
+    let far4 = site.pair.far4.to_string();
+    let file = site.dir.write("policy.yaml", &policy(&far4, PORT_A));
+    let mut fw = site.start(&file, "test", &[]);
+    let before = generation(&fw);
+    // The daemon dies (enforcement stays); the file is edited meanwhile.
+    fw.kill_run_process();
+    save_by_rename(&file, &policy(&far4, PORT_B));
+    assert_eq!(generation(&fw), before);
+    // The next daemon adopts the instance, then loads the edited file.
+    fw.start_again();
+    assert!(
+        new_generation_within(&fw, before, Duration::from_secs(10)).is_some(),
+        "the restarted daemon did not load the file edited while none ran:\n{}",
+        fw.log_text()
+    );
+    let far: IpAddr = site.pair.far4.into();
+    assert!(site.passes(far, PORT_B) && site.dropped(far, PORT_A));
+}

@@ -110,14 +110,17 @@ pub struct Container<'ns> {
 }
 
 impl<'ns> Container<'ns> {
-    /// `podman run -d` of `fw run --iface IFACE --name INSTANCE --cgroup none
-    /// RUN_ARGS` with [`CAPS`]; does not wait for anything.
+    /// `podman run -d --env FW_NAME=INSTANCE` of `fw run --iface IFACE
+    /// --cgroup none RUN_ARGS` with [`CAPS`]; does not wait for anything.
     pub fn launch(ns: &'ns Netns, iface: &str, instance: &str, mounts: &[(&Path, &str)], run_args: &[&str]) -> Self {
         let name = unique_name();
         std::fs::create_dir_all("/run/fw").unwrap();
         std::fs::create_dir_all("/var/lib/fw").unwrap();
-        let flags = run_flags(&name, ns, &CAPS, mounts);
-        let mut args: Vec<String> = ["run", "--iface", iface, "--name", instance, "--cgroup", "none", "--interval", "1"]
+        // The instance is named by FW_NAME, as docs/deploy.md says: for
+        // `fw run` and for the image's HEALTHCHECK (`fw status`) alike.
+        let mut flags = run_flags(&name, ns, &CAPS, mounts);
+        flags.extend(["--env".into(), format!("FW_NAME={instance}")]);
+        let mut args: Vec<String> = ["run", "--iface", iface, "--cgroup", "none", "--interval", "1"]
             .map(String::from)
             .into();
         args.extend(run_args.iter().map(|a| a.to_string()));
