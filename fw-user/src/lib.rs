@@ -11,7 +11,8 @@
 //!   confirm, rollback, stop) as transactions any interruption leaves whole,
 //!   and what it keeps on disk.
 //! * [`daemon`]: what `fw run` does while it runs: control socket, drop
-//!   events, metrics, interface watch, readiness, rollback timer.
+//!   events, metrics, interface watch, policy-file watch, readiness,
+//!   rollback timer.
 //! * [`cli`]: argument parsing and printing, one module per verb.
 
 pub mod cli;

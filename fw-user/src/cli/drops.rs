@@ -26,7 +26,7 @@ const SCREEN_EVENTS: usize = 20;
 /// reason, rule, process, container, source -> destination/protocol).
 #[derive(Args, Debug)]
 pub struct DropsArgs {
-    /// Instance name (default: the only running instance).
+    /// Instance name (default: $FW_NAME, else the only running instance).
     #[arg(long)]
     pub name: Option<String>,
     /// One JSON object instead of a table; with --follow, one JSON object

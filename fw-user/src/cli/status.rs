@@ -18,7 +18,7 @@ use crate::{
 /// and tests use this as the readiness check), 1 when it is not.
 #[derive(Args, Debug)]
 pub struct StatusArgs {
-    /// Instance name (default: the only running instance).
+    /// Instance name (default: $FW_NAME, else the only running instance).
     #[arg(long)]
     pub name: Option<String>,
     /// One JSON object instead of text.

@@ -11,7 +11,7 @@ use crate::instance;
 /// phase, which a later fresh start enforces) is kept unless --forget.
 #[derive(Args, Debug)]
 pub struct StopArgs {
-    /// Instance name (default: the only running instance).
+    /// Instance name (default: $FW_NAME, else the only running instance).
     #[arg(long)]
     pub name: Option<String>,
     /// Also remove the boot record under /var/lib/fw/NAME, so that the next

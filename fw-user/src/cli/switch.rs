@@ -15,7 +15,7 @@ use crate::{daemon::control, instance};
 pub struct SwitchArgs {
     /// The phase to enforce.
     pub phase: String,
-    /// Instance name (default: the only running instance).
+    /// Instance name (default: $FW_NAME, else the only running instance).
     #[arg(long)]
     pub name: Option<String>,
     /// Load this policy file instead of the one enforced.
@@ -77,7 +77,7 @@ pub fn switch(args: SwitchArgs) -> Result<ExitCode> {
 /// Keep a switch made with --confirm (otherwise it rolls back).
 #[derive(Args, Debug)]
 pub struct ConfirmArgs {
-    /// Instance name (default: the only running instance).
+    /// Instance name (default: $FW_NAME, else the only running instance).
     #[arg(long)]
     pub name: Option<String>,
 }

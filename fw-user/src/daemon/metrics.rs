@@ -17,6 +17,7 @@
 //! fw_flows_promoted_total  fw_flows_demoted_total
 //! fw_phase_info{policy,phase} 1             fw_generation
 //! fw_interface_up   1 while the enforcer is attached to the interface
+//! fw_policy_reloads_total{outcome=ok|failed}   `fw run --watch` reloads
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -130,6 +131,8 @@ struct Scrape {
     generation: u32,
     /// The enforcer is attached to the interface (read from the kernel).
     interface_up: bool,
+    /// `--watch` reloads of this daemon: (applied, failed).
+    reloads: (u64, u64),
 }
 
 impl Scrape {
@@ -185,6 +188,7 @@ impl Scrape {
             phase: state.enforced.phase,
             generation,
             interface_up,
+            reloads: crate::daemon::watch::reload_counts(),
         })
     }
 }
@@ -258,6 +262,14 @@ impl Collector for Scrape {
             None,
             MetricType::Gauge,
         )?)?;
+        counter_family(
+            &mut encoder,
+            "fw_policy_reloads",
+            "Reloads of the watched policy or env file (fw run --watch): ok (switched) or failed (nothing changed).",
+            &[("ok", self.reloads.0), ("failed", self.reloads.1)],
+            |(outcome, _)| [("outcome", outcome.to_string())],
+            |(_, n)| *n,
+        )?;
         Ok(())
     }
 }
@@ -318,6 +330,7 @@ mod tests {
             phase: "runtime".into(),
             generation: 3,
             interface_up: false,
+            reloads: (4, 1),
         };
         let mut registry = Registry::default();
         registry.register_collector(Box::new(scrape));
@@ -339,6 +352,8 @@ mod tests {
             "fw_phase_info{policy=\"openvidu-ce\",phase=\"runtime\"} 1",
             "fw_generation 3",
             "fw_interface_up 0",
+            "fw_policy_reloads_total{outcome=\"ok\"} 4",
+            "fw_policy_reloads_total{outcome=\"failed\"} 1",
             "# EOF",
         ] {
             assert!(out.lines().any(|l| l == line), "missing {line:?} in:\n{out}");

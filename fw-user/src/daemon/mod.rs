@@ -3,6 +3,10 @@
 //! finish an interrupted command or roll back an unconfirmed switch, keep
 //! the route maps fresh, print the drops of the last interval.
 //!
+//! With `--watch` (see `watch`) it also follows the policy and env files:
+//! inotify events arm a debounce, and the look at the files (a switch when
+//! they changed) runs on the blocking pool like the housekeeping.
+//!
 //! The work runs on the blocking pool, never on the runtime thread that
 //! answers the control socket and reads events: taking the instance lock
 //! waits for a switch in progress, and that must not make the daemon deaf.
@@ -17,6 +21,7 @@ pub mod kernel_log;
 pub mod learn;
 pub mod metrics;
 pub mod readiness;
+pub mod watch;
 
 use std::{
     fs,
@@ -33,6 +38,7 @@ use crate::{
     kernel::loader::{self, CounterMaps},
     instance::paths,
     instance::state::InstanceState,
+    daemon::watch::Watch,
 };
 
 /// How often the daemon re-reads the routing table (see `routes`).
@@ -40,19 +46,73 @@ const ROUTES_REFRESH: Duration = Duration::from_secs(10);
 
 /// Until SIGINT or SIGTERM, or until the instance is stopped. `watcher`
 /// follows the interface (netlink): it re-attaches the enforcer to an
-/// interface created again, and tells systemd when it enforces.
-pub async fn run(name: &str, state: &InstanceState, interval: Duration, watcher: &mut Watcher) -> Result<()> {
+/// interface created again, and tells systemd when it enforces. `files`
+/// (`--watch`) follows the policy and env files.
+pub async fn run(
+    name: &str,
+    state: &InstanceState,
+    interval: Duration,
+    watcher: &mut Watcher,
+    mut files: Option<Watch>,
+) -> Result<()> {
     let mut housekeeping = Housekeeping::new(name, state, interval)?;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // --watch: the end of the debounce, when the files are to be looked at
+    // (at once at the start: they may have changed while no daemon ran),
+    // the look in progress, and whether a deferred one is to be retried.
+    let mut look_due = files.as_ref().map(|_| tokio::time::Instant::now());
+    let mut look: Option<tokio::task::JoinHandle<(watch::Reloader, watch::Outcome)>> = None;
+    let mut retry_look = false;
     // Enforcing on the interface? (READY=1 to systemd the first time.)
     watcher.check();
     loop {
         tokio::select! {
             changed = watcher.watch() => changed?,
+            event = async {
+                match files.as_mut() {
+                    Some(files) => files.event().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                event?;
+                // Every event restarts the quiet time: one look per save.
+                look_due = Some(tokio::time::Instant::now() + watch::DEBOUNCE);
+            }
+            _ = async {
+                match look_due {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            }, if look.is_none() => {
+                look_due = None;
+                if let Some(mut reloader) = files.as_mut().and_then(|f| f.reloader.take()) {
+                    look = Some(tokio::task::spawn_blocking(move || {
+                        let outcome = reloader.check();
+                        (reloader, outcome)
+                    }));
+                }
+            }
+            done = async { look.as_mut().expect("a look in progress").await }, if look.is_some() => {
+                look = None;
+                let (reloader, outcome) = done.context("the daemon's policy reload panicked")?;
+                retry_look = outcome == watch::Outcome::Deferred;
+                if let Some(files) = files.as_mut() {
+                    files.reloader = Some(reloader);
+                    // The files may live in other directories now (a
+                    // ConfigMap update, a symlink changed).
+                    if let Err(e) = files.refresh_dirs() {
+                        eprintln!("fw: {name}: {e:#}");
+                    }
+                }
+            }
             _ = tick.tick() => {
                 if watcher.failed() {
                     watcher.check();
+                }
+                if retry_look && look_due.is_none() {
+                    // A switch awaited confirmation: look again each second.
+                    look_due = Some(tokio::time::Instant::now());
                 }
                 let (back, stopped) = tokio::task::spawn_blocking(move || {
                     let stopped = housekeeping.tick();

@@ -85,6 +85,18 @@ impl FileRecords {
         self.boot_dir.join("boot.json")
     }
 
+    /// The text generation `generation` was compiled from, if it was kept
+    /// (`fw run --watch` compares the watched files with it).
+    pub fn load_copy(&self, generation: u32) -> Result<Option<PolicyCopy>> {
+        let read = |p: &Path| fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+        let policy = self.policy_copy(generation);
+        if !policy.exists() {
+            return Ok(None);
+        }
+        let env = self.env_copy(generation);
+        Ok(Some(PolicyCopy { policy_text: read(&policy)?, env_text: env.exists().then(|| read(&env)).transpose()? }))
+    }
+
     /// Removes the boot record and the copies (`fw stop --forget`).
     pub fn forget(name: &str) -> Result<()> {
         let dir = paths::boot_dir(name);

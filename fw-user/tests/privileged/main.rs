@@ -15,6 +15,7 @@
 
 mod bpffs;
 mod cli;
+mod container;
 mod crash;
 mod e2e;
 mod events;
@@ -23,6 +24,7 @@ mod harness;
 mod lifecycle;
 mod operate;
 mod stateful;
+mod watch;
 /// The kernel tests' deterministic generator, for random kill times.
 #[path = "../kernel/rng.rs"]
 #[allow(dead_code)]
