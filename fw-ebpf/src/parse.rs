@@ -6,6 +6,7 @@
 //! contents are capped by constants before use, so the verifier can prove
 //! each access in range.
 
+#[cfg(target_arch = "bpf")]
 use aya_ebpf::programs::TcContext;
 use fw_common::{policy::proto, Reason};
 
@@ -212,6 +213,7 @@ impl Bounds {
 /// alignment, and without this LLVM reads every multi-byte field and
 /// address byte by byte and reassembles it with shifts (measured: about a
 /// third of the established-flow cost).
+#[cfg(target_arch = "bpf")]
 #[inline(never)]
 #[target_feature(enable = "allows-misaligned-mem-access")]
 pub fn parse_skb(ctx: &TcContext, pkt: &mut Packet) -> Outcome {
@@ -227,7 +229,7 @@ pub struct Outcome(u32);
 
 impl Outcome {
     #[inline(always)]
-    fn encode(result: Result<Parsed, Reason>) -> Outcome {
+    pub fn encode(result: Result<Parsed, Reason>) -> Outcome {
         Outcome(match result {
             Ok(Parsed::Ip) => 0,
             Ok(Parsed::NotIp) => 1,
@@ -247,6 +249,7 @@ impl Outcome {
     }
 }
 
+#[cfg(target_arch = "bpf")]
 #[inline(always)]
 fn parse_skb_inner(ctx: &TcContext, pkt: &mut Packet) -> Result<Parsed, Reason> {
     let len = ctx.len() as usize;
@@ -543,3 +546,7 @@ fn parse_quoted(b: &Bounds, pkt: &mut Packet, off: usize, ip_end: usize) -> bool
     };
     true
 }
+
+#[cfg(test)]
+#[path = "parse_tests.rs"]
+mod tests;
