@@ -154,6 +154,7 @@ pub fn read_generation(maps: &PolicyMaps, generation: u32) -> Result<CompiledPha
         addr6: Vec::new(),
         ports: Vec::new(),
         rules: Vec::new(),
+        dns: None,
     };
     for item in maps.addr4.iter() {
         let (key, class) = item.context("reading FW_ADDR4")?;
