@@ -97,6 +97,37 @@ fn leading_labels<'a>(name: &'a str, suffix: &str) -> Option<&'a str> {
     (!front.is_empty() && !front.starts_with('.') && !front.ends_with('.') && !front.contains("..")).then_some(front)
 }
 
+/// What the DNS proxy needs of a phase: its name rules with their
+/// patterns, and its `dns:` settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NameRules {
+    /// (rule id, patterns), in file order.
+    pub rules: Vec<(u32, Vec<NamePattern>)>,
+    pub only_policy_names: bool,
+    pub min_ttl: u32,
+}
+
+impl NameRules {
+    /// The name rules of `phase` (its own and inherited); `None` when the
+    /// phase has no `dns:` or does not exist.
+    pub fn of_phase(policy: &super::ir::Policy, phase: &str) -> Option<NameRules> {
+        let dns = policy.dns_of_phase(phase)?;
+        let rules = policy
+            .rules_of_phase(phase)?
+            .into_iter()
+            .filter(|r| !r.names.is_empty())
+            .map(|r| (r.id, r.names.clone()))
+            .collect();
+        Some(NameRules { rules, only_policy_names: dns.only_policy_names, min_ttl: dns.min_ttl })
+    }
+
+    /// The rules a question for `name` (already [`normalize`]d) teaches
+    /// addresses to, in file order.
+    pub fn matching(&self, name: &str) -> Vec<u32> {
+        self.rules.iter().filter(|(_, patterns)| patterns.iter().any(|p| p.matches(name))).map(|(id, _)| *id).collect()
+    }
+}
+
 impl fmt::Display for NamePattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -21,6 +21,7 @@ mod events;
 mod flood;
 mod harness;
 mod lifecycle;
+mod names;
 mod operate;
 mod stateful;
 /// The kernel tests' deterministic generator, for random kill times.
