@@ -61,6 +61,9 @@ static FW_DNS_PROXY: Array<DnsProxy> = Array::with_max_entries(1, 0);
 const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
 
+// `restore_resolver` spells the slots out.
+const _: () = assert!(MAX_RESOLVERS4 == 4 && MAX_RESOLVERS6 == 2);
+
 /// 127.0.0.1 and ::1 as the kernel stores them (network order in memory).
 const LOOPBACK4: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
 const LOOPBACK6_LAST: u32 = u32::from_ne_bytes([0, 0, 0, 1]);
@@ -109,27 +112,34 @@ fn restore_resolver(ctx: &SockAddrContext, family: u8) {
     if !loopback || port < proxy.port {
         return;
     }
-    let index = (port - proxy.port) as usize;
+    let index = port - proxy.port;
     let Some(active) = crate::policy::active() else { return };
     let Some(resolvers) = crate::policy::resolvers(active.generation) else { return };
+    // Constant indexes only: the verifier must see every array access in
+    // bounds (a computed `index - 4` loses its range).
     if family == 4 {
-        if index < MAX_RESOLVERS4 && index < resolvers.count4 as usize {
-            sa.user_ip4 = u32::from_ne_bytes(resolvers.v4[index]);
-            sa.user_port = u32::from(DNS_PORT.to_be());
-        }
-    } else if index >= MAX_RESOLVERS4 && index < MAX_RESOLVERS4 + MAX_RESOLVERS6 {
-        let j = index - MAX_RESOLVERS4;
-        if j < resolvers.count6 as usize {
-            let a = resolvers.v6[j];
-            sa.user_ip6 = [
-                u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-                u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-                u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-                u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-            ];
-            sa.user_port = u32::from(DNS_PORT.to_be());
-        }
+        let a = match index {
+            0 if resolvers.count4 > 0 => resolvers.v4[0],
+            1 if resolvers.count4 > 1 => resolvers.v4[1],
+            2 if resolvers.count4 > 2 => resolvers.v4[2],
+            3 if resolvers.count4 > 3 => resolvers.v4[3],
+            _ => return,
+        };
+        sa.user_ip4 = u32::from_ne_bytes(a);
+    } else {
+        let a = match index {
+            4 if resolvers.count6 > 0 => resolvers.v6[0],
+            5 if resolvers.count6 > 1 => resolvers.v6[1],
+            _ => return,
+        };
+        sa.user_ip6 = [
+            u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+            u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+            u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+            u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+        ];
     }
+    sa.user_port = u32::from(DNS_PORT.to_be());
 }
 
 /// DNS in a phase with `dns:`: `Some(verdict)` when this decides the call
