@@ -14,6 +14,7 @@ pub mod config;
 pub mod event;
 pub mod flow;
 pub mod maps;
+pub mod names;
 pub mod policy;
 pub mod reason;
 pub mod stats;
@@ -59,4 +60,7 @@ mod pod {
     unsafe impl aya::Pod for super::FragValue {}
     unsafe impl aya::Pod for super::DropEvent {}
     unsafe impl aya::Pod for super::RateWindow {}
+    unsafe impl aya::Pod for super::names::Learned {}
+    unsafe impl aya::Pod for super::names::Resolvers {}
+    unsafe impl aya::Pod for super::names::DnsProxy {}
 }

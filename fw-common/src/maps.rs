@@ -43,10 +43,19 @@ pub const EVENT_RATE: &str = "FW_EVENT_RATE";
 /// `PerCpuArray<u64>`: events emitted, suppressed, lost.
 pub const EVENT_STATS: &str = "FW_EVENT_STATS";
 
+/// `HashMap<[u8; 4], Learned>` / `HashMap<[u8; 16], Learned>`: addresses
+/// the DNS proxy learned for name rules (see [`crate::names`]).
+pub const NAMES4: &str = "FW_NAMES4";
+pub const NAMES6: &str = "FW_NAMES6";
+/// `Array<Resolvers>`, two entries indexed by `generation & 1`.
+pub const RESOLVERS: &str = "FW_RESOLVERS";
+/// `Array<DnsProxy>`, one entry: where the daemon's DNS proxy listens.
+pub const DNS_PROXY: &str = "FW_DNS_PROXY";
+
 /// Every map that `fw` pins, in a fixed order.
-pub const ALL: [&str; 17] = [
+pub const ALL: [&str; 21] = [
     CONFIG, PHASES, ADDR4, ADDR6, PORTS, FLOWS, FLOWS_IN, FLOW_STATS, FRAGS, STATS, RULE_STATS, EVENTS, EVENT_RATE,
-    EVENT_STATS, BYPASS4, BYPASS6, ONLINK6,
+    EVENT_STATS, BYPASS4, BYPASS6, ONLINK6, NAMES4, NAMES6, RESOLVERS, DNS_PROXY,
 ];
 
 /// The TC egress classifier: enforces the egress policy.
@@ -60,6 +69,13 @@ pub const PROG_CONNECT4: &str = "fw_connect4";
 pub const PROG_CONNECT6: &str = "fw_connect6";
 pub const PROG_SENDMSG4: &str = "fw_sendmsg4";
 pub const PROG_SENDMSG6: &str = "fw_sendmsg6";
+/// The cgroup hooks that make the DNS proxy's replies look as if they came
+/// from the resolver the application asked (unconnected UDP, and
+/// `getpeername()` of connected sockets).
+pub const PROG_RECVMSG4: &str = "fw_recvmsg4";
+pub const PROG_RECVMSG6: &str = "fw_recvmsg6";
+pub const PROG_GETPEERNAME4: &str = "fw_getpeername4";
+pub const PROG_GETPEERNAME6: &str = "fw_getpeername6";
 
 /// Default capacities (entries), overridable at load time. LPM tries
 /// allocate per entry (BPF_F_NO_PREALLOC), so a large maximum costs nothing

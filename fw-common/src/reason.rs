@@ -22,6 +22,9 @@ pub enum Reason {
     PassIcmpControl = 5,
     /// A later fragment of a datagram whose first fragment passed.
     PassFragment = 6,
+    /// DNS (UDP/TCP 53) to one of the phase's `dns.resolvers`: the DNS
+    /// proxy's queries.
+    PassResolver = 7,
 
     /// A deny rule matched.
     DropRule = 16,
@@ -56,7 +59,7 @@ impl Reason {
     /// Counter slots per direction in `FW_STATS`.
     pub const SLOTS: u32 = 32;
 
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 20] = [
         Reason::PassRule,
         Reason::PassFlow,
         Reason::PassNonIp,
@@ -64,6 +67,7 @@ impl Reason {
         Reason::PassAudit,
         Reason::PassIcmpControl,
         Reason::PassFragment,
+        Reason::PassResolver,
         Reason::DropRule,
         Reason::DropDefault,
         Reason::DropTruncatedL2,
@@ -97,6 +101,7 @@ impl Reason {
             Reason::PassAudit => "pass_audit",
             Reason::PassIcmpControl => "pass_icmp_control",
             Reason::PassFragment => "pass_fragment",
+            Reason::PassResolver => "pass_resolver",
             Reason::DropRule => "drop_rule",
             Reason::DropDefault => "drop_default",
             Reason::DropTruncatedL2 => "drop_truncated_l2",

@@ -89,7 +89,9 @@ pub fn judge(direction: Direction, pkt: &Packet) -> Verdict {
         Some(v) => v,
         None => {
             let v = untracked(&active, direction, pkt, now);
-            if v.reason == Reason::PassRule && opens_flow(direction, pkt) {
+            // A query of the DNS proxy to a resolver opens a flow too, so
+            // that its answer passes an inbound `drop` default.
+            if (v.reason == Reason::PassRule || v.reason == Reason::PassResolver) && opens_flow(direction, pkt) {
                 flow::admit(&key, direction, active.generation, v.rule, pkt.policy_port, pkt.tcp_flags, now);
             }
             v

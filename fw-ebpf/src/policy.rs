@@ -11,11 +11,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::Key, Array, LpmTrie},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie},
 };
 use fw_common::{
     maps::{DEFAULT_ADDR_ENTRIES, DEFAULT_PORT_ENTRIES},
-    policy::{ADDR_KEY_FIXED_BITS, PORT_KEY_FULL_BITS},
+    names::{name_class, Learned, Resolvers, DEFAULT_LEARNED_ENTRIES, DNS_PORT, EMPTY_SLOT, MAX_RESOLVERS4, MAX_RESOLVERS6, NAME_SLOTS},
+    policy::{proto as ip_proto, ADDR_KEY_FIXED_BITS, PORT_KEY_FULL_BITS},
     Action, AddrKey4, AddrKey6, Config, Direction, PhaseConfig, PolicyValue, PortKey, Reason,
 };
 
@@ -38,6 +39,17 @@ static FW_ADDR6: LpmTrie<AddrKey6, u32> = LpmTrie::with_max_entries(DEFAULT_ADDR
 
 #[map(name = "FW_PORTS")]
 static FW_PORTS: LpmTrie<PortKey, PolicyValue> = LpmTrie::with_max_entries(DEFAULT_PORT_ENTRIES, 0);
+
+/// Addresses the DNS proxy learned for name rules (`fw_common::names`).
+#[map(name = "FW_NAMES4")]
+static FW_NAMES4: HashMap<[u8; 4], Learned> = HashMap::with_max_entries(DEFAULT_LEARNED_ENTRIES, 0);
+
+#[map(name = "FW_NAMES6")]
+static FW_NAMES6: HashMap<[u8; 16], Learned> = HashMap::with_max_entries(DEFAULT_LEARNED_ENTRIES, 0);
+
+/// The phase's `dns.resolvers`, per `FW_PHASES` slot.
+#[map(name = "FW_RESOLVERS")]
+static FW_RESOLVERS: Array<Resolvers> = Array::with_max_entries(2, 0);
 
 /// The enforced interface's on-link IPv6 prefixes (filled by userspace from
 /// the routing table): neighbours that neighbour discovery may address.
@@ -100,14 +112,89 @@ pub fn lookup(generation: u32, direction: Direction, peer: Peer, proto: u8, port
     FW_PORTS.get(&key).copied()
 }
 
+/// A name rule that allows (peer, protocol, port) because the DNS proxy
+/// learned the peer's address for it and the answer's TTL has not run out.
+/// Only reached when no static rule matched: one hash lookup, then one
+/// `FW_PORTS` lookup per live slot.
+#[inline(always)]
+fn learned(generation: u32, peer: Peer, proto: u8, port: u16) -> Option<PolicyValue> {
+    let a = peer.addr;
+    // SAFETY: the value is read at once; a concurrent update by the daemon
+    // can at worst mix two valid slot states, each of which is safe.
+    let entry = unsafe {
+        if peer.family == 4 { FW_NAMES4.get(&[a[0], a[1], a[2], a[3]]) } else { FW_NAMES6.get(a) }
+    }?;
+    let now = crate::flow::now_ns();
+    let mut i = 0;
+    while i < NAME_SLOTS {
+        let rule = entry.rule[i];
+        if rule != EMPTY_SLOT && entry.expires_ns[i] > now {
+            let key = Key::new(PORT_KEY_FULL_BITS, PortKey::new(generation, name_class(rule), proto, port));
+            if let Some(v) = FW_PORTS.get(&key) {
+                if v.action() == Action::Allow {
+                    return Some(*v);
+                }
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The resolvers of the phase of `generation`, when it has `dns:`.
+#[inline(always)]
+pub fn resolvers(generation: u32) -> Option<&'static Resolvers> {
+    FW_RESOLVERS.get(generation & 1).filter(|r| r.enabled != 0)
+}
+
+/// Index of `peer` among `resolvers` (IPv6 ones after the IPv4 slots).
+/// Compared as integers: an array comparison would be a `memcmp` call.
+#[inline(always)]
+pub fn resolver_index(resolvers: &Resolvers, peer: Peer) -> Option<u16> {
+    let a = peer.addr;
+    if peer.family == 4 {
+        let want = u32::from_ne_bytes([a[0], a[1], a[2], a[3]]);
+        let mut i = 0;
+        while i < MAX_RESOLVERS4 {
+            if i < resolvers.count4 as usize && u32::from_ne_bytes(resolvers.v4[i]) == want {
+                return Some(i as u16);
+            }
+            i += 1;
+        }
+    } else {
+        let want = u128::from_ne_bytes(*a);
+        let mut j = 0;
+        while j < MAX_RESOLVERS6 {
+            if j < resolvers.count6 as usize && u128::from_ne_bytes(resolvers.v6[j]) == want {
+                return Some((MAX_RESOLVERS4 + j) as u16);
+            }
+            j += 1;
+        }
+    }
+    None
+}
+
 /// The verdict of the policy alone (no flow state) for a packet.
 #[inline(always)]
 pub fn decide(active: &Active, direction: Direction, peer: Peer, proto: u8, port: u16) -> Verdict {
-    let verdict = match lookup(active.generation, direction, peer, proto, port) {
+    // A static rule first (a deny rule covering a learned address wins),
+    // then what the DNS proxy learned: name rules only allow.
+    let found = match lookup(active.generation, direction, peer, proto, port) {
+        None if direction == Direction::Egress => learned(active.generation, peer, proto, port),
+        found => found,
+    };
+    let verdict = match found {
         Some(v) => match v.action() {
             Action::Allow => Verdict::new(Reason::PassRule, v.rule),
             Action::Deny => Verdict::new(Reason::DropRule, v.rule),
         },
+        None if direction == Direction::Egress
+            && port == DNS_PORT
+            && (proto == ip_proto::TCP || proto == ip_proto::UDP)
+            && resolvers(active.generation).and_then(|r| resolver_index(r, peer)).is_some() =>
+        {
+            Verdict::new(Reason::PassResolver, crate::verdict::NO_RULE)
+        }
         None => {
             let default = match direction {
                 Direction::Egress => active.phase.egress_default(),

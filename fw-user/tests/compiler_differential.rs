@@ -115,6 +115,7 @@ prop_compose! {
             direction: if inbound { Direction::Inbound } else { Direction::Egress },
             action: if deny { Action::Deny } else { Action::Allow },
             peers,
+            names: Vec::new(),
             protocols,
             pos: Pos::default(),
         })
@@ -144,6 +145,7 @@ prop_compose! {
                 name: PHASE_NAMES[i].to_string(),
                 extends: extends[i].filter(|&p| p < i).map(|p| PHASE_NAMES[p].to_string()),
                 settings: settings[i],
+                dns: None,
                 pos: Pos::default(),
             })
             .collect();

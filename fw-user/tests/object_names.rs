@@ -31,6 +31,10 @@ fn every_program_userspace_loads_is_defined_by_the_kernel_object() {
         maps::PROG_CONNECT6,
         maps::PROG_SENDMSG4,
         maps::PROG_SENDMSG6,
+        maps::PROG_RECVMSG4,
+        maps::PROG_RECVMSG6,
+        maps::PROG_GETPEERNAME4,
+        maps::PROG_GETPEERNAME6,
     ] {
         assert!(object.programs.contains_key(name), "the kernel object has no program {name}");
     }

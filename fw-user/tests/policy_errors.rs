@@ -81,9 +81,9 @@ fn address_errors() {
     });
     assert!(msg.contains("optional: true"), "{msg}");
     let msg = assert_error(&egress("      - { name: a, to: [\"*.vonage.com\"], proto: tcp, ports: [443] }\n"), 5, 25, |k| {
-        matches!(k, ErrorKind::OnlyWildcardNames(_))
+        matches!(k, ErrorKind::NameNeedsResolvers { name, phase } if name == "*.vonage.com" && phase == "runtime")
     });
-    assert!(msg.contains("DNS-aware names are a later feature"), "{msg}");
+    assert!(msg.contains("dns: { resolvers: [...] }"), "{msg}");
     assert_error(&egress("      - { name: a, to: [] }\n"), 5, 20, |k| matches!(k, ErrorKind::EmptyList { .. }));
     assert_error(
         "name: t\naddresses:\n  s: [\"https://example.com/\"]\nphases:\n  runtime: {}\n",

@@ -133,13 +133,13 @@ fn host_names_resolve_to_every_address_with_a_warning() {
 }
 
 #[test]
-fn unresolvable_optional_names_and_wildcards_leave_the_rule_out_or_skip_the_part() {
+fn unresolvable_optional_names_leave_the_rule_out_and_wildcards_are_tracked_names() {
     let loaded = load(
-        "phases:\n  runtime:\n    egress:\n      - { name: gone, to: [nowhere.invalid], optional: true }\n      - { name: mixed, to: [\"*.vonage.com\", 216.147.0.0/18], proto: tcp, ports: [443] }\n",
+        "phases:\n  runtime:\n    dns: { resolvers: [198.18.0.53] }\n    egress:\n      - { name: gone, to: [nowhere.invalid], optional: true, action: deny }\n      - { name: mixed, to: [\"*.vonage.com\", 216.147.0.0/18], proto: tcp, ports: [443] }\n",
     );
-    assert_eq!(codes(&loaded), ["optional-left-out", "wildcard-name"]);
-    assert!(loaded.warnings[1].message.contains("DNS-aware names are a later feature"));
+    assert_eq!(codes(&loaded), ["optional-left-out"]);
     assert!(loaded.policy.rules[0].peers.is_empty());
+    assert_eq!(loaded.policy.rules[1].names.iter().map(ToString::to_string).collect::<Vec<_>>(), ["*.vonage.com"]);
     assert_eq!(verdict(&loaded, "runtime", Egress, "216.147.0.9", TCP, 443), (Allow, Some("mixed".into())));
 }
 

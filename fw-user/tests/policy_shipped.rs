@@ -8,7 +8,7 @@ use fw_common::{Action, Direction};
 use fw_user::{
     policy::compile::{check_capacity, compile_phase, tables::CompiledPhase, Limits},
     policy::explain::{explain, parse_query_with_resolver},
-    policy::{self, LoadedPolicy},
+    policy::{self, ir::Resolver, LoadedPolicy},
     policy::report,
 };
 
@@ -176,14 +176,14 @@ fn openvidu_media_node_accepts_the_master_only_on_3000_and_8888() {
 }
 
 #[test]
-fn vonage_client_allows_the_documented_flows_and_reports_wildcards() {
-    let loaded = load_with_env("vonage-webrtc-client", "DNS_SERVER=198.18.0.53\n");
+fn vonage_client_allows_the_documented_flows_and_tracks_its_names() {
+    let loaded = load_with_env("vonage-webrtc-client", "");
     summary(&loaded);
-    let wildcards: Vec<String> =
-        loaded.warnings.iter().filter(|w| w.code == "wildcard-name").map(|w| w.to_string()).collect();
-    assert_eq!(wildcards.len(), 2, "{wildcards:?}");
-    assert!(wildcards[0].contains("*.vonage.com") && wildcards[0].contains("DNS-aware names are a later feature"));
-    assert!(loaded.warnings.iter().any(|w| w.code == "optional-left-out" && w.message.contains("signaling")));
+    let signaling = loaded.policy.rules.iter().find(|r| r.name == "signaling").expect("signaling rule");
+    let names: Vec<String> = signaling.names.iter().map(ToString::to_string).collect();
+    assert_eq!(names, ["*.nexmo.com", "*.vonage.com"]);
+    assert!(signaling.peers.is_empty(), "only names: nothing is allowed before DNS answers");
+    assert_eq!(loaded.policy.dns_of_phase("runtime").map(|d| d.resolvers.clone()), Some(vec![Resolver::System]));
 
     let runtime = phase(&loaded, "runtime");
     for net in ["216.147.0.1", "216.147.63.254", "168.100.64.1", "168.100.127.254"] {
@@ -201,7 +201,8 @@ fn vonage_client_allows_the_documented_flows_and_reports_wildcards() {
     // Just outside the two /18s.
     expect(&runtime, Egress, "216.147.64.1:443/tcp", Deny, None);
     expect(&runtime, Egress, "168.100.63.255:3478/udp", Deny, None);
-    expect(&runtime, Egress, "198.18.0.53:53/udp", Allow, Some("dns"));
+    // DNS goes to the resolvers through the proxy, not through a rule.
+    expect(&runtime, Egress, "198.18.0.53:53/udp", Deny, None);
     // "no ports need to be permanently open inbound".
     expect(&runtime, Inbound, "216.147.0.1:40000/udp", Deny, None);
 }

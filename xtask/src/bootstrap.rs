@@ -338,6 +338,9 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     // By its own path: the events tests need the real interpreter (a pyenv
     // shim would change the command name the kernel reports).
     ("/usr/bin/python3", "python3-minimal"),
+    // The DNS server of the names tests (issue 14). The -base package: the
+    // binary without a system service that would listen on port 53.
+    ("dnsmasq", "dnsmasq-base"),
 ];
 
 fn test_tools() -> Result<()> {

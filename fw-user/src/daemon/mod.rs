@@ -16,6 +16,7 @@
 //! rules' counters only.
 
 pub mod control;
+pub mod dns;
 pub mod events;
 pub mod iface_watch;
 pub mod kernel_log;

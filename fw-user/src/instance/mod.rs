@@ -305,6 +305,8 @@ pub fn rebuild_state(name: &str, iface: &str, candidate: Option<(&LoadedPhase, &
         kernel.phase = loaded.compiled.phase.clone();
         kernel.rules = loaded.compiled.rules.clone();
         kernel.settings.audit = loaded.compiled.settings.audit;
+        // `system` resolvers are read when written: compare the tables.
+        kernel.dns = loaded.compiled.dns.clone();
         if kernel == loaded.compiled {
             known = Enforced { rules: loaded.compiled.rules.clone(), ..enforced(loaded, phase, active) };
         }

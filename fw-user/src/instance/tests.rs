@@ -151,7 +151,7 @@ impl PolicyStore for MemStore {
 
     fn read(&self, generation: u32) -> Result<CompiledPhase> {
         let settings = self.slots[(generation & 1) as usize].ok_or_else(|| anyhow!("slot of {generation} never written"))?;
-        let mut phase = CompiledPhase { phase: String::new(), settings, addr4: vec![], addr6: vec![], ports: vec![], rules: vec![] };
+        let mut phase = CompiledPhase { phase: String::new(), settings, addr4: vec![], addr6: vec![], ports: vec![], rules: vec![], dns: None };
         for entry in self.entries.get(&generation).into_iter().flatten() {
             match entry {
                 Entry::V4(e) => phase.addr4.push(*e),

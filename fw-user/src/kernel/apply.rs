@@ -10,10 +10,15 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use aya::maps::{lpm_trie::Key, MapData, PerCpuValues};
-use fw_common::{Config, Counter, PhaseConfig};
+use std::net::IpAddr;
+
+use fw_common::{
+    names::{Resolvers, MAX_RESOLVERS4, MAX_RESOLVERS6},
+    Config, Counter, PhaseConfig,
+};
 
 use crate::{
-    policy::compile::tables::CompiledPhase,
+    policy::{compile::tables::CompiledPhase, ir::Resolver},
     kernel::loader::{CounterMaps, PolicyMaps},
 };
 
@@ -47,6 +52,10 @@ pub fn write_generation(
             .insert(&Key::new(bits, key), e.value, 0)
             .with_context(|| format!("writing class {} port entry to FW_PORTS", e.class))?;
     }
+    step();
+    maps.resolvers
+        .set(generation & 1, resolvers_of(phase.dns.as_deref()), 0)
+        .context("writing the phase's DNS resolvers to FW_RESOLVERS")?;
     let settings = PhaseConfig {
         egress_default: phase.settings.egress_default as u8,
         inbound_default: phase.settings.inbound_default as u8,
@@ -58,6 +67,45 @@ pub fn write_generation(
         .set(generation & 1, settings, 0)
         .context("writing the phase settings to FW_PHASES")?;
     Ok(phase.addr4.len() + phase.addr6.len() + phase.ports.len())
+}
+
+/// The kernel's form of a phase's `dns.resolvers` (`system` read now from
+/// the host's resolver configuration). Beyond the fixed slots, extra
+/// system resolvers are left out (the policy language refuses more
+/// explicit ones).
+pub fn resolvers_of(dns: Option<&[Resolver]>) -> Resolvers {
+    let mut out = Resolvers::default();
+    let Some(list) = dns else { return out };
+    out.enabled = 1;
+    let mut addrs: Vec<IpAddr> = Vec::new();
+    for r in list {
+        match r {
+            Resolver::Addr(a) => addrs.push(*a),
+            Resolver::System => addrs.extend(crate::source::resolv_conf::system_resolvers()),
+        }
+    }
+    for addr in addrs {
+        match addr {
+            IpAddr::V4(a) if (out.count4 as usize) < MAX_RESOLVERS4 && !out.v4[..out.count4 as usize].contains(&a.octets()) => {
+                out.v4[out.count4 as usize] = a.octets();
+                out.count4 += 1;
+            }
+            IpAddr::V6(a) if (out.count6 as usize) < MAX_RESOLVERS6 && !out.v6[..out.count6 as usize].contains(&a.octets()) => {
+                out.v6[out.count6 as usize] = a.octets();
+                out.count6 += 1;
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The addresses of a phase's resolvers as the kernel holds them, in slot
+/// order (IPv4 slots first): the proxy's port offset `i` is resolver `i`.
+pub fn resolver_addrs(r: &Resolvers) -> Vec<(u16, IpAddr)> {
+    let v4 = r.v4.iter().take(r.count4 as usize).enumerate().map(|(i, a)| (i as u16, IpAddr::from(*a)));
+    let v6 = r.v6.iter().take(r.count6 as usize).enumerate().map(|(j, a)| ((MAX_RESOLVERS4 + j) as u16, IpAddr::from(*a)));
+    v4.chain(v6).collect()
 }
 
 /// Makes `generation` the one every packet is judged by.
@@ -154,7 +202,12 @@ pub fn read_generation(maps: &PolicyMaps, generation: u32) -> Result<CompiledPha
         addr6: Vec::new(),
         ports: Vec::new(),
         rules: Vec::new(),
+        dns: None,
     };
+    let resolvers = maps.resolvers.get(&(generation & 1), 0).context("reading FW_RESOLVERS")?;
+    if resolvers.enabled != 0 {
+        phase.dns = Some(resolver_addrs(&resolvers).into_iter().map(|(_, a)| Resolver::Addr(a)).collect());
+    }
     for item in maps.addr4.iter() {
         let (key, class) = item.context("reading FW_ADDR4")?;
         let data = key.data();

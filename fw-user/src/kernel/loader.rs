@@ -19,7 +19,11 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use fw_common::{maps, AddrKey4, AddrKey6, Config, Counter, FlowKey, FlowValue, PhaseConfig, PolicyValue, PortKey};
+use fw_common::{
+    maps,
+    names::{DnsProxy, Learned, Resolvers},
+    AddrKey4, AddrKey6, Config, Counter, FlowKey, FlowValue, PhaseConfig, PolicyValue, PortKey,
+};
 
 use crate::{kernel::linkinfo, instance::paths};
 
@@ -69,6 +73,8 @@ pub struct PolicyMaps {
     pub flows: HashMap<MapData, FlowKey, FlowValue>,
     /// The probation flow table, `FW_FLOWS_IN`.
     pub flows_in: HashMap<MapData, FlowKey, FlowValue>,
+    /// `dns.resolvers` per `FW_PHASES` slot.
+    pub resolvers: Array<MapData, Resolvers>,
 }
 
 /// The counter maps of an instance.
@@ -185,6 +191,7 @@ impl PolicyMaps {
             ports: take(ebpf, maps::PORTS)?.try_into()?,
             flows: take(ebpf, maps::FLOWS)?.try_into()?,
             flows_in: take(ebpf, maps::FLOWS_IN)?.try_into()?,
+            resolvers: take(ebpf, maps::RESOLVERS)?.try_into()?,
         })
     }
 
@@ -198,6 +205,24 @@ impl PolicyMaps {
             ports: LpmTrie::try_from(Map::LpmTrie(open_pinned(instance, maps::PORTS)?))?,
             flows: HashMap::try_from(Map::LruHashMap(open_pinned(instance, maps::FLOWS)?))?,
             flows_in: HashMap::try_from(Map::LruHashMap(open_pinned(instance, maps::FLOWS_IN)?))?,
+            resolvers: Array::try_from(Map::Array(open_pinned(instance, maps::RESOLVERS)?))?,
+        })
+    }
+}
+
+/// What the DNS proxy writes: learned addresses and where it listens.
+pub struct NameMaps {
+    pub names4: HashMap<MapData, [u8; 4], Learned>,
+    pub names6: HashMap<MapData, [u8; 16], Learned>,
+    pub proxy: Array<MapData, DnsProxy>,
+}
+
+impl NameMaps {
+    pub fn open(instance: &str) -> Result<Self> {
+        Ok(Self {
+            names4: HashMap::try_from(Map::HashMap(open_pinned(instance, maps::NAMES4)?))?,
+            names6: HashMap::try_from(Map::HashMap(open_pinned(instance, maps::NAMES6)?))?,
+            proxy: Array::try_from(Map::Array(open_pinned(instance, maps::DNS_PROXY)?))?,
         })
     }
 }
@@ -437,7 +462,16 @@ pub fn detach(instance: &str, iface: Option<&str>, mode: Option<AttachMode>) -> 
 }
 
 /// The cgroup socket hooks and the pin of each one's link.
-const SOCKET_HOOKS: [&str; 4] = [maps::PROG_CONNECT4, maps::PROG_CONNECT6, maps::PROG_SENDMSG4, maps::PROG_SENDMSG6];
+const SOCKET_HOOKS: [&str; 8] = [
+    maps::PROG_CONNECT4,
+    maps::PROG_CONNECT6,
+    maps::PROG_SENDMSG4,
+    maps::PROG_SENDMSG6,
+    maps::PROG_RECVMSG4,
+    maps::PROG_RECVMSG6,
+    maps::PROG_GETPEERNAME4,
+    maps::PROG_GETPEERNAME6,
+];
 
 /// Attaches the cgroup socket hooks to the cgroup v2 directory `cgroup`
 /// (they apply to its whole subtree), pinning their links.

@@ -114,11 +114,22 @@ pub enum ErrorKind {
     NumericName(String),
     #[error("cannot resolve host name `{host}`: {reason} (mark the rule `optional: true` to leave it out instead)")]
     UnresolvedHost { host: String, reason: String },
+    /// A name entry that is not a name or whose `*` is misplaced.
+    #[error("`{name}` is not a DNS name pattern: {why}")]
+    BadName { name: String, why: &'static str },
+    /// A wildcard (or any run-time name) in a phase without `dns:`.
     #[error(
-        "`{0}` is a wildcard name and nothing else is left in the rule: wildcard names cannot be resolved \
-         (DNS-aware names are a later feature); list addresses or CIDRs, or mark the rule `optional: true`"
+        "`{name}` is a DNS name tracked at run time, which needs `dns: {{ resolvers: [...] }}` in phase `{phase}` \
+         (or in a phase it extends): the resolvers its answers come from"
     )]
-    OnlyWildcardNames(String),
+    NameNeedsResolvers { name: String, phase: String },
+    /// A deny rule, or an inbound rule, naming a DNS name in a phase with `dns:`.
+    #[error("`{name}`: DNS names are tracked only in egress allow rules (`to:`), not in {what}")]
+    NameInWrongRule { name: String, what: &'static str },
+    #[error("`{0}` is not a resolver (expected `system`, an IPv4 or IPv6 address, or ${{VAR}} holding addresses)")]
+    BadResolver(String),
+    #[error("phase `{phase}` has {count} {family} resolvers; at most {max} are supported")]
+    TooManyResolvers { phase: String, family: &'static str, count: usize, max: usize },
     #[error("variable `{0}` is not set or empty (set it in the env file or the environment, or mark the rule `optional: true`)")]
     UnsetVariable(String),
     #[error("malformed variable reference in `{0}` (expected ${{NAME}})")]
@@ -133,7 +144,7 @@ pub struct Warning {
     pub file: String,
     pub line: usize,
     pub col: usize,
-    /// Stable short name: `host-bits`, `resolved-host`, `wildcard-name`,
+    /// Stable short name: `host-bits`, `resolved-host`,
     /// `optional-left-out`, `shadowed-rule`, `open-egress`,
     /// `allow-everything`.
     pub code: &'static str,

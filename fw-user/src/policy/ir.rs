@@ -10,7 +10,7 @@
 use fw_common::{Action, Direction};
 use ipnet::IpNet;
 
-use crate::policy::compile::tables::PhaseSettings;
+use crate::policy::{compile::tables::PhaseSettings, names::NamePattern};
 
 /// A place in the policy file, 1-based (0 when a value has no position, e.g.
 /// a policy built in a test).
@@ -38,7 +38,35 @@ pub struct Phase {
     /// exist and to form no cycle).
     pub extends: Option<String>,
     pub settings: PhaseSettings,
+    /// `dns:` as written in this phase (a phase without one inherits its
+    /// parent's: [`Policy::dns_of_phase`]).
+    pub dns: Option<DnsSettings>,
     pub pos: Pos,
+}
+
+/// `dns:` of a phase: where names are resolved, and how answers are used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsSettings {
+    /// The resolvers local processes may ask (their queries go through fw's
+    /// proxy, which learns the answers); DNS to anything else is refused.
+    /// Never empty.
+    pub resolvers: Vec<Resolver>,
+    /// `queries: policy`: a name no rule mentions gets REFUSED.
+    pub only_policy_names: bool,
+    /// Floor under an answer's TTL, in seconds (`min_ttl`, default 60).
+    pub min_ttl: u32,
+}
+
+/// The default of `dns.min_ttl`: applications cache answers past their TTL
+/// (cilium#23086), so a learned address stays at least this long.
+pub const DEFAULT_MIN_TTL: u32 = 60;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Resolver {
+    /// The nameservers the host uses (`/etc/resolv.conf`), read when the
+    /// phase is applied.
+    System,
+    Addr(std::net::IpAddr),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,6 +84,10 @@ pub struct Rule {
     /// or `any` is `0.0.0.0/0` and `::/0`. Empty means the rule matches
     /// nothing: an `optional` rule that was left out keeps its id this way.
     pub peers: Vec<IpNet>,
+    /// DNS names whose answered addresses the rule also matches, learned at
+    /// run time (egress allow rules in a phase with `dns:` only). Sorted,
+    /// deduplicated.
+    pub names: Vec<NamePattern>,
     pub protocols: Protocols,
     pub pos: Pos,
 }
@@ -112,6 +144,12 @@ impl Policy {
             chain.push(self.phase(parent)?.name.as_str());
         }
         Some(chain)
+    }
+
+    /// The `dns:` settings in effect in `phase`: its own, else the nearest
+    /// phase it extends that has some.
+    pub fn dns_of_phase(&self, phase: &str) -> Option<&DnsSettings> {
+        self.phase_chain(phase)?.into_iter().find_map(|p| self.phase(p)?.dns.as_ref())
     }
 
     /// The rules in effect in `phase` (its own and inherited ones), in file

@@ -15,16 +15,18 @@ use ipnet::IpNet;
 use super::{
     address::{parse_peer, Peer},
     error::{ErrorKind, PolicyError, Warning},
-    ir::{merge_ranges, Phase, Policy, PortRange, Pos, ProtoPorts, Protocols, Rule},
+    ir::{merge_ranges, DnsSettings, Phase, Policy, PortRange, Pos, ProtoPorts, Protocols, Resolver, Rule, DEFAULT_MIN_TTL},
+    names::NamePattern,
     protocols::{is_icmp, parse_icmp_entry, parse_port_entry, parse_protocol, protocol_name},
-    raw::{RawPhase, RawPolicy, RawRule, Text, TextList},
+    raw::{RawDns, RawPhase, RawPolicy, RawRule, Text, TextList},
     vars::{ExpandError, Vars},
     Resolve,
 };
 use crate::policy::compile::tables::PhaseSettings;
 
 pub(crate) fn lower(file: &str, raw: RawPolicy, vars: &Vars, resolve: &Resolve) -> Result<(Policy, Vec<Warning>), PolicyError> {
-    let mut lowerer = Lowerer { file, vars, resolve, warnings: Vec::new(), sets: HashMap::new() };
+    let mut lowerer =
+        Lowerer { file, vars, resolve, warnings: Vec::new(), sets: HashMap::new(), dns_phases: HashSet::new() };
     let policy = lowerer.policy(raw)?;
     Ok((policy, lowerer.warnings))
 }
@@ -51,6 +53,21 @@ struct Lowerer<'a> {
     warnings: Vec<Warning>,
     /// Named address sets, resolved.
     sets: HashMap<String, Vec<IpNet>>,
+    /// Phases with `dns:`, their own or inherited: there, names in egress
+    /// allow rules are tracked at run time instead of resolved now.
+    dns_phases: HashSet<String>,
+}
+
+/// What a rule is, for the decision whether its names are tracked at run
+/// time.
+struct RuleContext<'a> {
+    phase: &'a str,
+    optional: bool,
+    /// An egress allow rule in a phase with `dns:`.
+    tracks_names: bool,
+    /// Why names cannot be tracked here, if the phase has `dns:` but the
+    /// rule is not an egress allow rule.
+    not_tracked_in: Option<&'static str>,
 }
 
 fn any_address() -> Vec<IpNet> {
@@ -105,6 +122,17 @@ impl Lowerer<'_> {
         }
         let phases = raw.phases.iter().map(|p| self.phase(p)).collect::<Result<Vec<_>, _>>()?;
         self.check_extends(&raw.phases)?;
+        for phase in &phases {
+            let mut at = Some(phase);
+            // check_extends ruled out cycles.
+            while let Some(p) = at {
+                if p.dns.is_some() {
+                    self.dns_phases.insert(phase.name.clone());
+                    break;
+                }
+                at = p.extends.as_ref().and_then(|e| phases.iter().find(|q| &q.name == e));
+            }
+        }
 
         // File order is textual position, whichever phase or direction a
         // rule is written under.
@@ -135,7 +163,9 @@ impl Lowerer<'_> {
             let value = self.expand(item)?;
             match parse_peer(&value).map_err(|kind| self.error(item.pos, kind))? {
                 Peer::Url { .. } => return Err(self.error(item.pos, ErrorKind::BadAddress(value))),
-                Peer::Wildcard(name) => self.warn_wildcard(item.pos, &name),
+                Peer::Wildcard(name) => {
+                    return Err(self.error(item.pos, ErrorKind::NameInWrongRule { name, what: "address sets (write it in the rule's `to:`)" }))
+                }
                 peer => match self.peer_nets(item.pos, peer, false) {
                     Ok(found) => nets.extend(found),
                     Err(RuleProblem::Fatal(e)) => return Err(e),
@@ -159,6 +189,7 @@ impl Lowerer<'_> {
         let inbound_allows = setting(&raw.inbound_default, "inbound_default", "allow or drop", true, DEFAULTS)?;
         let audit = setting(&raw.mode, "mode", "enforce or audit", false, &[("enforce", false), ("audit", true)])?;
         let reject = setting(&raw.reject, "reject", "true or false", true, &[("true", true), ("false", false)])?;
+        let dns = raw.dns.as_ref().map(|d| self.dns(&raw.name.value, d)).transpose()?;
         let action = |allows: bool| if allows { Action::Allow } else { Action::Deny };
         Ok(Phase {
             name: raw.name.value.clone(),
@@ -169,8 +200,62 @@ impl Lowerer<'_> {
                 audit,
                 reject,
             },
+            dns,
             pos: raw.name.pos,
         })
+    }
+
+    /// `dns:` of a phase. `resolvers` is required: a phase that tracks
+    /// names must say where answers come from.
+    fn dns(&self, phase: &str, raw: &RawDns) -> Result<DnsSettings, PolicyError> {
+        let Some(list) = &raw.resolvers else {
+            return Err(self.error(raw.key_pos, ErrorKind::MissingKey { key: "resolvers", context: "`dns`".into() }));
+        };
+        if list.items.is_empty() {
+            return Err(self.error(list.key_pos, ErrorKind::EmptyList { key: "resolvers" }));
+        }
+        let mut resolvers = Vec::new();
+        for item in &list.items {
+            let value = self.expand(item)?;
+            // A variable may hold several addresses (`8.8.8.8,1.1.1.1`).
+            for word in value.split([',', ' ', '\t']).filter(|w| !w.is_empty()) {
+                resolvers.push(match word {
+                    "system" => Resolver::System,
+                    _ => Resolver::Addr(word.parse().map_err(|_| self.error(item.pos, ErrorKind::BadResolver(word.to_string())))?),
+                });
+            }
+        }
+        resolvers.sort();
+        resolvers.dedup();
+        let count = |v4: bool| resolvers.iter().filter(|r| matches!(r, Resolver::Addr(a) if a.is_ipv4() == v4)).count();
+        for (v4, family, max) in [(true, "IPv4", fw_common::names::MAX_RESOLVERS4), (false, "IPv6", fw_common::names::MAX_RESOLVERS6)] {
+            if count(v4) > max {
+                let kind = ErrorKind::TooManyResolvers { phase: phase.to_string(), family, count: count(v4), max };
+                return Err(self.error(list.key_pos, kind));
+            }
+        }
+        let only_policy_names = match &raw.queries {
+            None => false,
+            Some(text) => match self.expand(text)?.as_str() {
+                "any" => false,
+                "policy" => true,
+                other => {
+                    let kind = ErrorKind::InvalidValue { key: "queries", value: other.to_string(), expected: "any or policy" };
+                    return Err(self.error(text.pos, kind));
+                }
+            },
+        };
+        let min_ttl = match &raw.min_ttl {
+            None => DEFAULT_MIN_TTL,
+            Some(text) => {
+                let value = self.expand(text)?;
+                value.parse::<u32>().ok().filter(|s| *s <= 7 * 86_400).ok_or_else(|| {
+                    let kind = ErrorKind::InvalidValue { key: "min_ttl", value, expected: "a number of seconds, 0-604800" };
+                    self.error(text.pos, kind)
+                })?
+            }
+        };
+        Ok(DnsSettings { resolvers, only_policy_names, min_ttl })
     }
 
     /// Every `extends` names a phase, and following them never loops.
@@ -221,41 +306,62 @@ impl Lowerer<'_> {
             },
         };
         let optional = raw.optional.is_some_and(|(_, flag)| flag);
-        let (peers, protocols) = match self.rule_match(raw, optional) {
+        let dns = self.dns_phases.contains(phase);
+        let egress = raw.direction == fw_common::Direction::Egress;
+        let context = RuleContext {
+            phase,
+            optional,
+            tracks_names: dns && egress && action == Action::Allow,
+            not_tracked_in: match (dns, egress, action) {
+                (false, ..) | (true, true, Action::Allow) => None,
+                (true, false, _) => Some("inbound rules (`from:` names are resolved once, when the policy compiles)"),
+                (true, true, Action::Deny) => Some("deny rules"),
+            },
+        };
+        let (peers, names, protocols) = match self.rule_match(raw, &context) {
             Ok(m) => m,
             Err(RuleProblem::Fatal(e)) => return Err(e),
             Err(RuleProblem::LeftOut { pos, reason }) => {
                 self.warn(pos, "optional-left-out", format!("optional rule `{name}` left out: {reason}"));
-                (Vec::new(), Protocols::Any)
+                (Vec::new(), Vec::new(), Protocols::Any)
             }
         };
-        Ok(Rule { id, name, phase: phase.to_string(), direction: raw.direction, action, peers, protocols, pos: raw.pos })
+        Ok(Rule { id, name, phase: phase.to_string(), direction: raw.direction, action, peers, names, protocols, pos: raw.pos })
     }
 
-    /// The addresses and the protocols/ports of a rule.
-    fn rule_match(&mut self, raw: &RawRule, optional: bool) -> Result<(Vec<IpNet>, Protocols), RuleProblem> {
-        let (peers, url_ports) = match &raw.peers {
-            None => (any_address(), Vec::new()),
+    /// The addresses, the run-time names and the protocols/ports of a rule.
+    fn rule_match(&mut self, raw: &RawRule, context: &RuleContext) -> Result<(Vec<IpNet>, Vec<NamePattern>, Protocols), RuleProblem> {
+        let optional = context.optional;
+        let (peers, names, url_ports) = match &raw.peers {
+            None => (any_address(), Vec::new(), Vec::new()),
             Some(list) => {
                 let key = if raw.direction == fw_common::Direction::Egress { "to" } else { "from" };
-                self.rule_peers(key, list, optional)?
+                self.rule_peers(key, list, context)?
             }
         };
         let protocols = self.rule_protocols(raw, optional, &url_ports)?;
         let mut peers = peers;
         peers.sort();
         peers.dedup();
-        Ok((peers, protocols))
+        let mut names = names;
+        names.sort();
+        names.dedup();
+        Ok((peers, names, protocols))
     }
 
-    /// Returns the rule's CIDRs and the ports its URL entries imply.
-    fn rule_peers(&mut self, key: &'static str, list: &TextList, optional: bool) -> Result<(Vec<IpNet>, Vec<u16>), RuleProblem> {
+    /// Returns the rule's CIDRs, its names tracked at run time and the
+    /// ports its URL entries imply.
+    fn rule_peers(&mut self, key: &'static str, list: &TextList, context: &RuleContext) -> Result<(Vec<IpNet>, Vec<NamePattern>, Vec<u16>), RuleProblem> {
+        let optional = context.optional;
         if list.items.is_empty() {
             return Err(self.error(list.key_pos, ErrorKind::EmptyList { key }).into());
         }
         let mut nets = Vec::new();
+        let mut names = Vec::new();
         let mut url_ports = Vec::new();
-        let mut first_wildcard: Option<(Pos, String)> = None;
+        let pattern = |this: &Self, pos: Pos, name: &str| -> Result<NamePattern, RuleProblem> {
+            NamePattern::parse(name).map_err(|kind| this.error(pos, kind).into())
+        };
         for item in &list.items {
             let value = self.expand_in_rule(item, optional)?;
             if let Some(set) = self.sets.get(&value) {
@@ -264,38 +370,28 @@ impl Lowerer<'_> {
             }
             match parse_peer(&value).map_err(|kind| self.error(item.pos, kind))? {
                 Peer::Wildcard(name) => {
-                    self.warn_wildcard(item.pos, &name);
-                    first_wildcard.get_or_insert((item.pos, name));
+                    if context.tracks_names {
+                        names.push(pattern(self, item.pos, &name)?);
+                    } else if let Some(what) = context.not_tracked_in {
+                        return Err(self.error(item.pos, ErrorKind::NameInWrongRule { name, what }).into());
+                    } else {
+                        let kind = ErrorKind::NameNeedsResolvers { name, phase: context.phase.to_string() };
+                        return Err(self.error(item.pos, kind).into());
+                    }
                 }
+                Peer::Host(host) if context.tracks_names => names.push(pattern(self, item.pos, &host)?),
                 Peer::Url { host, port } => {
                     url_ports.push(port);
-                    let host_peer = match host.parse::<IpAddr>() {
-                        Ok(addr) => Peer::Net { net: IpNet::from(addr), had_host_bits: false },
-                        Err(_) => Peer::Host(host),
-                    };
-                    nets.extend(self.peer_nets(item.pos, host_peer, optional)?);
+                    match host.parse::<IpAddr>() {
+                        Ok(addr) => nets.push(IpNet::from(addr)),
+                        Err(_) if context.tracks_names => names.push(pattern(self, item.pos, &host)?),
+                        Err(_) => nets.extend(self.peer_nets(item.pos, Peer::Host(host), optional)?),
+                    }
                 }
                 peer => nets.extend(self.peer_nets(item.pos, peer, optional)?),
             }
         }
-        if nets.is_empty() {
-            if let Some((pos, name)) = first_wildcard {
-                return Err(if optional {
-                    RuleProblem::LeftOut { pos, reason: "only wildcard names, which cannot be resolved yet".into() }
-                } else {
-                    self.error(pos, ErrorKind::OnlyWildcardNames(name)).into()
-                });
-            }
-        }
-        Ok((nets, url_ports))
-    }
-
-    fn warn_wildcard(&mut self, pos: Pos, name: &str) {
-        self.warn(
-            pos,
-            "wildcard-name",
-            format!("`{name}` skipped: wildcard names cannot be resolved (DNS-aware names are a later feature)"),
-        );
+        Ok((nets, names, url_ports))
     }
 
     /// CIDRs of `any`, an address/CIDR or a host name (resolved now).
@@ -317,7 +413,11 @@ impl Lowerer<'_> {
                     self.warn(
                         pos,
                         "resolved-host",
-                        format!("`{host}` resolved to {}; these addresses are fixed until the next compile", list.join(", ")),
+                        format!(
+                            "`{host}` resolved to {}; these addresses are fixed until the next compile \
+                             (`dns: {{ resolvers: [...] }}` in the phase tracks the name at run time)",
+                            list.join(", ")
+                        ),
                     );
                     Ok(addrs.into_iter().map(IpNet::from).collect())
                 }

@@ -35,6 +35,7 @@ pub mod export;
 pub mod ir;
 pub mod lint;
 mod lower;
+pub mod names;
 pub mod protocols;
 mod raw;
 pub mod report;

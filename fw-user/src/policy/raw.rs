@@ -48,7 +48,18 @@ pub(crate) struct RawPhase {
     pub egress_default: Option<Text>,
     pub mode: Option<Text>,
     pub reject: Option<Text>,
+    pub dns: Option<RawDns>,
     pub rules: Vec<RawRule>,
+}
+
+/// `dns: { resolvers: [...], queries: any|policy, min_ttl: SECONDS }`.
+#[derive(Debug)]
+pub(crate) struct RawDns {
+    /// Position of the `dns` key.
+    pub key_pos: Pos,
+    pub resolvers: Option<TextList>,
+    pub queries: Option<Text>,
+    pub min_ttl: Option<Text>,
 }
 
 #[derive(Debug)]
@@ -66,7 +77,8 @@ pub(crate) struct RawRule {
 }
 
 const POLICY_KEYS: &[&str] = &["name", "addresses", "phases"];
-const PHASE_KEYS: &[&str] = &["extends", "inbound_default", "egress_default", "mode", "reject", "inbound", "egress"];
+const PHASE_KEYS: &[&str] = &["extends", "inbound_default", "egress_default", "mode", "reject", "dns", "inbound", "egress"];
+const DNS_KEYS: &[&str] = &["resolvers", "queries", "min_ttl"];
 const EGRESS_RULE_KEYS: &[&str] = &["name", "to", "proto", "ports", "action", "optional"];
 const INBOUND_RULE_KEYS: &[&str] = &["name", "from", "proto", "ports", "action", "optional"];
 
@@ -228,6 +240,7 @@ impl Reader<'_> {
             egress_default: None,
             mode: None,
             reject: None,
+            dns: None,
             rules: Vec::new(),
         };
         for (key, value) in map.iter() {
@@ -238,6 +251,7 @@ impl Reader<'_> {
                 "egress_default" => phase.egress_default = Some(self.text(value, &what)?),
                 "mode" => phase.mode = Some(self.text(value, &what)?),
                 "reject" => phase.reject = Some(self.text(value, &what)?),
+                "dns" => phase.dns = Some(self.dns(key, value)?),
                 "inbound" | "egress" => {
                     let direction = if key.as_str() == "egress" { Direction::Egress } else { Direction::Inbound };
                     let rules = value.as_sequence().ok_or_else(|| self.wrong_type(value, what, "a list of rules"))?;
@@ -249,6 +263,22 @@ impl Reader<'_> {
             }
         }
         Ok(phase)
+    }
+
+    fn dns(&self, key: &MarkedScalarNode, node: &Node) -> Result<RawDns, PolicyError> {
+        let map = self.mapping(node, "`dns`")?;
+        self.check_keys(map, "`dns`", DNS_KEYS)?;
+        let mut dns = RawDns { key_pos: pos_of(key.span()), resolvers: None, queries: None, min_ttl: None };
+        for (key, value) in map.iter() {
+            let what = format!("`dns.{}`", key.as_str());
+            match key.as_str() {
+                "resolvers" => dns.resolvers = Some(self.text_list(key, value)?),
+                "queries" => dns.queries = Some(self.text(value, &what)?),
+                "min_ttl" => dns.min_ttl = Some(self.text(value, &what)?),
+                _ => unreachable!("check_keys admitted only DNS_KEYS"),
+            }
+        }
+        Ok(dns)
     }
 
     fn rule(&self, direction: Direction, node: &Node) -> Result<RawRule, PolicyError> {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context, Result};
 
 pub mod file;
+pub mod resolv_conf;
 
 use crate::{
     policy::compile::{self, tables::CompiledPhase},

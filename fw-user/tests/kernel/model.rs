@@ -428,6 +428,17 @@ impl Active {
         }
     }
 
+    /// Is `addr` one of the phase's `dns.resolvers`?
+    fn is_resolver(&self, family: u8, addr: &[u8; 16]) -> bool {
+        let ip = if family == 4 {
+            IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+        } else {
+            IpAddr::V6(Ipv6Addr::from(*addr))
+        };
+        let resolvers = self.phase.as_ref().and_then(|p| p.dns.as_ref());
+        resolvers.is_some_and(|list| list.contains(&fw_user::policy::ir::Resolver::Addr(ip)))
+    }
+
     /// The deciding rule, if any rule matches.
     pub fn rule(
         &self,
@@ -731,7 +742,7 @@ impl State {
             Some(o) => o,
             None => {
                 let o = self.untracked(active, direction, &h, now);
-                if o.reason == Reason::PassRule && opens_flow(direction, &h) {
+                if (o.reason == Reason::PassRule || o.reason == Reason::PassResolver) && opens_flow(direction, &h) {
                     let mut flags = if direction == Direction::Inbound {
                         FLOW_INBOUND
                     } else {
@@ -816,6 +827,15 @@ impl State {
         let mut outcome = match active.rule(direction, h.family, peer, h.proto, h.policy_port) {
             Some(v) if v.action() == Action::Allow => Outcome::new(Reason::PassRule, v.rule),
             Some(v) => Outcome::new(Reason::DropRule, v.rule),
+            // UDP/TCP 53 to a resolver of a phase with `dns:`: the DNS
+            // proxy's queries (issue 14).
+            None if direction == Direction::Egress
+                && h.policy_port == 53
+                && (h.proto == 6 || h.proto == 17)
+                && active.is_resolver(h.family, peer) =>
+            {
+                Outcome::bare(Reason::PassResolver)
+            }
             None => {
                 let default = match direction {
                     Direction::Egress => settings.egress_default,

@@ -244,6 +244,14 @@ pub fn random_policy(rng: &mut Rng, serial: usize, force: Force) -> RandomPolicy
             1 => yaml += "    mode: audit\n",
             _ => {}
         }
+        if rng.percent(30) {
+            // DNS to these resolvers passes as `pass_resolver` (issue 14).
+            let v4 = std::net::Ipv4Addr::from(V4_BASE + rng.below(WINDOW) as u32);
+            let v6 = std::net::Ipv6Addr::from(V6_BASE + u128::from(rng.below(WINDOW)));
+            hints.v4.push(v4.octets());
+            hints.v6.push(v6.octets());
+            yaml += &format!("    dns: {{ resolvers: [{v4}, \"{v6}\"] }}\n");
+        }
         for (key, inbound, most) in [("inbound", true, 5), ("egress", false, 7)] {
             let count = rng.usize(0, most);
             if count > 0 {

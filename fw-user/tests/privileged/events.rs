@@ -13,9 +13,8 @@ use std::{
     fs,
     io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpStream},
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
@@ -23,15 +22,15 @@ use serde_json::Value;
 
 use crate::harness::{
     self,
+    cgroup::TestCgroup,
     fw::{fw, remove_leftovers, FW},
     netns::{Netns, VethPair},
     traffic::{in_netns, tcp_echo, udp_echo, udp_send, Echo, Outcome, DROP_TIMEOUT},
     unique_name, TempDir,
 };
 
-/// The client interpreter: run by its real path so that its command name
-/// (what the kernel reports as `comm`) is known.
-const PYTHON: &str = "/usr/bin/python3";
+/// The command name the kernel reports for the client interpreter
+/// (`cgroup::PYTHON`, run by its real path).
 const PYTHON_COMM: &str = "python3";
 
 const TCP_ALLOWED: u16 = 8080;
@@ -50,74 +49,6 @@ fn policy(pair: &VethPair) -> String {
          - {{ name: allowed-tcp, to: [{far}], proto: tcp, ports: [{TCP_ALLOWED}] }}\n      \
          - {{ name: allowed-udp, to: [{far}], proto: udp, ports: [{UDP_ALLOWED}] }}\n"
     )
-}
-
-/// A cgroup made by the test under the cgroup v2 mount; on drop, whatever
-/// is still in it is moved back to where the test runs, then it is removed.
-struct TestCgroup {
-    path: PathBuf,
-    /// Path relative to the mount, as fw reports it (`/fwt-...`).
-    relative: String,
-}
-
-impl TestCgroup {
-    fn new() -> Self {
-        let mounts = fs::read_to_string("/proc/mounts").expect("reading /proc/mounts");
-        let mount = mounts
-            .lines()
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .find(|f| f.get(2) == Some(&"cgroup2"))
-            .map(|f| PathBuf::from(f[1]))
-            .expect("a cgroup v2 hierarchy is mounted");
-        let name = unique_name();
-        let path = mount.join(&name);
-        fs::create_dir(&path).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", path.display()));
-        Self { path, relative: format!("/{name}") }
-    }
-
-    fn id(&self) -> u64 {
-        use std::os::unix::fs::MetadataExt as _;
-        fs::metadata(&self.path).expect("cgroup metadata").ino()
-    }
-
-    /// `python3 -c SCRIPT ARGS` in `ns`, placed in this cgroup before it
-    /// runs a line of Python (it writes "0", itself, to cgroup.procs
-    /// between fork and exec).
-    fn python(&self, ns: &Netns, script: &str, args: &[String]) -> Command {
-        let procs = fs::OpenOptions::new().write(true).open(self.path.join("cgroup.procs")).expect("opening cgroup.procs");
-        let mut cmd = ns.command(PYTHON);
-        cmd.arg("-c").arg(script).args(args);
-        // SAFETY: only write(2), async-signal-safe, on a descriptor opened
-        // before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        cmd
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        // Our children have exited by now (each is waited for); move any
-        // straggler out so that rmdir can succeed.
-        let parent = self.path.parent().expect("the mount").join("cgroup.procs");
-        for _ in 0..100 {
-            let procs = fs::read_to_string(self.path.join("cgroup.procs")).unwrap_or_default();
-            for pid in procs.lines() {
-                let _ = fs::write(&parent, pid);
-            }
-            if fs::remove_dir(&self.path).is_ok() || !self.path.exists() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("warning: could not remove cgroup {}", self.path.display());
-    }
 }
 
 /// A `fw run` with arguments of its own (socket hooks on the test cgroup,

@@ -22,6 +22,7 @@ mod events;
 mod flood;
 mod harness;
 mod lifecycle;
+mod names;
 mod operate;
 mod stateful;
 mod watch;

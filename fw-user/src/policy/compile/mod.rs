@@ -99,6 +99,12 @@ pub fn compile_phase(policy: &Policy, phase: &str) -> Result<CompiledPhase, Comp
         .enumerate()
         .flat_map(|(class, rule_ids)| ports::class_port_entries(class as u32, rule_ids, &policy.rules))
         .collect();
+    // Each name rule's own class: what an address learned for it allows
+    // (see `fw_common::names`). Name rules only allow, so the union of the
+    // rules an address was learned for is "any of them allows".
+    for rule in rules.iter().filter(|r| !r.names.is_empty()) {
+        port_entries.extend(ports::class_port_entries(fw_common::names::name_class(rule.id), &[rule.id], &policy.rules));
+    }
     port_entries.sort();
 
     Ok(CompiledPhase {
@@ -108,6 +114,7 @@ pub fn compile_phase(policy: &Policy, phase: &str) -> Result<CompiledPhase, Comp
         addr6,
         ports: port_entries,
         rules: policy.rules.iter().map(rule_info).collect(),
+        dns: policy.dns_of_phase(phase).map(|d| d.resolvers.clone()),
     })
 }
 

@@ -78,6 +78,9 @@ pub struct CompiledPhase {
     pub ports: Vec<PortEntry>,
     /// Every rule of the policy file (all phases), indexed by rule id.
     pub rules: Vec<RuleInfo>,
+    /// `dns.resolvers` of the phase (`None`: the phase has no `dns:`, DNS
+    /// is judged by the rules like any traffic).
+    pub dns: Option<Vec<crate::policy::ir::Resolver>>,
 }
 
 impl AddrEntry4 {

@@ -273,6 +273,11 @@ impl<'ns> Fw<'ns> {
         let dir = TempDir::new();
         let log = dir.path().join("fw-run.log");
         let mut args = run_args(iface, policy, phase, &name);
+        if launch.extra.iter().any(|a| *a == "--cgroup") {
+            // A cgroup the test made replaces the default `--cgroup none`.
+            let at = args.iter().position(|a| a == "--cgroup").expect("run_args passes --cgroup");
+            args.drain(at..at + 2);
+        }
         args.extend(["--interval".into(), "1".into()]);
         args.extend(launch.extra.iter().map(|a| a.to_os_string()));
         let mut fw = Self {

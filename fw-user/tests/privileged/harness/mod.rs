@@ -4,6 +4,7 @@
 //! ([`stream`]), crafted or sniffed packets ([`packet`]), and the metrics
 //! endpoint ([`metrics`]).
 
+pub mod cgroup;
 pub mod container;
 pub mod fw;
 pub mod metrics;

@@ -1,0 +1,114 @@
+//! A cgroup v2 directory made by a test (never the root cgroup), to attach
+//! fw's socket hooks to and run client processes in.
+
+use std::{
+    fs,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::PathBuf,
+    process::Command,
+    time::Duration,
+};
+
+use super::{netns::Netns, unique_name};
+
+/// The client interpreter: run by its real path so that its command name
+/// (what the kernel reports as `comm`) is known.
+pub const PYTHON: &str = "/usr/bin/python3";
+
+/// A cgroup made by the test under the cgroup v2 mount; on drop, whatever
+/// is still in it is moved back to where the test runs, then it is removed.
+pub struct TestCgroup {
+    pub path: PathBuf,
+    /// Path relative to the mount, as fw reports it (`/fwt-...`).
+    pub relative: String,
+}
+
+impl TestCgroup {
+    pub fn new() -> Self {
+        let mounts = fs::read_to_string("/proc/mounts").expect("reading /proc/mounts");
+        let mount = mounts
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.get(2) == Some(&"cgroup2"))
+            .map(|f| PathBuf::from(f[1]))
+            .expect("a cgroup v2 hierarchy is mounted");
+        let name = unique_name();
+        let path = mount.join(&name);
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", path.display()));
+        Self { path, relative: format!("/{name}") }
+    }
+
+    pub fn id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        fs::metadata(&self.path).expect("cgroup metadata").ino()
+    }
+
+    /// `python3 -c SCRIPT ARGS` in `ns`, placed in this cgroup before it
+    /// runs a line of Python (it writes "0", itself, to cgroup.procs
+    /// between fork and exec).
+    pub fn python(&self, ns: &Netns, script: &str, args: &[String]) -> Command {
+        let procs = fs::OpenOptions::new().write(true).open(self.path.join("cgroup.procs")).expect("opening cgroup.procs");
+        let mut cmd = ns.command(PYTHON);
+        cmd.arg("-c").arg(script).args(args);
+        // SAFETY: only write(2), async-signal-safe, on a descriptor opened
+        // before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // Our children have exited by now (each is waited for); move any
+        // straggler out so that rmdir can succeed.
+        let parent = self.path.parent().expect("the mount").join("cgroup.procs");
+        for _ in 0..100 {
+            let procs = fs::read_to_string(self.path.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines() {
+                let _ = fs::write(&parent, pid);
+            }
+            if fs::remove_dir(&self.path).is_ok() || !self.path.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("warning: could not remove cgroup {}", self.path.display());
+    }
+}
+
+
+impl TestCgroup {
+    /// `python3 -c SCRIPT ARGS` in `ns` and in this cgroup, in a private
+    /// mount namespace where `/etc/resolv.conf` is `resolv_conf` (a bind
+    /// mount that dies with the process: the host's file is never touched).
+    pub fn python_with_resolv_conf(&self, ns: &Netns, resolv_conf: &std::path::Path, script: &str, args: &[String]) -> Command {
+        let procs = fs::OpenOptions::new().write(true).open(self.path.join("cgroup.procs")).expect("opening cgroup.procs");
+        let mut cmd = ns.command("unshare");
+        cmd.args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg("mount --bind \"$1\" /etc/resolv.conf && shift && exec \"$@\"")
+            .arg("sh")
+            .arg(resolv_conf)
+            .arg(PYTHON)
+            .arg("-c")
+            .arg(script)
+            .args(args);
+        // SAFETY: only write(2), async-signal-safe, on a descriptor opened
+        // before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+}
