@@ -24,6 +24,10 @@ use super::{
 };
 use crate::policy::compile::tables::PhaseSettings;
 
+/// A rule's peers: its CIDRs, its names tracked at run time, and the ports
+/// its URL entries imply.
+type RulePeers = (Vec<IpNet>, Vec<NamePattern>, Vec<u16>);
+
 pub(crate) fn lower(file: &str, raw: RawPolicy, vars: &Vars, resolve: &Resolve) -> Result<(Policy, Vec<Warning>), PolicyError> {
     let mut lowerer =
         Lowerer { file, vars, resolve, warnings: Vec::new(), sets: HashMap::new(), dns_phases: HashSet::new() };
@@ -351,7 +355,7 @@ impl Lowerer<'_> {
 
     /// Returns the rule's CIDRs, its names tracked at run time and the
     /// ports its URL entries imply.
-    fn rule_peers(&mut self, key: &'static str, list: &TextList, context: &RuleContext) -> Result<(Vec<IpNet>, Vec<NamePattern>, Vec<u16>), RuleProblem> {
+    fn rule_peers(&mut self, key: &'static str, list: &TextList, context: &RuleContext) -> Result<RulePeers, RuleProblem> {
         let optional = context.optional;
         if list.items.is_empty() {
             return Err(self.error(list.key_pos, ErrorKind::EmptyList { key }).into());
