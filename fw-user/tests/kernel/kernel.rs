@@ -183,10 +183,10 @@ impl Kernel {
     /// A phase switch as `fw` does it: write the new generation, publish it,
     /// delete the previous one.
     pub fn switch(&mut self, phase: &CompiledPhase, generation: u32, previous: Option<u32>) {
-        apply::write_generation(&mut self.policy, phase, generation).expect("writing the policy");
+        apply::write_generation(&mut self.policy, phase, generation, &mut || {}).expect("writing the policy");
         apply::activate(&mut self.policy, generation).expect("activating the policy");
         if let Some(old) = previous {
-            apply::delete_generation(&mut self.policy, old).expect("deleting the old generation");
+            apply::delete_generation(&mut self.policy, old, &mut || {}).expect("deleting the old generation");
         }
     }
 }
