@@ -67,7 +67,7 @@ fn classify(ctx: &TcContext, direction: Direction) -> i32 {
         Err(reason) => Verdict::drop(reason),
     };
     counters::count(direction, &verdict, ctx.len());
-    if verdict.reason.is_drop() || verdict.reason == Reason::PassAudit {
+    if (verdict.reason.is_drop() || verdict.reason == Reason::PassAudit) && !verdict.quiet {
         if verdict.reason == Reason::DropNoPolicy {
             // Never expected: the loader writes a policy before attaching.
             // Forwarded by the daemon to its log (aya-log).

@@ -56,7 +56,8 @@ pub fn on_link6(addr: &[u8; 16]) -> bool {
 #[derive(Clone, Copy)]
 pub struct Active {
     pub generation: u32,
-    pub phase: PhaseConfig,
+    /// In the map, not copied: most packets read none of it.
+    pub phase: &'static PhaseConfig,
 }
 
 /// `None` before any policy was written (generation 0 is never used for a
@@ -67,7 +68,7 @@ pub fn active() -> Option<Active> {
     if generation == 0 {
         return None;
     }
-    let phase = *FW_PHASES.get(generation & 1)?;
+    let phase = FW_PHASES.get(generation & 1)?;
     Some(Active { generation, phase })
 }
 

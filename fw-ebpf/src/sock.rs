@@ -119,13 +119,16 @@ fn judge(ctx: &SockAddrContext, family: u8) -> i32 {
     REFUSE
 }
 
-/// Does an inbound rule admit `peer` to `local_port`?
+/// Does this host serve `peer` on `local_port`: an inbound rule admits it,
+/// or (UDP) no rule decides and the inbound default allows, which serves
+/// every port (a datagram it admitted opened a flow that a send from the
+/// bound port may answer). A TCP connect() answers nothing.
 #[inline(always)]
 fn serves(active: &policy::Active, peer: policy::Peer, ip_proto: u8, local_port: u16) -> bool {
-    matches!(
-        policy::lookup(active.generation, Direction::Inbound, peer, ip_proto, local_port),
-        Some(v) if v.action() == Action::Allow
-    )
+    match policy::lookup(active.generation, Direction::Inbound, peer, ip_proto, local_port) {
+        Some(v) => v.action() == Action::Allow,
+        None => ip_proto == proto::UDP && active.phase.inbound_default() == Action::Allow,
+    }
 }
 
 #[inline(always)]
