@@ -94,7 +94,13 @@ fn report(ctx: &TcContext, direction: Direction, verdict: &Verdict, pkt: &parse:
     } else {
         0
     };
-    events::emit(verdict, flow::now_ns(), |e| {
+    let key = if verdict.reason == Reason::PassAudit {
+        let (peer, port) = if direction == Direction::Egress { (&pkt.dst, pkt.policy_port) } else { (&pkt.src, pkt.policy_port) };
+        events::destination_key(verdict.reason as u8, peer, port, pkt.proto)
+    } else {
+        events::rule_key(verdict)
+    };
+    events::emit(verdict, key, flow::now_ns(), |e| {
         e.direction = direction as u8;
         e.family = pkt.family;
         e.proto = pkt.proto;

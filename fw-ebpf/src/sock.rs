@@ -133,7 +133,12 @@ fn serves(active: &policy::Active, peer: policy::Peer, ip_proto: u8, local_port:
 
 #[inline(always)]
 fn report(_ctx: &SockAddrContext, verdict: &Verdict, family: u8, ip_proto: u8, dst: &[u8; 16], dport: u16) {
-    events::emit(verdict, flow::now_ns(), |e| {
+    let key = if verdict.reason == Reason::PassAudit {
+        events::destination_key(verdict.reason as u8, dst, dport, ip_proto)
+    } else {
+        events::rule_key(verdict)
+    };
+    events::emit(verdict, key, flow::now_ns(), |e| {
         e.direction = Direction::Egress as u8;
         e.family = family;
         e.proto = ip_proto;

@@ -20,6 +20,7 @@ mod e2e;
 mod events;
 mod flood;
 mod harness;
+mod learn;
 mod lifecycle;
 mod operate;
 mod stateful;
