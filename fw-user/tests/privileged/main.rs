@@ -18,6 +18,7 @@ mod cli;
 mod crash;
 mod e2e;
 mod events;
+mod export;
 mod flood;
 mod harness;
 mod learn;
