@@ -72,6 +72,16 @@ pub fn active() -> Option<Active> {
     Some(Active { generation, phase })
 }
 
+/// The phase slot (`generation & 1`) of the active generation; 0 before
+/// any was written. What the reason counters are kept under.
+#[inline(always)]
+pub fn active_slot() -> u32 {
+    match FW_CONFIG.get(0) {
+        Some(c) => c.generation & 1,
+        None => 0,
+    }
+}
+
 /// The remote side of a packet, which rules match: the destination on
 /// egress, the source on inbound.
 #[derive(Clone, Copy)]

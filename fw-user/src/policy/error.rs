@@ -138,7 +138,7 @@ pub struct Warning {
     pub col: usize,
     /// Stable short name: `host-bits`, `resolved-host`, `wildcard-name`,
     /// `optional-left-out`, `shadowed-rule`, `open-egress`,
-    /// `allow-everything`.
+    /// `allow-everything`, `ephemeral-overlap`.
     pub code: &'static str,
     pub message: String,
 }

@@ -69,14 +69,16 @@ pub struct Driver {
 }
 
 fn reason_name(index: u32) -> String {
-    let dir = if index / Reason::SLOTS == 0 {
+    let dir = if (index / Reason::SLOTS) % 2 == 0 {
         "egress"
     } else {
         "ingress"
     };
+    // The counters of the phase slot the packet was judged under.
+    let phase_slot = index / (2 * Reason::SLOTS);
     match Reason::from_u8((index % Reason::SLOTS) as u8) {
-        Some(r) => format!("{dir}/{}", r.as_str()),
-        None => format!("{dir}/slot{}", index % Reason::SLOTS),
+        Some(r) => format!("{dir}/{}@{phase_slot}", r.as_str()),
+        None => format!("{dir}/slot{}@{phase_slot}", index % Reason::SLOTS),
     }
 }
 
@@ -163,7 +165,7 @@ impl Driver {
         } else {
             TC_ACT_UNSPEC
         };
-        let index = stats_index(direction, expected.reason);
+        let index = stats_index(self.active.generation & 1, direction, expected.reason);
         let c = self.kernel.stat(index);
         let k = self.known[index as usize];
         let len = frame.len() as u64;

@@ -255,7 +255,7 @@ fn an_inbound_flood_cycles_only_the_probation_table() {
         }
     }
 
-    let pass_flow = |k: &Kernel, d: Direction| k.stat(stats_index(d, Reason::PassFlow)).packets;
+    let pass_flow = |k: &Kernel, d: Direction| k.stat(stats_index(1, d, Reason::PassFlow)).packets;
     let before = (pass_flow(&k, e), pass_flow(&k, i));
     let reply = tcp4(LOCAL4, PEER, 443, 40000, TCP_ACK | 0x08, TCP_SEQ.wrapping_add(1));
     assert_eq!(

@@ -23,6 +23,7 @@ mod flood;
 mod harness;
 mod learn;
 mod lifecycle;
+mod observe;
 mod operate;
 mod stateful;
 /// The kernel tests' deterministic generator, for random kill times.

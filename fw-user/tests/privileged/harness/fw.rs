@@ -319,7 +319,10 @@ impl<'ns> Fw<'ns> {
         let dir = TempDir::new();
         let log = dir.path().join("fw-run.log");
         let mut args = run_args(iface, policy, phase, &name);
-        args.extend(["--interval".into(), "1".into()]);
+        // A summary a second, unless the test asks for its own interval.
+        if !extra.iter().any(|a| *a == "--interval") {
+            args.extend(["--interval".into(), "1".into()]);
+        }
         args.extend(extra.iter().map(|a| a.to_os_string()));
         let mut fw = Self {
             ns,
