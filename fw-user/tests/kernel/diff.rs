@@ -69,7 +69,7 @@ pub struct Driver {
 }
 
 fn reason_name(index: u32) -> String {
-    let dir = if (index / Reason::SLOTS) % 2 == 0 {
+    let dir = if (index / Reason::SLOTS).is_multiple_of(2) {
         "egress"
     } else {
         "ingress"
