@@ -76,7 +76,7 @@ pub fn run(rules: usize) -> Result<Value> {
     };
     let before = read()?;
     let t = Instant::now();
-    apply::write_generation(&mut policy, &compiled, 1)?;
+    apply::write_generation(&mut policy, &compiled, 1, &mut || {})?;
     apply::activate(&mut policy, 1)?;
     let write = t.elapsed();
     let after = read()?;
@@ -86,9 +86,9 @@ pub fn run(rules: usize) -> Result<Value> {
     // generation, activate, delete the old one.
     let t = Instant::now();
     let compiled_b = compile_phase(&loaded.policy, "b")?;
-    apply::write_generation(&mut policy, &compiled_b, 2)?;
+    apply::write_generation(&mut policy, &compiled_b, 2, &mut || {})?;
     apply::activate(&mut policy, 2)?;
-    let removed = apply::delete_generation(&mut policy, 1)?;
+    let removed = apply::delete_generation(&mut policy, 1, &mut || {})?;
     let switch = t.elapsed();
 
     use aya::maps::IterableMap as _;
