@@ -475,8 +475,12 @@ fn crash_failpoints_of_run_and_stop() {
         instance.kill_run_process();
         tried += 1;
     }
-    // Stop: count its steps, then kill it at each one.
+    // Stop: count its steps (on an instance: the last one above was
+    // stopped when its guard dropped), then kill it at each one.
+    let mut counted = Fw::start_named(&pair.near, &pair.near_if, &policy, "open", &[], name.clone());
+    counted.kill_run_process();
     let (stop_steps, out) = count_steps(&pair, &["stop", "--name", &name]);
+    drop(counted);
     assert!(out.status.success() && stop_steps >= 2, "{stop_steps}: {out:#?}");
     for at in 1..=stop_steps {
         let mut instance = Fw::start_named(&pair.near, &pair.near_if, &policy, "open", &[], name.clone());
