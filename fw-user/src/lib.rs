@@ -1,33 +1,26 @@
-//! `fw` userspace: policy language, compiler, loader and CLI.
+//! `fw` userspace. The folders are the architecture:
+//!
+//! * [`policy`]: the pure core. YAML in, compiled tables out: the language
+//!   (raw -> lower -> IR), the compiler, the reference evaluator (kept
+//!   apart from the compiler), explain, export, lint and report. No kernel,
+//!   no async, no libc (`tests/architecture.rs` checks).
+//! * [`source`]: where a policy comes from (files read safely, the shipped
+//!   policies, env files) -> a compiled phase.
+//! * [`kernel`]: the eBPF object, its maps, pins and links.
+//! * [`instance`]: the lifecycle of one enforcer (start, adopt, switch,
+//!   confirm, rollback, stop) as transactions any interruption leaves whole,
+//!   and what it keeps on disk.
+//! * [`daemon`]: what `fw run` does while it runs: control socket, drop
+//!   events, metrics, interface watch, policy-file watch, readiness,
+//!   rollback timer.
+//! * [`cli`]: argument parsing and printing, one module per verb.
 
-pub mod compile;
-pub mod eval;
-pub mod explain;
-pub mod iface_watch;
-pub mod export;
-pub mod policy;
-pub mod report;
-pub mod apply;
-pub mod bpffs;
-pub mod routes;
-pub mod cgroup;
 pub mod cli;
-pub mod control;
-pub mod counters;
 pub mod daemon;
-pub mod events;
 pub mod instance;
-pub mod learn;
-pub mod kernel_log;
-pub mod linkinfo;
-pub mod loader;
-pub mod lock;
-pub mod mounts;
-pub mod metrics;
-pub mod paths;
-pub mod policy_source;
-pub mod readiness;
-pub mod state;
+pub mod kernel;
+pub mod policy;
+pub mod source;
 
 /// Time since the Unix epoch (zero for a clock set before 1970).
 pub fn unix_time() -> std::time::Duration {

@@ -19,8 +19,8 @@ use fw_common::{
     Action, Direction,
 };
 use fw_user::{
-    compile::{compile_phase, tables::PhaseSettings},
-    eval::evaluate,
+    policy::compile::{compile_phase, tables::PhaseSettings},
+    policy::eval::evaluate,
     policy::ir::{merge_ranges, Phase, Policy, PortRange, Pos, ProtoPorts, Protocols, Rule},
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};

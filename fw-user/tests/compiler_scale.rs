@@ -7,7 +7,7 @@
 use std::{fmt::Write as _, time::Instant};
 
 use fw_user::{
-    compile::{check_capacity, compile_phase, Limits},
+    policy::compile::{check_capacity, compile_phase, Limits},
     policy::{parse_str_with_resolver, Vars},
 };
 

@@ -6,7 +6,7 @@
 use fw_common::maps;
 
 fn object() -> aya_obj::Object {
-    let bytes = fw_user::loader::object();
+    let bytes = fw_user::kernel::loader::object();
     assert!(!bytes.is_empty(), "fw-user was built without its kernel object (AYA_BUILD_SKIP)");
     aya_obj::Object::parse(bytes).expect("the embedded kernel object parses")
 }

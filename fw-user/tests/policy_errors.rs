@@ -186,7 +186,7 @@ fn yaml_syntax() {
 
 #[test]
 fn unreadable_file_has_no_position() {
-    let e = fw_user::policy::load(std::path::Path::new("/nonexistent/x.yaml"), &Vars::from_pairs::<&str, &str>([])).unwrap_err();
+    let e = fw_user::source::file::load_policy_file(std::path::Path::new("/nonexistent/x.yaml"), &Vars::from_pairs::<&str, &str>([])).unwrap_err();
     assert_eq!((e.line, e.col), (0, 0));
     assert!(matches!(e.kind, ErrorKind::Io(_)));
     assert!(e.to_string().starts_with("/nonexistent/x.yaml: cannot read the file: "), "{e}");
@@ -197,7 +197,7 @@ fn env_file_errors_name_the_env_file_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(".env");
     std::fs::write(&path, "# ok\nA=1\nB 2\n").unwrap();
-    let e = Vars::from_env_file(Some(&path)).unwrap_err();
+    let e = fw_user::source::file::env_vars(Some(&path)).unwrap_err();
     assert_eq!((e.line, e.col), (3, 1));
     assert!(matches!(e.kind, ErrorKind::BadEnvLine(_)));
 }

@@ -17,7 +17,7 @@ use std::{
 
 use fw_user::{
     policy::{parse_str_with_resolver, PolicyError, Vars},
-    policy_source::{self, PolicyText},
+    source::{self, PolicyText},
 };
 
 const POLICY: &str = "name: t\nphases:\n  runtime:\n    egress:\n      - { name: a, to: [203.0.113.1], proto: tcp, ports: [443] }\n";
@@ -58,10 +58,10 @@ fn finding12_a_fifo_as_policy_or_env_file_is_refused_without_blocking() {
     });
     assert!(via_cli.contains("policy.yaml") && via_cli.contains("not a regular file"), "{via_cli}");
     let via_library = error_without_blocking(&fifo, |p| {
-        fw_user::policy::load(&p, &Vars::from_pairs::<&str, &str>([])).map(|_| ()).map_err(|e| e.to_string())
+        fw_user::source::file::load_policy_file(&p, &Vars::from_pairs::<&str, &str>([])).map(|_| ()).map_err(|e| e.to_string())
     });
     assert!(via_library.contains("not a regular file"), "{via_library}");
-    let env = error_without_blocking(&fifo, |p| Vars::from_env_file(Some(&p)).map(|_| ()).map_err(|e| e.to_string()));
+    let env = error_without_blocking(&fifo, |p| fw_user::source::file::env_vars(Some(&p)).map(|_| ()).map_err(|e| e.to_string()));
     assert!(env.contains("not a regular file"), "{env}");
 }
 
@@ -71,7 +71,7 @@ fn finding12_a_device_or_an_oversized_file_is_refused_before_reading() {
     let e = PolicyText::resolve("/dev/zero").err().expect("/dev/zero accepted");
     let message = format!("{e:#}");
     assert!(message.contains("/dev/zero") && message.contains("not a regular file"), "{message}");
-    let e = Vars::from_env_file(Some(Path::new("/dev/zero"))).unwrap_err();
+    let e = fw_user::source::file::env_vars(Some(Path::new("/dev/zero"))).unwrap_err();
     assert!(e.to_string().contains("not a regular file"), "{e}");
 
     // A sparse file one byte over the limit: refused from its size alone.
@@ -81,7 +81,7 @@ fn finding12_a_device_or_an_oversized_file_is_refused_before_reading() {
     let e = PolicyText::resolve(big.to_str().unwrap()).err().expect("a 64 MiB + 1 file accepted");
     let message = format!("{e:#}");
     assert!(message.contains("big.yaml") && message.contains("larger than 64 MiB"), "{message}");
-    let e = Vars::from_env_file(Some(&big)).unwrap_err();
+    let e = fw_user::source::file::env_vars(Some(&big)).unwrap_err();
     assert!(e.to_string().contains("larger than 64 MiB"), "{e}");
 }
 
@@ -170,7 +170,7 @@ fn finding12_a_utf8_bom_is_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let env = dir.path().join(".env");
     std::fs::write(&env, "\u{feff}HOOK=203.0.113.9\n").unwrap();
-    let vars = Vars::from_env_file(Some(&env)).unwrap();
+    let vars = fw_user::source::file::env_vars(Some(&env)).unwrap();
     assert_eq!(vars.get("HOOK").as_deref(), Some("203.0.113.9"));
 }
 
@@ -197,7 +197,7 @@ fn finding8_relative_policy_path_is_stored_canonical() {
     // `fw run --policy ../../tmp/.../sub/../policy.yaml` from some directory.
     let relative = relative_to_cwd(&sub).join("../policy.yaml");
     assert!(relative.is_relative());
-    let loaded = policy_source::load_phase(relative.to_str().unwrap(), None, "runtime").unwrap();
+    let loaded = source::load_phase(relative.to_str().unwrap(), None, "runtime").unwrap();
     assert_eq!(loaded.source, canonical.display().to_string(), "the recorded source must not depend on the directory");
     assert_eq!(PolicyText::resolve(relative.to_str().unwrap()).unwrap().label, loaded.source);
 
@@ -205,5 +205,5 @@ fn finding8_relative_policy_path_is_stored_canonical() {
     let env = dir.path().join("policy.env");
     std::fs::write(&env, "A=1\n").unwrap();
     let relative_env = relative_to_cwd(&sub).join("../policy.env");
-    assert_eq!(policy_source::env_file(Some(&relative_env)), Some(std::fs::canonicalize(&env).unwrap()));
+    assert_eq!(source::env_file(Some(&relative_env)), Some(std::fs::canonicalize(&env).unwrap()));
 }

@@ -9,10 +9,10 @@ use fw_common::{
     Action, Direction,
 };
 use fw_user::{
-    compile::{compile_all, compile_phase, Limits},
-    eval::{evaluate, EvalVerdict},
+    policy::compile::{compile_all, compile_phase, Limits},
+    policy::eval::{evaluate, EvalVerdict},
     policy::{ir::Protocols, parse_str_with_resolver, LoadedPolicy, Vars},
-    report,
+    policy::report,
 };
 
 fn resolve(host: &str) -> Result<Vec<IpAddr>, String> {
@@ -213,12 +213,12 @@ fn capacity_check_counts_entries_against_half_of_each_map() {
     let compiled = compile_phase(&loaded.policy, "install").unwrap();
     let needed = compiled.ports.len();
     let tight = Limits { port_entries: (needed as u32) * 2 - 1, ..Limits::default() };
-    let err = fw_user::compile::check_capacity(&compiled, &tight).unwrap_err();
+    let err = fw_user::policy::compile::check_capacity(&compiled, &tight).unwrap_err();
     assert!(err.to_string().contains(&format!("needs {needed} entries in FW_PORTS but only {} are available", needed - 1)), "{err}");
     let exact = Limits { port_entries: (needed as u32) * 2, ..Limits::default() };
-    fw_user::compile::check_capacity(&compiled, &exact).unwrap();
+    fw_user::policy::compile::check_capacity(&compiled, &exact).unwrap();
     let few_rules = Limits { max_rules: 3, ..Limits::default() };
-    assert!(fw_user::compile::check_capacity(&compiled, &few_rules).is_err());
+    assert!(fw_user::policy::compile::check_capacity(&compiled, &few_rules).is_err());
 }
 
 #[test]

@@ -6,10 +6,10 @@ use std::{net::IpAddr, path::PathBuf};
 
 use fw_common::{Action, Direction};
 use fw_user::{
-    compile::{check_capacity, compile_phase, tables::CompiledPhase, Limits},
-    explain::{explain, parse_query_with_resolver},
-    policy::{self, LoadedPolicy, Vars},
-    report,
+    policy::compile::{check_capacity, compile_phase, tables::CompiledPhase, Limits},
+    policy::explain::{explain, parse_query_with_resolver},
+    policy::{self, LoadedPolicy},
+    policy::report,
 };
 
 fn policy_path(name: &str) -> PathBuf {
@@ -22,7 +22,7 @@ fn load_with_env(name: &str, env: &str) -> LoadedPolicy {
     let dir = tempfile::tempdir().unwrap();
     let env_path = dir.path().join(".env");
     std::fs::write(&env_path, env).unwrap();
-    let vars = Vars::from_env_file(Some(&env_path)).unwrap();
+    let vars = fw_user::source::file::env_vars(Some(&env_path)).unwrap();
     let text = std::fs::read_to_string(policy_path(name)).unwrap();
     // The process environment must not leak into the test: every variable
     // the policies use is given (possibly empty) by the env file.

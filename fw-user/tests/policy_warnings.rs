@@ -1,9 +1,9 @@
 //! The warnings of a policy phase come from the loading step every command
-//! shares (`policy_source::load_phase`), so `fw run` and `fw switch` get
+//! shares (`source::load_phase`), so `fw run` and `fw switch` get
 //! exactly what `fw check` reports for that phase; and "egress allows every
 //! address on every port" is a warning a program can recognize.
 
-use fw_user::{compile::Limits, policy_source, report};
+use fw_user::{policy::compile::Limits, source, policy::report};
 
 fn env_file(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
     let path = dir.path().join(".env");
@@ -19,10 +19,10 @@ fn finding9_switch_and_run_get_the_warnings_check_gives() {
     let dir = tempfile::tempdir().unwrap();
     let env = env_file(&dir, "OPENVIDU_WEBHOOK_ENDPOINT=any\nCOTURN_IP=\nDOMAIN_OR_PUBLIC_IP=\n");
 
-    let loaded = policy_source::load_phase("openvidu-ce", Some(&env), "runtime").unwrap();
+    let loaded = source::load_phase("openvidu-ce", Some(&env), "runtime").unwrap();
     let shared: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
 
-    let (_, policy, _) = policy_source::load_policy("openvidu-ce", Some(&env)).unwrap();
+    let (_, policy, _) = source::load_policy("openvidu-ce", Some(&env)).unwrap();
     let check = report::check(&policy, Some("runtime"), &Limits::default()).unwrap();
     let checked: Vec<String> = check.warnings.iter().map(|w| w.to_string()).collect();
 
@@ -41,7 +41,7 @@ fn open_egress(yaml: &str, phase: &str) -> Vec<String> {
     let path = dir.path().join("p.yaml");
     std::fs::write(&path, yaml).unwrap();
     let env = env_file(&dir, "");
-    let loaded = policy_source::load_phase(path.to_str().unwrap(), Some(&env), phase).unwrap();
+    let loaded = source::load_phase(path.to_str().unwrap(), Some(&env), phase).unwrap();
     loaded.warnings.iter().filter(|w| w.is_open_egress()).map(|w| w.to_string()).collect()
 }
 
@@ -89,8 +89,8 @@ fn finding7_served_ports_inside_the_ephemeral_range_are_reported() {
     use fw_user::policy::{ir::PortRange, lint};
     let dir = tempfile::tempdir().unwrap();
     let env = env_file(&dir, "OPENVIDU_WEBHOOK_ENDPOINT=\nCOTURN_IP=\nDOMAIN_OR_PUBLIC_IP=\n");
-    let loaded = policy_source::load_phase("openvidu-ce", Some(&env), "runtime").unwrap();
-    let (_, policy, _) = policy_source::load_policy("openvidu-ce", Some(&env)).unwrap();
+    let loaded = source::load_phase("openvidu-ce", Some(&env), "runtime").unwrap();
+    let (_, policy, _) = source::load_policy("openvidu-ce", Some(&env)).unwrap();
     let linux = PortRange { first: 32768, last: 60999 };
     let warnings = lint::ephemeral_overlap(&policy.policy, std::slice::from_ref(&loaded.compiled), linux);
     let text: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();

@@ -9,7 +9,12 @@
 //!   the prefix lives in `~/.cache/fw/`, not in `target/` or `/tmp`;
 //! * bpffs at `/sys/fs/bpf` (pins), for the privileged tests (as root;
 //!   `xtask run` mounts it itself, through sudo if need be);
-//! * the tools the privileged tests drive (`ip`, `nsenter`, `setpriv`).
+//! * the tools the privileged tests drive (`ip`, `nsenter`, `setpriv`);
+//! * for the image (`cargo xtask image`, and the tests that run it): the
+//!   musl target of the stable toolchain, podman and runc (Debian's
+//!   packages; runc because crun refuses a hybrid cgroup layout);
+//! * for the Kubernetes manifests' test: `kubernetes-validate`, pinned, in
+//!   a virtualenv under `~/.cache/fw/` (it ships the schemas: offline).
 
 use std::{
     fs,
@@ -41,6 +46,9 @@ pub fn bootstrap(purpose: Purpose) -> Result<()> {
         Purpose::Build => {}
         Purpose::Test => {
             test_tools()?;
+            musl_target()?;
+            container_engine()?;
+            kubernetes_validate()?;
             if cmd::is_root() {
                 mount_bpffs()?;
             }
@@ -238,6 +246,86 @@ pub fn mount_bpffs() -> Result<()> {
     }
     println!("mounting bpffs at {BPFFS} (pins keep fw attached)");
     cmd::run(Command::new("mount").args(["-t", "bpf", "bpffs", BPFFS]))
+}
+
+/// Adds the musl target (the static binary of the image) to the toolchain
+/// that builds fw.
+pub fn musl_target() -> Result<()> {
+    let installed = cmd::output(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    if installed.lines().any(|t| t.trim() == crate::image::TARGET) {
+        return Ok(());
+    }
+    println!("adding the {} target (the static fw of the image)", crate::image::TARGET);
+    cmd::run(Command::new("rustup").args(["target", "add", crate::image::TARGET]))
+}
+
+/// podman builds and runs the image; runc runs it (Debian 12's crun
+/// refuses a hybrid cgroup v1/v2 layout, which some hosts have).
+pub fn container_engine() -> Result<()> {
+    apt_install(&[("podman", "podman"), ("runc", "runc")], "the image")
+}
+
+/// The pinned validator of the Kubernetes manifests; it ships the
+/// schemas of every Kubernetes version it knows, so it validates offline.
+pub const KUBERNETES_VALIDATE: &str = "1.37.0";
+
+/// `~/.cache/fw/kubernetes-validate-VERSION/bin/kubernetes-validate`.
+pub fn kubernetes_validate_bin() -> Result<PathBuf> {
+    Ok(home_dir()?
+        .join(".cache/fw")
+        .join(format!("kubernetes-validate-{KUBERNETES_VALIDATE}"))
+        .join("bin/kubernetes-validate"))
+}
+
+/// Installs kubernetes-validate into its own virtualenv (no system Python
+/// package is touched; PyPI is the registry the project uses for it).
+fn kubernetes_validate() -> Result<()> {
+    let bin = kubernetes_validate_bin()?;
+    if bin.exists() {
+        return Ok(());
+    }
+    let venv = bin.parent().and_then(Path::parent).context("the venv directory")?.to_path_buf();
+    // A python3 that can make a venv (with pip), else Debian's with its
+    // python3-venv package.
+    let can_venv = |python: &str| {
+        Command::new(python).args(["-c", "import venv, ensurepip"]).status().is_ok_and(|s| s.success())
+    };
+    let python = if can_venv("python3") {
+        "python3"
+    } else {
+        apt_install(&[("/usr/share/doc/python3-venv", "python3-venv")], "the manifests' validator")?;
+        "/usr/bin/python3"
+    };
+    println!("installing kubernetes-validate {KUBERNETES_VALIDATE} into {}", venv.display());
+    let _ = fs::remove_dir_all(&venv);
+    cmd::run(Command::new(python).arg("-m").arg("venv").arg(&venv))?;
+    cmd::run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("kubernetes-validate=={KUBERNETES_VALIDATE}")),
+    )
+    .context("installing kubernetes-validate")
+}
+
+/// Installs the packages of the missing tools (tool, Debian package).
+fn apt_install(tools: &[(&str, &str)], for_what: &str) -> Result<()> {
+    let mut packages: Vec<&str> = tools.iter().filter(|(tool, _)| missing(tool)).map(|&(_, p)| p).collect();
+    packages.sort_unstable();
+    packages.dedup();
+    if packages.is_empty() {
+        return Ok(());
+    }
+    if !cmd::is_root() {
+        bail!("{for_what} needs {} (apt-get install {}), and installing needs root", packages.join(", "), packages.join(" "));
+    }
+    println!("installing {}: {}", for_what, packages.join(" "));
+    cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
+    cmd::run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&packages),
+    )
 }
 
 /// Commands the privileged tests run, and the Debian package of each.

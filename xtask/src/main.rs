@@ -10,6 +10,7 @@ mod bench;
 mod bootstrap;
 mod build;
 mod cmd;
+mod image;
 mod install;
 mod run;
 mod test;
@@ -35,6 +36,9 @@ enum Command {
     Test(test::Options),
     /// Measure fw against the floor, nftables and iptables; write BENCHMARKS.md.
     Bench(bench::Options),
+    /// Build the container image localhost/fw:VERSION (static fw + the
+    /// shipped policies, FROM scratch) with podman.
+    Image(image::Options),
     /// Install fw in /usr/local/bin, the policies in /etc/fw/ and the
     /// systemd unit fw@IFACE.service.
     Install(install::Options),
@@ -48,6 +52,7 @@ fn main() {
         Command::Test(opts) => test::test(&opts),
         Command::Bench(opts) => bench::bench(&opts),
         Command::Install(opts) => install::install(&opts),
+        Command::Image(opts) => image::image(&opts),
     };
     if let Err(e) = result {
         eprintln!("{e:#}");

@@ -3,7 +3,8 @@
 //! fw-user test target that requires the `privileged-tests` feature (root:
 //! real eBPF, network namespaces, veth pairs). ARGS (a filter, `--
 //! --nocapture`...) go to both `cargo test` runs. Never skips the
-//! privileged suite silently: without root it fails.
+//! privileged suite silently: without root it fails. The privileged suite
+//! gets the container image (`cargo xtask image`) as `FW_IMAGE`.
 
 use std::{
     fs,
@@ -53,8 +54,11 @@ pub fn test(opts: &Options) -> Result<()> {
         if targets.is_empty() {
             bail!("fw-user/Cargo.toml declares no test target with required-features = [\"{FEATURE}\"]");
         }
+        // The container tests run the image as it ships (static binary,
+        // FROM scratch): built first, named to them by FW_IMAGE.
+        let image = crate::image::build()?;
         let mut cargo = cargo_test();
-        cargo.args(["-p", "fw-user", "--features", FEATURE]);
+        cargo.env("FW_IMAGE", &image).args(["-p", "fw-user", "--features", FEATURE]);
         for target in &targets {
             cargo.args(["--test", target]);
         }

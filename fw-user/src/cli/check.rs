@@ -3,7 +3,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Result;
 use clap::Args;
 
-use crate::{compile::Limits, policy_source, report};
+use crate::{policy::compile::Limits, source, policy::report};
 
 /// Validate a policy and print its compiled tables; never touches the kernel
 /// (like `nft -c -f`). Exit 0: compiles without warnings; 1: compiles with
@@ -28,7 +28,7 @@ pub struct CheckArgs {
 }
 
 pub fn check(args: CheckArgs) -> Result<ExitCode> {
-    let (_, loaded, _) = policy_source::load_policy(&args.file, args.env_file.as_deref())?;
+    let (_, loaded, _) = source::load_policy(&args.file, args.env_file.as_deref())?;
     let report = report::check(&loaded, args.phase.as_deref(), &Limits::default())?;
     if args.json {
         println!("{}", report::render_json(&report));
@@ -46,7 +46,7 @@ fn print_instruction_counts() {
         println!("# kernel programs: {e}");
         return;
     }
-    match crate::loader::verified_instruction_counts() {
+    match crate::kernel::loader::verified_instruction_counts() {
         Ok(counts) => {
             for (program, insns) in counts {
                 println!("# kernel program {program}: {insns} instructions after verification (limit 1000000)");

@@ -6,15 +6,15 @@ use serde::Serialize;
 
 use super::{
     duration,
-    instance::{require_root, resolve_name},
+    target::{require_root, resolve_name},
 };
 use crate::{
-    control::{self, EventQuery},
-    counters::{RuleCount, Snapshot},
-    events::Event,
-    loader::CounterMaps,
-    instance, paths,
-    state::InstanceState,
+    daemon::control::{self, EventQuery},
+    kernel::counters::{RuleCount, Snapshot},
+    daemon::events::Event,
+    kernel::loader::CounterMaps,
+    instance, instance::paths,
+    instance::state::InstanceState,
 };
 
 /// Event lines kept on screen under the table by `--follow` on a terminal.
@@ -26,7 +26,7 @@ const SCREEN_EVENTS: usize = 20;
 /// reason, rule, process, container, source -> destination/protocol).
 #[derive(Args, Debug)]
 pub struct DropsArgs {
-    /// Instance name (default: the only running instance).
+    /// Instance name (default: $FW_NAME, else the only running instance).
     #[arg(long)]
     pub name: Option<String>,
     /// One JSON object instead of a table; with --follow, one JSON object

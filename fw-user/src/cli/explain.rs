@@ -5,13 +5,13 @@ use clap::Args;
 use fw_common::Direction;
 
 use super::{
-    instance::require_root,
+    target::require_root,
     source::{PhaseSource, Source},
 };
 use crate::{
-    compile::tables::CompiledPhase,
-    explain::{self, Explanation},
-    policy_source,
+    policy::compile::tables::CompiledPhase,
+    policy::explain::{self, Explanation},
+    source,
 };
 
 /// Which rule allows or denies a packet, and why: computed from compiled
@@ -72,7 +72,7 @@ fn port_part(dest: &str) -> &str {
 fn compiled_phase(args: &ExplainArgs) -> Result<CompiledPhase> {
     match args.source.resolve()? {
         Source::File { policy, phase, env_file } => {
-            Ok(policy_source::load_phase(&policy, env_file.as_deref(), &phase)?.compiled)
+            Ok(source::load_phase(&policy, env_file.as_deref(), &phase)?.compiled)
         }
         Source::Instance(name) => {
             require_root("fw explain --name")?;

@@ -5,9 +5,9 @@ use clap::{Args, ValueEnum};
 
 use super::source::{PhaseSource, Source};
 use crate::{
-    export::{self, Family, Options},
-    policy_source,
-    state::InstanceState,
+    policy::export::{self, Family, Options},
+    source,
+    instance::state::InstanceState,
 };
 
 /// Print a phase of a policy as an nftables or iptables ruleset with the
@@ -52,7 +52,7 @@ pub fn export(args: ExportArgs) -> Result<ExitCode> {
             (e.policy, e.env_file.map(PathBuf::from), e.phase, args.iface.clone().or(Some(state.iface)))
         }
     };
-    let (_, loaded, _) = policy_source::load_policy(&policy_arg, env_file.as_deref())?;
+    let (_, loaded, _) = source::load_policy(&policy_arg, env_file.as_deref())?;
     let options = Options { iface };
     let text = match args.format {
         Format::Nft => export::nft(&loaded.policy, &phase, &options)?,

@@ -8,13 +8,13 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::{duration, instance::require_root};
+use super::{duration, target::require_root};
 use crate::{
-    cgroup,
-    events::reader::EventReader,
+    kernel::cgroup,
+    daemon::events::reader::EventReader,
     instance::{self, records::PolicyCopy, StartRequest},
-    learn::{self, Tally},
-    paths, policy_source,
+    daemon::learn::{self, Tally},
+    instance::paths, source,
 };
 
 /// The learning instance's policy: one phase, audit mode, no egress rule,
@@ -78,7 +78,7 @@ pub fn learn(args: LearnArgs) -> Result<ExitCode> {
     }
     instance::ifindex(&args.iface)?;
     let copy = PolicyCopy { policy_text: LEARNING_POLICY.to_string(), env_text: None };
-    let loaded = policy_source::load_phase_text("builtin:learning", None, copy, LEARNING_PHASE)?;
+    let loaded = source::load_phase_text("builtin:learning", None, copy, LEARNING_PHASE)?;
     let cgroup = cgroup::resolve(args.cgroup.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let _guard = runtime.enter();
@@ -179,13 +179,13 @@ pub fn learn(args: LearnArgs) -> Result<ExitCode> {
 /// limit, like every policy (a FIFO or /dev/zero must not hang or fill
 /// memory).
 fn read_base(path: &Path) -> Result<(PathBuf, String)> {
-    let text = crate::policy::file::read_text(path, &path.display().to_string())?;
+    let text = crate::source::file::read_text(path, &path.display().to_string())?;
     Ok((path.to_path_buf(), text))
 }
 
 /// Fails before learning, not after, when the phase to write exists.
 fn check_phase_is_new(path: &Path, phase: &str) -> Result<()> {
-    let (_, loaded, _) = policy_source::load_policy(&path.display().to_string(), None)?;
+    let (_, loaded, _) = source::load_policy(&path.display().to_string(), None)?;
     if loaded.policy.phase(phase).is_some() {
         bail!("{} already has a phase {phase}: pick another --phase", path.display());
     }
@@ -200,7 +200,7 @@ fn write_checked(text: &str, phase: &str, output: Option<&Path>, name: &str) -> 
         None => PathBuf::from(paths::RUN_DIR).join(format!("{name}.learned.yaml")),
     };
     std::fs::write(&draft, text).with_context(|| format!("writing {}", draft.display()))?;
-    let checked = policy_source::load_phase(&draft.display().to_string(), None, phase);
+    let checked = source::load_phase(&draft.display().to_string(), None, phase);
     let result = match (checked, output) {
         (Err(e), _) => Err(e.context("the learned policy does not pass `fw check` (a bug in fw learn)")),
         (Ok(_), Some(path)) => {

@@ -4,24 +4,25 @@
 //! problems found); 2 the command could not do its job.
 
 mod check;
+mod docs;
 mod drops;
 mod duration;
 mod explain;
 mod export;
-mod instance;
 mod learn;
 mod run;
 mod source;
 mod status;
 mod stop;
 mod switch;
+mod target;
 
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-pub use instance::require_root;
+pub use target::require_root;
 
 #[derive(Parser, Debug)]
 #[command(name = "fw", version, about = "eBPF egress enforcer for media servers", long_about = None)]
@@ -42,6 +43,9 @@ pub enum Command {
     Drops(drops::DropsArgs),
     Learn(learn::LearnArgs),
     Stop(stop::StopArgs),
+    Completions(docs::CompletionsArgs),
+    #[command(hide = true)]
+    Manpage,
 }
 
 pub fn dispatch(cli: Cli) -> Result<ExitCode> {
@@ -56,5 +60,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Drops(args) => drops::drops(args),
         Command::Learn(args) => learn::learn(args),
         Command::Stop(args) => stop::stop(args),
+        Command::Completions(args) => docs::completions(args),
+        Command::Manpage => docs::manpage(),
     }
 }

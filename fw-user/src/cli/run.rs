@@ -3,13 +3,14 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use super::instance::require_root;
+use super::target::require_root;
 use crate::{
-    cgroup, control, daemon, events, iface_watch,
+    kernel::cgroup, daemon::control, daemon, daemon::events, daemon::iface_watch,
     instance::{self, Leftover, StartRequest},
-    kernel_log, loader, lock, metrics, paths,
-    policy_source::{self, LoadedPhase},
-    state::InstanceState,
+    daemon::kernel_log, kernel::loader, instance::lock, daemon::metrics, instance::paths,
+    source::{self, LoadedPhase},
+    instance::state::InstanceState,
+    daemon::watch,
 };
 
 /// The policy `fw run` starts with when --policy is not given.
@@ -41,7 +42,9 @@ pub struct RunArgs {
     /// Phase of the policy to enforce at a fresh start (default: install).
     #[arg(long)]
     pub phase: Option<String>,
-    /// Instance name: selects /sys/fs/bpf/fw/NAME (default: the interface name).
+    /// Instance name: selects /sys/fs/bpf/fw/NAME (default: $FW_NAME, else the
+    /// interface name). A container sets FW_NAME once for `fw run` and for
+    /// the `fw status` of its health check alike.
     #[arg(long)]
     pub name: Option<String>,
     /// KEY=VALUE file for ${VARS} in the policy (default: /opt/openvidu/.env when it exists).
@@ -72,11 +75,18 @@ pub struct RunArgs {
     /// must be written out (e.g. 0.0.0.0:9469).
     #[arg(long, value_name = "ADDR:PORT", value_parser = metrics::parse_listen)]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Follow the policy file and the env file: an edit switches the
+    /// enforced phase to it atomically, as `fw switch` would (debounced,
+    /// logged, counted in fw_policy_reloads_total); an edit that does not
+    /// compile changes nothing. The files are the truth: at start, and
+    /// after a switch awaiting `fw confirm` ends, what they hold is loaded.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     require_root("fw run")?;
-    let name = args.name.clone().unwrap_or_else(|| args.iface.clone());
+    let name = super::target::run_name(args.name.clone(), &args.iface);
     paths::validate_name(&name).map_err(anyhow::Error::msg).context("--name")?;
     // One daemon per instance, taken before anything is created: a second
     // `fw run` changes nothing of the first's (its socket included).
@@ -91,6 +101,13 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     // Before the interface is looked at: a deletion or re-creation from now
     // on is seen by the start/adopt below or by the watcher (finding 3).
     let mut watcher = iface_watch::Watcher::subscribe(&name, &args.iface)?;
+    // Likewise for the files: an edit from now on is seen (see `watch`).
+    let files = if args.watch {
+        let policy = args.policy.as_deref().unwrap_or(DEFAULT_POLICY);
+        Some(watch::Watch::subscribe(&name, watch::Watched::new(policy, args.env_file.as_deref())?)?)
+    } else {
+        None
+    };
     let state = if paths::pin_dir(&name).exists() {
         match instance::leftover(&name)? {
             Leftover::Instance => adopt(&name, &args)?,
@@ -120,7 +137,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         println!("fw: {name}: metrics at http://{}/metrics", server.addr());
         server.spawn(name.clone(), log);
     }
-    runtime.block_on(daemon::run(&name, &state, Duration::from_secs(args.interval), &mut watcher))?;
+    runtime.block_on(daemon::run(&name, &state, Duration::from_secs(args.interval), &mut watcher, files))?;
     if paths::pin_dir(&name).exists() {
         println!("fw: {name}: exiting; enforcement stays attached (fail closed). `fw stop --name {name}` detaches it.");
     }
@@ -136,7 +153,7 @@ fn initial_policy(name: &str, args: &RunArgs) -> Result<(LoadedPhase, String, bo
     }
     let policy = args.policy.as_deref().unwrap_or(DEFAULT_POLICY);
     let phase = args.phase.as_deref().unwrap_or(DEFAULT_PHASE);
-    Ok((policy_source::load_phase(policy, args.env_file.as_deref(), phase)?, phase.to_string(), false))
+    Ok((source::load_phase(policy, args.env_file.as_deref(), phase)?, phase.to_string(), false))
 }
 
 /// A fresh start: everything that can fail on bad input fails before the
@@ -197,8 +214,11 @@ fn adopt(name: &str, args: &RunArgs) -> Result<InstanceState> {
         bail!("instance {name} enforces on {} (ifindex {}), not {}: pick another --name", state.iface, state.ifindex, args.iface);
     }
     if let Some(policy) = &args.policy {
-        let wanted = policy_source::PolicyText::resolve(policy)?.label;
-        if wanted != state.enforced.policy {
+        let wanted = source::PolicyText::resolve(policy)?.label;
+        if wanted != state.enforced.policy && args.watch {
+            // The watched file is the truth: the daemon's first look loads it.
+            println!("fw: {name}: instance enforces {}; --watch loads {wanted} in its phase", state.enforced.policy);
+        } else if wanted != state.enforced.policy {
             bail!(
                 "instance {name} enforces {}, not {wanted}: change it with `fw switch PHASE --name {name} --policy {policy}`",
                 state.enforced.policy

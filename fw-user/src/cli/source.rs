@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 
-use super::instance::resolve_name;
+use super::target::resolve_name;
 
 #[derive(Args, Debug)]
 pub struct PhaseSource {

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Args;
 
-use super::instance::{require_root, resolve_name};
+use super::target::{require_root, resolve_name};
 use crate::instance;
 
 /// Detach the enforcer and remove its pins: the only way to stop enforcing.
@@ -11,7 +11,7 @@ use crate::instance;
 /// phase, which a later fresh start enforces) is kept unless --forget.
 #[derive(Args, Debug)]
 pub struct StopArgs {
-    /// Instance name (default: the only running instance).
+    /// Instance name (default: $FW_NAME, else the only running instance).
     #[arg(long)]
     pub name: Option<String>,
     /// Also remove the boot record under /var/lib/fw/NAME, so that the next

@@ -3,8 +3,8 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::{bail, Result};
 use clap::Args;
 
-use super::instance::{require_root, resolve_name};
-use crate::{control, instance};
+use super::target::{require_root, resolve_name};
+use crate::{daemon::control, instance};
 
 /// Switch the running instance to another phase (or an edited policy),
 /// atomically: the new phase is written aside, published with one map
@@ -15,7 +15,7 @@ use crate::{control, instance};
 pub struct SwitchArgs {
     /// The phase to enforce.
     pub phase: String,
-    /// Instance name (default: the only running instance).
+    /// Instance name (default: $FW_NAME, else the only running instance).
     #[arg(long)]
     pub name: Option<String>,
     /// Load this policy file instead of the one enforced.
@@ -77,7 +77,7 @@ pub fn switch(args: SwitchArgs) -> Result<ExitCode> {
 /// Keep a switch made with --confirm (otherwise it rolls back).
 #[derive(Args, Debug)]
 pub struct ConfirmArgs {
-    /// Instance name (default: the only running instance).
+    /// Instance name (default: $FW_NAME, else the only running instance).
     #[arg(long)]
     pub name: Option<String>,
 }

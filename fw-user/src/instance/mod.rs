@@ -2,14 +2,17 @@
 //! switch, confirm, rollback, stop. Every command and the daemon go through
 //! here; the CLI only parses arguments and prints.
 //!
-//! Each change runs under the instance lock ([`crate::lock`]) and starts
+//! Each change runs under the instance lock ([`crate::instance::lock`]) and starts
 //! with [`txn::reconcile`], which finishes or discards whatever an earlier
 //! process was interrupted at. The transactions themselves ([`txn`]) see
 //! the kernel through [`store::PolicyStore`] and the disk through
 //! [`records::Records`], so the crash tests can stop them at every step.
 
 pub mod failpoint;
+pub mod lock;
+pub mod paths;
 pub mod records;
+pub mod state;
 pub mod store;
 pub mod txn;
 #[cfg(test)]
@@ -20,16 +23,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::{
-    bpffs,
-    compile::tables::CompiledPhase,
-    linkinfo,
-    loader::{self, AttachMode, Hook, PolicyMaps},
-    lock, paths,
-    policy::Warning,
-    policy_source::{self, LoadedPhase},
-    state::{Enforced, InstanceState},
+    kernel::{
+        bpffs, linkinfo,
+        loader::{self, AttachMode, Hook, PolicyMaps},
+    },
+    policy::{compile::tables::CompiledPhase, Warning},
+    source::{self, LoadedPhase},
 };
 use records::{FileRecords, Records};
+use state::{Enforced, InstanceState};
 use store::{KernelStore, PolicyStore};
 
 /// The longest `--confirm` accepted: a rollback timer is for minutes, and a
@@ -112,7 +114,7 @@ pub fn switch(name: &str, request: &SwitchRequest) -> Result<SwitchOutcome> {
     let current = load_state(name)?;
     let policy = request.policy.clone().unwrap_or_else(|| current.enforced.policy.clone());
     let env_file = request.env_file.clone().or_else(|| current.enforced.env_file.as_ref().map(PathBuf::from));
-    let mut loaded = policy_source::load_phase(&policy, env_file.as_deref(), &request.phase)?;
+    let mut loaded = source::load_phase(&policy, env_file.as_deref(), &request.phase)?;
     loaded.compiled.settings.audit |= current.audit_override;
     let warnings = std::mem::take(&mut loaded.warnings);
     if !request.force {
@@ -188,7 +190,7 @@ pub struct StartRequest {
 pub fn boot_policy(name: &str) -> Result<Option<(records::BootRecord, LoadedPhase)>> {
     let Some((record, copy)) = FileRecords::new(name).load_boot()? else { return Ok(None) };
     let env = record.env_file.as_deref().map(Path::new);
-    let loaded = policy_source::load_phase_text(&record.policy, env, copy, &record.phase)
+    let loaded = source::load_phase_text(&record.policy, env, copy, &record.phase)
         .with_context(|| format!("the boot record {} no longer compiles", paths::boot_dir(name).display()))?;
     Ok(Some((record, loaded)))
 }

@@ -8,7 +8,7 @@
 //!   that a rebooted host comes back in that phase (not in the install phase
 //!   of the unit's env file) even if the files were edited since.
 //!
-//! Both are written atomically (see [`crate::state::write_atomic`]). Behind
+//! Both are written atomically (see [`crate::instance::state::write_atomic`]). Behind
 //! a trait so that the crash tests can interrupt every write.
 
 use std::{
@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 
 use super::failpoint;
 use crate::{
-    paths,
-    state::{write_atomic, InstanceState},
+    instance::paths,
+    instance::state::{write_atomic, InstanceState},
 };
 
 /// The text a generation was compiled from.
@@ -83,6 +83,18 @@ impl FileRecords {
 
     fn boot_file(&self) -> PathBuf {
         self.boot_dir.join("boot.json")
+    }
+
+    /// The text generation `generation` was compiled from, if it was kept
+    /// (`fw run --watch` compares the watched files with it).
+    pub fn load_copy(&self, generation: u32) -> Result<Option<PolicyCopy>> {
+        let read = |p: &Path| fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+        let policy = self.policy_copy(generation);
+        if !policy.exists() {
+            return Ok(None);
+        }
+        let env = self.env_copy(generation);
+        Ok(Some(PolicyCopy { policy_text: read(&policy)?, env_text: env.exists().then(|| read(&env)).transpose()? }))
     }
 
     /// Removes the boot record and the copies (`fw stop --forget`).

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
 
-use crate::{apply, compile::tables::CompiledPhase, loader::{CounterMaps, PolicyMaps}};
+use crate::{kernel::apply, policy::compile::tables::CompiledPhase, kernel::loader::{CounterMaps, PolicyMaps}};
 
 use super::failpoint;
 

@@ -27,10 +27,10 @@ use super::{
     txn::{self, SwitchPlan},
 };
 use crate::{
-    compile::tables::{AddrEntry4, AddrEntry6, CompiledPhase, PhaseSettings, PortEntry},
-    loader::AttachMode,
-    policy_source::{self, LoadedPhase},
-    state::{Enforced, InstanceState},
+    policy::compile::tables::{AddrEntry4, AddrEntry6, CompiledPhase, PhaseSettings, PortEntry},
+    kernel::loader::AttachMode,
+    source::{self, LoadedPhase},
+    instance::state::{Enforced, InstanceState},
 };
 
 /// Counts steps; from step `at` on, every step fails (the process is dead).
@@ -239,7 +239,7 @@ phases:
 
 fn phase(name: &str) -> LoadedPhase {
     let copy = PolicyCopy { policy_text: POLICY.to_string(), env_text: None };
-    policy_source::load_phase_text("crash-test.yaml", None, copy, name).expect("the test policy compiles")
+    source::load_phase_text("crash-test.yaml", None, copy, name).expect("the test policy compiles")
 }
 
 fn plan(name: &str, confirm_deadline: Option<u64>) -> SwitchPlan {
@@ -336,7 +336,7 @@ fn check(store: &MemStore, records: &MemRecords, allowed: &[&str], context: &str
     phase.to_string()
 }
 
-fn phase_rules(name: &str) -> Vec<crate::compile::tables::RuleInfo> {
+fn phase_rules(name: &str) -> Vec<crate::policy::compile::tables::RuleInfo> {
     phase(name).compiled.rules
 }
 
@@ -368,6 +368,7 @@ fn every_step(
         finish(&mut store, &mut records, &phase).unwrap_or_else(|e| panic!("{context}: then: {e:#}"));
         check(&store, &records, after_finish, &format!("{context}, then finished"));
     }
+    println!("{steps} steps, each interrupted once: 0 inconsistencies");
     steps
 }
 

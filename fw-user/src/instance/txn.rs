@@ -29,8 +29,8 @@ use super::{
     store::PolicyStore,
 };
 use crate::{
-    compile::tables::CompiledPhase,
-    state::{Enforced, InstanceState, PendingConfirm, Switching},
+    policy::compile::tables::CompiledPhase,
+    instance::state::{Enforced, InstanceState, PendingConfirm, Switching},
 };
 
 /// What the kernel's active generation means for a state file.

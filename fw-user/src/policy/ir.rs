@@ -10,7 +10,7 @@
 use fw_common::{Action, Direction};
 use ipnet::IpNet;
 
-use crate::compile::tables::PhaseSettings;
+use crate::policy::compile::tables::PhaseSettings;
 
 /// A place in the policy file, 1-based (0 when a value has no position, e.g.
 /// a policy built in a test).

@@ -26,7 +26,7 @@
 //!   how to set the range (or reserve the ports).
 //!
 //! Every lint looks only at the phases it is given compiled, so that the
-//! loading step of one phase (`policy_source::load_phase`, shared by `fw
+//! loading step of one phase (`source::load_phase`, shared by `fw
 //! run` and `fw switch`) reports exactly what `fw check --phase` does.
 
 use std::collections::HashSet;
@@ -40,7 +40,7 @@ use super::{
     error::Warning,
     ir::{Policy, PortRange, Protocols, Rule},
 };
-use crate::compile::tables::CompiledPhase;
+use crate::policy::compile::tables::CompiledPhase;
 
 /// The code of the open-egress warning.
 pub const OPEN_EGRESS: &str = "open-egress";

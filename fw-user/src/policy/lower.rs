@@ -21,7 +21,7 @@ use super::{
     vars::{ExpandError, Vars},
     Resolve,
 };
-use crate::compile::tables::PhaseSettings;
+use crate::policy::compile::tables::PhaseSettings;
 use fw_common::{flow::timeouts, FlowTimeouts};
 
 /// A timeout: `90`, `90s`, `10m`, `2h` or `5d`, from a second to a year.

@@ -1,41 +1,46 @@
 //! The policy language: YAML in, a validated [`ir::Policy`] out.
 //!
+//! This folder is the pure core of fw: text in, tables and verdicts out,
+//! with no kernel, async runtime or libc (tests/architecture.rs checks its
+//! imports). Reading files is `crate::source`'s.
+//!
 //! Pipeline (one concern per module):
-//! * [`file`] reads a policy or env file: regular files under a size limit;
 //! * [`raw`] reads YAML into structs that keep every value's line and column
 //!   and rejects unknown keys and wrong shapes;
 //! * [`vars`] expands `${NAME}` from an env file or the environment;
 //! * [`address`] and [`protocols`] give meaning to peer entries and to
 //!   protocols/ports;
 //! * [`lower`] validates and normalizes into [`ir`], resolving host names;
-//! * [`lint`] finds what is legal but suspicious (needs the compiled phases).
+//! * [`lint`] finds what is legal but suspicious (needs the compiled phases);
+//! * [`compile`] turns a phase into the kernel's tables; [`eval`] is the
+//!   reference evaluator the compiler is tested against (kept apart from
+//!   it); [`explain`], [`export`] and [`report`] read the tables.
 //!
 //! Public API:
-//! * [`load`]`(path, &Vars) -> Result<LoadedPolicy, PolicyError>`: read and
-//!   validate a file, resolving host names with the system resolver;
 //! * [`parse_str`]`(text, file, &Vars)`: the same from a string (`file` only
 //!   labels diagnostics);
 //! * [`parse_str_with_resolver`]`(text, file, &Vars, &Resolve)`: with the
 //!   resolver given (tests use a fake one, never real DNS);
-//! * [`Vars::from_env_file`]`(Option<&Path>)`, [`Vars::from_pairs`];
+//! * [`Vars::from_env_text`], [`Vars::from_process_env`], [`Vars::from_pairs`];
 //! * [`lint::lint`]`(&Policy, &[CompiledPhase]) -> Vec<Warning>`.
 //!
 //! The semantics are written out in `docs/policy.md`.
 
 mod address;
+pub mod compile;
 pub mod error;
-pub mod file;
+pub mod eval;
+pub mod explain;
+pub mod export;
 pub mod ir;
 pub mod lint;
 mod lower;
 pub mod protocols;
 mod raw;
+pub mod report;
 pub mod vars;
 
-use std::{
-    net::{IpAddr, ToSocketAddrs},
-    path::Path,
-};
+use std::net::{IpAddr, ToSocketAddrs};
 
 pub use self::{
     error::{ErrorKind, PolicyError, Warning},
@@ -57,14 +62,6 @@ pub type Resolve = dyn Fn(&str) -> Result<Vec<IpAddr>, String>;
 /// The system resolver (`getaddrinfo`, so /etc/hosts and DNS).
 pub fn system_resolve(host: &str) -> Result<Vec<IpAddr>, String> {
     (host, 0u16).to_socket_addrs().map(|addrs| addrs.map(|a| a.ip()).collect()).map_err(|e| e.to_string())
-}
-
-/// Reads (a regular file only, see [`file`]) and validates the policy at
-/// `path`.
-pub fn load(path: &Path, vars: &Vars) -> Result<LoadedPolicy, PolicyError> {
-    let file = path.display().to_string();
-    let text = file::read_text(path, &file)?;
-    parse_str(&text, &file, vars)
 }
 
 /// Validates policy text, resolving names with the system resolver; `file`

@@ -12,7 +12,6 @@ use marked_yaml::{
 
 use super::{
     error::{ErrorKind, PolicyError},
-    file::skip_bom,
     ir::Pos,
 };
 
@@ -315,3 +314,12 @@ impl Reader<'_> {
 fn scalar_text(scalar: &MarkedScalarNode) -> Text {
     Text { value: scalar.as_str().to_string(), pos: pos_of(scalar.span()) }
 }
+
+/// A UTF-8 byte order mark, which some Windows editors write first: not
+/// part of the text (YAML and env readers would make it part of the first
+/// key).
+pub(crate) fn skip_bom(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
+}
+
+

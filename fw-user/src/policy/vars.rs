@@ -1,11 +1,11 @@
 //! `${NAME}` variables: values from an env file (the `KEY=VALUE` format of
 //! OpenVidu's `/opt/openvidu/.env`), else from the process environment.
 
-use std::{collections::HashMap, path::Path};
+use std::collections::HashMap;
 
 use super::{
     error::{ErrorKind, PolicyError},
-    file::{read_text, skip_bom},
+    raw::skip_bom,
     ir::Pos,
 };
 
@@ -28,16 +28,9 @@ pub(crate) enum ExpandError {
 }
 
 impl Vars {
-    /// Values of `env_file` (if given; a regular file, see [`super::file`]),
-    /// then the process environment.
-    pub fn from_env_file(env_file: Option<&Path>) -> Result<Vars, PolicyError> {
-        let mut vars = Vars { file_values: HashMap::new(), use_process_env: true };
-        if let Some(path) = env_file {
-            let file = path.display().to_string();
-            let text = read_text(path, &file)?;
-            vars.file_values = parse_env_file(&file, &text)?;
-        }
-        Ok(vars)
+    /// The process environment only (no env file).
+    pub fn from_process_env() -> Vars {
+        Vars { file_values: HashMap::new(), use_process_env: true }
     }
 
     /// Values of env-file text read elsewhere (`file` names it in errors),

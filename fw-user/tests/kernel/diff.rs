@@ -420,7 +420,7 @@ impl Driver {
             &fw_user::policy::Vars::from_pairs(Vec::<(String, String)>::new()),
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        let compiled = fw_user::compile::compile_phase(&loaded.policy, phase).expect("compiles");
+        let compiled = fw_user::policy::compile::compile_phase(&loaded.policy, phase).expect("compiles");
         let previous = self.active.phase.as_ref().map(|_| self.active.generation);
         let generation = previous.map_or(1, |g| g.wrapping_add(1));
         self.kernel.switch(&compiled, generation, previous);

@@ -12,9 +12,9 @@ use fw_common::{
 
 use crate::model::Table;
 use fw_user::{
-    apply,
-    compile::tables::CompiledPhase,
-    loader::{self, LoadOptions, PolicyMaps},
+    kernel::apply,
+    policy::compile::tables::CompiledPhase,
+    kernel::loader::{self, LoadOptions, PolicyMaps},
 };
 
 pub const TC_ACT_SHOT: u32 = 2;

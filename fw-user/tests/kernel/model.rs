@@ -84,7 +84,7 @@ use fw_common::{
     },
     Action, Direction, FlowKey, FlowValue, FragKey, FragValue, PolicyValue, Reason,
 };
-use fw_user::compile::tables::{CompiledPhase, PhaseSettings, TableVerdict};
+use fw_user::policy::compile::tables::{CompiledPhase, PhaseSettings, TableVerdict};
 
 pub const NO_RULE: u32 = u32::MAX;
 /// The parser's look-ahead window (see the module docs).

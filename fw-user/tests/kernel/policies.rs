@@ -5,7 +5,7 @@
 //! other, both defaults and audit mode.
 
 use fw_user::{
-    compile::{compile_phase, tables::CompiledPhase},
+    policy::compile::{compile_phase, tables::CompiledPhase},
     policy::{self, Vars},
 };
 

@@ -7,7 +7,7 @@ use fw_common::{
     stats::stats_index,
     Direction, FlowKey, FlowValue, Reason,
 };
-use fw_user::loader::{Capacity, LoadOptions};
+use fw_user::kernel::loader::{Capacity, LoadOptions};
 
 use crate::{
     gen::LOCAL4,
@@ -233,7 +233,7 @@ fn an_inbound_flood_cycles_only_the_probation_table() {
         &fw_user::policy::Vars::from_pairs(Vec::<(String, String)>::new()),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let compiled = fw_user::compile::compile_phase(&policy.policy, "runtime").expect("compiles");
+    let compiled = fw_user::policy::compile::compile_phase(&policy.policy, "runtime").expect("compiles");
     k.switch(&compiled, 1, None);
     let run = |k: &Kernel, d: Direction, f: &[u8]| k.run(d, f).expect("test run");
     let (e, i) = (Direction::Egress, Direction::Inbound);

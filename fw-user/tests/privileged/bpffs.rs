@@ -15,7 +15,7 @@ use std::{
 
 use crate::harness::{
     self,
-    fw::{pin_dir, remove_leftovers, run_args, run_bounded, Finished, Fw, FW},
+    fw::{pin_dir, remove_leftovers, run_args, run_bounded, Finished, Fw, Launch, FW},
     netns::VethPair,
     traffic::{in_netns, tcp_echo, udp_echo, Echo, Outcome, DROP_TIMEOUT, PASS_TIMEOUT},
     unique_name, TempDir,
@@ -118,13 +118,12 @@ fn finding2_the_hosts_bpffs_seen_from_another_mount_namespace_outlives_it() {
     let policy = dir.write("policy.yaml", POLICY);
     // `unshare -m --propagation slave`: another mount namespace, whose
     // /sys/fs/bpf is the host's bpffs (as a container's bind-mount is).
-    let mut fw = Fw::start_wrapped(
+    let mut fw = Fw::start_launch(
         &pair.near,
         &pair.near_if,
         &policy,
         "test",
-        &[],
-        &["unshare", "-m", "--propagation", "slave"],
+        Launch { wrapper: &["unshare", "-m", "--propagation", "slave"], ..Launch::default() },
     );
     assert!(pin_dir(fw.name()).exists(), "the pins must be in the host's bpffs");
     // The process and its mount namespace end; the pins, the links and

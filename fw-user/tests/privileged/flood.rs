@@ -17,7 +17,7 @@ use std::{
 
 use crate::harness::{
     self,
-    fw::Fw,
+    fw::{Fw, Launch},
     metrics,
     netns::VethPair,
     packet::send_udp_flood,
@@ -129,13 +129,16 @@ fn finding7_flood_cannot_evict_established_tcp() {
     let table = env_usize("FW_FLOOD_TABLE").unwrap_or(FLOW_ENTRIES);
     let flows_per_family = env_usize("FW_FLOOD_FLOWS").unwrap_or(FLOOD_FLOWS_PER_TABLE * table);
     let entries = table.to_string();
-    let fw = Fw::start_with_env(
+    let fw = Fw::start_launch(
         &pair.near,
         &pair.near_if,
         &policy,
         "runtime",
-        &["--metrics".as_ref(), "127.0.0.1:0".as_ref()],
-        &[("FW_FLOW_ENTRIES", &entries)],
+        Launch {
+            extra: &["--metrics".as_ref(), "127.0.0.1:0".as_ref()],
+            env: &[("FW_FLOW_ENTRIES", entries.as_ref())],
+            ..Launch::default()
+        },
     );
     let metrics_addr = metrics::address(&fw);
 

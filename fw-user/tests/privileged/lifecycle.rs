@@ -15,7 +15,7 @@ use std::{
 
 use crate::harness::{
     self,
-    fw::{pin_dir, run_bounded, Fw, FW},
+    fw::{pin_dir, run_bounded, Fw, Launch, FW},
     netns::{Netns, VethPair},
     traffic::{in_netns, tcp_echo, Echo, Outcome, DROP_TIMEOUT, PASS_TIMEOUT},
     TempDir,
@@ -208,7 +208,7 @@ fn finding3_recreated_interface_is_enforced_again() {
     wait_enforcing(&fw, "after the interface was created again");
     println!("re-created, up and addressed, and enforced again (fw status 0) within {:?}", recreated.elapsed());
     let back = format!("interface {} is back", site.iface());
-    assert!(fw.log_text().contains(&back), "the daemon must log {back:?}; it printed:\n{}", fw.log_text());
+    assert!(fw.log_has_within(&back, Duration::from_secs(5)), "the daemon must log {back:?}; it printed:\n{}", fw.log_text());
     site.assert_enforced("after the interface was created again");
     let m = scrape(&site.pair.near, metrics);
     assert!(m.lines().any(|l| l == "fw_interface_up 1"), "after re-creation:\n{m}");
@@ -310,8 +310,7 @@ fn finding11_ready_is_sent_once_enforcing() {
         site.iface(),
         &site.policy,
         "test",
-        &[],
-        &[("NOTIFY_SOCKET", socket_path.as_os_str())],
+        Launch { env: &[("NOTIFY_SOCKET", socket_path.as_os_str())], ..Launch::default() },
     );
     let mut buf = [0u8; 4096];
     let mut received = String::new();

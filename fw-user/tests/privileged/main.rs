@@ -16,6 +16,7 @@
 mod answers;
 mod bpffs;
 mod cli;
+mod container;
 mod crash;
 mod e2e;
 mod events;
@@ -27,6 +28,7 @@ mod lifecycle;
 mod observe;
 mod operate;
 mod stateful;
+mod watch;
 /// The kernel tests' deterministic generator, for random kill times.
 #[path = "../kernel/rng.rs"]
 #[allow(dead_code)]

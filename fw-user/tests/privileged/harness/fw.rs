@@ -197,6 +197,22 @@ impl Drops {
     }
 }
 
+/// How a test's `fw run` starts, beyond its interface, policy and phase.
+#[derive(Default)]
+pub struct Launch<'a> {
+    /// More `fw run` arguments (e.g. `--env-file F`).
+    pub extra: &'a [&'a OsStr],
+    /// A command that execs its last arguments in the same process (e.g.
+    /// `unshare -m`), run with `fw` and its arguments appended.
+    pub wrapper: &'a [&'a str],
+    /// Environment variables for `fw run` only (never for the test process:
+    /// tests run in parallel threads of one process).
+    pub env: &'a [(&'a str, &'a OsStr)],
+    /// The instance name (default: a fresh unique one); an earlier process
+    /// may have left pins, state or a boot record under it.
+    pub name: Option<String>,
+}
+
 /// A running `fw run`, from the moment `fw status` says it enforces. On
 /// drop: `fw stop`, kill and reap the process, and remove whatever pins or
 /// state it left.
@@ -234,102 +250,40 @@ impl<'ns> Fw<'ns> {
         phase: &str,
         extra: &[&OsStr],
     ) -> Self {
-        Self::start_full(ns, iface, policy, phase, extra, &[], unique_name())
+        Self::start_launch(ns, iface, policy, phase, Launch { extra, ..Launch::default() })
     }
 
-    /// [`Fw::start_with`] for instance `name` (which may have pins, state
-    /// or a boot record left by an earlier process).
-    pub fn start_named(
+    /// [`Fw::start`] with the options of `launch`; waits until it enforces.
+    pub fn start_launch(
         ns: &'ns Netns,
         iface: &str,
         policy: impl AsRef<OsStr>,
         phase: &str,
-        extra: &[&OsStr],
-        name: String,
+        launch: Launch,
     ) -> Self {
-        Self::start_full(ns, iface, policy, phase, extra, &[], name)
-    }
-
-    /// [`Fw::start_with`], `fw run` started by `wrapper` (a command that
-    /// execs its last arguments in the same process, e.g. `unshare -m`).
-    pub fn start_wrapped(
-        ns: &'ns Netns,
-        iface: &str,
-        policy: impl AsRef<OsStr>,
-        phase: &str,
-        extra: &[&OsStr],
-        wrapper: &[&str],
-    ) -> Self {
-        Self::start_full(ns, iface, policy, phase, extra, wrapper, unique_name())
-    }
-
-    fn start_full(
-        ns: &'ns Netns,
-        iface: &str,
-        policy: impl AsRef<OsStr>,
-        phase: &str,
-        extra: &[&OsStr],
-        wrapper: &[&str],
-        name: String,
-    ) -> Self {
-        let mut fw = Self::spawned(ns, iface, policy, phase, extra, wrapper, &[], name);
+        let mut fw = Self::launch(ns, iface, policy, phase, launch);
         fw.wait_ready();
         fw
     }
 
-    /// [`Fw::start_with`] with `env` set for the `fw run` process.
-    pub fn start_with_env(
-        ns: &'ns Netns,
-        iface: &str,
-        policy: impl AsRef<OsStr>,
-        phase: &str,
-        extra: &[&OsStr],
-        env: &[(&str, &str)],
-    ) -> Self {
-        let env: Vec<(&str, &OsStr)> = env.iter().map(|(k, v)| (*k, OsStr::new(*v))).collect();
-        let mut fw = Self::spawned(ns, iface, policy, phase, extra, &[], &env, unique_name());
-        fw.wait_ready();
-        fw
-    }
-
-    /// Starts `fw run` with `env` added to its environment, without waiting
-    /// for anything: for tests of how it reports readiness itself.
-    pub fn launch(
-        ns: &'ns Netns,
-        iface: &str,
-        policy: impl AsRef<OsStr>,
-        phase: &str,
-        extra: &[&OsStr],
-        env: &[(&str, &OsStr)],
-    ) -> Self {
-        Self::spawned(ns, iface, policy, phase, extra, &[], env, unique_name())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn spawned(
-        ns: &'ns Netns,
-        iface: &str,
-        policy: impl AsRef<OsStr>,
-        phase: &str,
-        extra: &[&OsStr],
-        wrapper: &[&str],
-        env: &[(&str, &OsStr)],
-        name: String,
-    ) -> Self {
+    /// Starts `fw run` without waiting for anything: for tests of how it
+    /// reports readiness itself.
+    pub fn launch(ns: &'ns Netns, iface: &str, policy: impl AsRef<OsStr>, phase: &str, launch: Launch) -> Self {
+        let name = launch.name.unwrap_or_else(unique_name);
         let dir = TempDir::new();
         let log = dir.path().join("fw-run.log");
         let mut args = run_args(iface, policy, phase, &name);
         // A summary a second, unless the test asks for its own interval.
-        if !extra.iter().any(|a| *a == "--interval") {
+        if !launch.extra.iter().any(|a| *a == "--interval") {
             args.extend(["--interval".into(), "1".into()]);
         }
-        args.extend(extra.iter().map(|a| a.to_os_string()));
+        args.extend(launch.extra.iter().map(|a| a.to_os_string()));
         let mut fw = Self {
             ns,
             name,
             args,
-            wrapper: wrapper.iter().map(OsString::from).collect(),
-            env: env.iter().map(|(k, v)| (OsString::from(k), v.to_os_string())).collect(),
+            wrapper: launch.wrapper.iter().map(OsString::from).collect(),
+            env: launch.env.iter().map(|(k, v)| (OsString::from(k), v.to_os_string())).collect(),
             child: None,
             stopped: false,
             log,

@@ -4,6 +4,7 @@
 //! ([`stream`]), crafted or sniffed packets ([`packet`]), and the metrics
 //! endpoint ([`metrics`]).
 
+pub mod container;
 pub mod fw;
 pub mod metrics;
 pub mod netns;

@@ -11,9 +11,9 @@ use anyhow::{Context as _, Result};
 use aya::programs::SchedClassifier;
 use fw_common::maps;
 use fw_user::{
-    apply,
-    compile::{check_capacity, compile_phase, Limits},
-    loader::{self, LoadOptions, PolicyMaps},
+    kernel::apply,
+    policy::compile::{check_capacity, compile_phase, Limits},
+    kernel::loader::{self, LoadOptions, PolicyMaps},
     policy::{parse_str_with_resolver, Vars},
 };
 use serde_json::{json, Value};

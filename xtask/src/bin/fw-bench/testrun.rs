@@ -25,9 +25,9 @@ use aya::{
 };
 use fw_common::maps;
 use fw_user::{
-    apply,
-    compile::{check_capacity, compile_phase, Limits},
-    loader::{self, LoadOptions, PolicyMaps},
+    kernel::apply,
+    policy::compile::{check_capacity, compile_phase, Limits},
+    kernel::loader::{self, LoadOptions, PolicyMaps},
     policy::{parse_str_with_resolver, Vars},
 };
 use serde_json::{json, Value};

@@ -1,0 +1,230 @@
+//! The only module that writes policy into the kernel maps.
+//!
+//! A phase is written into the keys of a *new* generation, which no packet
+//! matches yet; then [`activate`] publishes it with one 4-byte map write;
+//! then the previous generation's keys are deleted. At no moment does a
+//! packet see a partly written policy. The order of these steps, and what
+//! survives an interruption between any two of them, is `instance::txn`'s.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use aya::maps::{lpm_trie::Key, MapData, PerCpuValues};
+use fw_common::{Config, Counter, PhaseConfig};
+
+use crate::{
+    policy::compile::tables::CompiledPhase,
+    kernel::loader::{CounterMaps, PolicyMaps},
+};
+
+/// Writes every entry of `phase` under `generation` (not yet active);
+/// `step` runs before each map write (the failpoints of the crash tests).
+/// Returns the number of trie entries written.
+pub fn write_generation(
+    maps: &mut PolicyMaps,
+    phase: &CompiledPhase,
+    generation: u32,
+    step: &mut dyn FnMut(),
+) -> Result<usize> {
+    for e in &phase.addr4 {
+        step();
+        let (bits, key) = e.key(generation);
+        maps.addr4
+            .insert(&Key::new(bits, key), e.class, 0)
+            .with_context(|| format!("writing {}/{} to FW_ADDR4", e.addr, e.prefix_len))?;
+    }
+    for e in &phase.addr6 {
+        step();
+        let (bits, key) = e.key(generation);
+        maps.addr6
+            .insert(&Key::new(bits, key), e.class, 0)
+            .with_context(|| format!("writing {}/{} to FW_ADDR6", e.addr, e.prefix_len))?;
+    }
+    for e in &phase.ports {
+        step();
+        let (bits, key) = e.key(generation);
+        maps.ports
+            .insert(&Key::new(bits, key), e.value, 0)
+            .with_context(|| format!("writing class {} port entry to FW_PORTS", e.class))?;
+    }
+    let settings = PhaseConfig {
+        egress_default: phase.settings.egress_default as u8,
+        inbound_default: phase.settings.inbound_default as u8,
+        audit: u8::from(phase.settings.audit),
+        reject: u8::from(phase.settings.reject),
+        timeouts: phase.settings.timeouts,
+    };
+    step();
+    maps.phases
+        .set(generation & 1, settings, 0)
+        .context("writing the phase settings to FW_PHASES")?;
+    Ok(phase.addr4.len() + phase.addr6.len() + phase.ports.len())
+}
+
+/// Makes `generation` the one every packet is judged by.
+pub fn activate(maps: &mut PolicyMaps, generation: u32) -> Result<()> {
+    maps.config
+        .set(0, Config { generation }, 0)
+        .context("writing the active generation to FW_CONFIG")
+}
+
+/// The active generation.
+pub fn active_generation(maps: &PolicyMaps) -> Result<u32> {
+    Ok(maps.config.get(&0, 0).context("reading FW_CONFIG")?.generation)
+}
+
+/// Deletes every entry of `generation` (never the active one: callers
+/// check); `step` runs before each deletion.
+pub fn delete_generation(maps: &mut PolicyMaps, generation: u32, step: &mut dyn FnMut()) -> Result<usize> {
+    let gen = generation.to_be_bytes();
+    let mut removed = 0;
+    removed += remove_where(&mut maps.addr4, |k| k.generation == gen, step)?;
+    removed += remove_where(&mut maps.addr6, |k| k.generation == gen, step)?;
+    removed += remove_where(&mut maps.ports, |k| k.generation == gen, step)?;
+    Ok(removed)
+}
+
+fn remove_where<K: aya::Pod, V: aya::Pod>(
+    trie: &mut aya::maps::LpmTrie<MapData, K, V>,
+    matches: impl Fn(&K) -> bool,
+    step: &mut dyn FnMut(),
+) -> Result<usize> {
+    // Collect first: deleting while walking get_next_key restarts the walk.
+    let doomed: Vec<Key<K>> = trie
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| matches(&k.data()))
+        .collect();
+    for key in &doomed {
+        step();
+        trie.remove(key).context("deleting an old-generation entry")?;
+    }
+    Ok(doomed.len())
+}
+
+/// Entries per generation in the three policy tries.
+pub fn generations(maps: &PolicyMaps) -> Result<BTreeMap<u32, usize>> {
+    let mut seen = BTreeMap::new();
+    let mut count = |gen: [u8; 4]| *seen.entry(u32::from_be_bytes(gen)).or_insert(0) += 1;
+    maps.addr4.keys().filter_map(|k| k.ok()).for_each(|k| count(k.data().generation));
+    maps.addr6.keys().filter_map(|k| k.ok()).for_each(|k| count(k.data().generation));
+    maps.ports.keys().filter_map(|k| k.ok()).for_each(|k| count(k.data().generation));
+    Ok(seen)
+}
+
+/// The highest generation a tracked flow (of either table) was admitted or
+/// re-checked under.
+pub fn highest_flow_generation(maps: &PolicyMaps) -> Result<u32> {
+    let flows = maps.flows.iter().filter_map(|e| e.ok()).map(|(_, v)| v.generation);
+    let flows_in = maps.flows_in.iter().filter_map(|e| e.ok()).map(|(_, v)| v.generation);
+    Ok(flows.chain(flows_in).max().unwrap_or(0))
+}
+
+/// Zeroes the per-rule counters of ids `0..rules`.
+pub fn zero_rule_counters(counters: &mut CounterMaps, rules: usize) -> Result<()> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
+    for id in 0..rules as u32 {
+        let zeros = PerCpuValues::try_from(vec![Counter::default(); cpus])?;
+        counters.rule_stats.set(id, zeros, 0).context("zeroing rule counters")?;
+    }
+    Ok(())
+}
+
+/// Reads a generation's entries back out of the kernel maps: what
+/// `fw explain --name` judges by, so it reports what is enforced. The phase
+/// name and rules are not in the kernel: the caller fills them in.
+pub fn read_generation(maps: &PolicyMaps, generation: u32) -> Result<CompiledPhase> {
+    use crate::policy::compile::tables::{AddrEntry4, AddrEntry6, PhaseSettings, PortEntry};
+    use fw_common::{
+        policy::{ADDR_KEY_FIXED_BITS, PORT_KEY_CLASS_BITS, PORT_KEY_PROTO_BITS},
+        Action, Direction,
+    };
+
+    let gen = generation.to_be_bytes();
+    let settings = maps.phases.get(&(generation & 1), 0).context("reading FW_PHASES")?;
+    let direction = |d: u8| if d == Direction::Inbound as u8 { Direction::Inbound } else { Direction::Egress };
+    let mut phase = CompiledPhase {
+        phase: String::new(),
+        settings: PhaseSettings {
+            egress_default: Action::from_u8(settings.egress_default),
+            inbound_default: Action::from_u8(settings.inbound_default),
+            audit: settings.audit != 0,
+            reject: settings.reject != 0,
+            timeouts: settings.timeouts.or_default(),
+        },
+        addr4: Vec::new(),
+        addr6: Vec::new(),
+        ports: Vec::new(),
+        rules: Vec::new(),
+    };
+    for item in maps.addr4.iter() {
+        let (key, class) = item.context("reading FW_ADDR4")?;
+        let data = key.data();
+        if data.generation == gen {
+            let prefix_len = (key.prefix_len() - ADDR_KEY_FIXED_BITS) as u8;
+            phase.addr4.push(AddrEntry4 { direction: direction(data.direction), addr: data.addr.into(), prefix_len, class });
+        }
+    }
+    for item in maps.addr6.iter() {
+        let (key, class) = item.context("reading FW_ADDR6")?;
+        let data = key.data();
+        if data.generation == gen {
+            let prefix_len = (key.prefix_len() - ADDR_KEY_FIXED_BITS) as u8;
+            phase.addr6.push(AddrEntry6 { direction: direction(data.direction), addr: data.addr.into(), prefix_len, class });
+        }
+    }
+    for item in maps.ports.iter() {
+        let (key, value) = item.context("reading FW_PORTS")?;
+        let data = key.data();
+        if data.generation == gen {
+            let bits = key.prefix_len();
+            let (proto, port, port_prefix_len) = if bits <= PORT_KEY_CLASS_BITS {
+                (None, 0, 0)
+            } else {
+                (Some(data.proto), data.port(), (bits - PORT_KEY_PROTO_BITS) as u8)
+            };
+            phase.ports.push(PortEntry { class: data.class(), proto, port, port_prefix_len, value });
+        }
+    }
+    phase.addr4.sort();
+    phase.addr6.sort();
+    phase.ports.sort();
+    Ok(phase)
+}
+
+/// How full the maps are.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct EntryCounts {
+    /// Entries of the given generation.
+    pub addr4: usize,
+    pub addr6: usize,
+    pub ports: usize,
+    /// Tracked flows (all generations, expired ones not yet evicted
+    /// included) in the protected table: flows this host opened and
+    /// established inbound TCP connections.
+    pub flows: usize,
+    /// The same in the probation table: flows inbound packets opened.
+    pub flows_in: usize,
+    /// Entries of every other generation: the rollback target of a switch
+    /// awaiting confirmation, else leftovers the next command collects.
+    pub other_generations: usize,
+}
+
+pub fn count_entries(maps: &PolicyMaps, generation: u32) -> Result<EntryCounts> {
+    let gen = generation.to_be_bytes();
+    let mine = |g: [u8; 4]| g == gen;
+    let (mut counts, mut other) = (EntryCounts::default(), 0);
+    for k in maps.addr4.keys().filter_map(|k| k.ok()) {
+        if mine(k.data().generation) { counts.addr4 += 1 } else { other += 1 }
+    }
+    for k in maps.addr6.keys().filter_map(|k| k.ok()) {
+        if mine(k.data().generation) { counts.addr6 += 1 } else { other += 1 }
+    }
+    for k in maps.ports.keys().filter_map(|k| k.ok()) {
+        if mine(k.data().generation) { counts.ports += 1 } else { other += 1 }
+    }
+    counts.flows = maps.flows.keys().filter_map(|k| k.ok()).count();
+    counts.flows_in = maps.flows_in.keys().filter_map(|k| k.ok()).count();
+    counts.other_generations = other;
+    Ok(counts)
+}

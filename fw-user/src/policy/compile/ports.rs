@@ -1,0 +1,236 @@
+//! Port entries of one address class: the contents of `FW_PORTS`.
+//!
+//! For a class, the deciding rule of a (protocol, port) is the first matching
+//! deny rule in file order, else the first matching allow rule, else none
+//! (phase default). The entries encode that with longest-prefix match:
+//!
+//! * one class-level "any protocol" entry holds the decision of the rules
+//!   with `proto: any` (which is what a protocol that no rule names gets);
+//! * for each protocol that a rule of the class names, the port space is cut
+//!   into maximal segments of constant decision, and each segment whose
+//!   decision differs from the any-protocol one is written as its minimal
+//!   cover of aligned prefixes. Segments with the same decision need no
+//!   entry: the lookup falls back to the shorter any-protocol entry.
+//!
+//! A segment can never be undecided while the any-protocol decision exists:
+//! a `proto: any` rule matches every port of every protocol.
+
+use std::collections::{BTreeSet, HashSet};
+
+use fw_common::{Action, PolicyValue};
+
+use crate::{
+    policy::compile::tables::PortEntry,
+    policy::ir::{PortRange, Protocols, Rule},
+};
+
+/// The minimal cover of `lo..=hi` by aligned power-of-two blocks, as
+/// (first port, prefix length in bits of the 16-bit port). Empty if `lo > hi`.
+pub fn range_to_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
+    let mut blocks = Vec::new();
+    let mut start = u32::from(lo);
+    let end = u32::from(hi) + 1; // exclusive; may be 65536
+    while start < end {
+        // The largest block that starts aligned at `start` and fits before
+        // `end`. `start == 0` is aligned to everything.
+        let mut size_log2 = if start == 0 { 16 } else { start.trailing_zeros().min(16) };
+        while start + (1 << size_log2) > end {
+            size_log2 -= 1;
+        }
+        blocks.push((start as u16, (16 - size_log2) as u8));
+        start += 1 << size_log2;
+    }
+    blocks
+}
+
+/// The entries of `class`, whose rules (`rule_ids`, ascending = file order)
+/// are looked up in `all_rules` (indexed by rule id).
+pub(crate) fn class_port_entries(class: u32, rule_ids: &[u32], all_rules: &[Rule]) -> Vec<PortEntry> {
+    let rules: Vec<&Rule> = rule_ids.iter().map(|&id| &all_rules[id as usize]).collect();
+    let value_of = |id: u32| PolicyValue::new(id, all_rules[id as usize].action);
+    let mut entries = Vec::new();
+
+    let any_protocol_rules: Vec<&Rule> = rules.iter().copied().filter(|r| r.protocols == Protocols::Any).collect();
+    let any_protocol_decision = first_deny_else_first_allow(any_protocol_rules.iter().map(|r| (r.id, r.action)));
+    if let Some(id) = any_protocol_decision {
+        entries.push(PortEntry { class, proto: None, port: 0, port_prefix_len: 0, value: value_of(id) });
+    }
+
+    let named_protocols: BTreeSet<u8> = rules
+        .iter()
+        .filter_map(|r| match &r.protocols {
+            Protocols::Any => None,
+            Protocols::Only(list) => Some(list.iter().map(|p| p.proto)),
+        })
+        .flatten()
+        .collect();
+
+    for proto in named_protocols {
+        // Every rule of the class that matches some port of `proto`, with
+        // the ports it matches there.
+        let covering: Vec<(&Rule, &[PortRange])> = rules
+            .iter()
+            .filter_map(|r| match &r.protocols {
+                Protocols::Any => Some((*r, std::slice::from_ref(&PortRange::ALL))),
+                Protocols::Only(list) => list.iter().find(|p| p.proto == proto).map(|p| (*r, p.ports.as_slice())),
+            })
+            .collect();
+        for segment in constant_decision_segments(&covering) {
+            // Undecided segments cannot occur when an any-protocol decision
+            // exists (see the module docs), and need no entry otherwise.
+            let Some(id) = segment.decision else { continue };
+            if Some(id) == any_protocol_decision {
+                continue;
+            }
+            for (port, port_prefix_len) in range_to_prefixes(segment.first, segment.last) {
+                entries.push(PortEntry { class, proto: Some(proto), port, port_prefix_len, value: value_of(id) });
+            }
+        }
+    }
+    entries
+}
+
+/// The precedence rule, over (rule id, action) pairs in file order.
+fn first_deny_else_first_allow(rules: impl Iterator<Item = (u32, Action)> + Clone) -> Option<u32> {
+    let first_with = |wanted: Action| rules.clone().find(|(_, a)| *a == wanted).map(|(id, _)| id);
+    first_with(Action::Deny).or_else(|| first_with(Action::Allow))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Segment {
+    first: u16,
+    last: u16,
+    /// Deciding rule id, `None`: no rule matches.
+    decision: Option<u32>,
+}
+
+/// Cuts 0..=65535 into maximal segments of constant decision with one sweep
+/// over the range boundaries, keeping the active deny and allow rules in
+/// ordered sets (the smallest id is the first in file order).
+fn constant_decision_segments(covering: &[(&Rule, &[PortRange])]) -> Vec<Segment> {
+    const END: u32 = 1 << 16;
+    // (position, rule id, action, starts here?) - positions are u32 so that
+    // the end of a range reaching 65535 can be written as 65536.
+    let mut events: Vec<(u32, u32, Action, bool)> = Vec::new();
+    for (rule, ranges) in covering {
+        for range in *ranges {
+            events.push((u32::from(range.first), rule.id, rule.action, true));
+            events.push((u32::from(range.last) + 1, rule.id, rule.action, false));
+        }
+    }
+    events.sort_unstable_by_key(|&(pos, id, _, starts)| (pos, starts, id));
+
+    let mut active_deny: BTreeSet<u32> = BTreeSet::new();
+    let mut active_allow: BTreeSet<u32> = BTreeSet::new();
+    let mut segments: Vec<Segment> = Vec::new();
+    let mut pos = 0u32;
+    let mut next_event = 0usize;
+    while pos < END {
+        while next_event < events.len() && events[next_event].0 == pos {
+            let (_, id, action, starts) = events[next_event];
+            let set = if action == Action::Deny { &mut active_deny } else { &mut active_allow };
+            if starts {
+                set.insert(id);
+            } else {
+                set.remove(&id);
+            }
+            next_event += 1;
+        }
+        let until = events.get(next_event).map_or(END, |e| e.0); // exclusive
+        let decision = active_deny.first().or(active_allow.first()).copied();
+        match segments.last_mut() {
+            Some(prev) if prev.decision == decision => prev.last = (until - 1) as u16,
+            _ => segments.push(Segment { first: pos as u16, last: (until - 1) as u16, decision }),
+        }
+        pos = until;
+    }
+    debug_assert!(segments.iter().map(|s| s.first).collect::<HashSet<_>>().len() == segments.len());
+    segments
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Brute force: the ports each block covers, checked against the range,
+    /// plus minimality against the greedy bound (no two blocks merge).
+    fn covered(blocks: &[(u16, u8)]) -> Vec<u32> {
+        let mut ports: Vec<u32> = blocks
+            .iter()
+            .flat_map(|&(start, len)| {
+                let size = 1u32 << (16 - u32::from(len));
+                assert_eq!(u32::from(start) % size, 0, "block {start}/{len} is not aligned");
+                u32::from(start)..u32::from(start) + size
+            })
+            .collect();
+        ports.sort_unstable();
+        ports
+    }
+
+    /// The minimal number of aligned blocks covering lo..=hi, by dynamic
+    /// programming over every aligned block (independent of the greedy code).
+    fn minimal_block_count(lo: u32, hi: u32) -> usize {
+        let mut best = vec![usize::MAX; (hi - lo + 2) as usize];
+        best[0] = 0;
+        for start in lo..=hi {
+            let here = best[(start - lo) as usize];
+            if here == usize::MAX {
+                continue;
+            }
+            for log2 in 0..=16u32 {
+                let size = 1u32 << log2;
+                if start % size != 0 || start + size - 1 > hi {
+                    continue;
+                }
+                let next = (start + size - lo) as usize;
+                best[next] = best[next].min(here + 1);
+            }
+        }
+        best[(hi - lo + 1) as usize]
+    }
+
+    #[test]
+    fn documented_cover_sizes() {
+        assert_eq!(range_to_prefixes(40000, 65535).len(), 6);
+        assert_eq!(range_to_prefixes(10000, 50000).len(), 13);
+        assert_eq!(range_to_prefixes(0, 65535), vec![(0, 0)]);
+        assert_eq!(range_to_prefixes(443, 443), vec![(443, 16)]);
+        assert_eq!(range_to_prefixes(65535, 65535), vec![(65535, 16)]);
+        assert_eq!(range_to_prefixes(5, 4), vec![]);
+    }
+
+    #[test]
+    fn cover_is_exact_and_minimal_for_every_small_range() {
+        for lo in 0..=70u16 {
+            for hi in lo..=70u16 {
+                let blocks = range_to_prefixes(lo, hi);
+                assert_eq!(covered(&blocks), (u32::from(lo)..=u32::from(hi)).collect::<Vec<_>>(), "{lo}-{hi}");
+                assert_eq!(blocks.len(), minimal_block_count(lo.into(), hi.into()), "{lo}-{hi}");
+            }
+        }
+    }
+
+    #[test]
+    fn cover_is_exact_and_minimal_near_the_top_and_at_random_spots() {
+        let mut spots: Vec<(u16, u16)> = Vec::new();
+        for lo in 65480..=65535u16 {
+            for hi in lo..=65535u16 {
+                spots.push((lo, hi));
+            }
+        }
+        // A fixed pseudo-random walk (no rand crate needed) over wide ranges.
+        let mut x: u32 = 0x9e37_79b9;
+        for _ in 0..40 {
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let a = (x >> 16) as u16;
+            x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let b = (x >> 16) as u16;
+            spots.push((a.min(b), a.max(b)));
+        }
+        for (lo, hi) in spots {
+            let blocks = range_to_prefixes(lo, hi);
+            assert_eq!(covered(&blocks), (u32::from(lo)..=u32::from(hi)).collect::<Vec<_>>(), "{lo}-{hi}");
+            assert_eq!(blocks.len(), minimal_block_count(lo.into(), hi.into()), "{lo}-{hi}");
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Where a policy comes from (the only module besides the kernel's that
+//! touches files for the policy core): a file, or one of the policies shipped inside
+//! the binary (so `cargo xtask run` on a fresh server needs no file), and the
+//! one path from `--policy` to a compiled phase used by every command.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context, Result};
+
+pub mod file;
+
+use crate::{
+    policy::compile::{self, tables::CompiledPhase},
+    instance::records::PolicyCopy,
+    policy::{self, lint, LoadedPolicy, Vars, Warning},
+};
+
+/// The shipped policies, by name.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("openvidu-ce", include_str!("../../../policies/openvidu-ce.yaml")),
+    ("openvidu-pro-master", include_str!("../../../policies/openvidu-pro-master.yaml")),
+    ("openvidu-media-node", include_str!("../../../policies/openvidu-media-node.yaml")),
+    ("vonage-webrtc-client", include_str!("../../../policies/vonage-webrtc-client.yaml")),
+];
+
+/// OpenVidu keeps its configuration here; its variables fill the shipped
+/// OpenVidu policies when no `--env-file` is given.
+pub const OPENVIDU_ENV: &str = "/opt/openvidu/.env";
+
+/// A policy's text and the label its errors are reported under.
+pub struct PolicyText {
+    /// The file's canonical path (absolute, no symlinks, no `..`), or
+    /// `builtin:NAME`. Instances record it, so a later `fw switch` run from
+    /// another directory reads the same file.
+    pub label: String,
+    pub text: String,
+}
+
+impl PolicyText {
+    /// `arg` is a path to a file, or a shipped policy's name (bare or as
+    /// `builtin:NAME`, the label a running instance records). A file must be
+    /// a regular file of at most 64 MiB ([`policy::file`]).
+    pub fn resolve(arg: &str) -> Result<PolicyText> {
+        let arg = arg.strip_prefix("builtin:").unwrap_or(arg);
+        let path = Path::new(arg);
+        if path.exists() || arg.contains('/') || arg.ends_with(".yaml") || arg.ends_with(".yml") {
+            let canonical = std::fs::canonicalize(path).with_context(|| format!("reading policy file {arg}"))?;
+            let label = canonical.display().to_string();
+            let text = file::read_text(&canonical, &label)?;
+            return Ok(PolicyText { label, text });
+        }
+        let (name, text) = BUILTIN.iter().find(|(name, _)| *name == arg).ok_or_else(|| {
+            let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
+            anyhow!("no policy file {arg}, and it is not a shipped policy ({})", names.join(", "))
+        })?;
+        Ok(PolicyText { label: format!("builtin:{name}"), text: text.to_string() })
+    }
+}
+
+/// The env file to read: the one given (canonical when it exists, so that
+/// the path an instance records means the same file from any directory),
+/// else OpenVidu's when it exists.
+pub fn env_file(given: Option<&Path>) -> Option<PathBuf> {
+    given.map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())).or_else(|| {
+        let default = PathBuf::from(OPENVIDU_ENV);
+        default.exists().then_some(default)
+    })
+}
+
+pub struct LoadedPhase {
+    /// Canonical path or `builtin:NAME`.
+    pub source: String,
+    /// The env file the variables came from.
+    pub env_file: Option<PathBuf>,
+    /// The policy's `name:`.
+    pub policy_name: String,
+    pub compiled: CompiledPhase,
+    /// What `fw check --phase` reports for this phase: the warnings of
+    /// loading the policy, then the lints of the phase. Commands that apply
+    /// it print them; [`Warning::is_open_egress`] marks the one that needs
+    /// `--force`.
+    pub warnings: Vec<Warning>,
+    /// The text it was compiled from (kept for the boot record).
+    pub copy: PolicyCopy,
+}
+
+/// `--policy` and `--env-file` -> the validated policy, its label and text.
+pub fn load_policy(policy_arg: &str, env: Option<&Path>) -> Result<(String, LoadedPolicy, PolicyCopy)> {
+    let text = PolicyText::resolve(policy_arg)?;
+    let env = env_file(env);
+    let env_text = env
+        .as_deref()
+        .map(|p| file::read_text(p, &p.display().to_string()))
+        .transpose()?;
+    let copy = PolicyCopy { policy_text: text.text, env_text };
+    let loaded = parse_copy(&text.label, env.as_deref(), &copy)?;
+    Ok((text.label, loaded, copy))
+}
+
+fn parse_copy(label: &str, env: Option<&Path>, copy: &PolicyCopy) -> Result<LoadedPolicy> {
+    let vars = match (&copy.env_text, env) {
+        (Some(text), Some(path)) => Vars::from_env_text(&path.display().to_string(), text)?,
+        (Some(text), None) => Vars::from_env_text("env file", text)?,
+        (None, _) => Vars::from_process_env(),
+    };
+    Ok(policy::parse_str(&copy.policy_text, label, &vars)?)
+}
+
+/// `--policy`, `--env-file`, `--phase` -> a compiled, capacity-checked
+/// phase and its warnings. Every command that applies a phase (run, switch,
+/// learn) comes through here, so they all see what `fw check` shows.
+pub fn load_phase(policy_arg: &str, env: Option<&Path>, phase: &str) -> Result<LoadedPhase> {
+    let env = env_file(env);
+    let (label, loaded, copy) = load_policy(policy_arg, env.as_deref())?;
+    compile_loaded(label, env, loaded, copy, phase)
+}
+
+/// A phase of policy text kept earlier (a boot record's copy, `fw learn`'s
+/// own policy); `label` and `env` name where it came from, in messages.
+pub fn load_phase_text(label: &str, env: Option<&Path>, copy: PolicyCopy, phase: &str) -> Result<LoadedPhase> {
+    let loaded = parse_copy(label, env, &copy)?;
+    compile_loaded(label.to_string(), env.map(Path::to_path_buf), loaded, copy, phase)
+}
+
+fn compile_loaded(
+    label: String,
+    env_file: Option<PathBuf>,
+    loaded: LoadedPolicy,
+    copy: PolicyCopy,
+    phase: &str,
+) -> Result<LoadedPhase> {
+    let compiled = compile::compile_phase(&loaded.policy, phase)?;
+    compile::check_capacity(&compiled, &compile::Limits::default())?;
+    let mut warnings = loaded.warnings;
+    warnings.extend(lint::lint(&loaded.policy, std::slice::from_ref(&compiled)));
+    Ok(LoadedPhase { source: label, env_file, policy_name: loaded.policy.name.clone(), compiled, warnings, copy })
+}
