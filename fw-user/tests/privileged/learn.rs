@@ -66,7 +66,21 @@ fn finding5_learn_under_load_learns_only_what_this_host_opens() {
     // This host's services.
     let served_tcp = Echo::tcp(&pair.near, SocketAddr::new(near, SERVED_TCP));
     let served_udp = Echo::udp(&pair.near, SocketAddr::new(near, SERVED_UDP));
-    let _served_before = Echo::tcp(&pair.near, SocketAddr::new(near, SERVED_BEFORE));
+    // Its server echoes for as long as the client stays (the harness's echo
+    // server hangs up after 3 quiet seconds, and under load `fw learn` can
+    // take longer than that to start).
+    let listener = in_netns(&pair.near, || std::net::TcpListener::bind(SocketAddr::new(near, SERVED_BEFORE)))
+        .expect("binding the old client's server");
+    std::thread::spawn(move || {
+        let Ok((mut conn, _)) = listener.accept() else { return };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(300)));
+        let mut buf = [0u8; 1024];
+        while let Ok(n @ 1..) = conn.read(&mut buf) {
+            if conn.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
     // A client connection older than the learning: the server's segments on
     // it have no flow (its handshake was never seen).
     let mut old_client = in_netns(&pair.far, || TcpStream::connect_timeout(&SocketAddr::new(near, SERVED_BEFORE), PASS_TIMEOUT))
