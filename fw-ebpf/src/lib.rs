@@ -1,4 +1,14 @@
-//! Empty library target: it lets fw-user name this crate as a build
-//! dependency (so cargo rebuilds fw-user when it changes), while the real
-//! program is the `fw-ebpf` binary, built for bpfel-unknown-none.
-#![no_std]
+//! The parts of the kernel program that need no kernel: the header parser
+//! and its helpers. The `fw-ebpf` binary (built for bpfel-unknown-none)
+//! uses them from here, and here they are also ordinary Rust for the host,
+//! so `cargo test -p fw-ebpf --lib` tests them without root or a kernel
+//! (truncations, VLAN tags, extension headers, fragments, ICMP quotes).
+//!
+//! fw-user also names this crate as a build dependency, so that cargo
+//! rebuilds fw-user (and the object it embeds) when fw-ebpf changes.
+#![cfg_attr(target_arch = "bpf", no_std)]
+// `allows-misaligned-mem-access` for the parser (see parse::parse_skb).
+#![cfg_attr(target_arch = "bpf", feature(bpf_target_feature))]
+
+pub mod mem;
+pub mod parse;

@@ -17,11 +17,12 @@ mod datapath;
 mod events;
 mod flow;
 mod frag;
-mod mem;
-mod parse;
 mod policy;
 mod sock;
 mod verdict;
+
+// The parser lives in the library so that it runs as host unit tests too.
+use fw_ebpf::{mem, parse};
 
 use aya_ebpf::{helpers::bpf_skb_cgroup_id, macros::classifier, programs::TcContext};
 use aya_log_ebpf::error;

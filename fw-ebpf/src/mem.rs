@@ -18,7 +18,7 @@ use core::{mem::size_of, ptr::write_volatile};
 /// bytes a valid `T`.
 #[inline(always)]
 pub unsafe fn zero<T>(dst: *mut T) {
-    const { assert!(size_of::<T>() % 8 == 0 && core::mem::align_of::<T>() >= 8) };
+    const { assert!(size_of::<T>().is_multiple_of(8) && core::mem::align_of::<T>() >= 8) };
     let words = dst as *mut u64;
     let mut i = 0;
     while i < size_of::<T>() / 8 {

@@ -6,6 +6,7 @@
 //! contents are capped by constants before use, so the verifier can prove
 //! each access in range.
 
+#[cfg(target_arch = "bpf")]
 use aya_ebpf::programs::TcContext;
 use fw_common::{policy::proto, Reason};
 
@@ -224,6 +225,7 @@ impl Bounds {
 /// alignment, and without this LLVM reads every multi-byte field and
 /// address byte by byte and reassembles it with shifts (measured: about a
 /// third of the established-flow cost).
+#[cfg(target_arch = "bpf")]
 #[inline(never)]
 #[target_feature(enable = "allows-misaligned-mem-access")]
 pub fn parse_skb(ctx: &TcContext, pkt: &mut Packet) -> Outcome {
@@ -239,7 +241,7 @@ pub struct Outcome(u32);
 
 impl Outcome {
     #[inline(always)]
-    fn encode(result: Result<Parsed, Reason>) -> Outcome {
+    pub fn encode(result: Result<Parsed, Reason>) -> Outcome {
         Outcome(match result {
             Ok(Parsed::Ip) => 0,
             Ok(Parsed::NotIp) => 1,
@@ -259,6 +261,7 @@ impl Outcome {
     }
 }
 
+#[cfg(target_arch = "bpf")]
 #[inline(always)]
 fn parse_skb_inner(ctx: &TcContext, pkt: &mut Packet) -> Result<Parsed, Reason> {
     let len = ctx.len() as usize;
@@ -480,8 +483,11 @@ fn parse_l4(b: &Bounds, pkt: &mut Packet, off: usize, ip_end: usize) -> Result<(
                 pkt.ports = Ports { src: id, dst: id };
             } else if is_icmp_error(pkt.proto, ty) {
                 // SAFETY: as for `parse_skb`, whose caller allows misaligned
-                // loads on packet data.
-                pkt.quoted.valid = unsafe { parse_quoted(b, pkt, off + 8, ip_end) };
+                // loads on packet data. (A safe call on the host, where the
+                // parser is built for its tests without the BPF feature.)
+                #[allow(unused_unsafe)]
+                let valid = unsafe { parse_quoted(b, pkt, off + 8, ip_end) };
+                pkt.quoted.valid = valid;
             }
             return Ok(());
         }
@@ -530,7 +536,7 @@ fn check_within(header_end: usize, ip_end: usize) -> Result<(), Reason> {
 /// the quoted addresses are copied byte by byte, a loop the verifier walks
 /// once for every path that reaches it.
 #[inline(never)]
-#[target_feature(enable = "allows-misaligned-mem-access")]
+#[cfg_attr(target_arch = "bpf", target_feature(enable = "allows-misaligned-mem-access"))]
 fn parse_quoted(b: &Bounds, pkt: &mut Packet, off: usize, ip_end: usize) -> bool {
     let q = &mut pkt.quoted;
     let l4 = if pkt.proto == proto::ICMP {
@@ -611,3 +617,7 @@ fn parse_quoted(b: &Bounds, pkt: &mut Packet, off: usize, ip_end: usize) -> bool
     };
     true
 }
+
+#[cfg(test)]
+#[path = "parse_tests.rs"]
+mod tests;

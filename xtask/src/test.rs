@@ -1,5 +1,6 @@
 //! `cargo xtask test [-- ARGS]`: the unprivileged suite (`cargo test
-//! --workspace`, less the BPF-only fw-ebpf), then the privileged one: every
+//! --workspace`, less the BPF-only fw-ebpf binary; fw-ebpf's library, the
+//! packet parser, runs as host unit tests), then the privileged one: every
 //! fw-user test target that requires the `privileged-tests` feature (root:
 //! real eBPF, network namespaces, veth pairs). ARGS (a filter, `--
 //! --nocapture`...) go to both `cargo test` runs. Never skips the
@@ -34,13 +35,14 @@ pub fn test(opts: &Options) -> Result<()> {
     bootstrap::bootstrap(bootstrap::Purpose::Test)?;
 
     let mut outcomes = vec![timed("unprivileged", || {
-        // fw-ebpf is a workspace member for the nightly BPF build only: its
-        // binary is `no_main`, so a host test build of it cannot link.
+        // fw-ebpf's binary is the BPF program (`no_main`, it cannot link
+        // for the host); its library, the parser, is tested on the host.
         cmd::run(
             cargo_test()
                 .args(["--workspace", "--exclude", "fw-ebpf"])
                 .args(&opts.args),
-        )
+        )?;
+        cmd::run(cargo_test().args(["-p", "fw-ebpf", "--lib"]).args(&opts.args))
     })];
     outcomes.push(timed("privileged", || {
         if !cmd::is_root() {

@@ -1,5 +1,8 @@
 //! The enforced interface's life, from link notifications (rtnetlink,
-//! RTNLGRP_LINK of the network namespace the daemon runs in), not polling.
+//! RTNLGRP_LINK of the network namespace the daemon runs in), not polling;
+//! and the route and address notifications (RTNLGRP_IPV4/IPV6_ROUTE and
+//! _IFADDR) that tell the daemon to re-read the routing tables
+//! (`kernel::routes`).
 //!
 //! When the interface is deleted the kernel detaches the enforcer from it
 //! (TCX links turn defunct, clsact filters go): nothing is enforced on an
@@ -40,6 +43,8 @@ pub enum LinkEvent {
     Gone { ifindex: u32, name: Option<String> },
     /// RTM_NEWLINK: an interface was created, or changed (flags, name...).
     Appeared { ifindex: u32, name: Option<String> },
+    /// A route or an address was added or removed, in any table.
+    Routes,
     /// The kernel dropped notifications (socket buffer full): anything may
     /// have happened.
     Overrun,
@@ -60,6 +65,12 @@ impl LinkEvent {
             NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) => {
                 Some(LinkEvent::Gone { ifindex: link.header.index, name: name(&link) })
             }
+            NetlinkPayload::InnerMessage(
+                RouteNetlinkMessage::NewRoute(_)
+                | RouteNetlinkMessage::DelRoute(_)
+                | RouteNetlinkMessage::NewAddress(_)
+                | RouteNetlinkMessage::DelAddress(_),
+            ) => Some(LinkEvent::Routes),
             NetlinkPayload::Overrun(_) => Some(LinkEvent::Overrun),
             _ => None,
         }
@@ -72,9 +83,19 @@ impl LinkEvent {
             LinkEvent::Gone { ifindex: i, name } | LinkEvent::Appeared { ifindex: i, name } => {
                 *i == ifindex || name.as_deref() == Some(iface)
             }
-            LinkEvent::Overrun => true,
+            LinkEvent::Routes | LinkEvent::Overrun => true,
         }
     }
+}
+
+/// What a [`Watcher::watch`] heard of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Heard {
+    /// The interface changed; the watcher reconciled.
+    Interface,
+    /// The routing tables or addresses changed (or notifications were lost,
+    /// so they may have): the route maps are to be refreshed.
+    Routes,
 }
 
 /// Where the interface stands after a reconciliation.
@@ -101,11 +122,18 @@ pub struct Watcher {
 }
 
 impl Watcher {
-    /// Subscribes to RTNLGRP_LINK. Must run inside a tokio runtime, which
-    /// drives the netlink connection.
+    /// Subscribes to RTNLGRP_LINK and the route and address groups. Must
+    /// run inside a tokio runtime, which drives the netlink connection.
     pub fn subscribe(name: &str, iface: &str) -> Result<Watcher> {
-        let (connection, _handle, messages) = rtnetlink::new_multicast_connection(&[MulticastGroup::Link])
-            .context("subscribing to link notifications (netlink)")?;
+        let groups = [
+            MulticastGroup::Link,
+            MulticastGroup::Ipv4Route,
+            MulticastGroup::Ipv6Route,
+            MulticastGroup::Ipv4Ifaddr,
+            MulticastGroup::Ipv6Ifaddr,
+        ];
+        let (connection, _handle, messages) = rtnetlink::new_multicast_connection(&groups)
+            .context("subscribing to link, route and address notifications (netlink)")?;
         tokio::spawn(connection);
         Ok(Watcher {
             name: name.to_string(),
@@ -118,16 +146,24 @@ impl Watcher {
     }
 
     /// Waits for the next link event about the interface, then reconciles
-    /// ([`Watcher::check`]). Cancel safe (a `select!` branch): nothing is
-    /// lost when it is dropped while waiting. Fails only when the netlink
-    /// subscription ended and cannot be made again.
-    pub async fn watch(&mut self) -> Result<()> {
-        if let Err(e) = self.changed().await {
-            eprintln!("fw: {}: {e:#}: subscribing again", self.name);
-            self.messages = Self::subscribe(&self.name, &self.iface)?.messages;
-        }
+    /// ([`Watcher::check`]), or for the next route or address change.
+    /// Cancel safe (a `select!` branch): nothing is lost when it is dropped
+    /// while waiting. Fails only when the netlink subscription ended and
+    /// cannot be made again.
+    pub async fn watch(&mut self) -> Result<Heard> {
+        let heard = match self.changed().await {
+            Ok(LinkEvent::Routes) => return Ok(Heard::Routes),
+            Ok(LinkEvent::Gone { .. } | LinkEvent::Appeared { .. }) => Heard::Interface,
+            // Anything may have happened: the routes too.
+            Ok(LinkEvent::Overrun) => Heard::Routes,
+            Err(e) => {
+                eprintln!("fw: {}: {e:#}: subscribing again", self.name);
+                self.messages = Self::subscribe(&self.name, &self.iface)?.messages;
+                Heard::Routes
+            }
+        };
         self.check();
-        Ok(())
+        Ok(heard)
     }
 
     /// [`Watcher::reconcile`], its failure logged: the enforcer could not be
@@ -260,6 +296,7 @@ mod tests {
         let appeared = LinkEvent::Appeared { ifindex: 9, name: None };
         assert!(!appeared.concerns("eth0", 7));
         assert!(LinkEvent::Overrun.concerns("eth0", 7));
+        assert!(LinkEvent::Routes.concerns("eth0", 7));
     }
 
     #[test]
@@ -279,6 +316,8 @@ mod tests {
             event(RouteNetlinkMessage::NewLink(link(6, None))),
             Some(LinkEvent::Appeared { ifindex: 6, name: None })
         );
-        assert_eq!(event(RouteNetlinkMessage::DelAddress(Default::default())), None);
+        assert_eq!(event(RouteNetlinkMessage::DelAddress(Default::default())), Some(LinkEvent::Routes));
+        assert_eq!(event(RouteNetlinkMessage::NewRoute(Default::default())), Some(LinkEvent::Routes));
+        assert_eq!(event(RouteNetlinkMessage::NewNeighbour(Default::default())), None);
     }
 }

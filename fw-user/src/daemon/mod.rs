@@ -1,7 +1,8 @@
 //! The `fw run` daemon: its interface watcher (netlink, see `iface_watch`)
 //! and its housekeeping, once a second: notice `fw stop`,
 //! finish an interrupted command or roll back an unconfirmed switch, keep
-//! the route maps fresh, print the drops of the last interval.
+//! the route maps fresh (refreshed when netlink reports a route or address
+//! change), print the drops of the last interval.
 //!
 //! With `--watch` (see `watch`) it also follows the policy and env files:
 //! inotify events arm a debounce, and the look at the files (a switch when
@@ -33,7 +34,7 @@ use anyhow::{Context, Result};
 use crate::{
     policy::compile::tables::RuleInfo,
     kernel::counters::Snapshot,
-    daemon::iface_watch::Watcher,
+    daemon::iface_watch::{Heard, Watcher},
     instance,
     kernel::loader::{self, CounterMaps},
     instance::paths,
@@ -41,8 +42,9 @@ use crate::{
     daemon::watch::Watch,
 };
 
-/// How often the daemon re-reads the routing table (see `routes`).
-const ROUTES_REFRESH: Duration = Duration::from_secs(10);
+/// After a failed refresh of the route maps, when to try again (a route
+/// change notification tries at once).
+const ROUTES_RETRY: Duration = Duration::from_secs(10);
 
 /// Until SIGINT or SIGTERM, or until the instance is stopped. `watcher`
 /// follows the interface (netlink): it re-attaches the enforcer to an
@@ -68,7 +70,11 @@ pub async fn run(
     watcher.check();
     loop {
         tokio::select! {
-            changed = watcher.watch() => changed?,
+            heard = watcher.watch() => {
+                if heard? == Heard::Routes {
+                    housekeeping.routes_due = Some(Instant::now());
+                }
+            }
             event = async {
                 match files.as_mut() {
                     Some(files) => files.event().await,
@@ -205,7 +211,9 @@ struct Housekeeping {
     /// reports each generation's drops as its own.
     window_started: Instant,
     window: [Vec<(u32, String)>; 2],
-    last_routes: Option<Instant>,
+    /// When the route maps are to be refreshed: at start, after a route or
+    /// address notification, after a failure. `None`: they are fresh.
+    routes_due: Option<Instant>,
     /// When the maps were last counted for the metrics.
     last_census: Option<Instant>,
     seen: Seen,
@@ -232,7 +240,7 @@ impl Housekeeping {
             last,
             window_started: Instant::now(),
             window,
-            last_routes: None,
+            routes_due: Some(Instant::now()),
             last_census: None,
             seen: Seen {
                 stamp: None,
@@ -283,10 +291,11 @@ impl Housekeeping {
                 Err(e) => eprintln!("fw: {name}: rollback failed: {e:#}"),
             }
         }
-        if self.last_routes.is_none_or(|t| t.elapsed() >= ROUTES_REFRESH) {
-            self.last_routes = Some(Instant::now());
+        if self.routes_due.is_some_and(|due| Instant::now() >= due) {
+            self.routes_due = None;
             if let Err(e) = loader::RouteMaps::open(&name).and_then(|mut m| m.refresh(&self.iface)) {
                 eprintln!("fw: {name}: refreshing the routes the kernel programs use: {e:#}");
+                self.routes_due = Some(Instant::now() + ROUTES_RETRY);
             }
         }
         if self.window_started.elapsed() >= self.interval {

@@ -484,12 +484,16 @@ impl RouteMaps {
         })
     }
 
-    /// Rewrites all three from the routing table of `iface`'s namespace.
+    /// Rewrites all three from the routing tables of `iface`'s namespace.
     pub fn refresh(&mut self, iface: &str) -> Result<()> {
-        let bypass = crate::kernel::routes::bypass_prefixes(iface)?;
+        let table = crate::kernel::routes::Table::read()?;
+        // A missing interface (0) is enforced nowhere: every route with an
+        // output interface leaves through another one.
+        let ifindex = crate::kernel::linkinfo::ifindex_of(iface).unwrap_or(0);
+        let bypass = table.bypass_prefixes(ifindex);
         replace_prefixes(&mut self.bypass4, bypass.iter().filter_map(v4_key))?;
         replace_prefixes(&mut self.bypass6, bypass.iter().filter_map(v6_key))?;
-        replace_prefixes(&mut self.onlink6, crate::kernel::routes::onlink6_prefixes(iface)?.iter().filter_map(v6_key))?;
+        replace_prefixes(&mut self.onlink6, table.onlink6_prefixes(ifindex).iter().filter_map(v6_key))?;
         Ok(())
     }
 }

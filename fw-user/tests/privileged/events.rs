@@ -600,3 +600,44 @@ fn events_learn_writes_a_policy_that_allows_exactly_what_it_saw() {
     }
     drop(daemon);
 }
+
+/// Issue 13: the socket hooks leave alone what does not leave through the
+/// enforced interface, and learn of it from netlink: routes of every table
+/// (policy routing included, which /proc/net/route never showed), as soon
+/// as they change. 198.19.250.0/24 is routed, in table 100 only, into a
+/// second veth pair whose both ends are in the test namespace (nothing
+/// leaves it: the far end does not forward).
+#[test]
+fn events_socket_hooks_follow_policy_routing_tables_as_they_change() {
+    harness::setup();
+    let pair = VethPair::new(84);
+    let cgroup = TestCgroup::new();
+    let dir = TempDir::new();
+    let policy = dir.write("policy.yaml", &policy(&pair));
+    let cg = cgroup.path.display().to_string();
+    let daemon = Daemon::start(&pair.near, &pair.near_if, &policy, "test", &["--cgroup", &cg]);
+    let elsewhere = format!("udp:198.19.250.1:{UDP_DENIED}");
+    let send = || run_client(&cgroup, &pair.near, std::slice::from_ref(&elsewhere)).1[&("udp".to_string(), UDP_DENIED)].0.clone();
+    // Through the enforced interface (the default route): judged, refused.
+    pair.near.ip(&["route", "add", "default", "dev", &pair.near_if]);
+    assert_eq!(send(), "EPERM", "no other route yet: the hook judges the call");
+
+    pair.near.ip(&["link", "add", "fwtother", "type", "veth", "peer", "name", "fwtotherpeer"]);
+    pair.near.ip(&["link", "set", "fwtother", "up"]);
+    pair.near.ip(&["link", "set", "fwtotherpeer", "up"]);
+    pair.near.ip(&["route", "add", "198.19.250.0/24", "dev", "fwtother", "table", "100"]);
+    pair.near.ip(&["rule", "add", "to", "198.19.250.0/24", "table", "100"]);
+    let mut last = String::new();
+    let bypassed = poll(Duration::from_secs(10), || {
+        last = send();
+        last == "ok"
+    });
+    assert!(bypassed, "a route of table 100 through another interface must reach the hooks' bypass; last: {last}\n{}", daemon.log_text());
+
+    pair.near.ip(&["route", "del", "198.19.250.0/24", "dev", "fwtother", "table", "100"]);
+    let judged = poll(Duration::from_secs(10), || {
+        last = send();
+        last == "EPERM"
+    });
+    assert!(judged, "the route removed, the hook must judge the call again; last: {last}\n{}", daemon.log_text());
+}
