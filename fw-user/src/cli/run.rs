@@ -1,9 +1,9 @@
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{process::ExitCode, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use super::target::require_root;
+use super::{source::PolicyFile, target::require_root};
 use crate::{
     kernel::cgroup, daemon::control, daemon, daemon::events, daemon::iface_watch,
     instance::{self, Leftover, StartRequest},
@@ -34,11 +34,8 @@ pub struct RunArgs {
     /// Interface to enforce on.
     #[arg(long)]
     pub iface: String,
-    /// Policy file, or the name of a policy shipped inside fw (openvidu-ce,
-    /// openvidu-pro-master, openvidu-media-node, vonage-webrtc-client).
-    /// Default: openvidu-ce.
-    #[arg(long)]
-    pub policy: Option<String>,
+    #[command(flatten)]
+    pub file: PolicyFile,
     /// Phase of the policy to enforce at a fresh start (default: install).
     #[arg(long)]
     pub phase: Option<String>,
@@ -47,9 +44,6 @@ pub struct RunArgs {
     /// the `fw status` of its health check alike.
     #[arg(long)]
     pub name: Option<String>,
-    /// KEY=VALUE file for ${VARS} in the policy (default: /opt/openvidu/.env when it exists).
-    #[arg(long)]
-    pub env_file: Option<PathBuf>,
     /// Count and report denied packets as "would drop" but let them pass.
     #[arg(long)]
     pub audit: bool,
@@ -103,8 +97,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let mut watcher = iface_watch::Watcher::subscribe(&name, &args.iface)?;
     // Likewise for the files: an edit from now on is seen (see `watch`).
     let files = if args.watch {
-        let policy = args.policy.as_deref().unwrap_or(DEFAULT_POLICY);
-        Some(watch::Watch::subscribe(&name, watch::Watched::new(policy, args.env_file.as_deref())?)?)
+        let policy = args.file.policy.as_deref().unwrap_or(DEFAULT_POLICY);
+        Some(watch::Watch::subscribe(&name, watch::Watched::new(policy, args.file.env_file.as_deref())?)?)
     } else {
         None
     };
@@ -151,9 +145,9 @@ fn initial_policy(name: &str, args: &RunArgs) -> Result<(LoadedPhase, String, bo
     if let Some((record, loaded)) = instance::boot_policy(name)? {
         return Ok((loaded, record.phase, true));
     }
-    let policy = args.policy.as_deref().unwrap_or(DEFAULT_POLICY);
+    let policy = args.file.policy.as_deref().unwrap_or(DEFAULT_POLICY);
     let phase = args.phase.as_deref().unwrap_or(DEFAULT_PHASE);
-    Ok((source::load_phase(policy, args.env_file.as_deref(), phase)?, phase.to_string(), false))
+    Ok((source::load_phase(policy, args.file.env_file.as_deref(), phase)?, phase.to_string(), false))
 }
 
 /// A fresh start: everything that can fail on bad input fails before the
@@ -213,7 +207,7 @@ fn adopt(name: &str, args: &RunArgs) -> Result<InstanceState> {
     if state.iface != args.iface {
         bail!("instance {name} enforces on {} (ifindex {}), not {}: pick another --name", state.iface, state.ifindex, args.iface);
     }
-    if let Some(policy) = &args.policy {
+    if let Some(policy) = &args.file.policy {
         let wanted = source::PolicyText::resolve(policy)?.label;
         if wanted != state.enforced.policy && args.watch {
             // The watched file is the truth: the daemon's first look loads it.

@@ -1,6 +1,6 @@
-//! Which policy phase a command looks at: a policy file (or shipped policy)
-//! and one of its phases, or a running instance. Shared by `explain` and
-//! `export`, which accept the same choice.
+//! Which policy a command loads ([`PolicyFile`]: run, switch, explain,
+//! export), and which phase it looks at ([`PhaseSource`]: a policy file and
+//! one of its phases, or a running instance; explain and export).
 
 use std::path::PathBuf;
 
@@ -9,21 +9,35 @@ use clap::Args;
 
 use super::target::resolve_name;
 
+/// The policy a command loads: `--policy` and `--env-file`, the same for
+/// `run`, `switch`, `explain` and `export`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct PolicyFile {
+    /// Policy file, or the name of a policy shipped inside fw
+    /// (openvidu-ce, openvidu-pro-master, openvidu-media-node,
+    /// vonage-webrtc-client). Default for `fw run`: openvidu-ce; for a
+    /// running instance: the policy it enforces.
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// KEY=VALUE file for ${VARS} in the policy. Default for a running
+    /// instance: the one it uses; otherwise /opt/openvidu/.env when it
+    /// exists.
+    #[arg(long)]
+    pub env_file: Option<PathBuf>,
+}
+
 #[derive(Args, Debug)]
 pub struct PhaseSource {
-    /// Policy file, or the name of a shipped policy (with --phase), instead
-    /// of a running instance.
-    #[arg(long, requires = "phase", conflicts_with = "name")]
-    pub policy: Option<String>,
+    /// A policy file (or shipped policy) with --phase, instead of a
+    /// running instance.
+    #[command(flatten)]
+    pub file: PolicyFile,
     /// Phase of --policy.
     #[arg(long)]
     pub phase: Option<String>,
     /// Running instance (default: the only one, when no --policy).
     #[arg(long)]
     pub name: Option<String>,
-    /// KEY=VALUE file for ${VARS} in --policy.
-    #[arg(long)]
-    pub env_file: Option<PathBuf>,
 }
 
 pub enum Source {
@@ -34,12 +48,18 @@ pub enum Source {
 
 impl PhaseSource {
     pub fn resolve(&self) -> Result<Source> {
-        if let Some(policy) = &self.policy {
+        if let Some(policy) = &self.file.policy {
+            if self.name.is_some() {
+                bail!("--policy and --name exclude each other: a policy file, or a running instance");
+            }
             let phase = self.phase.clone().ok_or_else(|| anyhow!("--policy needs --phase"))?;
-            return Ok(Source::File { policy: policy.clone(), phase, env_file: self.env_file.clone() });
+            return Ok(Source::File { policy: policy.clone(), phase, env_file: self.file.env_file.clone() });
         }
         if self.phase.is_some() {
             bail!("--phase goes with --policy; a running instance has its own active phase");
+        }
+        if self.file.env_file.is_some() {
+            bail!("--env-file goes with --policy; a running instance has its own");
         }
         Ok(Source::Instance(resolve_name(self.name.clone())?))
     }

@@ -1,9 +1,12 @@
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::Args;
 
-use super::target::{require_root, resolve_name};
+use super::{
+    source::PolicyFile,
+    target::{require_root, resolve_name},
+};
 use crate::{daemon::control, instance};
 
 /// Switch the running instance to another phase (or an edited policy),
@@ -18,12 +21,9 @@ pub struct SwitchArgs {
     /// Instance name (default: $FW_NAME, else the only running instance).
     #[arg(long)]
     pub name: Option<String>,
-    /// Load this policy file instead of the one enforced.
-    #[arg(long)]
-    pub policy: Option<String>,
-    /// KEY=VALUE file for ${VARS} (default: the one the instance uses).
-    #[arg(long)]
-    pub env_file: Option<PathBuf>,
+    // --policy (default: the one enforced, read again), --env-file.
+    #[command(flatten)]
+    pub file: PolicyFile,
     /// Commit-confirmed: roll back to the current phase by itself unless
     /// `fw confirm` comes within SECS seconds (needs the `fw run` daemon).
     /// At most 604800 (a week): a confirmation window is minutes long, and a
@@ -44,8 +44,8 @@ pub fn switch(args: SwitchArgs) -> Result<ExitCode> {
     }
     let request = instance::SwitchRequest {
         phase: args.phase,
-        policy: args.policy,
-        env_file: args.env_file,
+        policy: args.file.policy,
+        env_file: args.file.env_file,
         confirm_secs: args.confirm,
         force: args.force,
     };
