@@ -27,6 +27,55 @@ pub struct PhaseConfig {
     /// Non-zero: the cgroup socket hooks refuse a denied `connect()` or
     /// `sendmsg()` with EPERM at once (zero: `reject: false`, silent drops).
     pub reject: u8,
+    /// Idle timeouts of the flows, in seconds (`timeouts:` in the phase);
+    /// zero reads as the built-in default (see [`crate::flow::timeouts`]).
+    /// Read by the kernel only for a flow that has been idle for a second
+    /// or more, so they cost an established connection nothing.
+    pub timeouts: FlowTimeouts,
+}
+
+/// Idle timeouts in seconds, per kind of flow (see docs/datapath.md, "Flow
+/// state"). A flow idle for longer is forgotten: its next packet meets the
+/// policy again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct FlowTimeouts {
+    /// TCP, open or half-closed (a FIN one way only).
+    pub tcp_established: u32,
+    /// TCP after a RST, or after a FIN each way.
+    pub tcp_closing: u32,
+    pub udp: u32,
+    /// ICMP echo and every other protocol.
+    pub other: u32,
+}
+
+impl FlowTimeouts {
+    /// What a phase without `timeouts:` gets.
+    pub const DEFAULT: FlowTimeouts = FlowTimeouts {
+        tcp_established: crate::flow::timeouts::TCP_ESTABLISHED,
+        tcp_closing: crate::flow::timeouts::TCP_CLOSING,
+        udp: crate::flow::timeouts::UDP,
+        other: crate::flow::timeouts::OTHER,
+    };
+
+    /// Each unset (zero) timeout replaced by its default, as the kernel
+    /// reads them.
+    pub const fn or_default(self) -> FlowTimeouts {
+        const fn pick(set: u32, default: u32) -> u32 {
+            if set == 0 {
+                default
+            } else {
+                set
+            }
+        }
+        let d = FlowTimeouts::DEFAULT;
+        FlowTimeouts {
+            tcp_established: pick(self.tcp_established, d.tcp_established),
+            tcp_closing: pick(self.tcp_closing, d.tcp_closing),
+            udp: pick(self.udp, d.udp),
+            other: pick(self.other, d.other),
+        }
+    }
 }
 
 impl PhaseConfig {

@@ -52,26 +52,47 @@ pub struct FlowValue {
     /// The port the admitting rule matched (the local port for inbound
     /// flows, the remote one for outbound; ICMP: `type << 8 | code`).
     pub policy_port: u16,
-    /// [`FLOW_INBOUND`], [`FLOW_FIN`], [`FLOW_SYN_ACK`].
+    /// [`FLOW_INBOUND`], [`FLOW_RST`], [`FLOW_SYN_ACK`], [`FLOW_FIN_OUT`],
+    /// [`FLOW_FIN_IN`], [`FLOW_AUDIT`].
     pub flags: u8,
     pub _pad1: u8,
     /// With [`FLOW_SYN_ACK`]: the sequence number of this host's SYN-ACK.
     pub syn_ack_seq: u32,
 }
 
-/// The flow was opened by a peer (admitted by an inbound rule).
+/// The flow was opened by a peer (admitted on ingress).
 pub const FLOW_INBOUND: u8 = 1;
-/// A FIN or RST was seen: the flow expires sooner.
-pub const FLOW_FIN: u8 = 2;
+/// TCP: a RST was seen either way. Cleared by a segment that carries data
+/// (the RST did not close the connection: out of its window, or answered
+/// with a challenge ACK, RFC 5961) or by a new SYN on the same addresses
+/// and ports (a new connection, a reused 4-tuple).
+pub const FLOW_RST: u8 = 2;
 /// An inbound TCP connection in the probation table that this host
 /// answered with a SYN-ACK (`syn_ack_seq`). The peer's segment that
 /// acknowledges exactly that SYN-ACK (`ack == syn_ack_seq + 1`, the one
 /// that completes the handshake) moves the flow to the protected table: a
 /// peer that spoofs its source address never sees the SYN-ACK, and guesses
-/// its 32-bit sequence number once in 4 billion tries. A FIN or RST moves
-/// it back: only open connections are protected, so a peer that opens and
+/// its 32-bit sequence number once in 4 billion tries. Closing moves it
+/// back: only open connections are protected, so a peer that opens and
 /// closes connections as fast as it can cycles the probation table only.
 pub const FLOW_SYN_ACK: u8 = 4;
+/// TCP: this host sent a FIN (it will send no more data; the peer may).
+pub const FLOW_FIN_OUT: u8 = 8;
+/// TCP: the peer sent a FIN.
+pub const FLOW_FIN_IN: u8 = 16;
+/// Admitted only because the phase audits: its packets are counted as
+/// `pass_audit` (would drop) without an event each (one per flow).
+pub const FLOW_AUDIT: u8 = 32;
+/// Every TCP closing mark; a new SYN clears them all.
+pub const FLOW_CLOSING: u8 = FLOW_RST | FLOW_FIN_OUT | FLOW_FIN_IN;
+
+/// A TCP connection is closed once a RST was seen or both sides sent a
+/// FIN; half-closed (a FIN one way) is still open the other way: the
+/// side that did not close may send for as long as it likes.
+#[inline(always)]
+pub const fn tcp_closed(flags: u8) -> bool {
+    flags & FLOW_RST != 0 || flags & (FLOW_FIN_OUT | FLOW_FIN_IN) == FLOW_FIN_OUT | FLOW_FIN_IN
+}
 
 /// Indices of `FW_FLOW_STATS` (per-CPU `u64` counters): how fast each table
 /// fills, so that operators see a flood (an insert into a full table evicts
@@ -85,18 +106,41 @@ pub mod flow_stats {
     pub const PROMOTED: u32 = 2;
     /// Promoted connections moved back to probation when they closed.
     pub const DEMOTED: u32 = 3;
-    pub const ENTRIES: u32 = 4;
+    /// Entries removed because a lookup found them idle past their timeout.
+    pub const EXPIRED: u32 = 4;
+    /// Entries removed because the active policy no longer admits them.
+    pub const FORGOTTEN: u32 = 5;
+    pub const ENTRIES: u32 = 6;
 }
 
-/// Idle time after which a flow is forgotten (and its next packet is judged
-/// by the policy again). TCP is long: a quiet but open connection (a
-/// websocket, an SSH session) must survive; UDP media is never quiet for
-/// long; after FIN/RST only the last segments remain.
-pub const TCP_TIMEOUT_NS: u64 = 7200 * 1_000_000_000;
-pub const TCP_CLOSING_TIMEOUT_NS: u64 = 10 * 1_000_000_000;
-pub const UDP_TIMEOUT_NS: u64 = 180 * 1_000_000_000;
-pub const OTHER_TIMEOUT_NS: u64 = 30 * 1_000_000_000;
-/// `last_seen_ns` is rewritten only when older than this.
+/// Default idle timeouts, in seconds: what a phase without `timeouts:`
+/// gets (docs/datapath.md, "Flow state", says why each).
+pub mod timeouts {
+    /// Established (and half-closed) TCP: 5 days, as Linux conntrack's
+    /// `nf_conntrack_tcp_timeout_established` (432,000 s). Far past any
+    /// default keepalive (Linux `tcp_keepalive_time` 7,200 s): an idle SSH
+    /// session or WebSocket without application pings survives; a dead
+    /// one costs an LRU entry, which the table evicts first.
+    pub const TCP_ESTABLISHED: u32 = 5 * 86_400;
+    /// After a RST, or a FIN each way: the last ACKs and retransmissions
+    /// (conntrack's CLOSE state keeps 10 s).
+    pub const TCP_CLOSING: u32 = 10;
+    /// UDP: 10 minutes, past the longest quiet period of a live WebRTC
+    /// media flow: consent freshness checks every ~5 s and expires after
+    /// 30 s without a response (RFC 7675), and a TURN allocation lives 600 s
+    /// by default and is refreshed before it expires (RFC 8656).
+    pub const UDP: u32 = 600;
+    /// ICMP echo and other protocols.
+    pub const OTHER: u32 = 30;
+    /// Shortest and longest a policy may set: a second (the clock the
+    /// flows keep), a year.
+    pub const MIN: u32 = 1;
+    pub const MAX: u32 = 365 * 86_400;
+}
+
+/// `last_seen_ns` is rewritten only when older than this (a second), and a
+/// flow expires only once idle for its timeout plus this: it never expires
+/// early because its last packets did not rewrite the time.
 pub const TOUCH_INTERVAL_NS: u64 = 1_000_000_000;
 
 /// A fragmented datagram: non-first fragments carry no ports, so they follow

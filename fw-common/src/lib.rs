@@ -19,7 +19,7 @@ pub mod policy;
 pub mod reason;
 pub mod stats;
 
-pub use config::{Config, PhaseConfig};
+pub use config::{Config, FlowTimeouts, PhaseConfig};
 pub use event::{DropEvent, RateWindow};
 pub use flow::{FlowKey, FlowValue, FragKey, FragValue};
 pub use policy::{Action, AddrKey4, AddrKey6, Direction, PolicyValue, PortKey};
@@ -52,6 +52,7 @@ mod pod {
     unsafe impl aya::Pod for super::PortKey {}
     unsafe impl aya::Pod for super::PolicyValue {}
     unsafe impl aya::Pod for super::PhaseConfig {}
+    unsafe impl aya::Pod for super::FlowTimeouts {}
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::FlowKey {}

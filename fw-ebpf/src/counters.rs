@@ -28,9 +28,11 @@ fn bump(map: &PerCpuArray<Counter>, index: u32, bytes: u32) {
     }
 }
 
+/// Counts a verdict, under the phase slot of the active generation (see
+/// `fw_common::stats`).
 #[inline(always)]
 pub fn count(direction: Direction, verdict: &Verdict, bytes: u32) {
-    bump(&FW_STATS, stats_index(direction, verdict.reason), bytes);
+    bump(&FW_STATS, stats_index(crate::policy::active_slot(), direction, verdict.reason), bytes);
     if verdict.rule != NO_RULE {
         bump(&FW_RULE_STATS, verdict.rule, bytes);
     }

@@ -6,16 +6,23 @@
 //! 4. A packet of a tracked flow admitted under the active generation
 //!    passes (one hash lookup for an established connection or a flow this
 //!    host opened, two for a flow in probation: see `flow`). A flow
-//!    admitted under another generation is re-checked against the rule kind
-//!    that admitted it, and forgotten when no longer allowed. An inbound TCP
-//!    connection in probation is promoted when its handshake completes, and
-//!    demoted when it closes.
-//! 5. An ICMP error quoting a tracked flow, addressed to the quoted
+//!    admitted under another generation is re-checked against the active
+//!    policy in the direction that opened it, and forgotten when no longer
+//!    admitted. An inbound TCP connection in probation is promoted when its
+//!    handshake completes, and demoted when it closes.
+//! 5. An ICMP error quoting a tracked flow (or a later fragment of a
+//!    datagram whose first fragment passed), addressed to the quoted
 //!    packet's sender, passes (path MTU discovery).
-//! 6. Otherwise the policy decides; a packet an allow rule passes opens a
-//!    flow, so its replies and later packets take step 4.
+//! 6. Otherwise the policy decides; a packet the policy passes (an allow
+//!    rule, a phase default that allows, or audit mode) opens a flow, so
+//!    its replies and later packets take step 4: "inbound_default: allow"
+//!    serves every port (docs/policy.md).
 
-use fw_common::{flow::FLOW_INBOUND, policy::proto, Direction, Reason};
+use fw_common::{
+    flow::{FLOW_AUDIT, FLOW_INBOUND},
+    policy::proto,
+    Direction, Reason,
+};
 
 use crate::{
     flow, frag,
@@ -81,7 +88,7 @@ pub fn judge(direction: Direction, pkt: &Packet) -> Verdict {
         return frag::follow_first(pkt, now);
     }
     let key = flow::key(direction, pkt);
-    let tracked = match flow::get(&key, now) {
+    let tracked = match flow::get(&key, now, active.phase) {
         Some(entry) => recheck(&active, direction, pkt, &key, entry, now),
         None => None,
     };
@@ -89,10 +96,8 @@ pub fn judge(direction: Direction, pkt: &Packet) -> Verdict {
         Some(v) => v,
         None => {
             let v = untracked(&active, direction, pkt, now);
-            // A query of the DNS proxy to a resolver opens a flow too, so
-            // that its answer passes an inbound `drop` default.
-            if (v.reason == Reason::PassRule || v.reason == Reason::PassResolver) && opens_flow(direction, pkt) {
-                flow::admit(&key, direction, active.generation, v.rule, pkt.policy_port, pkt.tcp_flags, now);
+            if admits(v.reason) && opens_flow(direction, pkt) {
+                flow::admit(&key, direction, active.generation, v.rule, v.reason == Reason::PassAudit, pkt, now);
             }
             v
         }
@@ -101,6 +106,22 @@ pub fn judge(direction: Direction, pkt: &Packet) -> Verdict {
         frag::remember_pass(pkt, verdict.rule, now);
     }
     verdict
+}
+
+/// What the policy passes opens a flow (when the packet is one that opens
+/// flows): an allow rule, an allowing phase default, or audit mode (whose
+/// flows count their packets as would-drops, with one event per flow).
+#[inline(always)]
+fn admits(reason: Reason) -> bool {
+    // A query of the DNS proxy to a resolver (`PassResolver`) opens a flow
+    // too, so that its answer passes an inbound `drop` default.
+    matches!(reason, Reason::PassRule | Reason::PassDefault | Reason::PassAudit | Reason::PassResolver)
+}
+
+/// A TCP SYN without ACK: the start of a connection, never a reply.
+#[inline(always)]
+fn starts_connection(pkt: &Packet) -> bool {
+    pkt.proto == proto::TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
 /// Step 4: `Some(pass)` when the flow may continue, `None` when the policy
@@ -119,25 +140,29 @@ fn recheck(
     if value.generation != active.generation {
         let origin = if value.flags & FLOW_INBOUND != 0 { Direction::Inbound } else { Direction::Egress };
         let remote = policy::peer(direction, pkt);
-        match policy::lookup(active.generation, origin, remote, pkt.proto, value.policy_port) {
-            Some(v) if v.action() == fw_common::Action::Allow => {
-                value.generation = active.generation;
-                value.rule = v.rule;
-            }
-            _ => {
-                flow::forget(key, entry);
-                return None;
-            }
+        let v = policy::decide(active, origin, remote, pkt.proto, value.policy_port);
+        if !admits(v.reason) {
+            flow::forget(key, entry);
+            return None;
         }
+        value.generation = active.generation;
+        value.rule = v.rule;
+        value.flags = if v.reason == Reason::PassAudit { value.flags | FLOW_AUDIT } else { value.flags & !FLOW_AUDIT };
     }
     let rule = value.rule;
-    let closing = flow::touch(entry, now, pkt.tcp_flags);
+    let audit = value.flags & FLOW_AUDIT != 0;
+    let closed = flow::touch(entry, now, direction, pkt);
     if entry.table == flow::Table::Probation {
         if pkt.proto == proto::TCP {
             flow::follow_handshake(key, entry, direction, pkt);
         }
-    } else if closing {
+    } else if closed {
         flow::demote_closing(key, entry);
+    }
+    if audit {
+        // Counted as a would-drop, like the packet that opened the flow;
+        // that one sent the event.
+        return Some(Verdict { reason: Reason::PassAudit, rule, quiet: true });
     }
     Some(Verdict::new(Reason::PassFlow, rule))
 }
@@ -148,17 +173,29 @@ fn untracked(active: &Active, direction: Direction, pkt: &Packet, now: u64) -> V
     // The error must be addressed to the quoted packet's sender: on egress
     // the peer that sent what this host reports on, on ingress this host.
     // Otherwise quoting a tracked flow would carry it anywhere.
-    if pkt.quoted.valid
-        && pkt.dst == pkt.quoted.src
-        && flow::is_live(&flow::quoted_key(direction, &pkt.quoted), now)
-    {
-        return Verdict::new(Reason::PassIcmpControl, NO_RULE);
+    let q = &pkt.quoted;
+    if q.valid && pkt.dst == q.src {
+        let tracked = if q.later {
+            frag::first_passed(q.family, q.frag_proto, q.frag_id, &q.src, &q.dst, now)
+        } else {
+            flow::is_live(&flow::quoted_key(direction, q), now, active.phase)
+        };
+        if tracked {
+            return Verdict::new(Reason::PassIcmpControl, NO_RULE);
+        }
     }
     let peer = policy::peer(direction, pkt);
     let verdict = policy::decide(active, direction, peer, pkt.proto, pkt.policy_port);
-    if direction == Direction::Egress && verdict.reason == Reason::DropDefault && is_served(active, pkt, peer) {
+    if direction == Direction::Egress
+        && verdict.reason == Reason::DropDefault
+        && !starts_connection(pkt)
+        && is_served(active, pkt, peer)
+    {
         // Sent from a port this host serves, to a peer that has no flow:
-        // not a reply to anything. Named apart so operators see it.
+        // not a reply to anything. Named apart so operators see it. (A SYN
+        // from such a port is a connection this host opens, from an
+        // ephemeral port inside a served range: the default drops it, and
+        // says so.)
         return Verdict::drop(Reason::DropSpoofedReply);
     }
     verdict

@@ -2,6 +2,11 @@
 //! ring buffer, at most `EVENT_BUDGET` per second per (reason, rule) and
 //! CPU. A flood costs one per-CPU hash lookup per packet past the budget;
 //! the counters stay exact (they are kept elsewhere, for every packet).
+//!
+//! Audit mode (`fw learn`) is budgeted per destination instead: what it
+//! learns is destinations, so a busy one (a download, one event per new
+//! connection since audit flows are tracked) cannot use up the budget of
+//! the others, and every destination sends at least its first event.
 
 use aya_ebpf::{
     macros::map,
@@ -37,12 +42,27 @@ fn bump(index: u32) {
     }
 }
 
-/// Whether this (reason, rule) may emit one more event now.
+/// A would-drop's budget key: the destination (address, port, protocol)
+/// folded into 56 bits, under the reason's byte.
 #[inline(always)]
-fn within_budget(verdict: &Verdict, now: u64) -> bool {
+pub fn destination_key(reason: u8, dst: &[u8; 16], port: u16, proto: u8) -> u64 {
+    let a = u64::from_ne_bytes([dst[0], dst[1], dst[2], dst[3], dst[4], dst[5], dst[6], dst[7]]);
+    let b = u64::from_ne_bytes([dst[8], dst[9], dst[10], dst[11], dst[12], dst[13], dst[14], dst[15]]);
+    let mixed = a.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ b.rotate_left(29) ^ (u64::from(port) << 8 | u64::from(proto));
+    (u64::from(reason) << 56) | (mixed.wrapping_mul(0xff51_afd7_ed55_8ccd) >> 8)
+}
+
+/// The budget key of a drop: its (reason, rule).
+#[inline(always)]
+pub fn rule_key(verdict: &Verdict) -> u64 {
+    (u64::from(verdict.reason as u8) << 32) | u64::from(verdict.rule)
+}
+
+/// Whether events under `key` may emit one more now.
+#[inline(always)]
+fn within_budget(key: u64, now: u64) -> bool {
     // SAFETY: reading a load-time constant the loader may have rewritten.
     let budget = unsafe { core::ptr::read_volatile(&EVENT_BUDGET) };
-    let key = (u64::from(verdict.reason as u8) << 32) | u64::from(verdict.rule);
     match FW_EVENT_RATE.get_ptr_mut(&key) {
         Some(w) => {
             // SAFETY: per-CPU value from a successful lookup.
@@ -65,12 +85,13 @@ fn within_budget(verdict: &Verdict, now: u64) -> bool {
     }
 }
 
-/// Sends the event `build` fills in (called only when within budget).
-/// Returns whether an event was sent. (It returns a value because a BPF
-/// subprogram must not exit with a stack pointer left in R0.)
+/// Sends the event `build` fills in (called only when within the budget of
+/// `key`: [`rule_key`] or [`destination_key`]). Returns whether an event
+/// was sent. (It returns a value because a BPF subprogram must not exit
+/// with a stack pointer left in R0.)
 #[inline(never)]
-pub fn emit(verdict: &Verdict, now: u64, build: impl FnOnce(&mut DropEvent)) -> bool {
-    if !within_budget(verdict, now) {
+pub fn emit(verdict: &Verdict, key: u64, now: u64, build: impl FnOnce(&mut DropEvent)) -> bool {
+    if !within_budget(key, now) {
         bump(event_stats::SUPPRESSED);
         return false;
     }

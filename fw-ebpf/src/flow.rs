@@ -18,15 +18,15 @@ use aya_ebpf::{
 };
 use fw_common::{
     flow::{
-        flow_stats, FLOW_FIN, FLOW_INBOUND, FLOW_SYN_ACK, OTHER_TIMEOUT_NS, TCP_CLOSING_TIMEOUT_NS, TCP_TIMEOUT_NS,
-        TOUCH_INTERVAL_NS, UDP_TIMEOUT_NS,
+        flow_stats, tcp_closed, timeouts, FLOW_AUDIT, FLOW_CLOSING, FLOW_FIN_IN, FLOW_FIN_OUT, FLOW_INBOUND, FLOW_RST,
+        FLOW_SYN_ACK, TOUCH_INTERVAL_NS,
     },
     maps::{DEFAULT_FLOW_ENTRIES, DEFAULT_INBOUND_FLOW_ENTRIES},
     policy::proto,
-    Direction, FlowKey, FlowValue,
+    Direction, FlowKey, FlowValue, PhaseConfig,
 };
 
-use crate::parse::{Packet, Ports, Quoted, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use crate::parse::{Packet, Ports, Quoted, TCP_ACK, TCP_DATA, TCP_FIN, TCP_RST, TCP_SYN};
 
 #[map(name = "FW_FLOWS")]
 static FW_FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
@@ -107,14 +107,33 @@ pub fn quoted_key(direction: Direction, q: &Quoted) -> FlowKey {
     make_key(q.family, q.proto, &q.src, &q.dst, &q.ports, direction == Direction::Inbound)
 }
 
+/// A timeout of the phase in seconds, its default when unset (zero).
 #[inline(always)]
-fn timeout_ns(proto: u8, flags: u8) -> u64 {
-    match proto {
-        proto::TCP if flags & FLOW_FIN != 0 => TCP_CLOSING_TIMEOUT_NS,
-        proto::TCP => TCP_TIMEOUT_NS,
-        proto::UDP => UDP_TIMEOUT_NS,
-        _ => OTHER_TIMEOUT_NS,
-    }
+fn seconds(set: u32, default: u32) -> u64 {
+    u64::from(if set == 0 { default } else { set })
+}
+
+/// How long a flow may stay idle (plus the touch interval: `last_seen_ns`
+/// may lag the last packet by that much), under the active phase.
+#[inline(always)]
+fn timeout_ns(proto: u8, flags: u8, phase: &PhaseConfig) -> u64 {
+    let t = &phase.timeouts;
+    let s = match proto {
+        proto::TCP if tcp_closed(flags) => seconds(t.tcp_closing, timeouts::TCP_CLOSING),
+        proto::TCP => seconds(t.tcp_established, timeouts::TCP_ESTABLISHED),
+        proto::UDP => seconds(t.udp, timeouts::UDP),
+        _ => seconds(t.other, timeouts::OTHER),
+    };
+    s * 1_000_000_000 + TOUCH_INTERVAL_NS
+}
+
+/// Whether a flow last seen at `last_seen` is idle past its timeout. The
+/// timeout is read only for a flow idle longer than the shortest one a
+/// policy may set: a busy flow costs one subtraction.
+#[inline(always)]
+fn expired(now: u64, last_seen: u64, proto: u8, flags: u8, phase: &PhaseConfig) -> bool {
+    let idle = now.wrapping_sub(last_seen);
+    idle > u64::from(timeouts::MIN) * 1_000_000_000 + TOUCH_INTERVAL_NS && idle > timeout_ns(proto, flags, phase)
 }
 
 /// The live entry for `key`: the protected table first (an established
@@ -122,7 +141,7 @@ fn timeout_ns(proto: u8, flags: u8) -> u64 {
 /// An expired entry is removed and reads as absent, so that the flow,
 /// opened again, is in one table only.
 #[inline(always)]
-pub fn get(key: &FlowKey, now: u64) -> Option<Entry> {
+pub fn get(key: &FlowKey, now: u64, phase: &PhaseConfig) -> Option<Entry> {
     let (value, table) = match FW_FLOWS.get_ptr_mut(key) {
         Some(v) => (v, Table::Protected),
         None => (FW_FLOWS_IN.get_ptr_mut(key)?, Table::Probation),
@@ -130,8 +149,10 @@ pub fn get(key: &FlowKey, now: u64) -> Option<Entry> {
     // SAFETY: the pointer comes from a successful map lookup; the value
     // stays valid for this program run (RCU).
     let v = unsafe { &*value };
-    if now.wrapping_sub(v.last_seen_ns) > timeout_ns(key.proto, v.flags) {
-        let _ = table.map().remove(key);
+    if expired(now, v.last_seen_ns, key.proto, v.flags, phase) {
+        if table.map().remove(key).is_ok() {
+            count(flow_stats::EXPIRED);
+        }
         return None;
     }
     Some(Entry { value, table })
@@ -139,7 +160,7 @@ pub fn get(key: &FlowKey, now: u64) -> Option<Entry> {
 
 /// Whether `key` has a live entry in either table (nothing is changed).
 #[inline(always)]
-pub fn is_live(key: &FlowKey, now: u64) -> bool {
+pub fn is_live(key: &FlowKey, now: u64, phase: &PhaseConfig) -> bool {
     let value = match FW_FLOWS.get_ptr(key) {
         Some(v) => v,
         None => match FW_FLOWS_IN.get_ptr(key) {
@@ -149,19 +170,47 @@ pub fn is_live(key: &FlowKey, now: u64) -> bool {
     };
     // SAFETY: as in `get`.
     let v = unsafe { &*value };
-    now.wrapping_sub(v.last_seen_ns) <= timeout_ns(key.proto, v.flags)
+    !expired(now, v.last_seen_ns, key.proto, v.flags, phase)
 }
 
-/// Marks a flow seen now, and closing when the packet carries FIN or RST.
-/// True when this packet is the one that starts closing it.
+/// The TCP marks after a segment with `tcp_flags` going `direction` (see
+/// docs/datapath.md "Flow state"): a SYN without ACK on a closing flow
+/// starts a new connection (all marks cleared, the handshake followed
+/// again); a RST marks it reset; a FIN marks the side that sent it; a
+/// segment carrying data clears a RST that did not close the connection.
 #[inline(always)]
-pub fn touch(entry: Entry, now: u64, tcp_flags: u8) -> bool {
+fn tcp_marks(flags: u8, direction: Direction, tcp_flags: u8) -> u8 {
+    let mut f = flags;
+    if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && f & FLOW_CLOSING != 0 {
+        f &= !(FLOW_CLOSING | FLOW_SYN_ACK);
+    }
+    if tcp_flags & TCP_RST != 0 {
+        f |= FLOW_RST;
+    } else {
+        if tcp_flags & TCP_FIN != 0 {
+            f |= if direction == Direction::Egress { FLOW_FIN_OUT } else { FLOW_FIN_IN };
+        }
+        if tcp_flags & TCP_DATA != 0 {
+            f &= !FLOW_RST;
+        }
+    }
+    f
+}
+
+/// Marks a flow seen now and follows its TCP state. True when this packet
+/// closed the connection (see [`tcp_closed`]).
+#[inline(always)]
+pub fn touch(entry: Entry, now: u64, direction: Direction, pkt: &Packet) -> bool {
     // SAFETY: as in `get`; racing writers only store whole, valid values.
     let value = unsafe { &mut *entry.value };
-    if tcp_flags & (TCP_FIN | TCP_RST) != 0 && value.flags & FLOW_FIN == 0 {
-        value.flags |= FLOW_FIN;
-        value.last_seen_ns = now;
-        return true;
+    let old = value.flags;
+    if pkt.proto == proto::TCP {
+        let new = tcp_marks(old, direction, pkt.tcp_flags);
+        if new != old {
+            value.flags = new;
+            value.last_seen_ns = now;
+            return !tcp_closed(old) && tcp_closed(new);
+        }
     }
     if now.wrapping_sub(value.last_seen_ns) > TOUCH_INTERVAL_NS {
         value.last_seen_ns = now;
@@ -169,15 +218,36 @@ pub fn touch(entry: Entry, now: u64, tcp_flags: u8) -> bool {
     false
 }
 
-/// Records a flow that a rule admitted: in probation when an inbound packet
-/// opened it, else in the protected table.
+/// Records a flow the policy admitted (a rule, the phase default, or audit
+/// mode: `audit`): in probation when an inbound packet opened it, else in
+/// the protected table.
 #[inline(always)]
-pub fn admit(key: &FlowKey, direction: Direction, generation: u32, rule: u32, policy_port: u16, tcp_flags: u8, now: u64) {
+#[allow(clippy::too_many_arguments)]
+pub fn admit(
+    key: &FlowKey,
+    direction: Direction,
+    generation: u32,
+    rule: u32,
+    audit: bool,
+    pkt: &Packet,
+    now: u64,
+) {
     let mut flags = if direction == Direction::Inbound { FLOW_INBOUND } else { 0 };
-    if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        flags |= FLOW_FIN;
+    if audit {
+        flags |= FLOW_AUDIT;
     }
-    let value = FlowValue { last_seen_ns: now, generation, rule, policy_port, flags, _pad1: 0, syn_ack_seq: 0 };
+    if pkt.proto == proto::TCP {
+        flags = tcp_marks(flags, direction, pkt.tcp_flags);
+    }
+    let value = FlowValue {
+        last_seen_ns: now,
+        generation,
+        rule,
+        policy_port: pkt.policy_port,
+        flags,
+        _pad1: 0,
+        syn_ack_seq: 0,
+    };
     let (table, stat) = if direction == Direction::Inbound {
         (Table::Probation, flow_stats::OPENED_IN)
     } else {
@@ -206,7 +276,7 @@ pub fn follow_handshake(key: &FlowKey, entry: Entry, direction: Direction, pkt: 
             value.flags |= FLOW_SYN_ACK;
         }
     } else if flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_ACK
-        && value.flags & (FLOW_SYN_ACK | FLOW_FIN) == FLOW_SYN_ACK
+        && value.flags & (FLOW_SYN_ACK | FLOW_CLOSING) == FLOW_SYN_ACK
         && pkt.tcp_number == value.syn_ack_seq.wrapping_add(1)
     {
         // Protected first: a packet on another CPU finds one copy or the
@@ -218,9 +288,10 @@ pub fn follow_handshake(key: &FlowKey, entry: Entry, direction: Direction, pkt: 
     }
 }
 
-/// Moves a promoted inbound connection that starts closing back to
-/// probation: the protected table keeps open connections only, and a peer
-/// decides how fast it opens and closes them.
+/// Moves a promoted inbound connection that closed back to probation: the
+/// protected table keeps open connections only, and a peer decides how
+/// fast it opens and closes them. (Half-closed is still open: the side
+/// that did not send its FIN may go on sending.)
 #[inline(always)]
 pub fn demote_closing(key: &FlowKey, entry: Entry) {
     // SAFETY: as in `get`.
@@ -234,5 +305,7 @@ pub fn demote_closing(key: &FlowKey, entry: Entry) {
 /// Forgets a flow that the active policy no longer admits.
 #[inline(always)]
 pub fn forget(key: &FlowKey, entry: Entry) {
-    let _ = entry.table.map().remove(key);
+    if entry.table.map().remove(key).is_ok() {
+        count(flow_stats::FORGOTTEN);
+    }
 }

@@ -22,6 +22,19 @@ pub fn remember_pass(pkt: &Packet, rule: u32, now: u64) {
     let _ = FW_FRAGS.insert(&key(pkt), &value, 0);
 }
 
+/// Whether the first fragment of the datagram (family, protocol, id,
+/// source, destination) passed within the fragment timeout: an ICMP error
+/// quoting one of its later fragments belongs to it.
+#[inline(always)]
+pub fn first_passed(family: u8, proto: u8, id: u32, src: &[u8; 16], dst: &[u8; 16], now: u64) -> bool {
+    let key = FragKey { family, proto, _pad: 0, id, src: *src, dst: *dst };
+    match FW_FRAGS.get_ptr(&key) {
+        // SAFETY: pointer from a successful lookup, valid for this run.
+        Some(v) => now.wrapping_sub(unsafe { (*v).seen_ns }) <= FRAG_TIMEOUT_NS,
+        None => false,
+    }
+}
+
 /// The verdict for a later fragment.
 #[inline(always)]
 pub fn follow_first(pkt: &Packet, now: u64) -> Verdict {

@@ -68,7 +68,7 @@ fn classify(ctx: &TcContext, direction: Direction) -> i32 {
         Err(reason) => Verdict::drop(reason),
     };
     counters::count(direction, &verdict, ctx.len());
-    if verdict.reason.is_drop() || verdict.reason == Reason::PassAudit {
+    if (verdict.reason.is_drop() || verdict.reason == Reason::PassAudit) && !verdict.quiet {
         if verdict.reason == Reason::DropNoPolicy {
             // Never expected: the loader writes a policy before attaching.
             // Forwarded by the daemon to its log (aya-log).
@@ -95,7 +95,13 @@ fn report(ctx: &TcContext, direction: Direction, verdict: &Verdict, pkt: &parse:
     } else {
         0
     };
-    events::emit(verdict, flow::now_ns(), |e| {
+    let key = if verdict.reason == Reason::PassAudit {
+        let (peer, port) = if direction == Direction::Egress { (&pkt.dst, pkt.policy_port) } else { (&pkt.src, pkt.policy_port) };
+        events::destination_key(verdict.reason as u8, peer, port, pkt.proto)
+    } else {
+        events::rule_key(verdict)
+    };
+    events::emit(verdict, key, flow::now_ns(), |e| {
         e.direction = direction as u8;
         e.family = pkt.family;
         e.proto = pkt.proto;

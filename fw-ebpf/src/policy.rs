@@ -68,7 +68,8 @@ pub fn on_link6(addr: &[u8; 16]) -> bool {
 #[derive(Clone, Copy)]
 pub struct Active {
     pub generation: u32,
-    pub phase: PhaseConfig,
+    /// In the map, not copied: most packets read none of it.
+    pub phase: &'static PhaseConfig,
 }
 
 /// `None` before any policy was written (generation 0 is never used for a
@@ -79,8 +80,18 @@ pub fn active() -> Option<Active> {
     if generation == 0 {
         return None;
     }
-    let phase = *FW_PHASES.get(generation & 1)?;
+    let phase = FW_PHASES.get(generation & 1)?;
     Some(Active { generation, phase })
+}
+
+/// The phase slot (`generation & 1`) of the active generation; 0 before
+/// any was written. What the reason counters are kept under.
+#[inline(always)]
+pub fn active_slot() -> u32 {
+    match FW_CONFIG.get(0) {
+        Some(c) => c.generation & 1,
+        None => 0,
+    }
 }
 
 /// The remote side of a packet, which rules match: the destination on

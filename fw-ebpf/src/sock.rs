@@ -11,7 +11,9 @@
 //! * protocols other than TCP and UDP;
 //! * sockets bound to a port an inbound rule serves to that peer: their
 //!   sends may be replies to flows only the TC programs see (a media server
-//!   answering a client's ICE check from port 40000).
+//!   answering a client's ICE check from port 40000); under an allowing
+//!   inbound default, UDP sockets bound outside the ephemeral range too
+//!   (see `serves`).
 //! Phase switches and audit mode apply as for packets; `reject: false` in a
 //! phase turns the refusals off.
 //!
@@ -47,6 +49,13 @@ use crate::{counters, events, flow, policy, verdict::Verdict};
 /// Network namespace cookie of the enforced interface; set at load time.
 #[unsafe(no_mangle)]
 static NETNS_COOKIE: u64 = 0;
+
+/// The ephemeral port range of that namespace (Linux's default until the
+/// loader writes the one it reads).
+#[unsafe(no_mangle)]
+static EPHEMERAL_FIRST: u16 = 32768;
+#[unsafe(no_mangle)]
+static EPHEMERAL_LAST: u16 = 60999;
 
 #[map(name = "FW_BYPASS4")]
 static FW_BYPASS4: LpmTrie<[u8; 4], u8> = LpmTrie::with_max_entries(4096, 0);
@@ -268,18 +277,43 @@ fn judge(ctx: &SockAddrContext, family: u8) -> i32 {
     REFUSE
 }
 
-/// Does an inbound rule admit `peer` to `local_port`?
+/// Does this host serve `peer` on `local_port`, so that a send from it may
+/// answer a flow only the TC programs see? An inbound rule that admits the
+/// peer says so. Without one, under an allowing inbound default, a UDP
+/// port may serve too (the default serves every port), but every UDP
+/// socket has a port by the time it sends, autobound or not, and this hook
+/// cannot tell a reply from a first datagram. The ephemeral range tells
+/// them apart where it can: a port outside it was bound on purpose, by a
+/// service (defer to TC, which sees the flows); a port inside it is
+/// almost always autobound, by a client (judge the send: a denied first
+/// datagram fails with EPERM). A service bound inside the ephemeral range
+/// that no inbound rule names has its replies refused here
+/// (docs/policy.md); `fw check` warns about the overlap of named ones.
 #[inline(always)]
 fn serves(active: &policy::Active, peer: policy::Peer, ip_proto: u8, local_port: u16) -> bool {
-    matches!(
-        policy::lookup(active.generation, Direction::Inbound, peer, ip_proto, local_port),
-        Some(v) if v.action() == Action::Allow
-    )
+    match policy::lookup(active.generation, Direction::Inbound, peer, ip_proto, local_port) {
+        Some(v) => v.action() == Action::Allow,
+        None => ip_proto == proto::UDP && active.phase.inbound_default() == Action::Allow && !ephemeral(local_port),
+    }
+}
+
+/// Is `port` in this namespace's `net.ipv4.ip_local_port_range` (read when
+/// the object was loaded), where autobound sockets get their ports?
+#[inline(always)]
+fn ephemeral(port: u16) -> bool {
+    // SAFETY: reading load-time constants the loader rewrote.
+    let (first, last) = unsafe { (core::ptr::read_volatile(&EPHEMERAL_FIRST), core::ptr::read_volatile(&EPHEMERAL_LAST)) };
+    first <= port && port <= last
 }
 
 #[inline(always)]
 fn report(_ctx: &SockAddrContext, verdict: &Verdict, family: u8, ip_proto: u8, dst: &[u8; 16], dport: u16) {
-    events::emit(verdict, flow::now_ns(), |e| {
+    let key = if verdict.reason == Reason::PassAudit {
+        events::destination_key(verdict.reason as u8, dst, dport, ip_proto)
+    } else {
+        events::rule_key(verdict)
+    };
+    events::emit(verdict, key, flow::now_ns(), |e| {
         e.direction = Direction::Egress as u8;
         e.family = family;
         e.proto = ip_proto;

@@ -9,15 +9,18 @@ pub const NO_RULE: u32 = u32::MAX;
 pub struct Verdict {
     pub reason: Reason,
     pub rule: u32,
+    /// No drop event for this one: a later packet of a flow admitted in
+    /// audit mode (its first packet sent the event), counted all the same.
+    pub quiet: bool,
 }
 
 impl Verdict {
     #[inline(always)]
     pub const fn drop(reason: Reason) -> Self {
-        Self { reason, rule: NO_RULE }
+        Self { reason, rule: NO_RULE, quiet: false }
     }
     #[inline(always)]
     pub const fn new(reason: Reason, rule: u32) -> Self {
-        Self { reason, rule }
+        Self { reason, rule, quiet: false }
     }
 }

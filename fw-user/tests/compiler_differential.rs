@@ -128,6 +128,7 @@ fn settings() -> impl Strategy<Value = PhaseSettings> {
         egress_default: if egress_allow { Action::Allow } else { Action::Deny },
         inbound_default: if inbound_drop { Action::Deny } else { Action::Allow },
         audit,
+        timeouts: fw_common::FlowTimeouts::DEFAULT,
     })
 }
 

@@ -201,3 +201,24 @@ fn env_file_errors_name_the_env_file_line() {
     assert_eq!((e.line, e.col), (3, 1));
     assert!(matches!(e.kind, ErrorKind::BadEnvLine(_)));
 }
+
+/// `timeouts:` (issue 12, finding 1): durations from a second to a year,
+/// known keys only, each error at its value.
+#[test]
+fn timeouts_take_durations_within_bounds() {
+    let phase = |t: &str| format!("phases:\n  runtime:\n    timeouts: {t}\n");
+    let msg = assert_error(&phase("{ udp: 10x }"), 3, 22, |k| matches!(k, ErrorKind::BadTimeout { .. }));
+    assert!(msg.ends_with("`timeouts.udp: 10x`: expected a duration like 30s, 10m, 2h or 5d"), "{msg}");
+    let msg = assert_error(&phase("{ tcp_closing: 0s }"), 3, 30, |k| matches!(k, ErrorKind::BadTimeout { .. }));
+    assert!(msg.contains("out of bounds (from 1s to 365d)"), "{msg}");
+    assert_error(&phase("{ other: 366d }"), 3, 24, |k| matches!(k, ErrorKind::BadTimeout { .. }));
+    assert_error(&phase("{ other: 99999999999999999999 }"), 3, 24, |k| matches!(k, ErrorKind::BadTimeout { .. }));
+    assert_error(&phase("{ tcp_establised: 5d }"), 3, 17, |k| {
+        matches!(k, ErrorKind::UnknownKey { key, .. } if key == "tcp_establised")
+    });
+    assert_error(&phase("5d"), 3, 15, |k| matches!(k, ErrorKind::WrongType { .. }));
+    let vars = Vars::from_pairs::<&str, &str>([]);
+    let ok = parse_str_with_resolver(&phase("{ tcp_established: 1d, udp: 2m, other: 45 }"), "t.yaml", &vars, &resolve).unwrap();
+    let t = ok.policy.phases[0].settings.timeouts;
+    assert_eq!((t.tcp_established, t.tcp_closing, t.udp, t.other), (86_400, 10, 120, 45));
+}

@@ -229,3 +229,28 @@ fn check_report_renders_every_shipped_policy() {
         assert!(shadowed.is_empty(), "{name}: {shadowed:?}");
     }
 }
+
+/// Issue 12, finding 3: ping stopped under the shipped runtime phases
+/// (the inbound default let the echo request in, opened no flow, and the
+/// reply was dropped), and the media node drops what it does not list.
+/// Every phase of every shipped policy serves ICMP and ICMPv6 echo by a
+/// rule of its own.
+#[test]
+fn finding3_every_shipped_phase_answers_ping() {
+    let envs = [
+        ("openvidu-ce", CE_ENV),
+        ("openvidu-pro-master", "MEDIA_NODES=198.18.10.0/24\n"),
+        ("openvidu-media-node", "MASTER_NODE=198.18.0.10\n"),
+        ("vonage-webrtc-client", ""),
+    ];
+    for (name, env) in envs {
+        let loaded = load_with_env(name, env);
+        for p in &loaded.policy.phases {
+            let compiled = phase(&loaded, &p.name);
+            expect(&compiled, Inbound, "198.18.9.9/icmp", Allow, Some("ping"));
+            expect(&compiled, Inbound, "[2001:db8::9]/icmpv6", Allow, Some("ping6"));
+            let e = explain(&compiled, &parse_query_with_resolver("198.18.9.9/icmp", Inbound, &|_| Err(String::new())).unwrap()[0]);
+            assert!(e.opens_flow && e.render_text().contains("replies pass"), "{name} {}: {}", p.name, e.render_text());
+        }
+    }
+}

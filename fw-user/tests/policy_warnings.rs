@@ -79,3 +79,30 @@ fn open_egress_is_a_warning_kind_of_its_own() {
     let install = "name: t\nphases:\n  install:\n    egress_default: allow\n  runtime: {}\n";
     assert_eq!(open_egress(install, "install"), Vec::<String>::new());
 }
+
+/// Issue 12, finding 7: a server's own connections from ephemeral ports
+/// inside a served range (Linux picks 32768-60999; OpenVidu serves
+/// 40000-65535) were reported as spoofed replies, and nothing said why.
+/// `fw check`, run and switch warn, and say how to keep them apart.
+#[test]
+fn finding7_served_ports_inside_the_ephemeral_range_are_reported() {
+    use fw_user::policy::{ir::PortRange, lint};
+    let dir = tempfile::tempdir().unwrap();
+    let env = env_file(&dir, "OPENVIDU_WEBHOOK_ENDPOINT=\nCOTURN_IP=\nDOMAIN_OR_PUBLIC_IP=\n");
+    let loaded = source::load_phase("openvidu-ce", Some(&env), "runtime").unwrap();
+    let (_, policy, _) = source::load_policy("openvidu-ce", Some(&env)).unwrap();
+    let linux = PortRange { first: 32768, last: 60999 };
+    let warnings = lint::ephemeral_overlap(&policy.policy, std::slice::from_ref(&loaded.compiled), linux);
+    let text: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(warnings.len(), 2, "{text:#?}");
+    assert!(warnings.iter().all(|w| w.code == "ephemeral-overlap"));
+    assert!(
+        text[0].contains("rule `kurento-media` serves tcp 40000-57000, udp 40000-57000, inside this host's ephemeral ports 32768-60999")
+            && text[0].contains("sysctl -w net.ipv4.ip_local_reserved_ports=40000-57000"),
+        "{text:#?}"
+    );
+    assert!(text[1].contains("rule `turn-relay` serves tcp 57001-65535, udp 57001-65535"), "{text:#?}");
+    // Apart: nothing to say.
+    let apart = PortRange { first: 10000, last: 39999 };
+    assert!(lint::ephemeral_overlap(&policy.policy, std::slice::from_ref(&loaded.compiled), apart).is_empty());
+}

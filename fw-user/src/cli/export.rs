@@ -12,10 +12,12 @@ use crate::{
 
 /// Print a phase of a policy as an nftables or iptables ruleset with the
 /// same meaning (deny first, the phase defaults, replies of admitted
-/// connections pass), to compare or to migrate. `nft` keeps fw's structure
-/// (address interval maps, one chain per address class) and loads with
-/// `nft -f`; `iptables`/`ip6tables` is a linear list for `iptables-restore`
-/// (which replaces the filter table). Never touches the kernel.
+/// connections pass) and the same scope (one interface, forwarded traffic
+/// included, loopback never), to compare or to migrate. `nft` keeps fw's
+/// structure (address interval maps, one chain per address class) in its
+/// own table `inet fw` and loads with `nft -f`; `iptables`/`ip6tables` is a
+/// linear list in chains of its own for `iptables-restore --noflush`, which
+/// replaces nothing else. Never touches the kernel.
 #[derive(Args, Debug)]
 pub struct ExportArgs {
     /// Output language.
@@ -26,7 +28,7 @@ pub struct ExportArgs {
     #[command(flatten)]
     pub source: PhaseSource,
     /// Apply only to this interface (default: the instance's interface with
-    /// --name; with --policy, every interface).
+    /// --name; with --policy, every interface but loopback).
     #[arg(long)]
     pub iface: Option<String>,
 }
@@ -35,9 +37,9 @@ pub struct ExportArgs {
 pub enum Format {
     /// `nft -f` input: table `inet fw`.
     Nft,
-    /// `iptables-restore` input: the IPv4 rules.
+    /// `iptables-restore --noflush` input: the IPv4 rules.
     Iptables,
-    /// `ip6tables-restore` input: the IPv6 rules.
+    /// `ip6tables-restore --noflush` input: the IPv6 rules.
     Ip6tables,
 }
 

@@ -18,14 +18,18 @@ use crate::{
 };
 
 /// The learning instance's policy: one phase, audit mode, no egress rule,
-/// so every new outbound connection is a would-drop event (and passes).
-/// Inbound stays `allow` (tracked): replies to what this host serves are
-/// flows, not events.
+/// so every new outbound flow is a would-drop event (and passes). Inbound
+/// stays `allow`, which serves: what a peer opens is a flow, and the
+/// replies to it are not events.
 const LEARNING_POLICY: &str = "name: learning\nphases:\n  learning:\n    mode: audit\n";
 const LEARNING_PHASE: &str = "learning";
-/// Events per second per (reason, rule) and CPU while learning: every
-/// connection of a busy host, not a sample.
-const LEARN_EVENT_BUDGET: u32 = 5000;
+/// Would-drop events per second per destination (address, port, protocol)
+/// and CPU while learning. Audit mode tracks flows, so an event is a new
+/// flow, not a packet: a download is one event, and a destination that
+/// opens more than this many flows a second was learned by its first.
+const LEARN_EVENT_BUDGET: u32 = 100;
+/// How often the flow tables are sampled for what this host serves.
+const SERVED_SAMPLE: Duration = Duration::from_secs(2);
 
 /// Watch what this host connects to and write it as a policy: starts a
 /// temporary instance on IFACE in audit mode with no egress rule (nothing is
@@ -103,6 +107,7 @@ pub fn learn(args: LearnArgs) -> Result<ExitCode> {
     );
 
     let mut tally = Tally::default();
+    let before = event_counts(&name)?;
     runtime.block_on(async {
         let mut reader = EventReader::open(&name)?;
         let deadline = async {
@@ -112,35 +117,55 @@ pub fn learn(args: LearnArgs) -> Result<ExitCode> {
             }
         };
         tokio::pin!(deadline);
+        let mut sample = tokio::time::interval(SERVED_SAMPLE);
         loop {
             tokio::select! {
                 batch = reader.next_batch(&mut tally) => batch?,
+                _ = sample.tick() => sample_served(&name, &mut tally).await,
                 _ = &mut deadline => break,
                 _ = interrupt.recv() => break,
                 _ = terminate.recv() => break,
             }
         }
-        // What the kernel submitted up to now, still unread.
+        // What the kernel submitted up to now, still unread, and what the
+        // tables hold now.
         reader.drain(&mut tally);
+        sample_served(&name, &mut tally).await;
         anyhow::Ok(())
     })?;
+    let after = event_counts(&name)?;
     temporary.stop()?;
 
     let rules = tally.rules();
+    let served = tally.served();
+    let unseen = Unseen { suppressed: after.0 - before.0, lost: after.1 - before.1, undecodable: tally.undecodable };
     let header = format!(
-        "# Learned by `fw learn --iface {}`: {} destinations in {} rules.\n# Each rule allows exactly what was seen; review before enforcing.\n",
+        "# Learned by `fw learn --iface {}`: {} destinations in {} rules; {} served protocols.\n\
+         # Events: {} read, {} over the per-destination budget, {} lost (ring buffer full).\n\
+         # Each rule allows exactly what was seen; review before enforcing.\n",
         args.iface,
         tally.destinations(),
-        rules.len()
+        rules.len(),
+        served.len(),
+        after.2 - before.2,
+        unseen.suppressed,
+        unseen.lost,
     );
     let text = match &base {
-        None => learn::policy_yaml(&header, &args.phase, &rules),
-        Some((path, base)) => learn::append_phase(base, &header, &args.phase, &rules)
+        None => learn::policy_yaml(&header, &args.phase, &rules, &served),
+        Some((path, base)) => learn::append_phase(base, &header, &args.phase, &rules, &served)
             .map_err(|e| anyhow::anyhow!("cannot add the learned phase to {}: {e}", path.display()))?,
     };
     write_checked(&text, &args.phase, args.output.as_deref(), &name)?;
-    if tally.undecodable > 0 {
-        eprintln!("fw: warning: {} events could not be decoded (is this fw older than its kernel object?)", tally.undecodable);
+    for warning in unseen.warnings() {
+        eprintln!("fw: warning: {warning}");
+    }
+    if tally.inbound_overflow > 0 {
+        eprintln!(
+            "fw: warning: {} flows peers opened were not remembered (the first {} were): replies to them may be learned as egress",
+            tally.inbound_overflow,
+            500_000
+        );
     }
     eprintln!(
         "fw: learned {} rules{}",
@@ -211,5 +236,146 @@ impl Drop for Temporary {
         if let Err(e) = self.stop() {
             eprintln!("fw: removing the learning instance {}: {e:#} (`fw stop --name {}` retries)", self.name, self.name);
         }
+    }
+}
+
+/// Events the learning did not read.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Unseen {
+    /// Over a destination's budget: that destination sent at least its
+    /// first event in the same second, so it is learned; its count of uses
+    /// is low.
+    suppressed: u64,
+    /// The ring buffer was full: these may be destinations never seen.
+    lost: u64,
+    undecodable: u64,
+}
+
+impl Unseen {
+    /// What the operator must know about what learning could not see.
+    fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.lost > 0 {
+            out.push(format!(
+                "{} events were lost (the ring buffer was full): destinations seen only in them are missing from the \
+                 learned policy; learn again at a quieter time, or for longer",
+                self.lost
+            ));
+        }
+        if self.suppressed > 0 {
+            out.push(format!(
+                "{} events were over a destination's budget ({LEARN_EVENT_BUDGET} a second per CPU): every destination \
+                 was learned, the counts of uses in the comments are low",
+                self.suppressed
+            ));
+        }
+        if self.undecodable > 0 {
+            out.push(format!("{} events could not be decoded (is this fw older than its kernel object?)", self.undecodable));
+        }
+        out
+    }
+}
+
+/// (suppressed, lost, emitted) events of instance `name` so far.
+fn event_counts(name: &str) -> Result<(u64, u64, u64)> {
+    use aya::maps::{Map, MapData, PerCpuArray};
+    use fw_common::event::event_stats;
+    let path = paths::map_pin(name, fw_common::maps::EVENT_STATS);
+    let map = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+    let stats = PerCpuArray::<_, u64>::try_from(Map::PerCpuArray(map))?;
+    let sum = |i: u32| -> Result<u64> { Ok(stats.get(&i, 0)?.iter().sum()) };
+    Ok((sum(event_stats::SUPPRESSED)?, sum(event_stats::LOST)?, sum(event_stats::EMITTED)?))
+}
+
+/// The flows peers opened (the inbound entries of both flow tables) and
+/// the TCP ports this host listens on, into `tally`. Read on the blocking
+/// pool: a full table takes a while, and events must keep being read.
+async fn sample_served(name: &str, tally: &mut Tally) {
+    let name = name.to_string();
+    let read = tokio::task::spawn_blocking(move || -> Result<(Vec<InboundFlow>, Vec<u16>)> {
+        Ok((inbound_flows(&name)?, listening_tcp_ports()))
+    })
+    .await;
+    match read {
+        Ok(Ok((flows, listening))) => {
+            for f in flows {
+                tally.observe_inbound(&f.proto, f.local_port, f.peer, f.peer_port);
+            }
+            for port in listening {
+                tally.observe_listening(port);
+            }
+        }
+        Ok(Err(e)) => eprintln!("fw: reading the flow tables: {e:#}"),
+        Err(e) => eprintln!("fw: reading the flow tables: {e}"),
+    }
+}
+
+struct InboundFlow {
+    proto: String,
+    local_port: u16,
+    peer: std::net::IpAddr,
+    peer_port: u16,
+}
+
+fn inbound_flows(name: &str) -> Result<Vec<InboundFlow>> {
+    use aya::maps::{HashMap, Map, MapData};
+    use fw_common::{flow::FLOW_INBOUND, FlowKey, FlowValue};
+    let mut out = Vec::new();
+    for table in [fw_common::maps::FLOWS, fw_common::maps::FLOWS_IN] {
+        let path = paths::map_pin(name, table);
+        let map = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+        let flows: HashMap<_, FlowKey, FlowValue> = HashMap::try_from(Map::LruHashMap(map))?;
+        for (key, value) in flows.iter().filter_map(|e| e.ok()) {
+            if value.flags & FLOW_INBOUND == 0 {
+                continue;
+            }
+            let peer = if key.family == 4 {
+                let a = key.remote_addr;
+                std::net::IpAddr::from([a[0], a[1], a[2], a[3]])
+            } else {
+                std::net::IpAddr::from(key.remote_addr)
+            };
+            out.push(InboundFlow {
+                proto: crate::policy::protocols::protocol_name(key.proto),
+                // ICMP echo: the port the policy matched (type 8 / 128).
+                local_port: if matches!(key.proto, 1 | 58) { value.policy_port } else { u16::from_be_bytes(key.local_port) },
+                peer,
+                peer_port: u16::from_be_bytes(key.remote_port),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// TCP ports in LISTEN state in this network namespace (/proc/net/tcp,
+/// tcp6: `local_address` is `HEXADDR:HEXPORT`, state 0A is LISTEN).
+fn listening_tcp_ports() -> Vec<u16> {
+    let mut ports = Vec::new();
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else { continue };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.get(3) != Some(&"0A") {
+                continue;
+            }
+            if let Some(port) = fields.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok()) {
+                ports.push(port);
+            }
+        }
+    }
+    ports
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finding5_learning_says_what_it_could_not_see() {
+        assert!(Unseen::default().warnings().is_empty());
+        let w = Unseen { suppressed: 7, lost: 3, undecodable: 0 }.warnings();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].starts_with("3 events were lost (the ring buffer was full)"), "{w:?}");
+        assert!(w[1].starts_with("7 events were over a destination's budget"), "{w:?}");
     }
 }

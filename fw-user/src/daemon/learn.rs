@@ -12,6 +12,13 @@
 //! Rules: one per (program, container or cgroup, destination address,
 //! protocol), its ports folded into ranges of consecutive ports, so the
 //! phase allows exactly the flows that were seen.
+//!
+//! Only what this host opens is egress. What it serves (flows a peer opened:
+//! the inbound entries of the flow tables, sampled while learning) is
+//! written as inbound rules, and a packet event that answers such a flow
+//! (sent before the peer's next packet opened it again, or on a connection
+//! to a listening port older than the learning) is a reply, never an
+//! egress rule to a client's ephemeral port.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -67,12 +74,24 @@ struct Packets {
     who: BTreeSet<Who>,
 }
 
+/// At most this many inbound 4-tuples are remembered (about 60 bytes
+/// each): enough for the replies of a busy server, bounded for a flood.
+const MAX_INBOUND_TUPLES: usize = 500_000;
+
 /// What a learning run saw.
 #[derive(Default)]
 pub struct Tally {
     next_seq: u64,
     calls: BTreeMap<Dest, BTreeMap<Who, Calls>>,
     packets: BTreeMap<Dest, Packets>,
+    /// Served: (protocol, local port) -> the peers that opened flows to it.
+    served: BTreeMap<(String, u16), BTreeSet<IpAddr>>,
+    /// (protocol, local port, peer, peer port) of the flows peers opened.
+    inbound: BTreeSet<(String, u16, IpAddr, u16)>,
+    /// Inbound flows not remembered because [`MAX_INBOUND_TUPLES`] were.
+    pub inbound_overflow: u64,
+    /// TCP ports this host listened on while learning.
+    listening: BTreeSet<u16>,
     /// Records the reader could not decode.
     pub undecodable: u64,
 }
@@ -97,7 +116,11 @@ impl Tally {
     /// phase default) is not a flow to learn.
     pub fn record(&mut self, event: &Event) {
         let learnable = [Reason::PassAudit, Reason::DropDefault, Reason::DropSocket].map(Reason::as_str);
-        if event.direction != "egress" || !learnable.contains(&event.reason.as_str()) || is_icmp_error(event) {
+        if event.direction != "egress"
+            || !learnable.contains(&event.reason.as_str())
+            || is_icmp_error(event)
+            || is_echo_reply(event)
+        {
             return;
         }
         let dest = (event.proto.clone(), event.dst, event.dst_port);
@@ -112,9 +135,65 @@ impl Tally {
         }
     }
 
-    /// Distinct destinations seen.
+    /// A flow a peer opened to this host (`proto` by name), seen in the
+    /// flow tables: this host serves `local_port`.
+    pub fn observe_inbound(&mut self, proto: &str, local_port: u16, peer: IpAddr, peer_port: u16) {
+        self.served.entry((proto.to_string(), local_port)).or_default().insert(peer);
+        let tuple = (proto.to_string(), local_port, peer, peer_port);
+        if self.inbound.len() < MAX_INBOUND_TUPLES || self.inbound.contains(&tuple) {
+            self.inbound.insert(tuple);
+        } else {
+            self.inbound_overflow += 1;
+        }
+    }
+
+    /// A TCP port this host listens on: what it sends from there answers
+    /// a connection a peer opened (perhaps before learning started).
+    pub fn observe_listening(&mut self, port: u16) {
+        self.listening.insert(port);
+    }
+
+    /// Whether a packet from this host's `src_port` to `dest` answers a
+    /// flow a peer opened.
+    fn is_reply(&self, dest: &Dest, src_port: u16) -> bool {
+        let (proto, addr, port) = dest;
+        (proto == "tcp" && self.listening.contains(&src_port))
+            || self.inbound.contains(&(proto.clone(), src_port, *addr, *port))
+    }
+
+    /// The packet-only destinations, each with the source ports of the
+    /// flows this host opened to it (replies removed); a destination that
+    /// only replies reached is left out.
+    fn opened_packets(&self) -> impl Iterator<Item = (&Dest, &Packets, usize)> {
+        self.packets.iter().filter_map(|(dest, packets)| {
+            let opened = packets.src_ports.iter().filter(|p| !self.is_reply(dest, **p)).count();
+            let replies_only = !packets.src_ports.is_empty() && opened == 0;
+            (!replies_only).then_some((dest, packets, opened))
+        })
+    }
+
+    /// Distinct destinations this host opened flows to.
     pub fn destinations(&self) -> usize {
-        self.calls.keys().chain(self.packets.keys()).collect::<BTreeSet<_>>().len()
+        self.calls.keys().chain(self.opened_packets().map(|(d, _, _)| d)).collect::<BTreeSet<_>>().len()
+    }
+
+    /// What this host served: one rule per protocol, its ports folded.
+    pub fn served(&self) -> Vec<ServedRule> {
+        let mut by_proto: BTreeMap<&str, (BTreeSet<u16>, BTreeSet<IpAddr>)> = BTreeMap::new();
+        for ((proto, port), peers) in &self.served {
+            let entry = by_proto.entry(proto.as_str()).or_default();
+            entry.0.insert(*port);
+            entry.1.extend(peers);
+        }
+        by_proto
+            .into_iter()
+            .map(|(proto, (ports, peers))| ServedRule {
+                name: format!("served-{proto}"),
+                proto: proto.to_string(),
+                ports: if is_icmp(proto) { ports.iter().map(|p| icmp_entry(*p)).collect() } else { fold_ports(&ports) },
+                peers: peers.len(),
+            })
+            .collect()
     }
 
     /// The flows, grouped into rules.
@@ -130,7 +209,7 @@ impl Tally {
                 g.2.extend(&calls.pids);
             }
         }
-        for (dest, packets) in &self.packets {
+        for (dest, packets, opened) in self.opened_packets() {
             if self.calls.contains_key(dest) {
                 continue;
             }
@@ -139,7 +218,7 @@ impl Tally {
             let who = packets.who.iter().next().cloned().unwrap_or(Who { comm: None, place: None });
             let g = groups.entry((who, dest.0.clone(), dest.1)).or_default();
             g.0.insert(dest.2);
-            g.1 += packets.src_ports.len().max(1) as u64;
+            g.1 += opened.max(1) as u64;
         }
         let mut used_names = BTreeSet::new();
         groups
@@ -171,6 +250,12 @@ fn is_icmp_error(event: &Event) -> bool {
     }
 }
 
+/// An echo reply answers a peer's echo request: served, never opened.
+fn is_echo_reply(event: &Event) -> bool {
+    let kind = event.dst_port >> 8;
+    matches!((event.proto.as_str(), kind), ("icmp", 0) | ("icmpv6", 129))
+}
+
 fn is_icmp(proto: &str) -> bool {
     proto == "icmp" || proto == "icmpv6"
 }
@@ -191,6 +276,16 @@ pub struct LearnedRule {
     /// Calls (or, seen only as packets, connections) that used it.
     pub uses: u64,
     pub pids: Vec<u32>,
+}
+
+/// What this host served, per protocol: written as an inbound rule.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ServedRule {
+    pub name: String,
+    pub proto: String,
+    pub ports: Vec<PortEntry>,
+    /// Distinct peers that opened flows to these ports.
+    pub peers: usize,
 }
 
 /// One element of a rule's `ports` list.
@@ -251,12 +346,31 @@ fn unique_name(who: &Who, used: &mut BTreeSet<String>) -> String {
         .expect("an unused name")
 }
 
-/// The phase `phase` with `rules` as its egress, indented by `indent`
-/// spaces (the indentation of the phase names in the file it goes into).
-pub fn phase_yaml(phase: &str, rules: &[LearnedRule], indent: usize) -> String {
+/// The phase `phase` with `served` as its inbound and `rules` as its
+/// egress, indented by `indent` spaces (the indentation of the phase names
+/// in the file it goes into).
+pub fn phase_yaml(phase: &str, rules: &[LearnedRule], served: &[ServedRule], indent: usize) -> String {
     let pad = " ".repeat(indent);
     let mut out = String::new();
     let _ = writeln!(out, "{pad}{phase}:");
+    if !served.is_empty() {
+        let _ = writeln!(out, "{pad}  # What this host served: peers opened these flows, so their replies pass");
+        let _ = writeln!(out, "{pad}  # (the inbound default allows; these rules name them, and keep them");
+        let _ = writeln!(out, "{pad}  # served under `inbound_default: drop`).");
+        let _ = writeln!(out, "{pad}  inbound:");
+        for rule in served {
+            let ports: Vec<String> = rule.ports.iter().map(|p| p.yaml()).collect();
+            let peers = if rule.peers == 1 { "1 peer".to_string() } else { format!("{} peers", rule.peers) };
+            let _ = writeln!(out, "{pad}    # {peers}");
+            let _ = writeln!(
+                out,
+                "{pad}    - {{ name: {}, proto: {}, ports: [{}] }}",
+                rule.name,
+                rule.proto,
+                ports.join(", ")
+            );
+        }
+    }
     if rules.is_empty() {
         let _ = writeln!(out, "{pad}  # nothing was seen: this phase allows no egress");
         let _ = writeln!(out, "{pad}  egress: []");
@@ -285,14 +399,20 @@ pub fn phase_yaml(phase: &str, rules: &[LearnedRule], indent: usize) -> String {
 }
 
 /// A whole policy holding the learned phase.
-pub fn policy_yaml(header: &str, phase: &str, rules: &[LearnedRule]) -> String {
-    format!("{header}name: learned\nphases:\n{}", phase_yaml(phase, rules, 2))
+pub fn policy_yaml(header: &str, phase: &str, rules: &[LearnedRule], served: &[ServedRule]) -> String {
+    format!("{header}name: learned\nphases:\n{}", phase_yaml(phase, rules, served, 2))
 }
 
 /// `base` (a policy file's text) with the learned phase added at the end
 /// of its `phases:` mapping, which must be its last top-level key (the
 /// caller re-parses the result to make sure it is).
-pub fn append_phase(base: &str, header: &str, phase: &str, rules: &[LearnedRule]) -> Result<String, String> {
+pub fn append_phase(
+    base: &str,
+    header: &str,
+    phase: &str,
+    rules: &[LearnedRule],
+    served: &[ServedRule],
+) -> Result<String, String> {
     let lines: Vec<&str> = base.lines().collect();
     let start = lines
         .iter()
@@ -311,7 +431,7 @@ pub fn append_phase(base: &str, header: &str, phase: &str, rules: &[LearnedRule]
     for line in header.lines() {
         let _ = writeln!(out, "{}{line}", " ".repeat(indent));
     }
-    out.push_str(&phase_yaml(phase, rules, indent));
+    out.push_str(&phase_yaml(phase, rules, served, indent));
     Ok(out)
 }
 
@@ -383,7 +503,7 @@ mod tests {
         assert_eq!(rules[2].ports, [PortEntry::Range(8080, 8082), PortEntry::One(9000)]);
         assert_eq!(rules[2].uses, 5);
         assert_eq!(rules[2].pids, [812]);
-        let yaml = phase_yaml("learned", &rules, 2);
+        let yaml = phase_yaml("learned", &rules, &[], 2);
         assert!(yaml.contains("    # curl (cgroup /app): 5 times, pid 812\n"), "{yaml}");
         assert!(
             yaml.contains("- { name: learned-curl-1, to: [\"198.18.1.2\"], proto: tcp, ports: [\"8080-8082\", 9000] }"),
@@ -391,11 +511,41 @@ mod tests {
         );
     }
 
+    /// Issue 12, finding 5: a server's replies to its clients (ephemeral
+    /// ports) were learned as egress rules. What a peer opened is served.
+    #[test]
+    fn finding5_replies_to_served_flows_are_served_not_egress() {
+        let mut tally = Tally::default();
+        let client: IpAddr = "198.18.1.9".parse().unwrap();
+        // The server's packets to a client, before the client's next packet
+        // opened the flow again, and on a connection older than learning.
+        tally.record(&Event { proto: "udp".into(), ..event("packet", None, "198.18.1.9", 38392, Some(5005)) });
+        tally.record(&event("packet", None, "198.18.1.9", 41000, Some(8080)));
+        tally.record(&Event { proto: "icmp".into(), ..event("packet", None, "198.18.1.9", 0, None) });
+        // A download this host opened from a port that is no reply.
+        tally.record(&event("packet", None, "198.18.1.2", 80, Some(50000)));
+        tally.observe_inbound("udp", 5005, client, 38392);
+        tally.observe_inbound("tcp", 8080, client, 41001);
+        tally.observe_inbound("tcp", 8081, client, 41002);
+        tally.observe_listening(8080);
+        let rules = tally.rules();
+        assert_eq!(rules.len(), 1, "{rules:#?}");
+        assert_eq!((rules[0].addr.to_string(), rules[0].ports.as_slice()), ("198.18.1.2".into(), [PortEntry::One(80)].as_slice()));
+        assert_eq!(tally.destinations(), 1);
+        let served = tally.served();
+        assert_eq!(served.len(), 2, "{served:#?}");
+        assert_eq!((served[0].proto.as_str(), served[0].ports.as_slice()), ("tcp", [PortEntry::Range(8080, 8081)].as_slice()));
+        assert_eq!((served[1].proto.as_str(), served[1].ports.as_slice(), served[1].peers), ("udp", [PortEntry::One(5005)].as_slice(), 1));
+        let yaml = phase_yaml("learned", &rules, &served, 2);
+        assert!(yaml.contains("    inbound:\n      # 1 peer\n      - { name: served-tcp, proto: tcp, ports: [\"8080-8081\"] }"), "{yaml}");
+        assert!(!yaml.contains("38392") && !yaml.contains("41000"), "{yaml}");
+    }
+
     #[test]
     fn the_learned_phase_is_appended_at_the_files_phase_indentation() {
         let base = "name: x\nphases:\n    runtime:\n        egress: []\n";
-        let out = append_phase(base, "# learned\n", "seen", &[]).unwrap();
+        let out = append_phase(base, "# learned\n", "seen", &[], &[]).unwrap();
         assert!(out.ends_with("\n    # learned\n    seen:\n      # nothing was seen: this phase allows no egress\n      egress: []\n"), "{out}");
-        assert!(append_phase("phases:\n  a: {}\nname: x\n", "", "seen", &[]).is_err());
+        assert!(append_phase("phases:\n  a: {}\nname: x\n", "", "seen", &[], &[]).is_err());
     }
 }

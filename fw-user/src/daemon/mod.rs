@@ -143,6 +143,59 @@ struct Seen {
     stamp: Option<(SystemTime, u64)>,
     pending_deadline: Option<u64>,
     switching: bool,
+    /// The generation and phase enforced.
+    generation: u32,
+    phase: String,
+}
+
+/// A change of what the instance enforces, noticed in the state file.
+#[derive(Debug, PartialEq, Eq)]
+enum Change {
+    /// A switch took effect: to (generation, phase), from (generation,
+    /// phase); `Some(deadline)` when it awaits `fw confirm`.
+    Switched { to: (u32, String), from: (u32, String), confirm_by: Option<u64> },
+    /// A switch awaiting confirmation was confirmed.
+    Confirmed { generation: u32, phase: String },
+    /// Back to (generation, phase): a switch was rolled back.
+    RolledBack { to: (u32, String), from: (u32, String) },
+}
+
+impl Change {
+    /// What is new, from the state read before and the one read now.
+    fn between(before: &InstanceState, now: &InstanceState) -> Option<Change> {
+        let (b, n) = (&before.enforced, &now.enforced);
+        let to = (n.generation, n.phase.clone());
+        let from = (b.generation, b.phase.clone());
+        if b.generation != n.generation {
+            let back = before.pending.as_ref().is_some_and(|p| p.previous.generation == n.generation);
+            return Some(if back {
+                Change::RolledBack { to, from }
+            } else {
+                Change::Switched { to, from, confirm_by: now.pending.as_ref().map(|p| p.deadline) }
+            });
+        }
+        (before.pending.is_some() && now.pending.is_none())
+            .then(|| Change::Confirmed { generation: n.generation, phase: n.phase.clone() })
+    }
+
+    fn line(&self) -> String {
+        match self {
+            Change::Switched { to, from, confirm_by: Some(deadline) } => format!(
+                "switched to phase {} (generation {}) from phase {} (generation {}); rolls back at {} (unix time) unless `fw confirm`",
+                to.1, to.0, from.1, from.0, deadline
+            ),
+            Change::Switched { to, from, confirm_by: None } => {
+                format!("switched to phase {} (generation {}) from phase {} (generation {})", to.1, to.0, from.1, from.0)
+            }
+            Change::Confirmed { generation, phase } => {
+                format!("the switch to phase {phase} (generation {generation}) is confirmed")
+            }
+            Change::RolledBack { to, from } => format!(
+                "rolled back to phase {} (generation {}) from phase {} (generation {})",
+                to.1, to.0, from.1, from.0
+            ),
+        }
+    }
 }
 
 struct Housekeeping {
@@ -153,11 +206,22 @@ struct Housekeeping {
     /// The deny rules of the enforced policy: the summary names them.
     deny_rules: Vec<RuleInfo>,
     last: Snapshot,
-    last_summary: Instant,
+    /// When the current summary window started, and the generations (and
+    /// phases) active in it, by phase slot: the kernel counts the packets
+    /// judged under each slot apart, so a window that spans a switch
+    /// reports each generation's drops as its own.
+    window_started: Instant,
+    window: [Vec<(u32, String)>; 2],
     /// When the route maps are to be refreshed: at start, after a route or
     /// address notification, after a failure. `None`: they are fresh.
     routes_due: Option<Instant>,
+    /// When the maps were last counted for the metrics.
+    last_census: Option<Instant>,
     seen: Seen,
+    /// The state as last read, to tell what changed.
+    state: InstanceState,
+    /// The generation this daemon rolled back to (it says so itself).
+    rolled_back_to: Option<u32>,
 }
 
 impl Housekeeping {
@@ -165,6 +229,9 @@ impl Housekeeping {
         let counters = CounterMaps::open(name)?;
         let deny_rules = deny_rules(&state.enforced.rules);
         let last = Snapshot::read(&counters, &deny_rules)?;
+        let e = &state.enforced;
+        let mut window: [Vec<(u32, String)>; 2] = Default::default();
+        window[(e.generation & 1) as usize].push((e.generation, e.phase.clone()));
         Ok(Self {
             name: name.to_string(),
             iface: state.iface.clone(),
@@ -172,9 +239,19 @@ impl Housekeeping {
             counters,
             deny_rules,
             last,
-            last_summary: Instant::now(),
+            window_started: Instant::now(),
+            window,
             routes_due: Some(Instant::now()),
-            seen: Seen { stamp: None, pending_deadline: None, switching: false },
+            last_census: None,
+            seen: Seen {
+                stamp: None,
+                pending_deadline: None,
+                switching: false,
+                generation: e.generation,
+                phase: e.phase.clone(),
+            },
+            state: state.clone(),
+            rolled_back_to: None,
         })
     }
 
@@ -182,11 +259,14 @@ impl Housekeeping {
     fn tick(&mut self) -> bool {
         let name = self.name.clone();
         if !paths::pin_dir(&name).exists() {
+            self.summary("until it was stopped");
             println!("fw: {name}: the instance was stopped (`fw stop`)");
             return true;
         }
-        if let Err(e) = self.reread_state() {
-            eprintln!("fw: {name}: reading the state: {e:#}");
+        match self.reread_state() {
+            Ok(Some(change)) => self.changed(change),
+            Ok(None) => {}
+            Err(e) => eprintln!("fw: {name}: reading the state: {e:#}"),
         }
         let now = crate::unix_now();
         if self.seen.switching || self.seen.pending_deadline.is_some_and(|d| now >= d) {
@@ -200,6 +280,13 @@ impl Housekeeping {
                             "fw: {name}: the switch was not confirmed in time: rolled back to phase {} (generation {})",
                             back.phase, back.generation
                         );
+                        self.rolled_back_to = Some(back.generation);
+                        // Noticed now rather than at the next tick.
+                        match self.reread_state() {
+                            Ok(Some(change)) => self.changed(change),
+                            Ok(None) => {}
+                            Err(e) => eprintln!("fw: {name}: reading the state: {e:#}"),
+                        }
                     }
                 }
                 Err(e) => eprintln!("fw: {name}: rollback failed: {e:#}"),
@@ -212,42 +299,151 @@ impl Housekeeping {
                 self.routes_due = Some(Instant::now() + ROUTES_RETRY);
             }
         }
-        if self.last_summary.elapsed() >= self.interval {
-            self.last_summary = Instant::now();
-            match Snapshot::read(&self.counters, &self.deny_rules) {
-                Ok(now) => {
-                    println!("fw: {name}: last {}s: {}", self.interval.as_secs(), now.since(&self.last).drop_line());
-                    self.last = now;
-                }
-                Err(e) => eprintln!("fw: {name}: reading the counters: {e:#}"),
+        if self.window_started.elapsed() >= self.interval {
+            self.summary("");
+        }
+        if metrics::enabled() && self.last_census.is_none_or(|t| t.elapsed() >= metrics::CENSUS_INTERVAL) {
+            self.last_census = Some(Instant::now());
+            if let Err(e) = metrics::refresh_census(&name) {
+                eprintln!("fw: {name}: counting the maps for the metrics: {e:#}");
             }
         }
         false
     }
 
-    /// Re-reads the state file when it changed since the last read.
-    fn reread_state(&mut self) -> Result<()> {
+    /// Logs a change and closes the summary window at it, so that the
+    /// drops before and after it are reported apart.
+    fn changed(&mut self, change: Change) {
+        let name = self.name.clone();
+        let said_already = matches!(&change, Change::RolledBack { to, .. } if self.rolled_back_to == Some(to.0));
+        if !said_already {
+            println!("fw: {name}: {}", change.line());
+        }
+        self.rolled_back_to = None;
+        if let Change::Switched { to, .. } | Change::RolledBack { to, .. } = &change {
+            // The new generation joins the window first: packets it judged
+            // before this was noticed are already counted under its slot.
+            self.window[(to.0 & 1) as usize].push(to.clone());
+            self.summary(" up to the switch");
+            // The rules (and their ids) are the new generation's now.
+            let deny = deny_rules(&self.state.enforced.rules);
+            if deny != self.deny_rules {
+                self.deny_rules = deny;
+                match Snapshot::read(&self.counters, &self.deny_rules) {
+                    Ok(now) => self.last = now,
+                    Err(e) => eprintln!("fw: {name}: reading the counters: {e:#}"),
+                }
+            }
+        }
+    }
+
+    /// Prints the drops of the window that ends now, per generation when
+    /// it spans more than one, and starts the next window.
+    fn summary(&mut self, until: &str) {
+        let name = self.name.clone();
+        let secs = self.window_started.elapsed().as_secs();
+        let now = match Snapshot::read(&self.counters, &self.deny_rules) {
+            Ok(now) => now,
+            Err(e) => {
+                eprintln!("fw: {name}: reading the counters: {e:#}");
+                return;
+            }
+        };
+        let delta = now.since(&self.last);
+        let label = |gens: &[(u32, String)]| {
+            gens.iter().map(|(g, p)| format!("phase {p} (generation {g})")).collect::<Vec<_>>().join(" then ")
+        };
+        let slots: Vec<usize> = (0..2).filter(|&s| !self.window[s].is_empty()).collect();
+        if slots.len() <= 1 {
+            let which = slots.first().map(|&s| label(&self.window[s])).unwrap_or_default();
+            println!("fw: {name}: last {secs}s{until}, {which}: {}", delta.drop_line());
+        } else {
+            // Older generation first.
+            let mut ordered = slots.clone();
+            ordered.sort_by_key(|&s| self.window[s].first().map(|(g, _)| *g));
+            for s in ordered {
+                let drops = delta.slot_drops(s).unwrap_or_else(|| "no drops".to_string());
+                println!("fw: {name}: last {secs}s{until}, {}: {drops}", label(&self.window[s]));
+            }
+        }
+        self.last = now;
+        self.window_started = Instant::now();
+        let current = (self.seen.generation, self.seen.phase.clone());
+        self.window = Default::default();
+        self.window[(current.0 & 1) as usize].push(current);
+    }
+
+    /// Re-reads the state file when it changed since the last read; what
+    /// changed in what it enforces, if anything.
+    fn reread_state(&mut self) -> Result<Option<Change>> {
         let meta = fs::metadata(paths::state_file(&self.name)).context("the state file")?;
         let stamp = Some((meta.modified()?, meta.len()));
         if stamp == self.seen.stamp {
-            return Ok(());
+            return Ok(None);
         }
         let state = instance::load_state(&self.name)?;
         self.seen = Seen {
             stamp,
             pending_deadline: state.pending.as_ref().map(|p| p.deadline),
             switching: state.switching.is_some(),
+            generation: state.enforced.generation,
+            phase: state.enforced.phase.clone(),
         };
-        let deny = deny_rules(&state.enforced.rules);
-        if deny != self.deny_rules {
-            // Rule ids name other rules now: start the deltas afresh.
-            self.deny_rules = deny;
-            self.last = Snapshot::read(&self.counters, &self.deny_rules)?;
-        }
-        Ok(())
+        let change = Change::between(&self.state, &state);
+        self.state = state;
+        Ok(change)
     }
 }
 
 fn deny_rules(rules: &[RuleInfo]) -> Vec<RuleInfo> {
     rules.iter().filter(|r| r.action == "deny").cloned().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instance::state::{Enforced, PendingConfirm};
+
+    fn state(generation: u32, phase: &str, pending_from: Option<(u32, &str)>) -> InstanceState {
+        let enforced = |generation: u32, phase: &str| Enforced {
+            policy: "p.yaml".into(),
+            policy_name: "p".into(),
+            env_file: None,
+            phase: phase.into(),
+            generation,
+            audit: false,
+            rules: Vec::new(),
+        };
+        let mut s: InstanceState = serde_json::from_value(serde_json::json!({
+            "name": "x", "iface": "eth0", "ifindex": 2, "attach_mode": {"mode": "tcx"}, "audit_override": false,
+            "started_at": 0, "policy": "p.yaml", "policy_name": "p", "env_file": null, "phase": phase,
+            "generation": generation, "audit": false, "rules": [], "pending": null,
+        }))
+        .expect("a state");
+        s.enforced = enforced(generation, phase);
+        s.pending = pending_from.map(|(g, p)| PendingConfirm { deadline: 1000, previous: enforced(g, p) });
+        s
+    }
+
+    /// Issue 12, finding 7: switches, confirms and rollbacks never reached
+    /// the daemon's log. What changed is told from two states.
+    #[test]
+    fn finding7_switches_confirms_and_rollbacks_are_told_apart() {
+        let install = state(1, "install", None);
+        let switched = state(2, "runtime", Some((1, "install")));
+        let confirmed = state(2, "runtime", None);
+        let change = Change::between(&install, &switched).expect("a switch");
+        assert_eq!(
+            change.line(),
+            "switched to phase runtime (generation 2) from phase install (generation 1); rolls back at 1000 (unix time) unless `fw confirm`"
+        );
+        let change = Change::between(&switched, &confirmed).expect("a confirm");
+        assert_eq!(change.line(), "the switch to phase runtime (generation 2) is confirmed");
+        let back = state(1, "install", None);
+        let change = Change::between(&switched, &back).expect("a rollback");
+        assert_eq!(change.line(), "rolled back to phase install (generation 1) from phase runtime (generation 2)");
+        assert_eq!(Change::between(&confirmed, &confirmed), None);
+        let plain = Change::between(&confirmed, &state(3, "install", None)).expect("a switch");
+        assert_eq!(plain.line(), "switched to phase install (generation 3) from phase runtime (generation 2)");
+    }
 }

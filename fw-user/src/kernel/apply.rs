@@ -61,6 +61,7 @@ pub fn write_generation(
         inbound_default: phase.settings.inbound_default as u8,
         audit: u8::from(phase.settings.audit),
         reject: u8::from(phase.settings.reject),
+        timeouts: phase.settings.timeouts,
     };
     step();
     maps.phases
@@ -197,6 +198,7 @@ pub fn read_generation(maps: &PolicyMaps, generation: u32) -> Result<CompiledPha
             inbound_default: Action::from_u8(settings.inbound_default),
             audit: settings.audit != 0,
             reject: settings.reject != 0,
+            timeouts: settings.timeouts.or_default(),
         },
         addr4: Vec::new(),
         addr6: Vec::new(),

@@ -15,6 +15,11 @@ pub struct ReasonCount {
     pub drop: bool,
     pub packets: u64,
     pub bytes: u64,
+    /// `packets`, split by the phase slot (`generation & 1`) active when
+    /// they were judged: a window around a switch tells the generations
+    /// apart (see `fw_common::stats`).
+    #[serde(default)]
+    pub packets_by_slot: [u64; 2],
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -40,13 +45,15 @@ impl Snapshot {
         let mut reasons = Vec::new();
         for direction in Direction::ALL {
             for reason in Reason::ALL {
-                let c = CounterMaps::sum(&maps.stats, stats_index(direction, reason))?;
+                let slot0 = CounterMaps::sum(&maps.stats, stats_index(0, direction, reason))?;
+                let slot1 = CounterMaps::sum(&maps.stats, stats_index(1, direction, reason))?;
                 reasons.push(ReasonCount {
                     direction: direction.as_str().to_string(),
                     reason: reason.as_str().to_string(),
                     drop: reason.is_drop(),
-                    packets: c.packets,
-                    bytes: c.bytes,
+                    packets: slot0.packets + slot1.packets,
+                    bytes: slot0.bytes + slot1.bytes,
+                    packets_by_slot: [slot0.packets, slot1.packets],
                 });
             }
         }
@@ -84,6 +91,7 @@ impl Snapshot {
             .map(|(now, then)| ReasonCount {
                 packets: now.packets.saturating_sub(then.packets),
                 bytes: now.bytes.saturating_sub(then.bytes),
+                packets_by_slot: [0, 1].map(|s| now.packets_by_slot[s].saturating_sub(then.packets_by_slot[s])),
                 ..now.clone()
             })
             .collect();
@@ -98,6 +106,19 @@ impl Snapshot {
             })
             .collect();
         Snapshot { reasons, rules }
+    }
+
+    /// The drops by reason of the packets judged under phase slot `slot`,
+    /// as a summary line's part (`None`: nothing dropped there).
+    pub fn slot_drops(&self, slot: usize) -> Option<String> {
+        let parts: Vec<String> = self
+            .reasons
+            .iter()
+            .filter(|r| r.drop && r.packets_by_slot[slot] > 0)
+            .map(|r| format!("{} {}={}", r.direction, r.reason, r.packets_by_slot[slot]))
+            .collect();
+        let total: u64 = self.reasons.iter().filter(|r| r.drop).map(|r| r.packets_by_slot[slot]).sum();
+        (total > 0).then(|| format!("dropped {total}: {}", parts.join(", ")))
     }
 
     /// One line for the periodic summary: the drops, by reason and rule.
@@ -127,7 +148,7 @@ mod tests {
     use super::*;
 
     fn reason(reason: &str, drop: bool, packets: u64) -> ReasonCount {
-        ReasonCount { direction: "egress".into(), reason: reason.into(), drop, packets, bytes: packets * 100 }
+        ReasonCount { direction: "egress".into(), reason: reason.into(), drop, packets, bytes: packets * 100, packets_by_slot: [packets, 0] }
     }
 
     #[test]

@@ -129,6 +129,10 @@ pub fn load(options: &LoadOptions) -> Result<Ebpf> {
         bail!("this fw binary was built without its kernel object (AYA_BUILD_SKIP): rebuild with `cargo xtask build`");
     }
     let capacity = options.capacity;
+    // Where autobound sockets get their ports: the socket hooks judge a UDP
+    // send from one, and defer a send from any other port to TC under an
+    // allowing inbound default (it may answer a flow the default served).
+    let ephemeral = crate::policy::lint::ephemeral_range().unwrap_or(crate::policy::ir::PortRange { first: 32768, last: 60999 });
     EbpfLoader::new()
         .map_max_entries(maps::ADDR4, capacity.addr_entries)
         .map_max_entries(maps::ADDR6, capacity.addr_entries)
@@ -137,6 +141,8 @@ pub fn load(options: &LoadOptions) -> Result<Ebpf> {
         .map_max_entries(maps::FLOWS_IN, capacity.inbound_flow_entries())
         .override_global("EVENT_BUDGET", &options.event_budget, true)
         .override_global("NETNS_COOKIE", &options.netns_cookie, true)
+        .override_global("EPHEMERAL_FIRST", &ephemeral.first, true)
+        .override_global("EPHEMERAL_LAST", &ephemeral.last, true)
         .load(EBPF_OBJECT)
         .context("loading the fw kernel object (is bpffs mounted and are you root?)")
 }

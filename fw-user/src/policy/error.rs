@@ -69,6 +69,9 @@ pub enum ErrorKind {
     /// A value outside a fixed set of words.
     #[error("`{key}: {value}` is not valid (expected {expected})")]
     InvalidValue { key: &'static str, value: String, expected: &'static str },
+    /// A `timeouts:` value that is no duration, or out of bounds.
+    #[error("`timeouts.{key}: {value}`: {problem}")]
+    BadTimeout { key: String, value: String, problem: String },
     #[error("an empty list for `{key}` matches nothing (leave the key out to match any, or write `any`)")]
     EmptyList { key: &'static str },
     #[error("phase `{phase}` extends `{parent}`, which is not a phase of this policy (phases: {})", known.join(", "))]
@@ -146,7 +149,7 @@ pub struct Warning {
     pub col: usize,
     /// Stable short name: `host-bits`, `resolved-host`,
     /// `optional-left-out`, `shadowed-rule`, `open-egress`,
-    /// `allow-everything`.
+    /// `allow-everything`, `ephemeral-overlap`.
     pub code: &'static str,
     pub message: String,
 }

@@ -88,6 +88,11 @@ pub struct Explanation {
     pub port: u16,
     /// The phase is in audit mode: a deny is counted, not enforced.
     pub audit: bool,
+    /// The packet opens a flow (the policy passes it, or audit mode does,
+    /// and it is one that opens flows: not an ICMP error): its replies
+    /// pass. An allowing phase default opens flows as a rule does: the
+    /// kernel and explain agree that "inbound_default: allow" serves.
+    pub opens_flow: bool,
 }
 
 fn serialize_action<S: serde::Serializer>(action: &Action, s: S) -> Result<S::Ok, S::Error> {
@@ -185,7 +190,15 @@ pub fn explain(phase: &CompiledPhase, query: &Query) -> Explanation {
         Action::Allow => "ALLOW",
         Action::Deny => "DROP",
     };
+    let passes = verdict.action() == Action::Allow || phase.settings.audit;
+    let opens_flow = passes
+        && match query.proto {
+            ICMP => query.port >> 8 == 8,
+            ICMPV6 => query.port >> 8 == 128,
+            _ => true,
+        };
     Explanation {
+        opens_flow,
         verdict: verdict.action(),
         rule,
         rule_id: verdict.rule(),
@@ -222,7 +235,8 @@ impl Explanation {
             _ => format!("the phase default ({} {})", self.direction.as_str(), self.verdict.as_str()),
         };
         let audit = if self.audit && self.verdict == Action::Deny { " (audit mode: counted, not dropped)" } else { "" };
-        format!("{}\n  {} {arrow}: {} by {by}{audit}\n", self.trace, self.direction.as_str(), self.verdict.as_str())
+        let flow = if self.opens_flow { "; it opens a flow: replies pass" } else { "" };
+        format!("{}\n  {} {arrow}: {} by {by}{audit}{flow}\n", self.trace, self.direction.as_str(), self.verdict.as_str())
     }
 
     /// One JSON object with at least `verdict` and `rule` (name or null).

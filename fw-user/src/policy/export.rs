@@ -4,27 +4,46 @@
 //!
 //! Public API:
 //! * [`nft`]`(&Policy, phase, &Options) -> Result<String, CompileError>`: an
-//!   `nft -f` ruleset (table `inet`) built from the compiled tables, so it
+//!   `nft -f` ruleset (table `inet fw`) built from the compiled tables, so it
 //!   has fw's structure: one interval map per direction and family (peer
 //!   address -> the chain of its address class) and one small chain per
 //!   class ({protocol, port} -> verdict);
 //! * [`iptables`]`(&Policy, phase, Family, &Options) -> Result<String, _>`:
-//!   `iptables-restore` / `ip6tables-restore` input holding the policy as a
-//!   linear list, the way it is usually written: every deny rule in file
-//!   order, then every allow rule, then the phase default.
+//!   `iptables-restore --noflush` / `ip6tables-restore --noflush` input
+//!   holding the policy as a linear list, the way it is usually written:
+//!   every deny rule in file order, then every allow rule, then the phase
+//!   default.
 //!
 //! The same semantics as fw (docs/policy.md): deny first, else allow, else
-//! the phase default (egress: drop). A connection a rule admitted, in either
-//! direction, gets conntrack mark bit 0; packets of such a connection that
-//! conntrack has seen both ways (established, or related ICMP errors) pass
-//! at once, as fw's flow table passes them. So the replies to served inbound
-//! ports pass, and replies to connections the inbound default merely let in
-//! do not (fw drops those too). ICMPv6 neighbour discovery and MLD always
-//! pass. Differences that remain: a one-way flow (UDP no peer answers) is
+//! the phase default (egress: drop). Whatever passes by a rule or by an
+//! allowing default admits its connection (conntrack mark bit 0), as a flow
+//! opens in fw; packets of such a connection that conntrack has seen both
+//! ways (established, or related ICMP errors) pass at once, as fw's flow
+//! table passes them. So the replies to served inbound ports pass, and so
+//! do the replies to what an allowing inbound default let in (it serves, as
+//! in fw). ICMPv6 neighbour discovery and MLD always pass.
+//!
+//! The same scope as fw (issue 12, finding 6): fw enforces on one
+//! interface, at its TC hooks, which see what this host sends and receives
+//! there and what it forwards out of or in through it (a container's
+//! traffic, routed or NATed). So the rules apply to that interface only
+//! (`oifname`/`iifname`, `-o`/`-i`; the instance's, or `--iface`), on the
+//! output and input hooks and on forward; without an interface, to every
+//! interface but loopback, which fw never sees (OpenVidu Server reaches
+//! Kurento over 127.0.0.1:8888). And they replace nothing else: the nft
+//! table `inet fw` is fw's own; the iptables rules live in chains of their
+//! own (`fw-egress`, `fw-inbound`) jumped to from OUTPUT, INPUT and
+//! FORWARD, whose passes RETURN so the other chains (Docker's) still have
+//! their say, as a packet fw passes still meets netfilter.
+//!
+//! Differences that remain: a one-way flow (UDP no peer answers) is
 //! re-judged per packet (conntrack calls it established only once the peer
-//! answered), where fw's flow table admits it on its first packet; audit
-//! mode is exported as enforcing; fw's drops of malformed packets have no
-//! equivalent.
+//! answered), where fw's flow table admits it on its first packet; a
+//! forwarded packet that NAT rewrites is judged by netfilter's forward hook
+//! before SNAT and after DNAT, by fw's TC hooks on the wire (the peer's
+//! address and the destination port of a reply are the same either way,
+//! a published port's number is not); audit mode is exported as enforcing;
+//! fw's drops of malformed packets have no equivalent.
 
 use std::{collections::HashMap, fmt::Write as _, net::IpAddr};
 
@@ -45,10 +64,14 @@ pub const ADMITTED_MARK: u32 = 0x1;
 /// Where the exported rules apply.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
-    /// Only packets leaving / arriving through this interface (fw enforces
-    /// on one interface); `None`: every interface, loopback included.
+    /// Only packets leaving / arriving (or forwarded) through this
+    /// interface, as fw enforces on one; `None`: every interface but
+    /// loopback.
     pub iface: Option<String>,
 }
+
+/// The loopback interface, which fw never sees and the exports leave alone.
+const LOOPBACK: &str = "lo";
 
 /// Which of iptables' two programs the output is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,19 +85,34 @@ pub enum Family {
 /// ICMPv6 types that always pass (neighbour discovery, MLD), as in the kernel.
 const ICMPV6_CONTROL: &str = "130-137, 143";
 
-fn header(policy: &Policy, phase: &str, tool: &str) -> String {
+fn header(policy: &Policy, phase: &str, tool: &str, options: &Options) -> String {
     let mut s = format!("# fw export {tool}: policy {} phase {phase} (from {})\n", policy.name, policy.file);
+    match &options.iface {
+        Some(iface) => {
+            s += &format!("# scope: interface {iface}, as fw: what this host sends and receives there, and what it forwards through it\n")
+        }
+        None => s += "# scope: every interface but loopback (fw enforces on one: give --iface)\n",
+    }
     if policy.phase(phase).is_some_and(|p| p.settings.audit) {
         s += "# note: fw runs this phase in audit mode (drops only counted); exported as enforcing\n";
     }
     s
 }
 
+/// An nft interface match for `field` (`oifname`/`iifname`): the
+/// interface, or anything but loopback.
+fn nft_scope(field: &str, options: &Options) -> String {
+    match &options.iface {
+        Some(iface) => format!("{field} \"{iface}\""),
+        None => format!("{field} != \"{LOOPBACK}\""),
+    }
+}
+
 /// The phase as an `nft -f` ruleset: table `inet fw`, replaced as a whole.
 pub fn nft(policy: &Policy, phase: &str, options: &Options) -> Result<String, CompileError> {
     let compiled = compile_phase(policy, phase)?;
     let settings = compiled.settings;
-    let mut out = header(policy, phase, "nft");
+    let mut out = header(policy, phase, "nft", options);
     out += "table inet fw {\n}\ndelete table inet fw\n\ntable inet fw {\n";
     let _ = writeln!(out, "\tchain admit {{\n\t\tct mark set ct mark | {ADMITTED_MARK:#x} accept\n\t}}");
 
@@ -157,32 +195,40 @@ pub fn nft(policy: &Policy, phase: &str, options: &Options) -> Result<String, Co
         }
     }
 
+    // The decision of each direction, in a chain of its own...
     for direction in Direction::ALL {
-        let (chain, hook, dev, default) = match direction {
-            Direction::Egress => ("egress", "output", "oifname", settings.egress_default),
-            Direction::Inbound => ("inbound", "input", "iifname", settings.inbound_default),
+        let (chain, default) = match direction {
+            Direction::Egress => ("egress", settings.egress_default),
+            Direction::Inbound => ("inbound", settings.inbound_default),
         };
-        let _ = writeln!(out, "\tchain {chain} {{\n\t\ttype filter hook {hook} priority filter; policy accept;");
-        if let Some(iface) = &options.iface {
-            let _ = writeln!(out, "\t\t{dev} != \"{iface}\" accept");
-        }
+        let _ = writeln!(out, "\tchain {chain} {{");
         let _ =
             writeln!(out, "\t\tct state established,related ct mark & {ADMITTED_MARK:#x} == {ADMITTED_MARK:#x} accept");
         let _ = writeln!(out, "\t\tmeta l4proto ipv6-icmp icmpv6 type {{ {ICMPV6_CONTROL} }} accept");
         for lookup in lookups.get(&direction).into_iter().flatten() {
             let _ = writeln!(out, "\t\t{lookup}");
         }
-        let _ = writeln!(out, "\t\t{}\n\t}}", nft_verdict(default));
+        // An allowing default admits, as a rule does: it serves.
+        let _ = writeln!(out, "\t\t{}\n\t}}", nft_verdict_of_rule(default));
+    }
+    // ...jumped to from the hooks fw's TC hooks cover: what this host sends
+    // and receives through the interface, and what it forwards out of or
+    // in through it. Forwarded packets meet both directions, at two
+    // priorities: an accept ends one base chain, not the hook.
+    let (out_dev, in_dev) = (nft_scope("oifname", options), nft_scope("iifname", options));
+    for (chain, hook, priority, rule) in [
+        ("output", "output", "filter", format!("{out_dev} jump egress")),
+        ("input", "input", "filter", format!("{in_dev} jump inbound")),
+        ("forward_in", "forward", "filter - 1", format!("{in_dev} jump inbound")),
+        ("forward_out", "forward", "filter", format!("{out_dev} jump egress")),
+    ] {
+        let _ = writeln!(
+            out,
+            "\tchain {chain} {{\n\t\ttype filter hook {hook} priority {priority}; policy accept;\n\t\t{rule}\n\t}}"
+        );
     }
     out += "}\n";
     Ok(out)
-}
-
-fn nft_verdict(action: Action) -> &'static str {
-    match action {
-        Action::Allow => "accept",
-        Action::Deny => "drop",
-    }
 }
 
 fn nft_verdict_of_rule(action: Action) -> &'static str {
@@ -298,9 +344,11 @@ fn flatten<T: Copy + PartialEq>(prefixes: &[(u128, u8, T)]) -> Vec<(u128, u128, 
     out
 }
 
-/// The phase as `iptables-restore` (or `ip6tables-restore`) input: it
-/// replaces the filter table, with chains `fw-egress` and `fw-inbound`
-/// jumped to from OUTPUT and INPUT.
+/// The phase as `iptables-restore --noflush` (or `ip6tables-restore
+/// --noflush`) input: chains `fw-egress` and `fw-inbound` of its own
+/// (flushed and refilled on every load), jumped to from the top of OUTPUT,
+/// INPUT and FORWARD. A pass RETURNs, so the table's other rules (Docker's)
+/// still decide after fw's, as netfilter does after fw's TC hooks.
 pub fn iptables(policy: &Policy, phase: &str, family: Family, options: &Options) -> Result<String, CompileError> {
     let unknown = || CompileError::UnknownPhase {
         phase: phase.to_string(),
@@ -309,15 +357,30 @@ pub fn iptables(policy: &Policy, phase: &str, family: Family, options: &Options)
     let settings = policy.phase(phase).ok_or_else(unknown)?.settings;
     let rules = policy.rules_of_phase(phase).ok_or_else(unknown)?;
     let tool = if family == Family::Ipv4 { "iptables" } else { "ip6tables" };
-    let mut out = header(policy, phase, tool);
-    out += "*filter\n:fw-egress - [0:0]\n:fw-inbound - [0:0]\n:fw-admit - [0:0]\n";
-    match &options.iface {
-        Some(iface) => {
-            let _ = writeln!(out, "-A OUTPUT -o {iface} -j fw-egress\n-A INPUT -i {iface} -j fw-inbound");
-        }
-        None => out += "-A OUTPUT -j fw-egress\n-A INPUT -j fw-inbound\n",
+    let (out_dev, in_dev) = match &options.iface {
+        Some(iface) => (format!("-o {iface}"), format!("-i {iface}")),
+        None => (format!("! -o {LOOPBACK}"), format!("! -i {LOOPBACK}")),
+    };
+    let jumps = [
+        format!("OUTPUT {out_dev} -j fw-egress"),
+        format!("INPUT {in_dev} -j fw-inbound"),
+        format!("FORWARD {out_dev} -j fw-egress"),
+        format!("FORWARD {in_dev} -j fw-inbound"),
+    ];
+    let mut out = header(policy, phase, tool, options);
+    let _ = writeln!(
+        out,
+        "# load with `{tool}-restore --noflush`: only the fw-* chains are replaced, nothing else.\n\
+         # The jumps below are inserted at the top of OUTPUT, INPUT and FORWARD; before loading\n\
+         # again, remove the previous ones:"
+    );
+    for jump in &jumps {
+        let _ = writeln!(out, "#   {tool} -D {jump}");
     }
-    let _ = writeln!(out, "-A fw-admit -j CONNMARK --or-mark {ADMITTED_MARK:#x}\n-A fw-admit -j ACCEPT");
+    out += "*filter\n:fw-egress - [0:0]\n:fw-inbound - [0:0]\n";
+    for jump in &jumps {
+        let _ = writeln!(out, "-I {}", jump.replacen(' ', " 1 ", 1));
+    }
     for direction in Direction::ALL {
         let (chain, addr_flag, default) = match direction {
             Direction::Egress => ("fw-egress", "-d", settings.egress_default),
@@ -325,11 +388,11 @@ pub fn iptables(policy: &Policy, phase: &str, family: Family, options: &Options)
         };
         let _ = writeln!(
             out,
-            "-A {chain} -m conntrack --ctstate ESTABLISHED,RELATED -m connmark --mark {ADMITTED_MARK:#x}/{ADMITTED_MARK:#x} -j ACCEPT"
+            "-A {chain} -m conntrack --ctstate ESTABLISHED,RELATED -m connmark --mark {ADMITTED_MARK:#x}/{ADMITTED_MARK:#x} -j RETURN"
         );
         if family == Family::Ipv6 {
             for ty in (130..=137).chain([143]) {
-                let _ = writeln!(out, "-A {chain} -p ipv6-icmp -m icmp6 --icmpv6-type {ty} -j ACCEPT");
+                let _ = writeln!(out, "-A {chain} -p ipv6-icmp -m icmp6 --icmpv6-type {ty} -j RETURN");
             }
         }
         let of_direction = || rules.iter().copied().filter(|r| r.direction == direction);
@@ -339,7 +402,12 @@ pub fn iptables(policy: &Policy, phase: &str, family: Family, options: &Options)
         for rule in ordered {
             write_iptables_rule(&mut out, chain, addr_flag, rule, family);
         }
-        let _ = writeln!(out, "-A {chain} -j {}", if default == Action::Allow { "ACCEPT" } else { "DROP" });
+        // Admitted (by a rule above, or now by an allowing default): pass.
+        if default == Action::Allow {
+            let _ = writeln!(out, "-A {chain} -j CONNMARK --or-mark {ADMITTED_MARK:#x}");
+        }
+        let _ = writeln!(out, "-A {chain} -m connmark --mark {ADMITTED_MARK:#x}/{ADMITTED_MARK:#x} -j RETURN");
+        let _ = writeln!(out, "-A {chain} -j DROP");
     }
     out += "COMMIT\n";
     Ok(out)
@@ -354,7 +422,13 @@ fn write_iptables_rule(out: &mut String, chain: &str, addr_flag: &str, rule: &Ru
     if peers.is_empty() {
         return;
     }
-    let target = if rule.action == Action::Allow { "fw-admit" } else { "DROP" };
+    // An allow marks the connection admitted and goes on (CONNMARK does
+    // not end the chain); the mark decides at the end of the chain.
+    let target = if rule.action == Action::Allow {
+        format!("CONNMARK --or-mark {ADMITTED_MARK:#x}")
+    } else {
+        "DROP".to_string()
+    };
     let matches: Vec<String> = match &rule.protocols {
         Protocols::Any => vec![String::new()],
         Protocols::Only(list) => list.iter().flat_map(|p| protocol_matches(p.proto, &p.ports, family)).collect(),
@@ -464,7 +538,6 @@ phases:
     #[test]
     fn nft_keeps_precedence_and_state() {
         let text = nft(&policy(SMALL), "runtime", &Options { iface: Some("veth0".into()) }).unwrap();
-        assert!(text.contains("oifname != \"veth0\" accept"), "{text}");
         assert!(text.contains("ct state established,related ct mark & 0x1 == 0x1 accept"), "{text}");
         // 198.18.5.5 has its own class: smtp denied before anything is allowed.
         assert!(text.contains("meta l4proto tcp th dport { 25 } drop"), "{text}");
@@ -473,15 +546,53 @@ phases:
         assert!(text.contains("ip daddr vmap @egress4"), "{text}");
         assert!(text.contains("ip6 daddr vmap @egress6"), "{text}");
         assert!(text.contains("ip saddr vmap @inbound4"), "{text}");
-        // The egress default closes the egress chain; inbound allows.
+        // The egress default closes the egress chain; the inbound default
+        // admits (it serves).
         let egress = &text[text.find("chain egress").unwrap()..text.find("chain inbound").unwrap()];
         assert!(egress.trim_end().ends_with("drop\n\t}"), "{egress}");
-        let inbound = &text[text.find("chain inbound").unwrap()..];
-        assert!(inbound.contains("accept\n\t}\n}"), "{inbound}");
+        let inbound = &text[text.find("chain inbound").unwrap()..text.find("chain output").unwrap()];
+        assert!(inbound.trim_end().ends_with("jump admit\n\t}"), "{inbound}");
         // Elements never overlap: 198.18.5.5 sits between two halves of /16.
         assert!(text.contains("198.18.0.0-198.18.5.4 : jump"), "{text}");
         assert!(text.contains("198.18.5.5 : jump"), "{text}");
         assert!(text.contains("198.18.5.6-198.18.255.255 : jump"), "{text}");
+    }
+
+    /// Issue 12, finding 6: the exports filtered loopback (OpenVidu Server
+    /// to Kurento, 127.0.0.1:8888) and left forwarded traffic alone, where
+    /// fw enforces on one interface, forwarded packets included.
+    #[test]
+    fn finding6_exports_have_fws_scope() {
+        let bound = Options { iface: Some("veth0".into()) };
+        let text = nft(&policy(SMALL), "runtime", &bound).unwrap();
+        for hook in [
+            "chain output {\n\t\ttype filter hook output priority filter; policy accept;\n\t\toifname \"veth0\" jump egress\n\t}",
+            "chain input {\n\t\ttype filter hook input priority filter; policy accept;\n\t\tiifname \"veth0\" jump inbound\n\t}",
+            "chain forward_in {\n\t\ttype filter hook forward priority filter - 1; policy accept;\n\t\tiifname \"veth0\" jump inbound\n\t}",
+            "chain forward_out {\n\t\ttype filter hook forward priority filter; policy accept;\n\t\toifname \"veth0\" jump egress\n\t}",
+        ] {
+            assert!(text.contains(hook), "missing {hook:?} in:\n{text}");
+        }
+        let anywhere = nft(&policy(SMALL), "runtime", &Options::default()).unwrap();
+        assert!(anywhere.contains("oifname != \"lo\" jump egress") && anywhere.contains("iifname != \"lo\" jump inbound"), "{anywhere}");
+        assert!(anywhere.contains("# scope: every interface but loopback"), "{anywhere}");
+
+        let ipt = iptables(&policy(SMALL), "runtime", Family::Ipv4, &bound).unwrap();
+        for jump in [
+            "-I OUTPUT 1 -o veth0 -j fw-egress",
+            "-I INPUT 1 -i veth0 -j fw-inbound",
+            "-I FORWARD 1 -o veth0 -j fw-egress",
+            "-I FORWARD 1 -i veth0 -j fw-inbound",
+        ] {
+            assert!(ipt.contains(jump), "missing {jump:?} in:\n{ipt}");
+        }
+        // Nothing but fw's own chains: no flush of the table, no policy of
+        // a built-in chain, no ACCEPT that would skip the rules after fw's.
+        assert!(ipt.contains("load with `iptables-restore --noflush`"), "{ipt}");
+        assert!(!ipt.lines().any(|l| l.starts_with(":INPUT") || l.starts_with(":OUTPUT") || l.starts_with(":FORWARD")), "{ipt}");
+        assert!(!ipt.contains("-j ACCEPT"), "{ipt}");
+        let anywhere = iptables(&policy(SMALL), "runtime", Family::Ipv4, &Options::default()).unwrap();
+        assert!(anywhere.contains("-I OUTPUT 1 ! -o lo -j fw-egress") && anywhere.contains("-I INPUT 1 ! -i lo -j fw-inbound"), "{anywhere}");
     }
 
     #[test]
@@ -491,28 +602,32 @@ phases:
         assert_eq!(
             lines,
             [
-                "-A fw-egress -m conntrack --ctstate ESTABLISHED,RELATED -m connmark --mark 0x1/0x1 -j ACCEPT",
+                "-A fw-egress -m conntrack --ctstate ESTABLISHED,RELATED -m connmark --mark 0x1/0x1 -j RETURN",
                 "-A fw-egress -p tcp -m tcp --dport 25 -j DROP",
-                "-A fw-egress -d 198.18.0.0/16 -p tcp -m multiport --dports 443,8000:8100 -j fw-admit",
-                "-A fw-egress -d 198.18.0.0/16 -p udp -m multiport --dports 443,8000:8100 -j fw-admit",
-                "-A fw-egress -d 198.18.5.5/32 -j fw-admit",
-                "-A fw-egress -d 198.19.0.0/24 -p icmp -m icmp --icmp-type 8 -j fw-admit",
+                "-A fw-egress -d 198.18.0.0/16 -p tcp -m multiport --dports 443,8000:8100 -j CONNMARK --or-mark 0x1",
+                "-A fw-egress -d 198.18.0.0/16 -p udp -m multiport --dports 443,8000:8100 -j CONNMARK --or-mark 0x1",
+                "-A fw-egress -d 198.18.5.5/32 -j CONNMARK --or-mark 0x1",
+                "-A fw-egress -d 198.19.0.0/24 -p icmp -m icmp --icmp-type 8 -j CONNMARK --or-mark 0x1",
+                "-A fw-egress -m connmark --mark 0x1/0x1 -j RETURN",
                 "-A fw-egress -j DROP",
             ]
         );
-        assert!(text.contains("-A INPUT -i veth0 -j fw-inbound"));
         assert!(
-            text.contains("-A fw-inbound -p tcp -m tcp --dport 443 -j fw-admit\n-A fw-inbound -j ACCEPT\n"),
+            text.contains(
+                "-A fw-inbound -p tcp -m tcp --dport 443 -j CONNMARK --or-mark 0x1\n\
+                 -A fw-inbound -j CONNMARK --or-mark 0x1\n\
+                 -A fw-inbound -m connmark --mark 0x1/0x1 -j RETURN\n"
+            ),
             "{text}"
         );
         assert!(text.ends_with("COMMIT\n"));
 
         let v6 = iptables(&policy(SMALL), "runtime", Family::Ipv6, &Options::default()).unwrap();
         assert!(
-            v6.contains("-A fw-egress -d 2001:db8::/32 -p udp -m multiport --dports 443,8000:8100 -j fw-admit"),
+            v6.contains("-A fw-egress -d 2001:db8::/32 -p udp -m multiport --dports 443,8000:8100 -j CONNMARK --or-mark 0x1"),
             "{v6}"
         );
-        assert!(v6.contains("--icmpv6-type 135 -j ACCEPT"));
+        assert!(v6.contains("--icmpv6-type 135 -j RETURN"));
         assert!(!v6.contains("198.18."));
         assert!(!v6.contains("icmp-type 8"));
     }

@@ -18,6 +18,13 @@
 //!   address family in the phase named `runtime`, which `open-egress` does
 //!   not already report (an inbound rule).
 //!
+//! * `ephemeral-overlap`: an inbound rule serves TCP or UDP ports inside
+//!   this host's ephemeral range (`net.ipv4.ip_local_port_range`, read from
+//!   /proc): the host's own connections leave from ports that look served,
+//!   so a peer may reach them as if they were served, and a datagram from
+//!   one to a peer with no flow is reported as `drop_spoofed_reply`. Says
+//!   how to set the range (or reserve the ports).
+//!
 //! Every lint looks only at the phases it is given compiled, so that the
 //! loading step of one phase (`source::load_phase`, shared by `fw
 //! run` and `fw switch`) reports exactly what `fw check --phase` does.
@@ -43,12 +50,74 @@ const RUNTIME: &str = "runtime";
 /// Warnings about the `compiled` phases of `policy`.
 pub fn lint(policy: &Policy, compiled: &[CompiledPhase]) -> Vec<Warning> {
     let mut warnings = shadowed_rules(policy, compiled);
+    if let Some(range) = ephemeral_range() {
+        warnings.extend(ephemeral_overlap(policy, compiled, range));
+    }
     let runtime = compiled.iter().find(|phase| phase.phase == RUNTIME);
     if let Some(runtime) = runtime {
         let open = open_egress(policy, runtime);
         let reported: HashSet<u32> = open.iter().filter_map(|(rule, _)| *rule).collect();
         warnings.extend(open.into_iter().map(|(_, warning)| warning));
         warnings.extend(allow_everything_in_runtime(policy, &reported));
+    }
+    warnings
+}
+
+/// This host's ephemeral port range, `None` when it cannot be read.
+pub fn ephemeral_range() -> Option<PortRange> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut numbers = text.split_whitespace().map(|n| n.parse::<u16>().ok());
+    let (first, last) = (numbers.next()??, numbers.next()??);
+    (first <= last).then_some(PortRange { first, last })
+}
+
+/// `ephemeral-overlap` warnings: inbound allow rules of the `compiled`
+/// phases that serve TCP or UDP ports inside `ephemeral`, once per rule.
+pub fn ephemeral_overlap(policy: &Policy, compiled: &[CompiledPhase], ephemeral: PortRange) -> Vec<Warning> {
+    let mut seen = HashSet::new();
+    let mut warnings = Vec::new();
+    for phase in compiled {
+        for rule in policy.rules_of_phase(&phase.phase).unwrap_or_default() {
+            if rule.direction != Direction::Inbound || rule.action != Action::Allow || !seen.insert(rule.id) {
+                continue;
+            }
+            let Protocols::Only(list) = &rule.protocols else { continue };
+            let overlap: Vec<String> = list
+                .iter()
+                .filter(|p| [TCP, UDP].contains(&p.proto))
+                .flat_map(|p| p.ports.iter().map(move |r| (p.proto, r)))
+                .filter(|(_, r)| r.first <= ephemeral.last && ephemeral.first <= r.last)
+                .map(|(proto, r)| {
+                    let name = if proto == TCP { "tcp" } else { "udp" };
+                    if r.first == r.last { format!("{name} {}", r.first) } else { format!("{name} {}-{}", r.first, r.last) }
+                })
+                .collect();
+            if overlap.is_empty() {
+                continue;
+            }
+            let served: Vec<String> = list
+                .iter()
+                .filter(|p| [TCP, UDP].contains(&p.proto))
+                .flat_map(|p| p.ports.iter())
+                .filter(|r| r.first <= ephemeral.last && ephemeral.first <= r.last)
+                .map(|r| if r.first == r.last { r.first.to_string() } else { format!("{}-{}", r.first, r.last) })
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let message = format!(
+                "rule `{}` serves {}, inside this host's ephemeral ports {}-{} (net.ipv4.ip_local_port_range): \
+                 its own connections leave from ports that look served (a peer may reach them as if they were, \
+                 and a datagram from one to a peer with no flow is reported as drop_spoofed_reply); keep them \
+                 apart with `sysctl -w net.ipv4.ip_local_reserved_ports={}` (or move the range below the served \
+                 ports with net.ipv4.ip_local_port_range), and in /etc/sysctl.d/ to keep it",
+                rule.name,
+                overlap.join(", "),
+                ephemeral.first,
+                ephemeral.last,
+                served.join(","),
+            );
+            warnings.push(Warning::new(&policy.file, rule.pos, "ephemeral-overlap", message));
+        }
     }
     warnings
 }

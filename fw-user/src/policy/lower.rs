@@ -23,6 +23,32 @@ use super::{
     Resolve,
 };
 use crate::policy::compile::tables::PhaseSettings;
+use fw_common::{flow::timeouts, FlowTimeouts};
+
+/// A timeout: `90`, `90s`, `10m`, `2h` or `5d`, from a second to a year.
+pub(crate) fn parse_timeout(text: &str) -> Result<u32, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let unit_seconds: u64 = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err("expected a duration like 30s, 10m, 2h or 5d".into()),
+    };
+    let bounds = || format!("out of bounds (from {}s to {}d)", timeouts::MIN, timeouts::MAX / 86_400);
+    let n: u64 = number.parse().map_err(|_| {
+        if number.is_empty() {
+            "expected a duration like 30s, 10m, 2h or 5d".to_string()
+        } else {
+            bounds()
+        }
+    })?;
+    match n.checked_mul(unit_seconds) {
+        Some(s) if (u64::from(timeouts::MIN)..=u64::from(timeouts::MAX)).contains(&s) => Ok(s as u32),
+        _ => Err(bounds()),
+    }
+}
 
 /// A rule's peers: its CIDRs, its names tracked at run time, and the ports
 /// its URL entries imply.
@@ -195,6 +221,7 @@ impl Lowerer<'_> {
         let reject = setting(&raw.reject, "reject", "true or false", true, &[("true", true), ("false", false)])?;
         let dns = raw.dns.as_ref().map(|d| self.dns(&raw.name.value, d)).transpose()?;
         let action = |allows: bool| if allows { Action::Allow } else { Action::Deny };
+        let timeouts = self.timeouts(&raw.timeouts)?;
         Ok(Phase {
             name: raw.name.value.clone(),
             extends: raw.extends.as_ref().map(|e| e.value.clone()),
@@ -203,6 +230,7 @@ impl Lowerer<'_> {
                 inbound_default: action(inbound_allows),
                 audit,
                 reject,
+                timeouts,
             },
             dns,
             pos: raw.name.pos,
@@ -260,6 +288,26 @@ impl Lowerer<'_> {
             }
         };
         Ok(DnsSettings { resolvers, only_policy_names, min_ttl })
+    }
+
+    /// A phase's `timeouts:`, each unset one at its default.
+    fn timeouts(&self, raw: &[(Text, Text)]) -> Result<FlowTimeouts, PolicyError> {
+        let mut t = FlowTimeouts::DEFAULT;
+        for (key, value) in raw {
+            let text = self.expand(value)?;
+            let seconds = parse_timeout(&text).map_err(|problem| {
+                let kind = ErrorKind::BadTimeout { key: key.value.clone(), value: text.clone(), problem };
+                self.error(value.pos, kind)
+            })?;
+            match key.value.as_str() {
+                "tcp_established" => t.tcp_established = seconds,
+                "tcp_closing" => t.tcp_closing = seconds,
+                "udp" => t.udp = seconds,
+                "other" => t.other = seconds,
+                _ => unreachable!("raw admitted only TIMEOUT_KEYS"),
+            }
+        }
+        Ok(t)
     }
 
     /// Every `extends` names a phase, and following them never loops.

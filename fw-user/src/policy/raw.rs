@@ -49,6 +49,8 @@ pub(crate) struct RawPhase {
     pub mode: Option<Text>,
     pub reject: Option<Text>,
     pub dns: Option<RawDns>,
+    /// `timeouts:`: (key, value) pairs in file order.
+    pub timeouts: Vec<(Text, Text)>,
     pub rules: Vec<RawRule>,
 }
 
@@ -77,8 +79,11 @@ pub(crate) struct RawRule {
 }
 
 const POLICY_KEYS: &[&str] = &["name", "addresses", "phases"];
-const PHASE_KEYS: &[&str] = &["extends", "inbound_default", "egress_default", "mode", "reject", "dns", "inbound", "egress"];
+const PHASE_KEYS: &[&str] =
+    &["extends", "inbound_default", "egress_default", "mode", "reject", "dns", "timeouts", "inbound", "egress"];
 const DNS_KEYS: &[&str] = &["resolvers", "queries", "min_ttl"];
+/// The keys of a phase's `timeouts:` mapping.
+pub(crate) const TIMEOUT_KEYS: &[&str] = &["tcp_established", "tcp_closing", "udp", "other"];
 const EGRESS_RULE_KEYS: &[&str] = &["name", "to", "proto", "ports", "action", "optional"];
 const INBOUND_RULE_KEYS: &[&str] = &["name", "from", "proto", "ports", "action", "optional"];
 
@@ -241,6 +246,7 @@ impl Reader<'_> {
             mode: None,
             reject: None,
             dns: None,
+            timeouts: Vec::new(),
             rules: Vec::new(),
         };
         for (key, value) in map.iter() {
@@ -252,6 +258,13 @@ impl Reader<'_> {
                 "mode" => phase.mode = Some(self.text(value, &what)?),
                 "reject" => phase.reject = Some(self.text(value, &what)?),
                 "dns" => phase.dns = Some(self.dns(key, value)?),
+                "timeouts" => {
+                    let map = self.mapping(value, "`timeouts`")?;
+                    self.check_keys(map, "`timeouts`", TIMEOUT_KEYS)?;
+                    for (k, v) in map.iter() {
+                        phase.timeouts.push((scalar_text(k), self.text(v, &format!("`timeouts.{}`", k.as_str()))?));
+                    }
+                }
                 "inbound" | "egress" => {
                     let direction = if key.as_str() == "egress" { Direction::Egress } else { Direction::Inbound };
                     let rules = value.as_sequence().ok_or_else(|| self.wrong_type(value, what, "a list of rules"))?;

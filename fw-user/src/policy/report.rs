@@ -154,6 +154,12 @@ pub fn render_text(report: &CheckReport) -> String {
             default_word(s.inbound_default),
             if s.audit { "audit" } else { "enforce" }
         );
+        let t = s.timeouts;
+        let _ = writeln!(
+            out,
+            "    timeouts tcp_established {}s, tcp_closing {}s, udp {}s, other {}s;",
+            t.tcp_established, t.tcp_closing, t.udp, t.other
+        );
         let rules = policy.rules_of_phase(&phase.phase).unwrap_or_default();
         for direction in Direction::ALL {
             let _ = writeln!(out, "    {} {{", direction.as_str());
@@ -233,6 +239,12 @@ pub fn render_json(report: &CheckReport) -> serde_json::Value {
                 "egress_default": phase.settings.egress_default.as_str(),
                 "inbound_default": phase.settings.inbound_default.as_str(),
                 "mode": if phase.settings.audit { "audit" } else { "enforce" },
+                "timeouts": {
+                    "tcp_established": phase.settings.timeouts.tcp_established,
+                    "tcp_closing": phase.settings.timeouts.tcp_closing,
+                    "udp": phase.settings.timeouts.udp,
+                    "other": phase.settings.timeouts.other,
+                },
                 "rules": policy.rules_of_phase(&phase.phase).unwrap_or_default().into_iter().map(|r| r.id).collect::<Vec<_>>(),
                 "addr4": phase.addr4.iter().map(|e| json!({
                     "direction": e.direction.as_str(), "cidr": format!("{}/{}", e.addr, e.prefix_len), "class": e.class,

@@ -11,7 +11,7 @@ use std::{
 };
 
 use fw_common::{
-    flow::{FLOW_FIN, FLOW_INBOUND, FLOW_SYN_ACK, FRAG_TIMEOUT_NS},
+    flow::{FLOW_AUDIT, FLOW_FIN_IN, FLOW_FIN_OUT, FLOW_INBOUND, FLOW_RST, FLOW_SYN_ACK, FRAG_TIMEOUT_NS},
     stats::{stats_index, STATS_ENTRIES},
     Counter, Direction, FlowKey, FlowValue, FragKey, FragValue, Reason,
 };
@@ -69,14 +69,16 @@ pub struct Driver {
 }
 
 fn reason_name(index: u32) -> String {
-    let dir = if index / Reason::SLOTS == 0 {
+    let dir = if (index / Reason::SLOTS).is_multiple_of(2) {
         "egress"
     } else {
         "ingress"
     };
+    // The counters of the phase slot the packet was judged under.
+    let phase_slot = index / (2 * Reason::SLOTS);
     match Reason::from_u8((index % Reason::SLOTS) as u8) {
-        Some(r) => format!("{dir}/{}", r.as_str()),
-        None => format!("{dir}/slot{}", index % Reason::SLOTS),
+        Some(r) => format!("{dir}/{}@{phase_slot}", r.as_str()),
+        None => format!("{dir}/slot{}@{phase_slot}", index % Reason::SLOTS),
     }
 }
 
@@ -163,7 +165,7 @@ impl Driver {
         } else {
             TC_ACT_UNSPEC
         };
-        let index = stats_index(direction, expected.reason);
+        let index = stats_index(self.active.generation & 1, direction, expected.reason);
         let c = self.kernel.stat(index);
         let k = self.known[index as usize];
         let len = frame.len() as u64;
@@ -538,8 +540,12 @@ impl Driver {
             Table::Protected
         };
         let mut flags = if inbound { FLOW_INBOUND } else { 0 };
-        if rng.percent(20) {
-            flags |= FLOW_FIN;
+        if conv.proto == TCP && rng.percent(30) {
+            // Closing marks: half-closed either way, closed, reset.
+            flags |= *rng.pick(&[FLOW_FIN_OUT, FLOW_FIN_IN, FLOW_FIN_OUT | FLOW_FIN_IN, FLOW_RST, FLOW_RST | FLOW_FIN_IN]);
+        }
+        if rng.percent(10) {
+            flags |= FLOW_AUDIT;
         }
         let mut syn_ack_seq = 0;
         if table == Table::Probation && conv.proto == TCP && rng.percent(75) {
@@ -565,7 +571,8 @@ impl Driver {
         };
         let rule = rng.below(u64::from(RULE_WINDOW) / 2) as u32;
         let fresh = rng.percent(65);
-        let age = self.flow_age(flow_timeout(conv.proto, flags), fresh);
+        let settings = self.active.settings();
+        let age = self.flow_age(flow_timeout(conv.proto, flags, &settings), fresh);
         let value = FlowValue {
             last_seen_ns: coarse_now().wrapping_sub(age),
             generation,

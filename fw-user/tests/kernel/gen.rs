@@ -217,6 +217,15 @@ impl Gen {
         Ext::Generic { ty, len8 }
     }
 
+    /// A short walkable extension header (hop-by-hop only first): for
+    /// quotes, which must fit a packet-too-big message.
+    fn small_ext(&mut self, first: bool) -> Ext {
+        match self.ext(first) {
+            Ext::Generic { ty, len8 } => Ext::Generic { ty, len8: len8.min(2) },
+            other => other,
+        }
+    }
+
     fn tcp_flags(&mut self) -> u8 {
         *self.rng.pick(&[
             TCP_SYN,
@@ -253,7 +262,13 @@ impl Gen {
                 } else {
                     self.rng.u32()
                 };
-                tcp_acking(sport, dport, flags, ack, payload)
+                let mut segment = tcp_acking(sport, dport, flags, ack, payload);
+                if self.rng.percent(10) {
+                    // A data offset other than 5 (options, or a broken
+                    // one): what counts as data is what follows it.
+                    segment[12] = (self.rng.below(16) as u8) << 4;
+                }
+                segment
             }
             UDP => udp(sport, dport, payload),
             SCTP => sctp(sport, dport, payload),
@@ -314,7 +329,44 @@ impl Gen {
                 if !conv.v6 && self.rng.percent(15) {
                     qip.v4_options = vec![1; 4 * self.rng.usize(1, 3)];
                 }
+                // The quoted packet may be a fragment (path MTU discovery
+                // of a fragmented datagram: issue 12, finding 4) and, in
+                // IPv6, carry extension headers before or after its
+                // fragment header, as any packet may.
+                let quoted_later = self.rng.percent(12);
+                let quoted_first = !quoted_later && self.rng.percent(15);
+                if conv.v6 {
+                    if self.rng.percent(25) {
+                        let n = self.rng.usize(1, 3);
+                        for i in 0..n {
+                            let e = self.small_ext(i == 0);
+                            qip.v6_ext.push(e);
+                        }
+                    }
+                    if quoted_first || quoted_later {
+                        let offset = if quoted_later { self.rng.range(1, 400) as u16 } else { 0 };
+                        qip.v6_ext.push(Ext::Fragment { offset, more: true, id: frag_id });
+                        if self.rng.percent(15) {
+                            // Options in the fragmentable part (first fragment only).
+                            if quoted_first {
+                                qip.v6_ext.push(Ext::Generic { ty: 60, len8: 0 });
+                            } else {
+                                qip.proto = 60;
+                            }
+                        }
+                    }
+                    if self.rng.percent(3) {
+                        // Longer than the parser walks, or unwalkable.
+                        for _ in 0..self.rng.usize(5, 8) {
+                            qip.v6_ext.push(Ext::Generic { ty: 60, len8: 0 });
+                        }
+                    }
+                } else if quoted_first || quoted_later {
+                    qip.v4_id = frag_id as u16;
+                    qip.v4_frag = if quoted_later { self.rng.range(1, 400) as u16 } else { 0x2000 };
+                }
                 let ql4 = match quoted_conv.proto {
+                    _ if quoted_later => self.rng.bytes(8),
                     TCP => tcp(qs, qd, TCP_SYN, 0),
                     UDP => udp(qs, qd, 20),
                     SCTP => sctp(qs, qd, 4),

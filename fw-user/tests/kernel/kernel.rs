@@ -143,6 +143,18 @@ impl Kernel {
             .sum()
     }
 
+    /// Counter `index` of `FW_EVENT_STATS` (events emitted, suppressed,
+    /// lost), summed over CPUs.
+    pub fn event_stat(&self, index: u32) -> u64 {
+        let map = self.ebpf.map(maps::EVENT_STATS).expect("FW_EVENT_STATS");
+        let stats = PerCpuArray::<_, u64>::try_from(map).expect("a per-CPU array");
+        stats
+            .get(&index, 0)
+            .unwrap_or_else(|e| panic!("reading event counter {index}: {e}"))
+            .iter()
+            .sum()
+    }
+
     pub fn frags(&self) -> Vec<(FragKey, FragValue)> {
         self.frags
             .iter()

@@ -15,6 +15,7 @@
 //!   pins down a counter that moves when it should not).
 
 mod diff;
+mod flows;
 mod gen;
 mod kernel;
 mod known;

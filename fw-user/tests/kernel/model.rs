@@ -39,27 +39,38 @@
 //! * Two flow tables, a key in at most one: protected (flows this host
 //!   opened, inbound TCP once its handshake completed) and probation (what
 //!   inbound packets opened). The protected one is looked at first; an
-//!   expired entry found there or in probation is removed and the packet
-//!   judged as untracked.
-//! * A live tracked flow (same generation) passes; of another generation, it
-//!   is re-checked against the rule kind that opened it (origin direction,
-//!   remote peer, protocol, the port it was admitted on) and re-stamped, or
-//!   forgotten and the packet judged afresh.
+//!   entry found idle past its timeout (the active phase's, plus the 1 s
+//!   touch interval) there or in probation is removed and the packet
+//!   judged as untracked. Timeouts: TCP closed (a RST, or a FIN each way)
+//!   `tcp_closing`, other TCP `tcp_established`, UDP `udp`, the rest
+//!   `other`.
+//! * A live tracked flow (same generation) passes (`pass_audit` when audit
+//!   mode admitted it); of another generation, it is re-checked against
+//!   the active policy in the direction that opened it (origin direction,
+//!   remote peer, protocol, the port it was admitted on: rule, default or
+//!   audit) and re-stamped, or forgotten and the packet judged afresh.
+//! * TCP marks: a SYN without ACK on a flow with closing marks clears them
+//!   (and the recorded SYN-ACK): a new connection; a RST marks RST; a FIN
+//!   marks the side that sent it; a segment with data clears RST. A change
+//!   of marks rewrites the last-seen time.
 //! * A TCP flow in probation records this host's SYN-ACK (egress, SYN and
 //!   ACK set: its sequence number), and moves to the protected table on the
 //!   inbound segment with ACK but neither SYN nor RST that acknowledges
-//!   exactly that SYN-ACK (ack = seq + 1), unless the flow is closing. A
+//!   exactly that SYN-ACK (ack = seq + 1), unless it has a closing mark. A
 //!   protected flow an inbound packet opened goes back to probation with
-//!   the packet that starts closing it (FIN or RST).
+//!   the packet that closes it.
 //! * An ICMP error quoting a live tracked flow passes when it is addressed
-//!   to the quoted packet's source.
+//!   to the quoted packet's source; one quoting a later fragment, when the
+//!   first fragment of that datagram passed less than 30 s ago. IPv6 quotes
+//!   are parsed through their extension headers.
 //! * The policy: the deciding rule (allow/deny) or the phase default; audit
 //!   turns drops into `pass_audit`; an egress packet that only the default
 //!   drops, sent from a port an inbound rule serves to that peer, is
-//!   `drop_spoofed_reply`. A rule's allow opens a flow (ICMP: echo requests
-//!   only; inbound TCP: a SYN without ACK only; outbound TCP: neither a RST
-//!   nor a SYN-ACK), in probation when the packet is inbound, else in the
-//!   protected table.
+//!   `drop_spoofed_reply`, unless it is a TCP SYN without ACK (a connection
+//!   this host opens). What the policy passes (rule, default, audit) opens
+//!   a flow (ICMP: echo requests only; inbound TCP: a SYN without ACK only;
+//!   outbound TCP: neither a RST nor a SYN-ACK), in probation when the
+//!   packet is inbound, else in the protected table.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -68,8 +79,8 @@ use std::{
 
 use fw_common::{
     flow::{
-        FLOW_FIN, FLOW_INBOUND, FLOW_SYN_ACK, FRAG_TIMEOUT_NS, OTHER_TIMEOUT_NS, TCP_CLOSING_TIMEOUT_NS,
-        TCP_TIMEOUT_NS, TOUCH_INTERVAL_NS, UDP_TIMEOUT_NS,
+        tcp_closed, timeouts, FLOW_AUDIT, FLOW_CLOSING, FLOW_FIN_IN, FLOW_FIN_OUT, FLOW_INBOUND, FLOW_RST,
+        FLOW_SYN_ACK, FRAG_TIMEOUT_NS, TOUCH_INTERVAL_NS,
     },
     Action, Direction, FlowKey, FlowValue, FragKey, FragValue, PolicyValue, Reason,
 };
@@ -101,6 +112,8 @@ pub struct Quote {
     pub dst: [u8; 16],
     pub sport: u16,
     pub dport: u16,
+    /// A later fragment: `(fragment protocol, id)` of its datagram.
+    pub later: Option<(u8, u32)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,6 +132,8 @@ pub struct Headers {
     pub tcp_flags: u8,
     pub tcp_seq: u32,
     pub tcp_ack: u32,
+    /// TCP: data follows the header.
+    pub tcp_data: bool,
     pub fragment: Fragment,
     pub frag_id: u32,
     /// IPv6 fragments: the fragment header's Next Header.
@@ -232,6 +247,7 @@ fn empty_headers(family: u8, src: [u8; 16], dst: [u8; 16], proto: u8) -> Headers
         tcp_flags: 0,
         tcp_seq: 0,
         tcp_ack: 0,
+        tcp_data: false,
         fragment: Fragment::Whole,
         frag_id: 0,
         frag_next: 0,
@@ -354,22 +370,31 @@ fn transport(f: &Frame, out: &mut Headers, at: usize, end: usize) -> Result<(), 
             out.tcp_flags = h[13];
             out.tcp_seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
             out.tcp_ack = u32::from_be_bytes([h[8], h[9], h[10], h[11]]);
+            out.tcp_data = end - at > usize::from(h[12] >> 4) * 4;
         }
     }
     Ok(())
 }
 
 /// The quoted packet of an ICMP error: its IP header (ICMP quotes IPv4,
-/// ICMPv6 quotes IPv6) and 8 bytes of its transport header, inside the
-/// error's datagram. Only TCP/UDP/SCTP and echo quotes identify a flow.
+/// ICMPv6 quotes IPv6; IPv6 extension headers walked as in a packet, at
+/// most 6) and 8 bytes of its transport header, inside the error's
+/// datagram. Only TCP/UDP/SCTP and echo quotes identify a flow; a later
+/// fragment identifies its datagram.
 fn quote(f: &Frame, icmp_proto: u8, at: usize, end: usize) -> Option<Quote> {
-    let (family, proto, src, dst, l4) = if icmp_proto == ICMP {
+    let mut q = Quote { family: 0, proto: 0, src: [0; 16], dst: [0; 16], sport: 0, dport: 0, later: None };
+    let l4 = if icmp_proto == ICMP {
         let h = f.get(at, 20)?;
         let ihl = usize::from(h[0] & 0xf) * 4;
         if h[0] >> 4 != 4 || ihl < 20 {
             return None;
         }
-        (4, h[9], addr16(&h[12..16]), addr16(&h[16..20]), at + ihl)
+        (q.family, q.proto, q.src, q.dst) = (4, h[9], addr16(&h[12..16]), addr16(&h[16..20]));
+        if be16(&h[6..8]) & 0x1fff != 0 {
+            q.later = Some((h[9], u32::from(be16(&h[4..6]))));
+            return (at + ihl <= end).then_some(q);
+        }
+        at + ihl
     } else {
         // The addresses are read as two separate 16-byte fields, each of
         // which must start inside the window.
@@ -378,25 +403,47 @@ fn quote(f: &Frame, icmp_proto: u8, at: usize, end: usize) -> Option<Quote> {
         if h[0] >> 4 != 6 {
             return None;
         }
-        (6, h[6], addr16(&h[8..24]), addr16(&h[24..40]), at + 40)
+        (q.family, q.src, q.dst) = (6, addr16(&h[8..24]), addr16(&h[24..40]));
+        let mut next = h[6];
+        let mut hoff = at + 40;
+        let mut walked = 0;
+        while walked < 6 && walkable_ext(next) {
+            let len = match next {
+                44 => {
+                    let x = f.get(hoff, 8)?;
+                    let id = u32::from_be_bytes([x[4], x[5], x[6], x[7]]);
+                    if be16(&x[2..4]) >> 3 != 0 {
+                        q.later = Some((x[0], id));
+                    }
+                    8
+                }
+                51 => (usize::from(f.get(hoff, 2)?[1]) + 2) * 4,
+                _ => (usize::from(f.get(hoff, 2)?[1]) + 1) * 8,
+            };
+            next = f.0[hoff];
+            hoff += len;
+            walked += 1;
+            if q.later.is_some() {
+                q.proto = next;
+                return (hoff <= end).then_some(q);
+            }
+        }
+        if walkable_ext(next) || unwalkable_ext(next) {
+            return None;
+        }
+        q.proto = next;
+        hoff
     };
     let t = f.get(l4, 8)?;
     if l4 + 8 > end {
         return None;
     }
-    let (sport, dport) = match proto {
+    (q.sport, q.dport) = match q.proto {
         TCP | UDP | SCTP => (be16(&t[0..2]), be16(&t[2..4])),
-        ICMP | ICMPV6 if icmp_echo(proto, t[0]) => (be16(&t[4..6]), be16(&t[4..6])),
+        ICMP | ICMPV6 if icmp_echo(q.proto, t[0]) => (be16(&t[4..6]), be16(&t[4..6])),
         _ => return None,
     };
-    Some(Quote {
-        family,
-        proto,
-        src,
-        dst,
-        sport,
-        dport,
-    })
+    Some(q)
 }
 
 /// The policy the kernel enforces: the generation in `FW_CONFIG` and the
@@ -416,7 +463,7 @@ impl Active {
         }
     }
 
-    fn settings(&self) -> PhaseSettings {
+    pub fn settings(&self) -> PhaseSettings {
         match &self.phase {
             Some(p) => p.settings,
             None => PhaseSettings {
@@ -424,6 +471,7 @@ impl Active {
                 inbound_default: Action::Deny,
                 audit: false,
                 reject: true,
+                timeouts: fw_common::FlowTimeouts::DEFAULT,
             },
         }
     }
@@ -499,7 +547,7 @@ pub struct State {
 }
 
 /// The stateful paths a run must take at least once.
-pub const PATHS: [&str; 13] = [
+pub const PATHS: [&str; 17] = [
     "flow of the active generation",
     "flow in probation",
     "SYN-ACK recorded",
@@ -509,8 +557,12 @@ pub const PATHS: [&str; 13] = [
     "flow of another generation, forgotten",
     "flow expired",
     "flow opened",
+    "flow opened by the phase default",
+    "flow admitted in audit mode",
     "flow closing (FIN/RST)",
+    "closing marks cleared",
     "error quoting a flow",
+    "error quoting a later fragment",
     "first fragment remembered",
     "fragment entry expired",
 ];
@@ -562,13 +614,43 @@ pub fn frag_key(h: &Headers) -> FragKey {
     }
 }
 
-pub fn flow_timeout(proto: u8, flags: u8) -> u64 {
-    match proto {
-        TCP if flags & FLOW_FIN != 0 => TCP_CLOSING_TIMEOUT_NS,
-        TCP => TCP_TIMEOUT_NS,
-        UDP => UDP_TIMEOUT_NS,
-        _ => OTHER_TIMEOUT_NS,
+/// How long a flow may stay idle under `settings`, the touch interval
+/// included (the kernel's last-seen time may lag its last packet by it).
+pub fn flow_timeout(proto: u8, flags: u8, settings: &PhaseSettings) -> u64 {
+    let t = settings.timeouts;
+    let seconds = match proto {
+        TCP if tcp_closed(flags) => t.tcp_closing,
+        TCP => t.tcp_established,
+        UDP => t.udp,
+        _ => t.other,
+    };
+    u64::from(seconds) * 1_000_000_000 + TOUCH_INTERVAL_NS
+}
+
+/// Whether a flow last seen at `last_seen` is idle past its timeout.
+pub fn flow_expired(now: u64, last_seen: u64, proto: u8, flags: u8, settings: &PhaseSettings) -> bool {
+    let idle = now.wrapping_sub(last_seen);
+    idle > u64::from(timeouts::MIN) * 1_000_000_000 + TOUCH_INTERVAL_NS
+        && idle > flow_timeout(proto, flags, settings)
+}
+
+/// The TCP marks after a segment (see the module docs).
+pub fn tcp_marks(flags: u8, direction: Direction, tcp_flags: u8, data: bool) -> u8 {
+    let mut f = flags;
+    if tcp_flags & 0x12 == 0x02 && f & FLOW_CLOSING != 0 {
+        f &= !(FLOW_CLOSING | FLOW_SYN_ACK);
     }
+    if tcp_flags & 0x04 != 0 {
+        f |= FLOW_RST;
+    } else {
+        if tcp_flags & 0x01 != 0 {
+            f |= if direction == Direction::Egress { FLOW_FIN_OUT } else { FLOW_FIN_IN };
+        }
+        if data {
+            f &= !FLOW_RST;
+        }
+    }
+    f
 }
 
 fn peer(direction: Direction, h: &Headers) -> &[u8; 16] {
@@ -622,17 +704,17 @@ impl State {
 
     /// Whether `key` has a live entry (the protected table decides when it
     /// has the key); nothing changes.
-    fn is_live(&self, key: &FlowKey, now: u64) -> bool {
+    fn is_live(&self, key: &FlowKey, now: u64, settings: &PhaseSettings) -> bool {
         self.flows
             .get(key)
             .or_else(|| self.flows_in.get(key))
-            .is_some_and(|v| now.wrapping_sub(v.last_seen_ns) <= flow_timeout(key.proto, v.flags))
+            .is_some_and(|v| !flow_expired(now, v.last_seen_ns, key.proto, v.flags, settings))
     }
 
     /// The table whose live entry `key` has: the protected table decides
     /// when it has the key, live or not. An expired entry is removed.
     /// `Err(())` when the entry found had expired.
-    fn find(&mut self, key: &FlowKey, now: u64) -> Result<Option<Table>, ()> {
+    fn find(&mut self, key: &FlowKey, now: u64, settings: &PhaseSettings) -> Result<Option<Table>, ()> {
         let table = if self.flows.contains_key(key) {
             Table::Protected
         } else if self.flows_in.contains_key(key) {
@@ -641,7 +723,7 @@ impl State {
             return Ok(None);
         };
         let v = self.table(table)[key];
-        if now.wrapping_sub(v.last_seen_ns) > flow_timeout(key.proto, v.flags) {
+        if flow_expired(now, v.last_seen_ns, key.proto, v.flags, settings) {
             self.table_mut(table).remove(key);
             return Err(());
         }
@@ -680,9 +762,10 @@ impl State {
                 None => Outcome::bare(Reason::DropFragment),
             };
         }
+        let settings = active.settings();
         let key = packet_flow_key(direction, &h);
         let mut outcome = None;
-        let found = self.find(&key, now).unwrap_or_else(|()| {
+        let found = self.find(&key, now, &settings).unwrap_or_else(|()| {
             self.took("flow expired");
             None
         });
@@ -690,7 +773,8 @@ impl State {
             if table == Table::Probation {
                 self.took("flow in probation");
             }
-            let value = self.table_mut(table).get_mut(&key).expect("live");
+            let value = *self.table(table).get(&key).expect("live");
+            let mut value = value;
             let mut path = "flow of the active generation";
             if value.generation != active.generation {
                 let origin = if value.flags & FLOW_INBOUND != 0 {
@@ -698,37 +782,54 @@ impl State {
                 } else {
                     Direction::Egress
                 };
-                path = match active.rule(
-                    origin,
-                    h.family,
-                    peer(direction, &h),
-                    h.proto,
-                    value.policy_port,
-                ) {
-                    Some(v) if v.action() == Action::Allow => {
-                        value.generation = active.generation;
-                        value.rule = v.rule;
-                        "flow of another generation, still allowed"
+                let o = self.policy(active, origin, h.family, peer(direction, &h), h.proto, value.policy_port);
+                path = if admits(o.reason) {
+                    value.generation = active.generation;
+                    value.rule = o.rule;
+                    if o.reason == Reason::PassAudit {
+                        value.flags |= FLOW_AUDIT;
+                    } else {
+                        value.flags &= !FLOW_AUDIT;
                     }
-                    _ => "flow of another generation, forgotten",
+                    "flow of another generation, still allowed"
+                } else {
+                    "flow of another generation, forgotten"
                 };
             }
             if path != "flow of another generation, forgotten" {
-                let mut closing = false;
-                if h.tcp_flags & 0x05 != 0 && value.flags & FLOW_FIN == 0 {
-                    value.flags |= FLOW_FIN;
+                let mut closed = false;
+                let marks = if h.proto == TCP {
+                    tcp_marks(value.flags, direction, h.tcp_flags, h.tcp_data)
+                } else {
+                    value.flags
+                };
+                if marks != value.flags {
+                    if marks & FLOW_CLOSING != 0 && value.flags & FLOW_CLOSING == 0 {
+                        self.took("flow closing (FIN/RST)");
+                    }
+                    if value.flags & FLOW_CLOSING != 0 && marks & FLOW_CLOSING == 0 {
+                        self.took("closing marks cleared");
+                    }
+                    closed = !tcp_closed(value.flags) && tcp_closed(marks);
+                    value.flags = marks;
                     value.last_seen_ns = now;
-                    closing = true;
                 } else if now.wrapping_sub(value.last_seen_ns) > TOUCH_INTERVAL_NS {
                     value.last_seen_ns = now;
                 }
                 let inbound = value.flags & FLOW_INBOUND != 0;
-                outcome = Some(Outcome::new(Reason::PassFlow, value.rule));
+                let reason = if value.flags & FLOW_AUDIT != 0 {
+                    self.took("flow admitted in audit mode");
+                    Reason::PassAudit
+                } else {
+                    Reason::PassFlow
+                };
+                outcome = Some(Outcome::new(reason, value.rule));
+                self.table_mut(table).insert(key, value);
                 if table == Table::Probation {
                     if h.proto == TCP {
                         self.follow_handshake(&key, direction, &h);
                     }
-                } else if closing && inbound {
+                } else if closed && inbound {
                     let value = self.flows.remove(&key).expect("protected");
                     self.flows_in.insert(key, value);
                     self.took("flow demoted");
@@ -742,17 +843,26 @@ impl State {
             Some(o) => o,
             None => {
                 let o = self.untracked(active, direction, &h, now);
-                if (o.reason == Reason::PassRule || o.reason == Reason::PassResolver) && opens_flow(direction, &h) {
+                if admits(o.reason) && opens_flow(direction, &h) {
                     let mut flags = if direction == Direction::Inbound {
                         FLOW_INBOUND
                     } else {
                         0
                     };
-                    if h.tcp_flags & 0x05 != 0 {
-                        flags |= FLOW_FIN;
+                    if o.reason == Reason::PassAudit {
+                        flags |= FLOW_AUDIT;
+                    }
+                    if h.proto == TCP {
+                        flags = tcp_marks(flags, direction, h.tcp_flags, h.tcp_data);
+                    }
+                    if flags & FLOW_CLOSING != 0 {
                         self.took("flow closing (FIN/RST)");
                     }
-                    self.took("flow opened");
+                    self.took(if o.reason == Reason::PassDefault {
+                        "flow opened by the phase default"
+                    } else {
+                        "flow opened"
+                    });
                     let value = FlowValue {
                         last_seen_ns: now,
                         generation: active.generation,
@@ -798,7 +908,7 @@ impl State {
             }
             Direction::Inbound => {
                 if h.tcp_flags & 0x16 == 0x10
-                    && value.flags & (FLOW_SYN_ACK | FLOW_FIN) == FLOW_SYN_ACK
+                    && value.flags & (FLOW_SYN_ACK | FLOW_CLOSING) == FLOW_SYN_ACK
                     && h.tcp_ack == value.syn_ack_seq.wrapping_add(1)
                 {
                     let value = self.flows_in.remove(key).expect("in probation");
@@ -809,30 +919,18 @@ impl State {
         }
     }
 
-    fn untracked(
-        &mut self,
-        active: &Active,
-        direction: Direction,
-        h: &Headers,
-        now: u64,
-    ) -> Outcome {
-        if let Some(q) = &h.quote {
-            if h.dst == q.src && self.is_live(&quote_flow_key(direction, q), now) {
-                self.took("error quoting a flow");
-                return Outcome::bare(Reason::PassIcmpControl);
-            }
-        }
-        let peer = peer(direction, h);
+    /// The policy alone (no state): rule, default, audit.
+    fn policy(&self, active: &Active, direction: Direction, family: u8, peer: &[u8; 16], proto: u8, port: u16) -> Outcome {
         let settings = active.settings();
-        let mut outcome = match active.rule(direction, h.family, peer, h.proto, h.policy_port) {
+        let mut outcome = match active.rule(direction, family, peer, proto, port) {
             Some(v) if v.action() == Action::Allow => Outcome::new(Reason::PassRule, v.rule),
             Some(v) => Outcome::new(Reason::DropRule, v.rule),
             // UDP/TCP 53 to a resolver of a phase with `dns:`: the DNS
             // proxy's queries (issue 14).
             None if direction == Direction::Egress
-                && h.policy_port == 53
-                && (h.proto == 6 || h.proto == 17)
-                && active.is_resolver(h.family, peer) =>
+                && port == 53
+                && (proto == 6 || proto == 17)
+                && active.is_resolver(family, peer) =>
             {
                 Outcome::bare(Reason::PassResolver)
             }
@@ -850,10 +948,42 @@ impl State {
         if settings.audit && outcome.reason.is_drop() {
             outcome.reason = Reason::PassAudit;
         }
+        outcome
+    }
+
+    fn untracked(
+        &mut self,
+        active: &Active,
+        direction: Direction,
+        h: &Headers,
+        now: u64,
+    ) -> Outcome {
+        if let Some(q) = &h.quote {
+            if h.dst == q.src {
+                let tracked = match q.later {
+                    Some((proto, id)) => {
+                        let key = FragKey { family: q.family, proto, _pad: 0, id, src: q.src, dst: q.dst };
+                        self.frags.get(&key).is_some_and(|v| now.wrapping_sub(v.seen_ns) <= FRAG_TIMEOUT_NS)
+                    }
+                    None => self.is_live(&quote_flow_key(direction, q), now, &active.settings()),
+                };
+                if tracked {
+                    self.took(if q.later.is_some() {
+                        "error quoting a later fragment"
+                    } else {
+                        "error quoting a flow"
+                    });
+                    return Outcome::bare(Reason::PassIcmpControl);
+                }
+            }
+        }
+        let peer = peer(direction, h);
+        let mut outcome = self.policy(active, direction, h.family, peer, h.proto, h.policy_port);
         if direction == Direction::Egress
             && outcome.reason == Reason::DropDefault
             && h.proto != ICMP
             && h.proto != ICMPV6
+            && !(h.proto == TCP && h.tcp_flags & 0x12 == 0x02)
             && matches!(active.rule(Direction::Inbound, h.family, peer, h.proto, h.sport),
                         Some(v) if v.action() == Action::Allow)
         {
@@ -861,4 +991,9 @@ impl State {
         }
         outcome
     }
+}
+
+/// What the policy passes opens a flow: a rule, an allowing default, audit.
+fn admits(reason: Reason) -> bool {
+    matches!(reason, Reason::PassRule | Reason::PassDefault | Reason::PassAudit | Reason::PassResolver)
 }

@@ -252,6 +252,19 @@ pub fn random_policy(rng: &mut Rng, serial: usize, force: Force) -> RandomPolicy
             hints.v6.push(v6.octets());
             yaml += &format!("    dns: {{ resolvers: [{v4}, \"{v6}\"] }}\n");
         }
+        if rng.percent(25) {
+            // Timeouts of their own (10 s at least: no flow the run opens
+            // may come near one while the model is not looking).
+            let mut set = Vec::new();
+            for key in ["tcp_established", "tcp_closing", "udp", "other"] {
+                if rng.percent(50) {
+                    set.push(format!("{key}: {}", rng.pick(&["10s", "30", "2m", "1h", "5d", "365d"])));
+                }
+            }
+            if !set.is_empty() {
+                yaml += &format!("    timeouts: {{ {} }}\n", set.join(", "));
+            }
+        }
         for (key, inbound, most) in [("inbound", true, 5), ("egress", false, 7)] {
             let count = rng.usize(0, most);
             if count > 0 {

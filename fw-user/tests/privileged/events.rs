@@ -297,6 +297,64 @@ fn events_socket_hooks_refuse_denied_calls_at_once_and_events_name_the_process()
     println!("sample of `fw drops --follow`:\n{}", follow_text.text());
 }
 
+/// A UDP service: binds PORT, prints "ready", answers one datagram with
+/// sendto() and prints `ok` or the errno's name.
+const UDP_SERVICE: &str = r#"
+import errno, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.settimeout(10)
+print("ready", flush=True)
+try:
+    data, peer = s.recvfrom(2048)
+except OSError:
+    print("nothing came", flush=True)
+    sys.exit(0)
+try:
+    s.sendto(data, peer)
+    print("ok", flush=True)
+except OSError as e:
+    print(errno.errorcode.get(e.errno, str(e.errno)), flush=True)
+"#;
+
+/// Issue 12 (the inbound default serves, with the socket hooks attached):
+/// a UDP service on a port no inbound rule names, under `inbound_default:
+/// allow`, answers its clients. The hook judges a sendto() before any
+/// packet exists and took the reply (to a client's ephemeral port, which
+/// no egress rule allows) for a first datagram: EPERM. A port outside the
+/// ephemeral range was bound by a service, and the hook defers to TC,
+/// which lets the reply out through the flow the client's datagram
+/// opened; a client's autobound port is still judged (the test above).
+#[test]
+fn finding3_an_unnamed_udp_service_answers_under_the_socket_hooks() {
+    use std::io::BufRead as _;
+    const SERVICE_PORT: u16 = 7070;
+    harness::setup();
+    let pair = VethPair::new(89);
+    let cgroup = TestCgroup::new();
+    let dir = TempDir::new();
+    let policy = dir.write("policy.yaml", &policy(&pair));
+    let ephemeral = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let cg = cgroup.path.display().to_string();
+    let _daemon = Daemon::start(&pair.near, &pair.near_if, &policy, "test", &["--cgroup", &cg]);
+    let mut service = cgroup
+        .python(&pair.near, UDP_SERVICE, &[SERVICE_PORT.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting python3");
+    let mut lines = std::io::BufReader::new(service.stdout.take().expect("stdout")).lines();
+    let ready = lines.next().and_then(Result::ok);
+    assert_eq!(ready.as_deref(), Some("ready"), "the service must start");
+    let reached = SocketAddr::new(IpAddr::from(pair.near4), SERVICE_PORT);
+    let outcome = in_netns(&pair.far, || udp_echo(reached, Duration::from_secs(3)));
+    let said: Vec<String> = lines.map_while(Result::ok).collect();
+    let _ = service.wait();
+    println!("ephemeral range {}; the service said {said:?}; the client: {outcome:?}", ephemeral.trim());
+    assert_eq!(said, ["ok"], "the service's sendto() must not be refused");
+    assert_eq!(outcome, Outcome::Echoed, "its reply must reach the client");
+}
+
 /// GET /metrics from inside `ns`.
 fn scrape(ns: &Netns, addr: SocketAddr) -> String {
     in_netns(ns, || {

@@ -13,16 +13,20 @@
 //! panics included, and names embed the test process id so that a later run
 //! sweeps what a killed run left behind (`harness::setup`).
 
+mod answers;
 mod bpffs;
 mod cli;
 mod container;
 mod crash;
 mod e2e;
 mod events;
+mod export;
 mod flood;
 mod harness;
+mod learn;
 mod lifecycle;
 mod names;
+mod observe;
 mod operate;
 mod stateful;
 mod watch;

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use fw_common::{
     policy::{ADDR_KEY_FIXED_BITS, PORT_KEY_CLASS_BITS, PORT_KEY_PROTO_BITS},
-    Action, AddrKey4, AddrKey6, Direction, PolicyValue, PortKey,
+    Action, AddrKey4, AddrKey6, Direction, FlowTimeouts, PolicyValue, PortKey,
 };
 
 /// Per-phase switches that live in `FW_PHASES`.
@@ -22,6 +22,9 @@ pub struct PhaseSettings {
     /// The cgroup socket hooks refuse denied connect()/sendmsg() with EPERM
     /// (`reject: false` in the phase keeps silent drops).
     pub reject: bool,
+    /// Idle timeouts of the flows, in seconds, every one set (`timeouts:`
+    /// in the phase, else the defaults).
+    pub timeouts: FlowTimeouts,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -278,7 +278,10 @@ impl<'ns> Fw<'ns> {
             let at = args.iter().position(|a| a == "--cgroup").expect("run_args passes --cgroup");
             args.drain(at..at + 2);
         }
-        args.extend(["--interval".into(), "1".into()]);
+        // A summary a second, unless the test asks for its own interval.
+        if !launch.extra.iter().any(|a| *a == "--interval") {
+            args.extend(["--interval".into(), "1".into()]);
+        }
         args.extend(launch.extra.iter().map(|a| a.to_os_string()));
         let mut fw = Self {
             ns,

@@ -197,6 +197,8 @@ pub struct Routed {
     pub client_if: String,
     /// The router's end of the client link.
     pub router_client_if: String,
+    /// The router's end of the server link.
+    pub router_server_if: String,
     pub server4: Ipv4Addr,
     pub server6: Ipv6Addr,
     pub client4: Ipv4Addr,
@@ -259,6 +261,7 @@ impl Routed {
             server_if,
             client_if,
             router_client_if,
+            router_server_if,
         }
     }
 }

@@ -148,7 +148,8 @@ fn serve_tcp(listener: &TcpListener, received: &Counter, stop: &AtomicBool) {
 }
 
 fn serve_udp(socket: &UdpSocket, received: &Counter, stop: &AtomicBool) {
-    let mut buf = [0u8; 2048];
+    // Room for the largest datagram: a truncated echo is no echo.
+    let mut buf = vec![0u8; 65_536];
     while !stop.load(Ordering::SeqCst) {
         if !readable(socket.as_raw_fd()) {
             continue;

@@ -1,0 +1,209 @@
+//! Issue 12, finding 5: `fw learn` on a server that serves clients while it
+//! downloads. The old learning phase passed the clients' packets under its
+//! inbound default without opening flows, so the server's replies were
+//! would-drops, learned as egress rules to the clients' ephemeral ports;
+//! and since audit mode tracked no flows, every ACK of the download was an
+//! event, sharing one budget with everything else.
+
+use std::{
+    fs,
+    io::{Read as _, Write as _},
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    path::Path,
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::harness::{
+    self,
+    fw::{fw, remove_leftovers, FW},
+    netns::VethPair,
+    stream::{tcp_connect_from, Download, End, TcpSource},
+    traffic::{in_netns, tcp_echo, udp_echo, Echo, Outcome, PASS_TIMEOUT},
+    unique_name, TempDir,
+};
+
+fn poll(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// The far side's destinations this host opens (besides the download).
+const FAR_TCP: [u16; 3] = [7001, 7002, 7003];
+const FAR_UDP: [u16; 4] = [6001, 6002, 6003, 6004];
+/// What this host serves.
+const SERVED_TCP: u16 = 8080;
+const SERVED_UDP: u16 = 5005;
+/// Served too, to a client connected before learning began.
+const SERVED_BEFORE: u16 = 8443;
+const MIRROR: u16 = 80;
+const DOWNLOAD_BYTES: usize = 200 << 20;
+/// A destination this host sends a burst of new flows to, and one it
+/// reaches once, after the burst.
+const CHATTY: u16 = 6010;
+const RARE: u16 = 6099;
+const BURST_FLOWS: usize = 5000;
+
+#[test]
+fn finding5_learn_under_load_learns_only_what_this_host_opens() {
+    harness::setup();
+    let pair = VethPair::new(85);
+    let far = IpAddr::from(pair.far4);
+    let near = IpAddr::from(pair.near4);
+    let dir = TempDir::new();
+    let learned = dir.path().join("learned.yaml");
+
+    // The far side: a mirror streaming the download, and echo servers.
+    let _mirror = TcpSource::new(&pair.far, SocketAddr::new(far, MIRROR), Some(DOWNLOAD_BYTES));
+    let mut far_servers: Vec<Echo> = FAR_TCP.iter().map(|p| Echo::tcp(&pair.far, SocketAddr::new(far, *p))).collect();
+    far_servers.extend(FAR_UDP.iter().chain(&[RARE]).map(|p| Echo::udp(&pair.far, SocketAddr::new(far, *p))));
+    // This host's services.
+    let served_tcp = Echo::tcp(&pair.near, SocketAddr::new(near, SERVED_TCP));
+    let served_udp = Echo::udp(&pair.near, SocketAddr::new(near, SERVED_UDP));
+    // Its server echoes for as long as the client stays (the harness's echo
+    // server hangs up after 3 quiet seconds, and under load `fw learn` can
+    // take longer than that to start).
+    let listener = in_netns(&pair.near, || std::net::TcpListener::bind(SocketAddr::new(near, SERVED_BEFORE)))
+        .expect("binding the old client's server");
+    std::thread::spawn(move || {
+        let Ok((mut conn, _)) = listener.accept() else { return };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(300)));
+        let mut buf = [0u8; 1024];
+        while let Ok(n @ 1..) = conn.read(&mut buf) {
+            if conn.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    // A client connection older than the learning: the server's segments on
+    // it have no flow (its handshake was never seen).
+    let mut old_client = in_netns(&pair.far, || TcpStream::connect_timeout(&SocketAddr::new(near, SERVED_BEFORE), PASS_TIMEOUT))
+        .expect("a client connected before learning");
+    old_client.set_read_timeout(Some(PASS_TIMEOUT)).unwrap();
+
+    let name = unique_name();
+    let log = dir.path().join("learn.log");
+    let learn = pair
+        .near
+        .command(FW)
+        .args(["learn", "--iface", &pair.near_if, "--name", &name, "--cgroup", "none", "--duration", "3m", "-o"])
+        .arg(&learned)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).expect("learn log"))
+        .spawn()
+        .expect("starting fw learn");
+    struct Reap(Child, String);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            remove_leftovers(&self.1);
+        }
+    }
+    let learn_pid = learn.id();
+    let mut guard = Reap(learn, name.clone());
+    let log_text = || fs::read_to_string(&log).unwrap_or_default();
+    assert!(poll(Duration::from_secs(30), || log_text().contains("fw: learning")), "fw learn did not start:\n{}", log_text());
+
+    // Load: the download runs while clients use this host's services and
+    // this host reaches its other destinations.
+    let started = Instant::now();
+    let conn = tcp_connect_from(&pair.near, SocketAddr::new(far, MIRROR), 0, PASS_TIMEOUT).expect("the download connects");
+    let download = Download::start(conn);
+    let mut client_echoes = 0;
+    for round in 0..10 {
+        for _ in 0..3 {
+            let served = in_netns(&pair.far, || tcp_echo(SocketAddr::new(near, SERVED_TCP), PASS_TIMEOUT));
+            assert_eq!(served, Outcome::Echoed, "round {round}: a client of {SERVED_TCP}/tcp");
+            let served = in_netns(&pair.far, || udp_echo(SocketAddr::new(near, SERVED_UDP), PASS_TIMEOUT));
+            assert_eq!(served, Outcome::Echoed, "round {round}: a client of {SERVED_UDP}/udp");
+            client_echoes += 2;
+        }
+        old_client.write_all(b"still here").expect("the old client writes");
+        let mut back = [0u8; 10];
+        old_client.read_exact(&mut back).expect("the old connection is echoed");
+        let port = FAR_TCP[round % FAR_TCP.len()];
+        assert_eq!(in_netns(&pair.near, || tcp_echo(SocketAddr::new(far, port), PASS_TIMEOUT)), Outcome::Echoed);
+        let port = FAR_UDP[round % FAR_UDP.len()];
+        assert_eq!(in_netns(&pair.near, || udp_echo(SocketAddr::new(far, port), PASS_TIMEOUT)), Outcome::Echoed);
+    }
+    // A chatty destination: thousands of new flows in a burst (each from a
+    // socket of its own), then a destination reached once. With one budget
+    // for every event the burst used it up and the rare one could vanish;
+    // per destination, the burst is sampled and the rare one is learned.
+    let burst = in_netns(&pair.near, || {
+        let mut sent = 0;
+        for _ in 0..BURST_FLOWS {
+            let socket = UdpSocket::bind((IpAddr::from([0u8; 4]), 0)).expect("a udp socket");
+            sent += usize::from(socket.send_to(b"x", SocketAddr::new(far, CHATTY)).is_ok());
+        }
+        sent
+    });
+    assert_eq!(burst, BURST_FLOWS, "learning blocks nothing");
+    assert_eq!(in_netns(&pair.near, || udp_echo(SocketAddr::new(far, RARE), PASS_TIMEOUT)), Outcome::Echoed);
+    assert!(
+        download.wait(Duration::from_secs(60), |d| d.end() != End::Running),
+        "the download did not finish ({} bytes)",
+        download.bytes()
+    );
+    assert_eq!((download.end(), download.bytes()), (End::Eof, DOWNLOAD_BYTES as u64), "learning blocks nothing");
+    let load_time = started.elapsed();
+
+    // SAFETY: signalling the child this test started.
+    assert_eq!(unsafe { libc::kill(learn_pid as i32, libc::SIGINT) }, 0);
+    assert!(poll(Duration::from_secs(30), || guard.0.try_wait().ok().flatten().is_some()), "fw learn did not end:\n{}", log_text());
+    assert!(guard.0.wait().unwrap().success(), "fw learn failed:\n{}", log_text());
+    assert!(!Path::new("/sys/fs/bpf/fw").join(&name).exists(), "the learning instance must be removed");
+    let text = fs::read_to_string(&learned).expect("the learned policy");
+    println!("learned policy:\n{text}\nfw learn said:\n{}", log_text());
+    println!(
+        "load: {} MiB downloaded, {client_echoes} client echoes, {} tcp / {} udp served, in {load_time:.1?}",
+        DOWNLOAD_BYTES >> 20,
+        served_tcp.received(),
+        served_udp.received()
+    );
+
+    // What this host opened, and only that, is egress.
+    let egress = &text[text.find("egress:").expect("an egress section")..];
+    let mut expected: Vec<String> = vec![format!("proto: tcp, ports: [{MIRROR}, \"{}-{}\"]", FAR_TCP[0], FAR_TCP[2])];
+    expected.push(format!("proto: udp, ports: [\"{}-{}\", {CHATTY}, {RARE}]", FAR_UDP[0], FAR_UDP[3]));
+    for e in &expected {
+        assert!(egress.contains(e), "missing `{e}` in the egress:\n{egress}");
+    }
+    let egress_rules = egress.lines().filter(|l| l.trim_start().starts_with("- {")).count();
+    assert_eq!(egress_rules, 2, "one rule per protocol to the far host, nothing to clients:\n{egress}");
+    // What it served is inbound, never egress to the clients' ports.
+    assert!(text.contains(&format!("- {{ name: served-tcp, proto: tcp, ports: [{SERVED_TCP}] }}")), "{text}");
+    assert!(text.contains(&format!("- {{ name: served-udp, proto: udp, ports: [{SERVED_UDP}] }}")), "{text}");
+    // Counted: one event per flow this host opened, nothing unseen.
+    let events = header_number(&text, "# Events: ", " read");
+    let suppressed = header_number(&text, " read, ", " over the per-destination budget");
+    let lost = header_number(&text, "budget, ", " lost");
+    println!("events: {events} read, {suppressed} suppressed, {lost} lost");
+    assert_eq!(lost, 0, "{text}");
+    // The burst was sampled, and said so: every destination is learned.
+    assert!(suppressed > 0, "{BURST_FLOWS} new flows to one destination in a burst: some over its budget\n{text}");
+    assert!(log_text().contains("events were over a destination's budget"), "{}", log_text());
+    // One event per flow, not per packet (200 MiB of ACKs), and the burst
+    // at most its budget (100 a second per CPU) for its few seconds.
+    assert!(events < 2000, "{events} events\n{text}");
+
+    let check = fw(&pair.near, &["check", learned.to_str().unwrap(), "--phase", "learned"]);
+    assert!(check.status.success(), "fw check must accept the learned policy: {check:#?}");
+    drop(far_servers);
+}
+
+/// The number between `before` and `after` in the learned policy's header.
+fn header_number(text: &str, before: &str, after: &str) -> u64 {
+    let start = text.find(before).unwrap_or_else(|| panic!("no `{before}` in:\n{text}")) + before.len();
+    let rest = &text[start..];
+    let end = rest.find(after).unwrap_or_else(|| panic!("no `{after}` after `{before}` in:\n{text}"));
+    rest[..end].trim().parse().unwrap_or_else(|e| panic!("`{}`: {e}", &rest[..end]))
+}
