@@ -183,7 +183,7 @@ fn lints_report_shadowed_rules_open_egress_and_allow_everything_in_runtime() {
     let loaded = load(
         "phases:\n  runtime:\n    inbound:\n      - { name: all-in, from: [any] }\n    egress:\n      - { name: web, to: [any], proto: tcp, ports: [80, 443] }\n      - { name: https, to: [203.0.113.0/24], proto: tcp, ports: [443] }\n      - { name: everything, to: [any] }\n  debug:\n    egress:\n      - { name: block-web, to: [any], proto: tcp, ports: [\"1-1024\"], action: deny }\n      - { name: https-again, to: [any], proto: tcp, ports: [443] }\n",
     );
-    let checked = report::check(&loaded, None, &Limits::default()).unwrap();
+    let checked = report::check(&loaded, None, &Limits::default(), fw_user::source::host::ephemeral_range()).unwrap();
     let lint: Vec<(&str, String)> = checked.warnings.iter().map(|w| (w.code, w.to_string())).collect();
     assert_eq!(lint.len(), 4, "{lint:#?}");
     assert_eq!(lint[0].0, "shadowed-rule");

@@ -217,7 +217,7 @@ fn check_report_renders_every_shipped_policy() {
     ];
     for (name, env) in envs {
         let loaded = load_with_env(name, env);
-        let checked = report::check(&loaded, None, &Limits::default()).unwrap();
+        let checked = report::check(&loaded, None, &Limits::default(), fw_user::source::host::ephemeral_range()).unwrap();
         let text = report::render_text(&checked);
         assert!(text.starts_with(&format!("policy {name} {{")), "{text}");
         assert!(text.contains("phase runtime {"), "{text}");

@@ -23,7 +23,7 @@ fn finding9_switch_and_run_get_the_warnings_check_gives() {
     let shared: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
 
     let (_, policy, _) = source::load_policy("openvidu-ce", Some(&env)).unwrap();
-    let check = report::check(&policy, Some("runtime"), &Limits::default()).unwrap();
+    let check = report::check(&policy, Some("runtime"), &Limits::default(), source::host::ephemeral_range()).unwrap();
     let checked: Vec<String> = check.warnings.iter().map(|w| w.to_string()).collect();
 
     assert_eq!(shared, checked, "fw run/switch must report what fw check reports for the phase");

@@ -29,7 +29,7 @@ pub struct CheckArgs {
 
 pub fn check(args: CheckArgs) -> Result<ExitCode> {
     let (_, loaded, _) = source::load_policy(&args.file, args.env_file.as_deref())?;
-    let report = report::check(&loaded, args.phase.as_deref(), &Limits::default())?;
+    let report = report::check(&loaded, args.phase.as_deref(), &Limits::default(), source::host::ephemeral_range())?;
     if args.json {
         println!("{}", report::render_json(&report));
     } else {

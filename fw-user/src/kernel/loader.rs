@@ -132,7 +132,7 @@ pub fn load(options: &LoadOptions) -> Result<Ebpf> {
     // Where autobound sockets get their ports: the socket hooks judge a UDP
     // send from one, and defer a send from any other port to TC under an
     // allowing inbound default (it may answer a flow the default served).
-    let ephemeral = crate::policy::lint::ephemeral_range().unwrap_or(crate::policy::ir::PortRange { first: 32768, last: 60999 });
+    let ephemeral = crate::source::host::ephemeral_range().unwrap_or(crate::policy::ir::PortRange { first: 32768, last: 60999 });
     EbpfLoader::new()
         .map_max_entries(maps::ADDR4, capacity.addr_entries)
         .map_max_entries(maps::ADDR6, capacity.addr_entries)

@@ -47,10 +47,12 @@ pub const OPEN_EGRESS: &str = "open-egress";
 /// The phase that closes all outbound, by convention (README, shipped policies).
 const RUNTIME: &str = "runtime";
 
-/// Warnings about the `compiled` phases of `policy`.
-pub fn lint(policy: &Policy, compiled: &[CompiledPhase]) -> Vec<Warning> {
+/// Warnings about the `compiled` phases of `policy`, for a host whose
+/// ephemeral port range is `ephemeral` (`None`: unknown, not checked). The
+/// caller reads the host (`source::host`): the core reads no files.
+pub fn lint(policy: &Policy, compiled: &[CompiledPhase], ephemeral: Option<PortRange>) -> Vec<Warning> {
     let mut warnings = shadowed_rules(policy, compiled);
-    if let Some(range) = ephemeral_range() {
+    if let Some(range) = ephemeral {
         warnings.extend(ephemeral_overlap(policy, compiled, range));
     }
     let runtime = compiled.iter().find(|phase| phase.phase == RUNTIME);
@@ -61,14 +63,6 @@ pub fn lint(policy: &Policy, compiled: &[CompiledPhase]) -> Vec<Warning> {
         warnings.extend(allow_everything_in_runtime(policy, &reported));
     }
     warnings
-}
-
-/// This host's ephemeral port range, `None` when it cannot be read.
-pub fn ephemeral_range() -> Option<PortRange> {
-    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
-    let mut numbers = text.split_whitespace().map(|n| n.parse::<u16>().ok());
-    let (first, last) = (numbers.next()??, numbers.next()??);
-    (first <= last).then_some(PortRange { first, last })
 }
 
 /// `ephemeral-overlap` warnings: inbound allow rules of the `compiled`

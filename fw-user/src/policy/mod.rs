@@ -22,7 +22,7 @@
 //! * [`parse_str_with_resolver`]`(text, file, &Vars, &Resolve)`: with the
 //!   resolver given (tests use a fake one, never real DNS);
 //! * [`Vars::from_env_text`], [`Vars::from_process_env`], [`Vars::from_pairs`];
-//! * [`lint::lint`]`(&Policy, &[CompiledPhase]) -> Vec<Warning>`.
+//! * [`lint::lint`]`(&Policy, &[CompiledPhase], ephemeral ports) -> Vec<Warning>`.
 //!
 //! The semantics are written out in `docs/policy.md`.
 

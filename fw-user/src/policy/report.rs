@@ -36,7 +36,12 @@ pub struct CheckReport {
 
 /// Compiles `phase` (or every phase), checks that each fits the maps, and
 /// collects warnings.
-pub fn check(loaded: &LoadedPolicy, phase: Option<&str>, limits: &Limits) -> Result<CheckReport, CompileError> {
+pub fn check(
+    loaded: &LoadedPolicy,
+    phase: Option<&str>,
+    limits: &Limits,
+    ephemeral: Option<PortRange>,
+) -> Result<CheckReport, CompileError> {
     let policy = &loaded.policy;
     let names: Vec<&str> = match phase {
         Some(p) => vec![p],
@@ -47,7 +52,7 @@ pub fn check(loaded: &LoadedPolicy, phase: Option<&str>, limits: &Limits) -> Res
         check_capacity(compiled, limits)?;
     }
     let mut warnings = loaded.warnings.clone();
-    warnings.extend(lint(policy, &phases));
+    warnings.extend(lint(policy, &phases, ephemeral));
     Ok(CheckReport { policy: policy.clone(), phases, warnings })
 }
 

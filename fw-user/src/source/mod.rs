@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context, Result};
 
 pub mod file;
+pub mod host;
 pub mod resolv_conf;
 
 use crate::{
@@ -133,6 +134,6 @@ fn compile_loaded(
     let compiled = compile::compile_phase(&loaded.policy, phase)?;
     compile::check_capacity(&compiled, &compile::Limits::default())?;
     let mut warnings = loaded.warnings;
-    warnings.extend(lint::lint(&loaded.policy, std::slice::from_ref(&compiled)));
+    warnings.extend(lint::lint(&loaded.policy, std::slice::from_ref(&compiled), host::ephemeral_range()));
     Ok(LoadedPhase { source: label, env_file, policy_name: loaded.policy.name.clone(), compiled, warnings, copy })
 }

@@ -22,8 +22,9 @@ use serde_json::Value;
 
 use crate::harness::{
     self,
+    poll,
     cgroup::TestCgroup,
-    fw::{fw, remove_leftovers, FW},
+    fw::{fw, remove_leftovers, Learning, FW},
     netns::{Netns, VethPair},
     traffic::{in_netns, tcp_echo, udp_echo, udp_send, Echo, Outcome, DROP_TIMEOUT},
     unique_name, TempDir,
@@ -106,18 +107,6 @@ impl Drop for Daemon<'_> {
         let _ = self.child.wait();
         remove_leftovers(&self.name);
     }
-}
-
-/// Calls `done` until it holds, at most `limit`.
-fn poll(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
 }
 
 /// Packets of egress `reason` in a `fw drops --json` object.
@@ -463,31 +452,8 @@ fn events_learn_writes_a_policy_that_allows_exactly_what_it_saw() {
     let all_udp: Vec<u16> = udp_seen.iter().chain(&udp_unseen).copied().collect();
     let _servers = servers(&pair, &all_tcp, &all_udp);
 
-    let name = unique_name();
-    let log = dir.path().join("learn.log");
     let cg = cgroup.path.display().to_string();
-    let learn = pair
-        .near
-        .command(FW)
-        .args(["learn", "--iface", &pair.near_if, "--name", &name, "--cgroup", &cg, "--duration", "2m", "-o"])
-        .arg(&learned)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).expect("learn log"))
-        .spawn()
-        .expect("starting fw learn");
-    struct Reap(Child, String);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-            remove_leftovers(&self.1);
-        }
-    }
-    let learn_pid = learn.id();
-    let mut guard = Reap(learn, name.clone());
-    let log_text = || fs::read_to_string(&log).unwrap_or_default();
-    assert!(poll(Duration::from_secs(20), || log_text().contains("fw: learning")), "fw learn did not start:\n{}", log_text());
+    let mut learning = Learning::start(&pair.near, &pair.near_if, &cg, "2m", &learned, dir.path().join("learn.log"));
 
     let far = pair.far4;
     let specs: Vec<String> = tcp_seen
@@ -499,12 +465,8 @@ fn events_learn_writes_a_policy_that_allows_exactly_what_it_saw() {
     assert!(results.values().all(|(r, _)| r == "ok"), "learning blocks nothing: {results:?}");
 
     // Ctrl-C: learning ends, the policy is written, the instance removed.
-    // SAFETY: signalling the child this test started.
-    assert_eq!(unsafe { libc::kill(learn_pid as i32, libc::SIGINT) }, 0);
-    let ended = poll(Duration::from_secs(20), || guard.0.try_wait().ok().flatten().is_some());
-    assert!(ended, "fw learn did not end on SIGINT:\n{}", log_text());
-    assert!(guard.0.wait().unwrap().success(), "fw learn failed:\n{}", log_text());
-    assert!(!Path::new("/sys/fs/bpf/fw").join(&name).exists(), "the learning instance must be removed");
+    learning.interrupt();
+    assert!(!Path::new("/sys/fs/bpf/fw").join(&learning.name).exists(), "the learning instance must be removed");
     let text = fs::read_to_string(&learned).expect("the learned policy");
     println!("learned policy:\n{text}");
     assert!(text.contains(&format!("# {PYTHON_COMM} (cgroup {})", cgroup.relative)), "{text}");

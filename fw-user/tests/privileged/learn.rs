@@ -10,29 +10,17 @@ use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
     path::Path,
-    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
 use crate::harness::{
     self,
-    fw::{fw, remove_leftovers, FW},
+    fw::{fw, Learning},
     netns::VethPair,
     stream::{tcp_connect_from, Download, End, TcpSource},
     traffic::{in_netns, tcp_echo, udp_echo, Echo, Outcome, PASS_TIMEOUT},
-    unique_name, TempDir,
+    TempDir,
 };
-
-fn poll(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
 
 /// The far side's destinations this host opens (besides the download).
 const FAR_TCP: [u16; 3] = [7001, 7002, 7003];
@@ -87,30 +75,7 @@ fn finding5_learn_under_load_learns_only_what_this_host_opens() {
         .expect("a client connected before learning");
     old_client.set_read_timeout(Some(PASS_TIMEOUT)).unwrap();
 
-    let name = unique_name();
-    let log = dir.path().join("learn.log");
-    let learn = pair
-        .near
-        .command(FW)
-        .args(["learn", "--iface", &pair.near_if, "--name", &name, "--cgroup", "none", "--duration", "3m", "-o"])
-        .arg(&learned)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).expect("learn log"))
-        .spawn()
-        .expect("starting fw learn");
-    struct Reap(Child, String);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-            remove_leftovers(&self.1);
-        }
-    }
-    let learn_pid = learn.id();
-    let mut guard = Reap(learn, name.clone());
-    let log_text = || fs::read_to_string(&log).unwrap_or_default();
-    assert!(poll(Duration::from_secs(30), || log_text().contains("fw: learning")), "fw learn did not start:\n{}", log_text());
+    let mut learning = Learning::start(&pair.near, &pair.near_if, "none", "3m", &learned, dir.path().join("learn.log"));
 
     // Load: the download runs while clients use this host's services and
     // this host reaches its other destinations.
@@ -156,11 +121,9 @@ fn finding5_learn_under_load_learns_only_what_this_host_opens() {
     assert_eq!((download.end(), download.bytes()), (End::Eof, DOWNLOAD_BYTES as u64), "learning blocks nothing");
     let load_time = started.elapsed();
 
-    // SAFETY: signalling the child this test started.
-    assert_eq!(unsafe { libc::kill(learn_pid as i32, libc::SIGINT) }, 0);
-    assert!(poll(Duration::from_secs(30), || guard.0.try_wait().ok().flatten().is_some()), "fw learn did not end:\n{}", log_text());
-    assert!(guard.0.wait().unwrap().success(), "fw learn failed:\n{}", log_text());
-    assert!(!Path::new("/sys/fs/bpf/fw").join(&name).exists(), "the learning instance must be removed");
+    learning.interrupt();
+    let log_text = || learning.log_text();
+    assert!(!Path::new("/sys/fs/bpf/fw").join(&learning.name).exists(), "the learning instance must be removed");
     let text = fs::read_to_string(&learned).expect("the learned policy");
     println!("learned policy:\n{text}\nfw learn said:\n{}", log_text());
     println!(

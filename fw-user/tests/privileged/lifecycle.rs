@@ -15,6 +15,7 @@ use std::{
 
 use crate::harness::{
     self,
+    poll,
     fw::{pin_dir, run_bounded, Fw, Launch, FW},
     netns::{Netns, VethPair},
     traffic::{in_netns, tcp_echo, Echo, Outcome, DROP_TIMEOUT, PASS_TIMEOUT},
@@ -114,20 +115,6 @@ impl Site {
 
     fn iface(&self) -> &str {
         &self.pair.near_if
-    }
-}
-
-/// Polls `done` every 20 ms until it holds or `limit` passes.
-fn poll(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    loop {
-        if done() {
-            return true;
-        }
-        if start.elapsed() > limit {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

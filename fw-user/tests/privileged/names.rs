@@ -19,11 +19,12 @@ use std::{
         Arc,
     },
     thread::JoinHandle,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use crate::harness::{
     self,
+    poll,
     cgroup::TestCgroup,
     fw::{Fw, Launch},
     netns::{Netns, VethPair},
@@ -116,17 +117,6 @@ fn resolve_a(server: SocketAddr, name: &str) -> Vec<Ipv4Addr> {
     let Ok((len, _)) = socket.recv_from(&mut buf) else { return Vec::new() };
     let Ok(answer) = Message::from_vec(&buf[..len]) else { return Vec::new() };
     answer.answers.iter().filter_map(|r| if let RData::A(a) = &r.data { Some(a.0) } else { None }).collect()
-}
-
-fn poll(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
 }
 
 /// TCP servers on 0.0.0.0 in far (which routes 198.19.0.0/16 to itself):

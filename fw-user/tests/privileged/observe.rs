@@ -10,6 +10,7 @@ use std::{
 
 use crate::harness::{
     self,
+    poll,
     fw::Fw,
     metrics,
     netns::VethPair,
@@ -17,17 +18,6 @@ use crate::harness::{
     traffic::{in_netns, udp_send},
     TempDir,
 };
-
-fn poll(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
-}
 
 const FLOWS: u16 = 2000;
 

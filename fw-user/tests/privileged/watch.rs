@@ -14,7 +14,8 @@ use std::{
 };
 
 use crate::harness::{
-    self, metrics,
+    self,
+    poll, metrics,
     fw::Fw,
     netns::VethPair,
     traffic::{in_netns, tcp_echo, Echo, Outcome, DROP_TIMEOUT, PASS_TIMEOUT},
@@ -103,18 +104,6 @@ fn reloads(site: &Site, fw: &Fw, outcome: &str) -> u64 {
     metrics::sample(&text, &format!("fw_policy_reloads_total{{outcome=\"{outcome}\"}}"))
 }
 
-/// Calls `done` until it holds, at most `limit`.
-fn poll_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let start = std::time::Instant::now();
-    while start.elapsed() < limit {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
 fn failure_lines(fw: &Fw) -> Vec<String> {
     fw.log_text().lines().filter(|l| l.contains("reload of") && l.contains("failed")).map(str::to_string).collect()
 }
@@ -140,7 +129,7 @@ fn watch_an_edit_of_the_policy_switches_within_2s() {
     assert!(fw.log_text().contains("changed: reloaded phase test"), "{}", fw.log_text());
     // Counted once the reload has finished (after the new generation is
     // active, the old one is still being deleted).
-    assert!(poll_until(Duration::from_secs(10), || reloads(&site, &fw, "ok") == 1), "{}", fw.log_text());
+    assert!(poll(Duration::from_secs(10), || reloads(&site, &fw, "ok") == 1), "{}", fw.log_text());
     assert_eq!((reloads(&site, &fw, "ok"), reloads(&site, &fw, "failed")), (1, 0));
 }
 
@@ -175,7 +164,7 @@ fn watch_a_broken_edit_changes_nothing_logs_one_line_and_counts_a_failure() {
     assert!(new_generation_within(&fw, before, Duration::from_secs(10)).is_some(), "{}", fw.log_text());
     assert_eq!(failure_lines(&fw).len(), 1, "{}", fw.log_text());
     assert!(site.passes(far, PORT_B));
-    assert!(poll_until(Duration::from_secs(10), || reloads(&site, &fw, "ok") == 1), "{}", fw.log_text());
+    assert!(poll(Duration::from_secs(10), || reloads(&site, &fw, "ok") == 1), "{}", fw.log_text());
     assert_eq!((reloads(&site, &fw, "ok"), reloads(&site, &fw, "failed")), (1, 1));
 }
 

@@ -520,3 +520,53 @@ pub fn remove_leftovers(name: &str) {
         let _ = fs::remove_file(Path::new(FW_RUN_DIR).join(format!("{name}.{suffix}")));
     }
 }
+
+/// `fw learn` in the background (on `iface` of `ns`, writing the policy to
+/// `output`, its stderr in `log`), started once its log says it learns;
+/// killed and its temporary instance removed on drop.
+pub struct Learning {
+    pub child: Child,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Learning {
+    pub fn start(ns: &Netns, iface: &str, cgroup: &str, duration: &str, output: &Path, log: PathBuf) -> Self {
+        let name = unique_name();
+        let child = ns
+            .command(FW)
+            .args(["learn", "--iface", iface, "--name", &name, "--cgroup", cgroup, "--duration", duration, "-o"])
+            .arg(output)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).expect("learn log"))
+            .spawn()
+            .expect("starting fw learn");
+        let learning = Self { child, name, log };
+        let started = super::poll(Duration::from_secs(30), || learning.log_text().contains("fw: learning"));
+        assert!(started, "fw learn did not start:\n{}", learning.log_text());
+        learning
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Ctrl-C, as an operator ends learning: asserts that it writes its
+    /// policy and exits 0 within 30 s.
+    pub fn interrupt(&mut self) {
+        // SAFETY: signalling the child this guard started.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) }, 0);
+        let ended = super::poll(Duration::from_secs(30), || self.child.try_wait().ok().flatten().is_some());
+        assert!(ended, "fw learn did not end on SIGINT:\n{}", self.log_text());
+        assert!(self.child.wait().unwrap().success(), "fw learn failed:\n{}", self.log_text());
+    }
+}
+
+impl Drop for Learning {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        remove_leftovers(&self.name);
+    }
+}

@@ -23,6 +23,22 @@ use std::{
     },
 };
 
+/// Calls `done` until it holds or `limit` has passed, every 20 ms; whether
+/// it held. Always calls it at least once, and once more after the limit:
+/// a test waits for a condition, never for a time.
+pub fn poll(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        if done() {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Every name a test creates starts with this, then `-<pid>-<n>`.
 pub const PREFIX: &str = "fwt";
 
