@@ -19,6 +19,8 @@ use crate::cmd;
 
 const NETNS_DIR: &str = "/run/netns";
 const PIN_ROOT: &str = "/sys/fs/bpf/fw";
+/// Where fw keeps an instance's boot record and policy copies.
+const RECORDS_ROOT: &str = "/var/lib/fw";
 const PREFIX: &str = "fwb";
 
 /// Address of the sending side; the receiver's is in the generated policy.
@@ -60,12 +62,20 @@ pub fn sweep(fw: &Path) {
             if Path::new(PIN_ROOT).join(&instance).exists() {
                 println!("bench: removing the fw instance {instance} of an earlier run");
                 let _ = Command::new(fw)
-                    .args(["stop", "--name", &instance])
+                    .args(["stop", "--name", &instance, "--forget"])
                     .output();
             } else if dir == "/run/fw" {
                 // A killed `fw run` leaves its socket (and state) behind.
                 let _ = fs::remove_file(entry.path());
             }
+        }
+    }
+    // The boot records (`fw stop` without --forget keeps them, and a bench
+    // killed before its stop left them).
+    for entry in fs::read_dir(RECORDS_ROOT).into_iter().flatten().flatten() {
+        let instance = entry.file_name().to_string_lossy().into_owned();
+        if dead(&instance) {
+            let _ = fs::remove_dir_all(entry.path());
         }
     }
     for entry in fs::read_dir(NETNS_DIR).into_iter().flatten().flatten() {

@@ -48,7 +48,8 @@ impl Drop for FwInstance {
     fn drop(&mut self) {
         self._daemon.take();
         let _ = Command::new(&self.fw)
-            .args(["stop", "--name", &self.name])
+            // --forget: a bench instance must leave no boot record behind.
+            .args(["stop", "--name", &self.name, "--forget"])
             .output();
     }
 }
