@@ -4,83 +4,82 @@
 //!
 //! Pass reasons are below [`Reason::FIRST_DROP`], drop reasons from it on.
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[repr(u8)]
-pub enum Reason {
+/// The one list of reasons: the enum, [`Reason::ALL`] and
+/// [`Reason::as_str`] are generated from it, so none can miss a reason.
+macro_rules! reasons {
+    ($($(#[$doc:meta])* $variant:ident = $number:literal => $name:literal,)*) => {
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[repr(u8)]
+        pub enum Reason {
+            $($(#[$doc])* $variant = $number,)*
+        }
+
+        impl Reason {
+            /// Every reason, in number order.
+            pub const ALL: [Reason; [$($number),*].len()] = [$(Reason::$variant),*];
+
+            /// Stable, machine-friendly name (counters, JSON, metric labels).
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Reason::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+reasons! {
     /// An allow rule matched.
-    PassRule = 0,
+    PassRule = 0 => "pass_rule",
     /// The packet belongs to a tracked flow.
-    PassFlow = 1,
+    PassFlow = 1 => "pass_flow",
     /// Not IPv4 or IPv6 (ARP, LLDP...): outside the policy's scope.
-    PassNonIp = 2,
+    PassNonIp = 2 => "pass_non_ip",
     /// No rule matched and the phase default allows.
-    PassDefault = 3,
+    PassDefault = 3 => "pass_default",
     /// Audit mode: the policy would have dropped it.
-    PassAudit = 4,
+    PassAudit = 4 => "pass_audit",
     /// ICMP that the stack needs regardless of policy (neighbour discovery,
     /// errors quoting a tracked flow).
-    PassIcmpControl = 5,
+    PassIcmpControl = 5 => "pass_icmp_control",
     /// A later fragment of a datagram whose first fragment passed.
-    PassFragment = 6,
+    PassFragment = 6 => "pass_fragment",
     /// DNS (UDP/TCP 53) to one of the phase's `dns.resolvers`: the DNS
     /// proxy's queries.
-    PassResolver = 7,
+    PassResolver = 7 => "pass_resolver",
 
     /// A deny rule matched.
-    DropRule = 16,
+    DropRule = 16 => "drop_rule",
     /// No rule matched and the phase default denies.
-    DropDefault = 17,
+    DropDefault = 17 => "drop_default",
     /// Frame shorter than its Ethernet/VLAN header.
-    DropTruncatedL2 = 18,
+    DropTruncatedL2 = 18 => "drop_truncated_l2",
     /// Shorter than its IPv4/IPv6 header.
-    DropTruncatedL3 = 19,
+    DropTruncatedL3 = 19 => "drop_truncated_l3",
     /// Shorter than its TCP/UDP/SCTP/ICMP header.
-    DropTruncatedL4 = 20,
+    DropTruncatedL4 = 20 => "drop_truncated_l4",
     /// IPv4 IHL < 5, total length beyond the packet, wrong version, or a bad
     /// IPv6 payload length.
-    DropBadIpHeader = 21,
+    DropBadIpHeader = 21 => "drop_bad_ip_header",
     /// IPv6 extension header chain unknown or longer than the parser walks.
-    DropIpv6ExtChain = 22,
+    DropIpv6ExtChain = 22 => "drop_ipv6_ext_chain",
     /// A later fragment whose first fragment was not seen or did not pass.
-    DropFragment = 23,
+    DropFragment = 23 => "drop_fragment",
     /// Too many VLAN tags.
-    DropVlanDepth = 24,
+    DropVlanDepth = 24 => "drop_vlan_depth",
     /// A packet from a served port to a peer that never connected.
-    DropSpoofedReply = 25,
+    DropSpoofedReply = 25 => "drop_spoofed_reply",
     /// A `connect()` or `sendmsg()` the cgroup socket hook refused with
     /// EPERM (a call, not a packet: nothing was sent).
-    DropSocket = 26,
+    DropSocket = 26 => "drop_socket",
     /// No policy generation is active (maps not written): fail closed.
-    DropNoPolicy = 27,
+    DropNoPolicy = 27 => "drop_no_policy",
 }
 
 impl Reason {
     pub const FIRST_DROP: u8 = 16;
     /// Counter slots per direction in `FW_STATS`.
     pub const SLOTS: u32 = 32;
-
-    pub const ALL: [Reason; 20] = [
-        Reason::PassRule,
-        Reason::PassFlow,
-        Reason::PassNonIp,
-        Reason::PassDefault,
-        Reason::PassAudit,
-        Reason::PassIcmpControl,
-        Reason::PassFragment,
-        Reason::PassResolver,
-        Reason::DropRule,
-        Reason::DropDefault,
-        Reason::DropTruncatedL2,
-        Reason::DropTruncatedL3,
-        Reason::DropTruncatedL4,
-        Reason::DropBadIpHeader,
-        Reason::DropIpv6ExtChain,
-        Reason::DropFragment,
-        Reason::DropVlanDepth,
-        Reason::DropSpoofedReply,
-        Reason::DropSocket,
-        Reason::DropNoPolicy,
-    ];
 
     #[inline(always)]
     pub const fn is_drop(self) -> bool {
@@ -89,32 +88,6 @@ impl Reason {
 
     pub fn from_u8(v: u8) -> Option<Reason> {
         Self::ALL.iter().copied().find(|r| *r as u8 == v)
-    }
-
-    /// Stable, machine-friendly name (counters, JSON, metric labels).
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Reason::PassRule => "pass_rule",
-            Reason::PassFlow => "pass_flow",
-            Reason::PassNonIp => "pass_non_ip",
-            Reason::PassDefault => "pass_default",
-            Reason::PassAudit => "pass_audit",
-            Reason::PassIcmpControl => "pass_icmp_control",
-            Reason::PassFragment => "pass_fragment",
-            Reason::PassResolver => "pass_resolver",
-            Reason::DropRule => "drop_rule",
-            Reason::DropDefault => "drop_default",
-            Reason::DropTruncatedL2 => "drop_truncated_l2",
-            Reason::DropTruncatedL3 => "drop_truncated_l3",
-            Reason::DropTruncatedL4 => "drop_truncated_l4",
-            Reason::DropBadIpHeader => "drop_bad_ip_header",
-            Reason::DropIpv6ExtChain => "drop_ipv6_ext_chain",
-            Reason::DropFragment => "drop_fragment",
-            Reason::DropVlanDepth => "drop_vlan_depth",
-            Reason::DropSpoofedReply => "drop_spoofed_reply",
-            Reason::DropSocket => "drop_socket",
-            Reason::DropNoPolicy => "drop_no_policy",
-        }
     }
 }
 
@@ -128,6 +101,18 @@ mod tests {
             assert!((r as u32) < Reason::SLOTS);
             assert_eq!(Reason::from_u8(r as u8), Some(r));
             assert_eq!(r.is_drop(), r.as_str().starts_with("drop_"));
+        }
+    }
+
+    #[test]
+    fn numbers_ascend_and_names_are_unique() {
+        for pair in Reason::ALL.windows(2) {
+            assert!((pair[0] as u8) < (pair[1] as u8), "{pair:?}");
+        }
+        for (i, a) in Reason::ALL.iter().enumerate() {
+            for b in &Reason::ALL[i + 1..] {
+                assert_ne!(a.as_str(), b.as_str());
+            }
         }
     }
 }
