@@ -396,7 +396,7 @@ impl Housekeeping {
 }
 
 fn deny_rules(rules: &[RuleInfo]) -> Vec<RuleInfo> {
-    rules.iter().filter(|r| r.action == "deny").cloned().collect()
+    rules.iter().filter(|r| r.action == fw_common::Action::Deny).cloned().collect()
 }
 
 #[cfg(test)]

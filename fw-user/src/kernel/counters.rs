@@ -63,8 +63,8 @@ impl Snapshot {
             out.push(RuleCount {
                 id: rule.id,
                 name: rule.name.clone(),
-                direction: rule.direction.clone(),
-                action: rule.action.clone(),
+                direction: rule.direction.as_str().to_string(),
+                action: rule.action.as_str().to_string(),
                 packets: c.packets,
                 bytes: c.bytes,
             });

@@ -147,8 +147,8 @@ fn rule_info(rule: &Rule) -> RuleInfo {
     RuleInfo {
         id: rule.id,
         name: rule.name.clone(),
-        direction: rule.direction.as_str().to_string(),
-        action: rule.action.as_str().to_string(),
+        direction: rule.direction,
+        action: rule.action,
         phase: rule.phase.clone(),
     }
 }

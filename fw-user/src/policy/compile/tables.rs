@@ -63,10 +63,10 @@ pub struct PortEntry {
 pub struct RuleInfo {
     pub id: u32,
     pub name: String,
-    /// "egress" or "inbound".
-    pub direction: String,
-    /// "allow" or "deny".
-    pub action: String,
+    #[serde(with = "words::direction")]
+    pub direction: Direction,
+    #[serde(with = "words::action")]
+    pub action: Action,
     /// Phase the rule is written in.
     pub phase: String,
 }
@@ -189,5 +189,48 @@ impl CompiledPhase {
             Some(e) => TableVerdict::Rule(e.value),
             None => TableVerdict::Default(default),
         }
+    }
+}
+
+/// [`RuleInfo`]'s direction and action as the words the state files have
+/// always held (`"egress"`, `"allow"`...), so that an instance started by
+/// an earlier fw is read the same.
+mod words {
+    macro_rules! word {
+        ($module:ident, $type:ty, $all:expr) => {
+            pub mod $module {
+                use serde::{de::Error as _, Deserialize as _, Deserializer, Serializer};
+
+                pub fn serialize<S: Serializer>(value: &$type, s: S) -> Result<S::Ok, S::Error> {
+                    s.serialize_str(value.as_str())
+                }
+
+                pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<$type, D::Error> {
+                    let word = String::deserialize(d)?;
+                    $all.into_iter()
+                        .find(|v: &$type| v.as_str() == word)
+                        .ok_or_else(|| D::Error::custom(format!("unknown {}: {word}", stringify!($module))))
+                }
+            }
+        };
+    }
+    word!(direction, fw_common::Direction, fw_common::Direction::ALL);
+    word!(action, fw_common::Action, [fw_common::Action::Allow, fw_common::Action::Deny]);
+}
+
+#[cfg(test)]
+mod rule_info_tests {
+    use super::*;
+
+    #[test]
+    fn rule_info_keeps_the_words_of_earlier_state_files() {
+        // As an instance started by an earlier fw saved it.
+        let saved = r#"{"id":3,"name":"web","direction":"egress","action":"deny","phase":"runtime"}"#;
+        let rule: RuleInfo = serde_json::from_str(saved).unwrap();
+        assert_eq!((rule.direction, rule.action), (Direction::Egress, Action::Deny));
+        assert_eq!(serde_json::to_string(&rule).unwrap(), saved);
+        let bad = saved.replace("egress", "sideways");
+        let error = serde_json::from_str::<RuleInfo>(&bad).unwrap_err().to_string();
+        assert!(error.contains("unknown direction: sideways"), "{error}");
     }
 }
