@@ -207,8 +207,5 @@ fn is_served(active: &Active, pkt: &Packet, peer: policy::Peer) -> bool {
     if pkt.proto == proto::ICMP || pkt.proto == proto::ICMPV6 {
         return false;
     }
-    matches!(
-        policy::lookup(active.generation, Direction::Inbound, peer, pkt.proto, pkt.ports.src),
-        Some(v) if v.action() == fw_common::Action::Allow
-    )
+    policy::inbound_rule_allows(active.generation, peer, pkt.proto, pkt.ports.src) == Some(true)
 }

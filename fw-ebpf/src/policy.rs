@@ -123,6 +123,15 @@ pub fn lookup(generation: u32, direction: Direction, peer: Peer, proto: u8, port
     FW_PORTS.get(&key).copied()
 }
 
+/// Does this host serve `peer` on `local_port`: `Some(allowed)` when an
+/// inbound rule decides, `None` when none matches (the caller decides what
+/// the phase default means for it). One lookup for the TC programs (a
+/// packet from a served port) and the socket hooks (a send from one).
+#[inline(always)]
+pub fn inbound_rule_allows(generation: u32, peer: Peer, proto: u8, local_port: u16) -> Option<bool> {
+    lookup(generation, Direction::Inbound, peer, proto, local_port).map(|v| v.action() == Action::Allow)
+}
+
 /// A name rule that allows (peer, protocol, port) because the DNS proxy
 /// learned the peer's address for it and the answer's TTL has not run out.
 /// Only reached when no static rule matched: one hash lookup, then one
