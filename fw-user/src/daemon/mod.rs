@@ -415,7 +415,7 @@ mod tests {
             rules: Vec::new(),
         };
         let mut s: InstanceState = serde_json::from_value(serde_json::json!({
-            "name": "x", "iface": "eth0", "ifindex": 2, "attach_mode": {"mode": "tcx"}, "audit_override": false,
+            "name": "x", "iface": "veth-test", "ifindex": 2, "attach_mode": {"mode": "tcx"}, "audit_override": false,
             "started_at": 0, "policy": "p.yaml", "policy_name": "p", "env_file": null, "phase": phase,
             "generation": generation, "audit": false, "rules": [], "pending": null,
         }))

@@ -43,13 +43,10 @@ impl TestCgroup {
         fs::metadata(&self.path).expect("cgroup metadata").ino()
     }
 
-    /// `python3 -c SCRIPT ARGS` in `ns`, placed in this cgroup before it
-    /// runs a line of Python (it writes "0", itself, to cgroup.procs
-    /// between fork and exec).
-    pub fn python(&self, ns: &Netns, script: &str, args: &[String]) -> Command {
+    /// `cmd`, made to join this cgroup between fork and exec (it writes
+    /// "0", itself, to cgroup.procs), so it runs no instruction outside it.
+    fn join_before_exec(&self, mut cmd: Command) -> Command {
         let procs = fs::OpenOptions::new().write(true).open(self.path.join("cgroup.procs")).expect("opening cgroup.procs");
-        let mut cmd = ns.command(PYTHON);
-        cmd.arg("-c").arg(script).args(args);
         // SAFETY: only write(2), async-signal-safe, on a descriptor opened
         // before the fork.
         unsafe {
@@ -61,6 +58,15 @@ impl TestCgroup {
             });
         }
         cmd
+    }
+
+    /// `python3 -c SCRIPT ARGS` in `ns`, placed in this cgroup before it
+    /// runs a line of Python (it writes "0", itself, to cgroup.procs
+    /// between fork and exec).
+    pub fn python(&self, ns: &Netns, script: &str, args: &[String]) -> Command {
+        let mut cmd = ns.command(PYTHON);
+        cmd.arg("-c").arg(script).args(args);
+        self.join_before_exec(cmd)
     }
 }
 
@@ -89,7 +95,6 @@ impl TestCgroup {
     /// mount namespace where `/etc/resolv.conf` is `resolv_conf` (a bind
     /// mount that dies with the process: the host's file is never touched).
     pub fn python_with_resolv_conf(&self, ns: &Netns, resolv_conf: &std::path::Path, script: &str, args: &[String]) -> Command {
-        let procs = fs::OpenOptions::new().write(true).open(self.path.join("cgroup.procs")).expect("opening cgroup.procs");
         let mut cmd = ns.command("unshare");
         cmd.args(["-m", "--propagation", "private", "sh", "-c"])
             .arg("mount --bind \"$1\" /etc/resolv.conf && shift && exec \"$@\"")
@@ -99,16 +104,6 @@ impl TestCgroup {
             .arg("-c")
             .arg(script)
             .args(args);
-        // SAFETY: only write(2), async-signal-safe, on a descriptor opened
-        // before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        cmd
+        self.join_before_exec(cmd)
     }
 }
