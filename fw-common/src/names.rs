@@ -34,13 +34,15 @@ pub const NAME_SLOTS: usize = 4;
 /// A free slot.
 pub const EMPTY_SLOT: u32 = u32::MAX;
 
-/// Default capacity of each learned-address map (bounded: a flood of answers
-/// cannot grow it; an insert into a full map fails and is counted).
-pub const DEFAULT_LEARNED_ENTRIES: u32 = 1 << 16;
+/// Capacity of each learned-address map. The maps are not preallocated
+/// (`BPF_F_NO_PREALLOC`): memory follows the addresses learned, which the
+/// daemon keeps under the phase's `dns.max_addresses` (evicting the least
+/// recently answered); the capacity only bounds what that setting allows.
+pub const LEARNED_CAPACITY: u32 = 1 << 17;
 
 /// Value of `FW_NAMES4`/`FW_NAMES6`: rule `rule[i]` allows the address until
 /// `expires_ns[i]` (`bpf_ktime_get_coarse_ns`, CLOCK_MONOTONIC).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct Learned {
     pub expires_ns: [u64; NAME_SLOTS],
@@ -90,3 +92,11 @@ pub struct DnsProxy {
 
 /// DNS, and the port whose packets are judged against the resolvers.
 pub const DNS_PORT: u16 = 53;
+
+/// DNS over TLS (RFC 7858). It cannot be proxied (the proxy cannot read
+/// it), so in a phase with `dns:` it may reach the phase's resolvers only
+/// (a stub such as systemd-resolved with DNSOverTLS talks to them) and is
+/// refused elsewhere: an encrypted resolver of its own would let a process
+/// resolve past the proxy (its connections to what it learned still fail,
+/// as nothing was learned).
+pub const DOT_PORT: u16 = 853;

@@ -10,12 +10,13 @@
 //! 4. A drop in an audit-mode phase is counted as "would drop" and passes.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie},
 };
 use fw_common::{
     maps::{DEFAULT_ADDR_ENTRIES, DEFAULT_PORT_ENTRIES},
-    names::{name_class, Learned, Resolvers, DEFAULT_LEARNED_ENTRIES, DNS_PORT, EMPTY_SLOT, MAX_RESOLVERS4, MAX_RESOLVERS6, NAME_SLOTS},
+    names::{name_class, Learned, Resolvers, DNS_PORT, DOT_PORT, LEARNED_CAPACITY, EMPTY_SLOT, MAX_RESOLVERS4, MAX_RESOLVERS6, NAME_SLOTS},
     policy::{proto as ip_proto, ADDR_KEY_FIXED_BITS, PORT_KEY_FULL_BITS},
     Action, AddrKey4, AddrKey6, Config, Direction, PhaseConfig, PolicyValue, PortKey, Reason,
 };
@@ -42,10 +43,10 @@ static FW_PORTS: LpmTrie<PortKey, PolicyValue> = LpmTrie::with_max_entries(DEFAU
 
 /// Addresses the DNS proxy learned for name rules (`fw_common::names`).
 #[map(name = "FW_NAMES4")]
-static FW_NAMES4: HashMap<[u8; 4], Learned> = HashMap::with_max_entries(DEFAULT_LEARNED_ENTRIES, 0);
+static FW_NAMES4: HashMap<[u8; 4], Learned> = HashMap::with_max_entries(LEARNED_CAPACITY, BPF_F_NO_PREALLOC);
 
 #[map(name = "FW_NAMES6")]
-static FW_NAMES6: HashMap<[u8; 16], Learned> = HashMap::with_max_entries(DEFAULT_LEARNED_ENTRIES, 0);
+static FW_NAMES6: HashMap<[u8; 16], Learned> = HashMap::with_max_entries(LEARNED_CAPACITY, BPF_F_NO_PREALLOC);
 
 /// The phase's `dns.resolvers`, per `FW_PHASES` slot.
 #[map(name = "FW_RESOLVERS")]
@@ -209,8 +210,7 @@ pub fn decide(active: &Active, direction: Direction, peer: Peer, proto: u8, port
             Action::Deny => Verdict::new(Reason::DropRule, v.rule),
         },
         None if direction == Direction::Egress
-            && port == DNS_PORT
-            && (proto == ip_proto::TCP || proto == ip_proto::UDP)
+            && ((port == DNS_PORT && (proto == ip_proto::TCP || proto == ip_proto::UDP)) || (port == DOT_PORT && proto == ip_proto::TCP))
             && resolvers(active.generation).and_then(|r| resolver_index(r, peer)).is_some() =>
         {
             Verdict::new(Reason::PassResolver, crate::verdict::NO_RULE)

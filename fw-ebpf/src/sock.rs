@@ -39,7 +39,7 @@ use aya_ebpf::{
 };
 use fw_common::{
     event::EVENT_FROM_SOCKET,
-    names::{DnsProxy, DNS_PORT, MAX_RESOLVERS4, MAX_RESOLVERS6},
+    names::{DnsProxy, DNS_PORT, DOT_PORT, MAX_RESOLVERS4, MAX_RESOLVERS6},
     policy::proto,
     Action, Direction, Reason,
 };
@@ -152,11 +152,14 @@ fn restore_resolver(ctx: &SockAddrContext, family: u8) {
 }
 
 /// DNS in a phase with `dns:`: `Some(verdict)` when this decides the call
-/// (redirected to the proxy, or refused), `None` when it is not DNS of
-/// such a phase.
+/// (redirected to the proxy, let through, or refused), `None` when it is
+/// not DNS of such a phase. UDP/TCP 53 to a resolver goes to the proxy;
+/// DNS over TLS (TCP 853) to a resolver goes as it is (it cannot be
+/// proxied); either to anything else is refused.
 #[inline(always)]
 fn steer_dns(ctx: &SockAddrContext, family: u8, ip_proto: u8, dst: &[u8; 16], dport: u16) -> Option<i32> {
-    if dport != DNS_PORT {
+    let tls = dport == DOT_PORT && ip_proto == proto::TCP;
+    if dport != DNS_PORT && !tls {
         return None;
     }
     let active = crate::policy::active()?;
@@ -167,6 +170,7 @@ fn steer_dns(ctx: &SockAddrContext, family: u8, ip_proto: u8, dst: &[u8; 16], dp
     }
     let peer = policy::Peer { family, addr: dst };
     match crate::policy::resolver_index(resolvers, peer) {
+        Some(_) if tls => return Some(ALLOW),
         // No proxy (no daemon): the query cannot be learned from, so it
         // fails (fail closed) rather than reach the resolver unseen.
         Some(_) if proxy.port == 0 => {}

@@ -10,6 +10,7 @@ mod duration;
 mod explain;
 mod export;
 mod learn;
+mod names;
 mod run;
 mod source;
 mod status;
@@ -41,6 +42,7 @@ pub enum Command {
     Confirm(switch::ConfirmArgs),
     Status(status::StatusArgs),
     Drops(drops::DropsArgs),
+    Names(names::NamesArgs),
     Learn(learn::LearnArgs),
     Stop(stop::StopArgs),
     Completions(docs::CompletionsArgs),
@@ -58,6 +60,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Confirm(args) => switch::confirm(args),
         Command::Status(args) => status::status(args),
         Command::Drops(args) => drops::drops(args),
+        Command::Names(args) => names::names(args),
         Command::Learn(args) => learn::learn(args),
         Command::Stop(args) => stop::stop(args),
         Command::Completions(args) => docs::completions(args),

@@ -127,7 +127,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     runtime.spawn(control::serve(listener, info, log.clone()));
     runtime.spawn(events::reader::run(name.clone(), log.clone()));
     runtime.spawn(kernel_log::forward(name.clone()));
-    runtime.spawn(daemon::dns::serve(name.clone()));
+    runtime.spawn(daemon::dns::serve(name.clone(), log.clone()));
     if let Some(server) = metrics_server {
         println!("fw: {name}: metrics at http://{}/metrics", server.addr());
         server.spawn(name.clone(), log);

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use super::target::{require_root, resolve_name};
 use crate::{
-    kernel::apply, daemon::control,
+    kernel::apply, daemon::{control, dns},
     kernel::counters::Snapshot,
     instance::txn,
     kernel::linkinfo,
@@ -57,6 +57,11 @@ struct Status {
     daemon_pid: Option<u32>,
     /// Entries of the active generation per map, and tracked flows.
     entries: Option<apply::EntryCounts>,
+    /// Addresses the DNS proxy learned for name rules (still allowed or
+    /// not yet swept), and the names they were answered for (from the
+    /// daemon).
+    learned_addresses: Option<u64>,
+    learned_names: Option<usize>,
     /// A command was interrupted; the next one (or the daemon, within a
     /// second) finishes or discards it. What is shown is what the kernel
     /// enforces.
@@ -100,6 +105,8 @@ fn inspect(name: &str) -> Status {
         pending_confirm: None,
         daemon_pid: None,
         entries: None,
+        learned_addresses: None,
+        learned_names: None,
         repair_pending: false,
     };
     let state = match InstanceState::load(name) {
@@ -145,6 +152,8 @@ fn inspect(name: &str) -> Status {
     if let (Ok(maps), Some(generation)) = (PolicyMaps::open(name), s.generation) {
         s.entries = apply::count_entries(&maps, generation).ok();
     }
+    s.learned_addresses = dns::count_learned(name).ok();
+    s.learned_names = control::names(name).ok().flatten().map(|r| r.names());
     s
 }
 
@@ -233,6 +242,10 @@ fn print_text(s: &Status) {
             "entries:    addr4 {} addr6 {} ports {} flows {} flows_in {}; other generations {}",
             e.addr4, e.addr6, e.ports, e.flows, e.flows_in, e.other_generations
         );
+    }
+    if let Some(addresses) = s.learned_addresses.filter(|&n| n > 0 || s.learned_names.is_some()) {
+        let names = s.learned_names.map_or_else(|| "names unknown: no daemon".to_string(), |n| format!("{n} names"));
+        println!("names:      {addresses} learned addresses ({names}; `fw names`)");
     }
     println!("dropped:    {}", s.dropped_packets.map_or("-".into(), |d| d.to_string()));
 }

@@ -11,6 +11,7 @@
 //! {"op":"ping"}                       -> {"pid":812,"started_at":1700000000}
 //! {"op":"events","since_seq":N}       -> {"events":[...],"next_seq":M,"undecodable":0}
 //! {"op":"events","since_secs":600}    -> the events of the last 10 minutes
+//! {"op":"names"}                      -> the DNS proxy's learned addresses, or null
 //! ```
 
 use std::{
@@ -43,6 +44,8 @@ enum Request {
     /// Kept events with `seq >= since_seq` and not older than `since_secs`
     /// (both optional: all kept events).
     Events { since_seq: Option<u64>, since_secs: Option<u64> },
+    /// What the DNS proxy learned (`null` when this daemon runs none).
+    Names,
 }
 
 /// Which kept events to fetch.
@@ -88,6 +91,7 @@ pub async fn serve(listener: tokio::net::UnixListener, info: DaemonInfo, log: Sh
                     let batch = log.lock().expect("event log lock").query(since_seq.unwrap_or(0), since_time);
                     serde_json::to_string(&batch)
                 }
+                Ok(Request::Names) => serde_json::to_string(&crate::daemon::dns::report()),
                 Err(e) => Ok(serde_json::json!({ "error": e.to_string() }).to_string()),
             }
             .unwrap_or_default();
@@ -107,6 +111,13 @@ pub fn events(name: &str, query: EventQuery) -> Result<Option<EventBatch>> {
     let request = Request::Events { since_seq: query.since_seq, since_secs: query.since_secs };
     let reply = ask(&paths::control_socket(name), &request)?;
     reply.map(|line| serde_json::from_str(&line).context("the daemon's reply to an events request")).transpose()
+}
+
+/// What the DNS proxy of `name`'s daemon learned; `None` when no daemon
+/// answers or it runs no proxy.
+pub fn names(name: &str) -> Result<Option<crate::daemon::dns::NamesReport>> {
+    let reply = ask(&paths::control_socket(name), &Request::Names)?;
+    Ok(reply.map(|line| serde_json::from_str(&line).context("the daemon's reply to a names request")).transpose()?.flatten())
 }
 
 fn ping_at(path: &Path) -> Result<Option<DaemonInfo>> {

@@ -473,6 +473,7 @@ mod tests {
             cgroup_id: Some(7),
             cgroup: Some("/app".into()),
             container: None,
+            dns_name: None,
         }
     }
 

@@ -34,7 +34,6 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    os::fd::{AsFd as _, AsRawFd as _},
     sync::{
         atomic::{AtomicBool, Ordering},
         Mutex,
@@ -59,7 +58,7 @@ use prometheus_client::{
 };
 
 use crate::{
-    kernel::apply,
+    kernel::{apply, batch},
     kernel::counters::{ReasonCount, RuleCount, Snapshot},
     daemon::events::SharedLog,
     instance,
@@ -237,64 +236,15 @@ fn count_flows(map: &MapData, now: u64, timeouts: &FlowTimeouts) -> Result<(u64,
     count_entries::<FlowKey, FlowValue>(map, |k, v| is_live(now, k, v, timeouts))
 }
 
-/// `BPF_MAP_LOOKUP_BATCH`'s part of `union bpf_attr` (include/uapi/linux/bpf.h).
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-
-/// (entries, entries `matches` accepts) of a hash map, read 4,096 at a
-/// time with `BPF_MAP_LOOKUP_BATCH` (Linux 5.6; aya has no wrapper): a
-/// full 262,144-entry table in 64 system calls instead of 524,288. `K`
-/// and `V` must be the map's key and value types.
+/// (entries, entries `matches` accepts) of a hash map. `K` and `V` must
+/// be the map's key and value types.
 fn count_entries<K: Copy + Default, V: Copy + Default>(map: &MapData, matches: impl Fn(&K, &V) -> bool) -> Result<(u64, u64)> {
-    const CHUNK: usize = 4096;
-    let mut keys = vec![K::default(); CHUNK];
-    let mut values = vec![V::default(); CHUNK];
-    // The batch cursor is a bucket index (4 bytes for hash maps); 8 for room.
-    let (mut cursor_in, mut cursor_out) = (0u64, 0u64);
-    let fd = map.fd().as_fd().as_raw_fd();
     let (mut entries, mut matching) = (0u64, 0u64);
-    let mut first = true;
-    loop {
-        let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { &cursor_in as *const u64 as u64 },
-            out_batch: &mut cursor_out as *mut u64 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: CHUNK as u32,
-            map_fd: fd as u32,
-            ..BatchAttr::default()
-        };
-        // SAFETY: the attribute points at buffers of CHUNK keys and values
-        // of the map's sizes and at two cursors, all alive for the call.
-        let rc = unsafe {
-            libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>())
-        };
-        let error = (rc < 0).then(std::io::Error::last_os_error);
-        let n = (attr.count as usize).min(CHUNK);
-        entries += n as u64;
-        matching += keys[..n].iter().zip(&values[..n]).filter(|(k, v)| matches(k, v)).count() as u64;
-        match error {
-            None => {
-                cursor_in = cursor_out;
-                first = false;
-            }
-            // The end of the map.
-            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok((entries, matching)),
-            Some(e) => return Err(e).context("BPF_MAP_LOOKUP_BATCH"),
-        }
-    }
+    batch::for_each::<K, V>(map, |k, v| {
+        entries += 1;
+        matching += u64::from(matches(k, v));
+    })?;
+    Ok((entries, matching))
 }
 
 /// CLOCK_MONOTONIC_COARSE, the clock of `bpf_ktime_get_coarse_ns`.
@@ -501,8 +451,40 @@ impl Collector for Scrape {
             |(outcome, _)| [("outcome", outcome.to_string())],
             |(_, n)| *n,
         )?;
+        if let Some(stats) = crate::daemon::dns::stats() {
+            encode_dns(&mut encoder, stats)?;
+        }
         Ok(())
     }
+}
+
+/// `fw_dns_*`: the DNS proxy's counters, when this daemon runs one.
+fn encode_dns(encoder: &mut DescriptorEncoder, s: &crate::daemon::dns::Stats) -> Result<(), std::fmt::Error> {
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let counters: [(&str, &str, u64); 7] = [
+        ("fw_dns_queries", "DNS queries the proxy received from local processes.", load(&s.queries)),
+        ("fw_dns_answers", "Upstream answers the proxy released to local processes.", load(&s.answers)),
+        ("fw_dns_refused", "Queries refused by `queries: policy` (a name no rule mentions).", load(&s.refused)),
+        ("fw_dns_learned", "Writes of learned addresses to the kernel (new or refreshed).", load(&s.learned)),
+        ("fw_dns_learn_failed", "Learned addresses the kernel map refused (their connections fail closed).", load(&s.learn_failed)),
+        ("fw_dns_upstream_failed", "Queries the upstream resolver did not answer in time (SERVFAIL returned).", load(&s.upstream_failed)),
+        ("fw_dns_evicted", "Learned addresses removed to stay within dns.max_addresses(_per_name).", crate::daemon::dns::evicted()),
+    ];
+    for (name, help, value) in counters {
+        ConstCounter::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)?;
+    }
+    ConstGauge::new(crate::daemon::dns::learned_now() as i64).encode(encoder.encode_descriptor(
+        "fw_dns_learned_addresses",
+        "Addresses learned from DNS answers that the proxy keeps now.",
+        None,
+        MetricType::Gauge,
+    )?)?;
+    s.hold_seconds.encode(encoder.encode_descriptor(
+        "fw_dns_hold_seconds",
+        "Time an answer was held after the upstream replied (parsing it, writing its addresses): the latency fw adds.",
+        None,
+        MetricType::Histogram,
+    )?)
 }
 
 /// One counter family: a sample per item, labelled by `labels`.

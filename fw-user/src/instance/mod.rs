@@ -346,6 +346,7 @@ pub fn stop(name: &str, forget: bool) -> Result<Option<String>> {
     loader::detach(name, iface.as_deref(), state.as_ref().map(|s| s.attach_mode))?;
     InstanceState::remove(name)?;
     let _ = std::fs::remove_file(paths::drops_snapshot(name));
+    let _ = std::fs::remove_file(paths::names_file(name));
     if forget {
         FileRecords::forget(name)?;
     }

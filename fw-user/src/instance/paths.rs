@@ -105,6 +105,12 @@ pub fn control_socket(name: &str) -> PathBuf {
     PathBuf::from(RUN_DIR).join(format!("{name}.sock"))
 }
 
+/// The names the DNS proxy learned addresses for (address -> names), so
+/// that a restarted daemon can still say why an address is allowed.
+pub fn names_file(name: &str) -> PathBuf {
+    PathBuf::from(RUN_DIR).join(format!("{name}.names.json"))
+}
+
 /// Counters at the last `fw drops` of instance `name`.
 pub fn drops_snapshot(name: &str) -> PathBuf {
     PathBuf::from(RUN_DIR).join(format!("{name}.drops.json"))

@@ -4,6 +4,7 @@
 //! Everything here needs root; nothing here decides policy.
 
 pub mod apply;
+pub mod batch;
 pub mod bpffs;
 pub mod cgroup;
 pub mod counters;

@@ -51,11 +51,37 @@ pub struct DnsSettings {
     /// proxy, which learns the answers); DNS to anything else is refused.
     /// Never empty.
     pub resolvers: Vec<Resolver>,
-    /// `queries: policy`: a name no rule mentions gets REFUSED.
+    /// `queries: policy`: a name no rule mentions gets [`Self::refuse_with`].
     pub only_policy_names: bool,
+    /// The answer to a query `queries: policy` refuses (`refuse_with`).
+    pub refuse_with: Refusal,
     /// Floor under an answer's TTL, in seconds (`min_ttl`, default 60).
     pub min_ttl: u32,
+    /// Addresses kept per name (`max_addresses_per_name`): the least
+    /// recently answered one goes first.
+    pub max_per_name: u32,
+    /// Addresses kept in all (`max_addresses`), both families together.
+    pub max_total: u32,
 }
+
+/// How `queries: policy` answers a name no rule mentions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// RCODE 5: the resolver will not answer (the default; a client does
+    /// not cache it).
+    Refused,
+    /// RCODE 3: the name does not exist (clients give up at once and may
+    /// cache the negative answer).
+    NxDomain,
+}
+
+/// The default of `dns.max_addresses_per_name`: Cilium's
+/// `--tofqdns-endpoint-max-ip-per-hostname` default (raised from 50 to
+/// 1000 for CDN and S3 churn, cilium PR #36255).
+pub const DEFAULT_MAX_PER_NAME: u32 = 1000;
+/// The default of `dns.max_addresses`: room for every CDN edge a media
+/// server's few names rotate through, at a few MB of kernel memory.
+pub const DEFAULT_MAX_TOTAL: u32 = 65_536;
 
 /// The default of `dns.min_ttl`: applications cache answers past their TTL
 /// (cilium#23086), so a learned address stays at least this long.

@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use super::{
     address::{parse_peer, Peer},
     error::{ErrorKind, PolicyError, Warning},
-    ir::{merge_ranges, DnsSettings, Phase, Policy, PortRange, Pos, ProtoPorts, Protocols, Resolver, Rule, DEFAULT_MIN_TTL},
+    ir::{merge_ranges, DnsSettings, Phase, Policy, PortRange, Pos, ProtoPorts, Protocols, Refusal, Resolver, Rule, DEFAULT_MAX_PER_NAME, DEFAULT_MAX_TOTAL, DEFAULT_MIN_TTL},
     names::NamePattern,
     protocols::{is_icmp, parse_icmp_entry, parse_port_entry, parse_protocol, protocol_name},
     raw::{RawDns, RawPhase, RawPolicy, RawRule, Text, TextList},
@@ -277,17 +277,34 @@ impl Lowerer<'_> {
                 }
             },
         };
-        let min_ttl = match &raw.min_ttl {
-            None => DEFAULT_MIN_TTL,
-            Some(text) => {
-                let value = self.expand(text)?;
-                value.parse::<u32>().ok().filter(|s| *s <= 7 * 86_400).ok_or_else(|| {
-                    let kind = ErrorKind::InvalidValue { key: "min_ttl", value, expected: "a number of seconds, 0-604800" };
-                    self.error(text.pos, kind)
-                })?
-            }
+        let refuse_with = match &raw.refuse_with {
+            None => Refusal::Refused,
+            Some(text) => match self.expand(text)?.as_str() {
+                "refused" => Refusal::Refused,
+                "nxdomain" => Refusal::NxDomain,
+                other => {
+                    let kind = ErrorKind::InvalidValue { key: "refuse_with", value: other.to_string(), expected: "refused or nxdomain" };
+                    return Err(self.error(text.pos, kind));
+                }
+            },
         };
-        Ok(DnsSettings { resolvers, only_policy_names, min_ttl })
+        let min_ttl = self.dns_number(&raw.min_ttl, "min_ttl", DEFAULT_MIN_TTL, 0, 7 * 86_400, "a number of seconds, 0-604800")?;
+        // Each family's map holds LEARNED_CAPACITY: any total fits.
+        const _: () = assert!(fw_common::names::LEARNED_CAPACITY == 131_072, "update the message below");
+        let (capacity, expected) = (fw_common::names::LEARNED_CAPACITY, "a number of addresses, 1-131072");
+        let max_per_name = self.dns_number(&raw.max_per_name, "max_addresses_per_name", DEFAULT_MAX_PER_NAME, 1, capacity, expected)?;
+        let max_total = self.dns_number(&raw.max_total, "max_addresses", DEFAULT_MAX_TOTAL, 1, capacity, expected)?;
+        Ok(DnsSettings { resolvers, only_policy_names, refuse_with, min_ttl, max_per_name, max_total })
+    }
+
+    /// A number of `dns:` (`key`), `default` when absent.
+    fn dns_number(&self, text: &Option<Text>, key: &'static str, default: u32, min: u32, max: u32, expected: &'static str) -> Result<u32, PolicyError> {
+        let Some(text) = text else { return Ok(default) };
+        let value = self.expand(text)?;
+        value.parse::<u32>().ok().filter(|n| (min..=max).contains(n)).ok_or_else(|| {
+            let kind = ErrorKind::InvalidValue { key, value, expected };
+            self.error(text.pos, kind)
+        })
     }
 
     /// A phase's `timeouts:`, each unset one at its default.

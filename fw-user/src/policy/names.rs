@@ -104,7 +104,11 @@ pub struct NameRules {
     /// (rule id, patterns), in file order.
     pub rules: Vec<(u32, Vec<NamePattern>)>,
     pub only_policy_names: bool,
+    pub refuse_with: super::ir::Refusal,
     pub min_ttl: u32,
+    /// `dns.max_addresses_per_name` and `dns.max_addresses`.
+    pub max_per_name: u32,
+    pub max_total: u32,
 }
 
 impl NameRules {
@@ -118,7 +122,14 @@ impl NameRules {
             .filter(|r| !r.names.is_empty())
             .map(|r| (r.id, r.names.clone()))
             .collect();
-        Some(NameRules { rules, only_policy_names: dns.only_policy_names, min_ttl: dns.min_ttl })
+        Some(NameRules {
+            rules,
+            only_policy_names: dns.only_policy_names,
+            refuse_with: dns.refuse_with,
+            min_ttl: dns.min_ttl,
+            max_per_name: dns.max_per_name,
+            max_total: dns.max_total,
+        })
     }
 
     /// The rules a question for `name` (already [`normalize`]d) teaches

@@ -54,14 +54,18 @@ pub(crate) struct RawPhase {
     pub rules: Vec<RawRule>,
 }
 
-/// `dns: { resolvers: [...], queries: any|policy, min_ttl: SECONDS }`.
+/// `dns: { resolvers: [...], queries: any|policy, refuse_with: refused|nxdomain,
+/// min_ttl: SECONDS, max_addresses_per_name: N, max_addresses: N }`.
 #[derive(Debug)]
 pub(crate) struct RawDns {
     /// Position of the `dns` key.
     pub key_pos: Pos,
     pub resolvers: Option<TextList>,
     pub queries: Option<Text>,
+    pub refuse_with: Option<Text>,
     pub min_ttl: Option<Text>,
+    pub max_per_name: Option<Text>,
+    pub max_total: Option<Text>,
 }
 
 #[derive(Debug)]
@@ -81,7 +85,7 @@ pub(crate) struct RawRule {
 const POLICY_KEYS: &[&str] = &["name", "addresses", "phases"];
 const PHASE_KEYS: &[&str] =
     &["extends", "inbound_default", "egress_default", "mode", "reject", "dns", "timeouts", "inbound", "egress"];
-const DNS_KEYS: &[&str] = &["resolvers", "queries", "min_ttl"];
+const DNS_KEYS: &[&str] = &["resolvers", "queries", "refuse_with", "min_ttl", "max_addresses_per_name", "max_addresses"];
 /// The keys of a phase's `timeouts:` mapping.
 pub(crate) const TIMEOUT_KEYS: &[&str] = &["tcp_established", "tcp_closing", "udp", "other"];
 const EGRESS_RULE_KEYS: &[&str] = &["name", "to", "proto", "ports", "action", "optional"];
@@ -281,13 +285,24 @@ impl Reader<'_> {
     fn dns(&self, key: &MarkedScalarNode, node: &Node) -> Result<RawDns, PolicyError> {
         let map = self.mapping(node, "`dns`")?;
         self.check_keys(map, "`dns`", DNS_KEYS)?;
-        let mut dns = RawDns { key_pos: pos_of(key.span()), resolvers: None, queries: None, min_ttl: None };
+        let mut dns = RawDns {
+            key_pos: pos_of(key.span()),
+            resolvers: None,
+            queries: None,
+            refuse_with: None,
+            min_ttl: None,
+            max_per_name: None,
+            max_total: None,
+        };
         for (key, value) in map.iter() {
             let what = format!("`dns.{}`", key.as_str());
             match key.as_str() {
                 "resolvers" => dns.resolvers = Some(self.text_list(key, value)?),
                 "queries" => dns.queries = Some(self.text(value, &what)?),
+                "refuse_with" => dns.refuse_with = Some(self.text(value, &what)?),
                 "min_ttl" => dns.min_ttl = Some(self.text(value, &what)?),
+                "max_addresses_per_name" => dns.max_per_name = Some(self.text(value, &what)?),
+                "max_addresses" => dns.max_total = Some(self.text(value, &what)?),
                 _ => unreachable!("check_keys admitted only DNS_KEYS"),
             }
         }

@@ -84,6 +84,8 @@ pub struct LoadedPhase {
     pub warnings: Vec<Warning>,
     /// The text it was compiled from (kept for the boot record).
     pub copy: PolicyCopy,
+    /// The phase's name rules and `dns:` settings (`None`: no `dns:`).
+    pub names: Option<crate::policy::names::NameRules>,
 }
 
 /// `--policy` and `--env-file` -> the validated policy, its label and text.
@@ -135,5 +137,6 @@ fn compile_loaded(
     compile::check_capacity(&compiled, &compile::Limits::default())?;
     let mut warnings = loaded.warnings;
     warnings.extend(lint::lint(&loaded.policy, std::slice::from_ref(&compiled), host::ephemeral_range()));
-    Ok(LoadedPhase { source: label, env_file, policy_name: loaded.policy.name.clone(), compiled, warnings, copy })
+    let names = crate::policy::names::NameRules::of_phase(&loaded.policy, phase);
+    Ok(LoadedPhase { source: label, env_file, policy_name: loaded.policy.name.clone(), compiled, warnings, copy, names })
 }

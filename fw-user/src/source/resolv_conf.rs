@@ -1,9 +1,13 @@
 //! `dns: { resolvers: [system] }`: the nameservers this host uses.
 //!
 //! `/etc/resolv.conf`'s `nameserver` lines; when that names only
-//! systemd-resolved's stub (127.0.0.53 / 127.0.0.54), the upstream servers
-//! the stub uses, from `/run/systemd/resolve/resolv.conf` (the stub itself
-//! would hide which process asked: behaviour 7 of issue 14, not done yet).
+//! systemd-resolved's stub (127.0.0.53 / 127.0.0.54), the stub *and* the
+//! upstream servers it uses, from `/run/systemd/resolve/resolv.conf`.
+//! Applications ask the stub: their queries reach fw's proxy first (the
+//! stub is a resolver of the phase), so answers are learned for, and
+//! refusals charged to, the application that asked, not to the stub
+//! (issue 14, behaviour 7); the stub's own queries to its upstreams go
+//! through the proxy too (the upstreams are resolvers of the phase).
 
 use std::net::IpAddr;
 
@@ -13,14 +17,17 @@ const RESOLVED_UPSTREAMS: &str = "/run/systemd/resolve/resolv.conf";
 /// The system's resolvers, in file order; empty when none can be read
 /// (then DNS from local sockets is refused: fail closed).
 pub fn system_resolvers() -> Vec<IpAddr> {
-    let main = read(RESOLV_CONF);
+    resolvers_of(&read(RESOLV_CONF), || read(RESOLVED_UPSTREAMS))
+}
+
+/// `main`'s nameservers, and when they are only systemd-resolved's stub,
+/// its upstreams after them.
+fn resolvers_of(main: &[IpAddr], upstreams: impl FnOnce() -> Vec<IpAddr>) -> Vec<IpAddr> {
+    let mut all = main.to_vec();
     if !main.is_empty() && main.iter().all(is_resolved_stub) {
-        let upstream = read(RESOLVED_UPSTREAMS);
-        if !upstream.is_empty() {
-            return upstream;
-        }
+        all.extend(upstreams().into_iter().filter(|a| !main.contains(a)));
     }
-    main
+    all
 }
 
 fn is_resolved_stub(addr: &IpAddr) -> bool {
@@ -53,5 +60,14 @@ mod tests {
         assert_eq!(parse(text), vec!["198.18.0.53".parse::<IpAddr>().unwrap(), "fe80::1".parse().unwrap()]);
         assert!(is_resolved_stub(&"127.0.0.53".parse().unwrap()));
         assert!(!is_resolved_stub(&"127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_resolved_stub_comes_with_its_upstreams() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let upstreams = || vec![ip("198.18.0.53"), ip("2001:db8::53")];
+        assert_eq!(resolvers_of(&[ip("127.0.0.53")], upstreams), [ip("127.0.0.53"), ip("198.18.0.53"), ip("2001:db8::53")]);
+        assert_eq!(resolvers_of(&[ip("198.18.0.1")], upstreams), [ip("198.18.0.1")], "no stub: resolv.conf only");
+        assert_eq!(resolvers_of(&[ip("127.0.0.53")], Vec::new), [ip("127.0.0.53")], "upstreams unknown: the stub alone");
     }
 }

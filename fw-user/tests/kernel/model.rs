@@ -926,10 +926,9 @@ impl State {
             Some(v) if v.action() == Action::Allow => Outcome::new(Reason::PassRule, v.rule),
             Some(v) => Outcome::new(Reason::DropRule, v.rule),
             // UDP/TCP 53 to a resolver of a phase with `dns:`: the DNS
-            // proxy's queries (issue 14).
+            // proxy's queries (issue 14); TCP 853 (DNS over TLS) too.
             None if direction == Direction::Egress
-                && port == 53
-                && (proto == 6 || proto == 17)
+                && ((port == 53 && (proto == 6 || proto == 17)) || (port == 853 && proto == 6))
                 && active.is_resolver(family, peer) =>
             {
                 Outcome::bare(Reason::PassResolver)

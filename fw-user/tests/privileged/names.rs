@@ -468,3 +468,258 @@ except OSError as e:
     let dropped = poll(Duration::from_secs(5), || egress(&fw, "drop_default") > before);
     assert!(dropped, "DNS to an unnamed resolver left the host");
 }
+
+/// `fw names --json` of the lab's instance.
+fn names_json(fw: &Fw) -> serde_json::Value {
+    let out = fw.cli(&["names", "--json"]);
+    assert!(out.status.success(), "fw names: {out:?}");
+    serde_json::from_str(&out.stdout).expect("fw names --json prints JSON")
+}
+
+/// (address, names) of each learned address `fw names` lists.
+fn learned(fw: &Fw) -> Vec<(String, Vec<String>)> {
+    names_json(fw)["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| {
+            let names = e["names"].as_array().expect("names").iter().map(|n| n.as_str().expect("a name").to_string()).collect();
+            (e["address"].as_str().expect("an address").to_string(), names)
+        })
+        .collect()
+}
+
+/// Resolves each name (through the system resolver), prints `NAME ok` or
+/// `NAME fail`.
+const RESOLVE: &str = r#"
+import socket, sys
+for name in sys.argv[1:]:
+    try:
+        socket.getaddrinfo(name, 1, socket.AF_INET, socket.SOCK_STREAM)
+        print(name, "ok", flush=True)
+    except OSError:
+        print(name, "fail", flush=True)
+"#;
+
+/// Resolves `rotate.test`-style `NAME`, connects, prints `connected ADDR`,
+/// then holds the connection open until stdin closes.
+const HOLD_OPEN: &str = r#"
+import socket, sys
+addr = socket.getaddrinfo(sys.argv[1], int(sys.argv[2]), socket.AF_INET, socket.SOCK_STREAM)[0][4]
+s = socket.create_connection(addr, timeout=5)
+print("connected", addr[0], flush=True)
+sys.stdin.read()
+"#;
+
+/// Behaviour 9: memory is bounded. A name answering six addresses keeps
+/// four (`max_addresses_per_name`); a flood of subdomains under an allowed
+/// wildcard keeps the total at eight (`max_addresses`), evicting the least
+/// recently answered, never the address a live connection uses; evictions
+/// are counted, and an evicted address is refused again.
+#[test]
+fn names_memory_stays_within_the_caps_and_spares_live_connections() {
+    let mut hosts: String = (1..=6).map(|i| format!("198.19.210.{i} cdn.test\n")).collect();
+    hosts.extend((0..20).map(|i| format!("198.19.211.{} f{i}.flood.test\n", i + 1)));
+    let lab = Lab::new(94, &hosts);
+    let policy = lab.policy(&format!(
+        "    dns: {{ resolvers: [{}], min_ttl: 600, max_addresses_per_name: 4, max_addresses: 8 }}\n    egress:\n      \
+         - {{ name: cdn, to: [cdn.test], proto: tcp, ports: [{PORT}] }}\n      \
+         - {{ name: flood, to: [\"*.flood.test\"], proto: tcp, ports: [{PORT}] }}\n",
+        lab.pair.far4
+    ));
+    let fw = lab.fw(&policy);
+    assert_eq!(lab.client(RESOLVE, &["cdn.test".into()]).trim(), "cdn.test ok");
+    let cdn: Vec<(String, Vec<String>)> = learned(&fw).into_iter().filter(|(_, n)| n.contains(&"cdn.test".to_string())).collect();
+    assert_eq!(cdn.len(), 4, "one name keeps max_addresses_per_name addresses: {cdn:?}");
+    assert_eq!(names_json(&fw)["over_cap"], 2, "the two answered past the cap are not learned");
+
+    // A live connection to the first flood address.
+    let mut holder = lab
+        .cgroup
+        .python_with_resolv_conf(&lab.pair.near, &lab.resolv_conf, HOLD_OPEN, &["f0.flood.test".into(), PORT.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting the holding client");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.take().expect("stdout")), &mut line).expect("holder output");
+    assert_eq!(line.trim(), "connected 198.19.211.1", "{}", fw.log_text());
+
+    let flood: Vec<String> = (1..20).map(|i| format!("f{i}.flood.test")).collect();
+    let resolved = lab.client(RESOLVE, &flood);
+    assert_eq!(resolved.matches(" ok").count(), 19, "{resolved}");
+    let now = learned(&fw);
+    let report = names_json(&fw);
+    println!("after the flood: {} learned, {} evicted: {now:?}", now.len(), report["evicted"]);
+    assert_eq!(now.len(), 8, "max_addresses holds: {now:?}");
+    assert!(now.iter().any(|(a, _)| a == "198.19.211.1"), "the address of a live connection was evicted: {now:?}");
+    assert!(now.iter().all(|(_, n)| !n.contains(&"cdn.test".to_string())), "the least recently answered go first: {now:?}");
+    assert!(report["evicted"].as_u64().unwrap() >= 15, "{report}");
+    let status = fw.status_json();
+    assert_eq!(status["learned_addresses"], 8, "the kernel maps hold what the ledger says: {status}");
+    // An evicted address is refused again; the kept ones work.
+    let results = connect_results(&lab, &["198.19.211.2", "198.19.211.20", "198.19.210.1"]);
+    let verdicts: Vec<&str> = results.iter().map(|r| r.2.as_str()).collect();
+    assert_eq!(verdicts, ["EPERM", "ok", "EPERM"], "{results:?}");
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+}
+
+/// Behaviour 8: learned state outlives the daemon. After `kill -9`, an
+/// address learned before stays allowed (the kernel checks its expiry),
+/// nothing new can be learned (names fail closed: resolution fails, the
+/// kernel allows nothing unseen); `fw run` again answers DNS as soon as it
+/// is ready and still knows which name the old address was learned for.
+#[test]
+fn names_learned_state_survives_a_daemon_restart_and_fails_closed_without_one() {
+    let lab = Lab::new(95, "198.19.212.1 keep.test\n198.19.212.2 later.test\n");
+    let policy = lab.policy(&format!(
+        "    dns: {{ resolvers: [{}], min_ttl: 600 }}\n    egress:\n      - {{ name: kept, to: [keep.test, later.test], proto: tcp, ports: [{PORT}] }}\n",
+        lab.pair.far4
+    ));
+    let mut fw = lab.fw(&policy);
+    let results = connect_results(&lab, &["keep.test"]);
+    assert_eq!((results[0].1.as_str(), results[0].2.as_str()), ("198.19.212.1", "ok"), "{}", fw.log_text());
+    // The names are saved with the sweep (every 10 s).
+    let names_file = PathBuf::from(format!("/run/fw/{}.names.json", fw.name()));
+    let saved = poll(Duration::from_secs(30), || fs::read_to_string(&names_file).is_ok_and(|t| t.contains("keep.test")));
+    assert!(saved, "{} never named keep.test", names_file.display());
+
+    fw.kill_run_process();
+    let results = connect_results(&lab, &["198.19.212.1", "198.19.212.2"]);
+    let verdicts: Vec<&str> = results.iter().map(|r| r.2.as_str()).collect();
+    assert_eq!(verdicts, ["ok", "EPERM"], "learned stays allowed, unlearned stays refused: {results:?}");
+    assert_eq!(lab.client(RESOLVE, &["later.test".into()]).trim(), "later.test fail", "no daemon: no name resolves");
+
+    let restarted = std::time::Instant::now();
+    fw.start_again();
+    assert!(fw.log_has_within("DNS proxy listening", Duration::from_secs(10)), "{}", fw.log_text());
+    let resolves = poll(Duration::from_secs(10), || lab.client(RESOLVE, &["later.test".into()]).trim() == "later.test ok");
+    println!("DNS answered again {:?} after `fw run` was started again", restarted.elapsed());
+    assert!(resolves, "{}", fw.log_text());
+    assert!(fw.log_text().contains("addresses learned before this start stay allowed"), "{}", fw.log_text());
+    let now = learned(&fw);
+    assert!(now.contains(&("198.19.212.1".to_string(), vec!["keep.test".to_string()])), "{now:?}");
+    assert!(now.contains(&("198.19.212.2".to_string(), vec!["later.test".to_string()])), "{now:?}");
+    let text = fw.cli(&["names"]);
+    assert!(text.status.success() && text.stdout.contains("keep.test") && text.stdout.contains("kept"), "{text:?}");
+}
+
+/// Behaviour 5, continued: with `refuse_with: nxdomain` a name no rule
+/// mentions gets NXDOMAIN and a `dns_refused` drop event naming it; DNS
+/// over TLS (TCP 853) reaches the phase's resolver but nothing else.
+#[test]
+fn names_refusals_are_drop_events_and_dot_reaches_only_the_resolvers() {
+    let lab = Lab::new(96, "198.19.213.1 a.allowed.test\n198.19.213.9 tunnel.test\n");
+    let unnamed = Ipv4Addr::new(198, 18, 96, 3);
+    lab.pair.far.ip(&["addr", "add", &format!("{unnamed}/24"), "dev", &lab.pair.far_if]);
+    let policy = lab.policy(&format!(
+        "    dns: {{ resolvers: [{}], queries: policy, refuse_with: nxdomain }}\n    egress:\n      \
+         - {{ name: t, to: [\"*.allowed.test\"], proto: tcp, ports: [{PORT}] }}\n",
+        lab.pair.far4
+    ));
+    let fw = lab.fw(&policy);
+    const PROBE: &str = r#"
+import errno, socket, struct, sys
+far, unnamed = sys.argv[1], sys.argv[2]
+q = struct.pack(">HHHHHH", 7, 0x0100, 1, 0, 0, 0)
+for label in "tunnel.test".split("."):
+    q += bytes([len(label)]) + label.encode()
+q += b"\0" + struct.pack(">HH", 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+s.sendto(q, (far, 53))
+print("rcode", s.recv(512)[3] & 15, flush=True)
+for target in (far, unnamed):
+    c = socket.socket()
+    c.settimeout(2)
+    try:
+        c.connect((target, 853))
+        print("dot", target, "connected")
+    except OSError as e:
+        print("dot", target, errno.errorcode.get(e.errno, "timeout") if e.errno else "timeout")
+"#;
+    let far = lab.pair.far4.to_string();
+    let out = lab.client(PROBE, &[far.clone(), unnamed.to_string()]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "rcode 3", "{out}");
+    // Nothing listens on far:853: refused by far, so it left the host.
+    assert_eq!(lines[1], format!("dot {far} ECONNREFUSED"), "{out}");
+    assert_eq!(lines[2], format!("dot {unnamed} EPERM"), "{out}");
+    let drops = fw.cli(&["drops", "--since", "1h", "--json"]);
+    assert!(drops.status.success(), "{drops:?}");
+    let report: serde_json::Value = serde_json::from_str(&drops.stdout).expect("JSON");
+    let refused: Vec<&serde_json::Value> =
+        report["events"].as_array().expect("events").iter().filter(|e| e["reason"] == "dns_refused").collect();
+    assert_eq!(refused.len(), 1, "{report}");
+    assert_eq!(refused[0]["dns_name"], "tunnel.test");
+    assert_eq!(refused[0]["dst"], far.as_str());
+    let text = fw.cli(&["drops", "--since", "1h"]);
+    assert!(text.stdout.contains("drop (dns_refused)") && text.stdout.contains("query tunnel.test"), "{text:?}");
+}
+
+/// Behaviour 7: an application that asks a local stub resolver (here a
+/// dnsmasq on 127.0.0.53 forwarding to far's, as systemd-resolved does)
+/// goes through fw's proxy first: the answer is learned for it, and with
+/// `queries: policy` a name no rule mentions is refused before the stub
+/// sees it, as a `dns_refused` event.
+#[test]
+fn names_through_a_local_stub_are_learned_for_the_application() {
+    let lab = Lab::new(97, "198.19.214.1 app.stub.test\n198.19.214.9 other.test\n");
+    let stub_dir = TempDir::new();
+    let stub_log = stub_dir.path().join("stub.log");
+    let mut stub = StubGuard(
+        lab.pair
+            .near
+            .command(if Path::new("/usr/sbin/dnsmasq").exists() { "/usr/sbin/dnsmasq" } else { "dnsmasq" })
+            .args(["--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--bind-interfaces", "--user=root"])
+            .args(["--listen-address=127.0.0.53", "--cache-size=0", "--log-queries", "--log-facility=-"])
+            .arg(format!("--server={}", lab.pair.far4))
+            .arg(format!("--pid-file={}", stub_dir.path().join("pid").display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&stub_log).expect("stub log"))
+            .spawn()
+            .expect("starting the stub dnsmasq"),
+    );
+    let stub_addr: SocketAddr = "127.0.0.53:53".parse().unwrap();
+    let ready = poll(Duration::from_secs(10), || in_netns(&lab.pair.near, || !resolve_a(stub_addr, "app.stub.test").is_empty()));
+    assert!(ready, "the stub did not answer");
+    let policy = lab.policy(&format!(
+        "    dns: {{ resolvers: [127.0.0.53, {}], queries: policy }}\n    egress:\n      - {{ name: app, to: [app.stub.test], proto: tcp, ports: [{PORT}] }}\n",
+        lab.pair.far4
+    ));
+    let fw = lab.fw(&policy);
+    let resolv_conf = lab.dir.write("stub-resolv.conf", "nameserver 127.0.0.53\noptions timeout:2 attempts:1\n");
+    let out = lab
+        .cgroup
+        .python_with_resolv_conf(&lab.pair.near, &resolv_conf, CONNECT, &[PORT.to_string(), "app.stub.test".into(), "other.test".into()])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running the client");
+    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first().copied(), Some("app.stub.test 198.19.214.1 ok"), "{out}\n{}", fw.log_text());
+    assert!(lines.get(1).is_some_and(|l| l.starts_with("other.test - resolve:")), "{out}");
+    let now = learned(&fw);
+    assert_eq!(now, vec![("198.19.214.1".to_string(), vec!["app.stub.test".to_string()])]);
+    let drops = fw.cli(&["drops", "--since", "1h", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&drops.stdout).expect("JSON");
+    let refused: Vec<&serde_json::Value> =
+        report["events"].as_array().expect("events").iter().filter(|e| e["reason"] == "dns_refused").collect();
+    assert!(!refused.is_empty() && refused.iter().all(|e| e["dns_name"] == "other.test" && e["dst"] == "127.0.0.53"), "{report}");
+    let stub_saw = fs::read_to_string(&stub_log).unwrap_or_default();
+    assert!(stub_saw.contains("app.stub.test") && !stub_saw.contains("other.test"), "the stub saw a refused query:\n{stub_saw}");
+    stub.0.kill().ok();
+}
+
+/// Kills and reaps a process the test started.
+struct StubGuard(Child);
+
+impl Drop for StubGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

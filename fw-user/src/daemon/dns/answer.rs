@@ -71,7 +71,8 @@ pub fn addresses(answer: &[u8], id: u16, name: &str) -> Option<Vec<(IpAddr, u32)
     Some(out)
 }
 
-/// An answer of the proxy's own with `rcode` (5 REFUSED, 2 SERVFAIL):
+/// An answer of the proxy's own with `rcode` (5 REFUSED, 3 NXDOMAIN, 2
+/// SERVFAIL):
 /// the query's ID, opcode, RD bit and question, nothing else. Not a
 /// forwarded answer, so encoding it afresh is fine.
 pub fn reply_with_rcode(query: &[u8], rcode: u8) -> Option<Vec<u8>> {
@@ -86,6 +87,7 @@ pub fn reply_with_rcode(query: &[u8], rcode: u8) -> Option<Vec<u8>> {
 }
 
 pub const REFUSED: u8 = 5;
+pub const NXDOMAIN: u8 = 3;
 pub const SERVFAIL: u8 = 2;
 
 #[cfg(test)]

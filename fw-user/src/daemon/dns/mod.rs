@@ -18,38 +18,57 @@
 //! is counted and the answer still released: the connection is then
 //! refused, never allowed unseen (fail closed).
 //!
+//! Memory is bounded by the phase's `dns.max_addresses_per_name` and
+//! `dns.max_addresses` ([`ledger`]). The learned maps are pinned and the
+//! kernel checks each address's expiry itself, so learned state outlives
+//! the daemon: after a restart the new proxy adopts what the maps hold,
+//! with the names saved in /run/fw/NAME.names.json (at most
+//! [`SWEEP_EVERY`] old), and while no daemon runs nothing new is learned
+//! (names fail closed).
+//!
 //! The daemon's own sockets are not redirected (the hooks compare the
 //! process id in `FW_DNS_PROXY`), so its upstream queries reach the
 //! resolvers; the TC program lets UDP/TCP 53 to the phase's resolvers out
 //! (`pass_resolver`).
 
 pub mod answer;
+pub mod ledger;
 
 use std::{
+    collections::{BTreeMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, Context, Result};
-use fw_common::names::{DnsProxy, Learned, EMPTY_SLOT, MAX_RESOLVERS4, MAX_RESOLVERS6, NAME_SLOTS};
+use aya::maps::MapData;
+use fw_common::{
+    maps,
+    names::{DnsProxy, Learned, MAX_RESOLVERS4, MAX_RESOLVERS6, NAME_SLOTS},
+    FlowKey, FlowValue,
+};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream, UdpSocket},
 };
 
 use crate::{
-    instance,
+    daemon::events::{Event, SharedLog},
+    instance::{self, paths},
     kernel::{
-        apply,
+        apply, batch,
         loader::{NameMaps, PolicyMaps},
     },
-    policy::{compile::compile_phase, names::NameRules},
+    policy::{compile::compile_phase, ir::Refusal, names::NameRules},
     source,
 };
+use ledger::{Caps, Change, Ledger};
 
 /// First loopback port of the proxy (resolver `i` is `base + i`); below
 /// the ephemeral range, so no client socket ever has one of these ports.
@@ -58,11 +77,14 @@ pub const DEFAULT_PORT: u16 = 15353;
 pub const PORT_VAR: &str = "FW_DNS_PROXY_PORT";
 /// The longest an answer is held: the upstream exchange, then the writes.
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
-/// How often entries whose every slot expired are removed.
+/// How often expired addresses are removed and the names saved.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// How long a census of the addresses live connections use is trusted
+/// when choosing what to evict (a flood evicts many at once).
+const IN_USE_FRESH: Duration = Duration::from_secs(1);
 
-/// Counters of the proxy (logged; metrics are for later).
-#[derive(Default, Debug)]
+/// Counters of the proxy, for `fw_dns_*` metrics and the log.
+#[derive(Debug)]
 pub struct Stats {
     pub queries: AtomicU64,
     pub answers: AtomicU64,
@@ -70,6 +92,112 @@ pub struct Stats {
     pub learned: AtomicU64,
     pub learn_failed: AtomicU64,
     pub upstream_failed: AtomicU64,
+    /// Seconds an answer was held after the upstream's reply: parsing it
+    /// and writing the learned addresses (the latency fw adds).
+    pub hold_seconds: Histogram,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            queries: AtomicU64::new(0),
+            answers: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            learned: AtomicU64::new(0),
+            learn_failed: AtomicU64::new(0),
+            upstream_failed: AtomicU64::new(0),
+            // 10 µs .. about 2.6 s.
+            hold_seconds: Histogram::new(exponential_buckets(1e-5, 2.0, 18)),
+        }
+    }
+}
+
+/// The proxy of this process, once it listens (for `fw names`, metrics).
+static PROXY: OnceLock<Arc<Proxy>> = OnceLock::new();
+
+/// The counters, when this process runs a proxy.
+pub fn stats() -> Option<&'static Stats> {
+    PROXY.get().map(|p| &p.stats)
+}
+
+/// Addresses evicted to stay within the caps (0 without a proxy).
+pub fn evicted() -> u64 {
+    PROXY.get().map_or(0, |p| lock(&p.ledger).evicted)
+}
+
+/// Addresses the proxy keeps now (0 without a proxy).
+pub fn learned_now() -> usize {
+    PROXY.get().map_or(0, |p| lock(&p.ledger).len())
+}
+
+/// One learned address, as `fw names` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NameEntry {
+    /// The names it was answered for, the most recent last; empty when it
+    /// was learned by an earlier daemon whose names were not saved.
+    pub names: Vec<String>,
+    pub address: IpAddr,
+    /// (rule id, seconds left) of each rule that allows it.
+    pub rules: Vec<(u32, u64)>,
+}
+
+/// What the proxy keeps, for `fw names` and `fw status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NamesReport {
+    /// Sorted by name, then address.
+    pub entries: Vec<NameEntry>,
+    pub max_per_name: usize,
+    pub max_total: usize,
+    pub evicted: u64,
+    pub over_cap: u64,
+}
+
+/// Entries of both learned-address maps of `name` (live or not yet swept).
+pub fn count_learned(name: &str) -> Result<u64> {
+    let mut count = 0u64;
+    for map in [maps::NAMES4, maps::NAMES6] {
+        let path = paths::map_pin(name, map);
+        let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
+        if map == maps::NAMES4 {
+            batch::for_each::<[u8; 4], Learned>(&data, |_, _| count += 1)?;
+        } else {
+            batch::for_each::<[u8; 16], Learned>(&data, |_, _| count += 1)?;
+        }
+    }
+    Ok(count)
+}
+
+/// (rule, seconds left) of the rules that still allow a learned address.
+pub fn live_rules(value: &Learned, now: u64) -> Vec<(u32, u64)> {
+    (0..NAME_SLOTS)
+        .filter(|&i| value.rule[i] != fw_common::names::EMPTY_SLOT && value.expires_ns[i] > now)
+        .map(|i| (value.rule[i], (value.expires_ns[i] - now).div_ceil(1_000_000_000)))
+        .collect()
+}
+
+impl NamesReport {
+    /// How many distinct names have addresses.
+    pub fn names(&self) -> usize {
+        self.entries.iter().flat_map(|e| &e.names).collect::<HashSet<_>>().len()
+    }
+}
+
+/// The learned addresses, when this process runs a proxy.
+pub fn report() -> Option<NamesReport> {
+    let proxy = PROXY.get()?;
+    let now = monotonic_ns();
+    let ledger = lock(&proxy.ledger);
+    let mut entries: Vec<NameEntry> = ledger
+        .entries()
+        .map(|(addr, e)| NameEntry {
+            names: e.names.clone(),
+            address: *addr,
+            rules: live_rules(&e.value, now),
+        })
+        .collect();
+    entries.sort_by(|a, b| (a.names.last(), a.address).cmp(&(b.names.last(), b.address)));
+    let caps = ledger.caps();
+    Some(NamesReport { entries, max_per_name: caps.per_name, max_total: caps.total, evicted: ledger.evicted, over_cap: ledger.over_cap })
 }
 
 /// The active phase as the proxy needs it.
@@ -88,29 +216,50 @@ struct Proxy {
     policy: Mutex<PolicyMaps>,
     names: Mutex<NameMaps>,
     view: Mutex<Option<PhaseView>>,
+    /// What was learned, by name; its lock is taken before `names`.
+    ledger: Mutex<Ledger>,
+    /// The flow tables, to tell which addresses live connections use.
+    flows: [MapData; 2],
+    in_use: Mutex<Option<(Instant, HashSet<IpAddr>)>>,
+    /// The ledger changed since the names were last saved.
+    unsaved: std::sync::atomic::AtomicBool,
+    log: SharedLog,
     stats: Stats,
 }
 
 /// Runs the proxy until the daemon exits; errors are logged (without a
 /// proxy, DNS from local sockets fails: names fail closed).
-pub async fn serve(name: String) {
-    if let Err(e) = run(&name).await {
+pub async fn serve(name: String, log: SharedLog) {
+    if let Err(e) = run(&name, log).await {
         eprintln!("fw: {name}: DNS proxy: {e:#}");
     }
 }
 
-async fn run(name: &str) -> Result<()> {
+async fn run(name: &str, log: SharedLog) -> Result<()> {
     let base = match std::env::var(PORT_VAR) {
         Ok(text) => text.trim().parse::<u16>().ok().filter(|p| *p > 0 && *p < u16::MAX - 8).ok_or_else(|| anyhow!("{PORT_VAR}={text:?}: not a port"))?,
         Err(_) => DEFAULT_PORT,
+    };
+    let pinned = |map: &str| {
+        let path = paths::map_pin(name, map);
+        MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))
     };
     let proxy = Arc::new(Proxy {
         name: name.to_string(),
         policy: Mutex::new(PolicyMaps::open(name)?),
         names: Mutex::new(NameMaps::open(name)?),
         view: Mutex::new(None),
+        ledger: Mutex::new(Ledger::new(Caps { per_name: usize::MAX, total: usize::MAX })),
+        flows: [pinned(maps::FLOWS)?, pinned(maps::FLOWS_IN)?],
+        in_use: Mutex::new(None),
+        unsaved: false.into(),
+        log,
         stats: Stats::default(),
     });
+    let adopted = proxy.adopt();
+    if adopted > 0 {
+        println!("fw: {name}: DNS: {adopted} addresses learned before this start stay allowed until their TTL");
+    }
     let mut bound = Vec::new();
     for index in 0..(MAX_RESOLVERS4 + MAX_RESOLVERS6) as u16 {
         let ip: IpAddr = if (index as usize) < MAX_RESOLVERS4 { Ipv4Addr::LOCALHOST.into() } else { Ipv6Addr::LOCALHOST.into() };
@@ -129,6 +278,7 @@ async fn run(name: &str) -> Result<()> {
         tokio::spawn(serve_udp(proxy.clone(), Arc::new(udp), index));
         tokio::spawn(serve_tcp(proxy.clone(), tcp, index));
     }
+    let _ = PROXY.set(proxy.clone());
     // Only now may the hooks send queries here.
     let registration = DnsProxy { tgid: std::process::id(), port: base, _pad: [0; 2] };
     lock(&proxy.names).proxy.set(0, registration, 0).context("writing FW_DNS_PROXY")?;
@@ -246,10 +396,15 @@ impl Proxy {
             (Some(q), Some(rules)) => rules.matching(&q.name),
             _ => Vec::new(),
         };
-        if view.rules.as_ref().is_some_and(|r| r.only_policy_names) && rule_ids.is_empty() {
+        if let Some(rules) = view.rules.as_ref().filter(|r| r.only_policy_names && rule_ids.is_empty()) {
             // `queries: policy`: no tunnelling through the allowed resolver.
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
-            return answer::reply_with_rcode(query, answer::REFUSED);
+            self.report_refusal(resolver, tcp, question.as_ref().map_or("", |q| q.name.as_str()));
+            let rcode = match rules.refuse_with {
+                Refusal::Refused => answer::REFUSED,
+                Refusal::NxDomain => answer::NXDOMAIN,
+            };
+            return answer::reply_with_rcode(query, rcode);
         }
         let upstream = SocketAddr::new(resolver, fw_common::names::DNS_PORT);
         let id = question.as_ref().map_or_else(|| u16::from_be_bytes([query[0], *query.get(1).unwrap_or(&0)]), |q| q.id);
@@ -263,16 +418,26 @@ impl Proxy {
                 return answer::reply_with_rcode(query, answer::SERVFAIL);
             }
         };
+        let held = Instant::now();
         if let (Some(q), Some(rules)) = (&question, &view.rules) {
             if !rule_ids.is_empty() {
                 if let Some(addrs) = answer::addresses(&reply, q.id, &q.name) {
                     // The hold: the answer goes out only after this returns.
-                    self.learn(&addrs, &rule_ids, rules.min_ttl);
+                    self.learn(&q.name, &addrs, &rule_ids, rules.min_ttl);
                 }
             }
         }
+        self.stats.hold_seconds.observe(held.elapsed().as_secs_f64());
         self.stats.answers.fetch_add(1, Ordering::Relaxed);
         Some(reply)
+    }
+
+    /// A drop event for a query `queries: policy` refused: `fw drops`
+    /// shows DNS tunnelling attempts with the name asked.
+    fn report_refusal(&self, resolver: IpAddr, tcp: bool, name: &str) {
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let event = Event::dns_refused(log.next_seq(), crate::unix_time().as_secs_f64(), resolver, tcp, name);
+        log.push(event);
     }
 
     /// The active phase: its resolvers from the kernel, its name rules
@@ -295,9 +460,23 @@ impl Proxy {
         };
         let view = PhaseView { generation, resolvers, rules };
         if settled {
+            self.follow_phase(view.rules.as_ref());
             *lock(&self.view) = Some(view.clone());
         }
         Ok(view)
+    }
+
+    /// A phase (first seen, or switched to): what it no longer allows is
+    /// forgotten (behaviour 10) and its caps apply at once.
+    fn follow_phase(&self, rules: Option<&NameRules>) {
+        let mut ledger = lock(&self.ledger);
+        let kept: HashSet<u32> = rules.map(|r| r.rules.iter().map(|(id, _)| *id).collect()).unwrap_or_default();
+        let mut changes = ledger.retain_rules(&kept);
+        if let Some(r) = rules {
+            let caps = Caps { per_name: r.max_per_name as usize, total: r.max_total as usize };
+            changes.extend(ledger.set_caps(caps, &mut |a| self.in_use(a)));
+        }
+        self.apply(&changes);
     }
 
     /// The name rules of `generation`, read from the policy the state file
@@ -319,67 +498,117 @@ impl Proxy {
         Ok((NameRules::of_phase(&loaded.policy, &enforced.phase), true))
     }
 
-    /// Writes `addrs` as allowed for `rules` until their TTL (at least
-    /// `min_ttl`) runs out.
-    fn learn(&self, addrs: &[(IpAddr, u32)], rules: &[u32], min_ttl: u32) {
+    /// Writes `addrs`, answered for `name`, as allowed for `rules` until
+    /// their TTL (at least `min_ttl`) runs out, within the phase's caps.
+    fn learn(&self, name: &str, addrs: &[(IpAddr, u32)], rules: &[u32], min_ttl: u32) {
         let now = monotonic_ns();
+        let answers: Vec<(IpAddr, u64)> =
+            addrs.iter().map(|&(addr, ttl)| (addr, now + u64::from(ttl.max(min_ttl)) * 1_000_000_000)).collect();
+        let mut ledger = lock(&self.ledger);
+        let changes = ledger.learn(name, rules, &answers, now, &mut |a| self.in_use(a));
+        self.apply(&changes);
+    }
+
+    /// Writes the ledger's changes to the kernel maps.
+    fn apply(&self, changes: &[Change]) {
+        if changes.is_empty() {
+            return;
+        }
+        self.unsaved.store(true, Ordering::Relaxed);
         let mut maps = lock(&self.names);
-        for &(addr, ttl) in addrs {
-            let expires = now + u64::from(ttl.max(min_ttl)) * 1_000_000_000;
-            let written = match addr {
-                IpAddr::V4(a) => {
-                    let key = a.octets();
-                    let mut value = maps.names4.get(&key, 0).unwrap_or(Learned::EMPTY);
-                    rules.iter().for_each(|&rule| merge(&mut value, rule, expires, now));
-                    maps.names4.insert(key, value, 0)
-                }
-                IpAddr::V6(a) => {
-                    let key = a.octets();
-                    let mut value = maps.names6.get(&key, 0).unwrap_or(Learned::EMPTY);
-                    rules.iter().for_each(|&rule| merge(&mut value, rule, expires, now));
-                    maps.names6.insert(key, value, 0)
-                }
+        for change in changes {
+            let (addr, written) = match *change {
+                Change::Write(IpAddr::V4(a), value) => (IpAddr::V4(a), maps.names4.insert(a.octets(), value, 0)),
+                Change::Write(IpAddr::V6(a), value) => (IpAddr::V6(a), maps.names6.insert(a.octets(), value, 0)),
+                Change::Remove(IpAddr::V4(a)) => (IpAddr::V4(a), maps.names4.remove(&a.octets())),
+                Change::Remove(IpAddr::V6(a)) => (IpAddr::V6(a), maps.names6.remove(&a.octets())),
             };
-            match written {
-                Ok(()) => self.stats.learned.fetch_add(1, Ordering::Relaxed),
-                Err(e) => {
+            match (change, written) {
+                (Change::Write(..), Ok(())) => drop(self.stats.learned.fetch_add(1, Ordering::Relaxed)),
+                (Change::Write(..), Err(e)) => {
                     eprintln!("fw: {}: DNS proxy: cannot allow {addr}: {e}", self.name);
-                    self.stats.learn_failed.fetch_add(1, Ordering::Relaxed)
+                    self.stats.learn_failed.fetch_add(1, Ordering::Relaxed);
                 }
-            };
+                // Already gone (the kernel map is the truth).
+                (Change::Remove(_), _) => {}
+            }
         }
     }
 
-    /// Removes the entries whose every slot has expired; returns how many.
+    /// Does a live connection use `addr`? From a census of both flow
+    /// tables, taken at most every [`IN_USE_FRESH`]; when the census
+    /// fails, every address counts as in use (nothing is evicted).
+    fn in_use(&self, addr: IpAddr) -> bool {
+        let mut cache = lock(&self.in_use);
+        if !cache.as_ref().is_some_and(|(at, _)| at.elapsed() < IN_USE_FRESH) {
+            let mut seen = HashSet::new();
+            let census = self.flows.iter().try_for_each(|map| {
+                batch::for_each::<FlowKey, FlowValue>(map, |k, _| {
+                    seen.insert(if k.family == 6 {
+                        IpAddr::V6(Ipv6Addr::from(k.remote_addr))
+                    } else {
+                        IpAddr::V4(Ipv4Addr::new(k.remote_addr[0], k.remote_addr[1], k.remote_addr[2], k.remote_addr[3]))
+                    });
+                })
+            });
+            match census {
+                Ok(()) => *cache = Some((Instant::now(), seen)),
+                Err(e) => {
+                    eprintln!("fw: {}: DNS proxy: reading the flow tables: {e:#}", self.name);
+                    return true;
+                }
+            }
+        }
+        cache.as_ref().is_some_and(|(_, seen)| seen.contains(&addr))
+    }
+
+    /// Removes the addresses whose every rule has expired and saves the
+    /// names; returns how many were removed.
     fn sweep(&self) -> usize {
-        let now = monotonic_ns();
-        let dead = |v: &Learned| (0..NAME_SLOTS).all(|i| v.rule[i] == EMPTY_SLOT || v.expires_ns[i] <= now);
-        let mut maps = lock(&self.names);
-        let doomed4: Vec<[u8; 4]> = maps.names4.iter().filter_map(|e| e.ok()).filter(|(_, v)| dead(v)).map(|(k, _)| k).collect();
-        let doomed6: Vec<[u8; 16]> = maps.names6.iter().filter_map(|e| e.ok()).filter(|(_, v)| dead(v)).map(|(k, _)| k).collect();
-        let mut removed = 0;
-        for key in doomed4 {
-            removed += usize::from(maps.names4.remove(&key).is_ok());
+        let changes = lock(&self.ledger).expire(monotonic_ns());
+        self.apply(&changes);
+        if self.unsaved.swap(false, Ordering::Relaxed) {
+            if let Err(e) = self.save() {
+                eprintln!("fw: {}: DNS proxy: saving the learned names: {e:#}", self.name);
+            }
         }
-        for key in doomed6 {
-            removed += usize::from(maps.names6.remove(&key).is_ok());
-        }
-        removed
+        changes.len()
     }
-}
 
-/// Puts `rule` with `expires` into `value`: its own slot (the later expiry
-/// wins), else a free or expired one, else the one that expires first.
-pub fn merge(value: &mut Learned, rule: u32, expires: u64, now: u64) {
-    if let Some(i) = (0..NAME_SLOTS).find(|&i| value.rule[i] == rule) {
-        value.expires_ns[i] = value.expires_ns[i].max(expires);
-        return;
+    /// Takes over what the learned maps hold (an earlier daemon's answers,
+    /// still enforced by the kernel until their expiry), with the names
+    /// saved for them. Returns how many addresses.
+    fn adopt(&self) -> usize {
+        let saved: BTreeMap<IpAddr, Vec<String>> = std::fs::read(paths::names_file(&self.name))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        let mut found: Vec<(IpAddr, Learned)> = Vec::new();
+        {
+            let maps = lock(&self.names);
+            found.extend(maps.names4.iter().filter_map(|e| e.ok()).map(|(k, v)| (IpAddr::V4(k.into()), v)));
+            found.extend(maps.names6.iter().filter_map(|e| e.ok()).map(|(k, v)| (IpAddr::V6(k.into()), v)));
+        }
+        let now = monotonic_ns();
+        let mut ledger = lock(&self.ledger);
+        let mut count = 0;
+        for (addr, value) in found.into_iter().filter(|(_, v)| ledger::live(v, now)) {
+            ledger.adopt(addr, value, saved.get(&addr).cloned().unwrap_or_default());
+            count += 1;
+        }
+        count
     }
-    let i = (0..NAME_SLOTS)
-        .find(|&i| value.rule[i] == EMPTY_SLOT || value.expires_ns[i] <= now)
-        .unwrap_or_else(|| (0..NAME_SLOTS).min_by_key(|&i| value.expires_ns[i]).expect("NAME_SLOTS > 0"));
-    value.rule[i] = rule;
-    value.expires_ns[i] = expires;
+
+    /// Saves address -> names (atomically: a crash leaves the old file).
+    fn save(&self) -> Result<()> {
+        let names: BTreeMap<IpAddr, Vec<String>> =
+            lock(&self.ledger).entries().map(|(a, e)| (*a, e.names.clone())).collect();
+        let path = paths::names_file(&self.name);
+        let staged = path.with_extension("json.tmp");
+        std::fs::write(&staged, serde_json::to_vec(&names)?).with_context(|| format!("writing {}", staged.display()))?;
+        std::fs::rename(&staged, &path).with_context(|| format!("renaming {} to {}", staged.display(), path.display()))?;
+        Ok(())
+    }
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_coarse_ns`
@@ -389,25 +618,4 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime writes one timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn merge_keeps_one_slot_per_rule_and_replaces_the_first_to_expire() {
-        let mut v = Learned::EMPTY;
-        merge(&mut v, 7, 100, 0);
-        merge(&mut v, 7, 50, 0);
-        assert_eq!((v.rule[0], v.expires_ns[0]), (7, 100), "the later expiry wins");
-        for (rule, expires) in [(1, 10), (2, 20), (3, 30)] {
-            merge(&mut v, rule, expires, 0);
-        }
-        merge(&mut v, 4, 40, 0);
-        assert!(!v.rule.contains(&1) && v.rule.contains(&4), "{v:?}");
-        // An expired slot is reused before a live one is evicted.
-        merge(&mut v, 5, 60, 25);
-        assert!(v.rule.contains(&3) && v.rule.contains(&5) && !v.rule.contains(&2), "{v:?}");
-    }
 }

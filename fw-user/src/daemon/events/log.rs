@@ -103,6 +103,7 @@ mod tests {
             cgroup_id: None,
             cgroup: None,
             container: None,
+            dns_name: None,
         }
     }
 

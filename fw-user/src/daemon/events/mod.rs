@@ -84,7 +84,14 @@ pub struct Event {
     /// The cgroup's path under the cgroup v2 mount, when it still exists.
     pub cgroup: Option<String>,
     pub container: Option<Container>,
+    /// The name a refused DNS query asked for ([`DNS_REFUSED`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_name: Option<String>,
 }
+
+/// The reason of a query the DNS proxy refused (`queries: policy` and a
+/// name no rule mentions): not a kernel [`Reason`], the daemon's own.
+pub const DNS_REFUSED: &str = "dns_refused";
 
 /// What a decoded record needs from its surroundings to become an [`Event`].
 pub struct Context<'a> {
@@ -131,6 +138,33 @@ impl Event {
             cgroup_id,
             cgroup,
             container,
+            dns_name: None,
+        }
+    }
+
+    /// A query for `name` to `resolver` that the DNS proxy refused. Who
+    /// asked is not known here (the query came through loopback).
+    pub fn dns_refused(seq: u64, time: f64, resolver: IpAddr, tcp: bool, name: &str) -> Event {
+        Event {
+            seq,
+            time,
+            reason: DNS_REFUSED.to_string(),
+            direction: "egress".to_string(),
+            audit: false,
+            source: "dns".to_string(),
+            rule_id: None,
+            rule: None,
+            proto: if tcp { "tcp" } else { "udp" }.to_string(),
+            src: None,
+            src_port: None,
+            dst: resolver,
+            dst_port: fw_common::names::DNS_PORT,
+            pid: None,
+            comm: None,
+            cgroup_id: None,
+            cgroup: None,
+            container: None,
+            dns_name: Some(name.to_string()),
         }
     }
 
@@ -153,7 +187,8 @@ impl Event {
             (Some(addr), Some(port)) => format!("{} ", endpoint(addr, port)),
             _ => String::new(),
         };
-        format!("{verdict} ({}) rule {rule} {who} {from}-> {}/{}", self.reason, endpoint(self.dst, self.dst_port), self.proto)
+        let asked = self.dns_name.as_ref().map_or_else(String::new, |n| format!(" query {n}"));
+        format!("{verdict} ({}) rule {rule} {who} {from}-> {}/{}{asked}", self.reason, endpoint(self.dst, self.dst_port), self.proto)
     }
 }
 
