@@ -7,8 +7,9 @@ use std::net::IpAddr;
 use fw_common::{names::name_class, policy::proto::TCP, Action};
 use fw_user::policy::{
     compile::compile_phase,
-    ir::{Resolver, DEFAULT_MIN_TTL},
-    names::NamePattern,
+    explain::{explain_name, MatchKind},
+    ir::{Refusal, Resolver, DEFAULT_MAX_PER_NAME, DEFAULT_MAX_TOTAL, DEFAULT_MIN_TTL},
+    names::{NameRules, NamePattern},
     parse_str_with_resolver, ErrorKind, LoadedPolicy, PolicyError, Vars,
 };
 
@@ -122,6 +123,49 @@ fn min_ttl_and_queries_are_read_and_checked() {
 }
 
 #[test]
+fn caps_and_refusal_are_read_and_checked() {
+    let loaded = load("phases:\n  p:\n    dns: { resolvers: [system] }\n");
+    let dns = loaded.policy.dns_of_phase("p").unwrap();
+    assert_eq!((dns.max_per_name, dns.max_total, dns.refuse_with), (DEFAULT_MAX_PER_NAME, DEFAULT_MAX_TOTAL, Refusal::Refused));
+    let loaded = load(
+        "phases:\n  p:\n    dns: { resolvers: [system], queries: policy, refuse_with: nxdomain, max_addresses_per_name: 4, max_addresses: 131072 }\n",
+    );
+    let dns = loaded.policy.dns_of_phase("p").unwrap();
+    assert_eq!((dns.max_per_name, dns.max_total, dns.refuse_with), (4, 131_072, Refusal::NxDomain));
+    for (bad, key) in [
+        ("max_addresses_per_name: 0", "max_addresses_per_name"),
+        ("max_addresses: 131073", "max_addresses"),
+        ("refuse_with: drop", "refuse_with"),
+    ] {
+        let yaml = format!("phases:\n  p:\n    dns: {{ resolvers: [system], {bad} }}\n");
+        let e = error_of(&yaml);
+        assert!(matches!(e.kind, ErrorKind::InvalidValue { key: k, .. } if k == key), "{e}");
+        // The value, after `    dns: { resolvers: [system], KEY: `.
+        assert_eq!((e.line, e.col), (3, 33 + key.len() + 2), "{e}");
+    }
+}
+
+/// `fw explain NAME` offline: a name a name rule matches gets that rule's
+/// verdict on its ports and the default elsewhere; a name no pattern
+/// matches is not judged by name (the caller resolves it).
+#[test]
+fn a_name_is_explained_by_the_name_rule_that_matches_it() {
+    let loaded = load(ISSUE_EXAMPLE);
+    let compiled = compile_phase(&loaded.policy, "runtime").unwrap();
+    let rules = NameRules::of_phase(&loaded.policy, "runtime").unwrap();
+    let e = explain_name(&compiled, &rules, "Media.OpenTok.com.", TCP, 443).expect("a name rule matches");
+    assert_eq!((e.verdict, e.rule.as_deref(), e.match_kind), (Action::Allow, Some("vonage"), MatchKind::Name));
+    assert_eq!(e.address, None);
+    let json = e.to_json();
+    assert_eq!((json["verdict"].as_str(), json["rule"].as_str(), json["match"].as_str()), (Some("allow"), Some("vonage"), Some("name")));
+    let e = explain_name(&compiled, &rules, "media.opentok.com", TCP, 80).expect("a name rule matches");
+    assert_eq!((e.verdict, e.rule, e.match_kind), (Action::Deny, None, MatchKind::Default), "a port the rule does not list");
+    assert!(explain_name(&compiled, &rules, "a.b.opentok.com", TCP, 443).is_none(), "`*.` is one label");
+    assert!(explain_name(&compiled, &rules, "a.b.tokbox.com", TCP, 443).is_some(), "`**.` is several");
+    assert!(explain_name(&compiled, &rules, "opentok.com", TCP, 443).is_none(), "never the apex");
+}
+
+#[test]
 fn a_name_rule_needs_resolvers_in_its_phase() {
     let msg = assert_error(
         "phases:\n  runtime:\n    egress:\n      - { name: v, to: [\"*.opentok.com\"], proto: tcp, ports: [443] }\n",
@@ -186,4 +230,21 @@ fn wildcards_follow_ciliums_semantics() {
     assert!(!p("*.opentok.com").matches("opentok.com"));
     assert!(p("**.tokbox.com").matches("a.b.tokbox.com"));
     assert!(!p("**.tokbox.com").matches("tokbox.com"));
+}
+
+/// `fw check` says which rules are tracked at run time and with what
+/// settings, instead of showing name rules as "left out".
+#[test]
+fn check_lists_the_rules_tracked_at_run_time() {
+    use fw_user::policy::{compile::Limits, report};
+    let loaded = load(ISSUE_EXAMPLE);
+    let checked = report::check(&loaded, Some("runtime"), &Limits::default(), None).unwrap();
+    let text = report::render_text(&checked);
+    assert!(text.contains("dns resolvers system, 198.18.0.53, 2001:db8::53; queries policy;"), "{text}");
+    assert!(text.contains("3 rules tracked at run time"), "{text}");
+    let acme = text.lines().find(|l| l.contains(" acme ")).expect("the acme rule");
+    assert!(acme.contains("to acme-v02.api.letsencrypt.org (tracked at run time)"), "{acme}");
+    let json = report::render_json(&checked);
+    let vonage = json["rules"].as_array().unwrap().iter().find(|r| r["name"] == "vonage").expect("vonage");
+    assert_eq!(vonage["names"], serde_json::json!(["*.opentok.com", "**.tokbox.com"]));
 }

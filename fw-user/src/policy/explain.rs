@@ -7,6 +7,8 @@
 //!   `DEST[:PORT][/PROTO]`, one query per address (a host name is resolved
 //!   with the system resolver; [`parse_query_with_resolver`] takes another);
 //! * [`explain`]`(&CompiledPhase, &Query) -> Explanation`;
+//! * [`explain_name`] (a name a name rule matches: no DNS needed) and
+//!   [`explain_learned`] (an address the DNS proxy learned);
 //! * [`Explanation::render_text`] and [`Explanation::to_json`].
 //!
 //! Query syntax: `203.0.113.5:443/tcp`, `[2001:db8::1]:443/tcp`,
@@ -25,9 +27,12 @@ use fw_common::{
 };
 use serde::Serialize;
 
+use fw_common::names::name_class;
+
 use crate::{
     policy::compile::tables::{CompiledPhase, TableVerdict},
     policy::{
+        names::{normalize, NameRules},
         protocols::{is_icmp, protocol_name},
         system_resolve, Resolve,
     },
@@ -60,6 +65,10 @@ pub enum QueryError {
 pub enum MatchKind {
     /// A rule's entry matched.
     Rule,
+    /// A name rule: the addresses DNS answers for the name (`fw explain
+    /// NAME` of a name a rule's pattern matches), or an address the DNS
+    /// proxy learned for one (`fw explain ADDR --name`).
+    Name,
     /// No entry: the phase default decided.
     Default,
 }
@@ -81,8 +90,14 @@ pub struct Explanation {
     /// nft-style trace: `runtime:egress:rule:webhook:ALLOW`,
     /// `runtime:egress:default:DROP`.
     pub trace: String,
-    pub address: IpAddr,
+    /// The peer's address; `None` when a name was explained by its rule
+    /// (whatever DNS answers for it).
+    pub address: Option<IpAddr>,
     pub host: Option<String>,
+    /// [`MatchKind::Name`]: the names the address was learned for, or the
+    /// name explained.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub learned_for: Vec<String>,
     /// Protocol name (or number).
     pub proto: String,
     pub port: u16,
@@ -109,6 +124,25 @@ pub fn parse_query(text: &str, direction: Direction) -> Result<Vec<Query>, Query
 }
 
 pub fn parse_query_with_resolver(text: &str, direction: Direction, resolve: &Resolve) -> Result<Vec<Query>, QueryError> {
+    let (dest, proto, port) = parse_target(text)?;
+    let (addresses, host) = match dest.parse::<IpAddr>() {
+        Ok(addr) => (vec![addr], None),
+        Err(_) => {
+            let mut addrs = resolve(&dest).map_err(|reason| QueryError::Resolve { host: dest.to_string(), reason })?;
+            addrs.sort();
+            addrs.dedup();
+            if addrs.is_empty() {
+                return Err(QueryError::Resolve { host: dest.to_string(), reason: "no addresses".into() });
+            }
+            (addrs, Some(dest.to_string()))
+        }
+    };
+    Ok(addresses.into_iter().map(|address| Query { direction, address, proto, port, host: host.clone() }).collect())
+}
+
+/// `DEST[:PORT][/PROTO]` without resolving: (destination as written,
+/// protocol number, port or `type << 8 | code`).
+pub fn parse_target(text: &str) -> Result<(String, u8, u16), QueryError> {
     let syntax = |problem: &str| QueryError::Syntax { query: text.to_string(), problem: problem.to_string() };
 
     // `/PROTO` comes last; a bare IPv6 address has no slash, so the last
@@ -146,20 +180,7 @@ pub fn parse_query_with_resolver(text: &str, direction: Direction, resolve: &Res
         }
         (Some(t), _) => t.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| syntax("port must be 1-65535"))?,
     };
-
-    let (addresses, host) = match dest.parse::<IpAddr>() {
-        Ok(addr) => (vec![addr], None),
-        Err(_) => {
-            let mut addrs = resolve(dest).map_err(|reason| QueryError::Resolve { host: dest.to_string(), reason })?;
-            addrs.sort();
-            addrs.dedup();
-            if addrs.is_empty() {
-                return Err(QueryError::Resolve { host: dest.to_string(), reason: "no addresses".into() });
-            }
-            (addrs, Some(dest.to_string()))
-        }
-    };
-    Ok(addresses.into_iter().map(|address| Query { direction, address, proto, port, host: host.clone() }).collect())
+    Ok((dest.to_string(), proto, port))
 }
 
 /// `[v6]:port`, `[v6]`, `v6`, `v4:port`, `name:port`, `name`.
@@ -206,20 +227,97 @@ pub fn explain(phase: &CompiledPhase, query: &Query) -> Explanation {
         direction: query.direction,
         match_kind,
         trace: format!("{}:{}:{step}:{action_word}", phase.phase, query.direction.as_str()),
-        address: query.address,
+        address: Some(query.address),
         host: query.host.clone(),
+        learned_for: Vec::new(),
         proto: if query.proto == 0 { "any".into() } else { protocol_name(query.proto) },
         port: query.port,
         audit: phase.settings.audit,
     }
 }
 
+/// A name as the kernel will judge what DNS answers for it: `None` when no
+/// name rule of the phase matches it (then the caller resolves it and
+/// explains the addresses). A name rule that lists the port allows it;
+/// matching rules that do not leave it to the phase default. (A static
+/// rule covering an answered address would decide first: the addresses
+/// are not known here.)
+pub fn explain_name(phase: &CompiledPhase, rules: &NameRules, name: &str, proto: u8, port: u16) -> Option<Explanation> {
+    let normalized = normalize(name);
+    let matching = rules.matching(&normalized);
+    if matching.is_empty() {
+        return None;
+    }
+    let query = Query { direction: Direction::Egress, address: IpAddr::from([0, 0, 0, 0]), proto, port, host: Some(name.to_string()) };
+    Some(judge_learned(phase, &query, &matching, None, vec![normalized]))
+}
+
+/// An address the DNS proxy learned for `rules` (answered for `names`),
+/// judged as the kernel does when no static rule decides it (`explain`
+/// gave the phase default): the first of those rules that lists the
+/// port and protocol allows it.
+pub fn explain_learned(phase: &CompiledPhase, query: &Query, rules: &[u32], names: Vec<String>) -> Option<Explanation> {
+    let plain = explain(phase, query);
+    (plain.match_kind == MatchKind::Default && query.direction == Direction::Egress)
+        .then(|| judge_learned(phase, query, rules, Some(query.address), names))
+}
+
+fn judge_learned(phase: &CompiledPhase, query: &Query, rules: &[u32], address: Option<IpAddr>, names: Vec<String>) -> Explanation {
+    let allowing = rules
+        .iter()
+        .filter_map(|&id| phase.lookup_class(name_class(id), query.proto, query.port))
+        .find(|v| v.action() == Action::Allow);
+    let mut e = match allowing {
+        Some(value) => {
+            let rule = phase.rules.get(value.rule as usize).map(|r| r.name.clone());
+            let step = rule.clone().unwrap_or_else(|| format!("#{}", value.rule));
+            Explanation {
+                verdict: Action::Allow,
+                rule,
+                rule_id: Some(value.rule),
+                phase: phase.phase.clone(),
+                direction: Direction::Egress,
+                match_kind: MatchKind::Name,
+                trace: format!("{}:egress:name:{step}:ALLOW", phase.phase),
+                address,
+                host: query.host.clone(),
+                learned_for: Vec::new(),
+                proto: if query.proto == 0 { "any".into() } else { protocol_name(query.proto) },
+                port: query.port,
+                audit: phase.settings.audit,
+                opens_flow: true,
+            }
+        }
+        // The name rule does not list this port: the default decides, as
+        // for any address no rule matches.
+        None => explain(phase, &Query { address: IpAddr::from([0, 0, 0, 0]), ..query.clone() }),
+    };
+    if allowing.is_none() {
+        e.address = address;
+        e.host = query.host.clone();
+        if e.match_kind == MatchKind::Rule {
+            // 0.0.0.0 hit a static rule: not what a learned address means.
+            let default = phase.settings.egress_default;
+            e.verdict = default;
+            e.rule = None;
+            e.rule_id = None;
+            e.match_kind = MatchKind::Default;
+            e.trace = format!("{}:egress:default:{}", phase.phase, if default == Action::Allow { "ALLOW" } else { "DROP" });
+            e.opens_flow = default == Action::Allow || phase.settings.audit;
+        }
+    }
+    e.learned_for = names;
+    e
+}
+
 impl Explanation {
     /// The trace line, then one line in words.
     pub fn render_text(&self) -> String {
-        let peer = match &self.host {
-            Some(host) => format!("{} ({host})", self.address),
-            None => self.address.to_string(),
+        let peer = match (&self.host, self.address) {
+            (Some(host), Some(address)) => format!("{address} ({host})"),
+            (Some(host), None) => format!("{host} (whatever DNS answers)"),
+            (None, Some(address)) => address.to_string(),
+            (None, None) => "-".to_string(),
         };
         let port = match self.proto.as_str() {
             "any" => String::new(),
@@ -231,6 +329,10 @@ impl Explanation {
             Direction::Inbound => format!("from {peer} to local{port}/{}", self.proto),
         };
         let by = match (&self.rule, self.rule_id) {
+            (Some(name), Some(id)) if self.match_kind == MatchKind::Name && self.address.is_some() => {
+                format!("name rule `{name}` (#{id}), learned for {}", self.learned_for.join(", "))
+            }
+            (Some(name), Some(id)) if self.match_kind == MatchKind::Name => format!("name rule `{name}` (#{id})"),
             (Some(name), Some(id)) => format!("rule `{name}` (#{id})"),
             _ => format!("the phase default ({} {})", self.direction.as_str(), self.verdict.as_str()),
         };

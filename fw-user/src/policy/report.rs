@@ -125,10 +125,18 @@ fn rule_line(rule: &Rule) -> String {
         Direction::Egress => "to",
         Direction::Inbound => "from",
     };
-    let matches = if rule.peers.is_empty() {
-        "(left out)".to_string()
-    } else {
-        format!("{peer_key} {}  {}", peers_text(&rule.peers), protocols_text(&rule.protocols))
+    // Names are tracked at run time: what DNS answers for them (rules
+    // with `dns:` in their phase; elsewhere names were resolved already).
+    let names: Vec<String> = rule.names.iter().map(ToString::to_string).collect();
+    let peers = match (rule.peers.is_empty(), names.is_empty()) {
+        (true, true) => None,
+        (false, true) => Some(peers_text(&rule.peers)),
+        (true, false) => Some(format!("{} (tracked at run time)", names.join(", "))),
+        (false, false) => Some(format!("{}, {} (tracked at run time)", peers_text(&rule.peers), names.join(", "))),
+    };
+    let matches = match peers {
+        None => "(left out)".to_string(),
+        Some(peers) => format!("{peer_key} {peers}  {}", protocols_text(&rule.protocols)),
     };
     format!(
         "#{:<4} {:<24} {matches}  {}   # {} line {}",
@@ -165,6 +173,26 @@ pub fn render_text(report: &CheckReport) -> String {
             "    timeouts tcp_established {}s, tcp_closing {}s, udp {}s, other {}s;",
             t.tcp_established, t.tcp_closing, t.udp, t.other
         );
+        if let Some(dns) = policy.dns_of_phase(&phase.phase) {
+            let resolvers: Vec<String> = dns
+                .resolvers
+                .iter()
+                .map(|r| match r {
+                    crate::policy::ir::Resolver::System => "system".to_string(),
+                    crate::policy::ir::Resolver::Addr(a) => a.to_string(),
+                })
+                .collect();
+            let tracked = policy.rules_of_phase(&phase.phase).unwrap_or_default().iter().filter(|r| !r.names.is_empty()).count();
+            let _ = writeln!(
+                out,
+                "    dns resolvers {}; queries {}; min_ttl {}s; at most {} addresses per name, {} in all; {tracked} rules tracked at run time;",
+                resolvers.join(", "),
+                if dns.only_policy_names { "policy" } else { "any" },
+                dns.min_ttl,
+                dns.max_per_name,
+                dns.max_total
+            );
+        }
         let rules = policy.rules_of_phase(&phase.phase).unwrap_or_default();
         for direction in Direction::ALL {
             let _ = writeln!(out, "    {} {{", direction.as_str());
@@ -229,6 +257,8 @@ pub fn render_json(report: &CheckReport) -> serde_json::Value {
             "direction": r.direction.as_str(),
             "action": r.action.as_str(),
             "peers": r.peers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            // DNS names tracked at run time (a phase with `dns:`).
+            "names": r.names.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "match": protocols_text(&r.protocols),
             "line": r.pos.line,
         })

@@ -175,20 +175,26 @@ impl CompiledPhase {
                 .map(|e| e.class),
         };
         let Some(class) = class else { return TableVerdict::Default(default) };
+        match self.lookup_class(class, proto, port) {
+            Some(value) => TableVerdict::Rule(value),
+            None => TableVerdict::Default(default),
+        }
+    }
+
+    /// The port table's entry for (`class`, `proto`, `port`), most specific
+    /// first, as the kernel's port trie finds it. A name rule's class is
+    /// [`fw_common::names::name_class`] of its id.
+    pub fn lookup_class(&self, class: u32, proto: u8, port: u16) -> Option<PolicyValue> {
         let port_bytes = port.to_be_bytes();
-        let best = self
-            .ports
+        self.ports
             .iter()
             .filter(|e| e.class == class)
             .filter(|e| match e.proto {
                 None => true,
                 Some(p) => p == proto && prefix_match(&e.port.to_be_bytes(), &port_bytes, e.port_prefix_len.into()),
             })
-            .max_by_key(|e| e.proto.map_or(0, |_| 1 + u32::from(e.port_prefix_len)));
-        match best {
-            Some(e) => TableVerdict::Rule(e.value),
-            None => TableVerdict::Default(default),
-        }
+            .max_by_key(|e| e.proto.map_or(0, |_| 1 + u32::from(e.port_prefix_len)))
+            .map(|e| e.value)
     }
 }
 
