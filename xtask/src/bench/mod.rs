@@ -20,6 +20,7 @@
 //! every namespace, process and pin is removed on the way out, and leftovers
 //! of killed runs are swept at the start.
 
+mod dns;
 mod netns;
 mod report;
 mod stats;
@@ -171,6 +172,8 @@ pub fn bench(opts: &Options) -> Result<()> {
     )?;
     println!("bench: part 2, traffic");
     let traffic = traffic::run(&tools, &settings, &work)?;
+    println!("bench: part 4, DNS names");
+    let dns = dns::run(&tools, &dns::DnsSettings::new(opts.quick), &work)?;
 
     let results = json!({
         "quick": opts.quick,
@@ -181,7 +184,7 @@ pub fn bench(opts: &Options) -> Result<()> {
             "repeat": settings.repeat, "testrun_rounds": settings.testrun_rounds, "rounds": settings.rounds,
             "udp_seconds": settings.udp_seconds, "tcp_seconds": settings.tcp_seconds, "distinct": settings.distinct,
         },
-        "testrun": testrun, "control": control, "traffic": traffic,
+        "testrun": testrun, "control": control, "traffic": traffic, "dns": dns,
         "took_seconds": started.elapsed().as_secs_f64(),
     });
     std::fs::write(

@@ -215,7 +215,76 @@ fn targets(results: &Value) -> Vec<Target> {
             met: r >= 10.0,
         });
     }
+    dns_targets(results, &mut out);
     out
+}
+
+/// (p50 added, p99 added) in µs: the median over rounds of the proxied
+/// round's percentile minus the direct round's beside it.
+fn dns_added(results: &Value) -> Option<(f64, f64)> {
+    let d = results["dns"]["direct"].as_array()?;
+    let p = results["dns"]["proxied"].as_array()?;
+    let mut p50: Vec<f64> = d.iter().zip(p).map(|(d, p)| f(&p["p50_us"]) - f(&d["p50_us"])).collect();
+    let mut p99: Vec<f64> = d.iter().zip(p).map(|(d, p)| f(&p["p99_us"]) - f(&d["p99_us"])).collect();
+    (!p50.is_empty()).then(|| (super::stats::median(&mut p50), super::stats::median(&mut p99)))
+}
+
+fn dns_targets(results: &Value, out: &mut Vec<Target>) {
+    if let Some((p50, p99)) = dns_added(results) {
+        out.push(Target {
+            what: "DNS through fw's proxy: p50 added <= 0.2 ms at 1,000 queries/s",
+            measured: format!("{:.3} ms", p50 / 1000.0),
+            met: p50 <= 200.0,
+        });
+        out.push(Target { what: "DNS through fw's proxy: p99 added <= 1 ms", measured: format!("{:.3} ms", p99 / 1000.0), met: p99 <= 1000.0 });
+    }
+    let rate = f(&results["dns"]["learn_rate_per_s"]);
+    if rate.is_finite() {
+        out.push(Target {
+            what: "Addresses learned from DNS answers >= 20,000/s",
+            measured: format!("{rate:.0}/s ({} addresses)", results["dns"]["learned_addresses"]),
+            met: rate >= 20_000.0,
+        });
+    }
+}
+
+fn dns_section(results: &Value) -> String {
+    let dns = &results["dns"];
+    let Some(direct) = dns["direct"].as_array() else { return String::new() };
+    let proxied = dns["proxied"].as_array().cloned().unwrap_or_default();
+    let mut md = String::from(
+        "\n## 4. DNS names\n\n\
+         Queries at 1,000 a second from the sender's namespace to dnsmasq across the veth, each for a name not asked \
+         before: directly (a process outside the hooked cgroup) and through fw's proxy (a process inside it), \
+         rounds alternating. Latency in µs.\n\n\
+         | round | direct p50 | proxied p50 | direct p99 | proxied p99 | answered (direct/proxied) |\n|---|---|---|---|---|---|\n",
+    );
+    for (i, (d, p)) in direct.iter().zip(&proxied).enumerate() {
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {}/{} |",
+            i + 1,
+            f(&d["p50_us"]),
+            f(&p["p50_us"]),
+            f(&d["p99_us"]),
+            f(&p["p99_us"]),
+            d["answered"],
+            p["answered"]
+        );
+    }
+    let l = &dns["learning"];
+    let _ = writeln!(
+        md,
+        "\nLearning: {} queries back to back, {} addresses answered (100 per answer), {} learned in the kernel maps \
+         in {:.2} s: {:.0} addresses/s; slab growth {}.",
+        l["queries"],
+        l["addresses"],
+        dns["learned_addresses"],
+        f(&l["seconds"]),
+        f(&dns["learn_rate_per_s"]),
+        mib(&dns["learned_slab_bytes"]),
+    );
+    md
 }
 
 pub fn markdown(results: &Value, svg: &str) -> String {
@@ -375,6 +444,7 @@ pub fn markdown(results: &Value, svg: &str) -> String {
         mib(&c["memlock_policy_maps_bytes"]),
     );
 
+    md += &dns_section(results);
     let _ = writeln!(
         md,
         "## Plot\n\n![per-packet cost against rule count]({svg})\n"

@@ -6,11 +6,13 @@
 //! * `testrun` measures ns/packet through the real programs (part 1);
 //! * `control` measures compile, load, write and map memory (part 3);
 //! * `udp-send` / `udp-recv`: the small-packet sender (sendmmsg) and its
-//!   counting receiver (part 2), each run inside a namespace.
+//!   counting receiver (part 2), each run inside a namespace;
+//! * `dns-query`: timed DNS queries, through fw's proxy or not (part 4).
 //!
 //! Results go to stdout as one JSON object.
 
 mod control;
+mod dns;
 mod frames;
 mod gen;
 #[path = "../../bench/stats.rs"]
@@ -45,7 +47,7 @@ fn list(args: &[String], name: &str, default: &str) -> Result<Vec<usize>> {
 fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(command) = args.first() else {
-        bail!("usage: fw-bench policy|testrun|control|udp-send|udp-recv ...")
+        bail!("usage: fw-bench policy|testrun|control|udp-send|udp-recv|dns-query ...")
     };
     let json = match command.as_str() {
         "policy" => {
@@ -76,6 +78,14 @@ fn run() -> Result<()> {
             )?,
             arg(&args, "--seconds", 4.0)?,
         )?,
+        "dns-query" => dns::run(&dns::Options {
+            server: arg(&args, "--server", std::net::SocketAddr::from((gen::RECEIVER4, 53)))?,
+            prefix: arg(&args, "--prefix", "q".to_string())?,
+            first: arg(&args, "--first", 0)?,
+            domain: arg(&args, "--domain", "bench.test".to_string())?,
+            count: arg(&args, "--count", 1000)?,
+            rate: arg(&args, "--rate", 1000)?,
+        })?,
         other => bail!("unknown command {other}"),
     };
     println!("{json}");
