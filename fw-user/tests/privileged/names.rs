@@ -46,7 +46,8 @@ struct Dnsmasq {
 }
 
 impl Dnsmasq {
-    fn start(pair: &VethPair, hosts: &str) -> Self {
+    /// `extra`: more dnsmasq options (`--cname=...`).
+    fn start(pair: &VethPair, hosts: &str, extra: &[String]) -> Self {
         let dir = TempDir::new();
         let hosts_path = dir.write("hosts", hosts);
         let log = fs::File::create(dir.path().join("dnsmasq.log")).expect("dnsmasq log");
@@ -66,6 +67,7 @@ impl Dnsmasq {
             .arg(format!("--listen-address={}", pair.far4))
             .arg(format!("--addn-hosts={}", hosts_path.display()))
             .arg(format!("--pid-file={}", dir.path().join("pid").display()))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -183,11 +185,15 @@ struct Lab {
 
 impl Lab {
     fn new(x: u8, hosts: &str) -> Self {
+        Self::with_dnsmasq(x, hosts, &[])
+    }
+
+    fn with_dnsmasq(x: u8, hosts: &str, extra: &[String]) -> Self {
         harness::setup();
         let pair = VethPair::new(x);
         pair.far.ip(&["route", "add", "local", "198.19.0.0/16", "dev", "lo"]);
         pair.near.ip(&["route", "add", "198.19.0.0/16", "via", &pair.far4.to_string()]);
-        let dnsmasq = Dnsmasq::start(&pair, hosts);
+        let dnsmasq = Dnsmasq::start(&pair, hosts, extra);
         let servers = Servers::start(&pair.far, &[PORT, OTHER_PORT]);
         let dir = TempDir::new();
         // One attempt, short timeout: a refused query fails fast.
@@ -722,4 +728,31 @@ impl Drop for StubGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Behaviour 4, end to end: addresses are attributed to the question. A
+/// name inside the pattern whose answer goes through a CNAME outside it is
+/// learned (the lowest TTL of the chain applies); a name outside the
+/// pattern whose CNAME points inside it teaches nothing.
+#[test]
+fn names_wildcards_follow_cname_chains_by_the_question() {
+    let lab = Lab::with_dnsmasq(
+        98,
+        "198.19.215.1 edge.cdn.test\n198.19.215.2 b.media.test\n",
+        &["--cname=a.media.test,edge.cdn.test".to_string(), "--cname=x.outside.test,b.media.test".to_string()],
+    );
+    let policy = lab.policy(&format!(
+        "    dns: {{ resolvers: [{}] }}\n    egress:\n      - {{ name: media, to: [\"*.media.test\"], proto: tcp, ports: [{PORT}] }}\n",
+        lab.pair.far4
+    ));
+    let fw = lab.fw(&policy);
+    let results = connect_results(&lab, &["a.media.test", "x.outside.test", "198.19.215.2"]);
+    let got: Vec<(&str, &str)> = results.iter().map(|r| (r.1.as_str(), r.2.as_str())).collect();
+    assert_eq!(
+        got,
+        [("198.19.215.1", "ok"), ("198.19.215.2", "EPERM"), ("198.19.215.2", "EPERM")],
+        "in through a CNAME: learned; out through a CNAME: not\n{}",
+        fw.log_text()
+    );
+    assert_eq!(learned(&fw), vec![("198.19.215.1".to_string(), vec!["a.media.test".to_string()])]);
 }
