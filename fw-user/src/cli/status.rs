@@ -61,6 +61,8 @@ struct Status {
     /// not yet swept), and the names they were answered for (from the
     /// daemon).
     learned_addresses: Option<u64>,
+    /// Kernel memory of the learned-address maps (their `memlock`).
+    learned_bytes: Option<u64>,
     learned_names: Option<usize>,
     /// A command was interrupted; the next one (or the daemon, within a
     /// second) finishes or discards it. What is shown is what the kernel
@@ -106,6 +108,7 @@ fn inspect(name: &str) -> Status {
         daemon_pid: None,
         entries: None,
         learned_addresses: None,
+        learned_bytes: None,
         learned_names: None,
         repair_pending: false,
     };
@@ -152,7 +155,10 @@ fn inspect(name: &str) -> Status {
     if let (Ok(maps), Some(generation)) = (PolicyMaps::open(name), s.generation) {
         s.entries = apply::count_entries(&maps, generation).ok();
     }
-    s.learned_addresses = dns::count_learned(name).ok();
+    if let Ok((addresses, bytes)) = dns::count_learned(name) {
+        s.learned_addresses = Some(addresses);
+        s.learned_bytes = Some(bytes);
+    }
     s.learned_names = control::names(name).ok().flatten().map(|r| r.names());
     s
 }
@@ -245,7 +251,8 @@ fn print_text(s: &Status) {
     }
     if let Some(addresses) = s.learned_addresses.filter(|&n| n > 0 || s.learned_names.is_some()) {
         let names = s.learned_names.map_or_else(|| "names unknown: no daemon".to_string(), |n| format!("{n} names"));
-        println!("names:      {addresses} learned addresses ({names}; `fw names`)");
+        let kib = s.learned_bytes.unwrap_or(0) as f64 / 1024.0;
+        println!("names:      {addresses} learned addresses, {kib:.0} KiB of kernel memory ({names}; `fw names`)");
     }
     println!("dropped:    {}", s.dropped_packets.map_or("-".into(), |d| d.to_string()));
 }

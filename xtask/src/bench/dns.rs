@@ -2,7 +2,9 @@
 //! from the same namespace in the same run (issue 14's targets: p50 added
 //! at most 0.2 ms, p99 at most 1 ms, at 1,000 queries a second), and the
 //! rate at which answers teach the kernel addresses (100,000 of them, at
-//! least 20,000 a second), with the kernel memory they take.
+//! least 20,000 a second), with the kernel memory they take (the maps'
+//! `memlock`, which for maps that are not preallocated follows the
+//! entries).
 //!
 //! A veth pair: dnsmasq in the receiver's namespace answers from a hosts
 //! file; `fw run` enforces on the sender's veth with its socket hooks on a
@@ -22,7 +24,7 @@ use serde_json::{json, Value};
 
 use super::{
     netns::{in_ns, name, Guarded, Pair, IFACE, RECEIVER4},
-    slab_bytes, Tools,
+    Tools,
 };
 use crate::cmd;
 
@@ -201,12 +203,15 @@ pub fn run(tools: &Tools, settings: &DnsSettings, dir: &Path) -> Result<Value> {
         direct.push(query(tools, &pair.a, None, "d", first, "lat.test", settings.queries, 1000)?);
         proxied.push(query(tools, &pair.a, Some(&cgroup.0), "p", first, "lat.test", settings.queries, 1000)?);
     }
-    let slab_before = slab_bytes()?;
+    let learned_now = || -> Result<(u64, u64)> {
+        let status = cmd::output(in_ns(&pair.a, &tools.fw).args(["status", "--json", "--name", &instance]))?;
+        let status: Value = serde_json::from_str(&status).context("fw status --json")?;
+        Ok((status["learned_addresses"].as_u64().unwrap_or(0), status["learned_bytes"].as_u64().unwrap_or(0)))
+    };
+    let (before, bytes_before) = learned_now()?;
     let learning = query(tools, &pair.a, Some(&cgroup.0), "m", 0, "many.test", names, 0)?;
-    let slab_after = slab_bytes()?;
-    let status = cmd::output(in_ns(&pair.a, &tools.fw).args(["status", "--json", "--name", &instance]))?;
-    let status: Value = serde_json::from_str(&status).context("fw status --json")?;
-    let learned = status["learned_addresses"].as_u64().unwrap_or(0);
+    let (after, bytes_after) = learned_now()?;
+    let learned = after.saturating_sub(before);
     let seconds = learning["seconds"].as_f64().unwrap_or(f64::NAN);
     drop(stop);
     drop(fw);
@@ -217,7 +222,8 @@ pub fn run(tools: &Tools, settings: &DnsSettings, dir: &Path) -> Result<Value> {
         "learning": learning,
         "learned_addresses": learned,
         "learn_rate_per_s": learned as f64 / seconds,
-        "learned_slab_bytes": slab_after.saturating_sub(slab_before),
+        "learned_bytes": bytes_after.saturating_sub(bytes_before),
+        "bytes_per_address": bytes_after.saturating_sub(bytes_before) as f64 / learned.max(1) as f64,
     }))
 }
 

@@ -276,13 +276,14 @@ fn dns_section(results: &Value) -> String {
     let _ = writeln!(
         md,
         "\nLearning: {} queries back to back, {} addresses answered (100 per answer), {} learned in the kernel maps \
-         in {:.2} s: {:.0} addresses/s; slab growth {}.",
+         in {:.2} s: {:.0} addresses/s; kernel memory {} ({:.0} bytes per address, the maps' memlock).\n",
         l["queries"],
         l["addresses"],
         dns["learned_addresses"],
         f(&l["seconds"]),
         f(&dns["learn_rate_per_s"]),
-        mib(&dns["learned_slab_bytes"]),
+        mib(&dns["learned_bytes"]),
+        f(&dns["bytes_per_address"]),
     );
     md
 }

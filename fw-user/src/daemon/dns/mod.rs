@@ -152,9 +152,12 @@ pub struct NamesReport {
     pub over_cap: u64,
 }
 
-/// Entries of both learned-address maps of `name` (live or not yet swept).
-pub fn count_learned(name: &str) -> Result<u64> {
-    let mut count = 0u64;
+/// Entries of both learned-address maps of `name` (live or not yet swept),
+/// and the kernel memory they are charged (`memlock` of each map's fdinfo;
+/// the maps are not preallocated, so it follows the entries).
+pub fn count_learned(name: &str) -> Result<(u64, u64)> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let (mut count, mut bytes) = (0u64, 0u64);
     for map in [maps::NAMES4, maps::NAMES6] {
         let path = paths::map_pin(name, map);
         let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
@@ -163,8 +166,10 @@ pub fn count_learned(name: &str) -> Result<u64> {
         } else {
             batch::for_each::<[u8; 16], Learned>(&data, |_, _| count += 1)?;
         }
+        let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", data.fd().as_fd().as_raw_fd())).unwrap_or_default();
+        bytes += fdinfo.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
     }
-    Ok(count)
+    Ok((count, bytes))
 }
 
 /// (rule, seconds left) of the rules that still allow a learned address.
