@@ -135,6 +135,8 @@ pub enum ErrorKind {
     TooManyResolvers { phase: String, family: &'static str, count: usize, max: usize },
     #[error("variable `{0}` is not set or empty (set it in the env file or the environment, or mark the rule `optional: true`)")]
     UnsetVariable(String),
+    #[error("variable `{name}`: {problem}")]
+    BadListVariable { name: String, problem: String },
     #[error("malformed variable reference in `{0}` (expected ${{NAME}})")]
     MalformedVariable(String),
     #[error("env file line is not KEY=VALUE: `{0}`")]

@@ -122,12 +122,24 @@ impl Lowerer<'_> {
         match error {
             ExpandError::Unset(name) => self.error(text.pos, ErrorKind::UnsetVariable(name)),
             ExpandError::Malformed => self.error(text.pos, ErrorKind::MalformedVariable(text.value.clone())),
+            ExpandError::BadList { name, problem } => self.error(text.pos, ErrorKind::BadListVariable { name, problem }),
         }
     }
 
     /// Expands variables in a rule: an unset one leaves an optional rule out.
     fn expand_in_rule(&self, text: &Text, optional: bool) -> Result<String, RuleProblem> {
         match self.vars.expand(&text.value) {
+            Ok(v) => Ok(v),
+            Err(ExpandError::Unset(name)) if optional => {
+                Err(RuleProblem::LeftOut { pos: text.pos, reason: format!("variable `{name}` is not set") })
+            }
+            Err(e) => Err(RuleProblem::Fatal(self.expand_error(text, e))),
+        }
+    }
+
+    /// [`Self::expand_in_rule`] for a peer entry, which may hold a list.
+    fn expand_list_in_rule(&self, text: &Text, optional: bool) -> Result<Vec<String>, RuleProblem> {
+        match self.vars.expand_list(&text.value) {
             Ok(v) => Ok(v),
             Err(ExpandError::Unset(name)) if optional => {
                 Err(RuleProblem::LeftOut { pos: text.pos, reason: format!("variable `{name}` is not set") })
@@ -190,17 +202,19 @@ impl Lowerer<'_> {
         }
         let mut nets = Vec::new();
         for item in &entries.items {
-            let value = self.expand(item)?;
-            match parse_peer(&value).map_err(|kind| self.error(item.pos, kind))? {
-                Peer::Url { .. } => return Err(self.error(item.pos, ErrorKind::BadAddress(value))),
-                Peer::Wildcard(name) => {
-                    return Err(self.error(item.pos, ErrorKind::NameInWrongRule { name, what: "address sets (write it in the rule's `to:`)" }))
+            let values = self.vars.expand_list(&item.value).map_err(|e| self.expand_error(item, e))?;
+            for value in values {
+                match parse_peer(&value).map_err(|kind| self.error(item.pos, kind))? {
+                    Peer::Url { .. } => return Err(self.error(item.pos, ErrorKind::BadAddress(value))),
+                    Peer::Wildcard(name) => {
+                        return Err(self.error(item.pos, ErrorKind::NameInWrongRule { name, what: "address sets (write it in the rule's `to:`)" }))
+                    }
+                    peer => match self.peer_nets(item.pos, peer, false) {
+                        Ok(found) => nets.extend(found),
+                        Err(RuleProblem::Fatal(e)) => return Err(e),
+                        Err(RuleProblem::LeftOut { .. }) => unreachable!("not optional"),
+                    },
                 }
-                peer => match self.peer_nets(item.pos, peer, false) {
-                    Ok(found) => nets.extend(found),
-                    Err(RuleProblem::Fatal(e)) => return Err(e),
-                    Err(RuleProblem::LeftOut { .. }) => unreachable!("not optional"),
-                },
             }
         }
         Ok(nets)
@@ -415,32 +429,33 @@ impl Lowerer<'_> {
             NamePattern::parse(name).map_err(|kind| this.error(pos, kind).into())
         };
         for item in &list.items {
-            let value = self.expand_in_rule(item, optional)?;
-            if let Some(set) = self.sets.get(&value) {
-                nets.extend(set.iter().copied());
-                continue;
-            }
-            match parse_peer(&value).map_err(|kind| self.error(item.pos, kind))? {
-                Peer::Wildcard(name) => {
-                    if context.tracks_names {
-                        names.push(pattern(self, item.pos, &name)?);
-                    } else if let Some(what) = context.not_tracked_in {
-                        return Err(self.error(item.pos, ErrorKind::NameInWrongRule { name, what }).into());
-                    } else {
-                        let kind = ErrorKind::NameNeedsResolvers { name, phase: context.phase.to_string() };
-                        return Err(self.error(item.pos, kind).into());
-                    }
+            for value in self.expand_list_in_rule(item, optional)? {
+                if let Some(set) = self.sets.get(&value) {
+                    nets.extend(set.iter().copied());
+                    continue;
                 }
-                Peer::Host(host) if context.tracks_names => names.push(pattern(self, item.pos, &host)?),
-                Peer::Url { host, port } => {
-                    url_ports.push(port);
-                    match host.parse::<IpAddr>() {
-                        Ok(addr) => nets.push(IpNet::from(addr)),
-                        Err(_) if context.tracks_names => names.push(pattern(self, item.pos, &host)?),
-                        Err(_) => nets.extend(self.peer_nets(item.pos, Peer::Host(host), optional)?),
+                match parse_peer(&value).map_err(|kind| self.error(item.pos, kind))? {
+                    Peer::Wildcard(name) => {
+                        if context.tracks_names {
+                            names.push(pattern(self, item.pos, &name)?);
+                        } else if let Some(what) = context.not_tracked_in {
+                            return Err(self.error(item.pos, ErrorKind::NameInWrongRule { name, what }).into());
+                        } else {
+                            let kind = ErrorKind::NameNeedsResolvers { name, phase: context.phase.to_string() };
+                            return Err(self.error(item.pos, kind).into());
+                        }
                     }
+                    Peer::Host(host) if context.tracks_names => names.push(pattern(self, item.pos, &host)?),
+                    Peer::Url { host, port } => {
+                        url_ports.push(port);
+                        match host.parse::<IpAddr>() {
+                            Ok(addr) => nets.push(IpNet::from(addr)),
+                            Err(_) if context.tracks_names => names.push(pattern(self, item.pos, &host)?),
+                            Err(_) => nets.extend(self.peer_nets(item.pos, Peer::Host(host), optional)?),
+                        }
+                    }
+                    peer => nets.extend(self.peer_nets(item.pos, peer, optional)?),
                 }
-                peer => nets.extend(self.peer_nets(item.pos, peer, optional)?),
             }
         }
         Ok((nets, names, url_ports))
