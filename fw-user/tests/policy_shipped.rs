@@ -475,6 +475,10 @@ fn check_report_renders_every_shipped_policy() {
         assert!(text.starts_with(&format!("policy {name} {{")), "{text}");
         let json = report::render_json(&checked);
         assert_eq!(json["policy"], *name);
+        // A rule of names only is shown with its names, not as left out.
+        if name.starts_with("openvidu3") {
+            assert!(text.contains("license                  to accounts.openvidu.io (name)  tcp 443  allow"), "{text}");
+        }
         // No shipped rule is dead weight, and no runtime phase is open.
         let bad: Vec<_> = checked
             .warnings

@@ -125,10 +125,17 @@ fn rule_line(rule: &Rule) -> String {
         Direction::Egress => "to",
         Direction::Inbound => "from",
     };
-    let matches = if rule.peers.is_empty() {
+    // A rule of names only (tracked at run time) has no addresses yet; it
+    // is left out only when it has neither.
+    let mut peers: Vec<String> = Vec::new();
+    if !rule.peers.is_empty() {
+        peers.push(peers_text(&rule.peers));
+    }
+    peers.extend(rule.names.iter().map(|n| format!("{n} (name)")));
+    let matches = if peers.is_empty() {
         "(left out)".to_string()
     } else {
-        format!("{peer_key} {}  {}", peers_text(&rule.peers), protocols_text(&rule.protocols))
+        format!("{peer_key} {}  {}", peers.join(", "), protocols_text(&rule.protocols))
     };
     format!(
         "#{:<4} {:<24} {matches}  {}   # {} line {}",
@@ -229,6 +236,7 @@ pub fn render_json(report: &CheckReport) -> serde_json::Value {
             "direction": r.direction.as_str(),
             "action": r.action.as_str(),
             "peers": r.peers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "names": r.names.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "match": protocols_text(&r.protocols),
             "line": r.pos.line,
         })
