@@ -145,10 +145,10 @@ fn the_configmap_holds_the_shipped_media_node_policy_and_it_compiles() {
     let cm = load("configmap.yaml");
     assert_eq!(cm["metadata"]["name"].as_str(), Some("fw-policy"));
     let policy = cm["data"]["policy.yaml"].as_str().unwrap();
-    let shipped = std::fs::read_to_string(root().join("policies/openvidu-media-node.yaml")).unwrap();
+    let shipped = std::fs::read_to_string(root().join("policies/openvidu2-media-node.yaml")).unwrap();
     assert_eq!(
         policy, shipped,
-        "deploy/kubernetes/configmap.yaml embeds policies/openvidu-media-node.yaml: copy it again (indented 4)"
+        "deploy/kubernetes/configmap.yaml embeds policies/openvidu2-media-node.yaml: copy it again (indented 4)"
     );
     let dir = tempfile::tempdir().unwrap();
     let (policy_file, env_file) = (dir.path().join("policy.yaml"), dir.path().join("fw.env"));

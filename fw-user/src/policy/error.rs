@@ -74,7 +74,7 @@ pub enum ErrorKind {
     BadTimeout { key: String, value: String, problem: String },
     #[error("an empty list for `{key}` matches nothing (leave the key out to match any, or write `any`)")]
     EmptyList { key: &'static str },
-    #[error("phase `{phase}` extends `{parent}`, which is not a phase of this policy (phases: {})", known.join(", "))]
+    #[error("phase `{phase}` extends `{parent}`, which is not a phase of this policy (phases: {}) nor a builtin one (essentials)", known.join(", "))]
     UnknownPhase { phase: String, parent: String, known: Vec<String> },
     #[error("phases extend each other in a cycle: {}", cycle.join(" -> "))]
     ExtendsCycle { cycle: Vec<String> },
@@ -135,6 +135,8 @@ pub enum ErrorKind {
     TooManyResolvers { phase: String, family: &'static str, count: usize, max: usize },
     #[error("variable `{0}` is not set or empty (set it in the env file or the environment, or mark the rule `optional: true`)")]
     UnsetVariable(String),
+    #[error("variable `{name}`: {problem}")]
+    BadListVariable { name: String, problem: String },
     #[error("malformed variable reference in `{0}` (expected ${{NAME}})")]
     MalformedVariable(String),
     #[error("env file line is not KEY=VALUE: `{0}`")]

@@ -61,6 +61,29 @@ pub(crate) fn lower(file: &str, raw: RawPolicy, vars: &Vars, resolve: &Resolve) 
     Ok((policy, lowerer.warnings))
 }
 
+/// Phases every policy may extend without defining them (`extends:
+/// essentials`), by name, with the label their diagnostics carry and their
+/// text: `policies/essentials.yaml`, compiled in.
+pub(crate) const BUILTIN_PHASES: &[(&str, &str, &str)] =
+    &[("essentials", "builtin:essentials", include_str!("../../../policies/essentials.yaml"))];
+
+/// The builtin phases `phases` extend and do not define themselves, with
+/// their labels. A builtin's text is fixed at build time (a test loads
+/// each); an error in it is still reported under its label, not hidden.
+fn builtin_phases_extended(phases: &[RawPhase]) -> Result<Vec<(&'static str, RawPhase)>, PolicyError> {
+    let defined = |name: &str| phases.iter().any(|p| p.name.value == name);
+    let mut found = Vec::new();
+    for &(name, label, text) in BUILTIN_PHASES {
+        let extended = phases.iter().any(|p| p.extends.as_ref().is_some_and(|e| e.value == name));
+        if !extended || defined(name) {
+            continue;
+        }
+        let raw = super::raw::parse(label, text)?;
+        found.extend(raw.phases.into_iter().filter(|p| p.name.value == name).map(|p| (label, p)));
+    }
+    Ok(found)
+}
+
 /// Why a rule did not make it into the policy.
 enum RuleProblem {
     /// The whole policy is rejected.
@@ -122,12 +145,24 @@ impl Lowerer<'_> {
         match error {
             ExpandError::Unset(name) => self.error(text.pos, ErrorKind::UnsetVariable(name)),
             ExpandError::Malformed => self.error(text.pos, ErrorKind::MalformedVariable(text.value.clone())),
+            ExpandError::BadList { name, problem } => self.error(text.pos, ErrorKind::BadListVariable { name, problem }),
         }
     }
 
     /// Expands variables in a rule: an unset one leaves an optional rule out.
     fn expand_in_rule(&self, text: &Text, optional: bool) -> Result<String, RuleProblem> {
         match self.vars.expand(&text.value) {
+            Ok(v) => Ok(v),
+            Err(ExpandError::Unset(name)) if optional => {
+                Err(RuleProblem::LeftOut { pos: text.pos, reason: format!("variable `{name}` is not set") })
+            }
+            Err(e) => Err(RuleProblem::Fatal(self.expand_error(text, e))),
+        }
+    }
+
+    /// [`Self::expand_in_rule`] for a peer entry, which may hold a list.
+    fn expand_list_in_rule(&self, text: &Text, optional: bool) -> Result<Vec<String>, RuleProblem> {
+        match self.vars.expand_list(&text.value) {
             Ok(v) => Ok(v),
             Err(ExpandError::Unset(name)) if optional => {
                 Err(RuleProblem::LeftOut { pos: text.pos, reason: format!("variable `{name}` is not set") })
@@ -150,8 +185,16 @@ impl Lowerer<'_> {
         if raw.phases.is_empty() {
             return Err(self.error(raw.phases_pos, ErrorKind::NoPhases));
         }
-        let phases = raw.phases.iter().map(|p| self.phase(p)).collect::<Result<Vec<_>, _>>()?;
-        self.check_extends(&raw.phases)?;
+        let file = self.file;
+        let builtin = builtin_phases_extended(&raw.phases)?;
+        let mut phases = raw.phases.iter().map(|p| self.phase(p)).collect::<Result<Vec<_>, _>>()?;
+        for (label, phase) in &builtin {
+            self.file = label;
+            phases.push(self.phase(phase)?);
+        }
+        self.file = file;
+        let all_raw: Vec<&RawPhase> = raw.phases.iter().chain(builtin.iter().map(|(_, p)| p)).collect();
+        self.check_extends(&all_raw)?;
         for phase in &phases {
             let mut at = Some(phase);
             // check_extends ruled out cycles.
@@ -166,13 +209,21 @@ impl Lowerer<'_> {
 
         // File order is textual position, whichever phase or direction a
         // rule is written under.
-        let mut raw_rules: Vec<(&str, &RawRule)> =
-            raw.phases.iter().flat_map(|p| p.rules.iter().map(move |r| (p.name.value.as_str(), r))).collect();
-        raw_rules.sort_by_key(|(_, r)| r.pos);
+        // The rules of builtin phases come after the file's (their ids
+        // too), each builtin in its own file order.
+        let mut raw_rules: Vec<(&str, &str, &RawRule)> =
+            raw.phases.iter().flat_map(|p| p.rules.iter().map(move |r| (file, p.name.value.as_str(), r))).collect();
+        raw_rules.sort_by_key(|(_, _, r)| r.pos);
+        for (label, phase) in &builtin {
+            let start = raw_rules.len();
+            raw_rules.extend(phase.rules.iter().map(|r| (*label, phase.name.value.as_str(), r)));
+            raw_rules[start..].sort_by_key(|(_, _, r)| r.pos);
+        }
 
         let mut first_line_of_name: HashMap<String, usize> = HashMap::new();
         let mut rules = Vec::with_capacity(raw_rules.len());
-        for (id, (phase, raw_rule)) in raw_rules.into_iter().enumerate() {
+        for (id, (label, phase, raw_rule)) in raw_rules.into_iter().enumerate() {
+            self.file = label;
             let rule = self.rule(id as u32, phase, raw_rule)?;
             if let Some(&first_line) = first_line_of_name.get(&rule.name) {
                 let name_pos = raw_rule.name.as_ref().map_or(raw_rule.pos, |n| n.pos);
@@ -181,6 +232,7 @@ impl Lowerer<'_> {
             first_line_of_name.insert(rule.name.clone(), raw_rule.pos.line);
             rules.push(rule);
         }
+        self.file = file;
         Ok(Policy { name, file: self.file.to_string(), phases, rules })
     }
 
@@ -190,17 +242,19 @@ impl Lowerer<'_> {
         }
         let mut nets = Vec::new();
         for item in &entries.items {
-            let value = self.expand(item)?;
-            match parse_peer(&value).map_err(|kind| self.error(item.pos, kind))? {
-                Peer::Url { .. } => return Err(self.error(item.pos, ErrorKind::BadAddress(value))),
-                Peer::Wildcard(name) => {
-                    return Err(self.error(item.pos, ErrorKind::NameInWrongRule { name, what: "address sets (write it in the rule's `to:`)" }))
+            let values = self.vars.expand_list(&item.value).map_err(|e| self.expand_error(item, e))?;
+            for value in values {
+                match parse_peer(&value).map_err(|kind| self.error(item.pos, kind))? {
+                    Peer::Url { .. } => return Err(self.error(item.pos, ErrorKind::BadAddress(value))),
+                    Peer::Wildcard(name) => {
+                        return Err(self.error(item.pos, ErrorKind::NameInWrongRule { name, what: "address sets (write it in the rule's `to:`)" }))
+                    }
+                    peer => match self.peer_nets(item.pos, peer, false) {
+                        Ok(found) => nets.extend(found),
+                        Err(RuleProblem::Fatal(e)) => return Err(e),
+                        Err(RuleProblem::LeftOut { .. }) => unreachable!("not optional"),
+                    },
                 }
-                peer => match self.peer_nets(item.pos, peer, false) {
-                    Ok(found) => nets.extend(found),
-                    Err(RuleProblem::Fatal(e)) => return Err(e),
-                    Err(RuleProblem::LeftOut { .. }) => unreachable!("not optional"),
-                },
             }
         }
         Ok(nets)
@@ -328,7 +382,7 @@ impl Lowerer<'_> {
     }
 
     /// Every `extends` names a phase, and following them never loops.
-    fn check_extends(&self, phases: &[RawPhase]) -> Result<(), PolicyError> {
+    fn check_extends(&self, phases: &[&RawPhase]) -> Result<(), PolicyError> {
         let names: Vec<String> = phases.iter().map(|p| p.name.value.clone()).collect();
         let parent_of: HashMap<&str, &Text> =
             phases.iter().filter_map(|p| p.extends.as_ref().map(|e| (p.name.value.as_str(), e))).collect();
@@ -432,32 +486,33 @@ impl Lowerer<'_> {
             NamePattern::parse(name).map_err(|kind| this.error(pos, kind).into())
         };
         for item in &list.items {
-            let value = self.expand_in_rule(item, optional)?;
-            if let Some(set) = self.sets.get(&value) {
-                nets.extend(set.iter().copied());
-                continue;
-            }
-            match parse_peer(&value).map_err(|kind| self.error(item.pos, kind))? {
-                Peer::Wildcard(name) => {
-                    if context.tracks_names {
-                        names.push(pattern(self, item.pos, &name)?);
-                    } else if let Some(what) = context.not_tracked_in {
-                        return Err(self.error(item.pos, ErrorKind::NameInWrongRule { name, what }).into());
-                    } else {
-                        let kind = ErrorKind::NameNeedsResolvers { name, phase: context.phase.to_string() };
-                        return Err(self.error(item.pos, kind).into());
-                    }
+            for value in self.expand_list_in_rule(item, optional)? {
+                if let Some(set) = self.sets.get(&value) {
+                    nets.extend(set.iter().copied());
+                    continue;
                 }
-                Peer::Host(host) if context.tracks_names => names.push(pattern(self, item.pos, &host)?),
-                Peer::Url { host, port } => {
-                    url_ports.push(port);
-                    match host.parse::<IpAddr>() {
-                        Ok(addr) => nets.push(IpNet::from(addr)),
-                        Err(_) if context.tracks_names => names.push(pattern(self, item.pos, &host)?),
-                        Err(_) => nets.extend(self.peer_nets(item.pos, Peer::Host(host), optional)?),
+                match parse_peer(&value).map_err(|kind| self.error(item.pos, kind))? {
+                    Peer::Wildcard(name) => {
+                        if context.tracks_names {
+                            names.push(pattern(self, item.pos, &name)?);
+                        } else if let Some(what) = context.not_tracked_in {
+                            return Err(self.error(item.pos, ErrorKind::NameInWrongRule { name, what }).into());
+                        } else {
+                            let kind = ErrorKind::NameNeedsResolvers { name, phase: context.phase.to_string() };
+                            return Err(self.error(item.pos, kind).into());
+                        }
                     }
+                    Peer::Host(host) if context.tracks_names => names.push(pattern(self, item.pos, &host)?),
+                    Peer::Url { host, port } => {
+                        url_ports.push(port);
+                        match host.parse::<IpAddr>() {
+                            Ok(addr) => nets.push(IpNet::from(addr)),
+                            Err(_) if context.tracks_names => names.push(pattern(self, item.pos, &host)?),
+                            Err(_) => nets.extend(self.peer_nets(item.pos, Peer::Host(host), optional)?),
+                        }
+                    }
+                    peer => nets.extend(self.peer_nets(item.pos, peer, optional)?),
                 }
-                peer => nets.extend(self.peer_nets(item.pos, peer, optional)?),
             }
         }
         Ok((nets, names, url_ports))

@@ -1,5 +1,11 @@
 //! `${NAME}` variables: values from an env file (the `KEY=VALUE` format of
 //! OpenVidu's `/opt/openvidu/.env`), else from the process environment.
+//!
+//! A peer entry that is exactly one `${NAME}` takes a *list*: OpenVidu 2.x
+//! names its media nodes `KMS_URIS=["ws://IP:8888/kurento",...]` (a JSON
+//! array of strings), and an operator's `NTP_SERVERS=a,b c` is a list too.
+//! Every element counts; a value that does not parse as a list is an error
+//! naming the variable, never its first element.
 
 use std::collections::HashMap;
 
@@ -25,6 +31,9 @@ pub(crate) enum ExpandError {
     Unset(String),
     /// `${` without a closing `}` or with an invalid name.
     Malformed,
+    /// The value of `name` is (or looks like) a list that cannot be used
+    /// here: it does not parse, or it is part of a longer entry.
+    BadList { name: String, problem: String },
 }
 
 impl Vars {
@@ -76,6 +85,54 @@ impl Vars {
         out.push_str(rest);
         Ok(out)
     }
+
+    /// Expands an entry that may hold a list. An entry that is exactly
+    /// `${NAME}` becomes the elements of NAME's value ([`parse_list`]; an
+    /// empty list is unset, like an empty value). In a longer entry a
+    /// variable is one string, and one whose value is a `[...]` list is an
+    /// error: `ws://${HOSTS}:8888` cannot mean every host.
+    pub(crate) fn expand_list(&self, text: &str) -> Result<Vec<String>, ExpandError> {
+        if let Some(name) = whole_reference(text) {
+            let value = self.get(name).ok_or_else(|| ExpandError::Unset(name.to_string()))?;
+            let items = parse_list(&value).map_err(|problem| ExpandError::BadList { name: name.to_string(), problem })?;
+            if items.is_empty() {
+                return Err(ExpandError::Unset(name.to_string()));
+            }
+            return Ok(items);
+        }
+        let expanded = self.expand(text)?;
+        let mut rest = text;
+        while let Some(start) = rest.find("${") {
+            let after = &rest[start + 2..];
+            let end = after.find('}').ok_or(ExpandError::Malformed)?;
+            let name = &after[..end];
+            if self.get(name).is_some_and(|v| v.trim_start().starts_with('[')) {
+                let problem = "a list-valued variable must be the whole entry (`\"${NAME}\"`)".to_string();
+                return Err(ExpandError::BadList { name: name.to_string(), problem });
+            }
+            rest = &after[end + 1..];
+        }
+        Ok(vec![expanded])
+    }
+}
+
+/// `NAME` if `text` is exactly `${NAME}`.
+fn whole_reference(text: &str) -> Option<&str> {
+    let name = text.strip_prefix("${")?.strip_suffix('}')?;
+    (!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')).then_some(name)
+}
+
+/// The elements of a variable's value: a JSON array of strings when it
+/// starts with `[` (OpenVidu's `KMS_URIS`), else words separated by commas
+/// or white space (one word is a one-element list).
+pub(crate) fn parse_list(value: &str) -> Result<Vec<String>, String> {
+    let value = value.trim();
+    if value.starts_with('[') {
+        let items: Vec<String> = serde_json::from_str(value)
+            .map_err(|e| format!("not a list of strings like [\"ws://10.0.0.2:8888/kurento\"] ({e})"))?;
+        return Ok(items.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect());
+    }
+    Ok(value.split([',', ' ', '\t']).filter(|w| !w.is_empty()).map(str::to_string).collect())
 }
 
 /// `KEY=VALUE` lines; blank lines and `#` comments are skipped, an `export `

@@ -17,17 +17,39 @@ use crate::{
     policy::{self, lint, LoadedPolicy, Vars, Warning},
 };
 
-/// The shipped policies, by name.
+const OPENVIDU2_CE: &str = include_str!("../../../policies/openvidu2-ce.yaml");
+const OPENVIDU2_PRO_MASTER: &str = include_str!("../../../policies/openvidu2-pro-master.yaml");
+const OPENVIDU2_MEDIA_NODE: &str = include_str!("../../../policies/openvidu2-media-node.yaml");
+
+/// The shipped policies, by name. The `openvidu-*` names are those of the
+/// 2.x policies before OpenVidu 3.x existed, kept as aliases (and as
+/// symlinks in policies/) so that running instances, units and scripts
+/// that name them keep working.
 pub const BUILTIN: &[(&str, &str)] = &[
-    ("openvidu-ce", include_str!("../../../policies/openvidu-ce.yaml")),
-    ("openvidu-pro-master", include_str!("../../../policies/openvidu-pro-master.yaml")),
-    ("openvidu-media-node", include_str!("../../../policies/openvidu-media-node.yaml")),
+    ("essentials", include_str!("../../../policies/essentials.yaml")),
+    ("openvidu2-ce", OPENVIDU2_CE),
+    ("openvidu2-pro-master", OPENVIDU2_PRO_MASTER),
+    ("openvidu2-media-node", OPENVIDU2_MEDIA_NODE),
+    ("openvidu3-single", include_str!("../../../policies/openvidu3-single.yaml")),
+    ("openvidu3-elastic-master", include_str!("../../../policies/openvidu3-elastic-master.yaml")),
+    ("openvidu3-media-node", include_str!("../../../policies/openvidu3-media-node.yaml")),
     ("vonage-webrtc-client", include_str!("../../../policies/vonage-webrtc-client.yaml")),
+    ("vonage-voice", include_str!("../../../policies/vonage-voice.yaml")),
+    ("openvidu-ce", OPENVIDU2_CE),
+    ("openvidu-pro-master", OPENVIDU2_PRO_MASTER),
+    ("openvidu-media-node", OPENVIDU2_MEDIA_NODE),
 ];
 
-/// OpenVidu keeps its configuration here; its variables fill the shipped
-/// OpenVidu policies when no `--env-file` is given.
+/// OpenVidu 2.x keeps its configuration here; its variables fill the
+/// shipped OpenVidu policies when no `--env-file` is given.
 pub const OPENVIDU_ENV: &str = "/opt/openvidu/.env";
+
+/// Where the default env file is looked for, first existing wins: OpenVidu
+/// 2.x's `.env`, then 3.x's Single Node `config/openvidu.env`, then 3.x's
+/// Elastic/HA `config/cluster/openvidu.env` (OpenVidu/openvidu.io
+/// docs/docs/self-hosting/.../install.md, "Configure your application").
+pub const DEFAULT_ENV_FILES: &[&str] =
+    &[OPENVIDU_ENV, "/opt/openvidu/config/openvidu.env", "/opt/openvidu/config/cluster/openvidu.env"];
 
 /// A policy's text and the label its errors are reported under.
 pub struct PolicyText {
@@ -61,11 +83,10 @@ impl PolicyText {
 
 /// The env file to read: the one given (canonical when it exists, so that
 /// the path an instance records means the same file from any directory),
-/// else OpenVidu's when it exists.
+/// else the first of OpenVidu's ([`DEFAULT_ENV_FILES`]) that exists.
 pub fn env_file(given: Option<&Path>) -> Option<PathBuf> {
     given.map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())).or_else(|| {
-        let default = PathBuf::from(OPENVIDU_ENV);
-        default.exists().then_some(default)
+        DEFAULT_ENV_FILES.iter().map(PathBuf::from).find(|p| p.exists())
     })
 }
 

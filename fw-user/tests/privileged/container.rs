@@ -236,14 +236,16 @@ fn three_nodes_from_one_image_master_and_media_flows_pass_everything_else_drops(
     // Node-specific env files; the policies are the image's copies of the
     // shipped ones, as they are.
     let dir = TempDir::new();
-    dir.write("master.env", "MEDIA_NODES=198.18.50.2/31\n");
+    // OpenVidu 2.x names the media nodes in the master's .env, a list.
+    dir.write("master.env", &format!("KMS_URIS=[\"ws://{n1}:8888/kurento\",\"ws://{n2}:8888/kurento\"]\n"));
     dir.write("media1.env", &format!("MASTER_NODE={m}\n"));
     dir.write("media2.env", &format!("MASTER_NODE={m}\n"));
 
-    // What listens where: the master's HTTPS, TURN and relay range; the
-    // media nodes' controller, KMS and media range; an outside web server.
+    // What listens where: the master's HTTPS, beats (5044, 9200), TURN and
+    // relay range; the media nodes' controller, KMS and media range; an
+    // outside web server.
     let mut servers = Vec::new();
-    for port in [443, 3000, 40000] {
+    for port in [443, 3000, 5044, 9200, 40000] {
         servers.push(Echo::tcp(master, at(m, port)));
     }
     servers.push(Echo::udp(master, at(m, 3478)));
@@ -279,9 +281,11 @@ fn three_nodes_from_one_image_master_and_media_flows_pass_everything_else_drops(
             passes(master, at(ip, port));
         }
     }
-    // Media nodes -> master: HTTPS, TURN, the relay range.
+    // Media nodes -> master: beats (filebeat 5044, metricbeat 9200), TURN,
+    // the relay range.
     for node in [media1, media2] {
-        passes(node, at(m, 443));
+        passes(node, at(m, 5044));
+        passes(node, at(m, 9200));
         assert_eq!(in_netns(node, || udp_echo(at(m, 3478), PASS_TIMEOUT)), Outcome::Echoed);
         assert_eq!(in_netns(node, || udp_echo(at(m, 40000), PASS_TIMEOUT)), Outcome::Echoed);
     }
@@ -291,10 +295,13 @@ fn three_nodes_from_one_image_master_and_media_flows_pass_everything_else_drops(
     dropped(master, at(o, 443)); // master egress: nothing outside
     dropped(media1, at(n2, 3000)); // media egress: only the master
     dropped(media2, at(n1, 8888));
-    dropped(media1, at(m, 3000)); // media egress to the master: 443, 3478, relay only
+    dropped(media1, at(m, 3000)); // media egress to the master: beats, 3478, relay only
+    dropped(media1, at(m, 443));
     dropped(media1, at(o, 443)); // nothing outside
     dropped(outside, at(n1, 3000)); // media inbound 3000/8888: the master only
     dropped(outside, at(n2, 8888));
+    dropped(outside, at(m, 9200)); // master inbound 5044/9200: the media nodes only
+    dropped(outside, at(m, 3000)); // the master filters inbound too
     // The outside host itself reaches what media nodes serve to anyone.
     passes(outside, at(n1, 40000));
     drop(servers);

@@ -27,6 +27,7 @@ mod learn;
 mod lifecycle;
 mod names;
 mod observe;
+mod openvidu_day;
 mod operate;
 mod stateful;
 mod watch;

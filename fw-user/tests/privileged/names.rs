@@ -39,7 +39,7 @@ const OTHER_PORT: u16 = 8444;
 
 /// dnsmasq on far's address only, answering from a hosts file it re-reads
 /// on SIGHUP, with TTL 1. Killed by its PID on drop.
-struct Dnsmasq {
+pub(crate) struct Dnsmasq {
     child: Child,
     hosts: PathBuf,
     _dir: TempDir,
@@ -47,7 +47,7 @@ struct Dnsmasq {
 
 impl Dnsmasq {
     /// `extra`: more dnsmasq options (`--cname=...`).
-    fn start(pair: &VethPair, hosts: &str, extra: &[String]) -> Self {
+    pub(crate) fn start(pair: &VethPair, hosts: &str, extra: &[String]) -> Self {
         let dir = TempDir::new();
         let hosts_path = dir.write("hosts", hosts);
         let log = fs::File::create(dir.path().join("dnsmasq.log")).expect("dnsmasq log");
@@ -84,7 +84,7 @@ impl Dnsmasq {
     }
 
     /// Replaces the hosts file and makes dnsmasq re-read it.
-    fn rewrite(&self, hosts: &str) {
+    pub(crate) fn rewrite(&self, hosts: &str) {
         fs::write(&self.hosts, hosts).expect("rewriting the hosts file");
         // SAFETY: a signal to the child this guard started and still owns.
         assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGHUP) }, 0);
@@ -100,7 +100,7 @@ impl Drop for Dnsmasq {
 
 /// A one-question A query, and the addresses of the answer (empty on any
 /// failure): the test's own client, outside the hooked cgroup.
-fn resolve_a(server: SocketAddr, name: &str) -> Vec<Ipv4Addr> {
+pub(crate) fn resolve_a(server: SocketAddr, name: &str) -> Vec<Ipv4Addr> {
     use hickory_proto::{
         op::{Message, Query},
         rr::{Name, RData, RecordType},
@@ -123,13 +123,13 @@ fn resolve_a(server: SocketAddr, name: &str) -> Vec<Ipv4Addr> {
 
 /// TCP servers on 0.0.0.0 in far (which routes 198.19.0.0/16 to itself):
 /// accept, echo what they read, until dropped.
-struct Servers {
+pub(crate) struct Servers {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Servers {
-    fn start(far: &Netns, ports: &[u16]) -> Self {
+    pub(crate) fn start(far: &Netns, ports: &[u16]) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let threads = ports
             .iter()

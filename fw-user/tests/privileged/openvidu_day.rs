@@ -1,0 +1,282 @@
+//! Issue 15: an OpenVidu 2.x CE day, replayed against the shipped
+//! `openvidu2-ce` policy, with a real DNS server (dnsmasq) and real peers.
+//!
+//! `near` is the OpenVidu host (fw enforces there, its socket hooks on a
+//! cgroup the test made); `far` is the Internet: dnsmasq on far's address
+//! answers the names OpenVidu uses (the webhook receiver, Let's Encrypt's
+//! ACME host, ifconfig.co, an NTP pool name, a registry) with addresses in
+//! 198.19.0.0/16, which far routes to itself, where TCP servers and an NTP
+//! (UDP echo) server listen. `fw run` and `fw switch` run in a private
+//! mount namespace whose /etc/resolv.conf names far's dnsmasq (a bind
+//! mount: the host's file is never touched), so `resolvers: [system]` of
+//! essentials means dnsmasq; clients are python3 processes in the test
+//! cgroup with the same resolv.conf.
+//!
+//! The day: install-phase downloads; public-IP discovery (its DNS query to
+//! a public resolver refused, its HTTP fallback passing); the switch to
+//! runtime; clients on served ports; a webhook POST to a name whose address
+//! changes; ACME renewal to its name; NTP to a pool name; then everything
+//! else refused, with `fw drops` naming the rules that passed and the
+//! reasons that dropped.
+
+use std::{
+    ffi::OsStr,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    process::Stdio,
+    time::Duration,
+};
+
+use crate::{
+    harness::{
+        self,
+        cgroup::TestCgroup,
+        fw::{run_bounded, Finished, Fw, Launch, FW},
+        netns::VethPair,
+        poll,
+        traffic::{in_netns, tcp_echo, udp_echo, Echo, Outcome, DROP_TIMEOUT, PASS_TIMEOUT},
+        TempDir,
+    },
+    names::{resolve_a, Dnsmasq, Servers},
+};
+
+/// The webhook receiver's port (OPENVIDU_WEBHOOK_ENDPOINT).
+const WEBHOOK_PORT: u16 = 8443;
+
+const HOSTS: &str = "\
+198.19.1.1 hooks.day.test
+198.19.2.1 acme-v02.api.letsencrypt.org
+198.19.3.1 ifconfig.co
+198.19.4.1 2.debian.pool.ntp.org
+198.19.5.1 registry.day.test
+";
+
+/// The wrapper that runs a command in a private mount namespace where
+/// /etc/resolv.conf is `$1` (then execs the rest, same process).
+const WITH_RESOLV_CONF: &str = "mount --bind \"$1\" /etc/resolv.conf && shift && exec \"$@\"";
+
+/// Connects to each `NAME:PORT` (resolved through the system resolver,
+/// IPv4) or `ADDR:PORT`; over TCP it sends an HTTP POST and reads the echo,
+/// over UDP (`udp:NAME:PORT`) a datagram and its echo. One line per
+/// argument: `ARG ADDR ok|ERRNO|timeout`.
+const CLIENT: &str = r#"
+import errno, socket, sys
+for arg in sys.argv[1:]:
+    udp = arg.startswith("udp:")
+    name, _, port = arg[4:].rpartition(":") if udp else arg.rpartition(":")
+    kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+    try:
+        addr = socket.getaddrinfo(name, int(port), socket.AF_INET, kind)[0][4]
+    except OSError as e:
+        print(arg, "-", "resolve:" + str(e), flush=True)
+        continue
+    s = socket.socket(socket.AF_INET, kind)
+    s.settimeout(2)
+    try:
+        s.connect(addr)
+        s.send(b"POST /webhook HTTP/1.1\r\n\r\n" if not udp else b"ntp")
+        result = "ok" if s.recv(64) else "closed"
+    except OSError as e:
+        result = errno.errorcode.get(e.errno, "timeout") if e.errno else "timeout"
+    s.close()
+    print(arg, addr[0], result, flush=True)
+"#;
+
+struct Day {
+    pair: VethPair,
+    dnsmasq: Dnsmasq,
+    _servers: Servers,
+    _ntp: Echo,
+    cgroup: TestCgroup,
+    _dir: TempDir,
+    resolv_conf: PathBuf,
+    env: PathBuf,
+}
+
+impl Day {
+    fn new(x: u8) -> Self {
+        harness::setup();
+        let pair = VethPair::new(x);
+        pair.far.ip(&["route", "add", "local", "198.19.0.0/16", "dev", "lo"]);
+        pair.near.ip(&["route", "add", "198.19.0.0/16", "via", &pair.far4.to_string()]);
+        let dnsmasq = Dnsmasq::start(&pair, HOSTS, &[]);
+        let servers = Servers::start(&pair.far, &[80, 443, WEBHOOK_PORT]);
+        // The NTP server answers from the pool name's address (bound to it:
+        // far's local route makes 198.19.0.0/16 its own).
+        let ntp = Echo::udp(&pair.far, SocketAddr::new(Ipv4Addr::new(198, 19, 4, 1).into(), 123));
+        let dir = TempDir::new();
+        let resolv_conf = dir.write("resolv.conf", &format!("nameserver {}\noptions timeout:2 attempts:2\n", pair.far4));
+        // /opt/openvidu/.env as an operator writes it: the public IP set
+        // (no discovery needed, but the container still may run it), the
+        // webhook by name.
+        let env = dir.write(
+            ".env",
+            &format!(
+                "DOMAIN_OR_PUBLIC_IP={near}\nCOTURN_IP={near}\nOPENVIDU_WEBHOOK=true\n\
+                 OPENVIDU_WEBHOOK_ENDPOINT=http://hooks.day.test:{WEBHOOK_PORT}/webhook\nNTP_SERVERS=\n",
+                near = pair.near4
+            ),
+        );
+        Self { pair, dnsmasq, _servers: servers, _ntp: ntp, cgroup: TestCgroup::new(), _dir: dir, resolv_conf, env }
+    }
+
+    fn wrapper(&self) -> Vec<String> {
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", WITH_RESOLV_CONF, "sh"]
+            .into_iter()
+            .map(String::from)
+            .chain([self.resolv_conf.display().to_string()])
+            .collect()
+    }
+
+    /// `fw run --policy openvidu2-ce --phase install` with the hooks on the
+    /// test cgroup, once its DNS proxy listens.
+    fn fw(&self) -> Fw<'_> {
+        let cg = self.cgroup.path.display().to_string();
+        let extra: Vec<&OsStr> = vec!["--cgroup".as_ref(), cg.as_ref(), "--env-file".as_ref(), self.env.as_os_str()];
+        let wrapper = self.wrapper();
+        let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+        let fw = Fw::start_launch(
+            &self.pair.near,
+            &self.pair.near_if,
+            "openvidu2-ce",
+            "install",
+            Launch { extra: &extra, wrapper: &wrapper, ..Launch::default() },
+        );
+        assert!(fw.log_has_within("DNS proxy listening", Duration::from_secs(10)), "{}", fw.log_text());
+        fw
+    }
+
+    /// `fw ARGS --name NAME` in the same mount namespace setup as `fw run`
+    /// (`fw switch` writes the phase, resolvers included, itself).
+    fn fw_cli(&self, fw: &Fw, args: &[&str]) -> Finished {
+        let mut cmd = self.pair.near.command("unshare");
+        cmd.args(&self.wrapper()[1..]).arg(FW).args(args).args(["--name", fw.name()]);
+        run_bounded(cmd, Duration::from_secs(30))
+    }
+
+    /// Runs the client in the cgroup; `(arg, addr, result)` per argument.
+    fn client(&self, args: &[&str]) -> Vec<(String, String, String)> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let out = self
+            .cgroup
+            .python_with_resolv_conf(&self.pair.near, &self.resolv_conf, CLIENT, &args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running the client");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "client failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.splitn(3, ' ').collect();
+                (f[0].to_string(), f[1].to_string(), f[2].to_string())
+            })
+            .collect()
+    }
+
+    /// The result of one client call.
+    fn one(&self, arg: &str) -> (String, String) {
+        let r = self.client(&[arg]).remove(0);
+        (r.1, r.2)
+    }
+
+    /// A DNS query (UDP) from the cgroup straight to `server`, as
+    /// `dig @server` does: `sent`, or the errno.
+    fn dig_at(&self, server: Ipv4Addr) -> String {
+        const DIG: &str = r#"
+import errno, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+try:
+    s.sendto(b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x04myip\x07opendns\x03com\x00\x00\x01\x00\x01", (sys.argv[1], 53))
+    print("sent")
+except OSError as e:
+    print(errno.errorcode.get(e.errno))
+"#;
+        let out = self
+            .cgroup
+            .python_with_resolv_conf(&self.pair.near, &self.resolv_conf, DIG, &[server.to_string()])
+            .stdin(Stdio::null())
+            .output()
+            .expect("running dig");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+fn at(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(ip), port)
+}
+
+#[test]
+fn openvidu_day_2x_ce_replayed_every_needed_flow_passes_everything_else_drops() {
+    let day = Day::new(157);
+    let (near4, far4) = (day.pair.near4, day.pair.far4);
+    // What OpenVidu serves on the host: HTTPS, TURN, Kurento media.
+    let _served = [
+        Echo::tcp(&day.pair.near, at(near4, 443)),
+        Echo::udp(&day.pair.near, at(near4, 3478)),
+        Echo::udp(&day.pair.near, at(near4, 40000)),
+    ];
+    let mut fw = day.fw();
+    let public_resolver = Ipv4Addr::new(198, 19, 53, 53);
+
+    // Install: the install script and images (web), the public-IP
+    // discovery's HTTP fallback, the webhook.
+    let install = day.client(&["registry.day.test:443", "registry.day.test:80", "ifconfig.co:80", &format!("hooks.day.test:{WEBHOOK_PORT}")]);
+    for (arg, addr, result) in &install {
+        assert_eq!(result, "ok", "install: {arg} ({addr}): {install:?}\n{}", fw.log_text());
+    }
+    // discover_my_public_ip.sh's `dig @public-resolver`: DNS goes to the
+    // system resolvers only, even while installing.
+    assert_eq!(day.dig_at(public_resolver), "EPERM", "install: DNS to a public resolver");
+
+    // Close all outbound.
+    let out = day.fw_cli(&fw, &["switch", "runtime"]);
+    assert!(out.status.success(), "fw switch runtime: {out:#?}");
+    assert_eq!(fw.status_json()["phase"], "runtime");
+
+    // Clients on the served ports (from the Internet side).
+    assert_eq!(in_netns(&day.pair.far, || tcp_echo(at(near4, 443), PASS_TIMEOUT)), Outcome::Echoed, "client on 443");
+    assert_eq!(in_netns(&day.pair.far, || udp_echo(at(near4, 3478), PASS_TIMEOUT)), Outcome::Echoed, "client on 3478/udp");
+    assert_eq!(in_netns(&day.pair.far, || udp_echo(at(near4, 40000), PASS_TIMEOUT)), Outcome::Echoed, "media on 40000/udp");
+
+    // The runtime's outbound needs: webhook, ACME renewal, the discovery
+    // fallback, NTP to a pool name.
+    let hook = format!("hooks.day.test:{WEBHOOK_PORT}");
+    let runtime = day.client(&[&hook, "acme-v02.api.letsencrypt.org:443", "ifconfig.co:80", "udp:2.debian.pool.ntp.org:123"]);
+    for (arg, addr, result) in &runtime {
+        assert_eq!(result, "ok", "runtime: {arg} ({addr}): {runtime:?}\n{}", fw.log_text());
+    }
+    assert_eq!(day.one(&hook), ("198.19.1.1".to_string(), "ok".to_string()));
+
+    // The webhook receiver moves: the next POST goes to its new address.
+    day.dnsmasq.rewrite(&HOSTS.replace("198.19.1.1 hooks", "198.19.1.2 hooks"));
+    let server = at(far4, 53);
+    let moved = poll(Duration::from_secs(10), || {
+        in_netns(&day.pair.near, || resolve_a(server, "hooks.day.test") == [Ipv4Addr::new(198, 19, 1, 2)])
+    });
+    assert!(moved, "dnsmasq did not pick up the webhook's new address");
+    assert_eq!(day.one(&hook), ("198.19.1.2".to_string(), "ok".to_string()), "the webhook after its address changed");
+
+    // Everything else: refused at the socket (the hooks), the registry
+    // included now that the install is over.
+    let before = fw.drops().egress("drop_socket").0;
+    let closed = day.client(&["registry.day.test:443", "registry.day.test:80", "198.19.7.7:8443", "acme-v02.api.letsencrypt.org:80", "hooks.day.test:443"]);
+    for (arg, addr, result) in &closed {
+        assert_eq!(result, "EPERM", "runtime: {arg} ({addr}) must be refused: {closed:?}");
+    }
+    assert_eq!(day.dig_at(public_resolver), "EPERM", "runtime: DNS to a public resolver");
+    // And on the wire, from a socket outside the hooked cgroup.
+    let wire_before = fw.drops().egress("drop_default").0;
+    assert_eq!(in_netns(&day.pair.near, || tcp_echo(at(Ipv4Addr::new(198, 19, 7, 7), 8443), DROP_TIMEOUT)), Outcome::TimedOut);
+
+    // fw drops: each needed flow passed by its rule; the rest was dropped.
+    let drops = fw.drops_when(|d| d.egress("drop_default").0 > wire_before);
+    println!("{drops:#?}");
+    for rule in ["web", "webhook", "acme", "public-ip-discovery", "essentials-ntp", "https", "stun-turn", "kurento-media"] {
+        assert!(drops.rule(rule).packets > 0, "rule {rule} passed nothing: {drops:#?}");
+    }
+    assert!(drops.egress("drop_socket").0 >= before + 6, "{drops:#?}");
+    assert!(drops.egress("drop_default").0 > wire_before, "{drops:#?}");
+    assert!(drops.egress("pass_resolver").0 > 0, "DNS went to dnsmasq through the proxy: {drops:#?}");
+    fw.stop();
+}
