@@ -70,7 +70,7 @@ pub fn compile_phase(policy: &Policy, phase: &str) -> Result<CompiledPhase, Comp
     let settings = policy.phase(phase).ok_or_else(unknown)?.settings;
     let rules: Vec<&Rule> = policy.rules_of_phase(phase).ok_or_else(unknown)?;
 
-    let partition = classes::partition(&rules);
+    let partition = classes::partition(&rules, &policy.rules);
 
     let mut addr4 = Vec::new();
     let mut addr6 = Vec::new();
@@ -97,13 +97,14 @@ pub fn compile_phase(policy: &Policy, phase: &str) -> Result<CompiledPhase, Comp
         .class_rules
         .iter()
         .enumerate()
-        .flat_map(|(class, rule_ids)| ports::class_port_entries(class as u32, rule_ids, &policy.rules))
+        .flat_map(|(class, class_rules)| ports::class_port_entries(class as u32, class_rules, &policy.rules))
         .collect();
     // Each name rule's own class: what an address learned for it allows
     // (see `fw_common::names`). Name rules only allow, so the union of the
     // rules an address was learned for is "any of them allows".
     for rule in rules.iter().filter(|r| !r.names.is_empty()) {
-        port_entries.extend(ports::class_port_entries(fw_common::names::name_class(rule.id), &[rule.id], &policy.rules));
+        let own = classes::ClassRules::default().with(&[rule.id], &policy.rules);
+        port_entries.extend(ports::class_port_entries(fw_common::names::name_class(rule.id), &own, &policy.rules));
     }
     port_entries.sort();
 
