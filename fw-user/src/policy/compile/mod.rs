@@ -12,8 +12,10 @@
 //! * [`range_to_prefixes`]: minimal aligned-prefix cover of a port range.
 //!
 //! The steps: [`classes`] partitions each direction's address space into
-//! classes of identical rule sets, then [`ports`] writes each class's
-//! decisions over (protocol, port). [`tables`] holds the output types and
+//! classes of identical deciding rules (the rules around a CIDR that can
+//! still decide something there), then [`ports`] writes each class's
+//! decisions over (protocol, port). The work follows the size of the
+//! output, not rules times nesting depth (see [`classes`]). [`tables`] holds the output types and
 //! the reference LPM lookup.
 
 mod classes;
