@@ -260,6 +260,66 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------
+// Issue 16's nested shape, small: one phase, many rules on CIDRs nested
+// several deep (every prefix length of a small window, the wide ones named
+// by several rules), with `proto: any` rules and denies among them. A class
+// keeps only the rules that can still decide in it (compile/classes.rs):
+// this checks that what is dropped never mattered, at every depth.
+
+fn nested_cidr() -> impl Strategy<Value = IpNet> {
+    let v4 = (0u32..256, 22u8..=32).prop_map(|(low, len)| {
+        let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) | low);
+        IpNet::V4(Ipv4Net::new(addr, len).unwrap().trunc())
+    });
+    let v6 = (0u128..256, 118u8..=128).prop_map(|(low, len)| {
+        let addr = Ipv6Addr::from(u128::from("2001:db8::".parse::<Ipv6Addr>().unwrap()) | low);
+        IpNet::V6(Ipv6Net::new(addr, len).unwrap().trunc())
+    });
+    prop_oneof![3 => v4, 1 => v6]
+}
+
+prop_compose! {
+    fn nested_policy()(
+        settings in settings(),
+        rules in prop::collection::vec(
+            (nested_cidr(), protocols(), prop::bool::weighted(0.2), prop::bool::weighted(0.15)),
+            10..60,
+        ),
+    ) -> Policy {
+        let rules = rules
+            .into_iter()
+            .enumerate()
+            .map(|(id, (net, protocols, deny, inbound))| Rule {
+                id: id as u32,
+                name: format!("r{id}"),
+                phase: "runtime".into(),
+                direction: if inbound { Direction::Inbound } else { Direction::Egress },
+                action: if deny { Action::Deny } else { Action::Allow },
+                peers: vec![net],
+                names: Vec::new(),
+                protocols,
+                pos: Pos::default(),
+            })
+            .collect();
+        let phases = vec![Phase { name: "runtime".into(), extends: None, settings, dns: None, pos: Pos::default() }];
+        Policy { name: "nested".into(), file: "nested.yaml".into(), phases, rules }
+    }
+}
+
+proptest! {
+    #![proptest_config(config(10_000, 5, "proptest-regressions/compiler_differential_nested.txt"))]
+
+    #[test]
+    fn nested_policies_compile_faithfully(
+        policy in nested_policy(),
+        picks in prop::collection::vec((any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>()), 96),
+    ) {
+        let packets = packets_for(&policy, &picks);
+        assert_tables_agree_with_evaluator(&policy, &packets)?;
+    }
+}
+
+// ---------------------------------------------------------------------------
 // The same property through the YAML front end: policies rendered as text,
 // parsed back, then compiled and evaluated. Fewer cases (parsing dominates).
 

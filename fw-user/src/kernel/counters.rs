@@ -42,6 +42,15 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn read(maps: &CounterMaps, rules: &[RuleInfo]) -> Result<Snapshot> {
+        let reasons = Self::read_reasons(maps)?;
+        Ok(Snapshot { reasons, rules: Self::read_rules(maps, rules)? })
+    }
+
+    /// The (direction, reason) counters alone: a few dozen reads whatever
+    /// the policy's size. The kernel counts every packet a rule judges
+    /// under some reason too, so while these stay the same no rule counter
+    /// moves either (the daemon's idle summaries rely on it).
+    pub fn read_reasons(maps: &CounterMaps) -> Result<Vec<ReasonCount>> {
         let mut reasons = Vec::new();
         for direction in Direction::ALL {
             for reason in Reason::ALL {
@@ -57,6 +66,11 @@ impl Snapshot {
                 });
             }
         }
+        Ok(reasons)
+    }
+
+    /// The counters of `rules`, in their order: one read per rule.
+    pub fn read_rules(maps: &CounterMaps, rules: &[RuleInfo]) -> Result<Vec<RuleCount>> {
         let mut out = Vec::with_capacity(rules.len());
         for rule in rules {
             let c: Counter = CounterMaps::sum(&maps.rule_stats, rule.id)?;
@@ -69,7 +83,7 @@ impl Snapshot {
                 bytes: c.bytes,
             });
         }
-        Ok(Snapshot { reasons, rules: out })
+        Ok(out)
     }
 
     /// Packets dropped in total.

@@ -141,3 +141,34 @@ fn finding7_switches_confirms_rollbacks_and_their_drops_are_logged() {
     assert!(fw.log_has_within(&confirmed, Duration::from_secs(10)), "{}", fw.log_text());
     println!("daemon log:\n{}", fw.log_text());
 }
+
+/// Issue 16, deliver 4: an idle daemon no longer reads every deny rule's
+/// counter for each summary (10,000 reads a summary with a 100,000-rule
+/// policy); it reads them only once a packet was judged. This keeps what
+/// the summaries say: idle windows report no drops, and the drops of a
+/// deny rule after them are reported under that rule's name.
+#[test]
+fn idle_summaries_skip_the_rule_counters_and_still_name_the_deny_rule() {
+    harness::setup();
+    let pair = VethPair::new(116);
+    let dir = TempDir::new();
+    let mut policy = String::from("name: idle\nphases:\n  a:\n    egress_default: drop\n    egress:\n");
+    // Many deny rules that never match, and the one that does, last.
+    for i in 0..2000u32 {
+        policy += &format!("      - {{ name: d{i}, to: [\"198.19.{}.{}\"], proto: tcp, ports: [25], action: deny }}\n", i / 250, i % 250);
+    }
+    policy += "      - { name: blocked, to: [any], proto: udp, ports: [9999], action: deny }\n";
+    let policy = dir.write("idle.yaml", &policy);
+    let fw = Fw::start_with(&pair.near, &pair.near_if, &policy, "a", &["--interval".as_ref(), "1".as_ref()]);
+    // Two idle windows (the first one may have seen the start's own packets).
+    let idle = |log: &str| log.lines().filter(|l| l.contains("phase a (generation") && l.ends_with(": no drops")).count();
+    assert!(poll(Duration::from_secs(20), || idle(&fw.log_text()) >= 2), "{}", fw.log_text());
+
+    let far = SocketAddr::new(IpAddr::from(pair.far4), 9999);
+    in_netns(&pair.near, || udp_send(far, 3, 10));
+    assert!(fw.log_has_within("rule blocked=3", Duration::from_secs(20)), "{}", fw.log_text());
+    // And idle again afterwards: nothing counted twice.
+    let before = idle(&fw.log_text());
+    assert!(poll(Duration::from_secs(20), || idle(&fw.log_text()) > before), "{}", fw.log_text());
+    assert_eq!(fw.log_text().matches("rule blocked=").count(), 1, "{}", fw.log_text());
+}

@@ -12,8 +12,10 @@
 //! * [`range_to_prefixes`]: minimal aligned-prefix cover of a port range.
 //!
 //! The steps: [`classes`] partitions each direction's address space into
-//! classes of identical rule sets, then [`ports`] writes each class's
-//! decisions over (protocol, port). [`tables`] holds the output types and
+//! classes of identical deciding rules (the rules around a CIDR that can
+//! still decide something there), then [`ports`] writes each class's
+//! decisions over (protocol, port). The work follows the size of the
+//! output, not rules times nesting depth (see [`classes`]). [`tables`] holds the output types and
 //! the reference LPM lookup.
 
 mod classes;
@@ -70,7 +72,7 @@ pub fn compile_phase(policy: &Policy, phase: &str) -> Result<CompiledPhase, Comp
     let settings = policy.phase(phase).ok_or_else(unknown)?.settings;
     let rules: Vec<&Rule> = policy.rules_of_phase(phase).ok_or_else(unknown)?;
 
-    let partition = classes::partition(&rules);
+    let partition = classes::partition(&rules, &policy.rules);
 
     let mut addr4 = Vec::new();
     let mut addr6 = Vec::new();
@@ -97,13 +99,14 @@ pub fn compile_phase(policy: &Policy, phase: &str) -> Result<CompiledPhase, Comp
         .class_rules
         .iter()
         .enumerate()
-        .flat_map(|(class, rule_ids)| ports::class_port_entries(class as u32, rule_ids, &policy.rules))
+        .flat_map(|(class, class_rules)| ports::class_port_entries(class as u32, class_rules, &policy.rules))
         .collect();
     // Each name rule's own class: what an address learned for it allows
     // (see `fw_common::names`). Name rules only allow, so the union of the
     // rules an address was learned for is "any of them allows".
     for rule in rules.iter().filter(|r| !r.names.is_empty()) {
-        port_entries.extend(ports::class_port_entries(fw_common::names::name_class(rule.id), &[rule.id], &policy.rules));
+        let own = classes::ClassRules::default().with(&[rule.id], &policy.rules);
+        port_entries.extend(ports::class_port_entries(fw_common::names::name_class(rule.id), &own, &policy.rules));
     }
     port_entries.sort();
 

@@ -20,7 +20,7 @@ use std::collections::{BTreeSet, HashSet};
 use fw_common::{Action, PolicyValue};
 
 use crate::{
-    policy::compile::tables::PortEntry,
+    policy::compile::{classes::ClassRules, tables::PortEntry},
     policy::ir::{PortRange, Protocols, Rule},
 };
 
@@ -43,20 +43,20 @@ pub fn range_to_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
     blocks
 }
 
-/// The entries of `class`, whose rules (`rule_ids`, ascending = file order)
-/// are looked up in `all_rules` (indexed by rule id).
-pub(crate) fn class_port_entries(class: u32, rule_ids: &[u32], all_rules: &[Rule]) -> Vec<PortEntry> {
-    let rules: Vec<&Rule> = rule_ids.iter().map(|&id| &all_rules[id as usize]).collect();
+/// The entries of `class`, whose deciding rules (`class_rules`) are looked
+/// up in `all_rules` (indexed by rule id).
+pub(crate) fn class_port_entries(class: u32, class_rules: &ClassRules, all_rules: &[Rule]) -> Vec<PortEntry> {
     let value_of = |id: u32| PolicyValue::new(id, all_rules[id as usize].action);
     let mut entries = Vec::new();
 
-    let any_protocol_rules: Vec<&Rule> = rules.iter().copied().filter(|r| r.protocols == Protocols::Any).collect();
-    let any_protocol_decision = first_deny_else_first_allow(any_protocol_rules.iter().map(|r| (r.id, r.action)));
+    // The first any-protocol deny, else the first any-protocol allow.
+    let any_protocol_decision = class_rules.any_deny.or(class_rules.any_allow);
     if let Some(id) = any_protocol_decision {
         entries.push(PortEntry { class, proto: None, port: 0, port_prefix_len: 0, value: value_of(id) });
     }
 
-    let named_protocols: BTreeSet<u8> = rules
+    let specific: Vec<&Rule> = class_rules.specific.iter().map(|&id| &all_rules[id as usize]).collect();
+    let named_protocols: BTreeSet<u8> = specific
         .iter()
         .filter_map(|r| match &r.protocols {
             Protocols::Any => None,
@@ -64,16 +64,20 @@ pub(crate) fn class_port_entries(class: u32, rule_ids: &[u32], all_rules: &[Rule
         })
         .flatten()
         .collect();
+    // The any-protocol rules that matter, on every port of every protocol.
+    let any_rules: Vec<&Rule> =
+        [class_rules.any_deny, class_rules.any_allow].into_iter().flatten().map(|id| &all_rules[id as usize]).collect();
 
     for proto in named_protocols {
-        // Every rule of the class that matches some port of `proto`, with
-        // the ports it matches there.
-        let covering: Vec<(&Rule, &[PortRange])> = rules
+        // Every deciding rule of the class that matches some port of
+        // `proto`, with the ports it matches there.
+        let covering: Vec<(&Rule, &[PortRange])> = any_rules
             .iter()
-            .filter_map(|r| match &r.protocols {
-                Protocols::Any => Some((*r, std::slice::from_ref(&PortRange::ALL))),
+            .map(|r| (*r, std::slice::from_ref(&PortRange::ALL)))
+            .chain(specific.iter().filter_map(|r| match &r.protocols {
+                Protocols::Any => None,
                 Protocols::Only(list) => list.iter().find(|p| p.proto == proto).map(|p| (*r, p.ports.as_slice())),
-            })
+            }))
             .collect();
         for segment in constant_decision_segments(&covering) {
             // Undecided segments cannot occur when an any-protocol decision
@@ -88,12 +92,6 @@ pub(crate) fn class_port_entries(class: u32, rule_ids: &[u32], all_rules: &[Rule
         }
     }
     entries
-}
-
-/// The precedence rule, over (rule id, action) pairs in file order.
-fn first_deny_else_first_allow(rules: impl Iterator<Item = (u32, Action)> + Clone) -> Option<u32> {
-    let first_with = |wanted: Action| rules.clone().find(|(_, a)| *a == wanted).map(|(id, _)| id);
-    first_with(Action::Deny).or_else(|| first_with(Action::Allow))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

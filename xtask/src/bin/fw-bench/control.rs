@@ -44,8 +44,8 @@ fn memlock(fd: std::os::fd::BorrowedFd<'_>) -> u64 {
         .unwrap_or(0)
 }
 
-pub fn run(rules: usize) -> Result<Value> {
-    let yaml = gen::policy(rules);
+pub fn run(rules: usize, shape: &str) -> Result<Value> {
+    let yaml = gen::by_shape(shape, rules)?;
     let vars = Vars::from_pairs::<&str, &str>([]);
     let t = Instant::now();
     let loaded = parse_str_with_resolver(&yaml, "bench.yaml", &vars, &|h| {
@@ -98,7 +98,7 @@ pub fn run(rules: usize) -> Result<Value> {
         + memlock(policy.ports.map().fd().as_fd());
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     Ok(json!({
-        "rules": rules,
+        "rules": rules, "shape": shape,
         "entries": { "addr4": compiled.addr4.len(), "addr6": compiled.addr6.len(), "ports": compiled.ports.len(), "total": entries },
         "parse_ms": ms(parse), "compile_ms": ms(compile), "load_verify_ms": ms(load), "write_ms": ms(write),
         "total_ms": ms(parse + compile + load + write),

@@ -218,3 +218,53 @@ pub fn policy(rules: usize) -> String {
     y += "      - { name: webhook, to: [\"198.19.0.10\"], proto: tcp, ports: [443] }\n";
     y
 }
+
+/// The "nested" shape of issue 16, the shape of real merged allowlists: half
+/// the rules on /16../32 prefixes (lengths drawn evenly, so the few wide
+/// prefixes of 198.18.0.0/15 are named by many rules each) with their IPv6
+/// twins in 2001:db8::/32, half sparse hosts; one rule in ten a deny, one
+/// in ten `proto: any`, and distinct ports per rule, wide prefixes
+/// included. Unlike [`policy`], nothing keeps the wide prefixes simple:
+/// every narrow CIDR sits under thousands of rules, which is what shows
+/// whether the compiler's work follows its output or rules times depth.
+pub fn nested_policy(rules: usize) -> String {
+    let mut rng = Rng::new(0x4e57_ed00 + rules as u64);
+    let mut y = format!("name: nested-{rules}\nphases:\n  a:\n    egress:\n");
+    for i in 0..rules {
+        let to = if i % 2 == 0 {
+            let offset = rng.below(1 << 17) as u32;
+            let len = 16 + rng.below(17) as u8;
+            let host_bits = 32 - u32::from(len);
+            let net = offset >> host_bits << host_bits;
+            let v4 = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + net);
+            let v6 = Ipv6Addr::from((0x2001_0db8u128 << 96) | (u128::from(net) << (128 - 49)));
+            format!("[\"{v4}/{len}\", \"{v6}/{}\"]", u32::from(len) + 17)
+        } else {
+            sparse(&mut rng).0
+        };
+        // Distinct ports: a stride coprime with the 60,000 ports used.
+        let port = 1024 + (i as u64 * 7_919) % 60_000;
+        let proto = match rng.below(10) {
+            0 => "proto: any".to_string(),
+            1..=4 => format!("proto: tcp, ports: [{port}]"),
+            5..=6 => format!("proto: udp, ports: [{port}, \"{}-{}\"]", port + 1, port + 1 + rng.below(40)),
+            _ => format!("proto: [tcp, udp], ports: [{port}]"),
+        };
+        let action = if rng.below(10) == 0 { ", action: deny" } else { "" };
+        let _ = writeln!(y, "      - {{ name: n{i}, to: {to}, {proto}{action} }}");
+    }
+    // Phase b as in [`policy`], so that `control` can time a switch.
+    y += "  b:\n    extends: a\n    egress:\n";
+    y += "      - { name: webhook, to: [\"198.19.0.10\"], proto: tcp, ports: [443] }\n";
+    y
+}
+
+/// The generated policy of a shape: `dense` ([`policy`], the one the traffic
+/// runs use) or `nested` ([`nested_policy`], the compiler's worst case).
+pub fn by_shape(shape: &str, rules: usize) -> anyhow::Result<String> {
+    match shape {
+        "dense" => Ok(policy(rules)),
+        "nested" => Ok(nested_policy(rules)),
+        other => anyhow::bail!("--shape {other}: expected dense or nested"),
+    }
+}

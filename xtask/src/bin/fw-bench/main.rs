@@ -2,7 +2,7 @@
 //! orchestrates, this binary does what needs the fw libraries or has to run
 //! inside a network namespace). Built with `--features bench`, run as root.
 //!
-//! * `policy N` prints the generated N-rule policy (YAML);
+//! * `policy N [--shape dense|nested]` prints a generated N-rule policy (YAML);
 //! * `testrun` measures ns/packet through the real programs (part 1);
 //! * `control` measures compile, load, write and map memory (part 3);
 //! * `udp-send` / `udp-recv`: the small-packet sender (sendmmsg) and its
@@ -51,8 +51,8 @@ fn run() -> Result<()> {
     };
     let json = match command.as_str() {
         "policy" => {
-            let rules: usize = args.get(1).context("policy N")?.parse()?;
-            print!("{}", gen::policy(rules));
+            let rules: usize = args.get(1).context("policy N [--shape dense|nested]")?.parse()?;
+            print!("{}", gen::by_shape(&arg(&args, "--shape", "dense".to_string())?, rules)?);
             return Ok(());
         }
         "testrun" => testrun::run(&testrun::Options {
@@ -61,7 +61,10 @@ fn run() -> Result<()> {
             rounds: arg(&args, "--rounds", 5)?,
             distinct: arg(&args, "--distinct", 20_000)?,
         })?,
-        "control" => control::run(arg(&args, "--rules", 100_000)?)?,
+        "control" => control::run(
+            arg(&args, "--rules", 100_000)?,
+            &arg(&args, "--shape", "dense".to_string())?,
+        )?,
         "udp-send" => udp::send(
             arg(
                 &args,
