@@ -14,7 +14,7 @@ use std::net::IpAddr;
 
 use fw_common::{
     names::{Resolvers, MAX_RESOLVERS4, MAX_RESOLVERS6},
-    Config, Counter, PhaseConfig,
+    AddrKey4, AddrKey6, Config, Counter, PhaseConfig, PortKey,
 };
 
 use crate::{
@@ -263,21 +263,24 @@ pub struct EntryCounts {
     pub other_generations: usize,
 }
 
+/// Counts distinct keys: walking an LPM trie while another process deletes
+/// from it (the daemon's repair collecting an interrupted switch) restarts
+/// from the first key whenever the walk's current key was deleted (the
+/// kernel's `trie_get_next_key` falls back to the leftmost node), so a
+/// plain count can see an entry many times (a 1-entry generation counted
+/// 570 times under load). The keys' generation says whose they are.
 pub fn count_entries(maps: &PolicyMaps, generation: u32) -> Result<EntryCounts> {
+    use std::collections::HashSet;
     let gen = generation.to_be_bytes();
-    let mine = |g: [u8; 4]| g == gen;
-    let (mut counts, mut other) = (EntryCounts::default(), 0);
-    for k in maps.addr4.keys().filter_map(|k| k.ok()) {
-        if mine(k.data().generation) { counts.addr4 += 1 } else { other += 1 }
-    }
-    for k in maps.addr6.keys().filter_map(|k| k.ok()) {
-        if mine(k.data().generation) { counts.addr6 += 1 } else { other += 1 }
-    }
-    for k in maps.ports.keys().filter_map(|k| k.ok()) {
-        if mine(k.data().generation) { counts.ports += 1 } else { other += 1 }
-    }
+    let mut counts = EntryCounts::default();
+    let addr4: HashSet<(u32, AddrKey4)> = maps.addr4.keys().filter_map(|k| k.ok()).map(|k| (k.prefix_len(), k.data())).collect();
+    let addr6: HashSet<(u32, AddrKey6)> = maps.addr6.keys().filter_map(|k| k.ok()).map(|k| (k.prefix_len(), k.data())).collect();
+    let ports: HashSet<(u32, PortKey)> = maps.ports.keys().filter_map(|k| k.ok()).map(|k| (k.prefix_len(), k.data())).collect();
+    counts.addr4 = addr4.iter().filter(|(_, k)| k.generation == gen).count();
+    counts.addr6 = addr6.iter().filter(|(_, k)| k.generation == gen).count();
+    counts.ports = ports.iter().filter(|(_, k)| k.generation == gen).count();
+    counts.other_generations = addr4.len() + addr6.len() + ports.len() - counts.addr4 - counts.addr6 - counts.ports;
     counts.flows = maps.flows.keys().filter_map(|k| k.ok()).count();
     counts.flows_in = maps.flows_in.keys().filter_map(|k| k.ok()).count();
-    counts.other_generations = other;
     Ok(counts)
 }
