@@ -141,9 +141,21 @@ fn setup(tools: &Tools, dir: &Path, rules: usize, limit: Duration) -> Result<Set
             .arg("--policy")
             .arg(&policy),
     )?;
+    // Its warnings (thousands for the generated policies: rules that never
+    // decide) go to a file: a pipe nobody reads fills up and blocks `fw run`
+    // before it says it enforces (the 10,000-rule run waited 300 s).
+    let stderr_log = dir.join(format!("fw-run-{rules}.stderr"));
+    if let Some(mut stderr) = daemon.0.stderr.take() {
+        let path = stderr_log.clone();
+        std::thread::spawn(move || {
+            if let Ok(mut file) = std::fs::File::create(&path) {
+                let _ = std::io::copy(&mut stderr, &mut file);
+            }
+        });
+    }
     let (stdout, fw_load) = daemon
         .wait_for_line("enforcing", Duration::from_secs(300))
-        .context("fw run")?;
+        .with_context(|| format!("fw run (its stderr: {})", stderr_log.display()))?;
     // Keep draining its output so that it never blocks on a full pipe.
     std::thread::spawn(move || {
         std::io::copy(&mut std::io::BufReader::new(stdout), &mut std::io::sink())
