@@ -756,3 +756,37 @@ fn names_wildcards_follow_cname_chains_by_the_question() {
     );
     assert_eq!(learned(&fw), vec![("198.19.215.1".to_string(), vec!["a.media.test".to_string()])]);
 }
+
+/// Behaviour 10: a phase switch keeps what was learned for the rules the
+/// new phase still has, and drops the rest: in the kernel at once (the
+/// dropped rule's name class has no entries under the new generation),
+/// and from `fw names` once the proxy sees the new phase.
+#[test]
+fn names_a_switch_keeps_what_the_new_phase_still_allows() {
+    let lab = Lab::new(99, "198.19.216.1 keep.test\n198.19.216.2 gone.test\n198.19.216.3 later.test\n");
+    let policy = lab.dir.write(
+        "policy.yaml",
+        &format!(
+            "name: names\nphases:\n  base:\n    dns: {{ resolvers: [{}], min_ttl: 600 }}\n    egress:\n      \
+             - {{ name: keep, to: [keep.test, later.test], proto: tcp, ports: [{PORT}] }}\n  \
+             a:\n    extends: base\n    egress:\n      - {{ name: gone, to: [gone.test], proto: tcp, ports: [{PORT}] }}\n  \
+             b:\n    extends: base\n",
+            lab.pair.far4
+        ),
+    );
+    let cg = lab.cgroup.path.display().to_string();
+    let extra: Vec<&std::ffi::OsStr> = vec!["--cgroup".as_ref(), cg.as_ref()];
+    let fw = Fw::start_launch(&lab.pair.near, &lab.pair.near_if, &policy, "a", Launch { extra: &extra, ..Launch::default() });
+    assert!(fw.log_has_within("DNS proxy listening", Duration::from_secs(10)), "{}", fw.log_text());
+    let verdicts = |args: &[&str]| connect_results(&lab, args).into_iter().map(|r| r.2).collect::<Vec<_>>();
+    assert_eq!(verdicts(&["keep.test", "gone.test"]), ["ok", "ok"], "{}", fw.log_text());
+
+    let switched = fw.cli(&["switch", "b"]);
+    assert!(switched.status.success(), "{switched:?}");
+    assert_eq!(verdicts(&["198.19.216.1", "198.19.216.2"]), ["ok", "EPERM"], "kept for keep, gone with its rule");
+    // A query makes the proxy read the new phase; its ledger follows.
+    assert_eq!(verdicts(&["later.test"]), ["ok"]);
+    let now = learned(&fw);
+    assert!(now.iter().any(|(a, _)| a == "198.19.216.1"), "{now:?}");
+    assert!(!now.iter().any(|(a, _)| a == "198.19.216.2"), "the dropped rule's address is still listed: {now:?}");
+}
