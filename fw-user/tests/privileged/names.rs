@@ -217,15 +217,7 @@ impl Lab {
 
     /// Runs `script` in the cgroup with the lab's resolv.conf; its stdout.
     fn client(&self, script: &str, args: &[String]) -> String {
-        let out = self
-            .cgroup
-            .python_with_resolv_conf(&self.pair.near, &self.resolv_conf, script, args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("running the client");
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(out.status.success(), "client failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
-        stdout
+        self.cgroup.python_output(&self.pair.near, &self.resolv_conf, script, args)
     }
 }
 

@@ -157,15 +157,8 @@ impl Day {
     /// Runs the client in the cgroup; `(arg, addr, result)` per argument.
     fn client(&self, args: &[&str]) -> Vec<(String, String, String)> {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let out = self
-            .cgroup
-            .python_with_resolv_conf(&self.pair.near, &self.resolv_conf, CLIENT, &args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("running the client");
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(out.status.success(), "client failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
-        stdout
+        self.cgroup
+            .python_output(&self.pair.near, &self.resolv_conf, CLIENT, &args)
             .lines()
             .map(|l| {
                 let f: Vec<&str> = l.splitn(3, ' ').collect();

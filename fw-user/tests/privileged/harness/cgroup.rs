@@ -94,6 +94,19 @@ impl TestCgroup {
     /// `python3 -c SCRIPT ARGS` in `ns` and in this cgroup, in a private
     /// mount namespace where `/etc/resolv.conf` is `resolv_conf` (a bind
     /// mount that dies with the process: the host's file is never touched).
+    /// Runs `script` as [`Self::python_with_resolv_conf`] does, to its
+    /// end; its stdout. Panics (with both outputs) when it fails.
+    pub fn python_output(&self, ns: &Netns, resolv_conf: &std::path::Path, script: &str, args: &[String]) -> String {
+        let out = self
+            .python_with_resolv_conf(ns, resolv_conf, script, args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("running the client");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "client failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        stdout
+    }
+
     pub fn python_with_resolv_conf(&self, ns: &Netns, resolv_conf: &std::path::Path, script: &str, args: &[String]) -> Command {
         let mut cmd = ns.command("unshare");
         cmd.args(["-m", "--propagation", "private", "sh", "-c"])
