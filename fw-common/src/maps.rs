@@ -54,8 +54,27 @@ pub const DNS_PROXY: &str = "FW_DNS_PROXY";
 
 /// Every map that `fw` pins, in a fixed order.
 pub const ALL: [&str; 21] = [
-    CONFIG, PHASES, ADDR4, ADDR6, PORTS, FLOWS, FLOWS_IN, FLOW_STATS, FRAGS, STATS, RULE_STATS, EVENTS, EVENT_RATE,
-    EVENT_STATS, BYPASS4, BYPASS6, ONLINK6, NAMES4, NAMES6, RESOLVERS, DNS_PROXY,
+    CONFIG,
+    PHASES,
+    ADDR4,
+    ADDR6,
+    PORTS,
+    FLOWS,
+    FLOWS_IN,
+    FLOW_STATS,
+    FRAGS,
+    STATS,
+    RULE_STATS,
+    EVENTS,
+    EVENT_RATE,
+    EVENT_STATS,
+    BYPASS4,
+    BYPASS6,
+    ONLINK6,
+    NAMES4,
+    NAMES6,
+    RESOLVERS,
+    DNS_PROXY,
 ];
 
 /// The TC egress classifier: enforces the egress policy.

@@ -124,12 +124,7 @@ impl AddrKey6 {
 impl PortKey {
     #[inline(always)]
     pub const fn new(generation: u32, class: u32, proto: u8, port: u16) -> Self {
-        Self {
-            generation: generation.to_be_bytes(),
-            class: class.to_be_bytes(),
-            proto,
-            port: port.to_be_bytes(),
-        }
+        Self { generation: generation.to_be_bytes(), class: class.to_be_bytes(), proto, port: port.to_be_bytes() }
     }
     pub const fn class(&self) -> u32 {
         u32::from_be_bytes(self.class)

@@ -223,15 +223,7 @@ pub fn touch(entry: Entry, now: u64, direction: Direction, pkt: &Packet) -> bool
 /// the protected table.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub fn admit(
-    key: &FlowKey,
-    direction: Direction,
-    generation: u32,
-    rule: u32,
-    audit: bool,
-    pkt: &Packet,
-    now: u64,
-) {
+pub fn admit(key: &FlowKey, direction: Direction, generation: u32, rule: u32, audit: bool, pkt: &Packet, now: u64) {
     let mut flags = if direction == Direction::Inbound { FLOW_INBOUND } else { 0 };
     if audit {
         flags |= FLOW_AUDIT;

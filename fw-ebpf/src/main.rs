@@ -96,7 +96,8 @@ fn report(ctx: &TcContext, direction: Direction, verdict: &Verdict, pkt: &parse:
         0
     };
     let key = if verdict.reason == Reason::PassAudit {
-        let (peer, port) = if direction == Direction::Egress { (&pkt.dst, pkt.policy_port) } else { (&pkt.src, pkt.policy_port) };
+        let (peer, port) =
+            if direction == Direction::Egress { (&pkt.dst, pkt.policy_port) } else { (&pkt.src, pkt.policy_port) };
         events::destination_key(verdict.reason as u8, peer, port, pkt.proto)
     } else {
         events::rule_key(verdict)

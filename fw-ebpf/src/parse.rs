@@ -513,7 +513,6 @@ fn write4(dst: &mut [u8; 16], addr: [u8; 4]) {
     dst[3] = d;
 }
 
-
 #[inline(always)]
 fn check_within(header_end: usize, ip_end: usize) -> Result<(), Reason> {
     if header_end > ip_end {

@@ -319,10 +319,8 @@ fn ipv6_extension_header_beyond_the_datagram_is_truncation() {
 
 #[test]
 fn ipv6_fragments() {
-    let first = frame(
-        eth(&[], ETH_P_IPV6),
-        ipv6(&[fragment_header(0, true, 0xabcd)], proto::UDP, &udp(3, 4, &[0; 16])),
-    );
+    let first =
+        frame(eth(&[], ETH_P_IPV6), ipv6(&[fragment_header(0, true, 0xabcd)], proto::UDP, &udp(3, 4, &[0; 16])));
     let seen = parse_frame(&first).unwrap().unwrap();
     assert_eq!((seen.frag, seen.frag_id, seen.frag_proto, seen.ports), (Frag::First as u8, 0xabcd, proto::UDP, (3, 4)));
     let later = frame(eth(&[], ETH_P_IPV6), ipv6(&[fragment_header(2, false, 0xabcd)], proto::UDP, &[0xee; 16]));

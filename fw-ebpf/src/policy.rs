@@ -16,7 +16,10 @@ use aya_ebpf::{
 };
 use fw_common::{
     maps::{DEFAULT_ADDR_ENTRIES, DEFAULT_PORT_ENTRIES},
-    names::{name_class, Learned, Resolvers, DNS_PORT, DOT_PORT, LEARNED_CAPACITY, EMPTY_SLOT, MAX_RESOLVERS4, MAX_RESOLVERS6, NAME_SLOTS},
+    names::{
+        name_class, Learned, Resolvers, DNS_PORT, DOT_PORT, EMPTY_SLOT, LEARNED_CAPACITY, MAX_RESOLVERS4,
+        MAX_RESOLVERS6, NAME_SLOTS,
+    },
     policy::{proto as ip_proto, ADDR_KEY_FIXED_BITS, PORT_KEY_FULL_BITS},
     Action, AddrKey4, AddrKey6, Config, Direction, PhaseConfig, PolicyValue, PortKey, Reason,
 };
@@ -143,7 +146,11 @@ fn learned(generation: u32, peer: Peer, proto: u8, port: u16) -> Option<PolicyVa
     // SAFETY: the value is read at once; a concurrent update by the daemon
     // can at worst mix two valid slot states, each of which is safe.
     let entry = unsafe {
-        if peer.family == 4 { FW_NAMES4.get(&[a[0], a[1], a[2], a[3]]) } else { FW_NAMES6.get(a) }
+        if peer.family == 4 {
+            FW_NAMES4.get(&[a[0], a[1], a[2], a[3]])
+        } else {
+            FW_NAMES6.get(a)
+        }
     }?;
     let now = crate::flow::now_ns();
     let mut i = 0;
@@ -210,7 +217,8 @@ pub fn decide(active: &Active, direction: Direction, peer: Peer, proto: u8, port
             Action::Deny => Verdict::new(Reason::DropRule, v.rule),
         },
         None if direction == Direction::Egress
-            && ((port == DNS_PORT && (proto == ip_proto::TCP || proto == ip_proto::UDP)) || (port == DOT_PORT && proto == ip_proto::TCP))
+            && ((port == DNS_PORT && (proto == ip_proto::TCP || proto == ip_proto::UDP))
+                || (port == DOT_PORT && proto == ip_proto::TCP))
             && resolvers(active.generation).and_then(|r| resolver_index(r, peer)).is_some() =>
         {
             Verdict::new(Reason::PassResolver, crate::verdict::NO_RULE)

@@ -306,7 +306,8 @@ fn serves(active: &policy::Active, peer: policy::Peer, ip_proto: u8, local_port:
 #[inline(always)]
 fn ephemeral(port: u16) -> bool {
     // SAFETY: reading load-time constants the loader rewrote.
-    let (first, last) = unsafe { (core::ptr::read_volatile(&EPHEMERAL_FIRST), core::ptr::read_volatile(&EPHEMERAL_LAST)) };
+    let (first, last) =
+        unsafe { (core::ptr::read_volatile(&EPHEMERAL_FIRST), core::ptr::read_volatile(&EPHEMERAL_LAST)) };
     first <= port && port <= last
 }
 
@@ -321,7 +322,8 @@ fn report(_ctx: &SockAddrContext, verdict: &Verdict, family: u8, ip_proto: u8, d
         e.direction = Direction::Egress as u8;
         e.family = family;
         e.proto = ip_proto;
-        e.flags = EVENT_FROM_SOCKET | if verdict.reason == Reason::PassAudit { fw_common::event::EVENT_AUDIT } else { 0 };
+        e.flags =
+            EVENT_FROM_SOCKET | if verdict.reason == Reason::PassAudit { fw_common::event::EVENT_AUDIT } else { 0 };
         e.dst = *dst;
         e.dst_port = dport;
         e.pid = (bpf_get_current_pid_tgid() >> 32) as u32;

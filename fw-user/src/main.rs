@@ -20,9 +20,7 @@ fn main() -> ExitCode {
         // SAFETY: setting a signal disposition before any thread starts.
         unsafe { libc::signal(libc::SIGPIPE, closed_pipe as extern "C" fn(libc::c_int) as libc::sighandler_t) };
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp(None)
-        .init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_timestamp(None).init();
     match cli::dispatch(cli) {
         Ok(code) => code,
         Err(e) => {

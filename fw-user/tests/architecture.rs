@@ -24,9 +24,9 @@ fn uses(text: &str, what: &str) -> Vec<String> {
     text.lines()
         .map(|l| l.split("//").next().unwrap_or_default())
         .filter(|l| {
-            l.match_indices(&format!("{what}::")).any(|(i, _)| {
-                i == 0 || !l[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == ':')
-            }) || l.contains(&format!("extern crate {what}"))
+            l.match_indices(&format!("{what}::"))
+                .any(|(i, _)| i == 0 || !l[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == ':'))
+                || l.contains(&format!("extern crate {what}"))
         })
         .map(str::to_string)
         .collect()

@@ -45,21 +45,25 @@ const GRE: u8 = 47;
 
 /// Addresses live in a small window so that CIDRs nest and overlap often.
 fn cidr() -> impl Strategy<Value = IpNet> {
-    let v4 = (0u32..1024, prop::sample::select(vec![0u8, 15, 16, 22, 24, 26, 28, 29, 30, 31, 32])).prop_map(|(low, len)| {
-        let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) | low);
-        IpNet::V4(Ipv4Net::new(addr, len).unwrap().trunc())
-    });
-    let v6 = (0u128..1024, prop::sample::select(vec![0u8, 32, 64, 118, 120, 124, 126, 127, 128])).prop_map(|(low, len)| {
-        let addr = Ipv6Addr::from(u128::from("2001:db8::".parse::<Ipv6Addr>().unwrap()) | low);
-        IpNet::V6(Ipv6Net::new(addr, len).unwrap().trunc())
-    });
+    let v4 =
+        (0u32..1024, prop::sample::select(vec![0u8, 15, 16, 22, 24, 26, 28, 29, 30, 31, 32])).prop_map(|(low, len)| {
+            let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) | low);
+            IpNet::V4(Ipv4Net::new(addr, len).unwrap().trunc())
+        });
+    let v6 =
+        (0u128..1024, prop::sample::select(vec![0u8, 32, 64, 118, 120, 124, 126, 127, 128])).prop_map(|(low, len)| {
+            let addr = Ipv6Addr::from(u128::from("2001:db8::".parse::<Ipv6Addr>().unwrap()) | low);
+            IpNet::V6(Ipv6Net::new(addr, len).unwrap().trunc())
+        });
     prop_oneof![3 => v4, 2 => v6]
 }
 
 /// Port values near power-of-two boundaries and the ends of the space.
 fn port_value() -> impl Strategy<Value = u16> {
     prop_oneof![
-        prop::sample::select(vec![0u16, 1, 2, 53, 80, 255, 256, 443, 1023, 1024, 40000, 49152, 57000, 57001, 65534, 65535]),
+        prop::sample::select(vec![
+            0u16, 1, 2, 53, 80, 255, 256, 443, 1023, 1024, 40000, 49152, 57000, 57001, 65534, 65535
+        ]),
         any::<u16>(),
         0u16..600,
     ]
@@ -327,10 +331,12 @@ proptest! {
 /// (ports start at 1 in the language), or ICMP with whole types and single
 /// type/code pairs, or any.
 fn yaml_protocols() -> impl Strategy<Value = Protocols> {
-    let ported = (prop::sample::select(vec![TCP, UDP, SCTP]), prop::collection::vec(port_range(), 1..4)).prop_map(|(proto, ranges)| {
-        let ranges = ranges.into_iter().map(|r| PortRange { first: r.first.max(1), last: r.last.max(1) }).collect();
-        Protocols::Only(vec![ProtoPorts { proto, ports: merge_ranges(ranges) }])
-    });
+    let ported = (prop::sample::select(vec![TCP, UDP, SCTP]), prop::collection::vec(port_range(), 1..4)).prop_map(
+        |(proto, ranges)| {
+            let ranges = ranges.into_iter().map(|r| PortRange { first: r.first.max(1), last: r.last.max(1) }).collect();
+            Protocols::Only(vec![ProtoPorts { proto, ports: merge_ranges(ranges) }])
+        },
+    );
     let icmp = prop::collection::vec((0u16..12, prop::option::of(0u16..4)), 1..3).prop_map(|types| {
         let ranges = types
             .into_iter()
@@ -406,7 +412,8 @@ fn yaml_text(policy: &Policy) -> String {
         text.push_str(&format!("    inbound_default: {}\n", word(s.inbound_default)));
         text.push_str(&format!("    mode: {}\n", if s.audit { "audit" } else { "enforce" }));
         for (key, direction) in [("egress", Direction::Egress), ("inbound", Direction::Inbound)] {
-            let rules: Vec<&Rule> = policy.rules.iter().filter(|r| r.phase == phase.name && r.direction == direction).collect();
+            let rules: Vec<&Rule> =
+                policy.rules.iter().filter(|r| r.phase == phase.name && r.direction == direction).collect();
             if !rules.is_empty() {
                 text.push_str(&format!("    {key}:\n"));
                 rules.iter().for_each(|r| text.push_str(&yaml_rule(r)));

@@ -115,7 +115,8 @@ fn the_daemonset_runs_fw_on_the_nodes_namespaces_with_the_measured_capabilities(
     assert_eq!(host_path("run").0, "/run/fw");
     assert_eq!(host_path("lib").0, "/var/lib/fw");
     let mounts = fw["volumeMounts"].as_vec().unwrap();
-    let mount = |name: &str| mounts.iter().find(|m| m["name"].as_str() == Some(name)).unwrap_or_else(|| panic!("mount {name}"));
+    let mount =
+        |name: &str| mounts.iter().find(|m| m["name"].as_str() == Some(name)).unwrap_or_else(|| panic!("mount {name}"));
     assert_eq!(mount("bpffs")["mountPath"].as_str(), Some("/sys/fs/bpf"));
     assert_eq!(mount("bpffs")["mountPropagation"].as_str(), Some("HostToContainer"));
     assert_eq!(mount("run")["mountPath"].as_str(), Some("/run/fw"));
@@ -134,8 +135,12 @@ fn the_daemonset_runs_fw_on_the_nodes_namespaces_with_the_measured_capabilities(
     assert_eq!(config_volume["configMap"]["name"].as_str(), Some("fw-policy"));
 
     for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
-        let command: Vec<&str> =
-            fw[probe]["exec"]["command"].as_vec().unwrap_or_else(|| panic!("{probe}")).iter().map(|c| c.as_str().unwrap()).collect();
+        let command: Vec<&str> = fw[probe]["exec"]["command"]
+            .as_vec()
+            .unwrap_or_else(|| panic!("{probe}"))
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
         assert_eq!(command, ["/usr/local/bin/fw", "status", "--name", "fw"], "{probe}");
     }
 }

@@ -43,7 +43,8 @@ fn names_of(loaded: &LoadedPolicy, rule: &str) -> Vec<String> {
 #[test]
 fn essentials_is_a_builtin_phase_any_policy_extends() {
     let yaml = "name: mine\nphases:\n  runtime:\n    extends: essentials\n    egress:\n      - { name: api, to: [api.example.com], proto: tcp, ports: [443] }\n";
-    let loaded = load(yaml, &Vars::from_pairs([("NTP_SERVERS", "198.18.0.123 ntp.example.net")])).unwrap_or_else(|e| panic!("{e}"));
+    let loaded = load(yaml, &Vars::from_pairs([("NTP_SERVERS", "198.18.0.123 ntp.example.net")]))
+        .unwrap_or_else(|e| panic!("{e}"));
     let ids: Vec<(&str, u32)> = loaded.policy.rules.iter().map(|r| (r.name.as_str(), r.id)).collect();
     assert_eq!(ids[0], ("api", 0), "the file's rules first: {ids:?}");
     assert!(ids.iter().all(|(n, id)| *id == 0 || n.starts_with("essentials-")), "{ids:?}");
@@ -91,7 +92,8 @@ fn essentials_defined_by_the_file_wins() {
 /// unset NTP_SERVERS leaves its optional rule out, with the builtin's label.
 #[test]
 fn essentials_compiles_alone_and_names_itself_in_warnings() {
-    let loaded = load("phases:\n  runtime:\n    extends: essentials\n", &Vars::from_pairs([("NTP_SERVERS", "")])).unwrap();
+    let loaded =
+        load("phases:\n  runtime:\n    extends: essentials\n", &Vars::from_pairs([("NTP_SERVERS", "")])).unwrap();
     let w: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
     assert_eq!(w.len(), 1, "{w:?}");
     assert!(w[0].starts_with("builtin:essentials:") && w[0].contains("`essentials-ntp-servers` left out"), "{w:?}");

@@ -20,7 +20,8 @@ use fw_user::{
     source::{self, PolicyText},
 };
 
-const POLICY: &str = "name: t\nphases:\n  runtime:\n    egress:\n      - { name: a, to: [203.0.113.1], proto: tcp, ports: [443] }\n";
+const POLICY: &str =
+    "name: t\nphases:\n  runtime:\n    egress:\n      - { name: a, to: [203.0.113.1], proto: tcp, ports: [443] }\n";
 
 fn mkfifo(path: &Path) {
     let c = CString::new(path.as_os_str().as_bytes()).unwrap();
@@ -58,10 +59,14 @@ fn finding12_a_fifo_as_policy_or_env_file_is_refused_without_blocking() {
     });
     assert!(via_cli.contains("policy.yaml") && via_cli.contains("not a regular file"), "{via_cli}");
     let via_library = error_without_blocking(&fifo, |p| {
-        fw_user::source::file::load_policy_file(&p, &Vars::from_pairs::<&str, &str>([])).map(|_| ()).map_err(|e| e.to_string())
+        fw_user::source::file::load_policy_file(&p, &Vars::from_pairs::<&str, &str>([]))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     });
     assert!(via_library.contains("not a regular file"), "{via_library}");
-    let env = error_without_blocking(&fifo, |p| fw_user::source::file::env_vars(Some(&p)).map(|_| ()).map_err(|e| e.to_string()));
+    let env = error_without_blocking(&fifo, |p| {
+        fw_user::source::file::env_vars(Some(&p)).map(|_| ()).map_err(|e| e.to_string())
+    });
     assert!(env.contains("not a regular file"), "{env}");
 }
 
@@ -130,7 +135,16 @@ fn finding12_numbers_that_are_not_dotted_quads_are_errors_never_names() {
     assert!(result.is_err(), "010.0.0.0/8 accepted");
 
     // The forms that mean one thing, and real names, still work.
-    for entry in ["10.0.0.1", "0.0.0.0/0", "2001:0db8::1", "::ffff:198.51.100.1", "2001:db8::/32", "hooks.example.com", "3com.example", "https://10.0.0.1:8443/x"] {
+    for entry in [
+        "10.0.0.1",
+        "0.0.0.0/0",
+        "2001:0db8::1",
+        "::ffff:198.51.100.1",
+        "2001:db8::/32",
+        "hooks.example.com",
+        "3com.example",
+        "https://10.0.0.1:8443/x",
+    ] {
         let (result, _) = load_recording(&egress_to(entry), &vars);
         if let Err(e) = result {
             panic!("`{entry}` refused: {e}");

@@ -11,8 +11,8 @@ use fw_common::{
 use fw_user::{
     policy::compile::{compile_all, compile_phase, Limits},
     policy::eval::{evaluate, EvalVerdict},
-    policy::{ir::Protocols, parse_str_with_resolver, LoadedPolicy, Vars},
     policy::report,
+    policy::{ir::Protocols, parse_str_with_resolver, LoadedPolicy, Vars},
 };
 
 fn resolve(host: &str) -> Result<Vec<IpAddr>, String> {
@@ -23,11 +23,22 @@ fn resolve(host: &str) -> Result<Vec<IpAddr>, String> {
 }
 
 fn load(yaml: &str) -> LoadedPolicy {
-    let vars = Vars::from_pairs([("HOOK", "https://203.0.113.20:8443/path"), ("PLAIN_HOOK", "http://localhost/x"), ("IP", "203.0.113.10")]);
+    let vars = Vars::from_pairs([
+        ("HOOK", "https://203.0.113.20:8443/path"),
+        ("PLAIN_HOOK", "http://localhost/x"),
+        ("IP", "203.0.113.10"),
+    ]);
     parse_str_with_resolver(yaml, "t.yaml", &vars, &resolve).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn verdict(loaded: &LoadedPolicy, phase: &str, direction: Direction, addr: &str, proto: u8, port: u16) -> (Action, Option<String>) {
+fn verdict(
+    loaded: &LoadedPolicy,
+    phase: &str,
+    direction: Direction,
+    addr: &str,
+    proto: u8,
+    port: u16,
+) -> (Action, Option<String>) {
     let addr: IpAddr = addr.parse().unwrap();
     let EvalVerdict { action, rule } = evaluate(&loaded.policy, phase, direction, addr, proto, port).unwrap();
     // The compiled tables must agree on every example of this file.
@@ -127,7 +138,11 @@ fn host_names_resolve_to_every_address_with_a_warning() {
     let loaded = load("phases:\n  runtime:\n    egress:\n      - { name: hook, to: [\"${PLAIN_HOOK}\"] }\n");
     let w = &loaded.warnings[0];
     assert_eq!((w.code, w.line, w.col), ("resolved-host", 4, 28));
-    assert!(w.message.contains("127.0.0.1, ::1") && w.message.contains("fixed until the next compile"), "{}", w.message);
+    assert!(
+        w.message.contains("127.0.0.1, ::1") && w.message.contains("fixed until the next compile"),
+        "{}",
+        w.message
+    );
     assert_eq!(verdict(&loaded, "runtime", Egress, "127.0.0.1", TCP, 80), (Allow, Some("hook".into())));
     assert_eq!(verdict(&loaded, "runtime", Egress, "::1", TCP, 80), (Allow, Some("hook".into())));
 }
@@ -145,7 +160,8 @@ fn unresolvable_optional_names_leave_the_rule_out_and_wildcards_are_tracked_name
 
 #[test]
 fn host_bits_are_normalized_with_a_warning() {
-    let loaded = load("phases:\n  runtime:\n    egress:\n      - { name: a, to: [203.0.113.77/24], proto: udp, ports: any }\n");
+    let loaded =
+        load("phases:\n  runtime:\n    egress:\n      - { name: a, to: [203.0.113.77/24], proto: udp, ports: any }\n");
     assert_eq!(codes(&loaded), ["host-bits"]);
     assert!(loaded.warnings[0].message.contains("203.0.113.0/24"));
     assert_eq!(verdict(&loaded, "runtime", Egress, "203.0.113.1", UDP, 1), (Allow, Some("a".into())));
@@ -158,7 +174,10 @@ fn icmp_types_and_codes_ride_in_the_port_field() {
     );
     assert_eq!(verdict(&loaded, "runtime", Egress, "198.51.100.1", ICMP, 8 << 8), (Allow, Some("ping".into())));
     assert_eq!(verdict(&loaded, "runtime", Egress, "198.51.100.1", ICMP, 8 << 8 | 5), (Allow, Some("ping".into())));
-    assert_eq!(verdict(&loaded, "runtime", Egress, "198.51.100.1", ICMP, 3 << 8 | 3), (Allow, Some("unreach-port".into())));
+    assert_eq!(
+        verdict(&loaded, "runtime", Egress, "198.51.100.1", ICMP, 3 << 8 | 3),
+        (Allow, Some("unreach-port".into()))
+    );
     assert_eq!(verdict(&loaded, "runtime", Egress, "198.51.100.1", ICMP, 3 << 8 | 1), (Deny, None));
     assert_eq!(verdict(&loaded, "runtime", Egress, "2001:db8::1", 58, 128 << 8), (Allow, Some("v6".into())));
 }
@@ -172,10 +191,13 @@ fn omitted_peer_and_proto_mean_any_and_defaults_can_flip() {
     assert_eq!(verdict(&loaded, "runtime", Inbound, "198.51.101.9", TCP, 22), (Deny, None));
     assert_eq!(verdict(&loaded, "runtime", Egress, "2001:db8::23", TCP, 23), (Deny, Some("no-telnet".into())));
     assert_eq!(verdict(&loaded, "runtime", Egress, "2001:db8::23", UDP, 23), (Allow, None));
-    assert_eq!(loaded.policy.rules[1].protocols, Protocols::Only(vec![fw_user::policy::ir::ProtoPorts {
-        proto: TCP,
-        ports: vec![fw_user::policy::ir::PortRange { first: 23, last: 23 }],
-    }]));
+    assert_eq!(
+        loaded.policy.rules[1].protocols,
+        Protocols::Only(vec![fw_user::policy::ir::ProtoPorts {
+            proto: TCP,
+            ports: vec![fw_user::policy::ir::PortRange { first: 23, last: 23 }],
+        }])
+    );
 }
 
 #[test]
@@ -187,14 +209,22 @@ fn lints_report_shadowed_rules_open_egress_and_allow_everything_in_runtime() {
     let lint: Vec<(&str, String)> = checked.warnings.iter().map(|w| (w.code, w.to_string())).collect();
     assert_eq!(lint.len(), 4, "{lint:#?}");
     assert_eq!(lint[0].0, "shadowed-rule");
-    assert!(lint[0].1.starts_with("t.yaml:7:9: warning: rule `https` never decides a packet in any phase"), "{}", lint[0].1);
+    assert!(
+        lint[0].1.starts_with("t.yaml:7:9: warning: rule `https` never decides a packet in any phase"),
+        "{}",
+        lint[0].1
+    );
     assert_eq!(lint[1].0, "shadowed-rule");
     assert!(lint[1].1.contains("`https-again`"), "{}", lint[1].1);
     // An egress rule that allows everything is open egress (reported once);
     // an inbound one is still allow-everything.
     assert_eq!(lint[2].0, "open-egress");
     assert!(checked.warnings[2].is_open_egress());
-    assert!(lint[2].1.starts_with("t.yaml:8:9: warning: rule `everything` allows every address on every port"), "{}", lint[2].1);
+    assert!(
+        lint[2].1.starts_with("t.yaml:8:9: warning: rule `everything` allows every address on every port"),
+        "{}",
+        lint[2].1
+    );
     assert_eq!(lint[3].0, "allow-everything");
     assert!(lint[3].1.starts_with("t.yaml:4:9: warning: rule `all-in` allows every protocol"), "{}", lint[3].1);
 }
@@ -214,7 +244,10 @@ fn capacity_check_counts_entries_against_half_of_each_map() {
     let needed = compiled.ports.len();
     let tight = Limits { port_entries: (needed as u32) * 2 - 1, ..Limits::default() };
     let err = fw_user::policy::compile::check_capacity(&compiled, &tight).unwrap_err();
-    assert!(err.to_string().contains(&format!("needs {needed} entries in FW_PORTS but only {} are available", needed - 1)), "{err}");
+    assert!(
+        err.to_string().contains(&format!("needs {needed} entries in FW_PORTS but only {} are available", needed - 1)),
+        "{err}"
+    );
     let exact = Limits { port_entries: (needed as u32) * 2, ..Limits::default() };
     fw_user::policy::compile::check_capacity(&compiled, &exact).unwrap();
     let few_rules = Limits { max_rules: 3, ..Limits::default() };

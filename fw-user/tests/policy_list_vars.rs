@@ -43,9 +43,17 @@ fn list_variable_kms_uris_allows_every_media_node() {
     let kms = r#"["ws://198.18.10.2:8888/kurento","ws://198.18.10.3:8888/kurento", "ws://[2001:db8::4]:8888/kurento"]"#;
     let loaded = load(MASTER, &[("KMS_URIS", kms)]).unwrap_or_else(|e| panic!("{e}"));
     for host in ["198.18.10.2", "198.18.10.3", "[2001:db8::4]"] {
-        assert_eq!(verdict(&loaded, &format!("{host}:3000/tcp")), (Action::Allow, Some("media-node-controller".into())), "{host}");
+        assert_eq!(
+            verdict(&loaded, &format!("{host}:3000/tcp")),
+            (Action::Allow, Some("media-node-controller".into())),
+            "{host}"
+        );
         // A URL implies tcp and its port.
-        assert_eq!(verdict(&loaded, &format!("{host}:8888/tcp")), (Action::Allow, Some("media-node-kms".into())), "{host}");
+        assert_eq!(
+            verdict(&loaded, &format!("{host}:8888/tcp")),
+            (Action::Allow, Some("media-node-kms".into())),
+            "{host}"
+        );
         assert_eq!(verdict(&loaded, &format!("{host}:8889/tcp")).0, Action::Deny, "{host}");
     }
     assert_eq!(verdict(&loaded, "198.18.10.4:3000/tcp").0, Action::Deny);
@@ -53,8 +61,10 @@ fn list_variable_kms_uris_allows_every_media_node() {
 
 #[test]
 fn list_variable_plain_values_split_on_commas_and_spaces() {
-    let yaml = "phases:\n  runtime:\n    egress:\n      - { name: ntp, to: [\"${NTP_SERVERS}\"], proto: udp, ports: [123] }\n";
-    let loaded = load(yaml, &[("NTP_SERVERS", "198.18.0.123, 198.18.0.124 2001:db8::123")]).unwrap_or_else(|e| panic!("{e}"));
+    let yaml =
+        "phases:\n  runtime:\n    egress:\n      - { name: ntp, to: [\"${NTP_SERVERS}\"], proto: udp, ports: [123] }\n";
+    let loaded =
+        load(yaml, &[("NTP_SERVERS", "198.18.0.123, 198.18.0.124 2001:db8::123")]).unwrap_or_else(|e| panic!("{e}"));
     for host in ["198.18.0.123", "198.18.0.124", "[2001:db8::123]"] {
         assert_eq!(verdict(&loaded, &format!("{host}:123/udp")), (Action::Allow, Some("ntp".into())), "{host}");
     }
@@ -62,7 +72,11 @@ fn list_variable_plain_values_split_on_commas_and_spaces() {
 
 #[test]
 fn list_variable_that_does_not_parse_is_an_error_naming_it() {
-    for bad in [r#"["ws://198.18.10.2:8888/kurento","#, r#"["ws://198.18.10.2:8888/kurento", 7]"#, "[ws://198.18.10.2:8888/kurento]"] {
+    for bad in [
+        r#"["ws://198.18.10.2:8888/kurento","#,
+        r#"["ws://198.18.10.2:8888/kurento", 7]"#,
+        "[ws://198.18.10.2:8888/kurento]",
+    ] {
         let e = load(MASTER, &[("KMS_URIS", bad)]).expect_err(bad).to_string();
         assert!(e.starts_with("policies/x.yaml:5:"), "{e}");
         assert!(e.contains("`KMS_URIS`") && e.contains("list"), "{bad}: {e}");
@@ -81,7 +95,9 @@ fn list_variable_empty_list_is_unset() {
     // The Pro master's .env ships `KMS_URIS=[]`: no media node configured.
     let e = load(MASTER, &[("KMS_URIS", "[]")]).unwrap_err().to_string();
     assert!(e.contains("variable `KMS_URIS` is not set or empty"), "{e}");
-    let optional = MASTER.replace("ports: [3000] }", "ports: [3000], optional: true }").replace("[\"${KMS_URIS}\"] }", "[\"${KMS_URIS}\"], optional: true }");
+    let optional = MASTER
+        .replace("ports: [3000] }", "ports: [3000], optional: true }")
+        .replace("[\"${KMS_URIS}\"] }", "[\"${KMS_URIS}\"], optional: true }");
     let loaded = load(&optional, &[("KMS_URIS", "[]")]).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(loaded.warnings.iter().filter(|w| w.code == "optional-left-out").count(), 2);
 }

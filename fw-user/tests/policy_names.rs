@@ -9,7 +9,7 @@ use fw_user::policy::{
     compile::compile_phase,
     explain::{explain_name, MatchKind},
     ir::{Refusal, Resolver, DEFAULT_MAX_PER_NAME, DEFAULT_MAX_TOTAL, DEFAULT_MIN_TTL},
-    names::{NameRules, NamePattern},
+    names::{NamePattern, NameRules},
     parse_str_with_resolver, ErrorKind, LoadedPolicy, PolicyError, Vars,
 };
 
@@ -20,10 +20,7 @@ fn no_dns(host: &str) -> Result<Vec<IpAddr>, String> {
 }
 
 fn vars() -> Vars {
-    Vars::from_pairs([
-        ("HOOK", "https://hooks.example.com:8443/openvidu"),
-        ("DNS", "198.18.0.53,2001:db8::53"),
-    ])
+    Vars::from_pairs([("HOOK", "https://hooks.example.com:8443/openvidu"), ("DNS", "198.18.0.53,2001:db8::53")])
 }
 
 fn load(yaml: &str) -> LoadedPolicy {
@@ -32,7 +29,11 @@ fn load(yaml: &str) -> LoadedPolicy {
 
 fn error_of(yaml: &str) -> PolicyError {
     let local = |host: &str| -> Result<Vec<IpAddr>, String> {
-        if host == "localhost" { Ok(vec!["127.0.0.1".parse().unwrap()]) } else { Err("unknown".into()) }
+        if host == "localhost" {
+            Ok(vec!["127.0.0.1".parse().unwrap()])
+        } else {
+            Err("unknown".into())
+        }
     };
     match parse_str_with_resolver(yaml, "policies/x.yaml", &vars(), &local) {
         Ok(_) => panic!("accepted:\n{yaml}"),
@@ -83,7 +84,11 @@ fn the_issue_example_tracks_names_and_resolves_none() {
     let dns = loaded.policy.dns_of_phase("install").expect("inherited dns");
     assert_eq!(
         dns.resolvers,
-        vec![Resolver::System, Resolver::Addr("198.18.0.53".parse().unwrap()), Resolver::Addr("2001:db8::53".parse().unwrap())]
+        vec![
+            Resolver::System,
+            Resolver::Addr("198.18.0.53".parse().unwrap()),
+            Resolver::Addr("2001:db8::53".parse().unwrap())
+        ]
     );
     assert!(dns.only_policy_names);
     assert_eq!(dns.min_ttl, DEFAULT_MIN_TTL);
@@ -126,7 +131,10 @@ fn min_ttl_and_queries_are_read_and_checked() {
 fn caps_and_refusal_are_read_and_checked() {
     let loaded = load("phases:\n  p:\n    dns: { resolvers: [system] }\n");
     let dns = loaded.policy.dns_of_phase("p").unwrap();
-    assert_eq!((dns.max_per_name, dns.max_total, dns.refuse_with), (DEFAULT_MAX_PER_NAME, DEFAULT_MAX_TOTAL, Refusal::Refused));
+    assert_eq!(
+        (dns.max_per_name, dns.max_total, dns.refuse_with),
+        (DEFAULT_MAX_PER_NAME, DEFAULT_MAX_TOTAL, Refusal::Refused)
+    );
     let loaded = load(
         "phases:\n  p:\n    dns: { resolvers: [system], queries: policy, refuse_with: nxdomain, max_addresses_per_name: 4, max_addresses: 131072 }\n",
     );
@@ -157,9 +165,16 @@ fn a_name_is_explained_by_the_name_rule_that_matches_it() {
     assert_eq!((e.verdict, e.rule.as_deref(), e.match_kind), (Action::Allow, Some("vonage"), MatchKind::Name));
     assert_eq!(e.address, None);
     let json = e.to_json();
-    assert_eq!((json["verdict"].as_str(), json["rule"].as_str(), json["match"].as_str()), (Some("allow"), Some("vonage"), Some("name")));
+    assert_eq!(
+        (json["verdict"].as_str(), json["rule"].as_str(), json["match"].as_str()),
+        (Some("allow"), Some("vonage"), Some("name"))
+    );
     let e = explain_name(&compiled, &rules, "media.opentok.com", TCP, 80).expect("a name rule matches");
-    assert_eq!((e.verdict, e.rule, e.match_kind), (Action::Deny, None, MatchKind::Default), "a port the rule does not list");
+    assert_eq!(
+        (e.verdict, e.rule, e.match_kind),
+        (Action::Deny, None, MatchKind::Default),
+        "a port the rule does not list"
+    );
     assert!(explain_name(&compiled, &rules, "a.b.opentok.com", TCP, 443).is_none(), "`*.` is one label");
     assert!(explain_name(&compiled, &rules, "a.b.tokbox.com", TCP, 443).is_some(), "`**.` is several");
     assert!(explain_name(&compiled, &rules, "opentok.com", TCP, 443).is_none(), "never the apex");
@@ -177,20 +192,28 @@ fn a_name_rule_needs_resolvers_in_its_phase() {
     assert_error("phases:\n  runtime:\n    dns: { queries: policy }\n", 3, 5, |k| {
         matches!(k, ErrorKind::MissingKey { key: "resolvers", .. })
     });
-    assert_error("phases:\n  runtime:\n    dns: { resolvers: [] }\n", 3, 12, |k| matches!(k, ErrorKind::EmptyList { key: "resolvers" }));
-    assert_error("phases:\n  runtime:\n    dns: { resolvers: [dns.google] }\n", 3, 24, |k| matches!(k, ErrorKind::BadResolver(_)));
+    assert_error("phases:\n  runtime:\n    dns: { resolvers: [] }\n", 3, 12, |k| {
+        matches!(k, ErrorKind::EmptyList { key: "resolvers" })
+    });
+    assert_error("phases:\n  runtime:\n    dns: { resolvers: [dns.google] }\n", 3, 24, |k| {
+        matches!(k, ErrorKind::BadResolver(_))
+    });
     assert_error(
         "phases:\n  runtime:\n    dns: { resolvers: [198.18.0.1, 198.18.0.2, 198.18.0.3, 198.18.0.4, 198.18.0.5] }\n",
         3,
         12,
         |k| matches!(k, ErrorKind::TooManyResolvers { .. }),
     );
-    assert_error("phases:\n  runtime:\n    dns: { resolvers: [system], ttl: 5 }\n", 3, 33, |k| matches!(k, ErrorKind::UnknownKey { .. }));
+    assert_error("phases:\n  runtime:\n    dns: { resolvers: [system], ttl: 5 }\n", 3, 33, |k| {
+        matches!(k, ErrorKind::UnknownKey { .. })
+    });
 }
 
 #[test]
 fn a_misplaced_star_is_an_error_at_its_entry() {
-    for (bad, col) in [("\"a*.example.com\"", 25), ("\"api.*.example.com\"", 25), ("\"*\"", 25), ("\"*.*.example.com\"", 25)] {
+    for (bad, col) in
+        [("\"a*.example.com\"", 25), ("\"api.*.example.com\"", 25), ("\"*\"", 25), ("\"*.*.example.com\"", 25)]
+    {
         let yaml = format!("phases:\n  runtime:\n    dns: {{ resolvers: [system] }}\n    egress:\n      - {{ name: v, to: [{bad}], proto: tcp, ports: [443] }}\n");
         let e = error_of(&yaml);
         assert_eq!((e.line, e.col), (5, col), "{e}");
@@ -205,7 +228,8 @@ fn names_are_tracked_only_in_egress_allow_rules() {
     let inbound = "phases:\n  runtime:\n    dns: { resolvers: [system] }\n    inbound:\n      - { name: v, from: [\"*.example.com\"] }\n";
     assert_error(inbound, 5, 27, |k| matches!(k, ErrorKind::NameInWrongRule { .. }));
     // A plain name in an inbound rule is resolved once, at compile time.
-    let plain = "phases:\n  runtime:\n    dns: { resolvers: [system] }\n    inbound:\n      - { name: v, from: [localhost] }\n";
+    let plain =
+        "phases:\n  runtime:\n    dns: { resolvers: [system] }\n    inbound:\n      - { name: v, from: [localhost] }\n";
     let local = |_: &str| -> Result<Vec<IpAddr>, String> { Ok(vec!["127.0.0.1".parse().unwrap()]) };
     let loaded = parse_str_with_resolver(plain, "x.yaml", &vars(), &local).unwrap();
     assert_eq!(loaded.policy.rules[0].peers, vec!["127.0.0.1/32".parse().unwrap()]);

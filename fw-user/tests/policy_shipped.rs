@@ -12,8 +12,8 @@ use fw_common::{Action, Direction};
 use fw_user::{
     policy::compile::{check_capacity, compile_phase, tables::CompiledPhase, Limits},
     policy::explain::{explain, parse_query_with_resolver},
-    policy::{self, ir::Resolver, LoadedPolicy},
     policy::report,
+    policy::{self, ir::Resolver, LoadedPolicy},
 };
 
 fn policy_path(name: &str) -> PathBuf {
@@ -71,7 +71,6 @@ fn summary(loaded: &LoadedPolicy) {
         );
     }
 }
-
 
 const CE_ENV: &str = "\
 # /opt/openvidu/.env (excerpt)
@@ -192,7 +191,14 @@ fn openvidu2_ce_runtime_closes_all_outbound_but_the_sourced_flows() {
     assert_eq!(names_of(&loaded, "public-ip-discovery"), ["ifconfig.co"]);
     // Everything else stays closed: web, NTP to an address no pool name
     // answered, the public resolvers discover_my_public_ip.sh asks.
-    for q in ["198.51.100.80:443/tcp", "198.51.100.80:80/tcp", "198.51.100.123:123/udp", "1.1.1.1:53/udp", "[2001:db8::1]:443/tcp", "198.51.100.1/icmp"] {
+    for q in [
+        "198.51.100.80:443/tcp",
+        "198.51.100.80:80/tcp",
+        "198.51.100.123:123/udp",
+        "1.1.1.1:53/udp",
+        "[2001:db8::1]:443/tcp",
+        "198.51.100.1/icmp",
+    ] {
         expect(&runtime, Egress, q, Deny, None);
     }
 }
@@ -227,7 +233,8 @@ fn openvidu2_ce_install_adds_web_dns_ntp_and_inherits_runtime() {
 
 #[test]
 fn openvidu2_ce_without_optional_variables_leaves_their_rules_out() {
-    let loaded = load_with_env("openvidu2-ce", "DOMAIN_OR_PUBLIC_IP=\nCOTURN_IP=\nOPENVIDU_WEBHOOK_ENDPOINT=\nNTP_SERVERS=\n");
+    let loaded =
+        load_with_env("openvidu2-ce", "DOMAIN_OR_PUBLIC_IP=\nCOTURN_IP=\nOPENVIDU_WEBHOOK_ENDPOINT=\nNTP_SERVERS=\n");
     let left_out: Vec<&str> =
         loaded.warnings.iter().filter(|w| w.code == "optional-left-out").map(|w| w.message.as_str()).collect();
     // The three of the file, and essentials' configured NTP servers.
@@ -278,11 +285,17 @@ fn openvidu2_pro_master_reaches_every_kms_uri_and_serves_beats_to_them_only() {
 #[test]
 fn openvidu2_pro_master_installs_before_any_media_node_exists() {
     // The shipped .env says `KMS_URIS=[]` until the operator adds nodes.
-    let loaded = load_with_env("openvidu2-pro-master", "KMS_URIS=[]\nOPENVIDU_WEBHOOK_ENDPOINT=\nDOMAIN_OR_PUBLIC_IP=\nNTP_SERVERS=\n");
+    let loaded = load_with_env(
+        "openvidu2-pro-master",
+        "KMS_URIS=[]\nOPENVIDU_WEBHOOK_ENDPOINT=\nDOMAIN_OR_PUBLIC_IP=\nNTP_SERVERS=\n",
+    );
     let left_out: Vec<&str> =
         loaded.warnings.iter().filter(|w| w.code == "optional-left-out").map(|w| w.message.as_str()).collect();
     for rule in ["beats-from-media-nodes", "media-node-controller", "media-node-kms", "media-node-relay"] {
-        assert!(left_out.iter().any(|w| w.contains(&format!("`{rule}`")) && w.contains("KMS_URIS")), "{rule}: {left_out:?}");
+        assert!(
+            left_out.iter().any(|w| w.contains(&format!("`{rule}`")) && w.contains("KMS_URIS")),
+            "{rule}: {left_out:?}"
+        );
     }
     phase(&loaded, "install");
 }
@@ -333,7 +346,13 @@ fn openvidu3_single_serves_its_ports_and_reaches_license_stun_acme_and_webhooks(
         expect(&runtime, Inbound, q, Allow, Some(rule));
     }
     // Internal services stay unreachable: LiveKit API, Redis, MongoDB.
-    for q in ["198.51.100.7:7880/tcp", "198.51.100.7:7000/tcp", "198.51.100.7:20000/tcp", "198.51.100.7:7885/tcp", "198.51.100.7:60001/udp"] {
+    for q in [
+        "198.51.100.7:7880/tcp",
+        "198.51.100.7:7000/tcp",
+        "198.51.100.7:20000/tcp",
+        "198.51.100.7:7885/tcp",
+        "198.51.100.7:60001/udp",
+    ] {
         expect(&runtime, Inbound, q, Deny, None);
     }
     assert_eq!(names_of(&loaded, "license"), ["accounts.openvidu.io"]);
@@ -363,7 +382,12 @@ fn openvidu3_elastic_master_and_media_node_reach_each_other_on_the_documented_po
     for port in [1935, 5349, 7880, 8080] {
         expect(&m, Egress, &format!("198.18.20.5:{port}/tcp"), Allow, Some("media-node-services"));
     }
-    for (q, rule) in [("198.51.100.7:80/tcp", "http"), ("198.51.100.7:443/tcp", "https"), ("198.51.100.7:1935/tcp", "rtmp"), ("198.51.100.7:9000/tcp", "minio")] {
+    for (q, rule) in [
+        ("198.51.100.7:80/tcp", "http"),
+        ("198.51.100.7:443/tcp", "https"),
+        ("198.51.100.7:1935/tcp", "rtmp"),
+        ("198.51.100.7:9000/tcp", "minio"),
+    ] {
         expect(&m, Inbound, q, Allow, Some(rule));
     }
     expect(&m, Inbound, "198.51.100.7:443/udp", Deny, None);
@@ -404,7 +428,13 @@ fn vonage_video_client_allows_the_documented_flows_and_tracks_its_names() {
     expect(&runtime, Egress, "198.51.100.9:3478/udp", Allow, Some("stun-turn-udp"));
     expect(&runtime, Egress, "[2001:db8::9]:3478/udp", Allow, Some("stun-turn-udp"));
     // TCP 443 only to the names' addresses; no voice ranges, no SIP.
-    for q in ["198.51.100.9:443/tcp", "216.147.0.1:443/tcp", "216.147.0.1:5060/udp", "198.51.100.9:40000/udp", "198.51.100.9:3478/tcp"] {
+    for q in [
+        "198.51.100.9:443/tcp",
+        "216.147.0.1:443/tcp",
+        "216.147.0.1:5060/udp",
+        "198.51.100.9:40000/udp",
+        "198.51.100.9:3478/tcp",
+    ] {
         expect(&runtime, Egress, q, Deny, None);
     }
     expect(&runtime, Inbound, "198.51.100.9:40000/udp", Deny, None);
@@ -449,7 +479,11 @@ fn vonage_voice_allows_the_documented_flows_and_tracks_its_names() {
 /// working, as builtin names and as files, and mean the same policy.
 #[test]
 fn old_openvidu_names_are_aliases_of_the_2x_policies() {
-    for (old, new) in [("openvidu-ce", "openvidu2-ce"), ("openvidu-pro-master", "openvidu2-pro-master"), ("openvidu-media-node", "openvidu2-media-node")] {
+    for (old, new) in [
+        ("openvidu-ce", "openvidu2-ce"),
+        ("openvidu-pro-master", "openvidu2-pro-master"),
+        ("openvidu-media-node", "openvidu2-media-node"),
+    ] {
         let builtin = |name: &str| fw_user::source::BUILTIN.iter().find(|(n, _)| *n == name).map(|(_, t)| *t);
         assert_eq!(builtin(old), builtin(new), "builtin {old}");
         assert!(builtin(new).is_some(), "{new}");
@@ -461,7 +495,8 @@ fn old_openvidu_names_are_aliases_of_the_2x_policies() {
     // Every shipped file is a builtin of the same text.
     for name in SHIPPED {
         let text = std::fs::read_to_string(policy_path(name)).unwrap();
-        let builtin = fw_user::source::BUILTIN.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{name} is not builtin"));
+        let builtin =
+            fw_user::source::BUILTIN.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("{name} is not builtin"));
         assert_eq!(builtin.1, text, "{name}");
     }
 }
@@ -477,15 +512,14 @@ fn check_report_renders_every_shipped_policy() {
         assert_eq!(json["policy"], *name);
         // A rule of names only is shown with its names, not as left out.
         if name.starts_with("openvidu3") {
-            assert!(text.contains("license                  to accounts.openvidu.io (tracked at run time)  tcp 443  allow"), "{text}");
+            assert!(
+                text.contains("license                  to accounts.openvidu.io (tracked at run time)  tcp 443  allow"),
+                "{text}"
+            );
         }
         // No shipped rule is dead weight, and no runtime phase is open.
-        let bad: Vec<_> = checked
-            .warnings
-            .iter()
-            .filter(|w| w.code != "optional-left-out")
-            .map(|w| w.to_string())
-            .collect();
+        let bad: Vec<_> =
+            checked.warnings.iter().filter(|w| w.code != "optional-left-out").map(|w| w.to_string()).collect();
         assert!(bad.is_empty(), "{name}: {bad:#?}");
     }
 }
@@ -531,7 +565,10 @@ fn finding3_every_shipped_phase_answers_ping() {
             let compiled = phase(&loaded, &p.name);
             expect(&compiled, Inbound, "198.18.9.9/icmp", Allow, Some("ping"));
             expect(&compiled, Inbound, "[2001:db8::9]/icmpv6", Allow, Some("ping6"));
-            let e = explain(&compiled, &parse_query_with_resolver("198.18.9.9/icmp", Inbound, &|_| Err(String::new())).unwrap()[0]);
+            let e = explain(
+                &compiled,
+                &parse_query_with_resolver("198.18.9.9/icmp", Inbound, &|_| Err(String::new())).unwrap()[0],
+            );
             assert!(e.opens_flow && e.render_text().contains("replies pass"), "{name} {}: {}", p.name, e.render_text());
         }
     }

@@ -3,7 +3,7 @@
 //! exactly what `fw check` reports for that phase; and "egress allows every
 //! address on every port" is a warning a program can recognize.
 
-use fw_user::{policy::compile::Limits, source, policy::report};
+use fw_user::{policy::compile::Limits, policy::report, source};
 
 fn env_file(dir: &tempfile::TempDir, text: &str) -> std::path::PathBuf {
     let path = dir.path().join(".env");
@@ -27,10 +27,7 @@ fn finding9_switch_and_run_get_the_warnings_check_gives() {
     let checked: Vec<String> = check.warnings.iter().map(|w| w.to_string()).collect();
 
     assert_eq!(shared, checked, "fw run/switch must report what fw check reports for the phase");
-    assert!(
-        shared.iter().any(|w| w.contains("rule `webhook` allows every address on every port")),
-        "{shared:#?}"
-    );
+    assert!(shared.iter().any(|w| w.contains("rule `webhook` allows every address on every port")), "{shared:#?}");
     assert!(shared.iter().any(|w| w.contains("optional rule `coturn-hairpin` left out")), "{shared:#?}");
 }
 
@@ -59,9 +56,13 @@ fn open_egress_is_a_warning_kind_of_its_own() {
     // The phase default.
     let default = open_egress(&runtime("    egress_default: allow\n"), "runtime");
     assert_eq!(default.len(), 1, "{default:#?}");
-    assert!(default[0].contains("phase `runtime` allows every address on every port: `egress_default: allow`"), "{default:#?}");
+    assert!(
+        default[0].contains("phase `runtime` allows every address on every port: `egress_default: allow`"),
+        "{default:#?}"
+    );
     // Inherited from the phase runtime extends.
-    let inherited = "name: t\nphases:\n  base:\n    egress:\n      - { name: all, to: [any] }\n  runtime:\n    extends: base\n";
+    let inherited =
+        "name: t\nphases:\n  base:\n    egress:\n      - { name: all, to: [any] }\n  runtime:\n    extends: base\n";
     assert_eq!(open_egress(inherited, "runtime").len(), 1);
 
     // Not open: some ports, ICMP only, a deny, a narrower CIDR, inbound.

@@ -79,9 +79,7 @@ fn cargo_home() -> Result<PathBuf> {
 }
 
 fn home_dir() -> Result<PathBuf> {
-    std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .context("HOME is not set")
+    std::env::var_os("HOME").map(PathBuf::from).context("HOME is not set")
 }
 
 fn nightly_with_rust_src() -> Result<()> {
@@ -89,39 +87,16 @@ fn nightly_with_rust_src() -> Result<()> {
         bail!("rustup not found: building the eBPF object needs a nightly toolchain with rust-src, managed by rustup");
     }
     let toolchains = cmd::output(Command::new("rustup").args(["toolchain", "list"]))?;
-    let has_nightly = toolchains.lines().any(|l| {
-        l.split_whitespace()
-            .next()
-            .is_some_and(|t| t.starts_with("nightly"))
-    });
+    let has_nightly = toolchains.lines().any(|l| l.split_whitespace().next().is_some_and(|t| t.starts_with("nightly")));
     if !has_nightly {
         println!("installing the nightly toolchain (builds the eBPF object)");
-        cmd::run(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            "nightly",
-            "--profile",
-            "minimal",
-        ]))?;
+        cmd::run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
     }
-    let components = cmd::output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--toolchain",
-        "nightly",
-        "--installed",
-    ]))?;
+    let components =
+        cmd::output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
     if !components.lines().any(|l| l.starts_with("rust-src")) {
-        println!(
-            "adding rust-src to the nightly toolchain (the eBPF target builds core from source)"
-        );
-        cmd::run(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
+        println!("adding rust-src to the nightly toolchain (the eBPF target builds core from source)");
+        cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
     }
     Ok(())
 }
@@ -140,19 +115,10 @@ fn bpf_linker() -> Result<()> {
     }
     let llvm = NightlyLlvm::find()?;
     let prefix = llvm_prefix(&llvm)?;
-    println!(
-        "building bpf-linker against nightly's LLVM {} (takes about a minute)",
-        llvm.major
-    );
+    println!("building bpf-linker against nightly's LLVM {} (takes about a minute)", llvm.major);
     cmd::run(
         cmd::cargo()
-            .args([
-                "install",
-                "bpf-linker",
-                "--force",
-                "--locked",
-                "--no-default-features",
-            ])
+            .args(["install", "bpf-linker", "--force", "--locked", "--no-default-features"])
             .arg("--features")
             .arg(format!("llvm-{}", llvm.major))
             .env("LLVM_PREFIX", &prefix),
@@ -171,33 +137,21 @@ struct NightlyLlvm {
 impl NightlyLlvm {
     fn find() -> Result<Self> {
         let vv = cmd::output(Command::new("rustc").args(["+nightly", "-vV"]))?;
-        let major = parse_llvm_major(&vv).with_context(|| {
-            format!("no \"LLVM version: X.Y.Z\" line in `rustc +nightly -vV`:\n{vv}")
-        })?;
+        let major = parse_llvm_major(&vv)
+            .with_context(|| format!("no \"LLVM version: X.Y.Z\" line in `rustc +nightly -vV`:\n{vv}"))?;
         let sysroot = cmd::output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
         let lib = Path::new(sysroot.trim()).join("lib");
         let library = fs::read_dir(&lib)
             .with_context(|| format!("reading {}", lib.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("libLLVM.so."))
-            })
+            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM.so.")))
             .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
         Ok(Self { major, library })
     }
 }
 
 fn parse_llvm_major(rustc_vv: &str) -> Option<u32> {
-    rustc_vv
-        .lines()
-        .find_map(|l| l.strip_prefix("LLVM version: "))?
-        .split('.')
-        .next()?
-        .trim()
-        .parse()
-        .ok()
+    rustc_vv.lines().find_map(|l| l.strip_prefix("LLVM version: "))?.split('.').next()?.trim().parse().ok()
 }
 
 /// `~/.cache/fw/llvm-<major>/lib/libLLVM.so` -> the nightly's library, for
@@ -205,23 +159,17 @@ fn parse_llvm_major(rustc_vv: &str) -> Option<u32> {
 /// soname), which the built bpf-linker loads through its RUNPATH to this
 /// directory. So the prefix must outlive the build.
 fn llvm_prefix(llvm: &NightlyLlvm) -> Result<PathBuf> {
-    let prefix = home_dir()?
-        .join(".cache/fw")
-        .join(format!("llvm-{}", llvm.major));
+    let prefix = home_dir()?.join(".cache/fw").join(format!("llvm-{}", llvm.major));
     let lib = prefix.join("lib");
     fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
-    let soname = llvm
-        .library
-        .file_name()
-        .context("libLLVM path has a file name")?;
+    let soname = llvm.library.file_name().context("libLLVM path has a file name")?;
     for name in [std::ffi::OsStr::new("libLLVM.so"), soname] {
         let link = lib.join(name);
         if fs::read_link(&link).ok().as_deref() != Some(llvm.library.as_path()) {
             // Stale (an older nightly) or absent: point it at today's library.
             let _ = fs::remove_file(&link);
-            symlink(&llvm.library, &link).with_context(|| {
-                format!("linking {} to {}", link.display(), llvm.library.display())
-            })?;
+            symlink(&llvm.library, &link)
+                .with_context(|| format!("linking {} to {}", link.display(), llvm.library.display()))?;
         }
     }
     Ok(prefix)
@@ -259,6 +207,16 @@ pub fn musl_target() -> Result<()> {
     cmd::run(Command::new("rustup").args(["target", "add", crate::image::TARGET]))
 }
 
+/// rustfmt checks the code's layout (rustfmt.toml) in the unprivileged suite.
+pub fn rustfmt() -> Result<()> {
+    let installed = cmd::output(Command::new("rustup").args(["component", "list", "--installed"]))?;
+    if installed.lines().any(|c| c.starts_with("rustfmt")) {
+        return Ok(());
+    }
+    println!("adding rustfmt to the toolchain (the suite checks the code's layout)");
+    cmd::run(Command::new("rustup").args(["component", "add", "rustfmt"]))
+}
+
 /// podman builds and runs the image; runc runs it (Debian 12's crun
 /// refuses a hybrid cgroup v1/v2 layout, which some hosts have).
 pub fn container_engine() -> Result<()> {
@@ -287,9 +245,8 @@ fn kubernetes_validate() -> Result<()> {
     let venv = bin.parent().and_then(Path::parent).context("the venv directory")?.to_path_buf();
     // A python3 that can make a venv (with pip), else Debian's with its
     // python3-venv package.
-    let can_venv = |python: &str| {
-        Command::new(python).args(["-c", "import venv, ensurepip"]).status().is_ok_and(|s| s.success())
-    };
+    let can_venv =
+        |python: &str| Command::new(python).args(["-c", "import venv, ensurepip"]).status().is_ok_and(|s| s.success());
     let python = if can_venv("python3") {
         "python3"
     } else {
@@ -316,7 +273,11 @@ fn apt_install(tools: &[(&str, &str)], for_what: &str) -> Result<()> {
         return Ok(());
     }
     if !cmd::is_root() {
-        bail!("{for_what} needs {} (apt-get install {}), and installing needs root", packages.join(", "), packages.join(" "));
+        bail!(
+            "{for_what} needs {} (apt-get install {}), and installing needs root",
+            packages.join(", "),
+            packages.join(" ")
+        );
     }
     println!("installing {}: {}", for_what, packages.join(" "));
     cmd::run(Command::new("apt-get").args(["update", "-q"]))?;
@@ -344,11 +305,8 @@ const TEST_TOOLS: &[(&str, &str)] = &[
 ];
 
 fn test_tools() -> Result<()> {
-    let mut packages: Vec<&str> = TEST_TOOLS
-        .iter()
-        .filter(|(tool, _)| missing(tool))
-        .map(|&(_, package)| package)
-        .collect();
+    let mut packages: Vec<&str> =
+        TEST_TOOLS.iter().filter(|(tool, _)| missing(tool)).map(|&(_, package)| package).collect();
     packages.sort_unstable();
     packages.dedup();
     if packages.is_empty() {
@@ -381,9 +339,7 @@ fn missing(tool: &str) -> bool {
 
 /// A non-root PATH often lacks /sbin and /usr/sbin, where `ip` lives.
 fn in_sbin(tool: &str) -> bool {
-    ["/usr/sbin", "/sbin"]
-        .iter()
-        .any(|d| Path::new(d).join(tool).exists())
+    ["/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(tool).exists())
 }
 
 #[cfg(test)]

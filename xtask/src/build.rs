@@ -20,9 +20,7 @@ pub fn build(opts: &Options) -> Result<()> {
 /// `cargo build -p fw-user`; fw-user's build script builds the eBPF object.
 pub fn cargo_build(release: bool) -> Result<()> {
     let mut cargo = cmd::cargo();
-    cargo
-        .current_dir(cmd::workspace_root())
-        .args(["build", "-p", "fw-user"]);
+    cargo.current_dir(cmd::workspace_root()).args(["build", "-p", "fw-user"]);
     if release {
         cargo.arg("--release");
     }

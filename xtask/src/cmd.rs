@@ -20,9 +20,7 @@ pub fn display(cmd: &Command) -> String {
 
 /// Runs `cmd` with inherited stdio; fails unless it exits 0.
 pub fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("failed to start `{}`", display(cmd)))?;
+    let status = cmd.status().with_context(|| format!("failed to start `{}`", display(cmd)))?;
     if !status.success() {
         bail!("`{}` failed ({status})", display(cmd));
     }
@@ -31,16 +29,9 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Runs `cmd` and returns its stdout; fails (with its stderr) unless it exits 0.
 pub fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("failed to start `{}`", display(cmd)))?;
+    let out = cmd.output().with_context(|| format!("failed to start `{}`", display(cmd)))?;
     if !out.status.success() {
-        bail!(
-            "`{}` failed ({}): {}",
-            display(cmd),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("`{}` failed ({}): {}", display(cmd), out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     String::from_utf8(out.stdout).with_context(|| format!("`{}` printed non-UTF-8", display(cmd)))
 }
@@ -52,9 +43,7 @@ pub fn cargo() -> Command {
 
 /// The workspace root (xtask lives one level below it).
 pub fn workspace_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask has a parent directory")
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent directory")
 }
 
 pub fn is_root() -> bool {
@@ -65,14 +54,10 @@ pub fn is_root() -> bool {
 /// The first `name` on PATH, if any.
 pub fn which(name: impl AsRef<OsStr>) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name.as_ref()))
-        .find(|p| is_executable(p))
+    std::env::split_paths(&path).map(|dir| dir.join(name.as_ref())).find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt as _;
-    p.metadata()
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }

@@ -45,7 +45,10 @@ pub fn install(opts: &Options) -> Result<()> {
     if Path::new("/run/systemd/system").is_dir() && opts.unitdir.starts_with("/etc/systemd") {
         cmd::run(Command::new("systemctl").arg("daemon-reload"))?;
     }
-    println!("enable it with: systemctl enable --now fw@IFACE.service (settings: {}/fw/IFACE.env)", opts.sysconfdir.display());
+    println!(
+        "enable it with: systemctl enable --now fw@IFACE.service (settings: {}/fw/IFACE.env)",
+        opts.sysconfdir.display()
+    );
     Ok(())
 }
 
@@ -106,7 +109,10 @@ fn install_docs(fw: &Path, prefix: &Path) -> Result<Vec<String>> {
     ];
     let mut done = Vec::new();
     for (args, target) in targets {
-        let out = Command::new(fw).args(&args).output().with_context(|| format!("running {} {}", fw.display(), args.join(" ")))?;
+        let out = Command::new(fw)
+            .args(&args)
+            .output()
+            .with_context(|| format!("running {} {}", fw.display(), args.join(" ")))?;
         if !out.status.success() {
             bail!("{} {} failed: {}", fw.display(), args.join(" "), String::from_utf8_lossy(&out.stderr));
         }
@@ -198,7 +204,10 @@ mod tests {
                 panic!("dist/fw@.service sets {key}={value}: {why}; pins would not outlive fw");
             }
         }
-        assert!(loses_the_hosts_bpffs("PrivateMounts", "yes").is_some() && loses_the_hosts_bpffs("ProtectHome", "yes").is_none());
+        assert!(
+            loses_the_hosts_bpffs("PrivateMounts", "yes").is_some()
+                && loses_the_hosts_bpffs("ProtectHome", "yes").is_none()
+        );
         assert!(loses_the_hosts_bpffs("TemporaryFileSystem", "/sys").is_some());
         assert!(loses_the_hosts_bpffs("ReadOnlyPaths", "-/sys/fs/bpf").is_some());
 
@@ -221,14 +230,20 @@ mod tests {
         assert!(verify.status.success() && stderr.trim().is_empty(), "systemd-analyze verify: {stderr}");
         // The effective sandbox (defaults and implications included), from
         // systemd itself (`--offline`: systemd 250 and later).
-        let security = Command::new("systemd-analyze").args(["security", "--offline=yes"]).arg(&instance).output().unwrap();
+        let security =
+            Command::new("systemd-analyze").args(["security", "--offline=yes"]).arg(&instance).output().unwrap();
         fs::remove_dir_all(&root).unwrap();
         if !security.status.success() {
-            eprintln!("systemd-analyze security --offline is not available: {}", String::from_utf8_lossy(&security.stderr));
+            eprintln!(
+                "systemd-analyze security --offline is not available: {}",
+                String::from_utf8_lossy(&security.stderr)
+            );
             return;
         }
         let table = String::from_utf8_lossy(&security.stdout);
-        for setting in ["PrivateMounts=", "ProtectKernelTunables=", "ProtectProc=", "ProcSubset=", "RootDirectory=/RootImage="] {
+        for setting in
+            ["PrivateMounts=", "ProtectKernelTunables=", "ProtectProc=", "ProcSubset=", "RootDirectory=/RootImage="]
+        {
             // `✗`: not applied; no mark: not applicable (the unit runs in the
             // early boot phase, DefaultDependencies=no); `✓` would be applied.
             let line = table
@@ -319,7 +334,8 @@ mod tests {
         // What the default dependencies would have given for shutdown.
         assert!(has("Unit", "Before", "shutdown.target") && has("Unit", "Conflicts", "shutdown.target"), "{unit}");
         // Ordered after anything of the network would be a cycle.
-        for late in ["network.target", "network-online.target", "network-pre.target", "sysinit.target", "basic.target"] {
+        for late in ["network.target", "network-online.target", "network-pre.target", "sysinit.target", "basic.target"]
+        {
             assert!(!has("Unit", "After", late), "After={late} contradicts Before=network-pre.target:\n{unit}");
         }
         // Waits for its interface, and is not stopped when the interface goes
@@ -329,7 +345,10 @@ mod tests {
         assert!(has("Install", "WantedBy", device), "the interface's appearance must start the unit:\n{unit}");
         assert!(has("Install", "WantedBy", "multi-user.target"), "{unit}");
         // The binary and bpffs are mounted first.
-        assert!(has("Unit", "RequiresMountsFor", "/usr/local/bin") && has("Unit", "RequiresMountsFor", "/sys/fs/bpf"), "{unit}");
+        assert!(
+            has("Unit", "RequiresMountsFor", "/usr/local/bin") && has("Unit", "RequiresMountsFor", "/sys/fs/bpf"),
+            "{unit}"
+        );
 
         // Ready only when fw run says so: once it enforces.
         assert_eq!(get("Service", "Type"), ["notify"]);

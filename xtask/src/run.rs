@@ -48,14 +48,8 @@ pub fn run(opts: &Options) -> Result<()> {
 
 /// ARGS plus `--iface`, `--policy` and `--phase` where ARGS lack them.
 /// `default_iface` is only asked when ARGS have no `--iface`.
-fn with_defaults(
-    args: &[String],
-    default_iface: impl FnOnce() -> Result<String>,
-) -> Result<Vec<String>> {
-    let has = |flag: &str| {
-        args.iter()
-            .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
-    };
+fn with_defaults(args: &[String], default_iface: impl FnOnce() -> Result<String>) -> Result<Vec<String>> {
+    let has = |flag: &str| args.iter().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
     let mut out = args.to_vec();
     if !has("--iface") {
         out.extend(["--iface".into(), default_iface()?]);
@@ -100,47 +94,16 @@ wan0\t00000000\t0100A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0
     #[test]
     fn default_route_is_the_all_zero_destination() {
         assert_eq!(parse_default_route(ROUTE).as_deref(), Some("wan0"));
-        assert_eq!(
-            parse_default_route(
-                ROUTE
-                    .lines()
-                    .take(2)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-                    .as_str()
-            ),
-            None
-        );
+        assert_eq!(parse_default_route(ROUTE.lines().take(2).collect::<Vec<_>>().join("\n").as_str()), None);
     }
 
     #[test]
     fn defaults_fill_only_what_is_missing() {
-        let args: Vec<String> = ["--iface", "veth0", "--phase=runtime"]
-            .map(String::from)
-            .into();
+        let args: Vec<String> = ["--iface", "veth0", "--phase=runtime"].map(String::from).into();
         let out = with_defaults(&args, || panic!("must not look up the default route")).unwrap();
-        assert_eq!(
-            out,
-            [
-                "--iface",
-                "veth0",
-                "--phase=runtime",
-                "--policy",
-                "openvidu-ce"
-            ]
-        );
+        assert_eq!(out, ["--iface", "veth0", "--phase=runtime", "--policy", "openvidu-ce"]);
 
         let out = with_defaults(&[], || Ok("wan0".into())).unwrap();
-        assert_eq!(
-            out,
-            [
-                "--iface",
-                "wan0",
-                "--policy",
-                "openvidu-ce",
-                "--phase",
-                "install"
-            ]
-        );
+        assert_eq!(out, ["--iface", "wan0", "--policy", "openvidu-ce", "--phase", "install"]);
     }
 }

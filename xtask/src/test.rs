@@ -35,13 +35,13 @@ pub fn test(opts: &Options) -> Result<()> {
     bootstrap::bootstrap(bootstrap::Purpose::Test)?;
 
     let mut outcomes = vec![timed("unprivileged", || {
+        // Layout first: a diff from rustfmt.toml fails in a second, before
+        // the builds.
+        bootstrap::rustfmt()?;
+        cmd::run(cmd::cargo().args(["fmt", "--all", "--check"]))?;
         // fw-ebpf's binary is the BPF program (`no_main`, it cannot link
         // for the host); its library, the parser, is tested on the host.
-        cmd::run(
-            cargo_test()
-                .args(["--workspace", "--exclude", "fw-ebpf"])
-                .args(&opts.args),
-        )?;
+        cmd::run(cargo_test().args(["--workspace", "--exclude", "fw-ebpf"]).args(&opts.args))?;
         cmd::run(cargo_test().args(["-p", "fw-ebpf", "--lib"]).args(&opts.args))
     })];
     outcomes.push(timed("privileged", || {
@@ -50,8 +50,7 @@ pub fn test(opts: &Options) -> Result<()> {
         }
         bootstrap::mount_bpffs()?;
         let manifest = cmd::workspace_root().join("fw-user/Cargo.toml");
-        let manifest = fs::read_to_string(&manifest)
-            .with_context(|| format!("reading {}", manifest.display()))?;
+        let manifest = fs::read_to_string(&manifest).with_context(|| format!("reading {}", manifest.display()))?;
         let targets = privileged_targets(&manifest);
         if targets.is_empty() {
             bail!("fw-user/Cargo.toml declares no test target with required-features = [\"{FEATURE}\"]");
@@ -68,20 +67,14 @@ pub fn test(opts: &Options) -> Result<()> {
     }));
 
     // The benchmark's quick subset, so that `cargo xtask bench` cannot rot.
-    outcomes.push(timed("bench --quick", || {
-        crate::bench::bench(&crate::bench::Options::quick())
-    }));
+    outcomes.push(timed("bench --quick", || crate::bench::bench(&crate::bench::Options::quick())));
 
     let mut failed = Vec::new();
     for o in &outcomes {
         match &o.result {
             Ok(()) => println!("{} suite: passed ({:.1} s)", o.suite, o.took.as_secs_f64()),
             Err(e) => {
-                println!(
-                    "{} suite: FAILED ({:.1} s): {e:#}",
-                    o.suite,
-                    o.took.as_secs_f64()
-                );
+                println!("{} suite: FAILED ({:.1} s): {e:#}", o.suite, o.took.as_secs_f64());
                 failed.push(o.suite);
             }
         }
@@ -132,19 +125,14 @@ fn privileged_targets(manifest: &str) -> Vec<String> {
 /// results of the others.
 fn cargo_test() -> Command {
     let mut c = cmd::cargo();
-    c.current_dir(cmd::workspace_root())
-        .args(["test", "--no-fail-fast"]);
+    c.current_dir(cmd::workspace_root()).args(["test", "--no-fail-fast"]);
     c
 }
 
 fn timed(suite: &'static str, f: impl FnOnce() -> Result<()>) -> Outcome {
     let start = Instant::now();
     let result = f();
-    Outcome {
-        suite,
-        result,
-        took: start.elapsed(),
-    }
+    Outcome { suite, result, took: start.elapsed() }
 }
 
 #[cfg(test)]

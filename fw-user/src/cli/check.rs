@@ -3,7 +3,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Result;
 use clap::Args;
 
-use crate::{policy::compile::Limits, source, policy::report};
+use crate::{policy::compile::Limits, policy::report, source};
 
 /// Validate a policy and print its compiled tables; never touches the kernel
 /// (like `nft -c -f`). Exit 0: compiles without warnings; 1: compiles with

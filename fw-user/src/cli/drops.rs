@@ -10,11 +10,12 @@ use super::{
 };
 use crate::{
     daemon::control::{self, EventQuery},
-    kernel::counters::{RuleCount, Snapshot},
     daemon::events::Event,
-    kernel::loader::CounterMaps,
-    instance, instance::paths,
+    instance,
+    instance::paths,
     instance::state::InstanceState,
+    kernel::counters::{RuleCount, Snapshot},
+    kernel::loader::CounterMaps,
 };
 
 /// Event lines kept on screen under the table by `--follow` on a terminal.
@@ -135,7 +136,8 @@ impl EventCursor {
         };
         let Some(batch) = control::events(name, query)? else {
             if self.note.is_none() {
-                let note = format!("no fw daemon runs instance {name}: no drop events (counters only; `fw run` keeps them)");
+                let note =
+                    format!("no fw daemon runs instance {name}: no drop events (counters only; `fw run` keeps them)");
                 if json {
                     eprintln!("fw: {note}");
                 }
@@ -203,10 +205,20 @@ fn print_report(
     println!("{name}: policy {} phase {} on {}", e.policy_name, e.phase, state.iface);
     println!("{:<9} {:<22} {:>12} {:>10} {:>14}", "DIRECTION", "REASON", "PACKETS", "+DELTA", "BYTES");
     for (r, d) in snapshot.reasons.iter().zip(&delta.reasons).filter(|(r, _)| args.all || r.packets > 0) {
-        println!("{:<9} {:<22} {:>12} {:>10} {:>14}", r.direction, r.reason, r.packets, format!("+{}", d.packets), r.bytes);
+        println!(
+            "{:<9} {:<22} {:>12} {:>10} {:>14}",
+            r.direction,
+            r.reason,
+            r.packets,
+            format!("+{}", d.packets),
+            r.bytes
+        );
     }
     println!();
-    println!("{:<5} {:<24} {:<9} {:<6} {:>12} {:>10} {:>14}", "RULE", "NAME", "DIRECTION", "ACTION", "PACKETS", "+DELTA", "BYTES");
+    println!(
+        "{:<5} {:<24} {:<9} {:<6} {:>12} {:>10} {:>14}",
+        "RULE", "NAME", "DIRECTION", "ACTION", "PACKETS", "+DELTA", "BYTES"
+    );
     for (RuleCount { id, name, direction, action, packets, bytes }, d) in
         snapshot.rules.iter().zip(&delta.rules).filter(|(r, _)| args.all || r.packets > 0)
     {

@@ -5,8 +5,8 @@ use clap::Args;
 use fw_common::Direction;
 
 use super::{
-    target::require_root,
     source::{PhaseSource, Source},
+    target::require_root,
 };
 use crate::{
     policy::compile::tables::CompiledPhase,
@@ -64,10 +64,11 @@ pub fn explain(args: ExplainArgs) -> Result<ExitCode> {
         };
         for query in explain::parse_query(&query_text, direction)? {
             // An address the DNS proxy learned, which no static rule decides.
-            let by_name = learned.as_ref().and_then(|r| r.entries.iter().find(|e| e.address == query.address)).and_then(|e| {
-                let rules: Vec<u32> = e.rules.iter().map(|(id, _)| *id).collect();
-                explain::explain_learned(&target.phase, &query, &rules, e.names.clone())
-            });
+            let by_name =
+                learned.as_ref().and_then(|r| r.entries.iter().find(|e| e.address == query.address)).and_then(|e| {
+                    let rules: Vec<u32> = e.rules.iter().map(|(id, _)| *id).collect();
+                    explain::explain_learned(&target.phase, &query, &rules, e.names.clone())
+                });
             explanations.push(by_name.unwrap_or_else(|| explain::explain(&target.phase, &query)));
         }
     }
@@ -115,7 +116,8 @@ fn target(args: &ExplainArgs) -> Result<Target> {
             // The name rules of the policy the instance enforces, if that
             // file still compiles to the same rules.
             let loaded_names = crate::instance::view(&name).ok().and_then(|(_, _, e)| e).and_then(|e| {
-                let loaded = source::load_phase(&e.policy, e.env_file.as_deref().map(std::path::Path::new), &e.phase).ok()?;
+                let loaded =
+                    source::load_phase(&e.policy, e.env_file.as_deref().map(std::path::Path::new), &e.phase).ok()?;
                 (loaded.compiled.rules == e.rules).then_some(loaded.names).flatten()
             });
             Ok(Target { phase, loaded_names, instance: Some(name) })

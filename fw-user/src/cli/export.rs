@@ -5,9 +5,9 @@ use clap::{Args, ValueEnum};
 
 use super::source::{PhaseSource, Source};
 use crate::{
+    instance::state::InstanceState,
     policy::export::{self, Family, Options},
     source,
-    instance::state::InstanceState,
 };
 
 /// Print a phase of a policy as an nftables or iptables ruleset with the

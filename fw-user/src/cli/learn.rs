@@ -10,11 +10,12 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::{duration, target::require_root};
 use crate::{
-    kernel::cgroup,
     daemon::events::reader::EventReader,
-    instance::{self, records::PolicyCopy, StartRequest},
     daemon::learn::{self, Tally},
-    instance::paths, source,
+    instance::paths,
+    instance::{self, records::PolicyCopy, StartRequest},
+    kernel::cgroup,
+    source,
 };
 
 /// The learning instance's policy: one phase, audit mode, no egress rule,
@@ -99,7 +100,10 @@ pub fn learn(args: LearnArgs) -> Result<ExitCode> {
         ephemeral: true,
     })?;
     temporary.started = true;
-    let hooks = state.cgroup.as_deref().map_or("no socket hooks: processes are not named".into(), |c| format!("processes in cgroup {c}"));
+    let hooks = state
+        .cgroup
+        .as_deref()
+        .map_or("no socket hooks: processes are not named".into(), |c| format!("processes in cgroup {c}"));
     eprintln!(
         "fw: learning what {} connects to ({hooks}), {}; nothing is blocked",
         args.iface,
@@ -203,9 +207,7 @@ fn write_checked(text: &str, phase: &str, output: Option<&Path>, name: &str) -> 
     let checked = source::load_phase(&draft.display().to_string(), None, phase);
     let result = match (checked, output) {
         (Err(e), _) => Err(e.context("the learned policy does not pass `fw check` (a bug in fw learn)")),
-        (Ok(_), Some(path)) => {
-            std::fs::rename(&draft, path).with_context(|| format!("writing {}", path.display()))
-        }
+        (Ok(_), Some(path)) => std::fs::rename(&draft, path).with_context(|| format!("writing {}", path.display())),
         (Ok(_), None) => {
             print!("{text}");
             Ok(())
@@ -234,7 +236,10 @@ impl Temporary {
 impl Drop for Temporary {
     fn drop(&mut self) {
         if let Err(e) = self.stop() {
-            eprintln!("fw: removing the learning instance {}: {e:#} (`fw stop --name {}` retries)", self.name, self.name);
+            eprintln!(
+                "fw: removing the learning instance {}: {e:#} (`fw stop --name {}` retries)",
+                self.name, self.name
+            );
         }
     }
 }
@@ -270,7 +275,10 @@ impl Unseen {
             ));
         }
         if self.undecodable > 0 {
-            out.push(format!("{} events could not be decoded (is this fw older than its kernel object?)", self.undecodable));
+            out.push(format!(
+                "{} events could not be decoded (is this fw older than its kernel object?)",
+                self.undecodable
+            ));
         }
         out
     }
@@ -338,7 +346,11 @@ fn inbound_flows(name: &str) -> Result<Vec<InboundFlow>> {
             out.push(InboundFlow {
                 proto: crate::policy::protocols::protocol_name(key.proto),
                 // ICMP echo: the port the policy matched (type 8 / 128).
-                local_port: if matches!(key.proto, 1 | 58) { value.policy_port } else { u16::from_be_bytes(key.local_port) },
+                local_port: if matches!(key.proto, 1 | 58) {
+                    value.policy_port
+                } else {
+                    u16::from_be_bytes(key.local_port)
+                },
                 peer,
                 peer_port: u16::from_be_bytes(key.remote_port),
             });
@@ -358,7 +370,9 @@ fn listening_tcp_ports() -> Vec<u16> {
             if fields.get(3) != Some(&"0A") {
                 continue;
             }
-            if let Some(port) = fields.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok()) {
+            if let Some(port) =
+                fields.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok())
+            {
                 ports.push(port);
             }
         }

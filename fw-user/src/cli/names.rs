@@ -34,14 +34,16 @@ pub fn names(args: NamesArgs) -> Result<ExitCode> {
     let name = resolve_name(args.name)?;
     let report = report(&name)?;
     let rule_names = instance::view(&name).ok().and_then(|(_, _, e)| e).map(|e| e.rules).unwrap_or_default();
-    let rule_name = |id: u32| rule_names.iter().find(|r| r.id == id).map_or_else(|| format!("#{id}"), |r| r.name.clone());
+    let rule_name =
+        |id: u32| rule_names.iter().find(|r| r.id == id).map_or_else(|| format!("#{id}"), |r| r.name.clone());
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!("{:<40} {:<39} {:>8}  rules", "name", "address", "ttl");
     for e in &report.entries {
-        let names = if e.names.is_empty() { "(learned before the daemon started)".to_string() } else { e.names.join(",") };
+        let names =
+            if e.names.is_empty() { "(learned before the daemon started)".to_string() } else { e.names.join(",") };
         let ttl = e.rules.iter().map(|(_, left)| *left).max().unwrap_or(0);
         let rules: Vec<String> = e.rules.iter().map(|(id, _)| rule_name(*id)).collect();
         println!("{names:<40} {:<39} {:>7}s  {}", e.address.to_string(), ttl, rules.join(","));
@@ -76,7 +78,11 @@ fn from_kernel(name: &str) -> Result<NamesReport> {
     let entries = found
         .into_iter()
         .filter(|(_, v)| live(v, now))
-        .map(|(address, value)| NameEntry { names: Vec::new(), address, rules: crate::daemon::dns::live_rules(&value, now) })
+        .map(|(address, value)| NameEntry {
+            names: Vec::new(),
+            address,
+            rules: crate::daemon::dns::live_rules(&value, now),
+        })
         .collect();
     Ok(NamesReport { entries, ..NamesReport::default() })
 }

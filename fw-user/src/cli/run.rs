@@ -5,12 +5,20 @@ use clap::Args;
 
 use super::{source::PolicyFile, target::require_root};
 use crate::{
-    kernel::cgroup, daemon::control, daemon, daemon::events, daemon::iface_watch,
-    instance::{self, Leftover, StartRequest},
-    daemon::kernel_log, kernel::loader, instance::lock, daemon::metrics, instance::paths,
-    source::{self, LoadedPhase},
-    instance::state::InstanceState,
+    daemon,
+    daemon::control,
+    daemon::events,
+    daemon::iface_watch,
+    daemon::kernel_log,
+    daemon::metrics,
     daemon::watch,
+    instance::lock,
+    instance::paths,
+    instance::state::InstanceState,
+    instance::{self, Leftover, StartRequest},
+    kernel::cgroup,
+    kernel::loader,
+    source::{self, LoadedPhase},
 };
 
 /// The policy `fw run` starts with when --policy is not given.
@@ -106,7 +114,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         match instance::leftover(&name)? {
             Leftover::Instance => adopt(&name, &args)?,
             Leftover::NotAttached => {
-                println!("fw: {name}: found pins that enforce nothing (a start or stop was interrupted): starting afresh");
+                println!(
+                    "fw: {name}: found pins that enforce nothing (a start or stop was interrupted): starting afresh"
+                );
                 instance::discard_unattached(&name)?;
                 fresh(&name, &args)?
             }
@@ -206,7 +216,12 @@ fn adopt(name: &str, args: &RunArgs) -> Result<InstanceState> {
         println!("fw: {name}: {note}");
     }
     if state.iface != args.iface {
-        bail!("instance {name} enforces on {} (ifindex {}), not {}: pick another --name", state.iface, state.ifindex, args.iface);
+        bail!(
+            "instance {name} enforces on {} (ifindex {}), not {}: pick another --name",
+            state.iface,
+            state.ifindex,
+            args.iface
+        );
     }
     if let Some(policy) = &args.file.policy {
         let wanted = source::PolicyText::resolve(policy)?.label;

@@ -41,7 +41,11 @@ pub struct PhaseSource {
 }
 
 pub enum Source {
-    File { policy: String, phase: String, env_file: Option<PathBuf> },
+    File {
+        policy: String,
+        phase: String,
+        env_file: Option<PathBuf>,
+    },
     /// The instance's name.
     Instance(String),
 }

@@ -6,12 +6,13 @@ use serde::Serialize;
 
 use super::target::{require_root, resolve_name};
 use crate::{
-    kernel::apply, daemon::{control, dns},
-    kernel::counters::Snapshot,
+    daemon::{control, dns},
+    instance::state::InstanceState,
     instance::txn,
+    kernel::apply,
+    kernel::counters::Snapshot,
     kernel::linkinfo,
     kernel::loader::{AttachMode, CounterMaps, Hook, PolicyMaps},
-    instance::state::InstanceState,
 };
 
 /// Is the instance attached and enforcing? Exit 0 only when it is (scripts
@@ -168,7 +169,8 @@ fn check_enforcing(name: &str, state: &InstanceState, active: Result<u32>, s: &m
     s.generation = Some(generation);
     anyhow::ensure!(generation != 0, "no policy generation is active");
     if s.phase.is_none() {
-        s.phase = Some(format!("unknown (generation {generation} is not in the state file; the next command rebuilds it)"));
+        s.phase =
+            Some(format!("unknown (generation {generation} is not in the state file; the next command rebuilds it)"));
     }
     // The interface as this namespace sees it now (None from another
     // namespace too: then only the links can tell).
@@ -239,7 +241,10 @@ fn print_text(s: &Status) {
     };
     println!("attached:   {attach}");
     println!("uptime:     {}", s.uptime_seconds.map_or("-".into(), |u| format!("{u}s")));
-    println!("daemon:     {}", s.daemon_pid.map_or("not running (enforcement continues)".into(), |p| format!("pid {p}")));
+    println!(
+        "daemon:     {}",
+        s.daemon_pid.map_or("not running (enforcement continues)".into(), |p| format!("pid {p}"))
+    );
     if let Some(p) = &s.pending_confirm {
         println!("confirm:    pending: rolls back to {} in {}s unless `fw confirm`", p.rollback_to, p.seconds_left);
     }

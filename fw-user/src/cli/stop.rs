@@ -24,6 +24,9 @@ pub fn stop(args: StopArgs) -> Result<ExitCode> {
     require_root("fw stop")?;
     let name = resolve_name(args.name)?;
     let iface = instance::stop(&name, args.forget)?;
-    println!("fw: {name}: detached{}; pins removed", iface.as_deref().map(|i| format!(" from {i}")).unwrap_or_default());
+    println!(
+        "fw: {name}: detached{}; pins removed",
+        iface.as_deref().map(|i| format!(" from {i}")).unwrap_or_default()
+    );
     Ok(ExitCode::SUCCESS)
 }

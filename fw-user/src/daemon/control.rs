@@ -43,7 +43,10 @@ enum Request {
     Ping,
     /// Kept events with `seq >= since_seq` and not older than `since_secs`
     /// (both optional: all kept events).
-    Events { since_seq: Option<u64>, since_secs: Option<u64> },
+    Events {
+        since_seq: Option<u64>,
+        since_secs: Option<u64>,
+    },
     /// What the DNS proxy learned (`null` when this daemon runs none).
     Names,
 }
@@ -117,7 +120,10 @@ pub fn events(name: &str, query: EventQuery) -> Result<Option<EventBatch>> {
 /// answers or it runs no proxy.
 pub fn names(name: &str) -> Result<Option<crate::daemon::dns::NamesReport>> {
     let reply = ask(&paths::control_socket(name), &Request::Names)?;
-    Ok(reply.map(|line| serde_json::from_str(&line).context("the daemon's reply to a names request")).transpose()?.flatten())
+    Ok(reply
+        .map(|line| serde_json::from_str(&line).context("the daemon's reply to a names request"))
+        .transpose()?
+        .flatten())
 }
 
 fn ping_at(path: &Path) -> Result<Option<DaemonInfo>> {

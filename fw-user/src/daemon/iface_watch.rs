@@ -33,7 +33,7 @@ use rtnetlink::{
     MulticastGroup,
 };
 
-use crate::{instance, kernel::linkinfo, kernel::loader, instance::lock, daemon::readiness};
+use crate::{daemon::readiness, instance, instance::lock, kernel::linkinfo, kernel::loader};
 
 /// A link notification, reduced to what the watcher needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -207,8 +207,9 @@ impl Watcher {
         let state = instance::load_state(&self.name)?;
         let presence = match linkinfo::ifindex_of(&self.iface) {
             None => Presence::Missing,
-            Some(ifindex) if ifindex == state.ifindex
-                && loader::attached_to(&self.name, state.attach_mode, state.ifindex, &self.iface)? =>
+            Some(ifindex)
+                if ifindex == state.ifindex
+                    && loader::attached_to(&self.name, state.attach_mode, state.ifindex, &self.iface)? =>
             {
                 Presence::Enforcing(ifindex)
             }

@@ -16,8 +16,8 @@ pub async fn forward(name: String) {
 }
 
 async fn forward_inner(name: &str) -> Result<()> {
-    let link = linkinfo::tcx_link_info(&Hook::Egress.link_pin(name))?
-        .context("no pinned TCX egress link (clsact mode)")?;
+    let link =
+        linkinfo::tcx_link_info(&Hook::Egress.link_pin(name))?.context("no pinned TCX egress link (clsact mode)")?;
     let logger = aya_log::EbpfLogger::init_from_id(link.program_id).context("opening the aya-log ring buffer")?;
     // SAFETY: the logger owns its ring buffer's descriptor and keeps it open,
     // unreplaced, for as long as the AsyncFd holds the logger.

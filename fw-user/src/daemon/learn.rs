@@ -225,7 +225,11 @@ impl Tally {
             .into_iter()
             .map(|((who, proto, addr), (ports, uses, pids))| LearnedRule {
                 name: unique_name(&who, &mut used_names),
-                ports: if is_icmp(&proto) { ports.iter().map(|p| icmp_entry(*p)).collect() } else { fold_ports(&ports) },
+                ports: if is_icmp(&proto) {
+                    ports.iter().map(|p| icmp_entry(*p)).collect()
+                } else {
+                    fold_ports(&ports)
+                },
                 who,
                 proto,
                 addr,
@@ -340,10 +344,7 @@ fn unique_name(who: &Who, used: &mut BTreeSet<String>) -> String {
         .collect();
     let base = base.trim_matches('-');
     let base = if base.is_empty() { "flow" } else { base };
-    (1..)
-        .map(|n| format!("learned-{base}-{n}"))
-        .find(|name| used.insert(name.clone()))
-        .expect("an unused name")
+    (1..).map(|n| format!("learned-{base}-{n}")).find(|name| used.insert(name.clone())).expect("an unused name")
 }
 
 /// The phase `phase` with `served` as its inbound and `rules` as its
@@ -414,10 +415,7 @@ pub fn append_phase(
     served: &[ServedRule],
 ) -> Result<String, String> {
     let lines: Vec<&str> = base.lines().collect();
-    let start = lines
-        .iter()
-        .position(|l| l.trim_end() == "phases:")
-        .ok_or("it has no top-level `phases:` line")?;
+    let start = lines.iter().position(|l| l.trim_end() == "phases:").ok_or("it has no top-level `phases:` line")?;
     let after = &lines[start + 1..];
     if after.iter().any(|l| !l.is_empty() && !l.starts_with([' ', '#'])) {
         return Err("`phases:` is not its last top-level key".into());
@@ -531,14 +529,28 @@ mod tests {
         tally.observe_listening(8080);
         let rules = tally.rules();
         assert_eq!(rules.len(), 1, "{rules:#?}");
-        assert_eq!((rules[0].addr.to_string(), rules[0].ports.as_slice()), ("198.18.1.2".into(), [PortEntry::One(80)].as_slice()));
+        assert_eq!(
+            (rules[0].addr.to_string(), rules[0].ports.as_slice()),
+            ("198.18.1.2".into(), [PortEntry::One(80)].as_slice())
+        );
         assert_eq!(tally.destinations(), 1);
         let served = tally.served();
         assert_eq!(served.len(), 2, "{served:#?}");
-        assert_eq!((served[0].proto.as_str(), served[0].ports.as_slice()), ("tcp", [PortEntry::Range(8080, 8081)].as_slice()));
-        assert_eq!((served[1].proto.as_str(), served[1].ports.as_slice(), served[1].peers), ("udp", [PortEntry::One(5005)].as_slice(), 1));
+        assert_eq!(
+            (served[0].proto.as_str(), served[0].ports.as_slice()),
+            ("tcp", [PortEntry::Range(8080, 8081)].as_slice())
+        );
+        assert_eq!(
+            (served[1].proto.as_str(), served[1].ports.as_slice(), served[1].peers),
+            ("udp", [PortEntry::One(5005)].as_slice(), 1)
+        );
         let yaml = phase_yaml("learned", &rules, &served, 2);
-        assert!(yaml.contains("    inbound:\n      # 1 peer\n      - { name: served-tcp, proto: tcp, ports: [\"8080-8081\"] }"), "{yaml}");
+        assert!(
+            yaml.contains(
+                "    inbound:\n      # 1 peer\n      - { name: served-tcp, proto: tcp, ports: [\"8080-8081\"] }"
+            ),
+            "{yaml}"
+        );
         assert!(!yaml.contains("38392") && !yaml.contains("41000"), "{yaml}");
     }
 
@@ -546,7 +558,12 @@ mod tests {
     fn the_learned_phase_is_appended_at_the_files_phase_indentation() {
         let base = "name: x\nphases:\n    runtime:\n        egress: []\n";
         let out = append_phase(base, "# learned\n", "seen", &[], &[]).unwrap();
-        assert!(out.ends_with("\n    # learned\n    seen:\n      # nothing was seen: this phase allows no egress\n      egress: []\n"), "{out}");
+        assert!(
+            out.ends_with(
+                "\n    # learned\n    seen:\n      # nothing was seen: this phase allows no egress\n      egress: []\n"
+            ),
+            "{out}"
+        );
         assert!(append_phase("phases:\n  a: {}\nname: x\n", "", "seen", &[], &[]).is_err());
     }
 }

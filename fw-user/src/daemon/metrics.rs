@@ -58,12 +58,12 @@ use prometheus_client::{
 };
 
 use crate::{
-    kernel::{apply, batch},
-    kernel::counters::{ReasonCount, RuleCount, Snapshot},
     daemon::events::SharedLog,
     instance,
-    kernel::loader::{self, CounterMaps, PolicyMaps},
     instance::paths,
+    kernel::counters::{ReasonCount, RuleCount, Snapshot},
+    kernel::loader::{self, CounterMaps, PolicyMaps},
+    kernel::{apply, batch},
 };
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -228,7 +228,8 @@ fn timeout_of(key: &FlowKey, v: &FlowValue, t: &FlowTimeouts) -> u64 {
 /// `fw-ebpf`'s `flow::expired`, negated).
 fn is_live(now: u64, key: &FlowKey, v: &FlowValue, t: &FlowTimeouts) -> bool {
     let idle = now.wrapping_sub(v.last_seen_ns);
-    idle <= u64::from(fw_common::flow::timeouts::MIN) * 1_000_000_000 + TOUCH_INTERVAL_NS || idle <= timeout_of(key, v, t)
+    idle <= u64::from(fw_common::flow::timeouts::MIN) * 1_000_000_000 + TOUCH_INTERVAL_NS
+        || idle <= timeout_of(key, v, t)
 }
 
 /// (entries, live entries) of a flow table.
@@ -238,7 +239,10 @@ fn count_flows(map: &MapData, now: u64, timeouts: &FlowTimeouts) -> Result<(u64,
 
 /// (entries, entries `matches` accepts) of a hash map. `K` and `V` must
 /// be the map's key and value types.
-fn count_entries<K: Copy + Default, V: Copy + Default>(map: &MapData, matches: impl Fn(&K, &V) -> bool) -> Result<(u64, u64)> {
+fn count_entries<K: Copy + Default, V: Copy + Default>(
+    map: &MapData,
+    matches: impl Fn(&K, &V) -> bool,
+) -> Result<(u64, u64)> {
     let (mut entries, mut matching) = (0u64, 0u64);
     batch::for_each::<K, V>(map, |k, v| {
         entries += 1;
@@ -307,7 +311,8 @@ impl Scrape {
 
         let flow_stats = PerCpuArray::<_, u64>::try_from(Map::PerCpuArray(pinned(name, maps::FLOW_STATS)?))?;
         let flow_sum = |index: u32| -> Result<u64> { Ok(flow_stats.get(&index, 0)?.iter().sum()) };
-        let flows_opened = vec![("flows", flow_sum(flow_stats::OPENED)?), ("flows_in", flow_sum(flow_stats::OPENED_IN)?)];
+        let flows_opened =
+            vec![("flows", flow_sum(flow_stats::OPENED)?), ("flows_in", flow_sum(flow_stats::OPENED_IN)?)];
         let flows_promoted = flow_sum(flow_stats::PROMOTED)?;
         let flows_demoted = flow_sum(flow_stats::DEMOTED)?;
 
@@ -349,13 +354,36 @@ fn pinned(name: &str, map: &str) -> Result<MapData> {
 impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let reasons = |r: &ReasonCount| [("reason", r.reason.clone()), ("direction", r.direction.clone())];
-        counter_family(&mut encoder, "fw_packets", "Packets per verdict reason and direction.", &self.reasons, reasons, |r| r.packets)?;
-        counter_family(&mut encoder, "fw_bytes", "Bytes per verdict reason and direction.", &self.reasons, reasons, |r| r.bytes)?;
+        counter_family(
+            &mut encoder,
+            "fw_packets",
+            "Packets per verdict reason and direction.",
+            &self.reasons,
+            reasons,
+            |r| r.packets,
+        )?;
+        counter_family(
+            &mut encoder,
+            "fw_bytes",
+            "Bytes per verdict reason and direction.",
+            &self.reasons,
+            reasons,
+            |r| r.bytes,
+        )?;
         let rules = |r: &RuleCount| {
             [("rule", r.name.clone()), ("direction", r.direction.clone()), ("action", r.action.clone())]
         };
-        counter_family(&mut encoder, "fw_rule_packets", "Packets each policy rule decided.", &self.rules, rules, |r| r.packets)?;
-        counter_family(&mut encoder, "fw_rule_bytes", "Bytes each policy rule decided.", &self.rules, rules, |r| r.bytes)?;
+        counter_family(
+            &mut encoder,
+            "fw_rule_packets",
+            "Packets each policy rule decided.",
+            &self.rules,
+            rules,
+            |r| r.packets,
+        )?;
+        counter_family(&mut encoder, "fw_rule_bytes", "Bytes each policy rule decided.", &self.rules, rules, |r| {
+            r.bytes
+        })?;
         counter_family(
             &mut encoder,
             "fw_events",
@@ -374,8 +402,12 @@ impl Collector for Scrape {
         for (map, n, _) in &self.maps {
             ConstGauge::new(*n as i64).encode(entries.encode_family(&[("map", *map)])?)?;
         }
-        let mut capacity =
-            encoder.encode_descriptor("fw_map_capacity", "Maximum entries of each BPF map.", None, MetricType::Gauge)?;
+        let mut capacity = encoder.encode_descriptor(
+            "fw_map_capacity",
+            "Maximum entries of each BPF map.",
+            None,
+            MetricType::Gauge,
+        )?;
         for (map, _, cap) in &self.maps {
             ConstGauge::new(*cap as i64).encode(capacity.encode_family(&[("map", *map)])?)?;
         }
@@ -466,9 +498,21 @@ fn encode_dns(encoder: &mut DescriptorEncoder, s: &crate::daemon::dns::Stats) ->
         ("fw_dns_answers", "Upstream answers the proxy released to local processes.", load(&s.answers)),
         ("fw_dns_refused", "Queries refused by `queries: policy` (a name no rule mentions).", load(&s.refused)),
         ("fw_dns_learned", "Writes of learned addresses to the kernel (new or refreshed).", load(&s.learned)),
-        ("fw_dns_learn_failed", "Learned addresses the kernel map refused (their connections fail closed).", load(&s.learn_failed)),
-        ("fw_dns_upstream_failed", "Queries the upstream resolver did not answer in time (SERVFAIL returned).", load(&s.upstream_failed)),
-        ("fw_dns_evicted", "Learned addresses removed to stay within dns.max_addresses(_per_name).", crate::daemon::dns::evicted()),
+        (
+            "fw_dns_learn_failed",
+            "Learned addresses the kernel map refused (their connections fail closed).",
+            load(&s.learn_failed),
+        ),
+        (
+            "fw_dns_upstream_failed",
+            "Queries the upstream resolver did not answer in time (SERVFAIL returned).",
+            load(&s.upstream_failed),
+        ),
+        (
+            "fw_dns_evicted",
+            "Learned addresses removed to stay within dns.max_addresses(_per_name).",
+            crate::daemon::dns::evicted(),
+        ),
     ];
     for (name, help, value) in counters {
         ConstCounter::new(value).encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)?;

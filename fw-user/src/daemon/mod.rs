@@ -33,14 +33,14 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
-    policy::compile::tables::RuleInfo,
-    kernel::counters::Snapshot,
     daemon::iface_watch::{Heard, Watcher},
+    daemon::watch::Watch,
     instance,
-    kernel::loader::{self, CounterMaps},
     instance::paths,
     instance::state::InstanceState,
-    daemon::watch::Watch,
+    kernel::counters::Snapshot,
+    kernel::loader::{self, CounterMaps},
+    policy::compile::tables::RuleInfo,
 };
 
 /// After a failed refresh of the route maps, when to try again (a route

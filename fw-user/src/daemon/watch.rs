@@ -75,7 +75,8 @@ impl Watched {
     /// From `fw run`'s arguments. Relative paths are taken from the current
     /// directory now: the daemon may change directory, the names must not.
     pub fn new(policy: &str, env_file: Option<&Path>) -> Result<Watched> {
-        let policy = if is_file_arg(policy) { absolute(Path::new(policy))?.display().to_string() } else { policy.to_string() };
+        let policy =
+            if is_file_arg(policy) { absolute(Path::new(policy))?.display().to_string() } else { policy.to_string() };
         let env_file = env_file.map(absolute).transpose()?;
         let watched = Watched { policy, env_file };
         if watched.dirs().is_empty() {

@@ -14,9 +14,9 @@ pub mod paths;
 pub mod records;
 pub mod state;
 pub mod store;
-pub mod txn;
 #[cfg(test)]
 mod tests;
+pub mod txn;
 
 use std::path::{Path, PathBuf};
 
@@ -239,7 +239,11 @@ pub fn start(request: StartRequest) -> Result<InstanceState> {
         cgroup: cgroup.as_ref().map(|p| p.display().to_string()),
         audit_override: audit,
         started_at: crate::unix_now(),
-        enforced: Enforced { audit: compiled.settings.audit, rules: compiled.rules, ..enforced_meta(&loaded.source, &loaded.env_file, &loaded.policy_name, &phase, generation) },
+        enforced: Enforced {
+            audit: compiled.settings.audit,
+            rules: compiled.rules,
+            ..enforced_meta(&loaded.source, &loaded.env_file, &loaded.policy_name, &phase, generation)
+        },
         ephemeral,
         highest_generation: generation,
         pending: None,
@@ -329,7 +333,13 @@ pub fn rebuild_state(name: &str, iface: &str, candidate: Option<(&LoadedPhase, &
     let mut records = FileRecords::new(name);
     records.save_state(&state)?;
     let (_, mut notes) = txn::reconcile(&mut store, &mut records)?;
-    notes.insert(0, format!("{}: the state file was missing; rebuilt from the kernel (generation {active})", paths::state_file(name).display()));
+    notes.insert(
+        0,
+        format!(
+            "{}: the state file was missing; rebuilt from the kernel (generation {active})",
+            paths::state_file(name).display()
+        ),
+    );
     Ok(notes)
 }
 
@@ -361,7 +371,13 @@ fn enforced(loaded: &LoadedPhase, phase: &str, generation: u32) -> Enforced {
     }
 }
 
-fn enforced_meta(policy: &str, env_file: &Option<PathBuf>, policy_name: &str, phase: &str, generation: u32) -> Enforced {
+fn enforced_meta(
+    policy: &str,
+    env_file: &Option<PathBuf>,
+    policy_name: &str,
+    phase: &str,
+    generation: u32,
+) -> Enforced {
     Enforced {
         policy: policy.to_string(),
         policy_name: policy_name.to_string(),

@@ -125,9 +125,7 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "invalid instance name {name:?}: use 1-64 characters of letters, digits, '-', '_', '.', '@'"
-        ))
+        Err(format!("invalid instance name {name:?}: use 1-64 characters of letters, digits, '-', '_', '.', '@'"))
     }
 }
 

@@ -9,7 +9,7 @@ use std::{fs, io, path::Path};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::{policy::compile::tables::RuleInfo, kernel::loader::AttachMode, instance::paths};
+use crate::{instance::paths, kernel::loader::AttachMode, policy::compile::tables::RuleInfo};
 
 /// What one generation of the maps enforces.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -80,9 +80,9 @@ impl InstanceState {
     pub fn load(name: &str) -> Result<Option<InstanceState>> {
         let path = paths::state_file(name);
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .with_context(|| format!("reading {}", path.display())),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map(Some).with_context(|| format!("reading {}", path.display()))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }

@@ -11,7 +11,11 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Result};
 
-use crate::{kernel::apply, policy::compile::tables::CompiledPhase, kernel::loader::{CounterMaps, PolicyMaps}};
+use crate::{
+    kernel::apply,
+    kernel::loader::{CounterMaps, PolicyMaps},
+    policy::compile::tables::CompiledPhase,
+};
 
 use super::failpoint;
 

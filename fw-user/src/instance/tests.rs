@@ -27,10 +27,10 @@ use super::{
     txn::{self, SwitchPlan},
 };
 use crate::{
-    policy::compile::tables::{AddrEntry4, AddrEntry6, CompiledPhase, PhaseSettings, PortEntry},
-    kernel::loader::AttachMode,
-    source::{self, LoadedPhase},
     instance::state::{Enforced, InstanceState},
+    kernel::loader::AttachMode,
+    policy::compile::tables::{AddrEntry4, AddrEntry6, CompiledPhase, PhaseSettings, PortEntry},
+    source::{self, LoadedPhase},
 };
 
 /// Counts steps; from step `at` on, every step fails (the process is dead).
@@ -76,7 +76,14 @@ struct MemStore {
 
 impl MemStore {
     fn new(fate: Rc<Fate>) -> Self {
-        Self { fate, active: 0, slots: [None, None], entries: BTreeMap::new(), flow_generations: BTreeSet::new(), capacity: usize::MAX }
+        Self {
+            fate,
+            active: 0,
+            slots: [None, None],
+            entries: BTreeMap::new(),
+            flow_generations: BTreeSet::new(),
+            capacity: usize::MAX,
+        }
     }
 
     /// A packet opens a flow under the active generation.
@@ -104,7 +111,10 @@ impl PolicyStore for MemStore {
         if generation == self.active || generation & 1 == self.active & 1 {
             bail!("write to the active generation {generation} (active {})", self.active);
         }
-        let entries = phase.addr4.iter().map(|e| Entry::V4(*e))
+        let entries = phase
+            .addr4
+            .iter()
+            .map(|e| Entry::V4(*e))
             .chain(phase.addr6.iter().map(|e| Entry::V6(*e)))
             .chain(phase.ports.iter().map(|e| Entry::Port(*e)));
         let mut written = 0;
@@ -150,8 +160,17 @@ impl PolicyStore for MemStore {
     }
 
     fn read(&self, generation: u32) -> Result<CompiledPhase> {
-        let settings = self.slots[(generation & 1) as usize].ok_or_else(|| anyhow!("slot of {generation} never written"))?;
-        let mut phase = CompiledPhase { phase: String::new(), settings, addr4: vec![], addr6: vec![], ports: vec![], rules: vec![], dns: None };
+        let settings =
+            self.slots[(generation & 1) as usize].ok_or_else(|| anyhow!("slot of {generation} never written"))?;
+        let mut phase = CompiledPhase {
+            phase: String::new(),
+            settings,
+            addr4: vec![],
+            addr6: vec![],
+            ports: vec![],
+            rules: vec![],
+            dns: None,
+        };
         for entry in self.entries.get(&generation).into_iter().flatten() {
             match entry {
                 Entry::V4(e) => phase.addr4.push(*e),

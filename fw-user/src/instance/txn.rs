@@ -29,8 +29,8 @@ use super::{
     store::PolicyStore,
 };
 use crate::{
-    policy::compile::tables::CompiledPhase,
     instance::state::{Enforced, InstanceState, PendingConfirm, Switching},
+    policy::compile::tables::CompiledPhase,
 };
 
 /// What the kernel's active generation means for a state file.
@@ -210,7 +210,11 @@ pub fn switch(store: &mut dyn PolicyStore, records: &mut dyn Records, plan: Swit
 }
 
 /// Steps 5 of a switch whose generation is active. Returns what it replaced.
-fn finish_switch(store: &mut dyn PolicyStore, records: &mut dyn Records, state: &mut InstanceState) -> Result<Enforced> {
+fn finish_switch(
+    store: &mut dyn PolicyStore,
+    records: &mut dyn Records,
+    state: &mut InstanceState,
+) -> Result<Enforced> {
     let switching = state.switching.take().expect("a switch in progress");
     let from = std::mem::replace(&mut state.enforced, switching.to);
     if from.rules != state.enforced.rules {
@@ -260,7 +264,11 @@ pub fn rollback_if_due(
 }
 
 /// The rest of a rollback whose target is active. Returns what was undone.
-fn finish_rollback(store: &mut dyn PolicyStore, records: &mut dyn Records, state: &mut InstanceState) -> Result<Enforced> {
+fn finish_rollback(
+    store: &mut dyn PolicyStore,
+    records: &mut dyn Records,
+    state: &mut InstanceState,
+) -> Result<Enforced> {
     let pending = state.pending.take().expect("a pending rollback");
     let undone = std::mem::replace(&mut state.enforced, pending.previous);
     if undone.rules != state.enforced.rules {

@@ -18,8 +18,8 @@ use fw_common::{
 };
 
 use crate::{
-    policy::{compile::tables::CompiledPhase, ir::Resolver},
     kernel::loader::{CounterMaps, PolicyMaps},
+    policy::{compile::tables::CompiledPhase, ir::Resolver},
 };
 
 /// Writes every entry of `phase` under `generation` (not yet active);
@@ -64,9 +64,7 @@ pub fn write_generation(
         timeouts: phase.settings.timeouts,
     };
     step();
-    maps.phases
-        .set(generation & 1, settings, 0)
-        .context("writing the phase settings to FW_PHASES")?;
+    maps.phases.set(generation & 1, settings, 0).context("writing the phase settings to FW_PHASES")?;
     Ok(phase.addr4.len() + phase.addr6.len() + phase.ports.len())
 }
 
@@ -87,11 +85,15 @@ pub fn resolvers_of(dns: Option<&[Resolver]>) -> Resolvers {
     }
     for addr in addrs {
         match addr {
-            IpAddr::V4(a) if (out.count4 as usize) < MAX_RESOLVERS4 && !out.v4[..out.count4 as usize].contains(&a.octets()) => {
+            IpAddr::V4(a)
+                if (out.count4 as usize) < MAX_RESOLVERS4 && !out.v4[..out.count4 as usize].contains(&a.octets()) =>
+            {
                 out.v4[out.count4 as usize] = a.octets();
                 out.count4 += 1;
             }
-            IpAddr::V6(a) if (out.count6 as usize) < MAX_RESOLVERS6 && !out.v6[..out.count6 as usize].contains(&a.octets()) => {
+            IpAddr::V6(a)
+                if (out.count6 as usize) < MAX_RESOLVERS6 && !out.v6[..out.count6 as usize].contains(&a.octets()) =>
+            {
                 out.v6[out.count6 as usize] = a.octets();
                 out.count6 += 1;
             }
@@ -105,15 +107,14 @@ pub fn resolvers_of(dns: Option<&[Resolver]>) -> Resolvers {
 /// order (IPv4 slots first): the proxy's port offset `i` is resolver `i`.
 pub fn resolver_addrs(r: &Resolvers) -> Vec<(u16, IpAddr)> {
     let v4 = r.v4.iter().take(r.count4 as usize).enumerate().map(|(i, a)| (i as u16, IpAddr::from(*a)));
-    let v6 = r.v6.iter().take(r.count6 as usize).enumerate().map(|(j, a)| ((MAX_RESOLVERS4 + j) as u16, IpAddr::from(*a)));
+    let v6 =
+        r.v6.iter().take(r.count6 as usize).enumerate().map(|(j, a)| ((MAX_RESOLVERS4 + j) as u16, IpAddr::from(*a)));
     v4.chain(v6).collect()
 }
 
 /// Makes `generation` the one every packet is judged by.
 pub fn activate(maps: &mut PolicyMaps, generation: u32) -> Result<()> {
-    maps.config
-        .set(0, Config { generation }, 0)
-        .context("writing the active generation to FW_CONFIG")
+    maps.config.set(0, Config { generation }, 0).context("writing the active generation to FW_CONFIG")
 }
 
 /// The active generation.
@@ -138,11 +139,7 @@ fn remove_where<K: aya::Pod, V: aya::Pod>(
     step: &mut dyn FnMut(),
 ) -> Result<usize> {
     // Collect first: deleting while walking get_next_key restarts the walk.
-    let doomed: Vec<Key<K>> = trie
-        .keys()
-        .filter_map(|k| k.ok())
-        .filter(|k| matches(&k.data()))
-        .collect();
+    let doomed: Vec<Key<K>> = trie.keys().filter_map(|k| k.ok()).filter(|k| matches(&k.data())).collect();
     for key in &doomed {
         step();
         trie.remove(key).context("deleting an old-generation entry")?;
@@ -215,7 +212,12 @@ pub fn read_generation(maps: &PolicyMaps, generation: u32) -> Result<CompiledPha
         let data = key.data();
         if data.generation == gen {
             let prefix_len = (key.prefix_len() - ADDR_KEY_FIXED_BITS) as u8;
-            phase.addr4.push(AddrEntry4 { direction: direction(data.direction), addr: data.addr.into(), prefix_len, class });
+            phase.addr4.push(AddrEntry4 {
+                direction: direction(data.direction),
+                addr: data.addr.into(),
+                prefix_len,
+                class,
+            });
         }
     }
     for item in maps.addr6.iter() {
@@ -223,7 +225,12 @@ pub fn read_generation(maps: &PolicyMaps, generation: u32) -> Result<CompiledPha
         let data = key.data();
         if data.generation == gen {
             let prefix_len = (key.prefix_len() - ADDR_KEY_FIXED_BITS) as u8;
-            phase.addr6.push(AddrEntry6 { direction: direction(data.direction), addr: data.addr.into(), prefix_len, class });
+            phase.addr6.push(AddrEntry6 {
+                direction: direction(data.direction),
+                addr: data.addr.into(),
+                prefix_len,
+                class,
+            });
         }
     }
     for item in maps.ports.iter() {
@@ -273,9 +280,12 @@ pub fn count_entries(maps: &PolicyMaps, generation: u32) -> Result<EntryCounts> 
     use std::collections::HashSet;
     let gen = generation.to_be_bytes();
     let mut counts = EntryCounts::default();
-    let addr4: HashSet<(u32, AddrKey4)> = maps.addr4.keys().filter_map(|k| k.ok()).map(|k| (k.prefix_len(), k.data())).collect();
-    let addr6: HashSet<(u32, AddrKey6)> = maps.addr6.keys().filter_map(|k| k.ok()).map(|k| (k.prefix_len(), k.data())).collect();
-    let ports: HashSet<(u32, PortKey)> = maps.ports.keys().filter_map(|k| k.ok()).map(|k| (k.prefix_len(), k.data())).collect();
+    let addr4: HashSet<(u32, AddrKey4)> =
+        maps.addr4.keys().filter_map(|k| k.ok()).map(|k| (k.prefix_len(), k.data())).collect();
+    let addr6: HashSet<(u32, AddrKey6)> =
+        maps.addr6.keys().filter_map(|k| k.ok()).map(|k| (k.prefix_len(), k.data())).collect();
+    let ports: HashSet<(u32, PortKey)> =
+        maps.ports.keys().filter_map(|k| k.ok()).map(|k| (k.prefix_len(), k.data())).collect();
     counts.addr4 = addr4.iter().filter(|(_, k)| k.generation == gen).count();
     counts.addr6 = addr6.iter().filter(|(_, k)| k.generation == gen).count();
     counts.ports = ports.iter().filter(|(_, k)| k.generation == gen).count();

@@ -47,7 +47,12 @@ pub fn for_each<K: Copy + Default, V: Copy + Default>(map: &MapData, mut visit: 
         // SAFETY: the attribute points at buffers of CHUNK keys and values
         // of the map's sizes and at two cursors, all alive for the call.
         let rc = unsafe {
-            libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>())
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>(),
+            )
         };
         let error = (rc < 0).then(std::io::Error::last_os_error);
         let n = (attr.count as usize).min(CHUNK);

@@ -6,7 +6,7 @@ use anyhow::Result;
 use fw_common::{stats::stats_index, Counter, Direction, Reason};
 use serde::{Deserialize, Serialize};
 
-use crate::{policy::compile::tables::RuleInfo, kernel::loader::CounterMaps};
+use crate::{kernel::loader::CounterMaps, policy::compile::tables::RuleInfo};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ReasonCount {
@@ -162,19 +162,22 @@ mod tests {
     use super::*;
 
     fn reason(reason: &str, drop: bool, packets: u64) -> ReasonCount {
-        ReasonCount { direction: "egress".into(), reason: reason.into(), drop, packets, bytes: packets * 100, packets_by_slot: [packets, 0] }
+        ReasonCount {
+            direction: "egress".into(),
+            reason: reason.into(),
+            drop,
+            packets,
+            bytes: packets * 100,
+            packets_by_slot: [packets, 0],
+        }
     }
 
     #[test]
     fn deltas_and_the_summary_line_count_only_new_drops() {
-        let then = Snapshot {
-            reasons: vec![reason("pass_rule", false, 10), reason("drop_default", true, 3)],
-            rules: vec![],
-        };
-        let now = Snapshot {
-            reasons: vec![reason("pass_rule", false, 15), reason("drop_default", true, 7)],
-            rules: vec![],
-        };
+        let then =
+            Snapshot { reasons: vec![reason("pass_rule", false, 10), reason("drop_default", true, 3)], rules: vec![] };
+        let now =
+            Snapshot { reasons: vec![reason("pass_rule", false, 15), reason("drop_default", true, 7)], rules: vec![] };
         let delta = now.since(&then);
         assert_eq!(delta.dropped(), 4);
         assert_eq!(delta.reasons[0].packets, 5);

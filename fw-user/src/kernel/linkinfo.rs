@@ -99,8 +99,9 @@ pub fn tcx_link_info(path: &Path) -> Result<Option<TcxLinkInfo>> {
 /// Pins the loaded program with id `program_id` at `path` (on bpffs).
 pub fn pin_program(program_id: u32, path: &Path) -> Result<()> {
     let mut by_id = GetFdByIdAttr { id: program_id, ..Default::default() };
-    let fd = sys_bpf(BPF_PROG_GET_FD_BY_ID, (&mut by_id as *mut GetFdByIdAttr).cast(), std::mem::size_of::<GetFdByIdAttr>())
-        .with_context(|| format!("opening program {program_id}"))?;
+    let fd =
+        sys_bpf(BPF_PROG_GET_FD_BY_ID, (&mut by_id as *mut GetFdByIdAttr).cast(), std::mem::size_of::<GetFdByIdAttr>())
+            .with_context(|| format!("opening program {program_id}"))?;
     // SAFETY: BPF_PROG_GET_FD_BY_ID returned a new file descriptor that we now own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     let cpath = CString::new(path.as_os_str().as_bytes())?;

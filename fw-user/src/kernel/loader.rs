@@ -13,9 +13,8 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray},
     programs::{
         links::{CgroupAttachMode, FdLink, Link, PinnedLink},
-        CgroupSockAddr,
         tc::{self, SchedClassifier, SchedClassifierLink, TcAttachOptions, TcAttachType},
-        LinkOrder,
+        CgroupSockAddr, LinkOrder,
     },
     Ebpf, EbpfLoader,
 };
@@ -25,7 +24,7 @@ use fw_common::{
     AddrKey4, AddrKey6, Config, Counter, FlowKey, FlowValue, PhaseConfig, PolicyValue, PortKey,
 };
 
-use crate::{kernel::linkinfo, instance::paths};
+use crate::{instance::paths, kernel::linkinfo};
 
 /// The kernel object built by build.rs (empty when built with AYA_BUILD_SKIP).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fw-ebpf"));
@@ -132,7 +131,8 @@ pub fn load(options: &LoadOptions) -> Result<Ebpf> {
     // Where autobound sockets get their ports: the socket hooks judge a UDP
     // send from one, and defer a send from any other port to TC under an
     // allowing inbound default (it may answer a flow the default served).
-    let ephemeral = crate::source::host::ephemeral_range().unwrap_or(crate::policy::ir::PortRange { first: 32768, last: 60999 });
+    let ephemeral =
+        crate::source::host::ephemeral_range().unwrap_or(crate::policy::ir::PortRange { first: 32768, last: 60999 });
     EbpfLoader::new()
         .map_max_entries(maps::ADDR4, capacity.addr_entries)
         .map_max_entries(maps::ADDR6, capacity.addr_entries)
@@ -323,9 +323,7 @@ pub fn attach(ebpf: &mut Ebpf, instance: &str, iface: &str) -> Result<AttachMode
             .program_mut(hook.program())
             .ok_or_else(|| anyhow!("the kernel object has no program {}", hook.program()))?
             .try_into()?;
-        program
-            .load()
-            .with_context(|| format!("the kernel verifier rejected {}", hook.program()))?;
+        program.load().with_context(|| format!("the kernel verifier rejected {}", hook.program()))?;
         let pin = hook.program_pin(instance);
         program.pin(&pin).with_context(|| format!("pinning {} at {}", hook.program(), pin.display()))?;
         clsact.extend(attach_hook(program, hook, instance, iface)?);
@@ -341,8 +339,8 @@ pub fn attach(ebpf: &mut Ebpf, instance: &str, iface: &str) -> Result<AttachMode
 /// nothing is loaded or verified again. A hook whose TCX link is live on
 /// `iface` already is left as it is, so this is safe to call when in doubt.
 pub fn reattach(instance: &str, iface: &str) -> Result<AttachMode> {
-    let ifindex = linkinfo::ifindex_of(iface)
-        .ok_or_else(|| anyhow!("no interface named {iface} in this network namespace"))?;
+    let ifindex =
+        linkinfo::ifindex_of(iface).ok_or_else(|| anyhow!("no interface named {iface} in this network namespace"))?;
     let mut clsact = Vec::new();
     for hook in [Hook::Ingress, Hook::Egress] {
         let live = linkinfo::tcx_link_info(&hook.link_pin(instance))?;
@@ -350,8 +348,8 @@ pub fn reattach(instance: &str, iface: &str) -> Result<AttachMode> {
             continue;
         }
         let pin = hook.program_pin(instance);
-        let mut program = SchedClassifier::from_pin(&pin)
-            .with_context(|| format!("opening the pinned program {}", pin.display()))?;
+        let mut program =
+            SchedClassifier::from_pin(&pin).with_context(|| format!("opening the pinned program {}", pin.display()))?;
         clsact.extend(attach_hook(&mut program, hook, instance, iface)?);
     }
     attach_mode(iface, &clsact)
@@ -484,10 +482,8 @@ const SOCKET_HOOKS: [&str; 8] = [
 pub fn attach_cgroup(ebpf: &mut Ebpf, instance: &str, cgroup: &Path) -> Result<()> {
     let dir = fs::File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
     for name in SOCKET_HOOKS {
-        let program: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("the kernel object has no program {name}"))?
-            .try_into()?;
+        let program: &mut CgroupSockAddr =
+            ebpf.program_mut(name).ok_or_else(|| anyhow!("the kernel object has no program {name}"))?.try_into()?;
         program.load().with_context(|| format!("the kernel verifier rejected {name}"))?;
         // A BPF link never displaces other programs (systemd's, another fw
         // instance's): links always stack, and link_create takes no
@@ -571,8 +567,7 @@ fn remove_pin_dir(dir: &Path) -> Result<()> {
         Ok(entries) => {
             for entry in entries {
                 let entry = entry?;
-                fs::remove_file(entry.path())
-                    .with_context(|| format!("removing pin {}", entry.path().display()))?;
+                fs::remove_file(entry.path()).with_context(|| format!("removing pin {}", entry.path().display()))?;
             }
             fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))
         }

@@ -160,7 +160,9 @@ mod tests {
 
     #[test]
     fn names_made_of_numbers_are_not_names() {
-        for text in ["010.000.000.001", "1.2.3", "2130706433", "0x7f.1", "0X7F000001", "1.2.3.4.5", "127.1.", "example.123"] {
+        for text in
+            ["010.000.000.001", "1.2.3", "2130706433", "0x7f.1", "0X7F000001", "1.2.3.4.5", "127.1.", "example.123"]
+        {
             assert_eq!(parse_peer(text), Err(ErrorKind::NumericName(text.into())), "{text}");
         }
         assert_eq!(parse_peer("010.0.0.0/8"), Err(ErrorKind::NumericName("010.0.0.0".into())));

@@ -91,7 +91,9 @@ pub enum ErrorKind {
     PortsWithAnyProtocol,
     #[error("ports without a protocol: say which one, e.g. `proto: tcp`")]
     PortsWithoutProtocol,
-    #[error("protocol without ports where ports are needed: {proto} matches by port (write `ports: any` for all ports)")]
+    #[error(
+        "protocol without ports where ports are needed: {proto} matches by port (write `ports: any` for all ports)"
+    )]
     MissingPorts { proto: String },
     #[error(
         "ports mean port numbers for {port_protocols} but type/code for {icmp_protocols}: write one rule for each"

@@ -81,9 +81,9 @@ fn rule_matches(rule: &Rule, peer: IpAddr, proto: u8, port: u16) -> bool {
     let address_matches = rule.peers.iter().any(|net| net.contains(&peer));
     let protocol_and_port_match = match &rule.protocols {
         Protocols::Any => true,
-        Protocols::Only(list) => list
-            .iter()
-            .any(|entry| entry.proto == proto && entry.ports.iter().any(|range| range.first <= port && port <= range.last)),
+        Protocols::Only(list) => list.iter().any(|entry| {
+            entry.proto == proto && entry.ports.iter().any(|range| range.first <= port && port <= range.last)
+        }),
     };
     address_matches && protocol_and_port_match
 }

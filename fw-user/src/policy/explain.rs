@@ -123,7 +123,11 @@ pub fn parse_query(text: &str, direction: Direction) -> Result<Vec<Query>, Query
     parse_query_with_resolver(text, direction, &system_resolve)
 }
 
-pub fn parse_query_with_resolver(text: &str, direction: Direction, resolve: &Resolve) -> Result<Vec<Query>, QueryError> {
+pub fn parse_query_with_resolver(
+    text: &str,
+    direction: Direction,
+    resolve: &Resolve,
+) -> Result<Vec<Query>, QueryError> {
     let (dest, proto, port) = parse_target(text)?;
     let (addresses, host) = match dest.parse::<IpAddr>() {
         Ok(addr) => (vec![addr], None),
@@ -170,8 +174,8 @@ pub fn parse_target(text: &str) -> Result<(String, u8, u16), QueryError> {
         None => 0,
     };
     let port = match (port_text, proto) {
-        (None, ICMP) => 8 << 8,      // echo request
-        (None, ICMPV6) => 128 << 8,  // echo request
+        (None, ICMP) => 8 << 8,     // echo request
+        (None, ICMPV6) => 128 << 8, // echo request
         (None, _) => 0,
         (Some(_), 0) => return Err(syntax("a port needs a protocol with ports, not `any`")),
         (Some(t), p) if is_icmp(p) => {
@@ -248,7 +252,13 @@ pub fn explain_name(phase: &CompiledPhase, rules: &NameRules, name: &str, proto:
     if matching.is_empty() {
         return None;
     }
-    let query = Query { direction: Direction::Egress, address: IpAddr::from([0, 0, 0, 0]), proto, port, host: Some(name.to_string()) };
+    let query = Query {
+        direction: Direction::Egress,
+        address: IpAddr::from([0, 0, 0, 0]),
+        proto,
+        port,
+        host: Some(name.to_string()),
+    };
     Some(judge_learned(phase, &query, &matching, None, vec![normalized]))
 }
 
@@ -262,7 +272,13 @@ pub fn explain_learned(phase: &CompiledPhase, query: &Query, rules: &[u32], name
         .then(|| judge_learned(phase, query, rules, Some(query.address), names))
 }
 
-fn judge_learned(phase: &CompiledPhase, query: &Query, rules: &[u32], address: Option<IpAddr>, names: Vec<String>) -> Explanation {
+fn judge_learned(
+    phase: &CompiledPhase,
+    query: &Query,
+    rules: &[u32],
+    address: Option<IpAddr>,
+    names: Vec<String>,
+) -> Explanation {
     let allowing = rules
         .iter()
         .filter_map(|&id| phase.lookup_class(name_class(id), query.proto, query.port))
@@ -302,7 +318,8 @@ fn judge_learned(phase: &CompiledPhase, query: &Query, rules: &[u32], address: O
             e.rule = None;
             e.rule_id = None;
             e.match_kind = MatchKind::Default;
-            e.trace = format!("{}:egress:default:{}", phase.phase, if default == Action::Allow { "ALLOW" } else { "DROP" });
+            e.trace =
+                format!("{}:egress:default:{}", phase.phase, if default == Action::Allow { "ALLOW" } else { "DROP" });
             e.opens_flow = default == Action::Allow || phase.settings.audit;
         }
     }
@@ -338,7 +355,12 @@ impl Explanation {
         };
         let audit = if self.audit && self.verdict == Action::Deny { " (audit mode: counted, not dropped)" } else { "" };
         let flow = if self.opens_flow { "; it opens a flow: replies pass" } else { "" };
-        format!("{}\n  {} {arrow}: {} by {by}{audit}{flow}\n", self.trace, self.direction.as_str(), self.verdict.as_str())
+        format!(
+            "{}\n  {} {arrow}: {} by {by}{audit}{flow}\n",
+            self.trace,
+            self.direction.as_str(),
+            self.verdict.as_str()
+        )
     }
 
     /// One JSON object with at least `verdict` and `rule` (name or null).
@@ -352,7 +374,8 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Query {
-        let fake = |_: &str| -> Result<Vec<IpAddr>, String> { Ok(vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()]) };
+        let fake =
+            |_: &str| -> Result<Vec<IpAddr>, String> { Ok(vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()]) };
         let mut queries = parse_query_with_resolver(text, Direction::Egress, &fake).unwrap();
         queries.remove(0)
     }
@@ -380,7 +403,9 @@ mod tests {
     #[test]
     fn query_errors() {
         let fake = |_: &str| -> Result<Vec<IpAddr>, String> { Err("no such host".into()) };
-        for bad in ["203.0.113.5:0", "203.0.113.5:99999", "203.0.113.5/gre", "[2001:db8::1:443", "203.0.113.5:80/any", ":80"] {
+        for bad in
+            ["203.0.113.5:0", "203.0.113.5:99999", "203.0.113.5/gre", "[2001:db8::1:443", "203.0.113.5:80/any", ":80"]
+        {
             let err = parse_query_with_resolver(bad, Direction::Egress, &fake).unwrap_err();
             assert!(matches!(err, QueryError::Syntax { .. }), "{bad}: {err}");
         }

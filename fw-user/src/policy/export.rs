@@ -152,13 +152,19 @@ pub fn nft(policy: &Policy, phase: &str, options: &Options) -> Result<String, Co
             };
             let verdict = nft_verdict_of_rule(action);
             let icmp_proto = nft_proto(if family == Family::Ipv4 { ICMP } else { ICMPV6 });
-            let mut kinds = vec![("proto".to_string(), "inet_proto", &sets.protocols, format!("{fam} {field} . meta l4proto"))];
+            let mut kinds =
+                vec![("proto".to_string(), "inet_proto", &sets.protocols, format!("{fam} {field} . meta l4proto"))];
             // A set per port protocol: two key fields rather than three,
             // and smaller sets, load faster (the kernel's concatenated
             // sets grow worse than linearly as elements are added).
             for (proto, elements) in &sets.ports {
                 let name = nft_proto(*proto);
-                kinds.push((name.clone(), "inet_service", elements, format!("meta l4proto {name} {fam} {field} . th dport")));
+                kinds.push((
+                    name.clone(),
+                    "inet_service",
+                    elements,
+                    format!("meta l4proto {name} {fam} {field} . th dport"),
+                ));
             }
             kinds.push((
                 "icmp".to_string(),
@@ -326,10 +332,7 @@ fn decided_boxes(own: &BTreeMap<IpNet, (Vec<Span>, Vec<Span>)>) -> (Vec<(IpNet, 
         let fresh_deny_part =
             subtract_spans(&subtract_spans(&deny_part, &around.deny_part), &union(&around.deny_whole, &deny_whole));
         // Everything denied here: the allows under it never decide.
-        let denied = union(
-            &union(&around.deny_whole, &around.deny_part),
-            &union(&deny_whole, &deny_part),
-        );
+        let denied = union(&union(&around.deny_whole, &around.deny_part), &union(&deny_whole, &deny_part));
         let not_denied = |spans: Vec<Span>| -> Vec<Span> {
             spans.into_iter().filter(|s| !subtract_spans(&[*s], &denied).is_empty()).collect()
         };
@@ -338,7 +341,11 @@ fn decided_boxes(own: &BTreeMap<IpNet, (Vec<Span>, Vec<Span>)>) -> (Vec<(IpNet, 
             &subtract_spans(&allow_part, &around.allow_part),
             &union(&around.allow_whole, &allow_whole),
         ));
-        if fresh_deny_whole.is_empty() && fresh_deny_part.is_empty() && fresh_allow_whole.is_empty() && fresh_allow_part.is_empty() {
+        if fresh_deny_whole.is_empty()
+            && fresh_deny_part.is_empty()
+            && fresh_allow_whole.is_empty()
+            && fresh_allow_part.is_empty()
+        {
             continue;
         }
         deny_out.extend(fresh_deny_whole.iter().chain(&fresh_deny_part).map(|&s| (*net, s)));
@@ -403,7 +410,9 @@ impl VerdictSets {
                     continue;
                 }
                 if proto == icmp_proto {
-                    sets.icmp.extend(icmp_boxes(lo, hi).into_iter().map(|(t, c)| format!("{peer} . {} . {}", range(t), range(c))));
+                    sets.icmp.extend(
+                        icmp_boxes(lo, hi).into_iter().map(|(t, c)| format!("{peer} . {} . {}", range(t), range(c))),
+                    );
                 } else {
                     sets.ports.entry(proto as u8).or_default().push(format!("{peer} . {}", range((lo, hi))));
                 }
@@ -696,7 +705,11 @@ phases:
                     }
                 };
                 let entry = own.entry(net).or_default();
-                if next(3) == 0 { entry.0.push(span) } else { entry.1.push(span) }
+                if next(3) == 0 {
+                    entry.0.push(span)
+                } else {
+                    entry.1.push(span)
+                }
             }
             let (deny, allow) = decided_boxes(&own);
             for boxes in [&deny, &allow] {
@@ -705,7 +718,10 @@ phases:
                         let same_set = is_whole(s1) == is_whole(s2);
                         let nets_meet = n1.contains(n2) || n2.contains(n1);
                         let spans_meet = s1.0 <= s2.1 && s2.0 <= s1.1;
-                        assert!(!(same_set && nets_meet && spans_meet), "round {round}: {n1} {s1:?} overlaps {n2} {s2:?}");
+                        assert!(
+                            !(same_set && nets_meet && spans_meet),
+                            "round {round}: {n1} {s1:?} overlaps {n2} {s2:?}"
+                        );
                     }
                 }
             }
@@ -808,7 +824,10 @@ phases:
             assert!(text.contains(hook), "missing {hook:?} in:\n{text}");
         }
         let anywhere = nft(&policy(SMALL), "runtime", &Options::default()).unwrap();
-        assert!(anywhere.contains("oifname != \"lo\" jump egress") && anywhere.contains("iifname != \"lo\" jump inbound"), "{anywhere}");
+        assert!(
+            anywhere.contains("oifname != \"lo\" jump egress") && anywhere.contains("iifname != \"lo\" jump inbound"),
+            "{anywhere}"
+        );
         assert!(anywhere.contains("# scope: every interface but loopback"), "{anywhere}");
 
         let ipt = iptables(&policy(SMALL), "runtime", Family::Ipv4, &bound).unwrap();
@@ -823,10 +842,17 @@ phases:
         // Nothing but fw's own chains: no flush of the table, no policy of
         // a built-in chain, no ACCEPT that would skip the rules after fw's.
         assert!(ipt.contains("load with `iptables-restore --noflush`"), "{ipt}");
-        assert!(!ipt.lines().any(|l| l.starts_with(":INPUT") || l.starts_with(":OUTPUT") || l.starts_with(":FORWARD")), "{ipt}");
+        assert!(
+            !ipt.lines().any(|l| l.starts_with(":INPUT") || l.starts_with(":OUTPUT") || l.starts_with(":FORWARD")),
+            "{ipt}"
+        );
         assert!(!ipt.contains("-j ACCEPT"), "{ipt}");
         let anywhere = iptables(&policy(SMALL), "runtime", Family::Ipv4, &Options::default()).unwrap();
-        assert!(anywhere.contains("-I OUTPUT 1 ! -o lo -j fw-egress") && anywhere.contains("-I INPUT 1 ! -i lo -j fw-inbound"), "{anywhere}");
+        assert!(
+            anywhere.contains("-I OUTPUT 1 ! -o lo -j fw-egress")
+                && anywhere.contains("-I INPUT 1 ! -i lo -j fw-inbound"),
+            "{anywhere}"
+        );
     }
 
     #[test]
@@ -858,7 +884,9 @@ phases:
 
         let v6 = iptables(&policy(SMALL), "runtime", Family::Ipv6, &Options::default()).unwrap();
         assert!(
-            v6.contains("-A fw-egress -d 2001:db8::/32 -p udp -m multiport --dports 443,8000:8100 -j CONNMARK --or-mark 0x1"),
+            v6.contains(
+                "-A fw-egress -d 2001:db8::/32 -p udp -m multiport --dports 443,8000:8100 -j CONNMARK --or-mark 0x1"
+            ),
             "{v6}"
         );
         assert!(v6.contains("--icmpv6-type 135 -j RETURN"));

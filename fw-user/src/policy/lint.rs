@@ -83,7 +83,11 @@ pub fn ephemeral_overlap(policy: &Policy, compiled: &[CompiledPhase], ephemeral:
                 .filter(|(_, r)| r.first <= ephemeral.last && ephemeral.first <= r.last)
                 .map(|(proto, r)| {
                     let name = if proto == TCP { "tcp" } else { "udp" };
-                    if r.first == r.last { format!("{name} {}", r.first) } else { format!("{name} {}-{}", r.first, r.last) }
+                    if r.first == r.last {
+                        format!("{name} {}", r.first)
+                    } else {
+                        format!("{name} {}-{}", r.first, r.last)
+                    }
                 })
                 .collect();
             if overlap.is_empty() {
@@ -190,7 +194,11 @@ fn open_egress(policy: &Policy, runtime: &CompiledPhase) -> Vec<(Option<u32>, Wa
         if rule.direction != Direction::Egress || rule.action != Action::Allow || !whole_family || !every_port(rule) {
             continue;
         }
-        let families = if rule.peers.iter().filter(|n| n.prefix_len() == 0).count() == 2 { "IPv4 and IPv6" } else { "IPv4 or IPv6" };
+        let families = if rule.peers.iter().filter(|n| n.prefix_len() == 0).count() == 2 {
+            "IPv4 and IPv6"
+        } else {
+            "IPv4 or IPv6"
+        };
         let what = if rule.protocols == Protocols::Any { "every protocol" } else { "every port of a protocol" };
         let message = format!(
             "rule `{}` allows every address on every port in the `{RUNTIME}` phase ({what}, every {families} address), \

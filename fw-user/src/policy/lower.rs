@@ -15,7 +15,10 @@ use ipnet::IpNet;
 use super::{
     address::{parse_peer, Peer},
     error::{ErrorKind, PolicyError, Warning},
-    ir::{merge_ranges, DnsSettings, Phase, Policy, PortRange, Pos, ProtoPorts, Protocols, Refusal, Resolver, Rule, DEFAULT_MAX_PER_NAME, DEFAULT_MAX_TOTAL, DEFAULT_MIN_TTL},
+    ir::{
+        merge_ranges, DnsSettings, Phase, Policy, PortRange, Pos, ProtoPorts, Protocols, Refusal, Resolver, Rule,
+        DEFAULT_MAX_PER_NAME, DEFAULT_MAX_TOTAL, DEFAULT_MIN_TTL,
+    },
     names::NamePattern,
     protocols::{is_icmp, parse_icmp_entry, parse_port_entry, parse_protocol, protocol_name},
     raw::{RawDns, RawPhase, RawPolicy, RawRule, Text, TextList},
@@ -54,7 +57,12 @@ pub(crate) fn parse_timeout(text: &str) -> Result<u32, String> {
 /// its URL entries imply.
 type RulePeers = (Vec<IpNet>, Vec<NamePattern>, Vec<u16>);
 
-pub(crate) fn lower(file: &str, raw: RawPolicy, vars: &Vars, resolve: &Resolve) -> Result<(Policy, Vec<Warning>), PolicyError> {
+pub(crate) fn lower(
+    file: &str,
+    raw: RawPolicy,
+    vars: &Vars,
+    resolve: &Resolve,
+) -> Result<(Policy, Vec<Warning>), PolicyError> {
     let mut lowerer =
         Lowerer { file, vars, resolve, warnings: Vec::new(), sets: HashMap::new(), dns_phases: HashSet::new() };
     let policy = lowerer.policy(raw)?;
@@ -145,7 +153,9 @@ impl Lowerer<'_> {
         match error {
             ExpandError::Unset(name) => self.error(text.pos, ErrorKind::UnsetVariable(name)),
             ExpandError::Malformed => self.error(text.pos, ErrorKind::MalformedVariable(text.value.clone())),
-            ExpandError::BadList { name, problem } => self.error(text.pos, ErrorKind::BadListVariable { name, problem }),
+            ExpandError::BadList { name, problem } => {
+                self.error(text.pos, ErrorKind::BadListVariable { name, problem })
+            }
         }
     }
 
@@ -247,7 +257,10 @@ impl Lowerer<'_> {
                 match parse_peer(&value).map_err(|kind| self.error(item.pos, kind))? {
                     Peer::Url { .. } => return Err(self.error(item.pos, ErrorKind::BadAddress(value))),
                     Peer::Wildcard(name) => {
-                        return Err(self.error(item.pos, ErrorKind::NameInWrongRule { name, what: "address sets (write it in the rule's `to:`)" }))
+                        return Err(self.error(
+                            item.pos,
+                            ErrorKind::NameInWrongRule { name, what: "address sets (write it in the rule's `to:`)" },
+                        ))
                     }
                     peer => match self.peer_nets(item.pos, peer, false) {
                         Ok(found) => nets.extend(found),
@@ -261,13 +274,16 @@ impl Lowerer<'_> {
     }
 
     fn phase(&self, raw: &RawPhase) -> Result<Phase, PolicyError> {
-        let setting = |text: &Option<Text>, key: &'static str, expected: &'static str, default: bool, words: &[(&str, bool)]| {
-            let Some(text) = text else { return Ok(default) };
-            let value = self.expand(text)?;
-            words.iter().find(|(w, _)| *w == value).map(|(_, v)| *v).ok_or_else(|| {
-                self.error(text.pos, ErrorKind::InvalidValue { key, value, expected })
-            })
-        };
+        let setting =
+            |text: &Option<Text>, key: &'static str, expected: &'static str, default: bool, words: &[(&str, bool)]| {
+                let Some(text) = text else { return Ok(default) };
+                let value = self.expand(text)?;
+                words
+                    .iter()
+                    .find(|(w, _)| *w == value)
+                    .map(|(_, v)| *v)
+                    .ok_or_else(|| self.error(text.pos, ErrorKind::InvalidValue { key, value, expected }))
+            };
         const DEFAULTS: &[(&str, bool)] = &[("allow", true), ("drop", false), ("deny", false)];
         let egress_allows = setting(&raw.egress_default, "egress_default", "allow or drop", false, DEFAULTS)?;
         let inbound_allows = setting(&raw.inbound_default, "inbound_default", "allow or drop", true, DEFAULTS)?;
@@ -307,14 +323,18 @@ impl Lowerer<'_> {
             for word in value.split([',', ' ', '\t']).filter(|w| !w.is_empty()) {
                 resolvers.push(match word {
                     "system" => Resolver::System,
-                    _ => Resolver::Addr(word.parse().map_err(|_| self.error(item.pos, ErrorKind::BadResolver(word.to_string())))?),
+                    _ => Resolver::Addr(
+                        word.parse().map_err(|_| self.error(item.pos, ErrorKind::BadResolver(word.to_string())))?,
+                    ),
                 });
             }
         }
         resolvers.sort();
         resolvers.dedup();
         let count = |v4: bool| resolvers.iter().filter(|r| matches!(r, Resolver::Addr(a) if a.is_ipv4() == v4)).count();
-        for (v4, family, max) in [(true, "IPv4", fw_common::names::MAX_RESOLVERS4), (false, "IPv6", fw_common::names::MAX_RESOLVERS6)] {
+        for (v4, family, max) in
+            [(true, "IPv4", fw_common::names::MAX_RESOLVERS4), (false, "IPv6", fw_common::names::MAX_RESOLVERS6)]
+        {
             if count(v4) > max {
                 let kind = ErrorKind::TooManyResolvers { phase: phase.to_string(), family, count: count(v4), max };
                 return Err(self.error(list.key_pos, kind));
@@ -326,7 +346,8 @@ impl Lowerer<'_> {
                 "any" => false,
                 "policy" => true,
                 other => {
-                    let kind = ErrorKind::InvalidValue { key: "queries", value: other.to_string(), expected: "any or policy" };
+                    let kind =
+                        ErrorKind::InvalidValue { key: "queries", value: other.to_string(), expected: "any or policy" };
                     return Err(self.error(text.pos, kind));
                 }
             },
@@ -337,22 +358,36 @@ impl Lowerer<'_> {
                 "refused" => Refusal::Refused,
                 "nxdomain" => Refusal::NxDomain,
                 other => {
-                    let kind = ErrorKind::InvalidValue { key: "refuse_with", value: other.to_string(), expected: "refused or nxdomain" };
+                    let kind = ErrorKind::InvalidValue {
+                        key: "refuse_with",
+                        value: other.to_string(),
+                        expected: "refused or nxdomain",
+                    };
                     return Err(self.error(text.pos, kind));
                 }
             },
         };
-        let min_ttl = self.dns_number(&raw.min_ttl, "min_ttl", DEFAULT_MIN_TTL, 0, 7 * 86_400, "a number of seconds, 0-604800")?;
+        let min_ttl =
+            self.dns_number(&raw.min_ttl, "min_ttl", DEFAULT_MIN_TTL, 0, 7 * 86_400, "a number of seconds, 0-604800")?;
         // Each family's map holds LEARNED_CAPACITY: any total fits.
         const _: () = assert!(fw_common::names::LEARNED_CAPACITY == 131_072, "update the message below");
         let (capacity, expected) = (fw_common::names::LEARNED_CAPACITY, "a number of addresses, 1-131072");
-        let max_per_name = self.dns_number(&raw.max_per_name, "max_addresses_per_name", DEFAULT_MAX_PER_NAME, 1, capacity, expected)?;
+        let max_per_name =
+            self.dns_number(&raw.max_per_name, "max_addresses_per_name", DEFAULT_MAX_PER_NAME, 1, capacity, expected)?;
         let max_total = self.dns_number(&raw.max_total, "max_addresses", DEFAULT_MAX_TOTAL, 1, capacity, expected)?;
         Ok(DnsSettings { resolvers, only_policy_names, refuse_with, min_ttl, max_per_name, max_total })
     }
 
     /// A number of `dns:` (`key`), `default` when absent.
-    fn dns_number(&self, text: &Option<Text>, key: &'static str, default: u32, min: u32, max: u32, expected: &'static str) -> Result<u32, PolicyError> {
+    fn dns_number(
+        &self,
+        text: &Option<Text>,
+        key: &'static str,
+        default: u32,
+        min: u32,
+        max: u32,
+        expected: &'static str,
+    ) -> Result<u32, PolicyError> {
         let Some(text) = text else { return Ok(default) };
         let value = self.expand(text)?;
         value.parse::<u32>().ok().filter(|n| (min..=max).contains(n)).ok_or_else(|| {
@@ -423,7 +458,8 @@ impl Lowerer<'_> {
                 "allow" => Action::Allow,
                 "deny" | "drop" => Action::Deny,
                 other => {
-                    let kind = ErrorKind::InvalidValue { key: "action", value: other.to_string(), expected: "allow or deny" };
+                    let kind =
+                        ErrorKind::InvalidValue { key: "action", value: other.to_string(), expected: "allow or deny" };
                     return Err(self.error(text.pos, kind));
                 }
             },
@@ -449,11 +485,25 @@ impl Lowerer<'_> {
                 (Vec::new(), Vec::new(), Protocols::Any)
             }
         };
-        Ok(Rule { id, name, phase: phase.to_string(), direction: raw.direction, action, peers, names, protocols, pos: raw.pos })
+        Ok(Rule {
+            id,
+            name,
+            phase: phase.to_string(),
+            direction: raw.direction,
+            action,
+            peers,
+            names,
+            protocols,
+            pos: raw.pos,
+        })
     }
 
     /// The addresses, the run-time names and the protocols/ports of a rule.
-    fn rule_match(&mut self, raw: &RawRule, context: &RuleContext) -> Result<(Vec<IpNet>, Vec<NamePattern>, Protocols), RuleProblem> {
+    fn rule_match(
+        &mut self,
+        raw: &RawRule,
+        context: &RuleContext,
+    ) -> Result<(Vec<IpNet>, Vec<NamePattern>, Protocols), RuleProblem> {
         let optional = context.optional;
         let (peers, names, url_ports) = match &raw.peers {
             None => (any_address(), Vec::new(), Vec::new()),
@@ -474,7 +524,12 @@ impl Lowerer<'_> {
 
     /// Returns the rule's CIDRs, its names tracked at run time and the
     /// ports its URL entries imply.
-    fn rule_peers(&mut self, key: &'static str, list: &TextList, context: &RuleContext) -> Result<RulePeers, RuleProblem> {
+    fn rule_peers(
+        &mut self,
+        key: &'static str,
+        list: &TextList,
+        context: &RuleContext,
+    ) -> Result<RulePeers, RuleProblem> {
         let optional = context.optional;
         if list.items.is_empty() {
             return Err(self.error(list.key_pos, ErrorKind::EmptyList { key }).into());
@@ -582,7 +637,9 @@ impl Lowerer<'_> {
         if any_named || protos.is_empty() {
             return match &raw.ports {
                 None => Ok(Protocols::Any),
-                Some(ports) if raw.proto.is_some() => Err(self.error(ports.key_pos, ErrorKind::PortsWithAnyProtocol).into()),
+                Some(ports) if raw.proto.is_some() => {
+                    Err(self.error(ports.key_pos, ErrorKind::PortsWithAnyProtocol).into())
+                }
                 Some(ports) => Err(self.error(ports.key_pos, ErrorKind::PortsWithoutProtocol).into()),
             };
         }
@@ -592,7 +649,10 @@ impl Lowerer<'_> {
         let ranges: Vec<PortRange> = match &raw.ports {
             Some(ports) => {
                 if !icmp_protos.is_empty() && !port_protos.is_empty() {
-                    let kind = ErrorKind::MixedPortMeaning { port_protocols: names(&port_protos), icmp_protocols: names(&icmp_protos) };
+                    let kind = ErrorKind::MixedPortMeaning {
+                        port_protocols: names(&port_protos),
+                        icmp_protocols: names(&icmp_protos),
+                    };
                     return Err(self.error(ports.key_pos, kind).into());
                 }
                 if ports.items.is_empty() {

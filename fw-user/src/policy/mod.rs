@@ -72,7 +72,12 @@ pub fn parse_str(text: &str, file: &str, vars: &Vars) -> Result<LoadedPolicy, Po
 }
 
 /// [`parse_str`] with the host-name resolver given.
-pub fn parse_str_with_resolver(text: &str, file: &str, vars: &Vars, resolve: &Resolve) -> Result<LoadedPolicy, PolicyError> {
+pub fn parse_str_with_resolver(
+    text: &str,
+    file: &str,
+    vars: &Vars,
+    resolve: &Resolve,
+) -> Result<LoadedPolicy, PolicyError> {
     let raw = raw::parse(file, text)?;
     let (policy, warnings) = lower::lower(file, raw, vars, resolve)?;
     Ok(LoadedPolicy { policy, warnings })

@@ -85,7 +85,8 @@ pub(crate) struct RawRule {
 const POLICY_KEYS: &[&str] = &["name", "addresses", "phases"];
 const PHASE_KEYS: &[&str] =
     &["extends", "inbound_default", "egress_default", "mode", "reject", "dns", "timeouts", "inbound", "egress"];
-const DNS_KEYS: &[&str] = &["resolvers", "queries", "refuse_with", "min_ttl", "max_addresses_per_name", "max_addresses"];
+const DNS_KEYS: &[&str] =
+    &["resolvers", "queries", "refuse_with", "min_ttl", "max_addresses_per_name", "max_addresses"];
 /// The keys of a phase's `timeouts:` mapping.
 pub(crate) const TIMEOUT_KEYS: &[&str] = &["tcp_established", "tcp_closing", "udp", "other"];
 const EGRESS_RULE_KEYS: &[&str] = &["name", "to", "proto", "ports", "action", "optional"];
@@ -143,7 +144,11 @@ fn load_error(file: &str, error: LoadError) -> PolicyError {
         }
         LoadError::TopLevelMustBeMapping(m) => (
             at(m),
-            ErrorKind::WrongType { what: "the policy".into(), expected: "a mapping (name:, phases:)", found: "something else" },
+            ErrorKind::WrongType {
+                what: "the policy".into(),
+                expected: "a mapping (name:, phases:)",
+                found: "something else",
+            },
         ),
         LoadError::ScanError(m, e) => (at(m), ErrorKind::Syntax(e.info().to_string())),
         LoadError::UnexpectedAnchor(m) => (at(m), ErrorKind::Syntax("anchors and aliases are not supported".into())),
@@ -204,7 +209,12 @@ impl Reader<'_> {
     }
 
     /// Rejects keys outside `allowed`.
-    fn check_keys(&self, map: &MarkedMappingNode, context: &'static str, allowed: &'static [&'static str]) -> Result<(), PolicyError> {
+    fn check_keys(
+        &self,
+        map: &MarkedMappingNode,
+        context: &'static str,
+        allowed: &'static [&'static str],
+    ) -> Result<(), PolicyError> {
         for key in map.keys() {
             if !allowed.contains(&key.as_str()) {
                 let kind = ErrorKind::UnknownKey { key: key.as_str().to_string(), context, expected: allowed };
@@ -316,7 +326,11 @@ impl Reader<'_> {
             Direction::Inbound => ("from", "to", INBOUND_RULE_KEYS),
         };
         if let Some(key) = map.keys().find(|k| k.as_str() == wrong_peer_key) {
-            let kind = ErrorKind::WrongPeerKey { direction: direction.as_str(), expected: peer_key, found: key.as_str().to_string() };
+            let kind = ErrorKind::WrongPeerKey {
+                direction: direction.as_str(),
+                expected: peer_key,
+                found: key.as_str().to_string(),
+            };
             return Err(self.error(pos_of(key.span()), kind));
         }
         self.check_keys(map, "a rule", allowed)?;
@@ -324,16 +338,8 @@ impl Reader<'_> {
         // where an operator sees the rule begin.
         let first_key = map.keys().next().map(|k| pos_of(k.span()));
         let pos = first_key.map_or(pos_of(map.span()), |k| k.min(pos_of(map.span())));
-        let mut rule = RawRule {
-            pos,
-            direction,
-            name: None,
-            peers: None,
-            proto: None,
-            ports: None,
-            action: None,
-            optional: None,
-        };
+        let mut rule =
+            RawRule { pos, direction, name: None, peers: None, proto: None, ports: None, action: None, optional: None };
         for (key, value) in map.iter() {
             match key.as_str() {
                 "name" => rule.name = Some(self.text(value, "`name`")?),
@@ -344,7 +350,11 @@ impl Reader<'_> {
                 "optional" => {
                     let text = self.text(value, "`optional`")?;
                     let flag = value.as_scalar().and_then(MarkedScalarNode::as_bool).ok_or_else(|| {
-                        let kind = ErrorKind::InvalidValue { key: "optional", value: text.value.clone(), expected: "true or false" };
+                        let kind = ErrorKind::InvalidValue {
+                            key: "optional",
+                            value: text.value.clone(),
+                            expected: "true or false",
+                        };
                         self.error(text.pos, kind)
                     })?;
                     rule.optional = Some((text.pos, flag));
@@ -366,5 +376,3 @@ fn scalar_text(scalar: &MarkedScalarNode) -> Text {
 pub(crate) fn skip_bom(text: &str) -> &str {
     text.strip_prefix('\u{feff}').unwrap_or(text)
 }
-
-

@@ -66,13 +66,17 @@ fn trie_node_bytes(key_data: usize, value: usize) -> usize {
 
 /// (map, entries, approximate bytes) of a compiled phase.
 fn map_usage(phase: &CompiledPhase) -> [(&'static str, usize, usize); 3] {
-    use std::mem::size_of;
     use fw_common::{AddrKey4, AddrKey6, PolicyValue, PortKey};
+    use std::mem::size_of;
     let usage = |entries: usize, key: usize, value: usize| entries * trie_node_bytes(key, value);
     [
         (fw_common::maps::ADDR4, phase.addr4.len(), usage(phase.addr4.len(), size_of::<AddrKey4>(), 4)),
         (fw_common::maps::ADDR6, phase.addr6.len(), usage(phase.addr6.len(), size_of::<AddrKey6>(), 4)),
-        (fw_common::maps::PORTS, phase.ports.len(), usage(phase.ports.len(), size_of::<PortKey>(), size_of::<PolicyValue>())),
+        (
+            fw_common::maps::PORTS,
+            phase.ports.len(),
+            usage(phase.ports.len(), size_of::<PortKey>(), size_of::<PolicyValue>()),
+        ),
     ]
 }
 
@@ -103,7 +107,11 @@ fn range_text(proto: u8, range: &PortRange) -> String {
             _ => format!("{t1}/{c1}-{t2}/{c2}"),
         };
     }
-    if range.first == range.last { range.first.to_string() } else { format!("{}-{}", range.first, range.last) }
+    if range.first == range.last {
+        range.first.to_string()
+    } else {
+        format!("{}-{}", range.first, range.last)
+    }
 }
 
 fn protocols_text(protocols: &Protocols) -> String {
@@ -182,7 +190,8 @@ pub fn render_text(report: &CheckReport) -> String {
                     crate::policy::ir::Resolver::Addr(a) => a.to_string(),
                 })
                 .collect();
-            let tracked = policy.rules_of_phase(&phase.phase).unwrap_or_default().iter().filter(|r| !r.names.is_empty()).count();
+            let tracked =
+                policy.rules_of_phase(&phase.phase).unwrap_or_default().iter().filter(|r| !r.names.is_empty()).count();
             let _ = writeln!(
                 out,
                 "    dns resolvers {}; queries {}; min_ttl {}s; at most {} addresses per name, {} in all; {tracked} rules tracked at run time;",
@@ -236,7 +245,8 @@ pub fn render_text(report: &CheckReport) -> String {
         let usage = map_usage(phase);
         let parts: Vec<String> = usage.iter().map(|(map, n, _)| format!("{map} {n}")).collect();
         let bytes: usize = usage.iter().map(|(_, _, b)| b).sum();
-        let _ = writeln!(out, "    # entries: {}; about {:.1} KiB of map memory", parts.join(", "), bytes as f64 / 1024.0);
+        let _ =
+            writeln!(out, "    # entries: {}; about {:.1} KiB of map memory", parts.join(", "), bytes as f64 / 1024.0);
         let _ = writeln!(out, "  }}");
     }
     let _ = writeln!(out, "}}");

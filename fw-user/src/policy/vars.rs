@@ -11,8 +11,8 @@ use std::collections::HashMap;
 
 use super::{
     error::{ErrorKind, PolicyError},
-    raw::skip_bom,
     ir::Pos,
+    raw::skip_bom,
 };
 
 /// Where variable values come from.
@@ -50,10 +50,7 @@ impl Vars {
 
     /// Only these values; the process environment is not consulted.
     pub fn from_pairs<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Vars {
-        Vars {
-            file_values: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
-            use_process_env: false,
-        }
+        Vars { file_values: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect(), use_process_env: false }
     }
 
     /// The value of `name`; `None` if unset or empty (both mean "not
@@ -94,7 +91,8 @@ impl Vars {
     pub(crate) fn expand_list(&self, text: &str) -> Result<Vec<String>, ExpandError> {
         if let Some(name) = whole_reference(text) {
             let value = self.get(name).ok_or_else(|| ExpandError::Unset(name.to_string()))?;
-            let items = parse_list(&value).map_err(|problem| ExpandError::BadList { name: name.to_string(), problem })?;
+            let items =
+                parse_list(&value).map_err(|problem| ExpandError::BadList { name: name.to_string(), problem })?;
             if items.is_empty() {
                 return Err(ExpandError::Unset(name.to_string()));
             }

@@ -117,7 +117,10 @@ mod tests {
         assert_eq!(read(Path::new("/dev/null")).unwrap_err().1, ErrorKind::NotRegularFile("a character device"));
         assert!(matches!(read(&dir.path().join("missing")), Err((_, ErrorKind::Io(_)))));
         let e = read_text(Path::new("/dev/null"), "null.yaml").unwrap_err();
-        assert_eq!(e.to_string(), "null.yaml: not a regular file but a character device (a policy or env file must be one)");
+        assert_eq!(
+            e.to_string(),
+            "null.yaml: not a regular file but a character device (a policy or env file must be one)"
+        );
     }
 
     #[test]
@@ -128,5 +131,4 @@ mod tests {
         let e = read_text(&path, "p.yaml").unwrap_err();
         assert_eq!(e.to_string(), "p.yaml:2:3: not UTF-8 text");
     }
-
 }

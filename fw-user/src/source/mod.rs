@@ -12,8 +12,8 @@ pub mod host;
 pub mod resolv_conf;
 
 use crate::{
-    policy::compile::{self, tables::CompiledPhase},
     instance::records::PolicyCopy,
+    policy::compile::{self, tables::CompiledPhase},
     policy::{self, lint, LoadedPolicy, Vars, Warning},
 };
 
@@ -85,9 +85,9 @@ impl PolicyText {
 /// the path an instance records means the same file from any directory),
 /// else the first of OpenVidu's ([`DEFAULT_ENV_FILES`]) that exists.
 pub fn env_file(given: Option<&Path>) -> Option<PathBuf> {
-    given.map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())).or_else(|| {
-        DEFAULT_ENV_FILES.iter().map(PathBuf::from).find(|p| p.exists())
-    })
+    given
+        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()))
+        .or_else(|| DEFAULT_ENV_FILES.iter().map(PathBuf::from).find(|p| p.exists()))
 }
 
 pub struct LoadedPhase {
@@ -113,10 +113,7 @@ pub struct LoadedPhase {
 pub fn load_policy(policy_arg: &str, env: Option<&Path>) -> Result<(String, LoadedPolicy, PolicyCopy)> {
     let text = PolicyText::resolve(policy_arg)?;
     let env = env_file(env);
-    let env_text = env
-        .as_deref()
-        .map(|p| file::read_text(p, &p.display().to_string()))
-        .transpose()?;
+    let env_text = env.as_deref().map(|p| file::read_text(p, &p.display().to_string())).transpose()?;
     let copy = PolicyCopy { policy_text: text.text, env_text };
     let loaded = parse_copy(&text.label, env.as_deref(), &copy)?;
     Ok((text.label, loaded, copy))
@@ -159,5 +156,13 @@ fn compile_loaded(
     let mut warnings = loaded.warnings;
     warnings.extend(lint::lint(&loaded.policy, std::slice::from_ref(&compiled), host::ephemeral_range()));
     let names = crate::policy::names::NameRules::of_phase(&loaded.policy, phase);
-    Ok(LoadedPhase { source: label, env_file, policy_name: loaded.policy.name.clone(), compiled, warnings, copy, names })
+    Ok(LoadedPhase {
+        source: label,
+        env_file,
+        policy_name: loaded.policy.name.clone(),
+        compiled,
+        warnings,
+        copy,
+        names,
+    })
 }

@@ -66,8 +66,15 @@ mod tests {
     fn a_resolved_stub_comes_with_its_upstreams() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let upstreams = || vec![ip("198.18.0.53"), ip("2001:db8::53")];
-        assert_eq!(resolvers_of(&[ip("127.0.0.53")], upstreams), [ip("127.0.0.53"), ip("198.18.0.53"), ip("2001:db8::53")]);
+        assert_eq!(
+            resolvers_of(&[ip("127.0.0.53")], upstreams),
+            [ip("127.0.0.53"), ip("198.18.0.53"), ip("2001:db8::53")]
+        );
         assert_eq!(resolvers_of(&[ip("198.18.0.1")], upstreams), [ip("198.18.0.1")], "no stub: resolv.conf only");
-        assert_eq!(resolvers_of(&[ip("127.0.0.53")], Vec::new), [ip("127.0.0.53")], "upstreams unknown: the stub alone");
+        assert_eq!(
+            resolvers_of(&[ip("127.0.0.53")], Vec::new),
+            [ip("127.0.0.53")],
+            "upstreams unknown: the stub alone"
+        );
     }
 }

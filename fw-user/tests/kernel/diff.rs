@@ -69,11 +69,7 @@ pub struct Driver {
 }
 
 fn reason_name(index: u32) -> String {
-    let dir = if (index / Reason::SLOTS).is_multiple_of(2) {
-        "egress"
-    } else {
-        "ingress"
-    };
+    let dir = if (index / Reason::SLOTS).is_multiple_of(2) { "egress" } else { "ingress" };
     // The counters of the phase slot the packet was judged under.
     let phase_slot = index / (2 * Reason::SLOTS);
     match Reason::from_u8((index % Reason::SLOTS) as u8) {
@@ -99,10 +95,7 @@ impl Driver {
             kernel,
             state: State::default(),
             active: Active::unwritten(),
-            gen: Gen {
-                rng: Rng::new(seed),
-                hints: Hints::default(),
-            },
+            gen: Gen { rng: Rng::new(seed), hints: Hints::default() },
             known,
             known_rules,
             cases: 0,
@@ -139,11 +132,7 @@ impl Driver {
     pub fn case(&mut self, direction: Direction, frame: &[u8]) -> Option<Outcome> {
         if !test_run_accepts(frame) {
             let refused = self.kernel.run(direction, frame).is_err();
-            assert!(
-                refused,
-                "BPF_PROG_TEST_RUN accepted a frame it should refuse: {}",
-                hex(frame)
-            );
+            assert!(refused, "BPF_PROG_TEST_RUN accepted a frame it should refuse: {}", hex(frame));
             self.refused += 1;
             return None;
         }
@@ -155,16 +144,9 @@ impl Driver {
             .run(direction, frame)
             .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN failed on {}: {e:?}", hex(frame)));
         self.cases += 1;
-        *self
-            .tally
-            .entry((direction as u8, expected.reason))
-            .or_insert(0) += 1;
+        *self.tally.entry((direction as u8, expected.reason)).or_insert(0) += 1;
 
-        let expected_ret = if expected.reason.is_drop() {
-            TC_ACT_SHOT
-        } else {
-            TC_ACT_UNSPEC
-        };
+        let expected_ret = if expected.reason.is_drop() { TC_ACT_SHOT } else { TC_ACT_UNSPEC };
         let index = stats_index(self.active.generation & 1, direction, expected.reason);
         let c = self.kernel.stat(index);
         let k = self.known[index as usize];
@@ -184,19 +166,11 @@ impl Driver {
                     if a.packets == b.packets + 1 && a.bytes == b.bytes + len {
                         name
                     } else {
-                        format!(
-                            "{name}(+{} pkts, +{} bytes)",
-                            a.packets - b.packets,
-                            a.bytes - b.bytes
-                        )
+                        format!("{name}(+{} pkts, +{} bytes)", a.packets - b.packets, a.bytes - b.bytes)
                     }
                 })
                 .collect();
-            actual_reason = if moved.is_empty() {
-                "no counter".into()
-            } else {
-                moved.join(" and ")
-            };
+            actual_reason = if moved.is_empty() { "no counter".into() } else { moved.join(" and ") };
             counters_ok = moved.len() == 1 && actual_reason == reason_name(index);
             self.known = full;
         }
@@ -223,11 +197,7 @@ impl Driver {
             actual_rule = if moved.is_empty() {
                 "-".into()
             } else {
-                moved
-                    .iter()
-                    .map(|(r, n)| format!("{r}(+{n})"))
-                    .collect::<Vec<_>>()
-                    .join(",")
+                moved.iter().map(|(r, n)| format!("{r}(+{n})")).collect::<Vec<_>>().join(",")
             };
         }
 
@@ -239,20 +209,12 @@ impl Driver {
             };
             // Grouped by what the kernel did against what the model expected;
             // the exact reasons are in each example's detail.
-            let kernel_reason = actual_reason
-                .split('/')
-                .nth(1)
-                .unwrap_or(&actual_reason)
-                .to_string();
+            let kernel_reason = actual_reason.split('/').nth(1).unwrap_or(&actual_reason).to_string();
             let kind = format!(
                 "kernel {} {} where the model expects {}",
                 verdict(ret),
                 kernel_reason,
-                if expected.reason.is_drop() {
-                    "a drop"
-                } else {
-                    "a pass"
-                },
+                if expected.reason.is_drop() { "a drop" } else { "a pass" },
             );
             let detail = format!(
                 "model: {} reason {} rule {}; kernel: {} reason {} rule {}; parsed by the model as {:?}{}",
@@ -305,10 +267,7 @@ impl Driver {
     pub fn reset(&mut self) {
         self.kernel.clear_state();
         let paths = std::mem::take(&mut self.state.paths);
-        self.state = State {
-            paths,
-            ..State::default()
-        };
+        self.state = State { paths, ..State::default() };
         self.last_reset = coarse_now();
     }
 
@@ -338,34 +297,21 @@ impl Driver {
             .collect();
         for (i, actual, known) in drifted {
             let detail = format!("{} is {actual:?}, expected {known:?}", reason_name(i));
-            self.record(
-                format!("counter drift in {}", reason_name(i)),
-                Direction::Egress,
-                &[],
-                detail,
-            );
+            self.record(format!("counter drift in {}", reason_name(i)), Direction::Egress, &[], detail);
         }
         self.known = full;
         let moved = self.rule_diff();
         if !moved.is_empty() {
-            self.record(
-                "rule counter drift".into(),
-                Direction::Egress,
-                &[],
-                format!("moved unexpectedly: {moved:?}"),
-            );
+            self.record("rule counter drift".into(), Direction::Egress, &[], format!("moved unexpectedly: {moved:?}"));
         }
 
         let mut problems = Vec::new();
         for table in [Table::Protected, Table::Probation] {
-            let kernel_flows: HashMap<FlowKey, FlowValue> =
-                self.kernel.flows(table).into_iter().collect();
+            let kernel_flows: HashMap<FlowKey, FlowValue> = self.kernel.flows(table).into_iter().collect();
             let model_flows = self.state.table(table);
             for (k, v) in &kernel_flows {
                 match model_flows.get(k) {
-                    None => problems.push(format!(
-                        "kernel has flow {k:?} -> {v:?} in {table:?}, model has none there"
-                    )),
+                    None => problems.push(format!("kernel has flow {k:?} -> {v:?} in {table:?}, model has none there")),
                     Some(m) => {
                         let same = m.generation == v.generation
                             && m.rule == v.rule
@@ -381,9 +327,7 @@ impl Driver {
             }
             for (k, m) in model_flows {
                 if !kernel_flows.contains_key(k) {
-                    problems.push(format!(
-                        "model has flow {k:?} -> {m:?} in {table:?}, kernel has none there"
-                    ));
+                    problems.push(format!("model has flow {k:?} -> {m:?} in {table:?}, kernel has none there"));
                 }
             }
         }
@@ -396,18 +340,11 @@ impl Driver {
         }
         for (k, m) in &self.state.frags {
             if !kernel_frags.contains_key(k) {
-                problems.push(format!(
-                    "model has fragment {k:?} -> {m:?}, kernel has none"
-                ));
+                problems.push(format!("model has fragment {k:?} -> {m:?}, kernel has none"));
             }
         }
         if !problems.is_empty() {
-            self.record(
-                "flow/fragment tables differ".into(),
-                Direction::Egress,
-                &[],
-                problems.join("\n      "),
-            );
+            self.record("flow/fragment tables differ".into(), Direction::Egress, &[], problems.join("\n      "));
             self.resync();
         }
     }
@@ -424,10 +361,7 @@ impl Driver {
         let previous = self.active.phase.as_ref().map(|_| self.active.generation);
         let generation = previous.map_or(1, |g| g.wrapping_add(1));
         self.kernel.switch(&compiled, generation, previous);
-        self.active = Active {
-            generation,
-            phase: Some(compiled),
-        };
+        self.active = Active { generation, phase: Some(compiled) };
         self.policies.push((phase.to_string(), yaml.to_string()));
     }
 
@@ -456,10 +390,7 @@ impl Driver {
             policy.compiled.ports.len(),
             policy.compiled.settings
         );
-        self.active = Active {
-            generation,
-            phase: Some(policy.compiled),
-        };
+        self.active = Active { generation, phase: Some(policy.compiled) };
         self.gen.hints = policy.hints;
         self.policies.push((policy.phase, policy.yaml));
         self.label = format!("switch/{serial}");
@@ -516,14 +447,7 @@ impl Driver {
     }
 
     fn conv_flow_key(conv: &Conv) -> FlowKey {
-        flow_key(
-            if conv.v6 { 6 } else { 4 },
-            conv.proto,
-            &conv.local,
-            &conv.remote,
-            conv.lport,
-            conv.rport,
-        )
+        flow_key(if conv.v6 { 6 } else { 4 }, conv.proto, &conv.local, &conv.remote, conv.lport, conv.rport)
     }
 
     /// A flow entry for `conv` as if some earlier packet had opened it: in
@@ -534,15 +458,12 @@ impl Driver {
     fn seed_flow(&mut self, conv: &Conv) {
         let rng = &mut self.gen.rng;
         let inbound = rng.percent(40);
-        let table = if inbound && rng.percent(50) {
-            Table::Probation
-        } else {
-            Table::Protected
-        };
+        let table = if inbound && rng.percent(50) { Table::Probation } else { Table::Protected };
         let mut flags = if inbound { FLOW_INBOUND } else { 0 };
         if conv.proto == TCP && rng.percent(30) {
             // Closing marks: half-closed either way, closed, reset.
-            flags |= *rng.pick(&[FLOW_FIN_OUT, FLOW_FIN_IN, FLOW_FIN_OUT | FLOW_FIN_IN, FLOW_RST, FLOW_RST | FLOW_FIN_IN]);
+            flags |=
+                *rng.pick(&[FLOW_FIN_OUT, FLOW_FIN_IN, FLOW_FIN_OUT | FLOW_FIN_IN, FLOW_RST, FLOW_RST | FLOW_FIN_IN]);
         }
         if rng.percent(10) {
             flags |= FLOW_AUDIT;
@@ -593,28 +514,10 @@ impl Driver {
         } else {
             FRAG_TIMEOUT_NS + 2 * SEC + self.gen.rng.below(1000 * SEC)
         };
-        let rule = if self.gen.rng.percent(20) {
-            NO_RULE
-        } else {
-            self.gen.rng.below(32) as u32
-        };
+        let rule = if self.gen.rng.percent(20) { NO_RULE } else { self.gen.rng.below(32) as u32 };
         let family = if conv.v6 { 6 } else { 4 };
-        let key = FragKey {
-            family,
-            proto: conv.proto,
-            _pad: 0,
-            id,
-            src,
-            dst,
-        };
-        self.insert_frag(
-            key,
-            FragValue {
-                seen_ns: coarse_now().wrapping_sub(age),
-                rule,
-                _pad: 0,
-            },
-        );
+        let key = FragKey { family, proto: conv.proto, _pad: 0, id, src, dst };
+        self.insert_frag(key, FragValue { seen_ns: coarse_now().wrapping_sub(age), rule, _pad: 0 });
     }
 
     fn variant(&mut self, conv: &Conv) -> Variant {
@@ -666,11 +569,7 @@ impl Driver {
                 _ => {
                     let d = self.random_direction();
                     let v = self.variant(&conv);
-                    let id = if self.gen.rng.percent(85) {
-                        frag_id
-                    } else {
-                        self.gen.rng.u32() & 0xffff
-                    };
+                    let id = if self.gen.rng.percent(85) { frag_id } else { self.gen.rng.u32() & 0xffff };
                     (d, self.gen.packet(&conv, d, v, id))
                 }
             };
@@ -763,17 +662,11 @@ impl Driver {
             }
             let rng = &mut self.gen.rng;
             let avail = f.len() - l3;
-            let set16 = |f: &mut Vec<u8>, at: usize, v: u16| {
-                f[at..at + 2].copy_from_slice(&v.to_be_bytes())
-            };
+            let set16 = |f: &mut Vec<u8>, at: usize, v: u16| f[at..at + 2].copy_from_slice(&v.to_be_bytes());
             match (f[l3] >> 4, rng.below(8)) {
                 (4, 0) => f[l3] = 0x40 | rng.below(5) as u8,
                 (4, 1) => f[l3] = 0x40 | rng.range(6, 15) as u8,
-                (4, 2) => set16(
-                    &mut f,
-                    l3 + 2,
-                    (avail + rng.usize(1, 300)).min(65535) as u16,
-                ),
+                (4, 2) => set16(&mut f, l3 + 2, (avail + rng.usize(1, 300)).min(65535) as u16),
                 (4, 3) => {
                     let ihl = usize::from(f[l3] & 0xf) * 4;
                     set16(&mut f, l3 + 2, rng.below(ihl as u64) as u16)
@@ -782,11 +675,7 @@ impl Driver {
                 (4, 5) => f[l3 + 9] = rng.u8(),
                 (4, 6) => set16(&mut f, l3 + 6, rng.u16()),
                 (6, 0) => set16(&mut f, l3 + 4, 0),
-                (6, 1) => set16(
-                    &mut f,
-                    l3 + 4,
-                    (avail - 40 + rng.usize(1, 300)).min(65535) as u16,
-                ),
+                (6, 1) => set16(&mut f, l3 + 4, (avail - 40 + rng.usize(1, 300)).min(65535) as u16),
                 (6, 2) => {
                     let p = u16::from_be_bytes([f[l3 + 4], f[l3 + 5]]);
                     set16(&mut f, l3 + 4, rng.range(1, u64::from(p.max(1))) as u16)
@@ -846,17 +735,11 @@ impl Driver {
                 let e = match self.gen.rng.weighted(&[70, 12, 10]) {
                     0 => self.gen.ext(i == 0),
                     1 => Ext::Fragment {
-                        offset: if self.gen.rng.percent(50) {
-                            0
-                        } else {
-                            self.gen.rng.range(1, 100) as u16
-                        },
+                        offset: if self.gen.rng.percent(50) { 0 } else { self.gen.rng.range(1, 100) as u16 },
                         more: self.gen.rng.percent(50),
                         id: self.gen.rng.u32(),
                     },
-                    _ => Ext::Unknown {
-                        ty: *self.gen.rng.pick(&[135u8, 139, 140, 253, 254]),
-                    },
+                    _ => Ext::Unknown { ty: *self.gen.rng.pick(&[135u8, 139, 140, 253, 254]) },
                 };
                 ip.v6_ext.push(e);
             }
@@ -864,12 +747,7 @@ impl Driver {
                 TCP => tcp(sport, dport, TCP_SYN, 0),
                 UDP => udp(sport, dport, 4),
                 SCTP => sctp(sport, dport, 0),
-                ICMPV6 => icmp(
-                    *self.gen.rng.pick(&[128u8, 129, 135, 1]),
-                    0,
-                    [0; 4],
-                    &[0; 8],
-                ),
+                ICMPV6 => icmp(*self.gen.rng.pick(&[128u8, 129, 135, 1]), 0, [0; 4], &[0; 8]),
                 _ => vec![],
             };
             let (tags, pad) = self.gen.l2();
@@ -963,10 +841,7 @@ pub fn run(seed: u64, target: u64, paranoid: bool) -> Driver {
     let policies = (target / 15_000).max(6) as usize;
     let per_policy = target / policies as u64;
     for serial in 0..policies {
-        let force = Force {
-            audit: serial == 1,
-            inbound_drop: serial == 2,
-        };
+        let force = Force { audit: serial == 1, inbound_drop: serial == 2 };
         // Flows opened under the outgoing policy, for the replay to re-check.
         d.bulk(300);
         d.switch_policy(serial, force);
@@ -976,11 +851,6 @@ pub fn run(seed: u64, target: u64, paranoid: bool) -> Driver {
             d.segment();
         }
     }
-    eprintln!(
-        "{} frames run in {:.1?} ({} cuts refused by test-run itself)",
-        d.cases,
-        started.elapsed(),
-        d.refused
-    );
+    eprintln!("{} frames run in {:.1?} ({} cuts refused by test-run itself)", d.cases, started.elapsed(), d.refused);
     d
 }

@@ -143,7 +143,8 @@ fn finding1_idle_tcp_survives_the_first_keepalive() {
     t.finish();
 
     // A phase with its own timeout: 30 s idle at most.
-    let short = SERVER.replace("    egress_default: drop\n", "    egress_default: drop\n    timeouts: { tcp_established: 30s }\n");
+    let short = SERVER
+        .replace("    egress_default: drop\n", "    egress_default: drop\n    timeouts: { tcp_established: 30s }\n");
     let mut t = Directed::with_policy(&short);
     t.accept(40001, HTTPS);
     let conn = key4(TCP, 443, PEER, 40001);
@@ -171,7 +172,13 @@ fn finding2_a_closing_connection_reopens_and_half_close_is_open() {
     // later, and again an hour later. Still protected: half-closed is open.
     t.accept(40000, HTTPS);
     let conn = key4(TCP, 443, PEER, 40000);
-    t.expect("the client's fin", i, &tcp4(PEER, LOCAL4, 40000, 443, TCP_FIN | TCP_ACK, ack, 0), Reason::PassFlow, HTTPS);
+    t.expect(
+        "the client's fin",
+        i,
+        &tcp4(PEER, LOCAL4, 40000, 443, TCP_FIN | TCP_ACK, ack, 0),
+        Reason::PassFlow,
+        HTTPS,
+    );
     t.expect_in("half-closed", &conn, Table::Protected);
     t.age(&conn, 12 * SEC);
     let reply = tcp4(LOCAL4, PEER, 443, 40000, TCP_ACK | 0x08, ack, 100);
@@ -179,7 +186,13 @@ fn finding2_a_closing_connection_reopens_and_half_close_is_open() {
     t.age(&conn, 3600 * SEC);
     t.expect("the reply an hour later", e, &reply, Reason::PassFlow, HTTPS);
     // The server closes too: closed, back to probation, 10 s.
-    t.expect("the server's fin", e, &tcp4(LOCAL4, PEER, 443, 40000, TCP_FIN | TCP_ACK, ack, 0), Reason::PassFlow, HTTPS);
+    t.expect(
+        "the server's fin",
+        e,
+        &tcp4(LOCAL4, PEER, 443, 40000, TCP_FIN | TCP_ACK, ack, 0),
+        Reason::PassFlow,
+        HTTPS,
+    );
     t.expect_in("closed", &conn, Table::Probation);
     if t.flags(&conn).map(|f| f & (FLOW_FIN_IN | FLOW_FIN_OUT)) != Some(FLOW_FIN_IN | FLOW_FIN_OUT) {
         let flags = t.flags(&conn);
@@ -196,7 +209,13 @@ fn finding2_a_closing_connection_reopens_and_half_close_is_open() {
     t.expect("the client's rst", i, &tcp4(PEER, LOCAL4, 40001, 443, TCP_RST, 0, 0), Reason::PassFlow, HTTPS);
     t.expect_in("reset", &conn, Table::Probation);
     t.age(&conn, SEC);
-    t.expect("a new syn on the same 4-tuple", i, &tcp4(PEER, LOCAL4, 40001, 443, TCP_SYN, 0, 0), Reason::PassFlow, HTTPS);
+    t.expect(
+        "a new syn on the same 4-tuple",
+        i,
+        &tcp4(PEER, LOCAL4, 40001, 443, TCP_SYN, 0, 0),
+        Reason::PassFlow,
+        HTTPS,
+    );
     let synack = tcp4(LOCAL4, PEER, 443, 40001, TCP_SYN | TCP_ACK, ack, 0);
     t.expect("its syn-ack", e, &synack, Reason::PassFlow, HTTPS);
     t.expect("its ack", i, &tcp4(PEER, LOCAL4, 40001, 443, TCP_ACK, ack, 0), Reason::PassFlow, HTTPS);
@@ -243,20 +262,40 @@ fn finding3_the_inbound_default_serves_ping_and_unserved_ports() {
     t.expect("its echo reply", e, &pong, Reason::PassFlow, NO_RULE);
     t.expect_in("an echo served", &flow_key(4, ICMP, &v4(LOCAL4), &v4(monitor), 7, 7), Table::Probation);
     let monitor6 = (PEER6 + 0x100).to_be_bytes();
-    let ping6 = frame(&[], &Ip::new(true, monitor6, LOCAL6.to_be_bytes(), ICMPV6), &icmp(128, 0, echo_rest(8, 1), &[0; 8]), 0);
+    let ping6 =
+        frame(&[], &Ip::new(true, monitor6, LOCAL6.to_be_bytes(), ICMPV6), &icmp(128, 0, echo_rest(8, 1), &[0; 8]), 0);
     t.expect("an ipv6 echo request", i, &ping6, Reason::PassDefault, NO_RULE);
-    let pong6 = frame(&[], &Ip::new(true, LOCAL6.to_be_bytes(), monitor6, ICMPV6), &icmp(129, 0, echo_rest(8, 1), &[0; 8]), 0);
+    let pong6 =
+        frame(&[], &Ip::new(true, LOCAL6.to_be_bytes(), monitor6, ICMPV6), &icmp(129, 0, echo_rest(8, 1), &[0; 8]), 0);
     t.expect("its echo reply", e, &pong6, Reason::PassFlow, NO_RULE);
     // A port no rule names: served all the same.
     let query = frame(&[], &Ip::new(false, v4(PEER), v4(LOCAL4), UDP), &udp(5000, 9999, 8), 0);
     t.expect("a datagram to an unserved port", i, &query, Reason::PassDefault, NO_RULE);
     let answer = frame(&[], &Ip::new(false, v4(LOCAL4), v4(PEER), UDP), &udp(9999, 5000, 8), 0);
     t.expect("its answer", e, &answer, Reason::PassFlow, NO_RULE);
-    t.expect("a tcp connection to an unserved port", i, &tcp4(PEER, LOCAL4, 41000, 8080, TCP_SYN, 0, 0), Reason::PassDefault, NO_RULE);
+    t.expect(
+        "a tcp connection to an unserved port",
+        i,
+        &tcp4(PEER, LOCAL4, 41000, 8080, TCP_SYN, 0, 0),
+        Reason::PassDefault,
+        NO_RULE,
+    );
     t.expect("its syn-ack", e, &tcp4(LOCAL4, PEER, 8080, 41000, TCP_SYN | TCP_ACK, 1, 0), Reason::PassFlow, NO_RULE);
     // Still closed: what this host starts, and what answers nothing.
-    t.expect("a connection this host opens", e, &tcp4(LOCAL4, PEER, 41001, 8080, TCP_SYN, 0, 0), Reason::DropDefault, NO_RULE);
-    t.expect("a late segment of nothing", e, &tcp4(LOCAL4, PEER, 8081, 41000, TCP_ACK, 1, 0), Reason::DropDefault, NO_RULE);
+    t.expect(
+        "a connection this host opens",
+        e,
+        &tcp4(LOCAL4, PEER, 41001, 8080, TCP_SYN, 0, 0),
+        Reason::DropDefault,
+        NO_RULE,
+    );
+    t.expect(
+        "a late segment of nothing",
+        e,
+        &tcp4(LOCAL4, PEER, 8081, 41000, TCP_ACK, 1, 0),
+        Reason::DropDefault,
+        NO_RULE,
+    );
     t.d.check_state();
     t.finish();
 }
@@ -305,11 +344,23 @@ fn finding4_packet_too_big_for_a_fragmented_ipv6_datagram_passes() {
     // Behind a hop-by-hop header too.
     let mut hop = first.clone();
     hop.v6_ext.insert(0, Ext::Generic { ty: 0, len8: 0 });
-    t.expect("quoting options and a first fragment", i, &ptb(&hop.packet(&udp(33000, 7, 64))), Reason::PassIcmpControl, NO_RULE);
+    t.expect(
+        "quoting options and a first fragment",
+        i,
+        &ptb(&hop.packet(&udp(33000, 7, 64))),
+        Reason::PassIcmpControl,
+        NO_RULE,
+    );
     // A quote of a fragment of no datagram that passed is the policy's.
     let mut stranger = later.clone();
     stranger.v6_ext = vec![Ext::Fragment { offset: 175, more: true, id: 0x4343 }];
-    t.expect("quoting a fragment of another datagram", i, &ptb(&stranger.packet(&later_body)), Reason::DropDefault, NO_RULE);
+    t.expect(
+        "quoting a fragment of another datagram",
+        i,
+        &ptb(&stranger.packet(&later_body)),
+        Reason::DropDefault,
+        NO_RULE,
+    );
     // IPv4: fragmentation needed quoting a later fragment.
     let mut later4 = Ip::new(false, v4(LOCAL4), v4([198, 18, 0, 53]), UDP);
     later4.v4_id = 0x77;
@@ -317,7 +368,8 @@ fn finding4_packet_too_big_for_a_fragmented_ipv6_datagram_passes() {
     t.expect("an ipv4 first fragment", e, &frame(&[], &later4, &udp(33001, 7, 1472), 0), Reason::PassRule, 0);
     later4.v4_frag = 0x2000 | 185;
     let quoted4 = later4.packet(&[0x5a; 8]);
-    let need = frame(&[], &Ip::new(false, v4([198, 18, 0, 254]), v4(LOCAL4), ICMP), &icmp(3, 4, [0, 0, 5, 0xdc], &quoted4), 0);
+    let need =
+        frame(&[], &Ip::new(false, v4([198, 18, 0, 254]), v4(LOCAL4), ICMP), &icmp(3, 4, [0, 0, 5, 0xdc], &quoted4), 0);
     t.expect("frag needed quoting a later ipv4 fragment", i, &need, Reason::PassIcmpControl, NO_RULE);
     t.d.check_state();
     t.finish();
@@ -343,7 +395,13 @@ fn finding7_a_connection_from_an_ephemeral_port_is_no_spoofed_reply() {
     let mut t = Directed::with_policy(MEDIA);
     let e = Direction::Egress;
     t.expect("a syn from 45000", e, &tcp4(LOCAL4, PEER, 45000, 443, TCP_SYN, 0, 0), Reason::DropDefault, NO_RULE);
-    t.expect("an ack from 45000 to a stranger", e, &tcp4(LOCAL4, PEER, 45000, 443, TCP_ACK, 1, 0), Reason::DropSpoofedReply, NO_RULE);
+    t.expect(
+        "an ack from 45000 to a stranger",
+        e,
+        &tcp4(LOCAL4, PEER, 45000, 443, TCP_ACK, 1, 0),
+        Reason::DropSpoofedReply,
+        NO_RULE,
+    );
     t.finish();
 }
 
@@ -364,14 +422,32 @@ fn finding5_audit_mode_sends_one_event_per_flow_and_serves_clients() {
     let before = emitted(&t);
     // A client of this host's service on 8080.
     t.expect("a client's syn", i, &tcp4(PEER, LOCAL4, 38392, 8080, TCP_SYN, 0, 0), Reason::PassDefault, NO_RULE);
-    t.expect("the server's syn-ack", e, &tcp4(LOCAL4, PEER, 8080, 38392, TCP_SYN | TCP_ACK, 1, 0), Reason::PassFlow, NO_RULE);
+    t.expect(
+        "the server's syn-ack",
+        e,
+        &tcp4(LOCAL4, PEER, 8080, 38392, TCP_SYN | TCP_ACK, 1, 0),
+        Reason::PassFlow,
+        NO_RULE,
+    );
     t.expect("the server's data", e, &tcp4(LOCAL4, PEER, 8080, 38392, TCP_ACK, 1, 500), Reason::PassFlow, NO_RULE);
     // A download this host starts: one would-drop event, then flows.
     let dl = key4(TCP, 50000, WEBHOOK, 443);
     t.expect("the download's syn", e, &tcp4(LOCAL4, WEBHOOK, 50000, 443, TCP_SYN, 0, 0), Reason::PassAudit, NO_RULE);
-    t.expect("the download's syn-ack", i, &tcp4(WEBHOOK, LOCAL4, 443, 50000, TCP_SYN | TCP_ACK, 1, 0), Reason::PassAudit, NO_RULE);
+    t.expect(
+        "the download's syn-ack",
+        i,
+        &tcp4(WEBHOOK, LOCAL4, 443, 50000, TCP_SYN | TCP_ACK, 1, 0),
+        Reason::PassAudit,
+        NO_RULE,
+    );
     for n in 0..5 {
-        t.expect(&format!("the download's ack {n}"), e, &tcp4(LOCAL4, WEBHOOK, 50000, 443, TCP_ACK, 1, 0), Reason::PassAudit, NO_RULE);
+        t.expect(
+            &format!("the download's ack {n}"),
+            e,
+            &tcp4(LOCAL4, WEBHOOK, 50000, 443, TCP_ACK, 1, 0),
+            Reason::PassAudit,
+            NO_RULE,
+        );
     }
     if t.flags(&dl).is_none_or(|f| f & FLOW_AUDIT == 0) {
         let flags = t.flags(&dl);

@@ -109,9 +109,7 @@ impl Gen {
     pub fn port(&mut self) -> u16 {
         match self.rng.weighted(&[6, 2, 2]) {
             0 if !self.hints.ports.is_empty() => *self.rng.pick(&self.hints.ports),
-            1 | 0 => *self.rng.pick(&[
-                0u16, 1, 22, 53, 80, 123, 443, 3478, 8080, 40000, 50000, 65535,
-            ]),
+            1 | 0 => *self.rng.pick(&[0u16, 1, 22, 53, 80, 123, 443, 3478, 8080, 40000, 50000, 65535]),
             _ => self.rng.u16(),
         }
     }
@@ -141,14 +139,7 @@ impl Gen {
             }
             _ => (0, 0),
         };
-        Conv {
-            v6,
-            proto,
-            local,
-            remote,
-            lport,
-            rport,
-        }
+        Conv { v6, proto, local, remote, lport, rport }
     }
 
     /// VLAN tags (outermost first) and Ethernet padding.
@@ -157,10 +148,7 @@ impl Gen {
             0 => vec![],
             1 => vec![VLAN_Q],
             2 => vec![VLAN_AD, VLAN_Q],
-            _ => vec![
-                *self.rng.pick(&[VLAN_Q, VLAN_AD]),
-                *self.rng.pick(&[VLAN_Q, VLAN_AD]),
-            ],
+            _ => vec![*self.rng.pick(&[VLAN_Q, VLAN_AD]), *self.rng.pick(&[VLAN_Q, VLAN_AD])],
         };
         let pad = match self.rng.weighted(&[70, 20, 10]) {
             0 => 0,
@@ -197,16 +185,10 @@ impl Gen {
 
     /// One walkable extension header (hop-by-hop only first).
     pub fn ext(&mut self, first: bool) -> Ext {
-        let kinds: &[u8] = if first {
-            &[0, 43, 60, 51]
-        } else {
-            &[43, 60, 51]
-        };
+        let kinds: &[u8] = if first { &[0, 43, 60, 51] } else { &[43, 60, 51] };
         let ty = *self.rng.pick(kinds);
         if ty == 51 {
-            return Ext::Auth {
-                len4: *self.rng.pick(&[1u8, 4, 6]),
-            };
+            return Ext::Auth { len4: *self.rng.pick(&[1u8, 4, 6]) };
         }
         let len8 = match self.rng.weighted(&[70, 25, 5]) {
             0 => self.rng.below(2) as u8,
@@ -239,14 +221,7 @@ impl Gen {
     }
 
     /// The transport bytes of a data packet `src_port -> dst_port`.
-    fn data_l4(
-        &mut self,
-        conv: &Conv,
-        sport: u16,
-        dport: u16,
-        request: bool,
-        direction: Direction,
-    ) -> Vec<u8> {
+    fn data_l4(&mut self, conv: &Conv, sport: u16, dport: u16, request: bool, direction: Direction) -> Vec<u8> {
         let payload = match self.rng.weighted(&[50, 40, 10]) {
             0 => 0,
             1 => self.rng.usize(1, 40),
@@ -257,11 +232,7 @@ impl Gen {
                 let flags = self.tcp_flags();
                 // Mostly the acknowledgment of a SYN-ACK the generator sent
                 // the other way (all its segments carry TCP_SEQ).
-                let ack = if self.rng.percent(70) {
-                    TCP_SEQ.wrapping_add(1)
-                } else {
-                    self.rng.u32()
-                };
+                let ack = if self.rng.percent(70) { TCP_SEQ.wrapping_add(1) } else { self.rng.u32() };
                 let mut segment = tcp_acking(sport, dport, flags, ack, payload);
                 if self.rng.percent(10) {
                     // A data offset other than 5 (options, or a broken
@@ -280,12 +251,7 @@ impl Gen {
                     (_, true) => 128,
                     (_, false) => 129,
                 };
-                icmp(
-                    ty,
-                    0,
-                    echo_rest(sport, self.rng.u16()),
-                    &vec![0x42; payload.min(64)],
-                )
+                icmp(ty, 0, echo_rest(sport, self.rng.u16()), &vec![0x42; payload.min(64)])
             }
             _ => self.rng.bytes(payload.min(64)),
         }
@@ -297,13 +263,7 @@ impl Gen {
     }
 
     /// A packet of `conv` going `direction`.
-    pub fn packet(
-        &mut self,
-        conv: &Conv,
-        direction: Direction,
-        variant: Variant,
-        frag_id: u32,
-    ) -> Vec<u8> {
+    pub fn packet(&mut self, conv: &Conv, direction: Direction, variant: Variant, frag_id: u32) -> Vec<u8> {
         let (src, dst, sport, dport) = conv.ends(direction);
         match variant {
             Variant::Data | Variant::EchoRequest | Variant::EchoReply => {
@@ -319,11 +279,7 @@ impl Gen {
                     Direction::Egress => Direction::Inbound,
                     Direction::Inbound => Direction::Egress,
                 };
-                let quoted_conv = if variant == Variant::ErrorQuoting {
-                    conv.clone()
-                } else {
-                    self.conv_like(conv)
-                };
+                let quoted_conv = if variant == Variant::ErrorQuoting { conv.clone() } else { self.conv_like(conv) };
                 let (qsrc, qdst, qs, qd) = quoted_conv.ends(back);
                 let mut qip = Ip::new(conv.v6, qsrc, qdst, quoted_conv.proto);
                 if !conv.v6 && self.rng.percent(15) {
@@ -410,21 +366,13 @@ impl Gen {
                 } else {
                     self.rng.bytes_between(1, 60)
                 };
-                let offset = if first {
-                    0
-                } else {
-                    self.rng.range(1, 400) as u16
-                };
+                let offset = if first { 0 } else { self.rng.range(1, 400) as u16 };
                 let more = first || self.rng.percent(50);
                 if conv.v6 {
                     if self.rng.percent(30) {
                         ip.v6_ext.push(self.ext(true));
                     }
-                    ip.v6_ext.push(Ext::Fragment {
-                        offset,
-                        more,
-                        id: frag_id,
-                    });
+                    ip.v6_ext.push(Ext::Fragment { offset, more, id: frag_id });
                     if dest_after {
                         // A destination options header in the fragmentable
                         // part: in the first fragment only, but named by the
@@ -488,9 +436,7 @@ impl Gen {
     /// link-scope addresses and to global ones.
     pub fn neighbour_discovery(&mut self, direction: Direction) -> Vec<u8> {
         let (src, mut dst) = self.endpoints(true, direction);
-        let ty = *self
-            .rng
-            .pick(&[130u8, 131, 132, 133, 134, 135, 136, 137, 143]);
+        let ty = *self.rng.pick(&[130u8, 131, 132, 133, 134, 135, 136, 137, 143]);
         match self.rng.below(3) {
             // Link-local unicast.
             0 => dst[..2].copy_from_slice(&[0xfe, 0x80]),
@@ -523,10 +469,7 @@ impl Gen {
                 };
                 (p, icmp(ty, self.rng.u8(), [0; 4], &[0; 8]))
             }
-            1 => (
-                *self.rng.pick(&[47u8, 50, 59, 0, 255, 2]),
-                self.rng.bytes_between(0, 40),
-            ),
+            1 => (*self.rng.pick(&[47u8, 50, 59, 0, 255, 2]), self.rng.bytes_between(0, 40)),
             // ICMP in IPv6 and ICMPv6 in IPv4 (which the stacks never send).
             2 => {
                 let p = if v6 { ICMP } else { ICMPV6 };
@@ -543,9 +486,7 @@ impl Gen {
 
     pub fn non_ip(&mut self) -> Vec<u8> {
         let (tags, pad) = self.l2();
-        let ethertype = *self
-            .rng
-            .pick(&[ETH_P_ARP, 0x88cc, 0x8847, 0x0842, 0x05dc, 0x9000]);
+        let ethertype = *self.rng.pick(&[ETH_P_ARP, 0x88cc, 0x8847, 0x0842, 0x05dc, 0x9000]);
         let mut f = ethernet(&tags, ethertype);
         f.extend({
             let n = self.rng.usize(0, 46) + pad;

@@ -6,15 +6,13 @@ use aya::{
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions},
     Ebpf,
 };
-use fw_common::{
-    maps, stats::STATS_ENTRIES, Counter, Direction, FlowKey, FlowValue, FragKey, FragValue,
-};
+use fw_common::{maps, stats::STATS_ENTRIES, Counter, Direction, FlowKey, FlowValue, FragKey, FragValue};
 
 use crate::model::Table;
 use fw_user::{
     kernel::apply,
-    policy::compile::tables::CompiledPhase,
     kernel::loader::{self, LoadOptions, PolicyMaps},
+    policy::compile::tables::CompiledPhase,
 };
 
 pub const TC_ACT_SHOT: u32 = 2;
@@ -47,64 +45,37 @@ impl Kernel {
     pub fn load_with(options: &LoadOptions) -> Kernel {
         let mut ebpf = loader::load(options).expect("loading the fw kernel object");
         let policy = PolicyMaps::take(&mut ebpf).expect("taking the policy maps");
-        let take = |ebpf: &mut Ebpf, name: &str| {
-            ebpf.take_map(name)
-                .unwrap_or_else(|| panic!("no map {name}"))
-        };
+        let take = |ebpf: &mut Ebpf, name: &str| ebpf.take_map(name).unwrap_or_else(|| panic!("no map {name}"));
         let frags = BpfHashMap::try_from(take(&mut ebpf, maps::FRAGS)).expect("FW_FRAGS");
-        let flow_stats =
-            PerCpuArray::try_from(take(&mut ebpf, maps::FLOW_STATS)).expect("FW_FLOW_STATS");
+        let flow_stats = PerCpuArray::try_from(take(&mut ebpf, maps::FLOW_STATS)).expect("FW_FLOW_STATS");
         let stats = PerCpuArray::try_from(take(&mut ebpf, maps::STATS)).expect("FW_STATS");
-        let rule_stats =
-            PerCpuArray::try_from(take(&mut ebpf, maps::RULE_STATS)).expect("FW_RULE_STATS");
+        let rule_stats = PerCpuArray::try_from(take(&mut ebpf, maps::RULE_STATS)).expect("FW_RULE_STATS");
         for name in [maps::PROG_EGRESS, maps::PROG_INGRESS] {
             let program: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .unwrap_or_else(|| panic!("no program {name}"))
                 .try_into()
                 .expect("a TC classifier");
-            program
-                .load()
-                .unwrap_or_else(|e| panic!("the verifier rejected {name}: {e:?}"));
+            program.load().unwrap_or_else(|e| panic!("the verifier rejected {name}: {e:?}"));
         }
-        Kernel {
-            ebpf,
-            policy,
-            frags,
-            flow_stats,
-            stats,
-            rule_stats,
-        }
+        Kernel { ebpf, policy, frags, flow_stats, stats, rule_stats }
     }
 
     pub fn program(&self, direction: Direction) -> &SchedClassifier {
-        self.ebpf
-            .program(program_name(direction))
-            .expect("program")
-            .try_into()
-            .expect("a TC classifier")
+        self.ebpf.program(program_name(direction)).expect("program").try_into().expect("a TC classifier")
     }
 
     /// One BPF_PROG_TEST_RUN: the program's return value.
     pub fn run(&self, direction: Direction, frame: &[u8]) -> Result<u32, ProgramError> {
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            repeat: 1,
-            ..Default::default()
-        };
-        self.program(direction)
-            .test_run(opts)
-            .map(|r| r.return_value)
+        let opts = TestRunOptions { data_in: Some(frame), repeat: 1, ..Default::default() };
+        self.program(direction).test_run(opts).map(|r| r.return_value)
     }
 
     fn sum(map: &PerCpuArray<MapData, Counter>, index: u32) -> Counter {
-        let values = map
-            .get(&index, 0)
-            .unwrap_or_else(|e| panic!("reading counter {index}: {e}"));
-        values.iter().fold(Counter::default(), |a, c| Counter {
-            packets: a.packets + c.packets,
-            bytes: a.bytes + c.bytes,
-        })
+        let values = map.get(&index, 0).unwrap_or_else(|e| panic!("reading counter {index}: {e}"));
+        values
+            .iter()
+            .fold(Counter::default(), |a, c| Counter { packets: a.packets + c.packets, bytes: a.bytes + c.bytes })
     }
 
     pub fn stat(&self, index: u32) -> Counter {
@@ -128,19 +99,12 @@ impl Kernel {
 
     /// The entries of one flow table.
     pub fn flows(&self, table: Table) -> Vec<(FlowKey, FlowValue)> {
-        self.flow_map(table)
-            .iter()
-            .map(|r| r.expect("reading a flow table"))
-            .collect()
+        self.flow_map(table).iter().map(|r| r.expect("reading a flow table")).collect()
     }
 
     /// Counter `index` of `FW_FLOW_STATS`, summed over CPUs.
     pub fn flow_stat(&self, index: u32) -> u64 {
-        self.flow_stats
-            .get(&index, 0)
-            .unwrap_or_else(|e| panic!("reading flow counter {index}: {e}"))
-            .iter()
-            .sum()
+        self.flow_stats.get(&index, 0).unwrap_or_else(|e| panic!("reading flow counter {index}: {e}")).iter().sum()
     }
 
     /// Counter `index` of `FW_EVENT_STATS` (events emitted, suppressed,
@@ -148,18 +112,11 @@ impl Kernel {
     pub fn event_stat(&self, index: u32) -> u64 {
         let map = self.ebpf.map(maps::EVENT_STATS).expect("FW_EVENT_STATS");
         let stats = PerCpuArray::<_, u64>::try_from(map).expect("a per-CPU array");
-        stats
-            .get(&index, 0)
-            .unwrap_or_else(|e| panic!("reading event counter {index}: {e}"))
-            .iter()
-            .sum()
+        stats.get(&index, 0).unwrap_or_else(|e| panic!("reading event counter {index}: {e}")).iter().sum()
     }
 
     pub fn frags(&self) -> Vec<(FragKey, FragValue)> {
-        self.frags
-            .iter()
-            .map(|r| r.expect("reading FW_FRAGS"))
-            .collect()
+        self.frags.iter().map(|r| r.expect("reading FW_FRAGS")).collect()
     }
 
     /// Empties the flow and fragment tables.
@@ -170,11 +127,7 @@ impl Kernel {
                 let _ = flows.remove(&k);
             }
         }
-        let frag_keys: Vec<FragKey> = self
-            .frags
-            .keys()
-            .map(|k| k.expect("FW_FRAGS key"))
-            .collect();
+        let frag_keys: Vec<FragKey> = self.frags.keys().map(|k| k.expect("FW_FRAGS key")).collect();
         for k in frag_keys {
             let _ = self.frags.remove(&k);
         }
@@ -205,10 +158,7 @@ impl Kernel {
 
 /// CLOCK_MONOTONIC_COARSE, the clock of `bpf_ktime_get_coarse_ns`.
 pub fn coarse_now() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: a valid clock id and a valid out pointer.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC_COARSE)");

@@ -43,13 +43,8 @@ fn env_u64(name: &str) -> Option<u64> {
 
 fn seed() -> u64 {
     match std::env::var("FW_DIFF_SEED").ok().as_deref().map(str::trim) {
-        Some("random") => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64,
-        Some(s) => s
-            .parse()
-            .unwrap_or_else(|_| panic!("FW_DIFF_SEED must be a number or `random`, not {s:?}")),
+        Some("random") => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64,
+        Some(s) => s.parse().unwrap_or_else(|_| panic!("FW_DIFF_SEED must be a number or `random`, not {s:?}")),
         None => 0x5eed_f00d_2024,
     }
 }
@@ -66,18 +61,11 @@ fn kernel_verdicts_match_the_reference_model() {
 
     eprintln!("reasons reached (direction, reason: frames):");
     for ((dir, reason), n) in &d.tally {
-        eprintln!(
-            "  {} {:<22} {n}",
-            if *dir == 0 { "egress " } else { "ingress" },
-            reason.as_str()
-        );
+        eprintln!("  {} {:<22} {n}", if *dir == 0 { "egress " } else { "ingress" }, reason.as_str());
     }
     eprintln!("stateful paths taken (model):");
     for path in model::PATHS {
-        eprintln!(
-            "  {path:<45} {}",
-            d.state.paths.get(path).copied().unwrap_or(0)
-        );
+        eprintln!("  {path:<45} {}", d.state.paths.get(path).copied().unwrap_or(0));
     }
     let mut report = String::new();
     for (kind, n) in &d.kinds {
@@ -87,11 +75,7 @@ fn kernel_verdicts_match_the_reference_model() {
                 "\n         case {} ({}, {}): {}\n         frame {}",
                 x.case,
                 x.label,
-                if x.direction == fw_common::Direction::Egress {
-                    "egress"
-                } else {
-                    "ingress"
-                },
+                if x.direction == fw_common::Direction::Egress { "egress" } else { "ingress" },
                 x.detail,
                 packets::hex(&x.frame)
             );
@@ -107,28 +91,12 @@ fn kernel_verdicts_match_the_reference_model() {
         "seed {seed}: the kernel and the reference model disagree ({} frames run):{report}",
         d.cases
     );
-    assert!(
-        d.cases >= target,
-        "only {} of {target} frames were run",
-        d.cases
-    );
+    assert!(d.cases >= target, "only {} of {target} frames were run", d.cases);
     // The generators must reach every reason the TC programs can give, else
     // the proof is hollow (`drop_socket` belongs to the cgroup socket hooks).
-    for reason in fw_common::Reason::ALL
-        .into_iter()
-        .filter(|r| *r != fw_common::Reason::DropSocket)
-    {
-        let n: u64 = d
-            .tally
-            .iter()
-            .filter(|((_, r), _)| *r == reason)
-            .map(|(_, n)| n)
-            .sum();
-        assert!(
-            n > 0,
-            "seed {seed}: no frame was expected to end in {}",
-            reason.as_str()
-        );
+    for reason in fw_common::Reason::ALL.into_iter().filter(|r| *r != fw_common::Reason::DropSocket) {
+        let n: u64 = d.tally.iter().filter(|((_, r), _)| *r == reason).map(|(_, n)| n).sum();
+        assert!(n > 0, "seed {seed}: no frame was expected to end in {}", reason.as_str());
     }
     for path in model::PATHS {
         let n = d.state.paths.get(path).copied().unwrap_or(0);
@@ -145,22 +113,13 @@ fn verifier_instruction_counts_are_far_below_the_limit() {
         let info = k.program(d).info().expect("program info");
         let translated = info.size_translated().expect("xlated size") / 8;
         let verified = info.verified_instruction_count().expect("verified_insns");
-        eprintln!("{}: {translated} translated instructions, {verified} instructions processed by the verifier", d.as_str());
-        assert!(
-            translated > 50,
-            "{}: implausibly small program ({translated} instructions)",
+        eprintln!(
+            "{}: {translated} translated instructions, {verified} instructions processed by the verifier",
             d.as_str()
         );
-        assert!(
-            translated < 100_000,
-            "{}: {translated} translated instructions",
-            d.as_str()
-        );
-        assert!(
-            verified < 500_000,
-            "{}: the verifier processed {verified} of its 1,000,000 instructions",
-            d.as_str()
-        );
+        assert!(translated > 50, "{}: implausibly small program ({translated} instructions)", d.as_str());
+        assert!(translated < 100_000, "{}: {translated} translated instructions", d.as_str());
+        assert!(verified < 500_000, "{}: the verifier processed {verified} of its 1,000,000 instructions", d.as_str());
     }
 }
 
@@ -182,10 +141,7 @@ fn test_run_refuses_frames_without_a_whole_first_header() {
             }
             let expected = diff::test_run_accepts(&frame);
             let accepted = k.run(fw_common::Direction::Egress, &frame).is_ok();
-            assert_eq!(
-                accepted, expected,
-                "ethertype {ethertype:04x}, {len} bytes: accepted {accepted}"
-            );
+            assert_eq!(accepted, expected, "ethertype {ethertype:04x}, {len} bytes: accepted {accepted}");
         }
     }
 }

@@ -457,10 +457,7 @@ pub struct Active {
 
 impl Active {
     pub fn unwritten() -> Active {
-        Active {
-            generation: 0,
-            phase: None,
-        }
+        Active { generation: 0, phase: None }
     }
 
     pub fn settings(&self) -> PhaseSettings {
@@ -488,14 +485,7 @@ impl Active {
     }
 
     /// The deciding rule, if any rule matches.
-    pub fn rule(
-        &self,
-        direction: Direction,
-        family: u8,
-        addr: &[u8; 16],
-        proto: u8,
-        port: u16,
-    ) -> Option<PolicyValue> {
+    pub fn rule(&self, direction: Direction, family: u8, addr: &[u8; 16], proto: u8, port: u16) -> Option<PolicyValue> {
         let phase = self.phase.as_ref()?;
         let ip = if family == 4 {
             IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
@@ -520,10 +510,7 @@ impl Outcome {
         Outcome { reason, rule }
     }
     fn bare(reason: Reason) -> Outcome {
-        Outcome {
-            reason,
-            rule: NO_RULE,
-        }
+        Outcome { reason, rule: NO_RULE }
     }
 }
 
@@ -567,14 +554,7 @@ pub const PATHS: [&str; 17] = [
     "fragment entry expired",
 ];
 
-pub fn flow_key(
-    family: u8,
-    proto: u8,
-    local: &[u8; 16],
-    remote: &[u8; 16],
-    lport: u16,
-    rport: u16,
-) -> FlowKey {
+pub fn flow_key(family: u8, proto: u8, local: &[u8; 16], remote: &[u8; 16], lport: u16, rport: u16) -> FlowKey {
     FlowKey {
         family,
         proto,
@@ -604,14 +584,7 @@ pub fn quote_flow_key(direction: Direction, q: &Quote) -> FlowKey {
 }
 
 pub fn frag_key(h: &Headers) -> FragKey {
-    FragKey {
-        family: h.family,
-        proto: h.frag_next,
-        _pad: 0,
-        id: h.frag_id,
-        src: h.src,
-        dst: h.dst,
-    }
+    FragKey { family: h.family, proto: h.frag_next, _pad: 0, id: h.frag_id, src: h.src, dst: h.dst }
 }
 
 /// How long a flow may stay idle under `settings`, the touch interval
@@ -630,8 +603,7 @@ pub fn flow_timeout(proto: u8, flags: u8, settings: &PhaseSettings) -> u64 {
 /// Whether a flow last seen at `last_seen` is idle past its timeout.
 pub fn flow_expired(now: u64, last_seen: u64, proto: u8, flags: u8, settings: &PhaseSettings) -> bool {
     let idle = now.wrapping_sub(last_seen);
-    idle > u64::from(timeouts::MIN) * 1_000_000_000 + TOUCH_INTERVAL_NS
-        && idle > flow_timeout(proto, flags, settings)
+    idle > u64::from(timeouts::MIN) * 1_000_000_000 + TOUCH_INTERVAL_NS && idle > flow_timeout(proto, flags, settings)
 }
 
 /// The TCP marks after a segment (see the module docs).
@@ -732,13 +704,7 @@ impl State {
 
     /// Judges one frame at time `now` (CLOCK_MONOTONIC_COARSE ns) and
     /// applies what judging it changes.
-    pub fn judge(
-        &mut self,
-        active: &Active,
-        direction: Direction,
-        frame: &[u8],
-        now: u64,
-    ) -> Outcome {
+    pub fn judge(&mut self, active: &Active, direction: Direction, frame: &[u8], now: u64) -> Outcome {
         let h = match parse(frame) {
             Parsed::Bad(reason) => return Outcome::bare(reason),
             Parsed::NotIp => return Outcome::bare(Reason::PassNonIp),
@@ -752,9 +718,7 @@ impl State {
         }
         if h.fragment == Fragment::Later {
             return match self.frags.get(&frag_key(&h)).copied() {
-                Some(v) if now.wrapping_sub(v.seen_ns) <= FRAG_TIMEOUT_NS => {
-                    Outcome::new(Reason::PassFragment, v.rule)
-                }
+                Some(v) if now.wrapping_sub(v.seen_ns) <= FRAG_TIMEOUT_NS => Outcome::new(Reason::PassFragment, v.rule),
                 Some(_) => {
                     self.took("fragment entry expired");
                     Outcome::bare(Reason::DropFragment)
@@ -777,11 +741,7 @@ impl State {
             let mut value = value;
             let mut path = "flow of the active generation";
             if value.generation != active.generation {
-                let origin = if value.flags & FLOW_INBOUND != 0 {
-                    Direction::Inbound
-                } else {
-                    Direction::Egress
-                };
+                let origin = if value.flags & FLOW_INBOUND != 0 { Direction::Inbound } else { Direction::Egress };
                 let o = self.policy(active, origin, h.family, peer(direction, &h), h.proto, value.policy_port);
                 path = if admits(o.reason) {
                     value.generation = active.generation;
@@ -844,11 +804,7 @@ impl State {
             None => {
                 let o = self.untracked(active, direction, &h, now);
                 if admits(o.reason) && opens_flow(direction, &h) {
-                    let mut flags = if direction == Direction::Inbound {
-                        FLOW_INBOUND
-                    } else {
-                        0
-                    };
+                    let mut flags = if direction == Direction::Inbound { FLOW_INBOUND } else { 0 };
                     if o.reason == Reason::PassAudit {
                         flags |= FLOW_AUDIT;
                     }
@@ -882,14 +838,7 @@ impl State {
         };
         if h.fragment == Fragment::First && !outcome.reason.is_drop() {
             self.took("first fragment remembered");
-            self.frags.insert(
-                frag_key(&h),
-                FragValue {
-                    seen_ns: now,
-                    rule: outcome.rule,
-                    _pad: 0,
-                },
-            );
+            self.frags.insert(frag_key(&h), FragValue { seen_ns: now, rule: outcome.rule, _pad: 0 });
         }
         outcome
     }
@@ -920,7 +869,15 @@ impl State {
     }
 
     /// The policy alone (no state): rule, default, audit.
-    fn policy(&self, active: &Active, direction: Direction, family: u8, peer: &[u8; 16], proto: u8, port: u16) -> Outcome {
+    fn policy(
+        &self,
+        active: &Active,
+        direction: Direction,
+        family: u8,
+        peer: &[u8; 16],
+        proto: u8,
+        port: u16,
+    ) -> Outcome {
         let settings = active.settings();
         let mut outcome = match active.rule(direction, family, peer, proto, port) {
             Some(v) if v.action() == Action::Allow => Outcome::new(Reason::PassRule, v.rule),
@@ -950,13 +907,7 @@ impl State {
         outcome
     }
 
-    fn untracked(
-        &mut self,
-        active: &Active,
-        direction: Direction,
-        h: &Headers,
-        now: u64,
-    ) -> Outcome {
+    fn untracked(&mut self, active: &Active, direction: Direction, h: &Headers, now: u64) -> Outcome {
         if let Some(q) = &h.quote {
             if h.dst == q.src {
                 let tracked = match q.later {

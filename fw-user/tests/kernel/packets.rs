@@ -110,17 +110,7 @@ pub struct Ip {
 
 impl Ip {
     pub fn new(v6: bool, src: [u8; 16], dst: [u8; 16], proto: u8) -> Ip {
-        Ip {
-            v6,
-            src,
-            dst,
-            proto,
-            v4_options: Vec::new(),
-            v4_id: 0,
-            v4_frag: 0,
-            v6_ext: Vec::new(),
-            hop_limit: 64,
-        }
+        Ip { v6, src, dst, proto, v4_options: Vec::new(), v4_id: 0, v4_frag: 0, v6_ext: Vec::new(), hop_limit: 64 }
     }
 
     /// The IP header (and extension headers) followed by `l4`.

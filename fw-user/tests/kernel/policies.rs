@@ -37,39 +37,16 @@ pub struct RandomPolicy {
 /// neighbours become hints.
 fn cidr(rng: &mut Rng, hints: &mut Hints, v6: bool) -> String {
     let (bits, base, lens): (u32, u128, &[u32]) = if v6 {
-        (
-            128,
-            V6_BASE,
-            &[0, 32, 64, 118, 120, 120, 124, 126, 127, 128, 128],
-        )
+        (128, V6_BASE, &[0, 32, 64, 118, 120, 120, 124, 126, 127, 128, 128])
     } else {
-        (
-            32,
-            u128::from(V4_BASE),
-            &[0, 16, 22, 24, 24, 26, 28, 29, 30, 31, 32, 32],
-        )
+        (32, u128::from(V4_BASE), &[0, 16, 22, 24, 24, 26, 28, 29, 30, 31, 32, 32])
     };
     let len = *rng.pick(lens);
-    let space = if bits == 128 {
-        u128::MAX
-    } else {
-        (1u128 << bits) - 1
-    };
-    let host = if bits - len == 128 {
-        u128::MAX
-    } else {
-        (1u128 << (bits - len)) - 1
-    };
+    let space = if bits == 128 { u128::MAX } else { (1u128 << bits) - 1 };
+    let host = if bits - len == 128 { u128::MAX } else { (1u128 << (bits - len)) - 1 };
     let first = (base + u128::from(rng.below(WINDOW))) & !host & space;
     let last = first | host;
-    for a in [
-        first.wrapping_sub(1),
-        first,
-        first.wrapping_add(1),
-        last.wrapping_sub(1),
-        last,
-        last.wrapping_add(1),
-    ] {
+    for a in [first.wrapping_sub(1), first, first.wrapping_add(1), last.wrapping_sub(1), last, last.wrapping_add(1)] {
         let a = a & space;
         if v6 {
             hints.v6.push(a.to_be_bytes());
@@ -86,10 +63,8 @@ fn cidr(rng: &mut Rng, hints: &mut Hints, v6: bool) -> String {
 
 fn port_value(rng: &mut Rng) -> u16 {
     match rng.below(3) {
-        0 => *rng.pick(&[
-            1u16, 2, 53, 80, 123, 255, 256, 443, 1023, 1024, 3478, 40000, 49152, 57000, 57001,
-            65534, 65535,
-        ]),
+        0 => *rng
+            .pick(&[1u16, 2, 53, 80, 123, 255, 256, 443, 1023, 1024, 3478, 40000, 49152, 57000, 57001, 65534, 65535]),
         1 => rng.range(1, 65535) as u16,
         _ => rng.range(1, 600) as u16,
     }
@@ -107,14 +82,7 @@ fn ports_list(rng: &mut Rng, hints: &mut Hints) -> String {
         if rng.percent(50) {
             let b = port_value(rng);
             let (lo, hi) = (a.min(b), a.max(b));
-            hints.ports.extend([
-                lo - 1,
-                lo,
-                lo.saturating_add(1),
-                hi - 1,
-                hi,
-                hi.saturating_add(1),
-            ]);
+            hints.ports.extend([lo - 1, lo, lo.saturating_add(1), hi - 1, hi, hi.saturating_add(1)]);
             items.push(format!("\"{lo}-{hi}\""));
         } else {
             hints.ports.extend([a - 1, a, a.saturating_add(1)]);
@@ -128,11 +96,7 @@ fn icmp_list(rng: &mut Rng, v6: bool, hints: &mut Hints) -> Option<String> {
     if rng.percent(30) {
         return None;
     }
-    let types: &[u8] = if v6 {
-        &[1, 2, 3, 4, 128, 129, 135, 136, 140]
-    } else {
-        &[0, 3, 5, 8, 11, 12, 13]
-    };
+    let types: &[u8] = if v6 { &[1, 2, 3, 4, 128, 129, 135, 136, 140] } else { &[0, 3, 5, 8, 11, 12, 13] };
     let n = rng.usize(1, 2);
     let mut items = Vec::new();
     for _ in 0..n {
@@ -142,9 +106,7 @@ fn icmp_list(rng: &mut Rng, v6: bool, hints: &mut Hints) -> Option<String> {
             hints.icmp.push(u16::from(t) << 8 | u16::from(c));
             items.push(format!("\"{t}/{c}\""));
         } else {
-            hints
-                .icmp
-                .extend([u16::from(t) << 8, u16::from(t) << 8 | 0xff]);
+            hints.icmp.extend([u16::from(t) << 8, u16::from(t) << 8 | 0xff]);
             items.push(t.to_string());
         }
     }
@@ -178,12 +140,7 @@ fn rule(rng: &mut Rng, id: usize, inbound: bool, hints: &mut Hints) -> String {
             fields.push(format!("ports: {}", ports_list(rng, hints)));
         }
         3 => {
-            let p = rng.pick(&[
-                "[tcp, udp]",
-                "[udp, sctp]",
-                "[tcp, sctp]",
-                "[tcp, udp, sctp]",
-            ]);
+            let p = rng.pick(&["[tcp, udp]", "[udp, sctp]", "[tcp, sctp]", "[tcp, udp, sctp]"]);
             fields.push(format!("proto: {p}"));
             fields.push(format!("ports: {}", ports_list(rng, hints)));
         }
@@ -281,19 +238,9 @@ pub fn random_policy(rng: &mut Rng, serial: usize, force: Force) -> RandomPolicy
         }
     }
     let phase = format!("p{}", rng.below(phases as u64));
-    let loaded = policy::parse_str(
-        &yaml,
-        "random.yaml",
-        &Vars::from_pairs(Vec::<(String, String)>::new()),
-    )
-    .unwrap_or_else(|e| panic!("the generated policy does not parse: {e}\n{yaml}"));
-    let compiled = compile_phase(&loaded.policy, &phase)
-        .unwrap_or_else(|e| panic!("compiling {phase}: {e}\n{yaml}"));
+    let loaded = policy::parse_str(&yaml, "random.yaml", &Vars::from_pairs(Vec::<(String, String)>::new()))
+        .unwrap_or_else(|e| panic!("the generated policy does not parse: {e}\n{yaml}"));
+    let compiled = compile_phase(&loaded.policy, &phase).unwrap_or_else(|e| panic!("compiling {phase}: {e}\n{yaml}"));
     hints.ports.extend([0, 1, 53, 443, 65535]);
-    RandomPolicy {
-        yaml,
-        phase,
-        compiled,
-        hints,
-    }
+    RandomPolicy { yaml, phase, compiled, hints }
 }

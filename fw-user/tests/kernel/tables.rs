@@ -38,21 +38,11 @@ const WEB_SERVER: [u8; 4] = [198, 51, 100, 7];
 const RESOLVER: [u8; 4] = [198, 18, 0, 53];
 
 fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8, ack: u32) -> Vec<u8> {
-    frame(
-        &[],
-        &Ip::new(false, v4(src), v4(dst), TCP),
-        &tcp_acking(sport, dport, flags, ack, 0),
-        0,
-    )
+    frame(&[], &Ip::new(false, v4(src), v4(dst), TCP), &tcp_acking(sport, dport, flags, ack, 0), 0)
 }
 
 fn udp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
-    frame(
-        &[],
-        &Ip::new(false, v4(src), v4(dst), UDP),
-        &udp(sport, dport, 4),
-        0,
-    )
+    frame(&[], &Ip::new(false, v4(src), v4(dst), UDP), &udp(sport, dport, 4), 0)
 }
 
 /// The key of a flow between this host's `lport` and `remote:rport`.
@@ -219,10 +209,7 @@ fn flow_tables_promote_inbound_tcp_on_its_handshake_and_trust_the_protected_tabl
 fn an_inbound_flood_cycles_only_the_probation_table() {
     crate::require_root();
     let options = LoadOptions {
-        capacity: Capacity {
-            flow_entries: 256,
-            ..Capacity::default()
-        },
+        capacity: Capacity { flow_entries: 256, ..Capacity::default() },
         ..LoadOptions::here().expect("load options")
     };
     let probation = options.capacity.inbound_flow_entries();
@@ -264,11 +251,7 @@ fn an_inbound_flood_cycles_only_the_probation_table() {
         "the established connection's reply after the flood (dropped: its flow was evicted)"
     );
     assert_eq!(run(&k, i, &udp4(RESOLVER, LOCAL4, 53, 5353)), TC_ACT_UNSPEC);
-    assert_eq!(
-        (pass_flow(&k, e), pass_flow(&k, i)),
-        (before.0 + 1, before.1 + 1),
-        "both must pass as flows"
-    );
+    assert_eq!((pass_flow(&k, e), pass_flow(&k, i)), (before.0 + 1, before.1 + 1), "both must pass as flows");
     let protected = k.flows(Table::Protected);
     assert_eq!(protected.len(), 2, "only the connection and the query are protected: {protected:?}");
     let in_probation = k.flows(Table::Probation).len();

@@ -37,7 +37,10 @@ fn ping(ns: &Netns, to: IpAddr, seq: u16, timeout: Duration) -> bool {
         }
         // SAFETY: a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let tv = libc::timeval { tv_sec: timeout.as_secs() as libc::time_t, tv_usec: timeout.subsec_micros() as libc::suseconds_t };
+        let tv = libc::timeval {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+        };
         // SAFETY: a valid timeval for its size.
         unsafe {
             libc::setsockopt(
@@ -54,7 +57,14 @@ fn ping(ns: &Netns, to: IpAddr, seq: u16, timeout: Duration) -> bool {
         let (addr, len) = sockaddr(SocketAddr::new(to, 0));
         // SAFETY: valid buffer and sockaddr for their lengths.
         let sent = unsafe {
-            libc::sendto(fd.as_raw_fd(), message.as_ptr().cast(), message.len(), 0, (&addr as *const libc::sockaddr_storage).cast(), len)
+            libc::sendto(
+                fd.as_raw_fd(),
+                message.as_ptr().cast(),
+                message.len(),
+                0,
+                (&addr as *const libc::sockaddr_storage).cast(),
+                len,
+            )
         };
         if sent < 0 {
             return Err(io::Error::last_os_error());
@@ -65,7 +75,11 @@ fn ping(ns: &Netns, to: IpAddr, seq: u16, timeout: Duration) -> bool {
             let n = unsafe { libc::recv(fd.as_raw_fd(), reply.as_mut_ptr().cast(), reply.len(), 0) };
             if n < 0 {
                 let e = io::Error::last_os_error();
-                return if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) { Ok(false) } else { Err(e) };
+                return if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+                    Ok(false)
+                } else {
+                    Err(e)
+                };
             }
             // An echo reply (0 / 129) with our sequence number.
             if n >= 8 && (reply[0] == 0 || reply[0] == 129) && reply[6..8] == seq.to_be_bytes() {
@@ -89,7 +103,13 @@ fn finding3_ping_is_answered_under_the_shipped_runtime_phase() {
     for to in [IpAddr::from(pair.near4), IpAddr::from(pair.near6)] {
         assert!(ping(&pair.far, to, 0, Duration::from_secs(3)), "{to} must answer without fw");
     }
-    let fw = Fw::start_with(&pair.near, &pair.near_if, "openvidu-ce", "runtime", &[OsStr::new("--env-file"), env.as_os_str()]);
+    let fw = Fw::start_with(
+        &pair.near,
+        &pair.near_if,
+        "openvidu-ce",
+        "runtime",
+        &[OsStr::new("--env-file"), env.as_os_str()],
+    );
     let mut answered = Vec::new();
     for to in [IpAddr::from(pair.near4), IpAddr::from(pair.near6)] {
         let replies = (1..=3).filter(|&seq| ping(&pair.far, to, seq, Duration::from_secs(2))).count();
@@ -129,8 +149,9 @@ fn finding4_ipv6_path_mtu_of_fragmented_replies_is_learned() {
         .collect();
     let echoes = |server: IpAddr| {
         in_netns(&net.client, || {
-            let socket = UdpSocket::bind((if server.is_ipv4() { IpAddr::from([0u8; 4]) } else { IpAddr::from([0u16; 8]) }, 0))
-                .expect("a udp socket");
+            let socket =
+                UdpSocket::bind((if server.is_ipv4() { IpAddr::from([0u8; 4]) } else { IpAddr::from([0u16; 8]) }, 0))
+                    .expect("a udp socket");
             socket.connect(SocketAddr::new(server, 7)).expect("connect");
             socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
             let payload = vec![0x5au8; 3000];

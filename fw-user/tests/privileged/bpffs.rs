@@ -5,13 +5,7 @@
 //! bpffs seen from another mount namespace (inherited, or bind-mounted into
 //! a container) keeps working, and its pins outlive that namespace.
 
-use std::{
-    ffi::CString,
-    net::SocketAddr,
-    path::Path,
-    process::Command,
-    time::Duration,
-};
+use std::{ffi::CString, net::SocketAddr, path::Path, process::Command, time::Duration};
 
 use crate::harness::{
     self,

@@ -32,11 +32,7 @@ fn run_leaving_nothing(name: &str, cmd: Command) -> Finished {
     let out = run_bounded(cmd, Duration::from_secs(30));
     let pinned = pin_dir(name).exists();
     remove_leftovers(name);
-    assert!(
-        !pinned,
-        "a failed fw run left {} behind: {out:#?}",
-        pin_dir(name).display()
-    );
+    assert!(!pinned, "a failed fw run left {} behind: {out:#?}", pin_dir(name).display());
     out
 }
 
@@ -63,10 +59,7 @@ fn run_on_a_missing_interface_fails_in_one_line() {
     let iface = format!("fwnone{}", harness::next_n());
     let out = run_expecting_failure(&ns, &iface, &policy);
     let line = out.one_line_error();
-    assert!(
-        line.contains(&iface),
-        "the error must name the interface: {line}"
-    );
+    assert!(line.contains(&iface), "the error must name the interface: {line}");
 }
 
 /// `fw run` on a real veth with policy file `file`, which holds `contents`
@@ -102,15 +95,9 @@ fn second_run_with_the_same_name_fails_and_leaves_the_first_enforcing() {
     again.args(run_args(&pair.near_if, &policy, "test", first.name()));
     let out = run_bounded(again, Duration::from_secs(30));
     let line = out.one_line_error();
-    assert!(
-        line.contains(first.name()),
-        "the error must name the instance: {line}"
-    );
+    assert!(line.contains(first.name()), "the error must name the instance: {line}");
     let status = first.status();
-    assert!(
-        status.status.success(),
-        "the first instance must still enforce: {status:#?}"
-    );
+    assert!(status.status.success(), "the first instance must still enforce: {status:#?}");
     assert!(pin_dir(first.name()).exists());
 }
 
@@ -120,12 +107,13 @@ fn run_without_root_says_it_needs_root() {
     let policy = dir.write("policy.yaml", POLICY);
     let name = unique_name();
     let mut cmd = pair.near.command("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", FW])
-        .args(run_args(&pair.near_if, &policy, "test", &name));
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", FW]).args(run_args(
+        &pair.near_if,
+        &policy,
+        "test",
+        &name,
+    ));
     let out = run_leaving_nothing(&name, cmd);
     let line = out.one_line_error();
-    assert!(
-        line.contains("root"),
-        "the error must say that root is needed: {line}"
-    );
+    assert!(line.contains("root"), "the error must say that root is needed: {line}");
 }

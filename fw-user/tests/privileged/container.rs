@@ -302,7 +302,7 @@ fn three_nodes_from_one_image_master_and_media_flows_pass_everything_else_drops(
     dropped(outside, at(n2, 8888));
     dropped(outside, at(m, 9200)); // master inbound 5044/9200: the media nodes only
     dropped(outside, at(m, 3000)); // the master filters inbound too
-    // The outside host itself reaches what media nodes serve to anyone.
+                                   // The outside host itself reaches what media nodes serve to anyone.
     passes(outside, at(n1, 40000));
     drop(servers);
 }

@@ -163,7 +163,8 @@ fn wait_reserved(child: &mut Child, name: &str, above: u64) -> bool {
 }
 
 fn highest(name: &str) -> u64 {
-    let json: serde_json::Value = serde_json::from_slice(&fs::read(state_file(name)).expect("state file")).expect("state json");
+    let json: serde_json::Value =
+        serde_json::from_slice(&fs::read(state_file(name)).expect("state file")).expect("state json");
     json["highest_generation"].as_u64().expect("highest_generation")
 }
 
@@ -208,7 +209,8 @@ fn finding1_interrupted_50k_switch_never_weakens_the_policy() {
         let status = child.wait().expect("reaping fw switch");
         let context = format!("iteration {i} ({status})");
         // explain reads every entry back: every tenth iteration only.
-        let phase = if i % 10 == 0 { known.check(&instance, &context) } else { known.check_counts(&instance, &context) };
+        let phase =
+            if i % 10 == 0 { known.check(&instance, &context) } else { known.check_counts(&instance, &context) };
         landed[usize::from(phase == "big")] += 1;
         // The next switch finds no leftovers and writes exactly `closed`.
         assert_ok(&instance.cli(&["switch", "closed", "--policy", small_arg]), &context);
@@ -217,7 +219,10 @@ fn finding1_interrupted_50k_switch_never_weakens_the_policy() {
         assert_eq!(other, 0, "{context}: entries of other generations survived the next switch");
         assert_eq!(counts, known.counts[2].1, "{context}");
     }
-    println!("{ITERATIONS} interrupted switches: {} left closed enforced, {} had already activated big; no mix", landed[0], landed[1]);
+    println!(
+        "{ITERATIONS} interrupted switches: {} left closed enforced, {} had already activated big; no mix",
+        landed[0], landed[1]
+    );
     // Real traffic: closed allows far:443 only, not far:8443.
     let denied = SocketAddr::from((pair.far4, 8443));
     let allowed = SocketAddr::from((pair.far4, 443));
@@ -301,7 +306,9 @@ fn crash_failpoints_of_switch_and_confirm() {
         assert_ok(&instance.cli(&["switch", "closed"]), "back");
         tried += 1;
     }
-    println!("switch: {steps} steps, confirm: {confirm_steps} steps; {tried} interrupted runs checked, 0 inconsistencies");
+    println!(
+        "switch: {steps} steps, confirm: {confirm_steps} steps; {tried} interrupted runs checked, 0 inconsistencies"
+    );
 }
 
 /// Finding 4 with the real daemon: it is killed right after the rollback's
@@ -369,7 +376,10 @@ fn finding10_one_daemon_per_instance() {
             if out.status.success() && json["daemon_pid"].as_u64().is_some() {
                 break json["daemon_pid"].as_u64().unwrap();
             }
-            assert!(both[winner].try_wait().expect("try_wait").is_none(), "round {round}: both exited; loser said {stderr}");
+            assert!(
+                both[winner].try_wait().expect("try_wait").is_none(),
+                "round {round}: both exited; loser said {stderr}"
+            );
             assert!(start.elapsed() < Duration::from_secs(20), "round {round}: the winner never answered");
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -500,7 +510,11 @@ fn crash_failpoints_of_run_and_stop() {
         assert!(out.status.code().is_none(), "fw run not killed at step {at}: {out:#?}");
         let mut instance = Fw::start_launch(&pair.near, &pair.near_if, &policy, "open", named(&name));
         let (phase, counts, other) = enforced(&instance);
-        assert_eq!((phase.as_str(), counts, other), ("open", expected, 0), "fw run killed at step {at} of {steps}, then started again");
+        assert_eq!(
+            (phase.as_str(), counts, other),
+            ("open", expected, 0),
+            "fw run killed at step {at} of {steps}, then started again"
+        );
         instance.kill_run_process();
         tried += 1;
     }

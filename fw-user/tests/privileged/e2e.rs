@@ -85,19 +85,10 @@ impl Site {
                 servers.push((proto, addr, echo));
             }
         }
-        let site = Self {
-            servers,
-            policy,
-            _dir: dir,
-            pair,
-        };
-        let targets: Vec<(Proto, SocketAddr)> =
-            site.servers.iter().map(|(p, a, _)| (*p, *a)).collect();
+        let site = Self { servers, policy, _dir: dir, pair };
+        let targets: Vec<(Proto, SocketAddr)> = site.servers.iter().map(|(p, a, _)| (*p, *a)).collect();
         let seen = site.probe(&targets, PASS_TIMEOUT);
-        assert!(
-            seen.iter().all(|(_, _, o)| *o == Outcome::Echoed),
-            "without fw every server must answer: {seen:#?}"
-        );
+        assert!(seen.iter().all(|(_, _, o)| *o == Outcome::Echoed), "without fw every server must answer: {seen:#?}");
         site
     }
 
@@ -148,10 +139,7 @@ impl Site {
     /// Probes each target, expecting `outcome` and `receptions` more
     /// connections or datagrams at its server.
     fn assert_each(&self, targets: &[(Proto, SocketAddr)], outcome: Outcome, receptions: usize) {
-        let before: Vec<usize> = targets
-            .iter()
-            .map(|&(p, a)| self.echo(p, a).received())
-            .collect();
+        let before: Vec<usize> = targets.iter().map(|&(p, a)| self.echo(p, a).received()).collect();
         let timeout = match outcome {
             Outcome::Echoed => PASS_TIMEOUT,
             _ => DROP_TIMEOUT,
@@ -169,33 +157,15 @@ impl Site {
 }
 
 fn at(ip: IpAddr, targets: &[(Proto, u16)]) -> Vec<(Proto, SocketAddr)> {
-    targets
-        .iter()
-        .map(|&(p, port)| (p, SocketAddr::new(ip, port)))
-        .collect()
+    targets.iter().map(|&(p, port)| (p, SocketAddr::new(ip, port))).collect()
 }
 
 fn allowed(ip: IpAddr) -> Vec<(Proto, SocketAddr)> {
-    at(
-        ip,
-        &[
-            (Tcp, TCP_ALLOWED),
-            (Udp, UDP_ALLOWED[0]),
-            (Udp, UDP_ALLOWED[1]),
-        ],
-    )
+    at(ip, &[(Tcp, TCP_ALLOWED), (Udp, UDP_ALLOWED[0]), (Udp, UDP_ALLOWED[1])])
 }
 
 fn denied(ip: IpAddr) -> Vec<(Proto, SocketAddr)> {
-    at(
-        ip,
-        &[
-            (Tcp, TCP_DEFAULT),
-            (Tcp, TCP_DENIED),
-            (Udp, UDP_DEFAULT[0]),
-            (Udp, UDP_DEFAULT[1]),
-        ],
-    )
+    at(ip, &[(Tcp, TCP_DEFAULT), (Tcp, TCP_DENIED), (Udp, UDP_DEFAULT[0]), (Udp, UDP_DEFAULT[1])])
 }
 
 /// The control for every test below: namespaces, addresses and servers
@@ -213,11 +183,7 @@ fn enforces_the_policy(family: usize) {
     let ip = site.pair.far_addrs()[family];
     let zero = fw.drops();
     assert_eq!(zero.phase, "test");
-    for (rule, action) in [
-        ("allow-tcp", "allow"),
-        ("allow-udp", "allow"),
-        ("deny-tcp-9090", "deny"),
-    ] {
+    for (rule, action) in [("allow-tcp", "allow"), ("allow-udp", "allow"), ("deny-tcp-9090", "deny")] {
         assert_eq!(zero.rule(rule).action, action, "{zero:#?}");
         assert_eq!(zero.rule(rule).direction, "egress", "{zero:#?}");
     }
@@ -230,18 +196,9 @@ fn enforces_the_policy(family: usize) {
     let drops = fw.drops();
     let grew = |rule: &str| drops.rule(rule).packets - zero.rule(rule).packets;
     let reason = |name: &str| drops.egress(name).0 - zero.egress(name).0;
-    assert!(
-        grew("allow-tcp") >= 1,
-        "allow-tcp counted nothing: {drops:#?}"
-    );
-    assert!(
-        grew("allow-udp") >= 2,
-        "allow-udp must count both datagrams: {drops:#?}"
-    );
-    assert!(
-        grew("deny-tcp-9090") >= 1,
-        "deny-tcp-9090 counted nothing: {drops:#?}"
-    );
+    assert!(grew("allow-tcp") >= 1, "allow-tcp counted nothing: {drops:#?}");
+    assert!(grew("allow-udp") >= 2, "allow-udp must count both datagrams: {drops:#?}");
+    assert!(grew("deny-tcp-9090") >= 1, "deny-tcp-9090 counted nothing: {drops:#?}");
     assert!(reason("drop_rule") >= grew("deny-tcp-9090"), "{drops:#?}");
     // One SYN (at least) to 8081, one datagram to each UDP port.
     assert!(reason("drop_default") >= 3, "{drops:#?}");
@@ -265,17 +222,12 @@ fn udp_drops_are_counted_exactly() {
     const PAYLOAD: usize = 32;
     let site = Site::new();
     let fw = site.start_fw();
-    for (ip, l3_header) in [
-        (IpAddr::from(site.pair.far4), 20),
-        (IpAddr::from(site.pair.far6), 40),
-    ] {
+    for (ip, l3_header) in [(IpAddr::from(site.pair.far4), 20), (IpAddr::from(site.pair.far6), 40)] {
         let sends = [(UDP_DEFAULT[0], 3), (UDP_DEFAULT[1], 5)];
         let n: u64 = sends.iter().map(|&(_, k)| k as u64).sum();
         let before = fw.drops();
-        let received: Vec<usize> = sends
-            .iter()
-            .map(|&(p, _)| site.echo(Udp, SocketAddr::new(ip, p)).received())
-            .collect();
+        let received: Vec<usize> =
+            sends.iter().map(|&(p, _)| site.echo(Udp, SocketAddr::new(ip, p)).received()).collect();
 
         in_netns(&site.pair.near, || {
             for (port, count) in sends {
@@ -284,30 +236,15 @@ fn udp_drops_are_counted_exactly() {
         });
 
         let delta = |d: &Drops, reason: &str| {
-            (
-                d.egress(reason).0 - before.egress(reason).0,
-                d.egress(reason).1 - before.egress(reason).1,
-            )
+            (d.egress(reason).0 - before.egress(reason).0, d.egress(reason).1 - before.egress(reason).1)
         };
         let after = fw.drops_when(|d| delta(d, "drop_default").0 >= n);
         // Ethernet + IP + UDP header + payload, as the TC hook sees the frame.
         let frame = (14 + l3_header + 8 + PAYLOAD) as u64;
-        assert_eq!(
-            delta(&after, "drop_default"),
-            (n, n * frame),
-            "{ip}: {after:#?}"
-        );
-        assert_eq!(
-            delta(&after, "drop_rule"),
-            (0, 0),
-            "{ip}: no rule denies these: {after:#?}"
-        );
+        assert_eq!(delta(&after, "drop_default"), (n, n * frame), "{ip}: {after:#?}");
+        assert_eq!(delta(&after, "drop_rule"), (0, 0), "{ip}: no rule denies these: {after:#?}");
         for (&(port, _), before) in sends.iter().zip(received) {
-            assert_eq!(
-                site.echo(Udp, SocketAddr::new(ip, port)).received(),
-                before,
-                "{ip}:{port} server"
-            );
+            assert_eq!(site.echo(Udp, SocketAddr::new(ip, port)).received(), before, "{ip}:{port} server");
         }
     }
 }
@@ -319,32 +256,19 @@ fn enforcement_outlives_fw_run_until_fw_stop() {
     let site = Site::new();
     let mut fw = site.start_fw();
     let [v4, v6] = site.pair.far_addrs();
-    let probes = [
-        at(v4, &[(Tcp, TCP_DEFAULT), (Udp, UDP_DEFAULT[1])]),
-        at(v6, &[(Tcp, TCP_DEFAULT), (Udp, UDP_DEFAULT[1])]),
-    ]
-    .concat();
+    let probes =
+        [at(v4, &[(Tcp, TCP_DEFAULT), (Udp, UDP_DEFAULT[1])]), at(v6, &[(Tcp, TCP_DEFAULT), (Udp, UDP_DEFAULT[1])])]
+            .concat();
     site.assert_dropped(&probes);
 
     fw.kill_run_process();
-    assert!(
-        fw.status().status.success(),
-        "still enforcing after fw run died: {:#?}",
-        fw.status()
-    );
+    assert!(fw.status().status.success(), "still enforcing after fw run died: {:#?}", fw.status());
     site.assert_dropped(&probes);
     site.assert_pass(&[allowed(v4), allowed(v6)].concat());
 
     fw.stop();
     let status = fw.status();
-    assert!(
-        !status.status.success(),
-        "fw status must fail after fw stop: {status:#?}"
-    );
-    assert!(
-        !pin_dir(fw.name()).exists(),
-        "fw stop must remove {}",
-        pin_dir(fw.name()).display()
-    );
+    assert!(!status.status.success(), "fw status must fail after fw stop: {status:#?}");
+    assert!(!pin_dir(fw.name()).exists(), "fw stop must remove {}", pin_dir(fw.name()).display());
     site.assert_pass(&probes);
 }

@@ -22,10 +22,10 @@ use serde_json::Value;
 
 use crate::harness::{
     self,
-    poll,
     cgroup::TestCgroup,
     fw::{fw, remove_leftovers, Learning, FW},
     netns::{Netns, VethPair},
+    poll,
     traffic::{in_netns, tcp_echo, udp_echo, udp_send, Echo, Outcome, DROP_TIMEOUT},
     unique_name, TempDir,
 };
@@ -199,8 +199,7 @@ impl Follow {
     }
 
     fn events(&self) -> Vec<Value> {
-        self.text()
-            .lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect()
+        self.text().lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect()
     }
 }
 
@@ -227,7 +226,13 @@ fn events_socket_hooks_refuse_denied_calls_at_once_and_events_name_the_process()
     let policy = dir.write("policy.yaml", &policy(&pair));
     let _servers = servers(&pair, &[TCP_ALLOWED, TCP_DENIED], &[UDP_ALLOWED, UDP_DENIED]);
     let cg = cgroup.path.display().to_string();
-    let daemon = Daemon::start(&pair.near, &pair.near_if, &policy, "test", &["--cgroup", &cg, "--event-budget", &BUDGET.to_string()]);
+    let daemon = Daemon::start(
+        &pair.near,
+        &pair.near_if,
+        &policy,
+        "test",
+        &["--cgroup", &cg, "--event-budget", &BUDGET.to_string()],
+    );
     let follow = Follow::start(&pair.near, &daemon.name, &["--json"]);
     let follow_text = Follow::start(&pair.near, &daemon.name, &[]);
 
@@ -276,13 +281,22 @@ fn events_socket_hooks_refuse_denied_calls_at_once_and_events_name_the_process()
         assert_eq!(event["cgroup"], cgroup.relative);
     }
     // The packets from outside the cgroup are events too (no process).
-    assert!(events.iter().any(|e| e["source"] == "packet" && e["dst_port"] == TCP_DENIED && e["reason"] == "drop_default"));
+    assert!(events
+        .iter()
+        .any(|e| e["source"] == "packet" && e["dst_port"] == TCP_DENIED && e["reason"] == "drop_default"));
 
     // The one-line text form, under the counters table.
-    let line = format!("drop (drop_socket) rule - proc {PYTHON_COMM}[{pid}] (cgroup {}) -> {far}:{TCP_DENIED}/tcp", cgroup.relative);
+    let line = format!(
+        "drop (drop_socket) rule - proc {PYTHON_COMM}[{pid}] (cgroup {}) -> {far}:{TCP_DENIED}/tcp",
+        cgroup.relative
+    );
     let text = fw(&pair.near, &["drops", "--name", &daemon.name, "--since", "1h"]);
     assert!(text.stdout.lines().any(|l| l == line), "expected {line:?} in:\n{}", text.stdout);
-    assert!(poll(Duration::from_secs(3), || follow_text.text().lines().any(|l| l == line)), "expected {line:?} in:\n{}", follow_text.text());
+    assert!(
+        poll(Duration::from_secs(3), || follow_text.text().lines().any(|l| l == line)),
+        "expected {line:?} in:\n{}",
+        follow_text.text()
+    );
     println!("sample of `fw drops --follow`:\n{}", follow_text.text());
 }
 
@@ -431,7 +445,11 @@ fn events_a_flood_is_rate_limited_per_cpu_and_counted_exactly() {
     let windows = seconds.ceil() as u64 + 1;
     assert!(emitted <= BUDGET * windows, "{emitted} events in {seconds:.2}s exceed {BUDGET}/s");
     assert!(emitted >= BUDGET, "the first second's budget is used: {emitted}");
-    for line in ["# TYPE fw_rule_packets counter", "# TYPE fw_map_entries gauge", "fw_phase_info{policy=\"events\",phase=\"test\"} 1"] {
+    for line in [
+        "# TYPE fw_rule_packets counter",
+        "# TYPE fw_map_entries gauge",
+        "fw_phase_info{policy=\"events\",phase=\"test\"} 1",
+    ] {
         assert!(now.lines().any(|l| l == line), "missing {line:?} in:\n{now}");
     }
     assert!(sample(&now, "fw_map_capacity{map=\"flows\"}") > 0);
@@ -480,13 +498,21 @@ fn events_learn_writes_a_policy_that_allows_exactly_what_it_saw() {
     let daemon = Daemon::start(&pair.near, &pair.near_if, &learned, "learned", &["--cgroup", "none"]);
     let to = |p: u16| SocketAddr::new(IpAddr::from(far), p);
     for p in tcp_seen {
-        assert_eq!(in_netns(&pair.near, || tcp_echo(to(p), Duration::from_secs(3))), Outcome::Echoed, "tcp {p} was seen");
+        assert_eq!(
+            in_netns(&pair.near, || tcp_echo(to(p), Duration::from_secs(3))),
+            Outcome::Echoed,
+            "tcp {p} was seen"
+        );
     }
     for p in tcp_unseen {
         assert_eq!(in_netns(&pair.near, || tcp_echo(to(p), DROP_TIMEOUT)), Outcome::TimedOut, "tcp {p} was not seen");
     }
     for p in udp_seen {
-        assert_eq!(in_netns(&pair.near, || udp_echo(to(p), Duration::from_secs(3))), Outcome::Echoed, "udp {p} was seen");
+        assert_eq!(
+            in_netns(&pair.near, || udp_echo(to(p), Duration::from_secs(3))),
+            Outcome::Echoed,
+            "udp {p} was seen"
+        );
     }
     for p in udp_unseen {
         assert_eq!(in_netns(&pair.near, || udp_echo(to(p), DROP_TIMEOUT)), Outcome::TimedOut, "udp {p} was not seen");
@@ -510,7 +536,9 @@ fn events_socket_hooks_follow_policy_routing_tables_as_they_change() {
     let cg = cgroup.path.display().to_string();
     let daemon = Daemon::start(&pair.near, &pair.near_if, &policy, "test", &["--cgroup", &cg]);
     let elsewhere = format!("udp:198.19.250.1:{UDP_DENIED}");
-    let send = || run_client(&cgroup, &pair.near, std::slice::from_ref(&elsewhere)).1[&("udp".to_string(), UDP_DENIED)].0.clone();
+    let send = || {
+        run_client(&cgroup, &pair.near, std::slice::from_ref(&elsewhere)).1[&("udp".to_string(), UDP_DENIED)].0.clone()
+    };
     // Through the enforced interface (the default route): judged, refused.
     pair.near.ip(&["route", "add", "default", "dev", &pair.near_if]);
     assert_eq!(send(), "EPERM", "no other route yet: the hook judges the call");
@@ -525,7 +553,11 @@ fn events_socket_hooks_follow_policy_routing_tables_as_they_change() {
         last = send();
         last == "ok"
     });
-    assert!(bypassed, "a route of table 100 through another interface must reach the hooks' bypass; last: {last}\n{}", daemon.log_text());
+    assert!(
+        bypassed,
+        "a route of table 100 through another interface must reach the hooks' bypass; last: {last}\n{}",
+        daemon.log_text()
+    );
 
     pair.near.ip(&["route", "del", "198.19.250.0/24", "dev", "fwtother", "table", "100"]);
     let judged = poll(Duration::from_secs(10), || {

@@ -70,7 +70,11 @@ fn wrong(mechanism: &str, probes: &[Probe]) -> Vec<String> {
         .filter_map(|p| {
             let passed = run(p);
             (passed != p.passes).then(|| {
-                format!("{mechanism}: {} {}", p.what, if passed { "passed, fw drops it" } else { "dropped, fw passes it" })
+                format!(
+                    "{mechanism}: {} {}",
+                    p.what,
+                    if passed { "passed, fw drops it" } else { "dropped, fw passes it" }
+                )
             })
         })
         .collect()
@@ -162,8 +166,18 @@ fn finding6_exports_filter_what_fw_filters_and_nothing_else() {
     }
     problems.extend(wrong("iptables", &probes));
     let saved = String::from_utf8_lossy(&run_ok(&mut net.router.command("iptables-save")).stdout).into_owned();
-    assert!(saved.contains(":DOCKER-USER") && saved.contains("-A FORWARD -j DOCKER-USER"), "another chain must survive:\n{saved}");
-    for (tool, chain) in [("iptables", "INPUT"), ("iptables", "OUTPUT"), ("iptables", "FORWARD"), ("ip6tables", "INPUT"), ("ip6tables", "OUTPUT"), ("ip6tables", "FORWARD")] {
+    assert!(
+        saved.contains(":DOCKER-USER") && saved.contains("-A FORWARD -j DOCKER-USER"),
+        "another chain must survive:\n{saved}"
+    );
+    for (tool, chain) in [
+        ("iptables", "INPUT"),
+        ("iptables", "OUTPUT"),
+        ("iptables", "FORWARD"),
+        ("ip6tables", "INPUT"),
+        ("ip6tables", "OUTPUT"),
+        ("ip6tables", "FORWARD"),
+    ] {
         run_ok(net.router.command(tool).args(["-F", chain]));
     }
 
@@ -212,12 +226,15 @@ fn exported_nft_decides_as_fw_explains_on_random_policies() {
         let yaml = random_policy(&mut rng);
         let path = dir.write(&format!("random-{round}.yaml"), &yaml);
         let vars = fw_user::policy::Vars::from_pairs::<&str, &str>([]);
-        let loaded = fw_user::policy::parse_str_with_resolver(&yaml, "random.yaml", &vars, &|h| Err(format!("no DNS ({h})")))
-            .unwrap_or_else(|e| panic!("round {round}: {e}\n{yaml}"));
+        let loaded =
+            fw_user::policy::parse_str_with_resolver(&yaml, "random.yaml", &vars, &|h| Err(format!("no DNS ({h})")))
+                .unwrap_or_else(|e| panic!("round {round}: {e}\n{yaml}"));
         let compiled = fw_user::policy::compile::compile_phase(&loaded.policy, "runtime").unwrap();
         load(&ns, "nft", &["-f"], &dir, &export(&ns, "nft", &path, Some("lo")));
         let probes: Vec<(IpAddr, u8, u16)> = (0..150).map(|_| random_probe(&mut rng)).collect();
-        let outcomes = in_netns(&ns, || probes.iter().map(|&(addr, proto, port)| nft_passes(addr, proto, port)).collect::<Vec<_>>());
+        let outcomes = in_netns(&ns, || {
+            probes.iter().map(|&(addr, proto, port)| nft_passes(addr, proto, port)).collect::<Vec<_>>()
+        });
         for (&(addr, proto, port), nft_passes) in probes.iter().zip(outcomes) {
             let query = fw_user::policy::explain::Query {
                 direction: fw_common::Direction::Egress,
@@ -240,7 +257,12 @@ fn exported_nft_decides_as_fw_explains_on_random_policies() {
         run_ok(ns.command("nft").args(["delete", "table", "inet", "fw"]));
     }
     println!("{probes_run} probes (seed {seed:#x})");
-    assert!(problems.is_empty(), "{} disagreements, the first ones:\n{}", problems.len(), problems[..problems.len().min(3)].join("\n"));
+    assert!(
+        problems.is_empty(),
+        "{} disagreements, the first ones:\n{}",
+        problems.len(),
+        problems[..problems.len().min(3)].join("\n")
+    );
 }
 
 /// Nested CIDRs (/22 to /32 in 198.18.0.0/22, /118 to /128 in
@@ -262,7 +284,11 @@ fn random_policy(rng: &mut crate::rng::Rng) -> String {
         };
         let ports = |rng: &mut crate::rng::Rng| {
             let lo = rng.range(1000, 1030);
-            if rng.below(3) == 0 { format!("\"{lo}-{}\"", lo + rng.range(1, 12)) } else { lo.to_string() }
+            if rng.below(3) == 0 {
+                format!("\"{lo}-{}\"", lo + rng.range(1, 12))
+            } else {
+                lo.to_string()
+            }
         };
         let proto = match rng.below(8) {
             0 => "proto: any".to_string(),
@@ -273,7 +299,10 @@ fn random_policy(rng: &mut crate::rng::Rng) -> String {
             _ => format!("proto: tcp, ports: [{}]", ports(rng)),
         };
         let action = if rng.below(3) == 0 { ", action: deny" } else { "" };
-        let _ = std::fmt::Write::write_fmt(&mut y, format_args!("      - {{ name: r{i}, to: [{peer}], {proto}{action} }}\n"));
+        let _ = std::fmt::Write::write_fmt(
+            &mut y,
+            format_args!("      - {{ name: r{i}, to: [{peer}], {proto}{action} }}\n"),
+        );
     }
     y
 }
@@ -285,7 +314,8 @@ fn random_probe(rng: &mut crate::rng::Rng) -> (IpAddr, u8, u16) {
     let addr: IpAddr = if v4 {
         Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) | rng.below(1 << 10) as u32).into()
     } else {
-        Ipv6Addr::from(u128::from(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0)) | u128::from(rng.below(1 << 10))).into()
+        Ipv6Addr::from(u128::from(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0)) | u128::from(rng.below(1 << 10)))
+            .into()
     };
     match rng.below(5) {
         0 => (addr, if v4 { 1 } else { 58 }, [8 << 8, 0, 129 << 8][rng.below(3) as usize]),

@@ -94,9 +94,7 @@ fn exchange(conn: &mut Conn, round: &str) -> Result<(), String> {
 /// `count` distinct (source port, media port) pairs.
 fn flood_flows(count: usize) -> Vec<(u16, u16)> {
     assert!(count <= 25_000 * 60_000, "{count} flood flows");
-    (0..count)
-        .map(|i| (1024 + (i / 25_000) as u16, 40_000 + (i % 25_000) as u16))
-        .collect()
+    (0..count).map(|i| (1024 + (i / 25_000) as u16, 40_000 + (i % 25_000) as u16)).collect()
 }
 
 fn env_usize(name: &str) -> Option<usize> {
@@ -109,14 +107,9 @@ fn finding7_flood_cannot_evict_established_tcp() {
     harness::setup();
     let pair = VethPair::new(70);
     let dir = TempDir::new();
-    let policy = dir.write(
-        "flood.yaml",
-        &policy(pair.far4.into(), pair.far6.into()),
-    );
-    let families: [(IpAddr, IpAddr, &str); 2] = [
-        (pair.near4.into(), pair.far4.into(), "IPv4"),
-        (pair.near6.into(), pair.far6.into(), "IPv6"),
-    ];
+    let policy = dir.write("flood.yaml", &policy(pair.far4.into(), pair.far6.into()));
+    let families: [(IpAddr, IpAddr, &str); 2] =
+        [(pair.near4.into(), pair.far4.into(), "IPv4"), (pair.near6.into(), pair.far6.into(), "IPv6")];
     // Listeners first: nothing has to wait for a server to come up.
     let mut listeners = Vec::new();
     for &(near, far, family) in &families {
@@ -164,9 +157,8 @@ fn finding7_flood_cannot_evict_established_tcp() {
     let seconds = started.elapsed().as_secs_f64();
     // The flood's first datagrams open flows (pass_rule): wait until the
     // enforcer has judged (nearly) all of them, at most 3 s.
-    let opened = |d: &harness::fw::Drops| {
-        d.counted("inbound", "pass_rule").0 - before.counted("inbound", "pass_rule").0
-    };
+    let opened =
+        |d: &harness::fw::Drops| d.counted("inbound", "pass_rule").0 - before.counted("inbound", "pass_rule").0;
     let wanted = (2 * flows_per_family) as u64 * 9 / 10;
     let after_flood = fw.drops_when(|d| opened(d) >= wanted);
     let opened = opened(&after_flood);
@@ -180,10 +172,7 @@ fn finding7_flood_cannot_evict_established_tcp() {
     );
 
     // Every connection still works both ways.
-    let failures: Vec<String> = conns
-        .iter_mut()
-        .filter_map(|conn| exchange(conn, "after the flood").err())
-        .collect();
+    let failures: Vec<String> = conns.iter_mut().filter_map(|conn| exchange(conn, "after the flood").err()).collect();
     let after = fw.drops();
     let spoofed = after.egress("drop_spoofed_reply").0 - before.egress("drop_spoofed_reply").0;
     assert!(

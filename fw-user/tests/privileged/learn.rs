@@ -71,8 +71,9 @@ fn finding5_learn_under_load_learns_only_what_this_host_opens() {
     });
     // A client connection older than the learning: the server's segments on
     // it have no flow (its handshake was never seen).
-    let mut old_client = in_netns(&pair.far, || TcpStream::connect_timeout(&SocketAddr::new(near, SERVED_BEFORE), PASS_TIMEOUT))
-        .expect("a client connected before learning");
+    let mut old_client =
+        in_netns(&pair.far, || TcpStream::connect_timeout(&SocketAddr::new(near, SERVED_BEFORE), PASS_TIMEOUT))
+            .expect("a client connected before learning");
     old_client.set_read_timeout(Some(PASS_TIMEOUT)).unwrap();
 
     let mut learning = Learning::start(&pair.near, &pair.near_if, "none", "3m", &learned, dir.path().join("learn.log"));
@@ -80,7 +81,8 @@ fn finding5_learn_under_load_learns_only_what_this_host_opens() {
     // Load: the download runs while clients use this host's services and
     // this host reaches its other destinations.
     let started = Instant::now();
-    let conn = tcp_connect_from(&pair.near, SocketAddr::new(far, MIRROR), 0, PASS_TIMEOUT).expect("the download connects");
+    let conn =
+        tcp_connect_from(&pair.near, SocketAddr::new(far, MIRROR), 0, PASS_TIMEOUT).expect("the download connects");
     let download = Download::start(conn);
     let mut client_echoes = 0;
     for round in 0..10 {

@@ -15,9 +15,9 @@ use std::{
 
 use crate::harness::{
     self,
-    poll,
     fw::{pin_dir, run_bounded, Fw, Launch, FW},
     netns::{Netns, VethPair},
+    poll,
     traffic::{in_netns, tcp_echo, Echo, Outcome, DROP_TIMEOUT, PASS_TIMEOUT},
     TempDir,
 };
@@ -195,7 +195,11 @@ fn finding3_recreated_interface_is_enforced_again() {
     wait_enforcing(&fw, "after the interface was created again");
     println!("re-created, up and addressed, and enforced again (fw status 0) within {:?}", recreated.elapsed());
     let back = format!("interface {} is back", site.iface());
-    assert!(fw.log_has_within(&back, Duration::from_secs(5)), "the daemon must log {back:?}; it printed:\n{}", fw.log_text());
+    assert!(
+        fw.log_has_within(&back, Duration::from_secs(5)),
+        "the daemon must log {back:?}; it printed:\n{}",
+        fw.log_text()
+    );
     site.assert_enforced("after the interface was created again");
     let m = scrape(&site.pair.near, metrics);
     assert!(m.lines().any(|l| l == "fw_interface_up 1"), "after re-creation:\n{m}");
@@ -267,7 +271,8 @@ fn finding3_adopt_that_cannot_attach_fails_in_one_line_and_keeps_the_pins() {
     std::fs::remove_file(dir.join("prog_egress")).unwrap();
     std::fs::hard_link(&map, dir.join("prog_egress")).expect("linking a map pin where the program was");
     let before: Vec<_> = {
-        let mut names: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok().map(|e| e.file_name())).collect();
+        let mut names: Vec<_> =
+            std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok().map(|e| e.file_name())).collect();
         names.sort();
         names
     };

@@ -24,10 +24,10 @@ use std::{
 
 use crate::harness::{
     self,
-    poll,
     cgroup::TestCgroup,
     fw::{Fw, Launch},
     netns::{Netns, VethPair},
+    poll,
     traffic::in_netns,
     TempDir,
 };
@@ -134,7 +134,8 @@ impl Servers {
         let threads = ports
             .iter()
             .map(|&port| {
-                let listener = in_netns(far, || TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))).expect("binding a far server");
+                let listener =
+                    in_netns(far, || TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))).expect("binding a far server");
                 listener.set_nonblocking(true).expect("nonblocking");
                 let stop = stop.clone();
                 std::thread::spawn(move || {
@@ -197,7 +198,8 @@ impl Lab {
         let servers = Servers::start(&pair.far, &[PORT, OTHER_PORT]);
         let dir = TempDir::new();
         // One attempt, short timeout: a refused query fails fast.
-        let resolv_conf = dir.write("resolv.conf", &format!("nameserver {}\noptions timeout:2 attempts:2\n", pair.far4));
+        let resolv_conf =
+            dir.write("resolv.conf", &format!("nameserver {}\noptions timeout:2 attempts:2\n", pair.far4));
         Self { pair, dnsmasq, _servers: servers, cgroup: TestCgroup::new(), dir, resolv_conf }
     }
 
@@ -210,7 +212,13 @@ impl Lab {
     fn fw(&self, policy: &Path) -> Fw<'_> {
         let cg = self.cgroup.path.display().to_string();
         let extra: Vec<&std::ffi::OsStr> = vec!["--cgroup".as_ref(), cg.as_ref()];
-        let fw = Fw::start_launch(&self.pair.near, &self.pair.near_if, policy, "test", Launch { extra: &extra, ..Launch::default() });
+        let fw = Fw::start_launch(
+            &self.pair.near,
+            &self.pair.near_if,
+            policy,
+            "test",
+            Launch { extra: &extra, ..Launch::default() },
+        );
         assert!(fw.log_has_within("DNS proxy listening", Duration::from_secs(10)), "{}", fw.log_text());
         fw
     }
@@ -269,7 +277,8 @@ fn egress(fw: &Fw, reason: &str) -> u64 {
 #[test]
 fn names_no_first_packet_race_in_1000_resolve_connect_iterations() {
     const ITERATIONS: usize = 1000;
-    let hosts: String = (0..ITERATIONS).map(|i| format!("198.19.{}.{} i{i}.race.test\n", 10 + i / 250, 1 + i % 250)).collect();
+    let hosts: String =
+        (0..ITERATIONS).map(|i| format!("198.19.{}.{} i{i}.race.test\n", 10 + i / 250, 1 + i % 250)).collect();
     let lab = Lab::new(90, &hosts);
     let policy = lab.policy(&format!(
         "    dns: {{ resolvers: [{}], min_ttl: 0 }}\n    egress:\n      - {{ name: race, to: [\"*.race.test\"], proto: tcp, ports: [{PORT}] }}\n",
@@ -324,7 +333,17 @@ fn names_allow_only_answered_addresses_on_the_rules_ports() {
         lab.pair.far4
     ));
     let fw = lab.fw(&policy);
-    let results = connect_results(&lab, &["198.19.200.1", "api.known.test", "198.19.200.1", &format!("api.known.test:{OTHER_PORT}"), "198.19.200.2", "other.test"]);
+    let results = connect_results(
+        &lab,
+        &[
+            "198.19.200.1",
+            "api.known.test",
+            "198.19.200.1",
+            &format!("api.known.test:{OTHER_PORT}"),
+            "198.19.200.2",
+            "other.test",
+        ],
+    );
     let result = |i: usize| (results[i].1.as_str(), results[i].2.as_str());
     // Before any answer, the address is not allowed.
     assert_eq!(result(0), ("198.19.200.1", "EPERM"), "{results:?}");
@@ -374,7 +393,9 @@ for line in sys.stdin:
 
     lab.dnsmasq.rewrite("198.19.201.2 rotate.test\n");
     let server = SocketAddr::new(lab.pair.far4.into(), 53);
-    let rotated = poll(Duration::from_secs(10), || in_netns(&lab.pair.near, || resolve_a(server, "rotate.test") == [Ipv4Addr::new(198, 19, 201, 2)]));
+    let rotated = poll(Duration::from_secs(10), || {
+        in_netns(&lab.pair.near, || resolve_a(server, "rotate.test") == [Ipv4Addr::new(198, 19, 201, 2)])
+    });
     assert!(rotated, "dnsmasq did not pick up the new answer");
     let results = connect_results(&lab, &["rotate.test"]);
     assert_eq!((results[0].1.as_str(), results[0].2.as_str()), ("198.19.201.2", "ok"), "the new address works at once");
@@ -460,7 +481,11 @@ except OSError as e:
     let before = egress(&fw, "drop_default");
     let sent = in_netns(&lab.pair.near, || {
         let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("a socket");
-        s.send_to(b"\x00\x05\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x01x\x00\x00\x01\x00\x01", (IpAddr::from(unnamed), 53)).is_ok()
+        s.send_to(
+            b"\x00\x05\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x01x\x00\x00\x01\x00\x01",
+            (IpAddr::from(unnamed), 53),
+        )
+        .is_ok()
     });
     assert!(sent);
     let dropped = poll(Duration::from_secs(5), || egress(&fw, "drop_default") > before);
@@ -481,7 +506,8 @@ fn learned(fw: &Fw) -> Vec<(String, Vec<String>)> {
         .expect("entries")
         .iter()
         .map(|e| {
-            let names = e["names"].as_array().expect("names").iter().map(|n| n.as_str().expect("a name").to_string()).collect();
+            let names =
+                e["names"].as_array().expect("names").iter().map(|n| n.as_str().expect("a name").to_string()).collect();
             (e["address"].as_str().expect("an address").to_string(), names)
         })
         .collect()
@@ -527,21 +553,28 @@ fn names_memory_stays_within_the_caps_and_spares_live_connections() {
     ));
     let fw = lab.fw(&policy);
     assert_eq!(lab.client(RESOLVE, &["cdn.test".into()]).trim(), "cdn.test ok");
-    let cdn: Vec<(String, Vec<String>)> = learned(&fw).into_iter().filter(|(_, n)| n.contains(&"cdn.test".to_string())).collect();
+    let cdn: Vec<(String, Vec<String>)> =
+        learned(&fw).into_iter().filter(|(_, n)| n.contains(&"cdn.test".to_string())).collect();
     assert_eq!(cdn.len(), 4, "one name keeps max_addresses_per_name addresses: {cdn:?}");
     assert_eq!(names_json(&fw)["over_cap"], 2, "the two answered past the cap are not learned");
 
     // A live connection to the first flood address.
     let mut holder = lab
         .cgroup
-        .python_with_resolv_conf(&lab.pair.near, &lab.resolv_conf, HOLD_OPEN, &["f0.flood.test".into(), PORT.to_string()])
+        .python_with_resolv_conf(
+            &lab.pair.near,
+            &lab.resolv_conf,
+            HOLD_OPEN,
+            &["f0.flood.test".into(), PORT.to_string()],
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("starting the holding client");
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.take().expect("stdout")), &mut line).expect("holder output");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.take().expect("stdout")), &mut line)
+        .expect("holder output");
     assert_eq!(line.trim(), "connected 198.19.211.1", "{}", fw.log_text());
 
     let flood: Vec<String> = (1..20).map(|i| format!("f{i}.flood.test")).collect();
@@ -552,7 +585,10 @@ fn names_memory_stays_within_the_caps_and_spares_live_connections() {
     println!("after the flood: {} learned, {} evicted: {now:?}", now.len(), report["evicted"]);
     assert_eq!(now.len(), 8, "max_addresses holds: {now:?}");
     assert!(now.iter().any(|(a, _)| a == "198.19.211.1"), "the address of a live connection was evicted: {now:?}");
-    assert!(now.iter().all(|(_, n)| !n.contains(&"cdn.test".to_string())), "the least recently answered go first: {now:?}");
+    assert!(
+        now.iter().all(|(_, n)| !n.contains(&"cdn.test".to_string())),
+        "the least recently answered go first: {now:?}"
+    );
     assert!(report["evicted"].as_u64().unwrap() >= 15, "{report}");
     let status = fw.status_json();
     assert_eq!(status["learned_addresses"], 8, "the kernel maps hold what the ledger says: {status}");
@@ -581,7 +617,8 @@ fn names_learned_state_survives_a_daemon_restart_and_fails_closed_without_one() 
     assert_eq!((results[0].1.as_str(), results[0].2.as_str()), ("198.19.212.1", "ok"), "{}", fw.log_text());
     // The names are saved with the sweep (every 10 s).
     let names_file = PathBuf::from(format!("/run/fw/{}.names.json", fw.name()));
-    let saved = poll(Duration::from_secs(30), || fs::read_to_string(&names_file).is_ok_and(|t| t.contains("keep.test")));
+    let saved =
+        poll(Duration::from_secs(30), || fs::read_to_string(&names_file).is_ok_and(|t| t.contains("keep.test")));
     assert!(saved, "{} never named keep.test", names_file.display());
 
     fw.kill_run_process();
@@ -593,7 +630,8 @@ fn names_learned_state_survives_a_daemon_restart_and_fails_closed_without_one() 
     let restarted = std::time::Instant::now();
     fw.start_again();
     assert!(fw.log_has_within("DNS proxy listening", Duration::from_secs(10)), "{}", fw.log_text());
-    let resolves = poll(Duration::from_secs(10), || lab.client(RESOLVE, &["later.test".into()]).trim() == "later.test ok");
+    let resolves =
+        poll(Duration::from_secs(10), || lab.client(RESOLVE, &["later.test".into()]).trim() == "later.test ok");
     println!("DNS answered again {:?} after `fw run` was started again", restarted.elapsed());
     assert!(resolves, "{}", fw.log_text());
     assert!(fw.log_text().contains("addresses learned before this start stay allowed"), "{}", fw.log_text());
@@ -671,7 +709,14 @@ fn names_through_a_local_stub_are_learned_for_the_application() {
         lab.pair
             .near
             .command(if Path::new("/usr/sbin/dnsmasq").exists() { "/usr/sbin/dnsmasq" } else { "dnsmasq" })
-            .args(["--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--bind-interfaces", "--user=root"])
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--user=root",
+            ])
             .args(["--listen-address=127.0.0.53", "--cache-size=0", "--log-queries", "--log-facility=-"])
             .arg(format!("--server={}", lab.pair.far4))
             .arg(format!("--pid-file={}", stub_dir.path().join("pid").display()))
@@ -682,7 +727,9 @@ fn names_through_a_local_stub_are_learned_for_the_application() {
             .expect("starting the stub dnsmasq"),
     );
     let stub_addr: SocketAddr = "127.0.0.53:53".parse().unwrap();
-    let ready = poll(Duration::from_secs(10), || in_netns(&lab.pair.near, || !resolve_a(stub_addr, "app.stub.test").is_empty()));
+    let ready = poll(Duration::from_secs(10), || {
+        in_netns(&lab.pair.near, || !resolve_a(stub_addr, "app.stub.test").is_empty())
+    });
     assert!(ready, "the stub did not answer");
     let policy = lab.policy(&format!(
         "    dns: {{ resolvers: [127.0.0.53, {}], queries: policy }}\n    egress:\n      - {{ name: app, to: [app.stub.test], proto: tcp, ports: [{PORT}] }}\n",
@@ -692,7 +739,12 @@ fn names_through_a_local_stub_are_learned_for_the_application() {
     let resolv_conf = lab.dir.write("stub-resolv.conf", "nameserver 127.0.0.53\noptions timeout:2 attempts:1\n");
     let out = lab
         .cgroup
-        .python_with_resolv_conf(&lab.pair.near, &resolv_conf, CONNECT, &[PORT.to_string(), "app.stub.test".into(), "other.test".into()])
+        .python_with_resolv_conf(
+            &lab.pair.near,
+            &resolv_conf,
+            CONNECT,
+            &[PORT.to_string(), "app.stub.test".into(), "other.test".into()],
+        )
         .stdin(Stdio::null())
         .output()
         .expect("running the client");
@@ -706,9 +758,15 @@ fn names_through_a_local_stub_are_learned_for_the_application() {
     let report: serde_json::Value = serde_json::from_str(&drops.stdout).expect("JSON");
     let refused: Vec<&serde_json::Value> =
         report["events"].as_array().expect("events").iter().filter(|e| e["reason"] == "dns_refused").collect();
-    assert!(!refused.is_empty() && refused.iter().all(|e| e["dns_name"] == "other.test" && e["dst"] == "127.0.0.53"), "{report}");
+    assert!(
+        !refused.is_empty() && refused.iter().all(|e| e["dns_name"] == "other.test" && e["dst"] == "127.0.0.53"),
+        "{report}"
+    );
     let stub_saw = fs::read_to_string(&stub_log).unwrap_or_default();
-    assert!(stub_saw.contains("app.stub.test") && !stub_saw.contains("other.test"), "the stub saw a refused query:\n{stub_saw}");
+    assert!(
+        stub_saw.contains("app.stub.test") && !stub_saw.contains("other.test"),
+        "the stub saw a refused query:\n{stub_saw}"
+    );
     stub.0.kill().ok();
 }
 
@@ -768,7 +826,13 @@ fn names_a_switch_keeps_what_the_new_phase_still_allows() {
     );
     let cg = lab.cgroup.path.display().to_string();
     let extra: Vec<&std::ffi::OsStr> = vec!["--cgroup".as_ref(), cg.as_ref()];
-    let fw = Fw::start_launch(&lab.pair.near, &lab.pair.near_if, &policy, "a", Launch { extra: &extra, ..Launch::default() });
+    let fw = Fw::start_launch(
+        &lab.pair.near,
+        &lab.pair.near_if,
+        &policy,
+        "a",
+        Launch { extra: &extra, ..Launch::default() },
+    );
     assert!(fw.log_has_within("DNS proxy listening", Duration::from_secs(10)), "{}", fw.log_text());
     let verdicts = |args: &[&str]| connect_results(&lab, args).into_iter().map(|r| r.2).collect::<Vec<_>>();
     assert_eq!(verdicts(&["keep.test", "gone.test"]), ["ok", "ok"], "{}", fw.log_text());

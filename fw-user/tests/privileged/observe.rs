@@ -10,11 +10,11 @@ use std::{
 
 use crate::harness::{
     self,
-    poll,
     fw::Fw,
     metrics,
     netns::VethPair,
     packet::send_udp_flood,
+    poll,
     traffic::{in_netns, udp_send},
     TempDir,
 };
@@ -36,7 +36,8 @@ fn finding7_live_flow_gauges_leave_out_expired_flows() {
         "name: observe\nphases:\n  runtime:\n    timeouts: { udp: 15s }\n    inbound:\n      \
          - { name: media, proto: udp, ports: [\"40000-65535\"] }\n",
     );
-    let fw = Fw::start_with(&pair.near, &pair.near_if, &policy, "runtime", &["--metrics".as_ref(), "127.0.0.1:0".as_ref()]);
+    let fw =
+        Fw::start_with(&pair.near, &pair.near_if, &policy, "runtime", &["--metrics".as_ref(), "127.0.0.1:0".as_ref()]);
     let addr = metrics::address(&fw);
     let series = |m: &str, s: &str| metrics::sample(m, s);
     let scrape_ms = || {
@@ -73,7 +74,8 @@ fn finding7_live_flow_gauges_leave_out_expired_flows() {
     assert!(series(&seen, "fw_census_age_seconds") < 60, "{seen}");
 
     // The scrape's cost with a full probation table (65,536 entries).
-    let full: Vec<(u16, u16)> = (0..70_000u32).map(|i| (1024 + (i / 20_000) as u16, 40000 + (i % 20_000) as u16)).collect();
+    let full: Vec<(u16, u16)> =
+        (0..70_000u32).map(|i| (1024 + (i / 20_000) as u16, 40000 + (i % 20_000) as u16)).collect();
     send_udp_flood(&pair.far, far, near, &full, 1);
     assert!(
         poll(Duration::from_secs(30), || {
@@ -155,13 +157,18 @@ fn idle_summaries_skip_the_rule_counters_and_still_name_the_deny_rule() {
     let mut policy = String::from("name: idle\nphases:\n  a:\n    egress_default: drop\n    egress:\n");
     // Many deny rules that never match, and the one that does, last.
     for i in 0..2000u32 {
-        policy += &format!("      - {{ name: d{i}, to: [\"198.19.{}.{}\"], proto: tcp, ports: [25], action: deny }}\n", i / 250, i % 250);
+        policy += &format!(
+            "      - {{ name: d{i}, to: [\"198.19.{}.{}\"], proto: tcp, ports: [25], action: deny }}\n",
+            i / 250,
+            i % 250
+        );
     }
     policy += "      - { name: blocked, to: [any], proto: udp, ports: [9999], action: deny }\n";
     let policy = dir.write("idle.yaml", &policy);
     let fw = Fw::start_with(&pair.near, &pair.near_if, &policy, "a", &["--interval".as_ref(), "1".as_ref()]);
     // Two idle windows (the first one may have seen the start's own packets).
-    let idle = |log: &str| log.lines().filter(|l| l.contains("phase a (generation") && l.ends_with(": no drops")).count();
+    let idle =
+        |log: &str| log.lines().filter(|l| l.contains("phase a (generation") && l.ends_with(": no drops")).count();
     assert!(poll(Duration::from_secs(20), || idle(&fw.log_text()) >= 2), "{}", fw.log_text());
 
     let far = SocketAddr::new(IpAddr::from(pair.far4), 9999);

@@ -105,7 +105,8 @@ impl Day {
         // far's local route makes 198.19.0.0/16 its own).
         let ntp = Echo::udp(&pair.far, SocketAddr::new(Ipv4Addr::new(198, 19, 4, 1).into(), 123));
         let dir = TempDir::new();
-        let resolv_conf = dir.write("resolv.conf", &format!("nameserver {}\noptions timeout:2 attempts:2\n", pair.far4));
+        let resolv_conf =
+            dir.write("resolv.conf", &format!("nameserver {}\noptions timeout:2 attempts:2\n", pair.far4));
         // /opt/openvidu/.env as an operator writes it: the public IP set
         // (no discovery needed, but the container still may run it), the
         // webhook by name.
@@ -214,7 +215,12 @@ fn openvidu_day_2x_ce_replayed_every_needed_flow_passes_everything_else_drops() 
 
     // Install: the install script and images (web), the public-IP
     // discovery's HTTP fallback, the webhook.
-    let install = day.client(&["registry.day.test:443", "registry.day.test:80", "ifconfig.co:80", &format!("hooks.day.test:{WEBHOOK_PORT}")]);
+    let install = day.client(&[
+        "registry.day.test:443",
+        "registry.day.test:80",
+        "ifconfig.co:80",
+        &format!("hooks.day.test:{WEBHOOK_PORT}"),
+    ]);
     for (arg, addr, result) in &install {
         assert_eq!(result, "ok", "install: {arg} ({addr}): {install:?}\n{}", fw.log_text());
     }
@@ -229,13 +235,22 @@ fn openvidu_day_2x_ce_replayed_every_needed_flow_passes_everything_else_drops() 
 
     // Clients on the served ports (from the Internet side).
     assert_eq!(in_netns(&day.pair.far, || tcp_echo(at(near4, 443), PASS_TIMEOUT)), Outcome::Echoed, "client on 443");
-    assert_eq!(in_netns(&day.pair.far, || udp_echo(at(near4, 3478), PASS_TIMEOUT)), Outcome::Echoed, "client on 3478/udp");
-    assert_eq!(in_netns(&day.pair.far, || udp_echo(at(near4, 40000), PASS_TIMEOUT)), Outcome::Echoed, "media on 40000/udp");
+    assert_eq!(
+        in_netns(&day.pair.far, || udp_echo(at(near4, 3478), PASS_TIMEOUT)),
+        Outcome::Echoed,
+        "client on 3478/udp"
+    );
+    assert_eq!(
+        in_netns(&day.pair.far, || udp_echo(at(near4, 40000), PASS_TIMEOUT)),
+        Outcome::Echoed,
+        "media on 40000/udp"
+    );
 
     // The runtime's outbound needs: webhook, ACME renewal, the discovery
     // fallback, NTP to a pool name.
     let hook = format!("hooks.day.test:{WEBHOOK_PORT}");
-    let runtime = day.client(&[&hook, "acme-v02.api.letsencrypt.org:443", "ifconfig.co:80", "udp:2.debian.pool.ntp.org:123"]);
+    let runtime =
+        day.client(&[&hook, "acme-v02.api.letsencrypt.org:443", "ifconfig.co:80", "udp:2.debian.pool.ntp.org:123"]);
     for (arg, addr, result) in &runtime {
         assert_eq!(result, "ok", "runtime: {arg} ({addr}): {runtime:?}\n{}", fw.log_text());
     }
@@ -253,19 +268,30 @@ fn openvidu_day_2x_ce_replayed_every_needed_flow_passes_everything_else_drops() 
     // Everything else: refused at the socket (the hooks), the registry
     // included now that the install is over.
     let before = fw.drops().egress("drop_socket").0;
-    let closed = day.client(&["registry.day.test:443", "registry.day.test:80", "198.19.7.7:8443", "acme-v02.api.letsencrypt.org:80", "hooks.day.test:443"]);
+    let closed = day.client(&[
+        "registry.day.test:443",
+        "registry.day.test:80",
+        "198.19.7.7:8443",
+        "acme-v02.api.letsencrypt.org:80",
+        "hooks.day.test:443",
+    ]);
     for (arg, addr, result) in &closed {
         assert_eq!(result, "EPERM", "runtime: {arg} ({addr}) must be refused: {closed:?}");
     }
     assert_eq!(day.dig_at(public_resolver), "EPERM", "runtime: DNS to a public resolver");
     // And on the wire, from a socket outside the hooked cgroup.
     let wire_before = fw.drops().egress("drop_default").0;
-    assert_eq!(in_netns(&day.pair.near, || tcp_echo(at(Ipv4Addr::new(198, 19, 7, 7), 8443), DROP_TIMEOUT)), Outcome::TimedOut);
+    assert_eq!(
+        in_netns(&day.pair.near, || tcp_echo(at(Ipv4Addr::new(198, 19, 7, 7), 8443), DROP_TIMEOUT)),
+        Outcome::TimedOut
+    );
 
     // fw drops: each needed flow passed by its rule; the rest was dropped.
     let drops = fw.drops_when(|d| d.egress("drop_default").0 > wire_before);
     println!("{drops:#?}");
-    for rule in ["web", "webhook", "acme", "public-ip-discovery", "essentials-ntp", "https", "stun-turn", "kurento-media"] {
+    for rule in
+        ["web", "webhook", "acme", "public-ip-discovery", "essentials-ntp", "https", "stun-turn", "kurento-media"]
+    {
         assert!(drops.rule(rule).packets > 0, "rule {rule} passed nothing: {drops:#?}");
     }
     assert!(drops.egress("drop_socket").0 >= before + 6, "{drops:#?}");

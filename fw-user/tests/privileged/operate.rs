@@ -37,22 +37,11 @@ use Proto::{Tcp, Udp};
 /// The webhook receiver's port (OPENVIDU_WEBHOOK_ENDPOINT).
 const WEBHOOK_PORT: u16 = 8443;
 /// What the internet serves to the media host: DNS, HTTP(S), NTP.
-const INTERNET_SERVICES: [(Proto, u16, &str); 5] = [
-    (Udp, 53, "dns/udp"),
-    (Tcp, 53, "dns/tcp"),
-    (Tcp, 80, "http"),
-    (Tcp, 443, "https"),
-    (Udp, 123, "ntp"),
-];
+const INTERNET_SERVICES: [(Proto, u16, &str); 5] =
+    [(Udp, 53, "dns/udp"), (Tcp, 53, "dns/tcp"), (Tcp, 80, "http"), (Tcp, 443, "https"), (Udp, 123, "ntp")];
 /// What the media host serves to clients: HTTPS, STUN/TURN, Kurento media
 /// (40000-57000) and the TURN relay range (57001-65535).
-const MEDIA_SERVICES: [(Proto, u16); 5] = [
-    (Tcp, 443),
-    (Tcp, 3478),
-    (Udp, 3478),
-    (Udp, 45000),
-    (Udp, 60000),
-];
+const MEDIA_SERVICES: [(Proto, u16); 5] = [(Tcp, 443), (Tcp, 3478), (Udp, 3478), (Udp, 45000), (Udp, 60000)];
 /// A port nothing allows, served on the internet side as a control.
 const DENIED_PORT: u16 = 9999;
 
@@ -80,24 +69,13 @@ impl Ov {
         let mirror4 = Ipv4Addr::new(198, 18, x, 4);
         let mirror6 = Ipv6Addr::new(0x2001, 0xdb8, u16::from(x), 0, 0, 0, 0, 4);
         for v4 in [webhook_ip, mirror4] {
-            pair.far
-                .ip(&["addr", "add", &format!("{v4}/24"), "dev", &pair.far_if]);
+            pair.far.ip(&["addr", "add", &format!("{v4}/24"), "dev", &pair.far_if]);
         }
-        pair.far.ip(&[
-            "-6",
-            "addr",
-            "add",
-            &format!("{mirror6}/64"),
-            "dev",
-            &pair.far_if,
-            "nodad",
-        ]);
+        pair.far.ip(&["-6", "addr", "add", &format!("{mirror6}/64"), "dev", &pair.far_if, "nodad"]);
         let mut internet = Vec::new();
         for ip in pair.far_addrs() {
-            for (proto, port) in INTERNET_SERVICES
-                .iter()
-                .map(|&(p, port, _)| (p, port))
-                .chain([(Udp, DENIED_PORT), (Tcp, DENIED_PORT)])
+            for (proto, port) in
+                INTERNET_SERVICES.iter().map(|&(p, port, _)| (p, port)).chain([(Udp, DENIED_PORT), (Tcp, DENIED_PORT)])
             {
                 let addr = SocketAddr::new(ip, port);
                 internet.push((proto, addr, serve(&pair.far, proto, addr)));
@@ -127,10 +105,7 @@ impl Ov {
             media,
             webhook: Echo::tcp(&pair.far, webhook_addr),
             webhook_addr,
-            mirror: [
-                SocketAddr::new(mirror4.into(), 80),
-                SocketAddr::new(mirror6.into(), 80),
-            ],
+            mirror: [SocketAddr::new(mirror4.into(), 80), SocketAddr::new(mirror6.into(), 80)],
             env,
             dir,
             pair,
@@ -151,10 +126,7 @@ impl Ov {
 
     /// The package mirrors, streaming to whoever connects until dropped.
     fn serve_mirrors(&self) -> Vec<TcpSource> {
-        self.mirror
-            .iter()
-            .map(|&a| TcpSource::new(&self.pair.far, a, None))
-            .collect()
+        self.mirror.iter().map(|&a| TcpSource::new(&self.pair.far, a, None)).collect()
     }
 
     fn internet_service(&self, proto: Proto, port: u16, v6: bool) -> (SocketAddr, &Echo) {
@@ -245,22 +217,12 @@ fn probe(proto: Proto, addr: SocketAddr, timeout: Duration) -> Outcome {
 }
 
 fn assert_all(results: &[(String, Outcome, bool)], outcome: &Outcome, seen: bool, when: &str) {
-    let wrong: Vec<_> = results
-        .iter()
-        .filter(|(_, o, s)| o != outcome || *s != seen)
-        .collect();
-    assert!(
-        wrong.is_empty(),
-        "{when}: expected {outcome:?} (server saw it: {seen}), got: {wrong:#?}"
-    );
+    let wrong: Vec<_> = results.iter().filter(|(_, o, s)| o != outcome || *s != seen).collect();
+    assert!(wrong.is_empty(), "{when}: expected {outcome:?} (server saw it: {seen}), got: {wrong:#?}");
 }
 
 fn assert_clients_served(ov: &Ov, when: &str) {
-    let wrong: Vec<_> = ov
-        .clients()
-        .into_iter()
-        .filter(|(_, o)| *o != Outcome::Echoed)
-        .collect();
+    let wrong: Vec<_> = ov.clients().into_iter().filter(|(_, o)| *o != Outcome::Echoed).collect();
     assert!(wrong.is_empty(), "{when}: clients not served: {wrong:#?}");
 }
 
@@ -304,9 +266,7 @@ fn start_downloads(ov: &Ov, ports: [u16; 2]) -> Vec<(SocketAddr, Download)> {
 fn assert_downloads_cut(downloads: &[(SocketAddr, Download)]) {
     const STALL: Duration = Duration::from_millis(500);
     for (mirror, download) in downloads {
-        let stalled = download.wait(Duration::from_secs(3), |d| {
-            d.idle() >= STALL || matches!(d.end(), End::Error(_))
-        });
+        let stalled = download.wait(Duration::from_secs(3), |d| d.idle() >= STALL || matches!(d.end(), End::Error(_)));
         assert!(
             stalled,
             "the download from {mirror} must stall after the switch: still receiving ({} bytes, idle {:?})",
@@ -318,11 +278,7 @@ fn assert_downloads_cut(downloads: &[(SocketAddr, Download)]) {
     // A drop is expected: a short, fixed look for bytes that should not come.
     std::thread::sleep(DROP_TIMEOUT);
     for ((mirror, download), before) in downloads.iter().zip(at) {
-        assert_eq!(
-            download.bytes(),
-            before,
-            "the download from {mirror} resumed"
-        );
+        assert_eq!(download.bytes(), before, "the download from {mirror} resumed");
     }
 }
 
@@ -343,26 +299,14 @@ fn operate_the_openvidu_day() {
     // The long downloads come from ports outside every inbound range (the
     // media ranges are the next test's subject).
     let downloads = start_downloads(&ov, [35000, 35001]);
-    assert_all(
-        &ov.outbound(PASS_TIMEOUT),
-        &Outcome::Echoed,
-        true,
-        "install",
-    );
-    assert_eq!(
-        ov.post_webhook(PASS_TIMEOUT),
-        Outcome::Echoed,
-        "install: webhook"
-    );
+    assert_all(&ov.outbound(PASS_TIMEOUT), &Outcome::Echoed, true, "install");
+    assert_eq!(ov.post_webhook(PASS_TIMEOUT), Outcome::Echoed, "install: webhook");
     assert_clients_served(&ov, "install");
 
     let before = fw.drops();
     let out = fw.cli(&["switch", "runtime"]);
     assert_ok(&out, "fw switch runtime");
-    println!(
-        "openvidu day: fw switch install -> runtime took {} ms",
-        switch_ms(&out)
-    );
+    println!("openvidu day: fw switch install -> runtime took {} ms", switch_ms(&out));
     assert_eq!(fw.status_json()["phase"], "runtime");
 
     assert_downloads_cut(&downloads);
@@ -373,25 +317,13 @@ fn operate_the_openvidu_day() {
     );
 
     let webhook_before = ov.webhook.received();
-    assert_all(
-        &ov.outbound(DROP_TIMEOUT),
-        &Outcome::TimedOut,
-        false,
-        "runtime",
-    );
+    assert_all(&ov.outbound(DROP_TIMEOUT), &Outcome::TimedOut, false, "runtime");
     // New downloads from the mirror fail as well.
     for mirror in ov.mirror {
         let out = tcp_connect_from(&ov.pair.near, mirror, 0, DROP_TIMEOUT);
-        assert!(
-            out.is_err(),
-            "runtime: a new download from {mirror} must fail"
-        );
+        assert!(out.is_err(), "runtime: a new download from {mirror} must fail");
     }
-    assert_eq!(
-        ov.post_webhook(PASS_TIMEOUT),
-        Outcome::Echoed,
-        "runtime: webhook"
-    );
+    assert_eq!(ov.post_webhook(PASS_TIMEOUT), Outcome::Echoed, "runtime: webhook");
     assert_eq!(ov.webhook.received(), webhook_before + 1);
     assert_clients_served(&ov, "runtime");
     assert_eq!(mirrors.iter().map(TcpSource::accepted).sum::<u64>(), 2);
@@ -423,32 +355,19 @@ fn operate_a_daemon_crash_leaves_no_gap() {
     let ov = Ov::new(22);
     let mut fw = ov.start_fw("runtime");
     let start = fw.drops();
-    let denied: Vec<(SocketAddr, &Echo)> = [false, true]
-        .into_iter()
-        .map(|v6| ov.internet_service(Udp, DENIED_PORT, v6))
-        .collect();
-    let media: Vec<SocketAddr> = ov
-        .media
-        .iter()
-        .filter(|(p, a, _)| *p == Udp && a.port() == 45000)
-        .map(|(_, a, _)| *a)
-        .collect();
-    let flows: Vec<SeqFlow> = media
-        .iter()
-        .map(|&a| SeqFlow::start(&ov.pair.far, a, Duration::from_millis(2)))
-        .collect();
-    let pacers: Vec<Pacer> = denied
-        .iter()
-        .map(|&(a, _)| Pacer::start(&ov.pair.near, a, Duration::from_millis(1), 30_000))
-        .collect();
+    let denied: Vec<(SocketAddr, &Echo)> =
+        [false, true].into_iter().map(|v6| ov.internet_service(Udp, DENIED_PORT, v6)).collect();
+    let media: Vec<SocketAddr> =
+        ov.media.iter().filter(|(p, a, _)| *p == Udp && a.port() == 45000).map(|(_, a, _)| *a).collect();
+    let flows: Vec<SeqFlow> =
+        media.iter().map(|&a| SeqFlow::start(&ov.pair.far, a, Duration::from_millis(2))).collect();
+    let pacers: Vec<Pacer> =
+        denied.iter().map(|&(a, _)| Pacer::start(&ov.pair.near, a, Duration::from_millis(1), 30_000)).collect();
     let wait_echoes = |more: usize| {
         let goal: Vec<usize> = flows.iter().map(|f| f.echoed() + more).collect();
         let start = Instant::now();
         while flows.iter().zip(&goal).any(|(f, g)| f.echoed() < *g) {
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "the allowed flows stopped"
-            );
+            assert!(start.elapsed() < Duration::from_secs(5), "the allowed flows stopped");
             std::thread::sleep(Duration::from_millis(5));
         }
     };
@@ -459,9 +378,7 @@ fn operate_a_daemon_crash_leaves_no_gap() {
     let gap = fw.restart();
     assert_ne!(fw.pid(), old_pid);
     let adopted = fw.drops();
-    println!(
-        "crash: the instance had no daemon for {gap:?} (kill -9 until the new daemon answered)"
-    );
+    println!("crash: the instance had no daemon for {gap:?} (kill -9 until the new daemon answered)");
     wait_echoes(100);
 
     let attempts: u64 = pacers.into_iter().map(Pacer::finish).sum();
@@ -469,11 +386,7 @@ fn operate_a_daemon_crash_leaves_no_gap() {
     let mut streamed = 0;
     for (flow, to) in flows.into_iter().zip(&media) {
         let (sent, missing) = flow.finish();
-        assert!(
-            missing.is_empty(),
-            "the allowed flow to {to} lost {} of {sent}: {missing:?}",
-            missing.len()
-        );
+        assert!(missing.is_empty(), "the allowed flow to {to} lost {} of {sent}: {missing:?}", missing.len());
         streamed += sent;
     }
     let end = fw.drops_when(|d| d.dropped("egress") - start.dropped("egress") >= attempts);
@@ -482,30 +395,16 @@ fn operate_a_daemon_crash_leaves_no_gap() {
          allowed datagrams echoed without a gap: {streamed}"
     );
     assert_eq!(passed, 0, "denied packets reached the internet");
-    for (earlier, later, when) in [
-        (&start, &before, "before"),
-        (&before, &adopted, "across the restart"),
-        (&adopted, &end, "after"),
-    ] {
+    for (earlier, later, when) in
+        [(&start, &before, "before"), (&before, &adopted, "across the restart"), (&adopted, &end, "after")]
+    {
         for r in &earlier.reasons {
             let now = later.counted(&r.direction, &r.reason).0;
-            assert!(
-                now >= r.packets,
-                "{} {} went back {when}: {} -> {now}",
-                r.direction,
-                r.reason,
-                r.packets
-            );
+            assert!(now >= r.packets, "{} {} went back {when}: {} -> {now}", r.direction, r.reason, r.packets);
         }
     }
-    assert!(
-        before.dropped("egress") > start.dropped("egress"),
-        "drops before the crash: {before:#?}"
-    );
-    assert!(
-        end.dropped("egress") > adopted.dropped("egress"),
-        "drops after the restart: {end:#?}"
-    );
+    assert!(before.dropped("egress") > start.dropped("egress"), "drops before the crash: {before:#?}");
+    assert!(end.dropped("egress") > adopted.dropped("egress"), "drops after the restart: {end:#?}");
     assert_eq!(
         end.dropped("egress") - start.dropped("egress"),
         attempts,
@@ -514,11 +413,7 @@ fn operate_a_daemon_crash_leaves_no_gap() {
 }
 
 /// Polls `fw status --json` until `done` holds, at most `limit`.
-fn status_until(
-    fw: &Fw,
-    limit: Duration,
-    done: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
+fn status_until(fw: &Fw, limit: Duration, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     let start = Instant::now();
     loop {
         let status = fw.status_json();
@@ -533,41 +428,24 @@ const CONFIRM_SECS: &str = "3";
 
 /// `fw switch runtime --confirm 3` (asserting it applied) from install.
 fn switch_awaiting_confirmation(ov: &Ov, fw: &Fw) -> u64 {
-    assert!(
-        ov.dns_works(false) && ov.dns_works(true),
-        "install: DNS works"
-    );
+    assert!(ov.dns_works(false) && ov.dns_works(true), "install: DNS works");
     let generation = fw.status_json()["generation"].as_u64().expect("generation");
     let out = fw.cli(&["switch", "runtime", "--confirm", CONFIRM_SECS]);
     assert_ok(&out, "fw switch --confirm");
     let status = fw.status_json();
     assert_eq!(status["phase"], "runtime", "{status}");
-    assert_eq!(
-        status["pending_confirm"]["rollback_to"], "install",
-        "{status}"
-    );
-    assert!(
-        !ov.dns_works(false) && !ov.dns_works(true),
-        "runtime: DNS is closed"
-    );
+    assert_eq!(status["pending_confirm"]["rollback_to"], "install", "{status}");
+    assert!(!ov.dns_works(false) && !ov.dns_works(true), "runtime: DNS is closed");
     generation
 }
 
 fn assert_rolled_back(ov: &Ov, fw: &Fw, generation: u64) {
     let status = status_until(fw, Duration::from_secs(8), |s| s["phase"] == "install");
-    assert_eq!(
-        status["phase"],
-        "install",
-        "no rollback within 8 s: {status}\n{}",
-        fw.log_text()
-    );
+    assert_eq!(status["phase"], "install", "no rollback within 8 s: {status}\n{}", fw.log_text());
     assert!(status["pending_confirm"].is_null(), "{status}");
     assert_eq!(status["generation"].as_u64(), Some(generation), "{status}");
     assert_eq!(status["enforcing"], true, "{status}");
-    assert!(
-        ov.dns_works(false) && ov.dns_works(true),
-        "rolled back: DNS works again"
-    );
+    assert!(ov.dns_works(false) && ov.dns_works(true), "rolled back: DNS works again");
 }
 
 #[test]
@@ -591,16 +469,10 @@ fn operate_a_confirmed_switch_stays() {
     // daemon's tick: look until well past that.
     let deadline = Instant::now() + Duration::from_secs(5);
     let status = status_until(&fw, Duration::from_secs(5), |s| s["phase"] != "runtime");
-    assert!(
-        Instant::now() >= deadline,
-        "the phase changed after fw confirm: {status}"
-    );
+    assert!(Instant::now() >= deadline, "the phase changed after fw confirm: {status}");
     assert_eq!(status["phase"], "runtime", "{status}");
     assert!(status["pending_confirm"].is_null(), "{status}");
-    assert!(
-        !ov.dns_works(false) && !ov.dns_works(true),
-        "confirmed runtime: DNS stays closed"
-    );
+    assert!(!ov.dns_works(false) && !ov.dns_works(true), "confirmed runtime: DNS stays closed");
 }
 
 #[test]
@@ -609,10 +481,7 @@ fn operate_a_rollback_survives_a_daemon_restart() {
     let mut fw = ov.start_fw("install");
     let generation = switch_awaiting_confirmation(&ov, &fw);
     fw.restart();
-    assert_eq!(
-        fw.status_json()["pending_confirm"]["rollback_to"],
-        "install"
-    );
+    assert_eq!(fw.status_json()["pending_confirm"]["rollback_to"], "install");
     assert_rolled_back(&ov, &fw, generation);
 }
 
@@ -623,11 +492,7 @@ fn assert_install_verdicts(ov: &Ov, when: &str) {
         assert!(ov.dns_works(v6), "{when}: DNS (v6 {v6}) must still work");
         let (addr, echo) = ov.internet_service(Tcp, DENIED_PORT, v6);
         let got = in_netns(&ov.pair.near, || tcp_echo(addr, DROP_TIMEOUT));
-        assert_eq!(
-            got,
-            Outcome::TimedOut,
-            "{when}: {addr} must still be denied"
-        );
+        assert_eq!(got, Outcome::TimedOut, "{when}: {addr} must still be denied");
         assert_eq!(echo.received(), 0, "{when}");
     }
 }
@@ -652,65 +517,38 @@ fn operate_bad_input_changes_nothing() {
 
     let out = fw.cli(&["switch", "no-such-phase"]);
     let line = out.one_line_error();
-    assert!(
-        line.contains("no-such-phase"),
-        "the error must name the phase: {line}"
-    );
+    assert!(line.contains("no-such-phase"), "the error must name the phase: {line}");
     unchanged(&fw, "after a switch to an unknown phase");
 
     let broken = ov.dir.write(
         "broken.yaml",
         "name: broken\nphases:\n  runtime:\n    egress:\n      - { name: x, to: [198.18.0.0/15, proto: tcp\n",
     );
-    let out = fw.cli(&[
-        "switch",
-        "runtime",
-        "--policy",
-        broken.to_str().expect("utf-8 path"),
-    ]);
+    let out = fw.cli(&["switch", "runtime", "--policy", broken.to_str().expect("utf-8 path")]);
     let line = out.one_line_error();
-    assert!(
-        line.contains("broken.yaml"),
-        "the error must name the file: {line}"
-    );
+    assert!(line.contains("broken.yaml"), "the error must name the file: {line}");
     unchanged(&fw, "after a switch to a broken policy");
 
-    let other = ov.dir.write(
-        "other.yaml",
-        "name: other\nphases:\n  install:\n    egress_default: allow\n",
-    );
+    let other = ov.dir.write("other.yaml", "name: other\nphases:\n  install:\n    egress_default: allow\n");
     let second = |fw: &Fw, when: &str| {
         let mut args: Vec<&OsStr> = fw.run_args().iter().map(|a| a.as_os_str()).collect();
-        let at = args
-            .iter()
-            .position(|a| *a == "--policy")
-            .expect("--policy")
-            + 1;
+        let at = args.iter().position(|a| *a == "--policy").expect("--policy") + 1;
         args[at] = other.as_os_str();
         let mut cmd = ov.pair.near.command(harness::fw::FW);
         cmd.args(args);
         let out = harness::fw::run_bounded(cmd, Duration::from_secs(30));
         let line = out.one_line_error().to_string();
-        assert!(
-            line.contains(fw.name()),
-            "{when}: the error must name the instance: {line}"
-        );
+        assert!(line.contains(fw.name()), "{when}: the error must name the instance: {line}");
         line
     };
     let pid = fw.pid();
     second(&fw, "daemon alive");
-    assert_eq!(
-        fw.status_json()["daemon_pid"].as_u64(),
-        Some(u64::from(pid))
-    );
+    assert_eq!(fw.status_json()["daemon_pid"].as_u64(), Some(u64::from(pid)));
     unchanged(&fw, "after a second fw run (daemon alive)");
 
     fw.kill_run_process();
     let line = second(&fw, "daemon dead");
-    assert!(
-        line.contains("openvidu-ce"),
-        "the error must say what runs: {line}"
-    );
+    assert!(line.contains("openvidu-ce"), "the error must say what runs: {line}");
     unchanged(&fw, "after a second fw run (daemon dead)");
     fw.start_again();
     unchanged(&fw, "after the right fw run adopted it");
@@ -724,19 +562,10 @@ fn operate_the_control_socket_is_root_only() {
     let fw = ov.start_fw("install");
     let socket = PathBuf::from(format!("/run/fw/{}.sock", fw.name()));
     let meta = std::fs::metadata(&socket).unwrap_or_else(|e| panic!("{}: {e}", socket.display()));
-    assert_eq!(
-        meta.permissions().mode() & 0o777,
-        0o600,
-        "{}",
-        socket.display()
-    );
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{}", socket.display());
     assert_eq!(meta.uid(), 0);
     let dir = std::fs::metadata("/run/fw").expect("/run/fw");
-    assert_eq!(
-        dir.permissions().mode() & 0o077,
-        0,
-        "/run/fw must be root-only"
-    );
+    assert_eq!(dir.permissions().mode() & 0o077, 0, "/run/fw must be root-only");
 
     // A process of uid 65534 cannot even reach the socket. A raw
     // setresuid() changes the credentials of this one thread only.
@@ -754,29 +583,14 @@ fn operate_the_control_socket_is_root_only() {
         "uid 65534 must not connect to the control socket"
     );
 
-    for args in [
-        vec!["status"],
-        vec!["drops", "--json"],
-        vec!["switch", "runtime"],
-        vec!["confirm"],
-        vec!["stop"],
-    ] {
+    for args in [vec!["status"], vec!["drops", "--json"], vec!["switch", "runtime"], vec!["confirm"], vec!["stop"]] {
         let mut cmd = ov.pair.near.command("setpriv");
-        cmd.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--",
-            harness::fw::FW,
-        ])
-        .args(&args)
-        .args(["--name", fw.name()]);
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", harness::fw::FW])
+            .args(&args)
+            .args(["--name", fw.name()]);
         let out = harness::fw::run_bounded(cmd, Duration::from_secs(30));
         let line = out.one_line_error();
-        assert!(
-            line.contains("root"),
-            "fw {args:?} as uid 65534 must say it needs root: {line}"
-        );
+        assert!(line.contains("root"), "fw {args:?} as uid 65534 must say it needs root: {line}");
     }
     assert_eq!(fw.status_json()["phase"], "install", "nothing changed");
     assert_eq!(fw.status_json()["enforcing"], true);
@@ -811,16 +625,9 @@ fn operate_switch_to_a_100k_rule_policy() {
             format!("198.19.{}.{}", (i >> 8) & 0xff, i & 0xff)
         };
         let lo = 1000 + (i % 50_000);
-        let ports = if i % 2 == 0 {
-            lo.to_string()
-        } else {
-            format!("\"{lo}-{}\"", lo + 37)
-        };
+        let ports = if i % 2 == 0 { lo.to_string() } else { format!("\"{lo}-{}\"", lo + 37) };
         let action = if i % 7 == 0 { ", action: deny" } else { "" };
-        let _ = writeln!(
-            yaml,
-            "      - {{ name: r{i}, to: [\"{cidr}\"], proto: tcp, ports: [{ports}]{action} }}"
-        );
+        let _ = writeln!(yaml, "      - {{ name: r{i}, to: [\"{cidr}\"], proto: tcp, ports: [{ports}]{action} }}");
     }
     let policy = ov.dir.write("scale.yaml", &yaml);
     let policy_arg = policy.to_str().expect("utf-8 path");
@@ -830,23 +637,11 @@ fn operate_switch_to_a_100k_rule_policy() {
     // does (`fw check` is checked last, below).
     let started = Instant::now();
     let probe = format!("{dns4}/udp");
-    let compiled = fw(
-        &ov.pair.near,
-        &[
-            "explain", &probe, "--policy", policy_arg, "--phase", "big", "--json",
-        ],
-    );
-    assert_ok(
-        &compiled,
-        "compiling the 100k-rule phase (fw explain --policy)",
-    );
-    let verdict: serde_json::Value =
-        serde_json::from_str(&compiled.stdout).expect("explain --json");
+    let compiled = fw(&ov.pair.near, &["explain", &probe, "--policy", policy_arg, "--phase", "big", "--json"]);
+    assert_ok(&compiled, "compiling the 100k-rule phase (fw explain --policy)");
+    let verdict: serde_json::Value = serde_json::from_str(&compiled.stdout).expect("explain --json");
     assert_eq!(verdict["verdict"], "allow", "{verdict}");
-    println!(
-        "100k rules: compiled and fits the maps (fw explain) in {:?}",
-        started.elapsed()
-    );
+    println!("100k rules: compiled and fits the maps (fw explain) in {:?}", started.elapsed());
 
     let instance = Fw::start(&ov.pair.near, &ov.pair.near_if, &policy, "small");
     let started = Instant::now();
@@ -860,31 +655,18 @@ fn operate_switch_to_a_100k_rule_policy() {
     );
     let status = instance.status_json();
     assert_eq!(status["phase"], "big", "{status}");
-    assert!(
-        status["entries"]["ports"].as_u64().unwrap_or(0) > RULES as u64,
-        "{status}"
-    );
-    assert!(
-        ov.dns_works(false) && ov.dns_works(true),
-        "the big phase allows DNS"
-    );
+    assert!(status["entries"]["ports"].as_u64().unwrap_or(0) > RULES as u64, "{status}");
+    assert!(ov.dns_works(false) && ov.dns_works(true), "the big phase allows DNS");
     let drops: Drops = instance.drops();
     assert!(drops.rule("dns").packets >= 2, "{drops:#?}");
     let (denied, _) = ov.internet_service(Tcp, DENIED_PORT, false);
-    assert_eq!(
-        in_netns(&ov.pair.near, || tcp_echo(denied, DROP_TIMEOUT)),
-        Outcome::TimedOut
-    );
+    assert_eq!(in_netns(&ov.pair.near, || tcp_echo(denied, DROP_TIMEOUT)), Outcome::TimedOut);
 
     // `fw check` of the same file compiles the same tables (about a second)
     // and adds the warnings: it must finish in the 30 s every fw command
     // gets here.
     let started = Instant::now();
     let check = fw(&ov.pair.near, &["check", policy_arg, "--phase", "big"]);
-    assert!(
-        check.status.code().is_some_and(|c| c < 2),
-        "fw check of the 100k-rule policy: {}",
-        check.stderr
-    );
+    assert!(check.status.code().is_some_and(|c| c < 2), "fw check of the 100k-rule policy: {}", check.stderr);
     println!("100k rules: fw check took {:?}", started.elapsed());
 }

@@ -60,11 +60,7 @@ impl Site {
         let pair = VethPair::new(x);
         let dir = TempDir::new();
         let policy = dir.write("stateful.yaml", &policy(pair.far4.into(), pair.far6.into()));
-        Self {
-            policy,
-            _dir: dir,
-            pair,
-        }
+        Self { policy, _dir: dir, pair }
     }
 
     fn server(&self) -> &Netns {
@@ -100,10 +96,8 @@ fn delta(after: &Drops, before: &Drops, direction: &str, reason: &str) -> u64 {
 #[test]
 fn stateful_inbound_tcp_443_is_served_both_ways() {
     let site = Site::new(0);
-    let servers: Vec<Echo> = FAMILIES
-        .iter()
-        .map(|&(v6, _)| Echo::tcp(site.server(), SocketAddr::new(site.addrs(v6).0, 443)))
-        .collect();
+    let servers: Vec<Echo> =
+        FAMILIES.iter().map(|&(v6, _)| Echo::tcp(site.server(), SocketAddr::new(site.addrs(v6).0, 443))).collect();
     let fw = site.start_fw("runtime");
     let before = fw.drops();
     let payload: Vec<u8> = (0..256 * 1024).map(|i| (i % 251) as u8).collect();
@@ -114,23 +108,13 @@ fn stateful_inbound_tcp_443_is_served_both_ways() {
             tcp_echo_bulk(&mut conn, &payload, PASS_TIMEOUT)
         })
         .unwrap_or_else(|e| panic!("{family}: 256 KiB echo over {to}: {e}"));
-        assert!(
-            back == payload,
-            "{family}: the echo differs from what was sent"
-        );
+        assert!(back == payload, "{family}: the echo differs from what was sent");
     }
     assert_eq!(servers.iter().map(Echo::received).sum::<usize>(), 2);
     let after = fw.drops();
     assert!(after.rule("https").packets >= 2, "{after:#?}");
-    assert_eq!(
-        after.dropped("egress") - before.dropped("egress"),
-        0,
-        "{after:#?}"
-    );
-    assert!(
-        delta(&after, &before, "egress", "pass_flow") > 100,
-        "{after:#?}"
-    );
+    assert_eq!(after.dropped("egress") - before.dropped("egress"), 0, "{after:#?}");
+    assert!(delta(&after, &before, "egress", "pass_flow") > 100, "{after:#?}");
 }
 
 /// Inbound UDP to both ends of the media range gets its echo back.
@@ -165,11 +149,7 @@ fn stateful_outbound_from_the_server_fails() {
         let client = site.addrs(v6).1;
         for (tcp, port) in [(true, 443), (true, 8080), (false, 53), (false, MEDIA)] {
             let addr = SocketAddr::new(client, port);
-            let echo = if tcp {
-                Echo::tcp(site.client(), addr)
-            } else {
-                Echo::udp(site.client(), addr)
-            };
+            let echo = if tcp { Echo::tcp(site.client(), addr) } else { Echo::udp(site.client(), addr) };
             targets.push((tcp, addr, echo));
         }
     }
@@ -177,20 +157,11 @@ fn stateful_outbound_from_the_server_fails() {
         in_netns(site.server(), || {
             targets
                 .iter()
-                .map(|(tcp, addr, _)| {
-                    if *tcp {
-                        tcp_echo(*addr, timeout)
-                    } else {
-                        udp_echo(*addr, timeout)
-                    }
-                })
+                .map(|(tcp, addr, _)| if *tcp { tcp_echo(*addr, timeout) } else { udp_echo(*addr, timeout) })
                 .collect::<Vec<_>>()
         })
     };
-    assert!(
-        probe(PASS_TIMEOUT).iter().all(|o| *o == Outcome::Echoed),
-        "without fw the client answers every probe"
-    );
+    assert!(probe(PASS_TIMEOUT).iter().all(|o| *o == Outcome::Echoed), "without fw the client answers every probe");
     let fw = site.start_fw("runtime");
     let before = fw.drops();
     let received: Vec<usize> = targets.iter().map(|(_, _, e)| e.received()).collect();
@@ -200,10 +171,7 @@ fn stateful_outbound_from_the_server_fails() {
         assert_eq!(echo.received(), before, "{addr} must see nothing");
     }
     let after = fw.drops_when(|d| d.dropped("egress") - before.dropped("egress") >= 8);
-    assert!(
-        after.dropped("egress") - before.dropped("egress") >= 8,
-        "one drop at least per probe: {after:#?}"
-    );
+    assert!(after.dropped("egress") - before.dropped("egress") >= 8, "one drop at least per probe: {after:#?}");
 }
 
 /// A crafted SYN-ACK "from" 443 to a client port that never connected, and
@@ -216,12 +184,7 @@ fn stateful_crafted_reply_to_a_peer_that_never_connected_is_dropped_as_spoofed()
     let sniffer = Sniffer::new(site.client(), &site.pair.far_if);
     let send_both = |v6: bool, port: u16| {
         let (server, client) = site.addrs(v6);
-        send_tcp(
-            site.server(),
-            SocketAddr::new(server, 443),
-            SocketAddr::new(client, port),
-            TCP_SYN | TCP_ACK,
-        );
+        send_tcp(site.server(), SocketAddr::new(server, 443), SocketAddr::new(client, port), TCP_SYN | TCP_ACK);
         in_netns(site.server(), || {
             let socket = UdpSocket::bind(SocketAddr::new(server, MEDIA))?;
             socket.send_to(b"reply?", SocketAddr::new(client, port))
@@ -241,11 +204,7 @@ fn stateful_crafted_reply_to_a_peer_that_never_connected_is_dropped_as_spoofed()
         while arrived(v6, 5555) < 2 && start.elapsed() < PASS_TIMEOUT {
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(
-            arrived(v6, 5555),
-            2,
-            "{family}: without fw both packets arrive"
-        );
+        assert_eq!(arrived(v6, 5555), 2, "{family}: without fw both packets arrive");
     }
 
     let fw = site.start_fw("runtime");
@@ -258,36 +217,19 @@ fn stateful_crafted_reply_to_a_peer_that_never_connected_is_dropped_as_spoofed()
             2,
             "{family}: one crafted SYN-ACK and one datagram: {after:#?}"
         );
-        assert_eq!(
-            after.dropped("egress") - before.dropped("egress"),
-            2,
-            "{after:#?}"
-        );
+        assert_eq!(after.dropped("egress") - before.dropped("egress"), 2, "{after:#?}");
         std::thread::sleep(DROP_TIMEOUT);
-        assert_eq!(
-            arrived(v6, 5556),
-            0,
-            "{family}: the client must receive neither"
-        );
+        assert_eq!(arrived(v6, 5556), 0, "{family}: the client must receive neither");
     }
 }
 
 /// Receives one datagram on `socket` within `timeout`.
 fn recv(socket: &UdpSocket, timeout: Duration) -> Option<(Vec<u8>, SocketAddr)> {
-    socket
-        .set_read_timeout(Some(timeout))
-        .expect("read timeout");
+    socket.set_read_timeout(Some(timeout)).expect("read timeout");
     let mut buf = [0u8; 1500];
     match socket.recv_from(&mut buf) {
         Ok((n, from)) => Some((buf[..n].to_vec(), from)),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            None
-        }
+        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => None,
         Err(e) => panic!("recv: {e}"),
     }
 }
@@ -307,24 +249,15 @@ fn stateful_ice_exchange_opens_exactly_the_port_that_spoke() {
             let (server, client) = site.addrs(v6);
             let s = in_netns(site.server(), || UdpSocket::bind((server, MEDIA + 1)));
             let c = in_netns(site.client(), || UdpSocket::bind((client, CLIENT_PORT)));
-            let o = in_netns(site.client(), || {
-                UdpSocket::bind((client, OTHER_CLIENT_PORT))
-            });
-            (
-                s.expect("server socket"),
-                c.expect("client socket"),
-                o.expect("other socket"),
-            )
+            let o = in_netns(site.client(), || UdpSocket::bind((client, OTHER_CLIENT_PORT)));
+            (s.expect("server socket"), c.expect("client socket"), o.expect("other socket"))
         })
         .collect();
     // Control: without fw, the server's first datagram arrives.
     for ((v6, family), (server, client, _)) in FAMILIES.iter().zip(&sockets) {
         let to = SocketAddr::new(site.addrs(*v6).1, CLIENT_PORT);
         server.send_to(b"control", to).expect("send");
-        assert!(
-            recv(client, PASS_TIMEOUT).is_some(),
-            "{family}: control without fw"
-        );
+        assert!(recv(client, PASS_TIMEOUT).is_some(), "{family}: control without fw");
     }
 
     let fw = site.start_fw("runtime");
@@ -335,30 +268,20 @@ fn stateful_ice_exchange_opens_exactly_the_port_that_spoke() {
         let before = fw.drops();
 
         server.send_to(b"first check", client_addr).expect("send");
-        assert_eq!(
-            recv(client, DROP_TIMEOUT),
-            None,
-            "{family}: the server's first check must be dropped"
-        );
+        assert_eq!(recv(client, DROP_TIMEOUT), None, "{family}: the server's first check must be dropped");
 
-        client
-            .send_to(b"client check", (server_ip, MEDIA + 1))
-            .expect("send");
-        let (got, from) = recv(server, PASS_TIMEOUT)
-            .unwrap_or_else(|| panic!("{family}: the client's check must reach the server"));
+        client.send_to(b"client check", (server_ip, MEDIA + 1)).expect("send");
+        let (got, from) =
+            recv(server, PASS_TIMEOUT).unwrap_or_else(|| panic!("{family}: the client's check must reach the server"));
         assert_eq!((got.as_slice(), from), (&b"client check"[..], client_addr));
 
         server.send_to(b"retry", client_addr).expect("send");
-        let (got, _) = recv(client, PASS_TIMEOUT)
-            .unwrap_or_else(|| panic!("{family}: the server's retry must arrive now"));
+        let (got, _) =
+            recv(client, PASS_TIMEOUT).unwrap_or_else(|| panic!("{family}: the server's retry must arrive now"));
         assert_eq!(got, b"retry");
 
         server.send_to(b"elsewhere", other_addr).expect("send");
-        assert_eq!(
-            recv(other, DROP_TIMEOUT),
-            None,
-            "{family}: another client port stays closed"
-        );
+        assert_eq!(recv(other, DROP_TIMEOUT), None, "{family}: another client port stays closed");
 
         let after = fw.drops_when(|d| delta(d, &before, "egress", "drop_spoofed_reply") >= 2);
         assert_eq!(
@@ -366,11 +289,7 @@ fn stateful_ice_exchange_opens_exactly_the_port_that_spoke() {
             2,
             "{family}: the first check and the datagram to the other port: {after:#?}"
         );
-        assert_eq!(
-            after.dropped("egress") - before.dropped("egress"),
-            2,
-            "{after:#?}"
-        );
+        assert_eq!(after.dropped("egress") - before.dropped("egress"), 2, "{after:#?}");
     }
 }
 
@@ -385,14 +304,8 @@ fn stateful_inbound_default_drop_filters_new_inbound_but_replies_arrive() {
     let mut upstream = Vec::new();
     for (v6, _) in FAMILIES {
         let (server, client) = site.addrs(v6);
-        unserved.push((
-            true,
-            Echo::tcp(site.server(), SocketAddr::new(server, 8080)),
-        ));
-        unserved.push((
-            false,
-            Echo::udp(site.server(), SocketAddr::new(server, 9000)),
-        ));
+        unserved.push((true, Echo::tcp(site.server(), SocketAddr::new(server, 8080))));
+        unserved.push((false, Echo::udp(site.server(), SocketAddr::new(server, 9000))));
         https.push(Echo::tcp(site.server(), SocketAddr::new(server, 443)));
         upstream.push(Echo::tcp(site.client(), SocketAddr::new(client, UPSTREAM)));
     }
@@ -412,22 +325,11 @@ fn stateful_inbound_default_drop_filters_new_inbound_but_replies_arrive() {
             [Outcome::TimedOut, Outcome::TimedOut, Outcome::Echoed],
             "{family}: unserved tcp 8080, unserved udp 9000, served 443"
         );
-        let out = in_netns(site.server(), || {
-            tcp_echo(SocketAddr::new(client, UPSTREAM), PASS_TIMEOUT)
-        });
-        assert_eq!(
-            out,
-            Outcome::Echoed,
-            "{family}: replies of an allowed outbound connection"
-        );
+        let out = in_netns(site.server(), || tcp_echo(SocketAddr::new(client, UPSTREAM), PASS_TIMEOUT));
+        assert_eq!(out, Outcome::Echoed, "{family}: replies of an allowed outbound connection");
     }
     for (tcp, echo) in &unserved {
-        assert_eq!(
-            echo.received(),
-            0,
-            "unserved {} port",
-            if *tcp { "tcp" } else { "udp" }
-        );
+        assert_eq!(echo.received(), 0, "unserved {} port", if *tcp { "tcp" } else { "udp" });
     }
     assert_eq!(https.iter().map(Echo::received).sum::<usize>(), 2);
     assert_eq!(upstream.iter().map(Echo::received).sum::<usize>(), 2);
@@ -453,10 +355,7 @@ fn stateful_path_mtu_discovery_passes_the_enforcer() {
     harness::setup();
     let net = Routed::new(10, 1280);
     let dir = TempDir::new();
-    let policy = dir.write(
-        "stateful.yaml",
-        &policy(net.client4.into(), net.client6.into()),
-    );
+    let policy = dir.write("stateful.yaml", &policy(net.client4.into(), net.client6.into()));
     let sources: Vec<TcpSource> = [IpAddr::from(net.server4), IpAddr::from(net.server6)]
         .into_iter()
         .map(|ip| TcpSource::new(&net.server, SocketAddr::new(ip, 443), Some(TOTAL)))
@@ -465,27 +364,14 @@ fn stateful_path_mtu_discovery_passes_the_enforcer() {
     // of the client link, and no MSS clamping anywhere.
     let mtu = |ns: &Netns, dev: &str| {
         let link = ns.ip_output(&["-o", "link", "show", "dev", dev]);
-        link.split(" mtu ")
-            .nth(1)
-            .and_then(|r| r.split(' ').next())
-            .map(str::to_owned)
+        link.split(" mtu ").nth(1).and_then(|r| r.split(' ').next()).map(str::to_owned)
     };
     assert_eq!(mtu(&net.server, &net.server_if).as_deref(), Some("1500"));
     assert_eq!(mtu(&net.client, &net.client_if).as_deref(), Some("1500"));
-    assert_eq!(
-        mtu(&net.router, &net.router_client_if).as_deref(),
-        Some("1280")
-    );
+    assert_eq!(mtu(&net.router, &net.router_client_if).as_deref(), Some("1280"));
     for ns in [&net.server, &net.router, &net.client] {
-        let rules = ns
-            .command("iptables-save")
-            .output()
-            .map(|o| o.stdout)
-            .unwrap_or_default();
-        assert!(
-            !String::from_utf8_lossy(&rules).contains("TCPMSS"),
-            "nothing may clamp the MSS"
-        );
+        let rules = ns.command("iptables-save").output().map(|o| o.stdout).unwrap_or_default();
+        assert!(!String::from_utf8_lossy(&rules).contains("TCPMSS"), "nothing may clamp the MSS");
     }
     let fw = Fw::start(&net.server, &net.server_if, &policy, "runtime");
     for ((v6, family), (server, client)) in FAMILIES.iter().zip([
@@ -494,24 +380,15 @@ fn stateful_path_mtu_discovery_passes_the_enforcer() {
     ]) {
         let route = |ip: IpAddr| {
             let family_flag = if *v6 { "-6" } else { "-4" };
-            net.server
-                .ip_output(&[family_flag, "route", "get", &ip.to_string()])
+            net.server.ip_output(&[family_flag, "route", "get", &ip.to_string()])
         };
-        assert!(
-            !route(client).contains("mtu"),
-            "{family}: no path MTU known before the transfer: {}",
-            route(client)
-        );
+        assert!(!route(client).contains("mtu"), "{family}: no path MTU known before the transfer: {}", route(client));
         let before = fw.drops();
         let conn = tcp_connect_from(&net.client, SocketAddr::new(server, 443), 0, PASS_TIMEOUT)
             .unwrap_or_else(|e| panic!("{family}: connecting to {server}:443: {e}"));
         let download = Download::start(conn);
         let done = download.wait(Duration::from_secs(15), |d| d.end() != End::Running);
-        assert!(
-            done,
-            "{family}: 1 MiB did not arrive within 15 s ({} bytes)",
-            download.bytes()
-        );
+        assert!(done, "{family}: 1 MiB did not arrive within 15 s ({} bytes)", download.bytes());
         assert_eq!(download.end(), End::Eof, "{family}");
         assert_eq!(download.bytes(), TOTAL as u64, "{family}: every byte");
         let after = fw.drops();
@@ -525,16 +402,8 @@ fn stateful_path_mtu_discovery_passes_the_enforcer() {
             "{family}: the server must have learned the path MTU: {}",
             route(client)
         );
-        assert_eq!(
-            after.dropped("inbound") - before.dropped("inbound"),
-            0,
-            "{after:#?}"
-        );
-        assert_eq!(
-            after.dropped("egress") - before.dropped("egress"),
-            0,
-            "{after:#?}"
-        );
+        assert_eq!(after.dropped("inbound") - before.dropped("inbound"), 0, "{after:#?}");
+        assert_eq!(after.dropped("egress") - before.dropped("egress"), 0, "{after:#?}");
         println!("{family}: 1 MiB through a 1280-byte path; ingress pass_icmp_control +{icmp}");
     }
     assert_eq!(sources.iter().map(TcpSource::accepted).sum::<u64>(), 2);

@@ -15,9 +15,10 @@ use std::{
 
 use crate::harness::{
     self,
-    poll, metrics,
     fw::Fw,
+    metrics,
     netns::VethPair,
+    poll,
     traffic::{in_netns, tcp_echo, Echo, Outcome, DROP_TIMEOUT, PASS_TIMEOUT},
     TempDir,
 };
@@ -206,10 +207,8 @@ fn watch_follows_a_configmap_update_of_the_env_file() {
     let site = Site::new();
     let text = policy("${ALLOWED}", PORT_A);
     let (far4, far6) = (site.pair.far4.to_string(), site.pair.far6.to_string());
-    let mut config = ConfigMapDir::new(
-        site.dir.path(),
-        &[("policy.yaml", &text), ("fw.env", &format!("ALLOWED={far4}\n"))],
-    );
+    let mut config =
+        ConfigMapDir::new(site.dir.path(), &[("policy.yaml", &text), ("fw.env", &format!("ALLOWED={far4}\n"))]);
     let env = site.dir.path().join("fw.env");
     let fw = site.start(&site.dir.path().join("policy.yaml"), "test", &["--env-file", env.to_str().unwrap()]);
     assert!(site.passes(far4.parse().unwrap(), PORT_A) && site.dropped(far6.parse().unwrap(), PORT_A));

@@ -84,7 +84,10 @@ pub fn sweep() {
     let Ok(root) = cgroup2_root() else { return };
     for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
         let file = entry.file_name().to_string_lossy().into_owned();
-        let pid: Option<u32> = file.strip_prefix("fwb").map(|r| r.chars().take_while(char::is_ascii_digit).collect::<String>()).and_then(|d| d.parse().ok());
+        let pid: Option<u32> = file
+            .strip_prefix("fwb")
+            .map(|r| r.chars().take_while(char::is_ascii_digit).collect::<String>())
+            .and_then(|d| d.parse().ok());
         if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) && file.ends_with("dns") {
             let _ = std::fs::remove_dir(entry.path());
         }
@@ -104,7 +107,16 @@ fn learned_address(n: usize) -> String {
 /// `count` queries for `{prefix}{first + i}.{domain}` at `rate` a second
 /// (0: back to back), in the hooked `cgroup` or outside it.
 #[allow(clippy::too_many_arguments)]
-fn query(tools: &Tools, ns: &str, cgroup: Option<&Path>, prefix: &str, first: usize, domain: &str, count: usize, rate: u32) -> Result<Value> {
+fn query(
+    tools: &Tools,
+    ns: &str,
+    cgroup: Option<&Path>,
+    prefix: &str,
+    first: usize,
+    domain: &str,
+    count: usize,
+    rate: u32,
+) -> Result<Value> {
     let args = [
         "dns-query".to_string(),
         "--first".into(),
@@ -124,7 +136,9 @@ fn query(tools: &Tools, ns: &str, cgroup: Option<&Path>, prefix: &str, first: us
         // Into the hooked cgroup, then the client (same process).
         Some(cg) => {
             let mut c = in_ns(ns, "sh");
-            c.arg("-c").arg(format!("echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"", cg.display())).arg(&tools.runner);
+            c.arg("-c")
+                .arg(format!("echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"", cg.display()))
+                .arg(&tools.runner);
             c
         }
         None => in_ns(ns, &tools.runner),

@@ -59,11 +59,7 @@ pub struct Options {
 impl Options {
     /// `--quick`, as `cargo xtask test` runs it.
     pub fn quick() -> Options {
-        Options {
-            quick: true,
-            out: None,
-            report: None,
-        }
+        Options { quick: true, out: None, report: None }
     }
 }
 
@@ -129,10 +125,8 @@ pub struct Tools {
 pub fn bench(opts: &Options) -> Result<()> {
     let started = Instant::now();
     if let Some(saved) = &opts.report {
-        let text = std::fs::read_to_string(saved)
-            .with_context(|| format!("reading {}", saved.display()))?;
-        let results: Value =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", saved.display()))?;
+        let text = std::fs::read_to_string(saved).with_context(|| format!("reading {}", saved.display()))?;
+        let results: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", saved.display()))?;
         return write_report(&results, opts);
     }
     if !cmd::is_root() {
@@ -162,14 +156,8 @@ pub fn bench(opts: &Options) -> Result<()> {
             &settings.distinct.to_string(),
         ],
     )?;
-    println!(
-        "bench: part 3, control plane in process ({} rules)",
-        settings.control_rules
-    );
-    let control = runner_json(
-        &tools,
-        &["control", "--rules", &settings.control_rules.to_string()],
-    )?;
+    println!("bench: part 3, control plane in process ({} rules)", settings.control_rules);
+    let control = runner_json(&tools, &["control", "--rules", &settings.control_rules.to_string()])?;
     println!("bench: part 2, traffic");
     let traffic = traffic::run(&tools, &settings, &work)?;
     println!("bench: part 4, DNS names");
@@ -187,10 +175,7 @@ pub fn bench(opts: &Options) -> Result<()> {
         "testrun": testrun, "control": control, "traffic": traffic, "dns": dns,
         "took_seconds": started.elapsed().as_secs_f64(),
     });
-    std::fs::write(
-        work.join("results.json"),
-        serde_json::to_string_pretty(&results)?,
-    )?;
+    std::fs::write(work.join("results.json"), serde_json::to_string_pretty(&results)?)?;
     write_report(&results, opts)
 }
 
@@ -200,10 +185,7 @@ fn write_report(results: &Value, opts: &Options) -> Result<()> {
     let quick = results["quick"] == true;
     let (md_path, svg_path) = match (&opts.out, quick) {
         (Some(dir), _) => (dir.join("BENCHMARKS.md"), dir.join("bench.svg")),
-        (None, true) => (
-            root.join("target/bench-quick/BENCHMARKS.md"),
-            root.join("target/bench-quick/bench.svg"),
-        ),
+        (None, true) => (root.join("target/bench-quick/BENCHMARKS.md"), root.join("target/bench-quick/bench.svg")),
         (None, false) => (root.join("BENCHMARKS.md"), root.join("docs/bench.svg")),
     };
     for p in [&md_path, &svg_path] {
@@ -212,33 +194,20 @@ fn write_report(results: &Value, opts: &Options) -> Result<()> {
         }
     }
     report::plot(results, &svg_path)?;
-    std::fs::write(
-        &md_path,
-        report::markdown(results, &relative_link(&md_path, &svg_path)),
-    )?;
-    println!(
-        "bench: wrote {} and {}",
-        md_path.display(),
-        svg_path.display()
-    );
+    std::fs::write(&md_path, report::markdown(results, &relative_link(&md_path, &svg_path)))?;
+    println!("bench: wrote {} and {}", md_path.display(), svg_path.display());
     Ok(())
 }
 
 fn relative_link(md: &Path, svg: &Path) -> String {
-    match (
-        md.parent(),
-        svg.strip_prefix(md.parent().unwrap_or(Path::new("/"))),
-    ) {
+    match (md.parent(), svg.strip_prefix(md.parent().unwrap_or(Path::new("/")))) {
         (Some(_), Ok(rel)) => rel.display().to_string(),
         _ => svg.display().to_string(),
     }
 }
 
 fn join(v: &[usize]) -> String {
-    v.iter()
-        .map(|n| n.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
+    v.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",")
 }
 
 fn runner_json(tools: &Tools, args: &[&str]) -> Result<Value> {
@@ -268,11 +237,7 @@ fn build(quick: bool) -> Result<Tools> {
         cargo.arg("--release");
     }
     cmd::run(&mut cargo)?;
-    let dir = cmd::workspace_root().join(if quick {
-        "target/debug"
-    } else {
-        "target/release"
-    });
+    let dir = cmd::workspace_root().join(if quick { "target/debug" } else { "target/release" });
     // `iptables` as this machine has it (on Debian 12: the nf_tables backend).
     let (v4, v6) = ("iptables-restore", "ip6tables-restore");
     Ok(Tools {
@@ -286,31 +251,19 @@ fn build(quick: bool) -> Result<Tools> {
 
 fn tool_path(name: &str) -> PathBuf {
     cmd::which(name)
-        .or_else(|| {
-            ["/usr/sbin", "/usr/bin", "/sbin"]
-                .iter()
-                .map(|d| Path::new(d).join(name))
-                .find(|p| p.exists())
-        })
+        .or_else(|| ["/usr/sbin", "/usr/bin", "/sbin"].iter().map(|d| Path::new(d).join(name)).find(|p| p.exists()))
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
 /// iperf3, nft and iptables through apt-get, when missing.
 fn install_tools() -> Result<()> {
-    let missing: Vec<&str> = [
-        ("iperf3", "iperf3"),
-        ("nft", "nftables"),
-        ("iptables-restore", "iptables"),
-    ]
-    .into_iter()
-    .filter(|(tool, _)| {
-        cmd::which(tool).is_none()
-            && !["/usr/sbin", "/sbin"]
-                .iter()
-                .any(|d| Path::new(d).join(tool).exists())
-    })
-    .map(|(_, package)| package)
-    .collect();
+    let missing: Vec<&str> = [("iperf3", "iperf3"), ("nft", "nftables"), ("iptables-restore", "iptables")]
+        .into_iter()
+        .filter(|(tool, _)| {
+            cmd::which(tool).is_none() && !["/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(tool).exists())
+        })
+        .map(|(_, package)| package)
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -330,30 +283,14 @@ fn machine() -> Result<Value> {
         .lines()
         .find_map(|l| l.strip_prefix("model name"))
         .map(|s| s.trim_start_matches([' ', '\t', ':']).to_string());
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
-    let kernel = cmd::output(Command::new("uname").arg("-r"))?
-        .trim()
-        .to_string();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let kernel = cmd::output(Command::new("uname").arg("-r"))?.trim().to_string();
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| {
-            m.lines().next().map(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .unwrap_or("0")
-                    .parse::<u64>()
-                    .unwrap_or(0)
-            })
-        })
+        .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0)))
         .unwrap_or(0);
-    let date = cmd::output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))?
-        .trim()
-        .to_string();
-    let rustc = cmd::output(Command::new("rustc").arg("--version"))?
-        .trim()
-        .to_string();
+    let date = cmd::output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))?.trim().to_string();
+    let rustc = cmd::output(Command::new("rustc").arg("--version"))?.trim().to_string();
     let versions = |c: &str, a: &str| {
         cmd::output(Command::new(tool_path(c)).arg(a))
             .map(|s| s.lines().next().unwrap_or("").trim().to_string())

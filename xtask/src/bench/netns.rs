@@ -37,11 +37,7 @@ pub fn name(tag: &str) -> String {
 }
 
 fn owner_pid(name: &str) -> Option<u32> {
-    let digits: String = name
-        .strip_prefix(PREFIX)?
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
+    let digits: String = name.strip_prefix(PREFIX)?.chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
 }
 
@@ -61,9 +57,7 @@ pub fn sweep(fw: &Path) {
             }
             if Path::new(PIN_ROOT).join(&instance).exists() {
                 println!("bench: removing the fw instance {instance} of an earlier run");
-                let _ = Command::new(fw)
-                    .args(["stop", "--name", &instance, "--forget"])
-                    .output();
+                let _ = Command::new(fw).args(["stop", "--name", &instance, "--forget"]).output();
             } else if dir == "/run/fw" {
                 // A killed `fw run` leaves its socket (and state) behind.
                 let _ = fs::remove_file(entry.path());
@@ -83,12 +77,8 @@ pub fn sweep(fw: &Path) {
         if dead(&ns) {
             println!("bench: removing the namespace {ns} of an earlier run, and the processes it left in it");
             // Only processes inside a namespace of a dead bench run: its own.
-            let pids =
-                cmd::output(Command::new("ip").args(["netns", "pids", &ns])).unwrap_or_default();
-            for pid in pids
-                .split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-            {
+            let pids = cmd::output(Command::new("ip").args(["netns", "pids", &ns])).unwrap_or_default();
+            for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
                 // SAFETY: kill has no memory-safety preconditions.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
@@ -100,9 +90,7 @@ pub fn sweep(fw: &Path) {
 /// A command run inside namespace `ns` (nsenter --net: bpffs stays visible).
 pub fn in_ns(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut c = Command::new("nsenter");
-    c.arg(format!("--net={NETNS_DIR}/{ns}"))
-        .arg("--")
-        .arg(program);
+    c.arg(format!("--net={NETNS_DIR}/{ns}")).arg("--").arg(program);
     c
 }
 
@@ -117,20 +105,15 @@ impl Pair {
     pub fn new(tag: &str) -> Result<Pair> {
         let (a, b) = (name(&format!("{tag}a")), name(&format!("{tag}b")));
         cmd::output(Command::new("ip").args(["netns", "add", &a]))?;
-        let mut pair = Pair {
-            a: a.clone(),
-            b: String::new(),
-        };
+        let mut pair = Pair { a: a.clone(), b: String::new() };
         cmd::output(Command::new("ip").args(["netns", "add", &b]))?;
         pair.b = b.clone();
         // Created inside the namespace: the veth never shows in the root one.
-        cmd::output(Command::new("ip").args([
-            "-n", &a, "link", "add", IFACE, "type", "veth", "peer", "name", "vb", "netns", &b,
-        ]))?;
-        for (ns, dev, v4, v6) in [
-            (&a, IFACE, SENDER4, SENDER6),
-            (&b, "vb", RECEIVER4, RECEIVER6),
-        ] {
+        cmd::output(
+            Command::new("ip")
+                .args(["-n", &a, "link", "add", IFACE, "type", "veth", "peer", "name", "vb", "netns", &b]),
+        )?;
+        for (ns, dev, v4, v6) in [(&a, IFACE, SENDER4, SENDER6), (&b, "vb", RECEIVER4, RECEIVER6)] {
             let ip = |args: &[&str]| cmd::output(Command::new("ip").arg("-n").arg(ns).args(args));
             ip(&["link", "set", "lo", "up"])?;
             ip(&["addr", "add", &format!("{v4}/24"), "dev", dev])?;
@@ -147,8 +130,7 @@ impl Pair {
 
 fn wait_up(ns: &str, dev: &str) -> Result<()> {
     for _ in 0..300 {
-        let out =
-            cmd::output(Command::new("ip").args(["-n", ns, "-o", "link", "show", "dev", dev]))?;
+        let out = cmd::output(Command::new("ip").args(["-n", ns, "-o", "link", "show", "dev", dev]))?;
         if out.contains("state UP") {
             return Ok(());
         }
@@ -182,11 +164,7 @@ impl Guarded {
     }
 
     /// Reads stdout lines until one contains `needle` (within `limit`).
-    pub fn wait_for_line(
-        &mut self,
-        needle: &str,
-        limit: Duration,
-    ) -> Result<(ChildStdout, Duration)> {
+    pub fn wait_for_line(&mut self, needle: &str, limit: Duration) -> Result<(ChildStdout, Duration)> {
         let started = Instant::now();
         let stdout = self.0.stdout.take().context("child stdout")?;
         let (tx, rx) = std::sync::mpsc::channel();
@@ -213,10 +191,7 @@ impl Guarded {
                     use std::io::Read as _;
                     let _ = s.read_to_string(&mut err);
                 }
-                bail!(
-                    "no line containing {needle:?} within {limit:?}: {}",
-                    err.trim()
-                )
+                bail!("no line containing {needle:?} within {limit:?}: {}", err.trim())
             }
         }
     }

@@ -11,18 +11,11 @@ fn f(v: &Value) -> f64 {
 }
 
 fn rows<'a>(results: &'a Value, family: &'a str) -> impl Iterator<Item = &'a Value> {
-    results["testrun"]["rows"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(move |r| r["family"] == family)
+    results["testrun"]["rows"].as_array().into_iter().flatten().filter(move |r| r["family"] == family)
 }
 
 fn traffic(results: &Value) -> Vec<&Value> {
-    results["traffic"]
-        .as_array()
-        .map(|a| a.iter().collect())
-        .unwrap_or_default()
+    results["traffic"].as_array().map(|a| a.iter().collect()).unwrap_or_default()
 }
 
 fn ms(v: &Value) -> String {
@@ -45,12 +38,7 @@ fn ratio_cell(s: &Value) -> String {
     if s.is_null() {
         return "not measured (load timed out)".into();
     }
-    format!(
-        "{:.2}x ({:.2}-{:.2})",
-        f(&s["median"]),
-        f(&s["min"]),
-        f(&s["max"])
-    )
+    format!("{:.2}x ({:.2}-{:.2})", f(&s["median"]), f(&s["min"]), f(&s["max"]))
 }
 
 /// One verdict line: what was asked, what was measured, met or not.
@@ -62,20 +50,9 @@ struct Target {
 
 fn targets(results: &Value) -> Vec<Target> {
     let mut out = Vec::new();
-    let testrun: Vec<&Value> = results["testrun"]["rows"]
-        .as_array()
-        .map(|a| a.iter().collect())
-        .unwrap_or_default();
-    let largest = testrun
-        .iter()
-        .map(|r| r["rules"].as_u64().unwrap_or(0))
-        .max()
-        .unwrap_or(0);
-    let smallest = testrun
-        .iter()
-        .map(|r| r["rules"].as_u64().unwrap_or(0))
-        .min()
-        .unwrap_or(0);
+    let testrun: Vec<&Value> = results["testrun"]["rows"].as_array().map(|a| a.iter().collect()).unwrap_or_default();
+    let largest = testrun.iter().map(|r| r["rules"].as_u64().unwrap_or(0)).max().unwrap_or(0);
+    let smallest = testrun.iter().map(|r| r["rules"].as_u64().unwrap_or(0)).min().unwrap_or(0);
     let worst = |key: &str, rules: Option<u64>| {
         testrun
             .iter()
@@ -98,9 +75,7 @@ fn targets(results: &Value) -> Vec<Target> {
                     .find(|r| r["family"] == *fam && r["rules"].as_u64() == Some(n))
                     .map(|r| f(&r["established"]))
             };
-            at(largest)
-                .zip(at(smallest))
-                .map_or(f64::NAN, |(a, b)| a / b)
+            at(largest).zip(at(smallest)).map_or(f64::NAN, |(a, b)| a / b)
         })
         .fold(0.0f64, f64::max);
     out.push(Target {
@@ -108,10 +83,7 @@ fn targets(results: &Value) -> Vec<Target> {
         measured: format!("{flat:.2}x ({largest} vs {smallest} rules)"),
         met: flat <= 1.1,
     });
-    for (key, label) in [
-        ("new", "new-flow packet (no insert)"),
-        ("denied", "denied packet"),
-    ] {
+    for (key, label) in [("new", "new-flow packet (no insert)"), ("denied", "denied packet")] {
         let w = worst(key, Some(largest));
         out.push(Target {
             what: if key == "new" {
@@ -145,10 +117,7 @@ fn targets(results: &Value) -> Vec<Target> {
             met: fw >= 0.90,
         });
         // At the most rules nftables loaded in time.
-        if let Some(x) = t
-            .iter()
-            .filter(|x| x["udp"]["summary"]["nft"].is_object())
-            .max_by_key(|x| x["rules"].as_u64())
+        if let Some(x) = t.iter().filter(|x| x["udp"]["summary"]["nft"].is_object()).max_by_key(|x| x["rules"].as_u64())
         {
             let s = &x["udp"]["summary"];
             let vs_nft = f(&s["fw"]["median"]) / f(&s["nft"]["median"]);
@@ -184,11 +153,7 @@ fn targets(results: &Value) -> Vec<Target> {
         let c = nft_ms("nft_load_ms") / f(&load["fw_run_ms"]);
         out.push(Target {
             what: "compile + load >= 3x faster than nft -f (fw run until enforcing, vs nft -f)",
-            measured: format!(
-                "{c:.2}x at {n} rules ({} vs {})",
-                ms(&load["fw_run_ms"]),
-                ms(&load["nft_load_ms"])
-            ),
+            measured: format!("{c:.2}x at {n} rules ({} vs {})", ms(&load["fw_run_ms"]), ms(&load["nft_load_ms"])),
             met: c >= 3.0,
         });
         let sw = nft_ms("nft_switch_ms") / f(&load["fw_switch_ms"]);
@@ -202,10 +167,8 @@ fn targets(results: &Value) -> Vec<Target> {
             met: sw >= 3.0,
         });
     }
-    let at10k = t
-        .iter()
-        .find(|x| x["rules"].as_u64() == Some(10_000))
-        .or_else(|| t.iter().max_by_key(|x| x["rules"].as_u64()));
+    let at10k =
+        t.iter().find(|x| x["rules"].as_u64() == Some(10_000)).or_else(|| t.iter().max_by_key(|x| x["rules"].as_u64()));
     if let Some(x) = at10k {
         let s = &x["udp"]["summary"];
         let r = f(&s["fw"]["median"]) / f(&s["ipt"]["median"]);
@@ -236,7 +199,11 @@ fn dns_targets(results: &Value, out: &mut Vec<Target>) {
             measured: format!("{:.3} ms", p50 / 1000.0),
             met: p50 <= 200.0,
         });
-        out.push(Target { what: "DNS through fw's proxy: p99 added <= 1 ms", measured: format!("{:.3} ms", p99 / 1000.0), met: p99 <= 1000.0 });
+        out.push(Target {
+            what: "DNS through fw's proxy: p99 added <= 1 ms",
+            measured: format!("{:.3} ms", p99 / 1000.0),
+            met: p99 <= 1000.0,
+        });
     }
     let rate = f(&results["dns"]["learn_rate_per_s"]);
     if rate.is_finite() {
@@ -313,13 +280,7 @@ pub fn markdown(results: &Value, svg: &str) -> String {
     }
     md += "## Targets\n\n| target | measured | |\n|---|---|---|\n";
     for t in targets(results) {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} |",
-            t.what,
-            t.measured,
-            if t.met { "met" } else { "**missed**" }
-        );
+        let _ = writeln!(md, "| {} | {} | {} |", t.what, t.measured, if t.met { "met" } else { "**missed**" });
     }
 
     let _ = write!(
@@ -416,11 +377,7 @@ pub fn markdown(results: &Value, svg: &str) -> String {
             ms(&l["ipt_load_ms"]),
             l["ipt_egress_rules_v4"],
             mib(&l["fw_slab_bytes"]),
-            if l["nft_load_ms"].is_null() {
-                "-".to_string()
-            } else {
-                mib(&l["nft_slab_bytes"])
-            },
+            if l["nft_load_ms"].is_null() { "-".to_string() } else { mib(&l["nft_slab_bytes"]) },
         );
     }
     let c = &results["control"];
@@ -446,10 +403,7 @@ pub fn markdown(results: &Value, svg: &str) -> String {
     );
 
     md += &dns_section(results);
-    let _ = writeln!(
-        md,
-        "## Plot\n\n![per-packet cost against rule count]({svg})\n"
-    );
+    let _ = writeln!(md, "## Plot\n\n![per-packet cost against rule count]({svg})\n");
     md += METHOD;
     md
 }
@@ -497,46 +451,25 @@ pub fn plot(results: &Value, path: &Path) -> Result<()> {
     .iter()
     .zip(colors)
     .map(|((key, label), color)| {
-        (
-            format!("{label}, IPv4"),
-            rows(results, "ipv4")
-                .map(|r| (f(&r["rules"]), f(&r[*key])))
-                .collect(),
-            color,
-        )
+        (format!("{label}, IPv4"), rows(results, "ipv4").map(|r| (f(&r["rules"]), f(&r[*key]))).collect(), color)
     })
     .collect();
-    let added: Vec<Series> = [
-        ("fw", "fw"),
-        ("nft", "nftables"),
-        ("ipt", "iptables (linear)"),
-    ]
-    .iter()
-    .zip([colors[1], colors[2], colors[3]])
-    .map(|((sys, label), color)| {
-        let pts = traffic(results)
-            .iter()
-            .map(|t| {
-                (
-                    f(&t["rules"]),
-                    f(&t["udp"]["summary"][*sys]["added_ns_per_packet"]).max(1.0),
-                )
-            })
-            .collect();
-        (label.to_string(), pts, color)
-    })
-    .collect();
+    let added: Vec<Series> = [("fw", "fw"), ("nft", "nftables"), ("ipt", "iptables (linear)")]
+        .iter()
+        .zip([colors[1], colors[2], colors[3]])
+        .map(|((sys, label), color)| {
+            let pts = traffic(results)
+                .iter()
+                .map(|t| (f(&t["rules"]), f(&t["udp"]["summary"][*sys]["added_ns_per_packet"]).max(1.0)))
+                .collect();
+            (label.to_string(), pts, color)
+        })
+        .collect();
     let draw = || -> Result<(), String> {
         let root = SVGBackend::new(path, (1200, 500)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let (left, right) = root.split_horizontally(600);
-        panel(
-            &left,
-            "BPF_PROG_TEST_RUN: ns per packet",
-            "ns per packet",
-            5.0,
-            &testrun,
-        )?;
+        panel(&left, "BPF_PROG_TEST_RUN: ns per packet", "ns per packet", 5.0, &testrun)?;
         panel(
             &right,
             "veth, small-packet UDP: ns added per packet",
@@ -557,12 +490,9 @@ fn panel(
     y_min: f64,
     series: &[Series],
 ) -> Result<(), String> {
-    let y_max = series
-        .iter()
-        .flat_map(|s| s.1.iter().map(|p| p.1))
-        .filter(|y| y.is_finite())
-        .fold(y_min * 20.0, f64::max)
-        * 3.0;
+    let y_max =
+        series.iter().flat_map(|s| s.1.iter().map(|p| p.1)).filter(|y| y.is_finite()).fold(y_min * 20.0, f64::max)
+            * 3.0;
     let mut chart = ChartBuilder::on(area)
         .caption(caption, ("sans-serif", 18))
         .margin(12)
@@ -570,12 +500,7 @@ fn panel(
         .y_label_area_size(65)
         .build_cartesian_2d((5f64..200_000f64).log_scale(), (y_min..y_max).log_scale())
         .map_err(|e| e.to_string())?;
-    chart
-        .configure_mesh()
-        .x_desc("rules in the policy")
-        .y_desc(y_desc)
-        .draw()
-        .map_err(|e| e.to_string())?;
+    chart.configure_mesh().x_desc("rules in the policy").y_desc(y_desc).draw().map_err(|e| e.to_string())?;
     for (label, pts, color) in series {
         let c = *color;
         chart
@@ -583,9 +508,7 @@ fn panel(
             .map_err(|e| e.to_string())?
             .label(label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
-        chart
-            .draw_series(pts.iter().map(|p| Circle::new(*p, 3, c.filled())))
-            .map_err(|e| e.to_string())?;
+        chart.draw_series(pts.iter().map(|p| Circle::new(*p, 3, c.filled()))).map_err(|e| e.to_string())?;
     }
     chart
         .configure_series_labels()

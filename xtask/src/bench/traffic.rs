@@ -72,10 +72,7 @@ fn timed(c: &mut Command, limit: Duration) -> Result<Option<f64>> {
             return Ok(Some(t.elapsed().as_secs_f64() * 1e3));
         }
         if t.elapsed() > limit {
-            println!(
-                "bench: `{}` still runs after {limit:?}: killed, reported as timed out",
-                cmd::display(c)
-            );
+            println!("bench: `{}` still runs after {limit:?}: killed, reported as timed out", cmd::display(c));
             return Ok(None);
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -107,37 +104,15 @@ fn setup(tools: &Tools, dir: &Path, rules: usize, limit: Duration) -> Result<Set
     for tag in ["none", "fw", "nft", "ipt"] {
         pairs.push((tag, Pair::new(&format!("{tag}{rules}"))?));
     }
-    let ns = |tag: &str| {
-        pairs
-            .iter()
-            .find(|(t, _)| *t == tag)
-            .map(|(_, p)| p.a.clone())
-            .expect("pair")
-    };
+    let ns = |tag: &str| pairs.iter().find(|(t, _)| *t == tag).map(|(_, p)| p.a.clone()).expect("pair");
 
     // fw: `fw run` until it says it enforces, then a switch to phase b.
     let name = super::netns::name(&format!("fw{rules}"));
-    let mut instance = FwInstance {
-        fw: tools.fw.clone(),
-        name: name.clone(),
-        _daemon: None,
-    };
+    let mut instance = FwInstance { fw: tools.fw.clone(), name: name.clone(), _daemon: None };
     let slab0 = slab_bytes()?;
     let mut daemon = Guarded::spawn(
         in_ns(&ns("fw"), &tools.fw)
-            .args([
-                "run",
-                "--iface",
-                IFACE,
-                "--phase",
-                "a",
-                "--name",
-                &name,
-                "--interval",
-                "3600",
-                "--cgroup",
-                "none",
-            ])
+            .args(["run", "--iface", IFACE, "--phase", "a", "--name", &name, "--interval", "3600", "--cgroup", "none"])
             .arg("--policy")
             .arg(&policy),
     )?;
@@ -157,9 +132,7 @@ fn setup(tools: &Tools, dir: &Path, rules: usize, limit: Duration) -> Result<Set
         .wait_for_line("enforcing", Duration::from_secs(300))
         .with_context(|| format!("fw run (its stderr: {})", stderr_log.display()))?;
     // Keep draining its output so that it never blocks on a full pipe.
-    std::thread::spawn(move || {
-        std::io::copy(&mut std::io::BufReader::new(stdout), &mut std::io::sink())
-    });
+    std::thread::spawn(move || std::io::copy(&mut std::io::BufReader::new(stdout), &mut std::io::sink()));
     instance._daemon = Some(daemon);
     let fw_slab = slab_bytes()?.saturating_sub(slab0);
     let t = Instant::now();
@@ -167,16 +140,8 @@ fn setup(tools: &Tools, dir: &Path, rules: usize, limit: Duration) -> Result<Set
     let fw_switch = t.elapsed().as_secs_f64() * 1e3;
 
     // nft: the same policy through `nft -f`, then phase b (replaces the table).
-    let nft_a = write(
-        dir,
-        &format!("policy-{rules}-a.nft"),
-        &export(tools, &policy, "a", "nft")?,
-    )?;
-    let nft_b = write(
-        dir,
-        &format!("policy-{rules}-b.nft"),
-        &export(tools, &policy, "b", "nft")?,
-    )?;
+    let nft_a = write(dir, &format!("policy-{rules}-a.nft"), &export(tools, &policy, "a", "nft")?)?;
+    let nft_b = write(dir, &format!("policy-{rules}-b.nft"), &export(tools, &policy, "b", "nft")?)?;
     let slab0 = slab_bytes()?;
     let nft_load = timed(in_ns(&ns("nft"), "nft").arg("-f").arg(&nft_a), limit)?;
     let nft_slab = slab_bytes()?.saturating_sub(slab0);
@@ -186,20 +151,9 @@ fn setup(tools: &Tools, dir: &Path, rules: usize, limit: Duration) -> Result<Set
     };
 
     // iptables: linear rules, IPv4 and IPv6.
-    let ipt4 = write(
-        dir,
-        &format!("policy-{rules}-a.iptables"),
-        &export(tools, &policy, "a", "iptables")?,
-    )?;
-    let ipt6 = write(
-        dir,
-        &format!("policy-{rules}-a.ip6tables"),
-        &export(tools, &policy, "a", "ip6tables")?,
-    )?;
-    let ipt_rules = std::fs::read_to_string(&ipt4)?
-        .lines()
-        .filter(|l| l.starts_with("-A fw-egress"))
-        .count();
+    let ipt4 = write(dir, &format!("policy-{rules}-a.iptables"), &export(tools, &policy, "a", "iptables")?)?;
+    let ipt6 = write(dir, &format!("policy-{rules}-a.ip6tables"), &export(tools, &policy, "a", "ip6tables")?)?;
+    let ipt_rules = std::fs::read_to_string(&ipt4)?.lines().filter(|l| l.starts_with("-A fw-egress")).count();
     let restore = |tool: &str, file: &Path| -> Result<Option<f64>> {
         // The file as an argument: `timed` gives the child no stdin.
         timed(in_ns(&ns("ipt"), tool).arg(file), limit)
@@ -221,12 +175,7 @@ fn setup(tools: &Tools, dir: &Path, rules: usize, limit: Duration) -> Result<Set
         "ipt_load_ms": ipt_load, "ipt_egress_rules_v4": ipt_rules, "limit_ms": limit.as_secs_f64() * 1e3,
     });
     println!("bench: loaded {rules} rules: {load}");
-    Ok(Setup {
-        pairs,
-        active,
-        _fw: instance,
-        load,
-    })
+    Ok(Setup { pairs, active, _fw: instance, load })
 }
 
 fn udp_run(tools: &Tools, pair: &Pair, seconds: f64) -> Result<f64> {
@@ -245,14 +194,10 @@ fn udp_run(tools: &Tools, pair: &Pair, seconds: f64) -> Result<f64> {
         "--seconds",
         &seconds.to_string(),
     ]))?;
-    tx.finish(Duration::from_secs_f64(seconds + 10.0))
-        .context("udp-send")?;
+    tx.finish(Duration::from_secs_f64(seconds + 10.0)).context("udp-send")?;
     rx.0.stdout = Some(rest);
-    let out = rx
-        .finish(Duration::from_secs_f64(seconds + 10.0))
-        .context("udp-recv")?;
-    let v: Value =
-        serde_json::from_str(out.lines().last().unwrap_or("{}")).context("udp-recv output")?;
+    let out = rx.finish(Duration::from_secs_f64(seconds + 10.0)).context("udp-recv")?;
+    let v: Value = serde_json::from_str(out.lines().last().unwrap_or("{}")).context("udp-recv output")?;
     v["pps"].as_f64().context("no pps from udp-recv")
 }
 
@@ -266,21 +211,13 @@ fn tcp_run(tools: &Tools, pair: &Pair, seconds: u32) -> Result<f64> {
         &seconds.to_string(),
         "-J",
     ]))?;
-    let out = c
-        .finish(Duration::from_secs(u64::from(seconds) + 20))
-        .context("iperf3 -c")?;
+    let out = c.finish(Duration::from_secs(u64::from(seconds) + 20)).context("iperf3 -c")?;
     let v: Value = serde_json::from_str(&out).context("iperf3 -J output")?;
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .context("no bits_per_second from iperf3")
+    v["end"]["sum_received"]["bits_per_second"].as_f64().context("no bits_per_second from iperf3")
 }
 
 /// Ratios X / mean(none before, none after), per round.
-fn interleaved(
-    setup: &Setup,
-    rounds: usize,
-    mut run: impl FnMut(&Pair) -> Result<f64>,
-) -> Result<Value> {
+fn interleaved(setup: &Setup, rounds: usize, mut run: impl FnMut(&Pair) -> Result<f64>) -> Result<Value> {
     let pair = |tag: &str| &setup.pairs.iter().find(|(t, _)| *t == tag).expect("pair").1;
     let mut raw: Vec<Value> = Vec::new();
     let mut ratios: Vec<(String, f64, f64)> = Vec::new(); // system, ratio, added ns/packet
@@ -296,11 +233,7 @@ fn interleaved(
             seq.push(json!({ "system": "none", "value": next }));
             prev = next;
         }
-        println!(
-            "bench:   round {}: {}",
-            round + 1,
-            Value::Array(seq.clone())
-        );
+        println!("bench:   round {}: {}", round + 1, Value::Array(seq.clone()));
         raw.push(Value::Array(seq));
     }
     let mut summary = serde_json::Map::new();
@@ -330,29 +263,17 @@ pub fn run(tools: &Tools, settings: &Settings, dir: &Path) -> Result<Vec<Value>>
     for &rules in &settings.traffic_sizes {
         println!("bench: traffic with {rules} rules");
         let setup = setup(tools, dir, rules, settings.load_limit)?;
-        println!(
-            "bench:  small-packet UDP ({} rounds of {} s runs)",
-            settings.rounds, settings.udp_seconds
-        );
-        let udp = interleaved(&setup, settings.rounds, |p| {
-            udp_run(tools, p, settings.udp_seconds)
-        })?;
+        println!("bench:  small-packet UDP ({} rounds of {} s runs)", settings.rounds, settings.udp_seconds);
+        let udp = interleaved(&setup, settings.rounds, |p| udp_run(tools, p, settings.udp_seconds))?;
         let tcp = if settings.tcp_sizes.contains(&rules) {
             // One server per receiving namespace, for every round.
             let mut servers = Vec::new();
             for (_, p) in &setup.pairs {
-                servers.push(Guarded::spawn(
-                    in_ns(&p.b, &tools.iperf3).args(["-s", "-B", RECEIVER4, "-p", TCP_PORT]),
-                )?);
+                servers.push(Guarded::spawn(in_ns(&p.b, &tools.iperf3).args(["-s", "-B", RECEIVER4, "-p", TCP_PORT]))?);
             }
             std::thread::sleep(Duration::from_millis(500));
-            println!(
-                "bench:  TCP throughput ({} rounds of {} s runs)",
-                settings.rounds, settings.tcp_seconds
-            );
-            let tcp = interleaved(&setup, settings.rounds, |p| {
-                tcp_run(tools, p, settings.tcp_seconds)
-            })?;
+            println!("bench:  TCP throughput ({} rounds of {} s runs)", settings.rounds, settings.tcp_seconds);
+            let tcp = interleaved(&setup, settings.rounds, |p| tcp_run(tools, p, settings.tcp_seconds))?;
             drop(servers);
             tcp
         } else {

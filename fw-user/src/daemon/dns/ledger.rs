@@ -71,7 +71,15 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn new(caps: Caps) -> Self {
-        Ledger { caps, entries: HashMap::new(), by_name: HashMap::new(), lru: BTreeMap::new(), seq: 0, evicted: 0, over_cap: 0 }
+        Ledger {
+            caps,
+            entries: HashMap::new(),
+            by_name: HashMap::new(),
+            lru: BTreeMap::new(),
+            seq: 0,
+            evicted: 0,
+            over_cap: 0,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -100,7 +108,8 @@ impl Ledger {
     pub fn set_caps(&mut self, caps: Caps, in_use: &mut dyn FnMut(IpAddr) -> bool) -> Vec<Change> {
         self.caps = caps;
         let mut changes = Vec::new();
-        let names: Vec<String> = self.by_name.iter().filter(|(_, a)| a.len() > caps.per_name).map(|(n, _)| n.clone()).collect();
+        let names: Vec<String> =
+            self.by_name.iter().filter(|(_, a)| a.len() > caps.per_name).map(|(n, _)| n.clone()).collect();
         for name in names {
             while self.by_name.get(&name).is_some_and(|a| a.len() > caps.per_name) {
                 if !self.evict_from_name(&name, None, in_use, &mut changes) {
@@ -135,7 +144,8 @@ impl Ledger {
             }
             self.seq += 1;
             let seq = self.seq;
-            let entry = self.entries.entry(addr).or_insert_with(|| Entry { value: Learned::EMPTY, names: Vec::new(), seq });
+            let entry =
+                self.entries.entry(addr).or_insert_with(|| Entry { value: Learned::EMPTY, names: Vec::new(), seq });
             self.lru.remove(&entry.seq);
             entry.seq = seq;
             self.lru.insert(seq, addr);
@@ -211,7 +221,12 @@ impl Ledger {
     }
 
     /// Removes the least recently answered evictable address.
-    fn evict_oldest(&mut self, keep: Option<&HashSet<IpAddr>>, in_use: &mut dyn FnMut(IpAddr) -> bool, changes: &mut Vec<Change>) -> bool {
+    fn evict_oldest(
+        &mut self,
+        keep: Option<&HashSet<IpAddr>>,
+        in_use: &mut dyn FnMut(IpAddr) -> bool,
+        changes: &mut Vec<Change>,
+    ) -> bool {
         let victim = self.lru.values().copied().filter(|a| !keep.is_some_and(|k| k.contains(a))).find(|a| !in_use(*a));
         match victim {
             Some(addr) => {
@@ -380,7 +395,10 @@ mod tests {
         l.learn("b.test", &[1, 2], &[(ip(2), 500)], 0, &mut none_in_use());
         assert_eq!(l.expire(200), vec![Change::Remove(ip(1))]);
         let changes = l.retain_rules(&HashSet::from([2]));
-        assert!(matches!(changes.as_slice(), [Change::Write(a, v)] if *a == ip(2) && !v.rule.contains(&1)), "{changes:?}");
+        assert!(
+            matches!(changes.as_slice(), [Change::Write(a, v)] if *a == ip(2) && !v.rule.contains(&1)),
+            "{changes:?}"
+        );
         assert_eq!(l.retain_rules(&HashSet::new()), vec![Change::Remove(ip(2))]);
         assert_eq!((l.len(), l.names(), l.evicted), (0, 0, 0), "expiry is not eviction");
     }

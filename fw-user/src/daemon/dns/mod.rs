@@ -166,8 +166,13 @@ pub fn count_learned(name: &str) -> Result<(u64, u64)> {
         } else {
             batch::for_each::<[u8; 16], Learned>(&data, |_, _| count += 1)?;
         }
-        let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", data.fd().as_fd().as_raw_fd())).unwrap_or_default();
-        bytes += fdinfo.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
+        let fdinfo =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", data.fd().as_fd().as_raw_fd())).unwrap_or_default();
+        bytes += fdinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
     }
     Ok((count, bytes))
 }
@@ -194,15 +199,17 @@ pub fn report() -> Option<NamesReport> {
     let ledger = lock(&proxy.ledger);
     let mut entries: Vec<NameEntry> = ledger
         .entries()
-        .map(|(addr, e)| NameEntry {
-            names: e.names.clone(),
-            address: *addr,
-            rules: live_rules(&e.value, now),
-        })
+        .map(|(addr, e)| NameEntry { names: e.names.clone(), address: *addr, rules: live_rules(&e.value, now) })
         .collect();
     entries.sort_by(|a, b| (a.names.last(), a.address).cmp(&(b.names.last(), b.address)));
     let caps = ledger.caps();
-    Some(NamesReport { entries, max_per_name: caps.per_name, max_total: caps.total, evicted: ledger.evicted, over_cap: ledger.over_cap })
+    Some(NamesReport {
+        entries,
+        max_per_name: caps.per_name,
+        max_total: caps.total,
+        evicted: ledger.evicted,
+        over_cap: ledger.over_cap,
+    })
 }
 
 /// The active phase as the proxy needs it.
@@ -242,7 +249,12 @@ pub async fn serve(name: String, log: SharedLog) {
 
 async fn run(name: &str, log: SharedLog) -> Result<()> {
     let base = match std::env::var(PORT_VAR) {
-        Ok(text) => text.trim().parse::<u16>().ok().filter(|p| *p > 0 && *p < u16::MAX - 8).ok_or_else(|| anyhow!("{PORT_VAR}={text:?}: not a port"))?,
+        Ok(text) => text
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0 && *p < u16::MAX - 8)
+            .ok_or_else(|| anyhow!("{PORT_VAR}={text:?}: not a port"))?,
         Err(_) => DEFAULT_PORT,
     };
     let pinned = |map: &str| {
@@ -267,7 +279,8 @@ async fn run(name: &str, log: SharedLog) -> Result<()> {
     }
     let mut bound = Vec::new();
     for index in 0..(MAX_RESOLVERS4 + MAX_RESOLVERS6) as u16 {
-        let ip: IpAddr = if (index as usize) < MAX_RESOLVERS4 { Ipv4Addr::LOCALHOST.into() } else { Ipv6Addr::LOCALHOST.into() };
+        let ip: IpAddr =
+            if (index as usize) < MAX_RESOLVERS4 { Ipv4Addr::LOCALHOST.into() } else { Ipv6Addr::LOCALHOST.into() };
         let addr = SocketAddr::new(ip, base + index);
         let udp = match UdpSocket::bind(addr).await {
             Ok(s) => s,
@@ -362,7 +375,8 @@ async fn write_framed(conn: &mut TcpStream, message: &[u8]) -> std::io::Result<(
 
 /// The upstream exchange over UDP: the reply with the query's ID.
 async fn forward_udp(upstream: SocketAddr, query: &[u8], id: u16) -> Result<Vec<u8>> {
-    let local: SocketAddr = if upstream.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
+    let local: SocketAddr =
+        if upstream.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
     let socket = UdpSocket::bind(local).await?;
     socket.connect(upstream).await?;
     socket.send(query).await?;
@@ -412,9 +426,14 @@ impl Proxy {
             return answer::reply_with_rcode(query, rcode);
         }
         let upstream = SocketAddr::new(resolver, fw_common::names::DNS_PORT);
-        let id = question.as_ref().map_or_else(|| u16::from_be_bytes([query[0], *query.get(1).unwrap_or(&0)]), |q| q.id);
+        let id =
+            question.as_ref().map_or_else(|| u16::from_be_bytes([query[0], *query.get(1).unwrap_or(&0)]), |q| q.id);
         let exchange = async {
-            if tcp { forward_tcp(upstream, query).await } else { forward_udp(upstream, query, id).await }
+            if tcp {
+                forward_tcp(upstream, query).await
+            } else {
+                forward_udp(upstream, query, id).await
+            }
         };
         let reply = match tokio::time::timeout(UPSTREAM_TIMEOUT, exchange).await {
             Ok(Ok(reply)) => reply,
@@ -498,7 +517,11 @@ impl Proxy {
         let (_, loaded, _) = source::load_policy(&enforced.policy, env)?;
         let compiled = compile_phase(&loaded.policy, &enforced.phase)?;
         if compiled.rules != enforced.rules {
-            return Err(anyhow!("{} changed since phase {} was applied: run `fw switch` to apply it", enforced.policy, enforced.phase));
+            return Err(anyhow!(
+                "{} changed since phase {} was applied: run `fw switch` to apply it",
+                enforced.policy,
+                enforced.phase
+            ));
         }
         Ok((NameRules::of_phase(&loaded.policy, &enforced.phase), true))
     }
@@ -552,7 +575,12 @@ impl Proxy {
                     seen.insert(if k.family == 6 {
                         IpAddr::V6(Ipv6Addr::from(k.remote_addr))
                     } else {
-                        IpAddr::V4(Ipv4Addr::new(k.remote_addr[0], k.remote_addr[1], k.remote_addr[2], k.remote_addr[3]))
+                        IpAddr::V4(Ipv4Addr::new(
+                            k.remote_addr[0],
+                            k.remote_addr[1],
+                            k.remote_addr[2],
+                            k.remote_addr[3],
+                        ))
                     });
                 })
             });
@@ -610,8 +638,10 @@ impl Proxy {
             lock(&self.ledger).entries().map(|(a, e)| (*a, e.names.clone())).collect();
         let path = paths::names_file(&self.name);
         let staged = path.with_extension("json.tmp");
-        std::fs::write(&staged, serde_json::to_vec(&names)?).with_context(|| format!("writing {}", staged.display()))?;
-        std::fs::rename(&staged, &path).with_context(|| format!("renaming {} to {}", staged.display(), path.display()))?;
+        std::fs::write(&staged, serde_json::to_vec(&names)?)
+            .with_context(|| format!("writing {}", staged.display()))?;
+        std::fs::rename(&staged, &path)
+            .with_context(|| format!("renaming {} to {}", staged.display(), path.display()))?;
         Ok(())
     }
 }

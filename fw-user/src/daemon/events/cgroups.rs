@@ -70,11 +70,7 @@ pub fn container_of(path: &str) -> Option<Container> {
             return Some(found("crio", id));
         }
     }
-    parts
-        .iter()
-        .rev()
-        .find(|p| p.ends_with(".service") || p.ends_with(".scope"))
-        .map(|unit| found("systemd", unit))
+    parts.iter().rev().find(|p| p.ends_with(".service") || p.ends_with(".scope")).map(|unit| found("systemd", unit))
 }
 
 /// `<prefix><id>.scope` -> id, when id looks like a container id.
@@ -198,7 +194,10 @@ mod tests {
         assert_eq!(runtime_and_id("/fwt-12-3"), None);
         // `docker` alone or a short non-hex name is not a container.
         assert_eq!(runtime_and_id("/docker/not-an-id"), None);
-        assert_eq!(runtime_and_id("/system.slice/docker-abc.scope"), Some(("systemd".into(), "docker-abc.scope".into())));
+        assert_eq!(
+            runtime_and_id("/system.slice/docker-abc.scope"),
+            Some(("systemd".into(), "docker-abc.scope".into()))
+        );
     }
 
     #[test]

@@ -188,7 +188,12 @@ impl Event {
             _ => String::new(),
         };
         let asked = self.dns_name.as_ref().map_or_else(String::new, |n| format!(" query {n}"));
-        format!("{verdict} ({}) rule {rule} {who} {from}-> {}/{}{asked}", self.reason, endpoint(self.dst, self.dst_port), self.proto)
+        format!(
+            "{verdict} ({}) rule {rule} {who} {from}-> {}/{}{asked}",
+            self.reason,
+            endpoint(self.dst, self.dst_port),
+            self.proto
+        )
     }
 }
 

@@ -9,7 +9,7 @@ use aya::maps::{Map, MapData, RingBuf};
 use tokio::io::{unix::AsyncFd, Interest};
 
 use super::{decode, Context, DecodeError, Event, Resolver, SharedLog};
-use crate::{policy::compile::tables::RuleInfo, instance, instance::paths};
+use crate::{instance, instance::paths, policy::compile::tables::RuleInfo};
 
 /// How often rule names are re-read from the instance state (a switch may
 /// have changed the policy).

@@ -164,13 +164,17 @@ impl CompiledPhase {
             IpAddr::V4(a) => self
                 .addr4
                 .iter()
-                .filter(|e| e.direction == direction && prefix_match(&e.addr.octets(), &a.octets(), e.prefix_len.into()))
+                .filter(|e| {
+                    e.direction == direction && prefix_match(&e.addr.octets(), &a.octets(), e.prefix_len.into())
+                })
                 .max_by_key(|e| e.prefix_len)
                 .map(|e| e.class),
             IpAddr::V6(a) => self
                 .addr6
                 .iter()
-                .filter(|e| e.direction == direction && prefix_match(&e.addr.octets(), &a.octets(), e.prefix_len.into()))
+                .filter(|e| {
+                    e.direction == direction && prefix_match(&e.addr.octets(), &a.octets(), e.prefix_len.into())
+                })
                 .max_by_key(|e| e.prefix_len)
                 .map(|e| e.class),
         };

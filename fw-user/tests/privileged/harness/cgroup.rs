@@ -46,7 +46,8 @@ impl TestCgroup {
     /// `cmd`, made to join this cgroup between fork and exec (it writes
     /// "0", itself, to cgroup.procs), so it runs no instruction outside it.
     fn join_before_exec(&self, mut cmd: Command) -> Command {
-        let procs = fs::OpenOptions::new().write(true).open(self.path.join("cgroup.procs")).expect("opening cgroup.procs");
+        let procs =
+            fs::OpenOptions::new().write(true).open(self.path.join("cgroup.procs")).expect("opening cgroup.procs");
         // SAFETY: only write(2), async-signal-safe, on a descriptor opened
         // before the fork.
         unsafe {
@@ -89,7 +90,6 @@ impl Drop for TestCgroup {
     }
 }
 
-
 impl TestCgroup {
     /// `python3 -c SCRIPT ARGS` in `ns` and in this cgroup, in a private
     /// mount namespace where `/etc/resolv.conf` is `resolv_conf` (a bind
@@ -107,7 +107,13 @@ impl TestCgroup {
         stdout
     }
 
-    pub fn python_with_resolv_conf(&self, ns: &Netns, resolv_conf: &std::path::Path, script: &str, args: &[String]) -> Command {
+    pub fn python_with_resolv_conf(
+        &self,
+        ns: &Netns,
+        resolv_conf: &std::path::Path,
+        script: &str,
+        args: &[String],
+    ) -> Command {
         let mut cmd = ns.command("unshare");
         cmd.args(["-m", "--propagation", "private", "sh", "-c"])
             .arg("mount --bind \"$1\" /etc/resolv.conf && shift && exec \"$@\"")

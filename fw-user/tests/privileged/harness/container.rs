@@ -120,9 +120,8 @@ impl<'ns> Container<'ns> {
         // `fw run` and for the image's HEALTHCHECK (`fw status`) alike.
         let mut flags = run_flags(&name, ns, &CAPS, mounts);
         flags.extend(["--env".into(), format!("FW_NAME={instance}")]);
-        let mut args: Vec<String> = ["run", "--iface", iface, "--cgroup", "none", "--interval", "1"]
-            .map(String::from)
-            .into();
+        let mut args: Vec<String> =
+            ["run", "--iface", iface, "--cgroup", "none", "--interval", "1"].map(String::from).into();
         args.extend(run_args.iter().map(|a| a.to_string()));
         let mut c = Container { name, instance: instance.to_string(), ns, flags, run_args: args };
         c.start();

@@ -28,15 +28,9 @@ const READY_WITHIN: Duration = Duration::from_secs(60);
 /// fw's default leaves them out outside the host's namespace; tests do not
 /// rely on that detection.
 pub fn run_args(iface: &str, policy: impl AsRef<OsStr>, phase: &str, name: &str) -> Vec<OsString> {
-    let mut args: Vec<OsString> = ["run", "--iface", iface, "--phase", phase, "--name", name]
-        .map(OsString::from)
-        .into();
-    args.extend([
-        "--policy".into(),
-        policy.as_ref().to_owned(),
-        "--cgroup".into(),
-        "none".into(),
-    ]);
+    let mut args: Vec<OsString> =
+        ["run", "--iface", iface, "--phase", phase, "--name", name].map(OsString::from).into();
+    args.extend(["--policy".into(), policy.as_ref().to_owned(), "--cgroup".into(), "none".into()]);
     args
 }
 const PIN_ROOT: &str = "/sys/fs/bpf/fw";
@@ -60,20 +54,9 @@ impl Finished {
     /// Asserts the contract for bad input: non-zero exit and exactly one
     /// non-empty line on stderr. Returns that line.
     pub fn one_line_error(&self) -> &str {
-        assert!(
-            !self.status.success(),
-            "expected failure, got success: {self:#?}"
-        );
-        let lines: Vec<&str> = self
-            .stderr
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .collect();
-        assert_eq!(
-            lines.len(),
-            1,
-            "expected a one-line error on stderr: {self:#?}"
-        );
+        assert!(!self.status.success(), "expected failure, got success: {self:#?}");
+        let lines: Vec<&str> = self.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "expected a one-line error on stderr: {self:#?}");
         lines[0]
     }
 }
@@ -94,12 +77,7 @@ fn try_run_bounded(mut cmd: Command, limit: Duration) -> Result<Finished, String
     result
 }
 
-fn run_with_files(
-    cmd: &mut Command,
-    limit: Duration,
-    out_path: &Path,
-    err_path: &Path,
-) -> Result<Finished, String> {
+fn run_with_files(cmd: &mut Command, limit: Duration, out_path: &Path, err_path: &Path) -> Result<Finished, String> {
     let file = |p: &Path| fs::File::create(p).map_err(|e| format!("creating {}: {e}", p.display()));
     let mut child = cmd
         .stdin(Stdio::null())
@@ -109,10 +87,7 @@ fn run_with_files(
         .map_err(|e| format!("starting {cmd:?}: {e}"))?;
     let start = Instant::now();
     let status = loop {
-        if let Some(status) = child
-            .try_wait()
-            .map_err(|e| format!("waiting for {cmd:?}: {e}"))?
-        {
+        if let Some(status) = child.try_wait().map_err(|e| format!("waiting for {cmd:?}: {e}"))? {
             break status;
         }
         if start.elapsed() > limit {
@@ -190,10 +165,7 @@ impl Drops {
 
     /// The counters of the rule called `name`; panics if there is none.
     pub fn rule(&self, name: &str) -> &RuleCount {
-        self.rules
-            .iter()
-            .find(|r| r.name == name)
-            .unwrap_or_else(|| panic!("no rule {name:?} in {self:#?}"))
+        self.rules.iter().find(|r| r.name == name).unwrap_or_else(|| panic!("no rule {name:?} in {self:#?}"))
     }
 }
 
@@ -243,24 +215,12 @@ impl<'ns> Fw<'ns> {
 
     /// [`Fw::start`] with `policy` a file or a shipped policy's name, and
     /// `extra` arguments (e.g. `--env-file F`).
-    pub fn start_with(
-        ns: &'ns Netns,
-        iface: &str,
-        policy: impl AsRef<OsStr>,
-        phase: &str,
-        extra: &[&OsStr],
-    ) -> Self {
+    pub fn start_with(ns: &'ns Netns, iface: &str, policy: impl AsRef<OsStr>, phase: &str, extra: &[&OsStr]) -> Self {
         Self::start_launch(ns, iface, policy, phase, Launch { extra, ..Launch::default() })
     }
 
     /// [`Fw::start`] with the options of `launch`; waits until it enforces.
-    pub fn start_launch(
-        ns: &'ns Netns,
-        iface: &str,
-        policy: impl AsRef<OsStr>,
-        phase: &str,
-        launch: Launch,
-    ) -> Self {
+    pub fn start_launch(ns: &'ns Netns, iface: &str, policy: impl AsRef<OsStr>, phase: &str, launch: Launch) -> Self {
         let mut fw = Self::launch(ns, iface, policy, phase, launch);
         fw.wait_ready();
         fw
@@ -302,11 +262,7 @@ impl<'ns> Fw<'ns> {
     /// on the thread that owns the test: the child dies with its parent
     /// thread (`PR_SET_PDEATHSIG`).
     fn spawn(&mut self) {
-        let out = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("opening the fw log");
+        let out = fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("opening the fw log");
         let err = out.try_clone().expect("cloning the fw log");
         let mut cmd = match self.wrapper.split_first() {
             None => self.ns.command(FW),
@@ -316,14 +272,8 @@ impl<'ns> Fw<'ns> {
                 cmd
             }
         };
-        cmd.args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+        cmd.args(&self.args).envs(self.env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null()).stdout(out).stderr(err);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
         self.child = Some(child);
     }
 
@@ -335,15 +285,8 @@ impl<'ns> Fw<'ns> {
         let pid = self.pid();
         let start = Instant::now();
         while start.elapsed() < READY_WITHIN {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().expect("waiting for fw run"))
-            {
-                panic!(
-                    "`fw run` exited before enforcing ({status}):\n{}",
-                    self.log_text()
-                );
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().expect("waiting for fw run")) {
+                panic!("`fw run` exited before enforcing ({status}):\n{}", self.log_text());
             }
             let out = fw(self.ns, &["status", "--name", &self.name, "--json"]);
             if out.status.success() {
@@ -423,10 +366,7 @@ impl<'ns> Fw<'ns> {
         let out = fw(self.ns, &["drops", "--name", &self.name, "--json"]);
         assert!(out.status.success(), "fw drops failed: {out:#?}");
         let drops: Drops = serde_json::from_str(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "fw drops --json printed something else than one Drops object ({e}):\n{}",
-                out.stdout
-            )
+            panic!("fw drops --json printed something else than one Drops object ({e}):\n{}", out.stdout)
         });
         assert_eq!(drops.name, self.name);
         drops
@@ -457,11 +397,7 @@ impl<'ns> Fw<'ns> {
         let mut args = vec!["stop", "--name", &self.name];
         args.extend_from_slice(extra);
         let out = fw(self.ns, &args);
-        assert!(
-            out.status.success(),
-            "fw stop failed: {out:#?}\nfw run printed:\n{}",
-            self.log_text()
-        );
+        assert!(out.status.success(), "fw stop failed: {out:#?}\nfw run printed:\n{}", self.log_text());
         self.stopped = true;
         self.reap();
     }

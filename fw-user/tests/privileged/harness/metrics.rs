@@ -14,9 +14,8 @@ use super::{fw::Fw, netns::Netns, traffic::in_netns};
 pub fn address(fw: &Fw) -> SocketAddr {
     let start = Instant::now();
     loop {
-        let found = fw.log_text().lines().find_map(|l| {
-            l.split("http://").nth(1)?.strip_suffix("/metrics")?.parse().ok()
-        });
+        let found =
+            fw.log_text().lines().find_map(|l| l.split("http://").nth(1)?.strip_suffix("/metrics")?.parse().ok());
         if let Some(addr) = found {
             return addr;
         }
@@ -32,16 +31,12 @@ pub fn address(fw: &Fw) -> SocketAddr {
 /// GET /metrics from inside `ns` (where `fw run` listens).
 pub fn scrape(ns: &Netns, addr: SocketAddr) -> String {
     in_netns(ns, || {
-        let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-            .expect("connecting to /metrics");
+        let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connecting to /metrics");
         conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: fw\r\n\r\n").unwrap();
         let mut reply = String::new();
         conn.read_to_string(&mut reply).expect("reading /metrics");
-        assert!(
-            reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200"),
-            "{reply}"
-        );
+        assert!(reply.starts_with("HTTP/1.1 200") || reply.starts_with("HTTP/1.0 200"), "{reply}");
         reply
     })
 }

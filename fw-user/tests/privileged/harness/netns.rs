@@ -22,9 +22,7 @@ const FW_RUN_DIR: &str = "/run/fw";
 
 /// Runs `cmd` to completion; panics with its output unless it exits 0.
 pub fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\n{}{}",
@@ -43,10 +41,7 @@ pub struct Netns {
 
 impl Netns {
     pub fn new(name: String) -> Self {
-        assert!(
-            owner_pid(&name).is_some(),
-            "{name} must come from unique_name()"
-        );
+        assert!(owner_pid(&name).is_some(), "{name} must come from unique_name()");
         run_ok(Command::new("ip").args(["netns", "add", &name]));
         let ns = Self { name };
         // Like any host: loopback up (a new namespace has it down).
@@ -67,8 +62,7 @@ impl Netns {
     /// netns exec` it keeps this mount namespace, so bpffs stays visible).
     /// The child is also killed if the thread that started it dies first.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        let ns = fs::File::open(self.path())
-            .unwrap_or_else(|e| panic!("opening {}: {e}", self.path().display()));
+        let ns = fs::File::open(self.path()).unwrap_or_else(|e| panic!("opening {}: {e}", self.path().display()));
         let mut cmd = Command::new(program);
         // SAFETY: the closure only makes async-signal-safe syscalls (prctl,
         // setns) on a descriptor opened before the fork.
@@ -93,10 +87,7 @@ impl Netns {
     /// `sysctl -w KEY=VALUE` in this namespace (the `net.*` keys are per
     /// namespace), which must succeed.
     pub fn sysctl(&self, key: &str, value: &str) {
-        run_ok(
-            self.command("sysctl")
-                .args(["-q", "-w", &format!("{key}={value}")]),
-        );
+        run_ok(self.command("sysctl").args(["-q", "-w", &format!("{key}={value}")]));
     }
 
     /// Output of `ip -n NAME ARGS`, which must succeed.
@@ -110,9 +101,7 @@ impl Netns {
     /// kernel state, not a sleep standing in for it.
     pub fn wait_link_up(&self, dev: &str) {
         for _ in 0..300 {
-            let out = run_ok(
-                Command::new("ip").args(["-n", &self.name, "-o", "link", "show", "dev", dev]),
-            );
+            let out = run_ok(Command::new("ip").args(["-n", &self.name, "-o", "link", "show", "dev", dev]));
             if String::from_utf8_lossy(&out.stdout).contains("state UP") {
                 return;
             }
@@ -124,9 +113,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let out = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
+        let out = Command::new("ip").args(["netns", "del", &self.name]).output();
         if !out.is_ok_and(|o| o.status.success()) {
             eprintln!("warning: could not delete network namespace {}", self.name);
         }
@@ -167,15 +154,7 @@ fn veth_named(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
 /// up.
 pub fn address(ns: &Netns, dev: &str, v4: Ipv4Addr, v6: Ipv6Addr) {
     ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
-    ns.ip(&[
-        "-6",
-        "addr",
-        "add",
-        &format!("{v6}/64"),
-        "dev",
-        dev,
-        "nodad",
-    ]);
+    ns.ip(&["-6", "addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]);
     ns.ip(&["link", "set", "dev", dev, "up"]);
 }
 
@@ -219,35 +198,21 @@ impl Routed {
         let (router_client_if, client_if) = veth(&router, &client);
         let y = x + 1;
         let v4 = |net: u8, host: u8| Ipv4Addr::new(198, 18, net, host);
-        let v6 =
-            |net: u8, host: u16| Ipv6Addr::new(0x2001, 0xdb8, u16::from(net), 0, 0, 0, 0, host);
+        let v6 = |net: u8, host: u16| Ipv6Addr::new(0x2001, 0xdb8, u16::from(net), 0, 0, 0, 0, host);
         address(&server, &server_if, v4(x, 1), v6(x, 1));
         address(&router, &router_server_if, v4(x, 254), v6(x, 0xfe));
         address(&router, &router_client_if, v4(y, 254), v6(y, 0xfe));
         address(&client, &client_if, v4(y, 1), v6(y, 1));
-        router.ip(&[
-            "link",
-            "set",
-            "dev",
-            &router_client_if,
-            "mtu",
-            &router_client_mtu.to_string(),
-        ]);
+        router.ip(&["link", "set", "dev", &router_client_if, "mtu", &router_client_mtu.to_string()]);
         router.sysctl("net.ipv4.ip_forward", "1");
         router.sysctl("net.ipv6.conf.all.forwarding", "1");
-        for (ns, via4, via6) in [
-            (&server, v4(x, 254), v6(x, 0xfe)),
-            (&client, v4(y, 254), v6(y, 0xfe)),
-        ] {
+        for (ns, via4, via6) in [(&server, v4(x, 254), v6(x, 0xfe)), (&client, v4(y, 254), v6(y, 0xfe))] {
             ns.ip(&["route", "add", "default", "via", &via4.to_string()]);
             ns.ip(&["-6", "route", "add", "default", "via", &via6.to_string()]);
         }
-        for (ns, dev) in [
-            (&server, &server_if),
-            (&router, &router_server_if),
-            (&router, &router_client_if),
-            (&client, &client_if),
-        ] {
+        for (ns, dev) in
+            [(&server, &server_if), (&router, &router_server_if), (&router, &router_client_if), (&client, &client_if)]
+        {
             ns.wait_link_up(dev);
         }
         Self {
@@ -331,29 +296,16 @@ impl VethPair {
 /// test run killed before its guards ran left behind. Leaves everything
 /// else, including the leftovers of runs that are still going.
 pub fn sweep_leftovers() {
-    let dead =
-        |name: &str| owner_pid(name).is_some_and(|pid| pid != process::id() && !pid_alive(pid));
-    for name in names_in(Path::new(NETNS_DIR))
-        .into_iter()
-        .filter(|n| dead(n))
-    {
+    let dead = |name: &str| owner_pid(name).is_some_and(|pid| pid != process::id() && !pid_alive(pid));
+    for name in names_in(Path::new(NETNS_DIR)).into_iter().filter(|n| dead(n)) {
         eprintln!("sweeping leftover namespace {name}");
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
     }
-    for dir in [
-        Path::new(PIN_ROOT),
-        Path::new(FW_RUN_DIR),
-        Path::new(super::fw::FW_LIB_DIR),
-        &std::env::temp_dir(),
-    ] {
+    for dir in [Path::new(PIN_ROOT), Path::new(FW_RUN_DIR), Path::new(super::fw::FW_LIB_DIR), &std::env::temp_dir()] {
         for name in names_in(dir).into_iter().filter(|n| dead(n)) {
             let path = dir.join(&name);
             eprintln!("sweeping leftover {}", path.display());
-            let _ = if path.is_dir() {
-                fs::remove_dir_all(&path)
-            } else {
-                fs::remove_file(&path)
-            };
+            let _ = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
         }
     }
 }
@@ -361,10 +313,7 @@ pub fn sweep_leftovers() {
 fn names_in(dir: &Path) -> Vec<String> {
     fs::read_dir(dir)
         .map(|entries| {
-            entries
-                .filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| n.starts_with(PREFIX))
-                .collect()
+            entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.starts_with(PREFIX)).collect()
         })
         .unwrap_or_default()
 }

@@ -113,25 +113,12 @@ pub fn udp_datagram(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8>
 /// flow looks like a conversation that goes on). The kernel adds the IP
 /// header and routes each datagram out like any packet, so the count is
 /// bounded by `flows`. Returns how many datagrams the kernel took.
-pub fn send_udp_flood(
-    ns: &Netns,
-    src: IpAddr,
-    dst: IpAddr,
-    flows: &[(u16, u16)],
-    per_flow: usize,
-) -> usize {
+pub fn send_udp_flood(ns: &Netns, src: IpAddr, dst: IpAddr, flows: &[(u16, u16)], per_flow: usize) -> usize {
     assert_eq!(src.is_ipv4(), dst.is_ipv4(), "one family: {src} -> {dst}");
     in_netns(ns, || -> io::Result<usize> {
-        let family = if src.is_ipv4() {
-            libc::AF_INET
-        } else {
-            libc::AF_INET6
-        };
+        let family = if src.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
         // SAFETY: plain socket(2); the descriptor is owned right away.
-        let fd = check(
-            unsafe { libc::socket(family, libc::SOCK_RAW, libc::IPPROTO_UDP) },
-            "raw socket",
-        )?;
+        let fd = check(unsafe { libc::socket(family, libc::SOCK_RAW, libc::IPPROTO_UDP) }, "raw socket")?;
         // SAFETY: a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // Bound to `src`: the IP header carries the address the checksums
@@ -139,23 +126,13 @@ pub fn send_udp_flood(
         let (local, local_len) = raw_sockaddr(src);
         // SAFETY: a valid sockaddr of `local_len` bytes.
         check(
-            unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    &local as *const _ as *const libc::sockaddr,
-                    local_len,
-                )
-            },
+            unsafe { libc::bind(fd.as_raw_fd(), &local as *const _ as *const libc::sockaddr, local_len) },
             "binding the raw socket",
         )?;
         let (to, to_len) = raw_sockaddr(dst);
         let mut sent = 0;
         for &(sport, dport) in flows {
-            let datagram = udp_datagram(
-                SocketAddr::new(src, sport),
-                SocketAddr::new(dst, dport),
-                b"flood",
-            );
+            let datagram = udp_datagram(SocketAddr::new(src, sport), SocketAddr::new(dst, dport), b"flood");
             for _ in 0..per_flow {
                 // SAFETY: valid buffer and sockaddr for their lengths.
                 let n = unsafe {
@@ -196,16 +173,9 @@ pub fn send_tcp(ns: &Netns, src: SocketAddr, dst: SocketAddr, flags: u8) -> bool
     assert_eq!(src.is_ipv4(), dst.is_ipv4(), "one family: {src} -> {dst}");
     let segment = tcp_segment(src, dst, flags, 0x1234_5678, 0x0bad_cafe);
     in_netns(ns, || -> io::Result<bool> {
-        let family = if src.is_ipv4() {
-            libc::AF_INET
-        } else {
-            libc::AF_INET6
-        };
+        let family = if src.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
         // SAFETY: plain socket(2); the descriptor is owned right away.
-        let fd = check(
-            unsafe { libc::socket(family, libc::SOCK_RAW, libc::IPPROTO_TCP) },
-            "raw socket",
-        )?;
+        let fd = check(unsafe { libc::socket(family, libc::SOCK_RAW, libc::IPPROTO_TCP) }, "raw socket")?;
         // SAFETY: a fresh descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // Bound to `src`: the kernel puts exactly the address the checksum
@@ -213,13 +183,7 @@ pub fn send_tcp(ns: &Netns, src: SocketAddr, dst: SocketAddr, flags: u8) -> bool
         let (local, local_len) = raw_sockaddr(src.ip());
         // SAFETY: a valid sockaddr of `local_len` bytes.
         check(
-            unsafe {
-                libc::bind(
-                    fd.as_raw_fd(),
-                    &local as *const _ as *const libc::sockaddr,
-                    local_len,
-                )
-            },
+            unsafe { libc::bind(fd.as_raw_fd(), &local as *const _ as *const libc::sockaddr, local_len) },
             "binding the raw socket",
         )?;
         let (to, to_len) = raw_sockaddr(dst.ip());
@@ -240,10 +204,7 @@ pub fn send_tcp(ns: &Netns, src: SocketAddr, dst: SocketAddr, flags: u8) -> bool
         }
         match io::Error::last_os_error() {
             e if e.raw_os_error() == Some(libc::ENOBUFS) => Ok(false),
-            e => Err(io::Error::new(
-                e.kind(),
-                format!("sendto on the raw socket: {e}"),
-            )),
+            e => Err(io::Error::new(e.kind(), format!("sendto on the raw socket: {e}"))),
         }
     })
     .unwrap_or_else(|e| panic!("sending a crafted TCP segment {src} -> {dst}: {e}"))
@@ -268,22 +229,12 @@ fn parse(frame: &[u8]) -> Option<Seen> {
             let ihl = usize::from(l3.first()? & 0x0f) * 4;
             let src: [u8; 4] = l3.get(12..16)?.try_into().ok()?;
             let dst: [u8; 4] = l3.get(16..20)?.try_into().ok()?;
-            (
-                *l3.get(9)?,
-                IpAddr::from(src),
-                IpAddr::from(dst),
-                l3.get(ihl..)?,
-            )
+            (*l3.get(9)?, IpAddr::from(src), IpAddr::from(dst), l3.get(ihl..)?)
         }
         ETH_P_IPV6 => {
             let src: [u8; 16] = l3.get(8..24)?.try_into().ok()?;
             let dst: [u8; 16] = l3.get(24..40)?.try_into().ok()?;
-            (
-                *l3.get(6)?,
-                IpAddr::from(src),
-                IpAddr::from(dst),
-                l3.get(40..)?,
-            )
+            (*l3.get(6)?, IpAddr::from(src), IpAddr::from(dst), l3.get(40..)?)
         }
         _ => return None,
     };
@@ -291,17 +242,8 @@ fn parse(frame: &[u8]) -> Option<Seen> {
         return None;
     }
     let port = |at: usize| Some(u16::from_be_bytes([*l4.get(at)?, *l4.get(at + 1)?]));
-    let tcp_flags = if proto == libc::IPPROTO_TCP as u8 {
-        *l4.get(13)?
-    } else {
-        0
-    };
-    Some(Seen {
-        proto,
-        src: SocketAddr::new(src, port(0)?),
-        dst: SocketAddr::new(dst, port(2)?),
-        tcp_flags,
-    })
+    let tcp_flags = if proto == libc::IPPROTO_TCP as u8 { *l4.get(13)? } else { 0 };
+    Some(Seen { proto, src: SocketAddr::new(src, port(0)?), dst: SocketAddr::new(dst, port(2)?), tcp_flags })
 }
 
 /// Every TCP/UDP packet that interface `iface` of a namespace receives
@@ -317,10 +259,7 @@ impl Sniffer {
         let fd = in_netns(ns, || -> io::Result<OwnedFd> {
             let protocol = i32::from(ETH_P_ALL.to_be());
             // SAFETY: plain socket(2); the descriptor is owned right away.
-            let fd = check(
-                unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, protocol) },
-                "packet socket",
-            )?;
+            let fd = check(unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, protocol) }, "packet socket")?;
             // SAFETY: a fresh descriptor nobody else owns.
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
             let c_iface = std::ffi::CString::new(iface).expect("interface name");
@@ -354,32 +293,19 @@ impl Sniffer {
             let (seen, stop) = (seen.clone(), stop.clone());
             thread::spawn(move || capture(&fd, &seen, &stop))
         };
-        Self {
-            seen,
-            stop,
-            thread: Some(thread),
-        }
+        Self { seen, stop, thread: Some(thread) }
     }
 
     /// Received packets that satisfy `f`.
     pub fn count(&self, f: impl Fn(&Seen) -> bool) -> usize {
-        self.seen
-            .lock()
-            .expect("sniffer lock")
-            .iter()
-            .filter(|s| f(s))
-            .count()
+        self.seen.lock().expect("sniffer lock").iter().filter(|s| f(s)).count()
     }
 }
 
 fn capture(fd: &OwnedFd, seen: &Mutex<Vec<Seen>>, stop: &AtomicBool) {
     let mut buf = vec![0u8; 65536];
     while !stop.load(Ordering::SeqCst) {
-        let mut pfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd.
         if unsafe { libc::poll(&mut pfd, 1, 20) } <= 0 {
             continue;
@@ -424,10 +350,7 @@ mod tests {
     /// checksum in place gives 0 (the receiver's check).
     #[test]
     fn tcp_checksums_verify() {
-        for (src, dst) in [
-            ("198.18.0.1:443", "198.18.0.2:5555"),
-            ("[2001:db8::1]:443", "[2001:db8::2]:5555"),
-        ] {
+        for (src, dst) in [("198.18.0.1:443", "198.18.0.2:5555"), ("[2001:db8::1]:443", "[2001:db8::2]:5555")] {
             let (src, dst): (SocketAddr, SocketAddr) = (src.parse().unwrap(), dst.parse().unwrap());
             let seg = tcp_segment(src, dst, TCP_SYN | TCP_ACK, 1, 2);
             let mut pseudo = ip_bytes(src.ip());
@@ -442,10 +365,7 @@ mod tests {
 
     #[test]
     fn udp_checksums_verify() {
-        for (src, dst) in [
-            ("198.18.0.2:5555", "198.18.0.1:40000"),
-            ("[2001:db8::2]:5555", "[2001:db8::1]:40000"),
-        ] {
+        for (src, dst) in [("198.18.0.2:5555", "198.18.0.1:40000"), ("[2001:db8::2]:5555", "[2001:db8::1]:40000")] {
             let (src, dst): (SocketAddr, SocketAddr) = (src.parse().unwrap(), dst.parse().unwrap());
             let datagram = udp_datagram(src, dst, b"odd");
             let mut pseudo = ip_bytes(src.ip());

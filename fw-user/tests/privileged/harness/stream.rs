@@ -25,11 +25,7 @@ use super::{netns::Netns, traffic::in_netns};
 const LIFETIME: Duration = Duration::from_secs(60);
 
 fn poll_in(fd: i32, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd.
     let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
     n > 0 && pfd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
@@ -72,11 +68,7 @@ impl TcpSource {
                 }
             })
         };
-        Self {
-            accepted,
-            stop,
-            thread: Some(thread),
-        }
+        Self { accepted, stop, thread: Some(thread) }
     }
 
     pub fn accepted(&self) -> u64 {
@@ -93,11 +85,7 @@ fn write_stream(mut conn: TcpStream, total: Option<usize>, stop: &AtomicBool) {
         let n = left.min(chunk.len());
         match conn.write(&chunk[..n]) {
             Ok(written) => left -= written,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
             Err(_) => return,
         }
     }
@@ -118,18 +106,9 @@ impl Drop for TcpSource {
 
 /// A TCP connection from `ns` to `to`, from local port `local_port` when
 /// given (0: ephemeral), connected within `timeout`.
-pub fn tcp_connect_from(
-    ns: &Netns,
-    to: SocketAddr,
-    local_port: u16,
-    timeout: Duration,
-) -> io::Result<TcpStream> {
+pub fn tcp_connect_from(ns: &Netns, to: SocketAddr, local_port: u16, timeout: Duration) -> io::Result<TcpStream> {
     in_netns(ns, || {
-        let family = if to.is_ipv4() {
-            libc::AF_INET
-        } else {
-            libc::AF_INET6
-        };
+        let family = if to.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
         // SAFETY: plain socket(2); owned by the TcpStream right away.
         let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
@@ -230,12 +209,7 @@ impl Download {
         let stop = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
         let thread = {
-            let (bytes, last, end, stop) = (
-                bytes.clone(),
-                last_progress.clone(),
-                end.clone(),
-                stop.clone(),
-            );
+            let (bytes, last, end, stop) = (bytes.clone(), last_progress.clone(), end.clone(), stop.clone());
             thread::spawn(move || {
                 let _ = conn.set_read_timeout(Some(Duration::from_millis(50)));
                 let mut buf = vec![0u8; 64 * 1024];
@@ -249,25 +223,14 @@ impl Download {
                             bytes.fetch_add(n as u64, Ordering::SeqCst);
                             last.store(started.elapsed().as_nanos() as u64, Ordering::SeqCst);
                         }
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                            ) => {}
+                        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
                         Err(e) => break End::Error(e.to_string()),
                     }
                 };
                 *end.lock().expect("download lock") = result;
             })
         };
-        Self {
-            bytes,
-            started,
-            last_progress,
-            end,
-            stop,
-            thread: Some(thread),
-        }
+        Self { bytes, started, last_progress, end, stop, thread: Some(thread) }
     }
 
     pub fn bytes(&self) -> u64 {
@@ -332,9 +295,7 @@ pub struct SeqFlow {
 impl SeqFlow {
     pub fn start(ns: &Netns, to: SocketAddr, every: Duration) -> Self {
         let socket = Arc::new(udp_to(ns, to));
-        socket
-            .set_read_timeout(Some(Duration::from_millis(20)))
-            .expect("udp read timeout");
+        socket.set_read_timeout(Some(Duration::from_millis(20))).expect("udp read timeout");
         let sent = Arc::new(AtomicU64::new(0));
         let echoed = Arc::new(Mutex::new(BTreeSet::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -369,14 +330,7 @@ impl SeqFlow {
                 }
             })
         };
-        Self {
-            sent,
-            echoed,
-            stop,
-            sender: Some(sender),
-            receiver: Some(receiver),
-            recv_stop,
-        }
+        Self { sent, echoed, stop, sender: Some(sender), receiver: Some(receiver), recv_stop }
     }
 
     pub fn sent(&self) -> u64 {
@@ -413,10 +367,7 @@ impl Drop for SeqFlow {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         self.recv_stop.store(true, Ordering::SeqCst);
-        for t in [self.sender.take(), self.receiver.take()]
-            .into_iter()
-            .flatten()
-        {
+        for t in [self.sender.take(), self.receiver.take()].into_iter().flatten() {
             let _ = t.join();
         }
     }
@@ -450,11 +401,7 @@ impl Pacer {
                 }
             })
         };
-        Self {
-            sent,
-            stop,
-            thread: Some(thread),
-        }
+        Self { sent, stop, thread: Some(thread) }
     }
 
     /// Stops and returns how many datagrams were sent.
@@ -479,11 +426,7 @@ impl Drop for Pacer {
 /// Writes `payload` on one thread while reading its echo on this one:
 /// neither side's buffer can fill up and stall the other. Returns what came
 /// back.
-pub fn tcp_echo_bulk(
-    conn: &mut TcpStream,
-    payload: &[u8],
-    timeout: Duration,
-) -> io::Result<Vec<u8>> {
+pub fn tcp_echo_bulk(conn: &mut TcpStream, payload: &[u8], timeout: Duration) -> io::Result<Vec<u8>> {
     conn.set_read_timeout(Some(timeout))?;
     conn.set_write_timeout(Some(timeout))?;
     let mut writer = conn.try_clone()?;

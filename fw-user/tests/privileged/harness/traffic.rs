@@ -32,17 +32,10 @@ pub fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> T {
     let path = ns.path();
     thread::scope(|s| {
         s.spawn(move || {
-            let file =
-                fs::File::open(&path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+            let file = fs::File::open(&path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
             // SAFETY: setns on a valid descriptor; it changes only this thread.
             let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(
-                rc,
-                0,
-                "setns {}: {}",
-                path.display(),
-                io::Error::last_os_error()
-            );
+            assert_eq!(rc, 0, "setns {}: {}", path.display(), io::Error::last_os_error());
             f()
         })
         .join()
@@ -91,11 +84,7 @@ impl Echo {
             let (received, stop) = (received.clone(), stop.clone());
             thread::spawn(move || serve(received, stop))
         };
-        Self {
-            received,
-            stop,
-            thread: Some(thread),
-        }
+        Self { received, stop, thread: Some(thread) }
     }
 
     pub fn received(&self) -> usize {
@@ -117,11 +106,7 @@ const POLL_TICK: Duration = Duration::from_millis(50);
 
 /// Waits up to [`POLL_TICK`] for `fd` to become readable.
 fn readable(fd: i32) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd, for the length we pass.
     let n = unsafe { libc::poll(&mut pfd, 1, POLL_TICK.as_millis() as i32) };
     n > 0 && pfd.revents & libc::POLLIN != 0
@@ -191,10 +176,7 @@ pub fn tcp_echo(addr: SocketAddr, connect_timeout: Duration) -> Outcome {
     })();
     match echoed {
         Ok(back) if back == payload.as_bytes() => Outcome::Echoed,
-        Ok(back) => Outcome::Failed(format!(
-            "{addr} echoed {:?}",
-            String::from_utf8_lossy(&back)
-        )),
+        Ok(back) => Outcome::Failed(format!("{addr} echoed {:?}", String::from_utf8_lossy(&back))),
         Err(e) => Outcome::Failed(format!("echo over {addr}: {e}")),
     }
 }
@@ -222,18 +204,8 @@ pub fn udp_echo(addr: SocketAddr, timeout: Duration) -> Outcome {
     })();
     match result {
         Ok(back) if back == payload.as_bytes() => Outcome::Echoed,
-        Ok(back) => Outcome::Failed(format!(
-            "{addr} echoed {:?}",
-            String::from_utf8_lossy(&back)
-        )),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            Outcome::TimedOut
-        }
+        Ok(back) => Outcome::Failed(format!("{addr} echoed {:?}", String::from_utf8_lossy(&back))),
+        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => Outcome::TimedOut,
         Err(e) => Outcome::Failed(format!("udp {addr}: {e}")),
     }
 }
@@ -244,9 +216,7 @@ pub fn udp_send(addr: SocketAddr, count: usize, len: usize) {
     let socket = udp_client(addr).unwrap_or_else(|e| panic!("udp socket for {addr}: {e}"));
     let payload = vec![b'x'; len];
     for i in 0..count {
-        let sent = socket
-            .send_to(&payload, addr)
-            .unwrap_or_else(|e| panic!("datagram {i} to {addr}: {e}"));
+        let sent = socket.send_to(&payload, addr).unwrap_or_else(|e| panic!("datagram {i} to {addr}: {e}"));
         assert_eq!(sent, len);
     }
 }

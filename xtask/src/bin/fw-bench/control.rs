@@ -12,8 +12,8 @@ use aya::programs::SchedClassifier;
 use fw_common::maps;
 use fw_user::{
     kernel::apply,
-    policy::compile::{check_capacity, compile_phase, Limits},
     kernel::loader::{self, LoadOptions, PolicyMaps},
+    policy::compile::{check_capacity, compile_phase, Limits},
     policy::{parse_str_with_resolver, Vars},
 };
 use serde_json::{json, Value};
@@ -36,11 +36,7 @@ fn memlock(fd: std::os::fd::BorrowedFd<'_>) -> u64 {
     use std::os::fd::AsRawFd as _;
     std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("memlock:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse().ok()))
         .unwrap_or(0)
 }
 
@@ -48,9 +44,7 @@ pub fn run(rules: usize, shape: &str) -> Result<Value> {
     let yaml = gen::by_shape(shape, rules)?;
     let vars = Vars::from_pairs::<&str, &str>([]);
     let t = Instant::now();
-    let loaded = parse_str_with_resolver(&yaml, "bench.yaml", &vars, &|h| {
-        Err(format!("no DNS ({h})"))
-    })?;
+    let loaded = parse_str_with_resolver(&yaml, "bench.yaml", &vars, &|h| Err(format!("no DNS ({h})")))?;
     let parse = t.elapsed();
     let t = Instant::now();
     let compiled = compile_phase(&loaded.policy, "a")?;
@@ -61,8 +55,7 @@ pub fn run(rules: usize, shape: &str) -> Result<Value> {
     let mut ebpf = loader::load(&LoadOptions::here()?)?;
     for name in [maps::PROG_EGRESS, maps::PROG_INGRESS] {
         let p: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
-        p.load()
-            .with_context(|| format!("the verifier rejected {name}"))?;
+        p.load().with_context(|| format!("the verifier rejected {name}"))?;
     }
     let load = t.elapsed();
     let mut policy = PolicyMaps::take(&mut ebpf)?;

@@ -48,17 +48,8 @@ impl Rng {
 }
 
 /// v4 prefix lengths and their weights (per mille).
-const LENGTHS: [(u8, u64); 9] = [
-    (16, 2),
-    (18, 6),
-    (20, 12),
-    (22, 30),
-    (24, 80),
-    (26, 110),
-    (28, 160),
-    (30, 200),
-    (32, 400),
-];
+const LENGTHS: [(u8, u64); 9] =
+    [(16, 2), (18, 6), (20, 12), (22, 30), (24, 80), (26, 110), (28, 160), (30, 200), (32, 400)];
 
 fn pick_len(rng: &mut Rng) -> u8 {
     let mut x = rng.below(1000);
@@ -112,13 +103,7 @@ fn sparse(rng: &mut Rng) -> (String, u8) {
     let v6 = Ipv6Addr::from((0x3fffu128 << 112) | (h & ((1u128 << 108) - 1)));
     if rng.below(8) == 0 {
         let net6 = Ipv6Addr::from(u128::from(v6) >> 64 << 64);
-        (
-            format!(
-                "[\"{}/24\", \"{net6}/64\"]",
-                Ipv4Addr::from(a & 0xffff_ff00)
-            ),
-            24,
-        )
+        (format!("[\"{}/24\", \"{net6}/64\"]", Ipv4Addr::from(a & 0xffff_ff00)), 24)
     } else {
         (format!("[\"{}\", \"{v6}\"]", Ipv4Addr::from(a)), 32)
     }
@@ -137,37 +122,21 @@ fn body(rng: &mut Rng, len: u8) -> String {
     if len <= 22 {
         return match roll {
             0..=39 => "proto: any".into(),
-            40..=69 => format!(
-                "proto: tcp, ports: [{}], action: deny",
-                [23, 25, 135, 139, 445][rng.below(5) as usize]
-            ),
-            _ => format!(
-                "proto: [tcp, udp], ports: [{}]",
-                [53, 123, 443][rng.below(3) as usize]
-            ),
+            40..=69 => format!("proto: tcp, ports: [{}], action: deny", [23, 25, 135, 139, 445][rng.below(5) as usize]),
+            _ => format!("proto: [tcp, udp], ports: [{}]", [53, 123, 443][rng.below(3) as usize]),
         };
     }
     if len < 28 {
         return match roll {
-            0..=9 => format!(
-                "proto: [tcp, udp], ports: [{}], action: deny",
-                100 + rng.below(900)
-            ),
+            0..=9 => format!("proto: [tcp, udp], ports: [{}], action: deny", 100 + rng.below(900)),
             10..=69 => format!("proto: tcp, ports: [{}]", 1024 + rng.below(60_000)),
             _ => "proto: any".into(),
         };
     }
     match roll {
-        0..=7 => format!(
-            "proto: [tcp, udp], ports: [{}], action: deny",
-            100 + rng.below(900)
-        ),
+        0..=7 => format!("proto: [tcp, udp], ports: [{}], action: deny", 100 + rng.below(900)),
         8..=39 => format!("proto: tcp, ports: [{}]", 1024 + rng.below(60_000)),
-        40..=54 => format!(
-            "proto: udp, ports: [{}, {}]",
-            1024 + rng.below(30_000),
-            30_000 + rng.below(30_000)
-        ),
+        40..=54 => format!("proto: udp, ports: [{}, {}]", 1024 + rng.below(30_000), 30_000 + rng.below(30_000)),
         55..=79 => format!("proto: tcp, ports: [{}]", range(rng, 10, 500)),
         80..=89 => format!("proto: udp, ports: [{}]", range(rng, 1000, 20_000)),
         90..=93 => "proto: icmp, ports: [8]".into(),
@@ -195,25 +164,13 @@ pub fn policy(rules: usize) -> String {
             None
         };
         let (to, len) = dense.unwrap_or_else(|| sparse(&mut rng));
-        let _ = writeln!(
-            y,
-            "      - {{ name: r{i}, to: {to}, {} }}",
-            body(&mut rng, len)
-        );
+        let _ = writeln!(y, "      - {{ name: r{i}, to: {to}, {} }}", body(&mut rng, len));
     }
     let to = format!("[\"{RECEIVER4}\", \"{RECEIVER6}\"]");
-    let _ = writeln!(
-        y,
-        "      - {{ name: bench-deny, to: {to}, proto: tcp, ports: [{DENIED_PORT}], action: deny }}"
-    );
-    let _ = writeln!(
-        y,
-        "      - {{ name: bench-icmp, to: {to}, proto: [icmp, icmpv6] }}"
-    );
-    let _ = writeln!(
-        y,
-        "      - {{ name: bench-flows, to: {to}, proto: [udp, tcp], ports: [{UDP_PORT}, {TCP_PORT}] }}"
-    );
+    let _ = writeln!(y, "      - {{ name: bench-deny, to: {to}, proto: tcp, ports: [{DENIED_PORT}], action: deny }}");
+    let _ = writeln!(y, "      - {{ name: bench-icmp, to: {to}, proto: [icmp, icmpv6] }}");
+    let _ =
+        writeln!(y, "      - {{ name: bench-flows, to: {to}, proto: [udp, tcp], ports: [{UDP_PORT}, {TCP_PORT}] }}");
     y += "  b:\n    extends: a\n    egress:\n";
     y += "      - { name: webhook, to: [\"198.19.0.10\"], proto: tcp, ports: [443] }\n";
     y

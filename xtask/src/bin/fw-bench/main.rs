@@ -27,11 +27,8 @@ use anyhow::{bail, Context as _, Result};
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T> {
     match args.iter().position(|a| a == name) {
         Some(i) => {
-            let v = args
-                .get(i + 1)
-                .with_context(|| format!("{name} needs a value"))?;
-            v.parse()
-                .map_err(|_| anyhow::anyhow!("{name}: cannot parse {v:?}"))
+            let v = args.get(i + 1).with_context(|| format!("{name} needs a value"))?;
+            v.parse().map_err(|_| anyhow::anyhow!("{name}: cannot parse {v:?}"))
         }
         None => Ok(default),
     }
@@ -39,9 +36,7 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<
 
 fn list(args: &[String], name: &str, default: &str) -> Result<Vec<usize>> {
     let text: String = arg(args, name, default.to_string())?;
-    text.split(',')
-        .map(|s| s.trim().parse().with_context(|| format!("{name}: {s:?}")))
-        .collect()
+    text.split(',').map(|s| s.trim().parse().with_context(|| format!("{name}: {s:?}"))).collect()
 }
 
 fn run() -> Result<()> {
@@ -61,24 +56,13 @@ fn run() -> Result<()> {
             rounds: arg(&args, "--rounds", 5)?,
             distinct: arg(&args, "--distinct", 20_000)?,
         })?,
-        "control" => control::run(
-            arg(&args, "--rules", 100_000)?,
-            &arg(&args, "--shape", "dense".to_string())?,
-        )?,
+        "control" => control::run(arg(&args, "--rules", 100_000)?, &arg(&args, "--shape", "dense".to_string())?)?,
         "udp-send" => udp::send(
-            arg(
-                &args,
-                "--dst",
-                std::net::SocketAddr::from((gen::RECEIVER4, gen::UDP_PORT)),
-            )?,
+            arg(&args, "--dst", std::net::SocketAddr::from((gen::RECEIVER4, gen::UDP_PORT)))?,
             arg(&args, "--seconds", 2.0)?,
         )?,
         "udp-recv" => udp::recv(
-            arg(
-                &args,
-                "--bind",
-                std::net::SocketAddr::from((gen::RECEIVER4, gen::UDP_PORT)),
-            )?,
+            arg(&args, "--bind", std::net::SocketAddr::from((gen::RECEIVER4, gen::UDP_PORT)))?,
             arg(&args, "--seconds", 4.0)?,
         )?,
         "dns-query" => dns::run(&dns::Options {

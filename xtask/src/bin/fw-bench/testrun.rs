@@ -26,8 +26,8 @@ use aya::{
 use fw_common::maps;
 use fw_user::{
     kernel::apply,
-    policy::compile::{check_capacity, compile_phase, Limits},
     kernel::loader::{self, LoadOptions, PolicyMaps},
+    policy::compile::{check_capacity, compile_phase, Limits},
     policy::{parse_str_with_resolver, Vars},
 };
 use serde_json::{json, Value};
@@ -49,27 +49,14 @@ const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_UNSPEC: u32 = u32::MAX;
 
 fn program<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a SchedClassifier> {
-    Ok(ebpf
-        .program(name)
-        .with_context(|| format!("no program {name}"))?
-        .try_into()?)
+    Ok(ebpf.program(name).with_context(|| format!("no program {name}"))?.try_into()?)
 }
 
 /// Mean ns per run of `repeat` runs, median over `rounds`; the verdict is checked.
-fn measure(
-    prog: &SchedClassifier,
-    data: &[u8],
-    repeat: u32,
-    rounds: usize,
-    expect: u32,
-) -> Result<f64> {
+fn measure(prog: &SchedClassifier, data: &[u8], repeat: u32, rounds: usize, expect: u32) -> Result<f64> {
     let mut samples = Vec::with_capacity(rounds);
     for _ in 0..rounds {
-        let r = prog.test_run(TestRunOptions {
-            data_in: Some(data),
-            repeat,
-            ..Default::default()
-        })?;
+        let r = prog.test_run(TestRunOptions { data_in: Some(data), repeat, ..Default::default() })?;
         if r.return_value != expect {
             bail!("verdict {} instead of {expect}", r.return_value as i32);
         }
@@ -84,9 +71,7 @@ pub fn run(opts: &Options) -> Result<Value> {
         let started = Instant::now();
         let yaml = gen::policy(rules);
         let vars = Vars::from_pairs::<&str, &str>([]);
-        let loaded = parse_str_with_resolver(&yaml, "bench.yaml", &vars, &|h| {
-            Err(format!("no DNS ({h})"))
-        })?;
+        let loaded = parse_str_with_resolver(&yaml, "bench.yaml", &vars, &|h| Err(format!("no DNS ({h})")))?;
         let compiled = compile_phase(&loaded.policy, "a")?;
         check_capacity(&compiled, &Limits::default())?;
 
@@ -96,8 +81,7 @@ pub fn run(opts: &Options) -> Result<Value> {
         apply::activate(&mut policy, 1)?;
         for name in [maps::PROG_EGRESS, maps::PROG_NOOP] {
             let p: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
-            p.load()
-                .with_context(|| format!("the verifier rejected {name}"))?;
+            p.load().with_context(|| format!("the verifier rejected {name}"))?;
         }
         let egress = program(&ebpf, maps::PROG_EGRESS)?;
         let noop = program(&ebpf, maps::PROG_NOOP)?;
@@ -110,16 +94,8 @@ pub fn run(opts: &Options) -> Result<Value> {
         );
 
         for (family, src, dst) in [
-            (
-                "ipv4",
-                IpAddr::from([198, 18, 200, 1]),
-                IpAddr::V4(gen::RECEIVER4),
-            ),
-            (
-                "ipv6",
-                "2001:db8:c8::1".parse::<IpAddr>()?,
-                IpAddr::V6(gen::RECEIVER6),
-            ),
+            ("ipv4", IpAddr::from([198, 18, 200, 1]), IpAddr::V4(gen::RECEIVER4)),
+            ("ipv6", "2001:db8:c8::1".parse::<IpAddr>()?, IpAddr::V6(gen::RECEIVER6)),
         ] {
             let (r, k) = (opts.repeat, opts.rounds);
             let udp = frame(src, dst, UDP, 40_000, gen::UDP_PORT);
@@ -127,20 +103,8 @@ pub fn run(opts: &Options) -> Result<Value> {
             // The first run admits the flow.
             measure(egress, &udp, 1, 1, TC_ACT_UNSPEC)?;
             let established = measure(egress, &udp, r, k, TC_ACT_UNSPEC)?;
-            let new = measure(
-                egress,
-                &frame(src, dst, ECHO_REPLY, 7, 0),
-                r,
-                k,
-                TC_ACT_UNSPEC,
-            )?;
-            let denied = measure(
-                egress,
-                &frame(src, dst, TCP, 40_001, gen::DENIED_PORT),
-                r,
-                k,
-                TC_ACT_SHOT,
-            )?;
+            let new = measure(egress, &frame(src, dst, ECHO_REPLY, 7, 0), r, k, TC_ACT_UNSPEC)?;
+            let denied = measure(egress, &frame(src, dst, TCP, 40_001, gen::DENIED_PORT), r, k, TC_ACT_SHOT)?;
 
             let mut firsts = Vec::with_capacity(opts.distinct);
             let mut floors1 = Vec::with_capacity(opts.distinct);
@@ -168,7 +132,5 @@ pub fn run(opts: &Options) -> Result<Value> {
             rows.push(row);
         }
     }
-    Ok(
-        json!({ "repeat": opts.repeat, "rounds": opts.rounds, "distinct": opts.distinct, "rows": rows }),
-    )
+    Ok(json!({ "repeat": opts.repeat, "rounds": opts.rounds, "distinct": opts.distinct, "rows": rows }))
 }

@@ -17,22 +17,12 @@ const BATCH: usize = 64;
 const PAYLOAD: usize = 18;
 
 pub fn send(dst: SocketAddr, seconds: f64) -> Result<serde_json::Value> {
-    let bind: SocketAddr = if dst.is_ipv4() {
-        "0.0.0.0:0".parse()?
-    } else {
-        "[::]:0".parse()?
-    };
+    let bind: SocketAddr = if dst.is_ipv4() { "0.0.0.0:0".parse()? } else { "[::]:0".parse()? };
     let socket = UdpSocket::bind(bind).context("binding the sender")?;
-    socket
-        .connect(dst)
-        .with_context(|| format!("connecting to {dst}"))?;
+    socket.connect(dst).with_context(|| format!("connecting to {dst}"))?;
     let mut payload = [0u8; PAYLOAD];
-    let mut iov: Vec<libc::iovec> = (0..BATCH)
-        .map(|_| libc::iovec {
-            iov_base: payload.as_mut_ptr().cast(),
-            iov_len: PAYLOAD,
-        })
-        .collect();
+    let mut iov: Vec<libc::iovec> =
+        (0..BATCH).map(|_| libc::iovec { iov_base: payload.as_mut_ptr().cast(), iov_len: PAYLOAD }).collect();
     // SAFETY: zeroed mmsghdr is a valid "no name, no control" header.
     let mut msgs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
     for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
@@ -55,29 +45,17 @@ pub fn send(dst: SocketAddr, seconds: f64) -> Result<serde_json::Value> {
 }
 
 pub fn recv(bind: SocketAddr, seconds: f64) -> Result<serde_json::Value> {
-    let socket =
-        UdpSocket::bind(bind).with_context(|| format!("binding the receiver to {bind}"))?;
+    let socket = UdpSocket::bind(bind).with_context(|| format!("binding the receiver to {bind}"))?;
     socket.set_read_timeout(Some(Duration::from_millis(100)))?;
     let fd = socket.as_raw_fd();
     let size: libc::c_int = 8 << 20;
     // SAFETY: a valid fd and a pointer to an int of the size given.
     unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            (&size as *const libc::c_int).cast(),
-            4,
-        );
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, (&size as *const libc::c_int).cast(), 4);
     }
     let mut bufs = vec![[0u8; 64]; BATCH];
-    let mut iov: Vec<libc::iovec> = bufs
-        .iter_mut()
-        .map(|b| libc::iovec {
-            iov_base: b.as_mut_ptr().cast(),
-            iov_len: b.len(),
-        })
-        .collect();
+    let mut iov: Vec<libc::iovec> =
+        bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
     // SAFETY: as in `send`.
     let mut msgs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
     for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
@@ -90,15 +68,8 @@ pub fn recv(bind: SocketAddr, seconds: f64) -> Result<serde_json::Value> {
     let (mut received, mut first, mut last) = (0u64, None::<Instant>, Instant::now());
     while Instant::now() < deadline {
         // SAFETY: msgs points to BATCH headers whose buffers live.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                msgs.as_mut_ptr(),
-                BATCH as u32,
-                libc::MSG_WAITFORONE,
-                std::ptr::null_mut(),
-            )
-        };
+        let n =
+            unsafe { libc::recvmmsg(fd, msgs.as_mut_ptr(), BATCH as u32, libc::MSG_WAITFORONE, std::ptr::null_mut()) };
         if n > 0 {
             let now = Instant::now();
             first.get_or_insert(now);
@@ -109,10 +80,6 @@ pub fn recv(bind: SocketAddr, seconds: f64) -> Result<serde_json::Value> {
         }
     }
     let secs = first.map_or(0.0, |f| (last - f).as_secs_f64());
-    let pps = if secs > 0.0 {
-        received as f64 / secs
-    } else {
-        0.0
-    };
+    let pps = if secs > 0.0 { received as f64 / secs } else { 0.0 };
     Ok(json!({ "received": received, "seconds": secs, "pps": pps }))
 }
