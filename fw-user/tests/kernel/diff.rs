@@ -22,8 +22,8 @@ use crate::{
     model::{self, flow_key, flow_timeout, Active, Outcome, State, Table, NO_RULE},
     packets::*,
     policies::{random_policy, Force, Hints},
-    rng::Rng,
 };
+use fw_lab::rng::Rng;
 
 /// Rule counters compared at segment ends (random policies have fewer rules).
 const RULE_WINDOW: u32 = 64;

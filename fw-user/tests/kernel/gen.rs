@@ -5,9 +5,9 @@
 use crate::{
     packets::*,
     policies::{Hints, V4_BASE, V6_BASE},
-    rng::Rng,
 };
 use fw_common::Direction;
+use fw_lab::rng::Rng;
 
 /// This host's addresses (outside the rule windows, so rules match peers).
 pub const LOCAL4: [u8; 4] = [198, 19, 255, 1];

@@ -22,7 +22,7 @@ mod known;
 mod model;
 mod packets;
 mod policies;
-mod rng;
+
 mod tables;
 
 use std::time::Instant;
@@ -132,7 +132,7 @@ fn test_run_refuses_frames_without_a_whole_first_header() {
     // truncation paths are still reached (behind VLAN tags).
     require_root();
     let k = kernel::Kernel::load();
-    let mut rng = rng::Rng::new(7);
+    let mut rng = fw_lab::rng::Rng::new(7);
     for len in 0..80usize {
         for ethertype in [0x0800u16, 0x86dd, 0x8100, 0x88a8, 0x0806, 0x1234] {
             let mut frame = rng.bytes(len);

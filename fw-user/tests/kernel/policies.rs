@@ -9,7 +9,7 @@ use fw_user::{
     policy::{self, Vars},
 };
 
-use crate::rng::Rng;
+use fw_lab::rng::Rng;
 
 /// 198.18.0.0 + 0..1024: the IPv4 window rules and packets share.
 pub const V4_BASE: u32 = 0xc612_0000;

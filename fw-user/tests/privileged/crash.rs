@@ -18,15 +18,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{
-    harness::{
-        fw::{fw, run_bounded, Finished, Fw, Launch, FW, FW_LIB_DIR},
-        netns::VethPair,
-        traffic::{in_netns, tcp_echo, Echo, Outcome, DROP_TIMEOUT, PASS_TIMEOUT},
-        TempDir,
-    },
-    rng::Rng,
+use crate::harness::{
+    fw::{fw, run_bounded, Finished, Fw, Launch, FW, FW_LIB_DIR},
+    netns::VethPair,
+    traffic::{in_netns, tcp_echo, Echo, Outcome, DROP_TIMEOUT, PASS_TIMEOUT},
+    TempDir,
 };
+use fw_lab::rng::Rng;
 
 const BIG_RULES: usize = 50_000;
 

@@ -29,6 +29,7 @@ use crate::harness::{
     traffic::{in_netns, tcp_echo, udp_echo, udp_send, Echo, Outcome, DROP_TIMEOUT},
     unique_name, TempDir,
 };
+use fw_lab::process::Guarded;
 
 /// The command name the kernel reports for the client interpreter
 /// (`cgroup::PYTHON`, run by its real path).
@@ -173,7 +174,7 @@ fn run_client(cgroup: &TestCgroup, ns: &Netns, specs: &[String]) -> (u32, Client
 
 /// `fw drops --follow --since 1h [ARGS]` in the background, its output in a file.
 struct Follow {
-    child: Child,
+    _child: Guarded,
     out: PathBuf,
     _dir: TempDir,
 }
@@ -191,7 +192,7 @@ impl Follow {
             .stderr(Stdio::null())
             .spawn()
             .expect("starting fw drops --follow");
-        Self { child, out, _dir: dir }
+        Self { _child: Guarded(child), out, _dir: dir }
     }
 
     fn text(&self) -> String {
@@ -200,13 +201,6 @@ impl Follow {
 
     fn events(&self) -> Vec<Value> {
         self.text().lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect()
-    }
-}
-
-impl Drop for Follow {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

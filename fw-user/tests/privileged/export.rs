@@ -219,7 +219,7 @@ fn exported_nft_decides_as_fw_explains_on_random_policies() {
     ns.ip(&["-6", "route", "add", "local", "2001:db8::/48", "dev", "lo"]);
     let dir = TempDir::new();
     let seed = 0x16_0006u64;
-    let mut rng = crate::rng::Rng::new(seed);
+    let mut rng = fw_lab::rng::Rng::new(seed);
     let mut probes_run = 0;
     let mut problems = Vec::new();
     for round in 0..12 {
@@ -267,7 +267,7 @@ fn exported_nft_decides_as_fw_explains_on_random_policies() {
 
 /// Nested CIDRs (/22 to /32 in 198.18.0.0/22, /118 to /128 in
 /// 2001:db8::/118) and a few ports, so that rules overlap often.
-fn random_policy(rng: &mut crate::rng::Rng) -> String {
+fn random_policy(rng: &mut fw_lab::rng::Rng) -> String {
     let default = if rng.below(4) == 0 { "allow" } else { "drop" };
     let mut y = format!("name: random\nphases:\n  runtime:\n    egress_default: {default}\n    egress:\n");
     for i in 0..rng.usize(1, 14) {
@@ -282,7 +282,7 @@ fn random_policy(rng: &mut crate::rng::Rng) -> String {
             let net = if len == 128 { addr } else { addr >> (128 - len) << (128 - len) };
             format!("\"{}/{len}\"", Ipv6Addr::from(net))
         };
-        let ports = |rng: &mut crate::rng::Rng| {
+        let ports = |rng: &mut fw_lab::rng::Rng| {
             let lo = rng.range(1000, 1030);
             if rng.below(3) == 0 {
                 format!("\"{lo}-{}\"", lo + rng.range(1, 12))
@@ -309,7 +309,7 @@ fn random_policy(rng: &mut crate::rng::Rng) -> String {
 
 /// An address in the policies' space, a protocol and a port (ICMP: echo
 /// request or reply, `type << 8`).
-fn random_probe(rng: &mut crate::rng::Rng) -> (IpAddr, u8, u16) {
+fn random_probe(rng: &mut fw_lab::rng::Rng) -> (IpAddr, u8, u16) {
     let v4 = rng.below(2) == 0;
     let addr: IpAddr = if v4 {
         Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) | rng.below(1 << 10) as u32).into()

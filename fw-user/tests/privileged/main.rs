@@ -29,9 +29,5 @@ mod names;
 mod observe;
 mod openvidu_day;
 mod operate;
-/// The kernel tests' deterministic generator, for random kill times.
-#[path = "../kernel/rng.rs"]
-#[allow(dead_code)]
-mod rng;
 mod stateful;
 mod watch;

@@ -13,7 +13,7 @@ use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket},
     path::{Path, PathBuf},
-    process::{Child, Stdio},
+    process::Stdio,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -31,6 +31,7 @@ use crate::harness::{
     traffic::in_netns,
     TempDir,
 };
+use fw_lab::process::Guarded;
 
 /// The port the far servers listen on (every 198.19.x.y address).
 const PORT: u16 = 8443;
@@ -38,9 +39,9 @@ const PORT: u16 = 8443;
 const OTHER_PORT: u16 = 8444;
 
 /// dnsmasq on far's address only, answering from a hosts file it re-reads
-/// on SIGHUP, with TTL 1. Killed by its PID on drop.
+/// on SIGHUP, with TTL 1. Stopped by its PID on drop.
 pub(crate) struct Dnsmasq {
-    child: Child,
+    child: Guarded,
     hosts: PathBuf,
     _dir: TempDir,
 }
@@ -73,7 +74,7 @@ impl Dnsmasq {
             .stderr(log)
             .spawn()
             .expect("starting dnsmasq (cargo xtask test installs dnsmasq-base)");
-        let dnsmasq = Self { child, hosts: hosts_path, _dir: dir };
+        let dnsmasq = Self { child: Guarded(child), hosts: hosts_path, _dir: dir };
         // Ready when it answers (asked from the near namespace, before fw
         // enforces anything there).
         let server = SocketAddr::new(pair.far4.into(), 53);
@@ -88,13 +89,6 @@ impl Dnsmasq {
         fs::write(&self.hosts, hosts).expect("rewriting the hosts file");
         // SAFETY: a signal to the child this guard started and still owns.
         assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGHUP) }, 0);
-    }
-}
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -705,7 +699,7 @@ fn names_through_a_local_stub_are_learned_for_the_application() {
     let lab = Lab::new(97, "198.19.214.1 app.stub.test\n198.19.214.9 other.test\n");
     let stub_dir = TempDir::new();
     let stub_log = stub_dir.path().join("stub.log");
-    let mut stub = StubGuard(
+    let mut stub = Guarded(
         lab.pair
             .near
             .command(if Path::new("/usr/sbin/dnsmasq").exists() { "/usr/sbin/dnsmasq" } else { "dnsmasq" })
@@ -768,16 +762,6 @@ fn names_through_a_local_stub_are_learned_for_the_application() {
         "the stub saw a refused query:\n{stub_saw}"
     );
     stub.0.kill().ok();
-}
-
-/// Kills and reaps a process the test started.
-struct StubGuard(Child);
-
-impl Drop for StubGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Behaviour 4, end to end: addresses are attributed to the question. A

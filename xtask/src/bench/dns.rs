@@ -23,10 +23,11 @@ use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 
 use super::{
-    netns::{in_ns, name, Guarded, Pair, IFACE, RECEIVER4},
+    netns::{name, Guarded, Pair, IFACE, RECEIVER4},
     Tools,
 };
 use crate::cmd;
+use fw_lab::netns::Netns;
 
 /// Addresses per name of the learning run: one EDNS answer holds them.
 const PER_NAME: usize = 100;
@@ -109,7 +110,7 @@ fn learned_address(n: usize) -> String {
 #[allow(clippy::too_many_arguments)]
 fn query(
     tools: &Tools,
-    ns: &str,
+    ns: &Netns,
     cgroup: Option<&Path>,
     prefix: &str,
     first: usize,
@@ -135,13 +136,13 @@ fn query(
     let mut c = match cgroup {
         // Into the hooked cgroup, then the client (same process).
         Some(cg) => {
-            let mut c = in_ns(ns, "sh");
+            let mut c = ns.command("sh");
             c.arg("-c")
                 .arg(format!("echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"", cg.display()))
                 .arg(&tools.runner);
             c
         }
-        None => in_ns(ns, &tools.runner),
+        None => ns.command(&tools.runner),
     };
     c.args(args);
     let out = cmd::output(&mut c)?;
@@ -167,8 +168,9 @@ pub fn run(tools: &Tools, settings: &DnsSettings, dir: &Path) -> Result<Value> {
     }
     let hosts_file = dir.join("dns-hosts");
     std::fs::write(&hosts_file, hosts)?;
-    let mut dnsmasq = Guarded::spawn(
-        in_ns(&pair.b, "dnsmasq")
+    let mut dnsmasq = Guarded::spawn_piped(
+        pair.b
+            .command("dnsmasq")
             .args(["--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--bind-interfaces"])
             .args(["--user=root", "--local-ttl=300", "--cache-size=0", "--log-facility=-", "--edns-packet-max=4096"])
             .arg(format!("--listen-address={RECEIVER4}"))
@@ -200,8 +202,9 @@ pub fn run(tools: &Tools, settings: &DnsSettings, dir: &Path) -> Result<Value> {
         ),
     )?;
     let instance = name("dnsfw");
-    let mut fw = Guarded::spawn(
-        in_ns(&pair.a, &tools.fw)
+    let mut fw = Guarded::spawn_piped(
+        pair.a
+            .command(&tools.fw)
             .args(["run", "--iface", IFACE, "--phase", "bench", "--name", &instance, "--cgroup"])
             .arg(&cgroup.0)
             .arg("--policy")
@@ -218,7 +221,7 @@ pub fn run(tools: &Tools, settings: &DnsSettings, dir: &Path) -> Result<Value> {
         proxied.push(query(tools, &pair.a, Some(&cgroup.0), "p", first, "lat.test", settings.queries, 1000)?);
     }
     let learned_now = || -> Result<(u64, u64)> {
-        let status = cmd::output(in_ns(&pair.a, &tools.fw).args(["status", "--json", "--name", &instance]))?;
+        let status = cmd::output(pair.a.command(&tools.fw).args(["status", "--json", "--name", &instance]))?;
         let status: Value = serde_json::from_str(&status).context("fw status --json")?;
         Ok((status["learned_addresses"].as_u64().unwrap_or(0), status["learned_bytes"].as_u64().unwrap_or(0)))
     };

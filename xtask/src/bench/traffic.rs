@@ -21,7 +21,7 @@ use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 
 use super::{
-    netns::{in_ns, Guarded, Pair, IFACE, RECEIVER4},
+    netns::{Guarded, Pair, IFACE, RECEIVER4},
     slab_bytes, Settings, Tools,
 };
 use crate::cmd;
@@ -58,7 +58,7 @@ impl Drop for FwInstance {
 /// be killed (an nft -f that takes minutes must not stall the whole bench).
 fn timed(c: &mut Command, limit: Duration) -> Result<Option<f64>> {
     let t = Instant::now();
-    let mut child = Guarded::spawn(c)?;
+    let mut child = Guarded::spawn_piped(c)?;
     loop {
         if let Some(status) = child.0.try_wait()? {
             if !status.success() {
@@ -104,14 +104,15 @@ fn setup(tools: &Tools, dir: &Path, rules: usize, limit: Duration) -> Result<Set
     for tag in ["none", "fw", "nft", "ipt"] {
         pairs.push((tag, Pair::new(&format!("{tag}{rules}"))?));
     }
-    let ns = |tag: &str| pairs.iter().find(|(t, _)| *t == tag).map(|(_, p)| p.a.clone()).expect("pair");
+    let ns = |tag: &str| pairs.iter().find(|(t, _)| *t == tag).map(|(_, p)| &p.a).expect("pair");
 
     // fw: `fw run` until it says it enforces, then a switch to phase b.
     let name = super::netns::name(&format!("fw{rules}"));
     let mut instance = FwInstance { fw: tools.fw.clone(), name: name.clone(), _daemon: None };
     let slab0 = slab_bytes()?;
-    let mut daemon = Guarded::spawn(
-        in_ns(&ns("fw"), &tools.fw)
+    let mut daemon = Guarded::spawn_piped(
+        ns("fw")
+            .command(&tools.fw)
             .args(["run", "--iface", IFACE, "--phase", "a", "--name", &name, "--interval", "3600", "--cgroup", "none"])
             .arg("--policy")
             .arg(&policy),
@@ -143,10 +144,10 @@ fn setup(tools: &Tools, dir: &Path, rules: usize, limit: Duration) -> Result<Set
     let nft_a = write(dir, &format!("policy-{rules}-a.nft"), &export(tools, &policy, "a", "nft")?)?;
     let nft_b = write(dir, &format!("policy-{rules}-b.nft"), &export(tools, &policy, "b", "nft")?)?;
     let slab0 = slab_bytes()?;
-    let nft_load = timed(in_ns(&ns("nft"), "nft").arg("-f").arg(&nft_a), limit)?;
+    let nft_load = timed(ns("nft").command("nft").arg("-f").arg(&nft_a), limit)?;
     let nft_slab = slab_bytes()?.saturating_sub(slab0);
     let nft_switch = match nft_load {
-        Some(_) => timed(in_ns(&ns("nft"), "nft").arg("-f").arg(&nft_b), limit)?,
+        Some(_) => timed(ns("nft").command("nft").arg("-f").arg(&nft_b), limit)?,
         None => None,
     };
 
@@ -156,7 +157,7 @@ fn setup(tools: &Tools, dir: &Path, rules: usize, limit: Duration) -> Result<Set
     let ipt_rules = std::fs::read_to_string(&ipt4)?.lines().filter(|l| l.starts_with("-A fw-egress")).count();
     let restore = |tool: &str, file: &Path| -> Result<Option<f64>> {
         // The file as an argument: `timed` gives the child no stdin.
-        timed(in_ns(&ns("ipt"), tool).arg(file), limit)
+        timed(ns("ipt").command(tool).arg(file), limit)
     };
     let ipt_load = match restore(&tools.iptables_restore, &ipt4)? {
         Some(v4) => restore(&tools.ip6tables_restore, &ipt6)?.map(|v6| v4 + v6),
@@ -179,7 +180,7 @@ fn setup(tools: &Tools, dir: &Path, rules: usize, limit: Duration) -> Result<Set
 }
 
 fn udp_run(tools: &Tools, pair: &Pair, seconds: f64) -> Result<f64> {
-    let mut rx = Guarded::spawn(in_ns(&pair.b, &tools.runner).args([
+    let mut rx = Guarded::spawn_piped(pair.b.command(&tools.runner).args([
         "udp-recv",
         "--bind",
         &format!("{RECEIVER4}:{UDP_PORT}"),
@@ -187,7 +188,7 @@ fn udp_run(tools: &Tools, pair: &Pair, seconds: f64) -> Result<f64> {
         &(seconds + 5.0).to_string(),
     ]))?;
     let (rest, _) = rx.wait_for_line("ready", Duration::from_secs(10))?;
-    let tx = Guarded::spawn(in_ns(&pair.a, &tools.runner).args([
+    let tx = Guarded::spawn_piped(pair.a.command(&tools.runner).args([
         "udp-send",
         "--dst",
         &format!("{RECEIVER4}:{UDP_PORT}"),
@@ -202,7 +203,7 @@ fn udp_run(tools: &Tools, pair: &Pair, seconds: f64) -> Result<f64> {
 }
 
 fn tcp_run(tools: &Tools, pair: &Pair, seconds: u32) -> Result<f64> {
-    let c = Guarded::spawn(in_ns(&pair.a, &tools.iperf3).args([
+    let c = Guarded::spawn_piped(pair.a.command(&tools.iperf3).args([
         "-c",
         RECEIVER4,
         "-p",
@@ -269,7 +270,9 @@ pub fn run(tools: &Tools, settings: &Settings, dir: &Path) -> Result<Vec<Value>>
             // One server per receiving namespace, for every round.
             let mut servers = Vec::new();
             for (_, p) in &setup.pairs {
-                servers.push(Guarded::spawn(in_ns(&p.b, &tools.iperf3).args(["-s", "-B", RECEIVER4, "-p", TCP_PORT]))?);
+                servers.push(Guarded::spawn_piped(
+                    p.b.command(&tools.iperf3).args(["-s", "-B", RECEIVER4, "-p", TCP_PORT]),
+                )?);
             }
             std::thread::sleep(Duration::from_millis(500));
             println!("bench:  TCP throughput ({} rounds of {} s runs)", settings.rounds, settings.tcp_seconds);

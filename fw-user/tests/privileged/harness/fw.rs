@@ -36,7 +36,7 @@ pub fn run_args(iface: &str, policy: impl AsRef<OsStr>, phase: &str, name: &str)
 const PIN_ROOT: &str = "/sys/fs/bpf/fw";
 const FW_RUN_DIR: &str = "/run/fw";
 /// Boot records (the last confirmed phase), which survive `fw stop`.
-pub const FW_LIB_DIR: &str = "/var/lib/fw";
+pub use fw_lab::sweep::FW_LIB_DIR;
 
 pub fn pin_dir(name: &str) -> PathBuf {
     Path::new(PIN_ROOT).join(name)

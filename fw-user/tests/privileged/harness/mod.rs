@@ -16,11 +16,7 @@ pub mod traffic;
 use std::{
     fs,
     path::{Path, PathBuf},
-    process,
-    sync::{
-        atomic::{AtomicU32, Ordering},
-        Once,
-    },
+    sync::Once,
 };
 
 /// Calls `done` until it holds or `limit` has passed, every 20 ms; whether
@@ -39,31 +35,22 @@ pub fn poll(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> bool 
     }
 }
 
-/// Every name a test creates starts with this, then `-<pid>-<n>`.
+/// Every name a test creates starts with this, then `-<pid>-<n>` (the lab's
+/// run-unique names, [`fw_lab::names`]).
 pub const PREFIX: &str = "fwt";
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// A number unique within this process.
-pub fn next_n() -> u32 {
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
+pub use fw_lab::names::next_n;
 
 /// `fwt-<pid>-<n>`: unique within this process, and the pid tells a later
 /// run whether its owner is still alive.
 pub fn unique_name() -> String {
-    format!("{PREFIX}-{}-{}", process::id(), next_n())
+    fw_lab::names::unique(PREFIX)
 }
 
 /// The pid embedded in a name made by [`unique_name`] (or a longer name
 /// that starts with one).
 pub fn owner_pid(name: &str) -> Option<u32> {
-    let rest = name.strip_prefix(PREFIX)?.strip_prefix('-')?;
-    rest.split(['-', '.']).next()?.parse().ok()
-}
-
-pub fn pid_alive(pid: u32) -> bool {
-    Path::new("/proc").join(pid.to_string()).exists()
+    fw_lab::names::owner_pid(PREFIX, name)
 }
 
 /// Once per test process: check that we can run at all, and sweep leftovers
@@ -77,7 +64,9 @@ pub fn setup() {
             0,
             "privileged tests need root: run as root (CI does), e.g. `cargo xtask test`"
         );
-        netns::sweep_leftovers();
+        // What a killed earlier run left: namespaces, pins, state files,
+        // scratch directories named fwt-<dead pid>-...
+        fw_lab::sweep::sweep(PREFIX, None, &[std::env::temp_dir()]);
     });
 }
 
@@ -107,20 +96,5 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.path);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_carry_the_owner_pid() {
-        let name = unique_name();
-        assert_eq!(owner_pid(&name), Some(process::id()));
-        assert_eq!(owner_pid(&format!("{name}-near")), Some(process::id()));
-        assert_eq!(owner_pid(&format!("{name}.json")), Some(process::id()));
-        assert_eq!(owner_pid("fw0"), None);
-        assert_eq!(owner_pid("fwtx-12-1"), None);
     }
 }

@@ -5,157 +5,81 @@
 //! the namespaces deletes them.
 
 use std::{
-    ffi::OsStr,
-    fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
-    path::{Path, PathBuf},
+    ops::Deref,
     process::{self, Command, Output},
-    time::Duration,
 };
 
-use super::{owner_pid, pid_alive, PREFIX};
+use super::owner_pid;
 
-const NETNS_DIR: &str = "/run/netns";
-const PIN_ROOT: &str = "/sys/fs/bpf/fw";
-const FW_RUN_DIR: &str = "/run/fw";
+/// A failed setup step is the test's failure, with everything the lab said.
+fn must<T>(result: anyhow::Result<T>) -> T {
+    result.unwrap_or_else(|e| panic!("{e:#}"))
+}
 
 /// Runs `cmd` to completion; panics with its output unless it exits 0.
 pub fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    must(fw_lab::netns::run(cmd))
 }
 
-/// A named network namespace (`/run/netns/NAME`) with loopback up,
-/// deleted on drop.
-pub struct Netns {
-    name: String,
+/// The lab's namespace ([`fw_lab::netns::Netns`]: loopback up, deleted on
+/// drop, [`command`](fw_lab::netns::Netns::command) runs a program inside
+/// it), with the calls a test makes panicking on failure.
+pub struct Netns(fw_lab::netns::Netns);
+
+impl Deref for Netns {
+    type Target = fw_lab::netns::Netns;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Netns {
     pub fn new(name: String) -> Self {
         assert!(owner_pid(&name).is_some(), "{name} must come from unique_name()");
-        run_ok(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Self { name };
-        // Like any host: loopback up (a new namespace has it down).
-        ns.ip(&["link", "set", "dev", "lo", "up"]);
-        ns
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn path(&self) -> PathBuf {
-        Path::new(NETNS_DIR).join(&self.name)
-    }
-
-    /// `program` to be run inside this namespace: the child joins it with
-    /// setns() between fork and exec (like `nsenter --net`, and unlike `ip
-    /// netns exec` it keeps this mount namespace, so bpffs stays visible).
-    /// The child is also killed if the thread that started it dies first.
-    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        let ns = fs::File::open(self.path()).unwrap_or_else(|e| panic!("opening {}: {e}", self.path().display()));
-        let mut cmd = Command::new(program);
-        // SAFETY: the closure only makes async-signal-safe syscalls (prctl,
-        // setns) on a descriptor opened before the fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
-                    || libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        cmd
+        Self(must(fw_lab::netns::Netns::create(name)))
     }
 
     /// `ip -n NAME ARGS`, which must succeed.
     pub fn ip(&self, args: &[&str]) {
-        run_ok(Command::new("ip").arg("-n").arg(&self.name).args(args));
+        must(self.0.ip(args));
     }
 
-    /// `sysctl -w KEY=VALUE` in this namespace (the `net.*` keys are per
-    /// namespace), which must succeed.
+    /// `sysctl -w KEY=VALUE` in this namespace, which must succeed.
     pub fn sysctl(&self, key: &str, value: &str) {
-        run_ok(self.command("sysctl").args(["-q", "-w", &format!("{key}={value}")]));
+        must(self.0.sysctl(key, value));
     }
 
     /// Output of `ip -n NAME ARGS`, which must succeed.
     pub fn ip_output(&self, args: &[&str]) -> String {
-        let out = run_ok(Command::new("ip").arg("-n").arg(&self.name).args(args));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        must(self.0.ip(args))
     }
 
-    /// Waits until `dev` reports operstate UP: before that the kernel may
-    /// still drop packets on it (no qdisc activated yet). A bounded poll of a
-    /// kernel state, not a sleep standing in for it.
+    /// Waits (bounded) until `dev` reports operstate UP.
     pub fn wait_link_up(&self, dev: &str) {
-        for _ in 0..300 {
-            let out = run_ok(Command::new("ip").args(["-n", &self.name, "-o", "link", "show", "dev", dev]));
-            if String::from_utf8_lossy(&out.stdout).contains("state UP") {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        panic!("{dev} in {} did not come up within 3 s", self.name);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let out = Command::new("ip").args(["netns", "del", &self.name]).output();
-        if !out.is_ok_and(|o| o.status.success()) {
-            eprintln!("warning: could not delete network namespace {}", self.name);
-        }
+        must(self.0.wait_link_up(dev));
     }
 }
 
 /// A veth pair with one end in `a`, the other in `b`, both down and
-/// without addresses; returns (name in `a`, name in `b`). Created inside the
-/// namespaces: nothing appears in the root namespace.
+/// without addresses; returns (name in `a`, name in `b`).
 pub fn veth(a: &Netns, b: &Netns) -> (String, String) {
     // fw<pid mod 100000><n>a: at most 15 characters (IFNAMSIZ - 1).
     let tag = format!("fw{}{}", process::id() % 100_000, super::next_n());
     let (a_if, b_if) = (format!("{tag}a"), format!("{tag}b"));
-    assert!(a_if.len() <= 15, "{a_if} is longer than IFNAMSIZ allows");
     veth_named(a, &a_if, b, &b_if);
     (a_if, b_if)
 }
 
-/// A veth pair named `a_if` in `a` and `b_if` in `b` (down, no addresses).
 fn veth_named(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
-    run_ok(Command::new("ip").args([
-        "link",
-        "add",
-        a_if,
-        "netns",
-        a.name(),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        b_if,
-        "netns",
-        b.name(),
-    ]));
+    must(fw_lab::netns::veth(a, a_if, b, b_if));
 }
 
 /// Gives `dev` in `ns` an IPv4 /24 and an IPv6 /64 (`nodad`) and brings it
 /// up.
 pub fn address(ns: &Netns, dev: &str, v4: Ipv4Addr, v6: Ipv6Addr) {
-    ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", dev]);
-    ns.ip(&["-6", "addr", "add", &format!("{v6}/64"), "dev", dev, "nodad"]);
-    ns.ip(&["link", "set", "dev", dev, "up"]);
+    must(fw_lab::netns::address(ns, dev, v4, v6));
 }
 
 /// Three namespaces in a line, `client - router - server`, the router
@@ -289,31 +213,4 @@ impl VethPair {
     pub fn far_addrs(&self) -> [IpAddr; 2] {
         [self.far4.into(), self.far6.into()]
     }
-}
-
-/// Removes namespaces, pin directories, fw state files and scratch
-/// directories named `fwt-<pid>-...` whose pid is no longer alive: what a
-/// test run killed before its guards ran left behind. Leaves everything
-/// else, including the leftovers of runs that are still going.
-pub fn sweep_leftovers() {
-    let dead = |name: &str| owner_pid(name).is_some_and(|pid| pid != process::id() && !pid_alive(pid));
-    for name in names_in(Path::new(NETNS_DIR)).into_iter().filter(|n| dead(n)) {
-        eprintln!("sweeping leftover namespace {name}");
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-    }
-    for dir in [Path::new(PIN_ROOT), Path::new(FW_RUN_DIR), Path::new(super::fw::FW_LIB_DIR), &std::env::temp_dir()] {
-        for name in names_in(dir).into_iter().filter(|n| dead(n)) {
-            let path = dir.join(&name);
-            eprintln!("sweeping leftover {}", path.display());
-            let _ = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
-        }
-    }
-}
-
-fn names_in(dir: &Path) -> Vec<String> {
-    fs::read_dir(dir)
-        .map(|entries| {
-            entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.starts_with(PREFIX)).collect()
-        })
-        .unwrap_or_default()
 }

@@ -28,24 +28,9 @@ pub const TCP_PORT: u16 = 5201;
 /// A port every phase denies to the receiver.
 pub const DENIED_PORT: u16 = 25;
 
-/// splitmix64: a fixed sequence, so every run benchmarks the same policy.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+/// The lab's SplitMix64: a fixed sequence, so every run benchmarks the same
+/// policy.
+pub use fw_lab::rng::Rng;
 
 /// v4 prefix lengths and their weights (per mille).
 const LENGTHS: [(u8, u64); 9] =
@@ -89,7 +74,7 @@ fn peers(rng: &mut Rng, used: &mut HashSet<(u32, u8)>, mut len: u8) -> Option<(S
     // The 17 bits of the offset go to bits 32..49 of the v6 address.
     let net6 = (0x2001_0db8u128 << 96) | (u128::from(offset) << (128 - 49));
     let v6 = if len == 32 {
-        format!("{}/128", Ipv6Addr::from(net6 | u128::from(rng.next() | 1)))
+        format!("{}/128", Ipv6Addr::from(net6 | u128::from(rng.next_u64() | 1)))
     } else {
         format!("{}/{}", Ipv6Addr::from(net6), 32 + u32::from(len) - 15)
     };
@@ -98,8 +83,8 @@ fn peers(rng: &mut Rng, used: &mut HashSet<(u32, u8)>, mut len: u8) -> Option<(S
 
 /// A host (or one /24 in eight) in 10.0.0.0/8, and one in 3fff::/20 (RFC 9637).
 fn sparse(rng: &mut Rng) -> (String, u8) {
-    let a = 0x0a00_0000 | (rng.next() as u32 & 0x00ff_ffff);
-    let h = u128::from(rng.next()) << 64 | u128::from(rng.next());
+    let a = 0x0a00_0000 | (rng.next_u64() as u32 & 0x00ff_ffff);
+    let h = u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64());
     let v6 = Ipv6Addr::from((0x3fffu128 << 112) | (h & ((1u128 << 108) - 1)));
     if rng.below(8) == 0 {
         let net6 = Ipv6Addr::from(u128::from(v6) >> 64 << 64);
