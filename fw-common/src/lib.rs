@@ -7,9 +7,12 @@
 //! integers. Every struct is `#[repr(C)]` with explicit padding so its bytes are
 //! fully defined (the kernel hashes and compares keys as raw bytes).
 //!
-//! This crate is `no_std`; the `user` feature adds `aya::Pod` impls.
+//! This crate is `no_std`; the `user` feature adds `aya::Pod` impls and
+//! serde by name for the shared enums.
 #![no_std]
 
+#[cfg(feature = "user")]
+mod by_name;
 pub mod config;
 pub mod event;
 pub mod flow;

@@ -65,6 +65,7 @@ pub enum Action {
 }
 
 impl Action {
+    pub const ALL: [Action; 2] = [Action::Allow, Action::Deny];
     /// Anything but `Allow` reads as `Deny`: a zeroed or corrupt byte fails closed.
     #[inline(always)]
     pub const fn from_u8(v: u8) -> Action {

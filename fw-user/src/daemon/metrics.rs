@@ -353,7 +353,7 @@ fn pinned(name: &str, map: &str) -> Result<MapData> {
 
 impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let reasons = |r: &ReasonCount| [("reason", r.reason.clone()), ("direction", r.direction.clone())];
+        let reasons = |r: &ReasonCount| [("reason", r.reason.to_string()), ("direction", r.direction.to_string())];
         counter_family(
             &mut encoder,
             "fw_packets",
@@ -371,7 +371,7 @@ impl Collector for Scrape {
             |r| r.bytes,
         )?;
         let rules = |r: &RuleCount| {
-            [("rule", r.name.clone()), ("direction", r.direction.clone()), ("action", r.action.clone())]
+            [("rule", r.name.clone()), ("direction", r.direction.to_string()), ("action", r.action.to_string())]
         };
         counter_family(
             &mut encoder,
@@ -564,8 +564,8 @@ mod tests {
     fn the_exposition_has_help_type_and_labelled_samples() {
         let scrape = Scrape {
             reasons: vec![ReasonCount {
-                direction: "egress".into(),
-                reason: "drop_default".into(),
+                direction: fw_common::Direction::Egress,
+                reason: fw_common::Reason::DropDefault,
                 drop: true,
                 packets: 7,
                 bytes: 700,
@@ -574,8 +574,8 @@ mod tests {
             rules: vec![RuleCount {
                 id: 0,
                 name: "dns".into(),
-                direction: "egress".into(),
-                action: "allow".into(),
+                direction: fw_common::Direction::Egress,
+                action: fw_common::Action::Allow,
                 packets: 3,
                 bytes: 300,
             }],

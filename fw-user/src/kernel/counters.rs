@@ -3,15 +3,15 @@
 //! `fw drops` reports).
 
 use anyhow::Result;
-use fw_common::{stats::stats_index, Counter, Direction, Reason};
+use fw_common::{stats::stats_index, Action, Counter, Direction, Reason};
 use serde::{Deserialize, Serialize};
 
 use crate::{kernel::loader::CounterMaps, policy::compile::tables::RuleInfo};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ReasonCount {
-    pub direction: String,
-    pub reason: String,
+    pub direction: Direction,
+    pub reason: Reason,
     pub drop: bool,
     pub packets: u64,
     pub bytes: u64,
@@ -26,8 +26,8 @@ pub struct ReasonCount {
 pub struct RuleCount {
     pub id: u32,
     pub name: String,
-    pub direction: String,
-    pub action: String,
+    pub direction: Direction,
+    pub action: Action,
     pub packets: u64,
     pub bytes: u64,
 }
@@ -57,8 +57,8 @@ impl Snapshot {
                 let slot0 = CounterMaps::sum(&maps.stats, stats_index(0, direction, reason))?;
                 let slot1 = CounterMaps::sum(&maps.stats, stats_index(1, direction, reason))?;
                 reasons.push(ReasonCount {
-                    direction: direction.as_str().to_string(),
-                    reason: reason.as_str().to_string(),
+                    direction,
+                    reason,
                     drop: reason.is_drop(),
                     packets: slot0.packets + slot1.packets,
                     bytes: slot0.bytes + slot1.bytes,
@@ -77,8 +77,8 @@ impl Snapshot {
             out.push(RuleCount {
                 id: rule.id,
                 name: rule.name.clone(),
-                direction: rule.direction.as_str().to_string(),
-                action: rule.action.as_str().to_string(),
+                direction: rule.direction,
+                action: rule.action,
                 packets: c.packets,
                 bytes: c.bytes,
             });
@@ -146,7 +146,7 @@ impl Snapshot {
         parts.extend(
             self.rules
                 .iter()
-                .filter(|r| r.action == "deny" && r.packets > 0)
+                .filter(|r| r.action == Action::Deny && r.packets > 0)
                 .map(|r| format!("rule {}={}", r.name, r.packets)),
         );
         if parts.is_empty() {
@@ -161,11 +161,11 @@ impl Snapshot {
 mod tests {
     use super::*;
 
-    fn reason(reason: &str, drop: bool, packets: u64) -> ReasonCount {
+    fn reason(reason: Reason, packets: u64) -> ReasonCount {
         ReasonCount {
-            direction: "egress".into(),
-            reason: reason.into(),
-            drop,
+            direction: Direction::Egress,
+            reason,
+            drop: reason.is_drop(),
             packets,
             bytes: packets * 100,
             packets_by_slot: [packets, 0],
@@ -175,9 +175,9 @@ mod tests {
     #[test]
     fn deltas_and_the_summary_line_count_only_new_drops() {
         let then =
-            Snapshot { reasons: vec![reason("pass_rule", false, 10), reason("drop_default", true, 3)], rules: vec![] };
+            Snapshot { reasons: vec![reason(Reason::PassRule, 10), reason(Reason::DropDefault, 3)], rules: vec![] };
         let now =
-            Snapshot { reasons: vec![reason("pass_rule", false, 15), reason("drop_default", true, 7)], rules: vec![] };
+            Snapshot { reasons: vec![reason(Reason::PassRule, 15), reason(Reason::DropDefault, 7)], rules: vec![] };
         let delta = now.since(&then);
         assert_eq!(delta.dropped(), 4);
         assert_eq!(delta.reasons[0].packets, 5);
