@@ -302,6 +302,9 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     // The DNS server of the names tests (issue 14). The -base package: the
     // binary without a system service that would listen on port 53.
     ("dnsmasq", "dnsmasq-base"),
+    // The DHCP client of the preflight test (a real lease from dnsmasq's
+    // DHCP server; run with no script, so it configures nothing).
+    ("dhclient", "isc-dhcp-client"),
 ];
 
 fn test_tools() -> Result<()> {

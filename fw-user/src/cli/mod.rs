@@ -11,6 +11,7 @@ mod explain;
 mod export;
 mod learn;
 mod names;
+mod preflight;
 mod run;
 mod source;
 mod status;
@@ -37,6 +38,7 @@ pub enum Command {
     Run(run::RunArgs),
     Check(check::CheckArgs),
     Explain(explain::ExplainArgs),
+    Preflight(preflight::PreflightArgs),
     Export(export::ExportArgs),
     Switch(switch::SwitchArgs),
     Confirm(switch::ConfirmArgs),
@@ -55,6 +57,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run(args) => run::run(args),
         Command::Check(args) => check::check(args),
         Command::Explain(args) => explain::explain(args),
+        Command::Preflight(args) => preflight::preflight(args),
         Command::Export(args) => export::export(args),
         Command::Switch(args) => switch::switch(args),
         Command::Confirm(args) => switch::confirm(args),

@@ -10,13 +10,16 @@ use clap::Args;
 use super::target::resolve_name;
 
 /// The policy a command loads: `--policy` and `--env-file`, the same for
-/// `run`, `switch`, `explain` and `export`.
+/// `run`, `switch`, `preflight`, `explain` and `export`.
 #[derive(Args, Debug, Clone, Default)]
 pub struct PolicyFile {
     /// Policy file, or the name of a policy shipped inside fw
-    /// (openvidu-ce, openvidu-pro-master, openvidu-media-node,
-    /// vonage-webrtc-client). Default for `fw run`: openvidu-ce; for a
-    /// running instance: the policy it enforces.
+    /// (openvidu3-single, openvidu3-elastic-master, openvidu3-media-node,
+    /// openvidu2-ce, openvidu2-pro-master, openvidu2-media-node,
+    /// vonage-webrtc-client, vonage-voice, essentials; the 2.x policies'
+    /// old names openvidu-ce, openvidu-pro-master, openvidu-media-node
+    /// still work). Default for `fw run`: openvidu-ce; for a running
+    /// instance: the policy it enforces.
     #[arg(long)]
     pub policy: Option<String>,
     /// KEY=VALUE file for ${VARS} in the policy. Default for a running
@@ -66,5 +69,21 @@ impl PhaseSource {
             bail!("--env-file goes with --policy; a running instance has its own");
         }
         Ok(Source::Instance(resolve_name(self.name.clone())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{Args as _, Command};
+
+    use super::PolicyFile;
+
+    #[test]
+    fn the_policy_help_names_every_shipped_policy() {
+        let command = PolicyFile::augment_args(Command::new("fw"));
+        let help = command.get_arguments().find(|a| a.get_id() == "policy").and_then(|a| a.get_help()).unwrap();
+        for (name, _) in crate::source::BUILTIN {
+            assert!(help.to_string().contains(name), "--policy's help does not name {name}: {help}");
+        }
     }
 }

@@ -4,6 +4,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use super::{
+    preflight,
     source::PolicyFile,
     target::{require_root, resolve_name},
 };
@@ -41,6 +42,16 @@ pub fn switch(args: SwitchArgs) -> Result<ExitCode> {
     let name = resolve_name(args.name)?;
     if args.confirm.is_some() && control::ping(&name)?.is_none() {
         bail!("--confirm needs the daemon that times the rollback: start `fw run --name {name} --iface IFACE` first");
+    }
+    if args.confirm.is_some() {
+        // What the new phase would break on this host, said before it
+        // applies: the confirmation window is when to read it.
+        let loaded = preflight::load(Some(name.clone()), &args.file, &args.phase)?;
+        let findings = preflight::findings(&loaded, std::path::Path::new("/"));
+        if !findings.is_empty() {
+            eprint!("{}", preflight::render(&loaded.source, &args.phase, &findings));
+            eprintln!("fw: {name}: switching anyway; the phase rolls back unless `fw confirm` (read the above first)");
+        }
     }
     let request = instance::SwitchRequest {
         phase: args.phase,

@@ -36,6 +36,7 @@ pub mod ir;
 pub mod lint;
 mod lower;
 pub mod names;
+pub mod preflight;
 pub mod protocols;
 mod raw;
 pub mod report;

@@ -9,15 +9,20 @@
 //! (issue 14, behaviour 7); the stub's own queries to its upstreams go
 //! through the proxy too (the upstreams are resolvers of the phase).
 
-use std::net::IpAddr;
+use std::{net::IpAddr, path::Path};
 
-const RESOLV_CONF: &str = "/etc/resolv.conf";
-const RESOLVED_UPSTREAMS: &str = "/run/systemd/resolve/resolv.conf";
+pub const RESOLV_CONF: &str = "etc/resolv.conf";
+pub const RESOLVED_UPSTREAMS: &str = "run/systemd/resolve/resolv.conf";
 
 /// The system's resolvers, in file order; empty when none can be read
 /// (then DNS from local sockets is refused: fail closed).
 pub fn system_resolvers() -> Vec<IpAddr> {
-    resolvers_of(&read(RESOLV_CONF), || read(RESOLVED_UPSTREAMS))
+    system_resolvers_under(Path::new("/"))
+}
+
+/// [`system_resolvers`] of the file tree at `root` (`fw preflight --root`).
+pub fn system_resolvers_under(root: &Path) -> Vec<IpAddr> {
+    resolvers_of(&read(&root.join(RESOLV_CONF)), || read(&root.join(RESOLVED_UPSTREAMS)))
 }
 
 /// `main`'s nameservers, and when they are only systemd-resolved's stub,
@@ -34,7 +39,7 @@ fn is_resolved_stub(addr: &IpAddr) -> bool {
     matches!(addr, IpAddr::V4(a) if a.octets()[..3] == [127, 0, 0] && (a.octets()[3] == 53 || a.octets()[3] == 54))
 }
 
-fn read(path: &str) -> Vec<IpAddr> {
+fn read(path: &Path) -> Vec<IpAddr> {
     std::fs::read_to_string(path).map(|text| parse(&text)).unwrap_or_default()
 }
 

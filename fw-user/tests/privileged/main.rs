@@ -29,5 +29,6 @@ mod names;
 mod observe;
 mod openvidu_day;
 mod operate;
+mod preflight;
 mod stateful;
 mod watch;
