@@ -7,13 +7,13 @@
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
-use fw_lab::process::Guarded;
 use serde_json::Value;
 
 use crate::harness::{
+    dhcp::{DhcpClient, DhcpServer},
     fw::{fw, Fw},
     netns::VethPair,
-    poll, setup,
+    setup,
     traffic::Echo,
     TempDir,
 };
@@ -21,14 +21,6 @@ use crate::harness::{
 const X: u8 = 117;
 /// A port the host serves that the closed phase forgets.
 const SERVED: u16 = 8443;
-
-fn dnsmasq_path() -> &'static str {
-    if Path::new("/usr/sbin/dnsmasq").exists() {
-        "/usr/sbin/dnsmasq"
-    } else {
-        "dnsmasq"
-    }
-}
 
 fn findings(ns: &crate::harness::netns::Netns, args: &[&str]) -> (i32, Vec<Value>) {
     let out = fw(ns, args);
@@ -58,44 +50,14 @@ fn preflight_names_what_a_closed_phase_breaks_and_its_fixes_keep_everything() {
     std::fs::write(root.join("etc/resolv.conf"), format!("nameserver {}\n", pair.far4)).unwrap();
     std::fs::write(root.join("etc/chrony/chrony.conf"), format!("server {} iburst\n", pair.far4)).unwrap();
 
-    // A real DHCP exchange: dnsmasq serves leases on far's link (no DNS:
-    // --port=0), dhclient on near asks for one and writes its lease where
-    // the host's would be. `-sf /bin/true`: no script, so nothing on this
-    // machine (its resolv.conf, routes) is touched.
-    let _server = Guarded::spawn(
-        pair.far
-            .command(dnsmasq_path())
-            .args(["--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--port=0"])
-            .args(["--bind-interfaces", "--user=root", "--log-facility=-"])
-            .arg(format!("--interface={}", pair.far_if))
-            .arg(format!("--dhcp-range=198.18.{X}.100,198.18.{X}.150,255.255.255.0,1h"))
-            .arg(format!("--dhcp-leasefile={}", dir.path().join("dnsmasq.leases").display()))
-            .arg(format!("--pid-file={}", dir.path().join("dnsmasq.pid").display()))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null()),
-    )
-    .expect("starting dnsmasq (cargo xtask test installs dnsmasq-base)");
-    let lease = root.join("var/lib/dhcp/dhclient.leases");
-    let conf = dir.write("dhclient.conf", "");
-    let _client = Guarded::spawn(
-        pair.near
-            .command("dhclient")
-            .args(["-d", "-4", "-sf", "/bin/true", "-cf"])
-            .arg(&conf)
-            .arg("-lf")
-            .arg(&lease)
-            .arg("-pf")
-            .arg(dir.path().join("dhclient.pid"))
-            .arg(&pair.near_if)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null()),
-    )
-    .expect("starting dhclient (cargo xtask test installs isc-dhcp-client)");
-    let identifier = format!("dhcp-server-identifier {};", pair.far4);
+    // A real lease: dhclient asks dnsmasq's DHCP server on far, and writes
+    // it where the host's would be.
+    let _server = DhcpServer::start(&pair, dir.path());
+    let client = DhcpClient::start(&pair, &root.join("var/lib/dhcp/dhclient.leases"), dir.path());
     assert!(
-        poll(Duration::from_secs(30), || std::fs::read_to_string(&lease).is_ok_and(|l| l.contains(&identifier))),
+        client.leased_from(pair.far4, Duration::from_secs(30)),
         "no lease from the DHCP server: {:?}",
-        std::fs::read_to_string(&lease)
+        std::fs::read_to_string(&client.lease)
     );
 
     let _service = Echo::tcp(&pair.near, SocketAddr::new(pair.near4.into(), SERVED));

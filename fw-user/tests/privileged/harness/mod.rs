@@ -1,11 +1,12 @@
 //! Guards and helpers for the privileged tests: namespaces and veth pairs
 //! ([`netns`]), the `fw` process and its CLI ([`fw`]), sockets in a namespace
 //! ([`traffic`]), traffic that runs in the background during an event
-//! ([`stream`]), crafted or sniffed packets ([`packet`]), and the metrics
-//! endpoint ([`metrics`]).
+//! ([`stream`]), crafted or sniffed packets ([`packet`]), the metrics
+//! endpoint ([`metrics`]), and a real DHCP server and client ([`dhcp`]).
 
 pub mod cgroup;
 pub mod container;
+pub mod dhcp;
 pub mod fw;
 pub mod metrics;
 pub mod netns;
