@@ -115,8 +115,8 @@ pub(crate) fn resolve_a(server: SocketAddr, name: &str) -> Vec<Ipv4Addr> {
     answer.answers.iter().filter_map(|r| if let RData::A(a) = &r.data { Some(a.0) } else { None }).collect()
 }
 
-/// TCP servers on 0.0.0.0 in far (which routes 198.19.0.0/16 to itself):
-/// accept, echo what they read, until dropped.
+/// TCP servers on [::] in far (dual-stack: IPv4 too; far routes
+/// 198.19.0.0/16 to itself): accept, echo what they read, until dropped.
 pub(crate) struct Servers {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -128,8 +128,8 @@ impl Servers {
         let threads = ports
             .iter()
             .map(|&port| {
-                let listener =
-                    in_netns(far, || TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))).expect("binding a far server");
+                let listener = in_netns(far, || TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, port)))
+                    .expect("binding a far server");
                 listener.set_nonblocking(true).expect("nonblocking");
                 let stop = stop.clone();
                 std::thread::spawn(move || {

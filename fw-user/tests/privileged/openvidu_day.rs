@@ -1,5 +1,6 @@
-//! Issue 15: an OpenVidu 2.x CE day, replayed against the shipped
-//! `openvidu2-ce` policy, with a real DNS server (dnsmasq) and real peers.
+//! Issue 15: OpenVidu days (2.x CE, 3.x Single Node), replayed against
+//! the shipped policies, with a real DNS server (dnsmasq), a real DHCP
+//! server and client, and real peers.
 //!
 //! `near` is the OpenVidu host (fw enforces there, its socket hooks on a
 //! cgroup the test made); `far` is the Internet: dnsmasq on far's address
@@ -31,6 +32,7 @@ use crate::{
     harness::{
         self,
         cgroup::TestCgroup,
+        dhcp::{DhcpClient, DhcpServer},
         fw::{run_bounded, Finished, Fw, Launch, FW},
         netns::VethPair,
         poll,
@@ -51,26 +53,41 @@ const HOSTS: &str = "\
 198.19.5.1 registry.day.test
 ";
 
+/// The names of an OpenVidu 3.x day: its license server and STUN server
+/// too, and the webhook receiver on IPv6 as well.
+const HOSTS3: &str = "\
+198.19.1.1 hooks.day.test
+198.19.2.1 acme-v02.api.letsencrypt.org
+198.19.4.1 2.debian.pool.ntp.org
+198.19.5.1 registry.day.test
+198.19.6.1 accounts.openvidu.io
+198.19.8.1 stun.l.google.com
+2001:db8:1900:1::1 hooks.day.test
+";
+
 /// The wrapper that runs a command in a private mount namespace where
 /// /etc/resolv.conf is `$1` (then execs the rest, same process).
 const WITH_RESOLV_CONF: &str = "mount --bind \"$1\" /etc/resolv.conf && shift && exec \"$@\"";
 
 /// Connects to each `NAME:PORT` (resolved through the system resolver,
-/// IPv4) or `ADDR:PORT`; over TCP it sends an HTTP POST and reads the echo,
-/// over UDP (`udp:NAME:PORT`) a datagram and its echo. One line per
-/// argument: `ARG ADDR ok|ERRNO|timeout`.
+/// IPv4, or IPv6 with a `6:` prefix) or `ADDR:PORT`; over TCP it sends an
+/// HTTP POST and reads the echo, over UDP (`udp:NAME:PORT`) a datagram and
+/// its echo. One line per argument: `ARG ADDR ok|ERRNO|timeout`.
 const CLIENT: &str = r#"
 import errno, socket, sys
 for arg in sys.argv[1:]:
-    udp = arg.startswith("udp:")
-    name, _, port = arg[4:].rpartition(":") if udp else arg.rpartition(":")
+    rest = arg
+    family = socket.AF_INET6 if rest.startswith("6:") else socket.AF_INET
+    rest = rest[2:] if rest.startswith("6:") else rest
+    udp = rest.startswith("udp:")
+    name, _, port = rest[4:].rpartition(":") if udp else rest.rpartition(":")
     kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
     try:
-        addr = socket.getaddrinfo(name, int(port), socket.AF_INET, kind)[0][4]
+        addr = socket.getaddrinfo(name, int(port), family, kind)[0][4]
     except OSError as e:
         print(arg, "-", "resolve:" + str(e), flush=True)
         continue
-    s = socket.socket(socket.AF_INET, kind)
+    s = socket.socket(family, kind)
     s.settimeout(2)
     try:
         s.connect(addr)
@@ -94,12 +111,17 @@ struct Day {
 }
 
 impl Day {
-    fn new(x: u8) -> Self {
+    /// `hosts`: dnsmasq's answers; `env`: the deployment's env file, given
+    /// the OpenVidu host's IPv4 address.
+    fn new(x: u8, hosts: &str, env: impl FnOnce(Ipv4Addr) -> String) -> Self {
         harness::setup();
         let pair = VethPair::new(x);
+        // far is the Internet: 198.19.0.0/16 and 2001:db8:1900::/48 are its own.
         pair.far.ip(&["route", "add", "local", "198.19.0.0/16", "dev", "lo"]);
+        pair.far.ip(&["-6", "route", "add", "local", "2001:db8:1900::/48", "dev", "lo"]);
         pair.near.ip(&["route", "add", "198.19.0.0/16", "via", &pair.far4.to_string()]);
-        let dnsmasq = Dnsmasq::start(&pair, HOSTS, &[]);
+        pair.near.ip(&["-6", "route", "add", "2001:db8:1900::/48", "via", &pair.far6.to_string()]);
+        let dnsmasq = Dnsmasq::start(&pair, hosts, &[]);
         let servers = Servers::start(&pair.far, &[80, 443, WEBHOOK_PORT]);
         // The NTP server answers from the pool name's address (bound to it:
         // far's local route makes 198.19.0.0/16 its own).
@@ -107,17 +129,7 @@ impl Day {
         let dir = TempDir::new();
         let resolv_conf =
             dir.write("resolv.conf", &format!("nameserver {}\noptions timeout:2 attempts:2\n", pair.far4));
-        // /opt/openvidu/.env as an operator writes it: the public IP set
-        // (no discovery needed, but the container still may run it), the
-        // webhook by name.
-        let env = dir.write(
-            ".env",
-            &format!(
-                "DOMAIN_OR_PUBLIC_IP={near}\nCOTURN_IP={near}\nOPENVIDU_WEBHOOK=true\n\
-                 OPENVIDU_WEBHOOK_ENDPOINT=http://hooks.day.test:{WEBHOOK_PORT}/webhook\nNTP_SERVERS=\n",
-                near = pair.near4
-            ),
-        );
+        let env = dir.write(".env", &env(pair.near4));
         Self { pair, dnsmasq, _servers: servers, _ntp: ntp, cgroup: TestCgroup::new(), _dir: dir, resolv_conf, env }
     }
 
@@ -129,9 +141,9 @@ impl Day {
             .collect()
     }
 
-    /// `fw run --policy openvidu2-ce --phase install` with the hooks on the
-    /// test cgroup, once its DNS proxy listens.
-    fn fw(&self) -> Fw<'_> {
+    /// `fw run --policy POLICY --phase install` with the hooks on the test
+    /// cgroup, once its DNS proxy listens.
+    fn fw(&self, policy: &str) -> Fw<'_> {
         let cg = self.cgroup.path.display().to_string();
         let extra: Vec<&OsStr> = vec!["--cgroup".as_ref(), cg.as_ref(), "--env-file".as_ref(), self.env.as_os_str()];
         let wrapper = self.wrapper();
@@ -139,7 +151,7 @@ impl Day {
         let fw = Fw::start_launch(
             &self.pair.near,
             &self.pair.near_if,
-            "openvidu2-ce",
+            policy,
             "install",
             Launch { extra: &extra, wrapper: &wrapper, ..Launch::default() },
         );
@@ -202,7 +214,15 @@ fn at(ip: Ipv4Addr, port: u16) -> SocketAddr {
 
 #[test]
 fn openvidu_day_2x_ce_replayed_every_needed_flow_passes_everything_else_drops() {
-    let day = Day::new(157);
+    // /opt/openvidu/.env as an operator writes it: the public IP set (no
+    // discovery needed, but the container still may run it), the webhook
+    // by name.
+    let day = Day::new(157, HOSTS, |near| {
+        format!(
+            "DOMAIN_OR_PUBLIC_IP={near}\nCOTURN_IP={near}\nOPENVIDU_WEBHOOK=true\n\
+             OPENVIDU_WEBHOOK_ENDPOINT=http://hooks.day.test:{WEBHOOK_PORT}/webhook\nNTP_SERVERS=\n"
+        )
+    });
     let (near4, far4) = (day.pair.near4, day.pair.far4);
     // What OpenVidu serves on the host: HTTPS, TURN, Kurento media.
     let _served = [
@@ -210,7 +230,7 @@ fn openvidu_day_2x_ce_replayed_every_needed_flow_passes_everything_else_drops() 
         Echo::udp(&day.pair.near, at(near4, 3478)),
         Echo::udp(&day.pair.near, at(near4, 40000)),
     ];
-    let mut fw = day.fw();
+    let mut fw = day.fw("openvidu2-ce");
     let public_resolver = Ipv4Addr::new(198, 19, 53, 53);
 
     // Install: the install script and images (web), the public-IP
@@ -296,6 +316,127 @@ fn openvidu_day_2x_ce_replayed_every_needed_flow_passes_everything_else_drops() 
     }
     assert!(drops.egress("drop_socket").0 >= before + 6, "{drops:#?}");
     assert!(drops.egress("drop_default").0 > wire_before, "{drops:#?}");
+    assert!(drops.egress("pass_resolver").0 > 0, "DNS went to dnsmasq through the proxy: {drops:#?}");
+    fw.stop();
+}
+
+/// The STUN server 3.x asks for its public IP (`stun.l.google.com:19302`).
+const STUN: (Ipv4Addr, u16) = (Ipv4Addr::new(198, 19, 8, 1), 19302);
+
+/// OpenVidu 3.x Single Node (CE and PRO), replayed against the shipped
+/// `openvidu3-single`: install downloads, STUN for the public IP, the
+/// switch, clients on the served ports (IPv4 and IPv6), the PRO license
+/// check, ACME, a webhook of livekit.yaml's `webhook.urls` over IPv4 and
+/// IPv6, NTP, a DHCP exchange by a real dhclient with a real DHCP server,
+/// then everything else refused.
+#[test]
+fn openvidu_day_3x_single_replayed_every_needed_flow_passes_everything_else_drops() {
+    // openvidu.env's DOMAIN_NAME, and the webhook URL list fw reads from
+    // WEBHOOK_URLS (livekit.yaml `webhook.urls`, see the policy's header).
+    let day = Day::new(158, HOSTS3, |near| {
+        format!("DOMAIN_NAME={near}\nWEBHOOK_URLS=[\"http://hooks.day.test:{WEBHOOK_PORT}/livekit\"]\nNTP_SERVERS=\n")
+    });
+    let (near4, near6, far4) = (day.pair.near4, day.pair.near6, day.pair.far4);
+    // Served on the host: HTTPS (TCP and UDP), WebRTC over TCP, media.
+    let _served = [
+        Echo::tcp(&day.pair.near, at(near4, 443)),
+        Echo::udp(&day.pair.near, at(near4, 443)),
+        Echo::tcp(&day.pair.near, at(near4, 7881)),
+        Echo::udp(&day.pair.near, at(near4, 50000)),
+        Echo::tcp(&day.pair.near, SocketAddr::new(near6.into(), 443)),
+    ];
+    let _stun = Echo::udp(&day.pair.far, at(STUN.0, STUN.1));
+    let mut fw = day.fw("openvidu3-single");
+    let stun = format!("udp:stun.l.google.com:{}", STUN.1);
+
+    // Install: downloads, and the public IP by STUN.
+    let install = day.client(&["registry.day.test:443", "registry.day.test:80", &stun]);
+    for (arg, addr, result) in &install {
+        assert_eq!(result, "ok", "install: {arg} ({addr}): {install:?}\n{}", fw.log_text());
+    }
+
+    let out = day.fw_cli(&fw, &["switch", "runtime"]);
+    assert!(out.status.success(), "fw switch runtime: {out:#?}");
+    assert_eq!(fw.status_json()["phase"], "runtime");
+
+    // Clients, from the Internet side, on both families.
+    for (what, outcome) in [
+        ("443/tcp", in_netns(&day.pair.far, || tcp_echo(at(near4, 443), PASS_TIMEOUT))),
+        ("443/udp", in_netns(&day.pair.far, || udp_echo(at(near4, 443), PASS_TIMEOUT))),
+        ("7881/tcp", in_netns(&day.pair.far, || tcp_echo(at(near4, 7881), PASS_TIMEOUT))),
+        ("50000/udp", in_netns(&day.pair.far, || udp_echo(at(near4, 50000), PASS_TIMEOUT))),
+        ("[near6]:443/tcp", in_netns(&day.pair.far, || tcp_echo(SocketAddr::new(near6.into(), 443), PASS_TIMEOUT))),
+    ] {
+        assert_eq!(outcome, Outcome::Echoed, "client on {what}");
+    }
+
+    // Runtime needs: license (PRO), STUN at every restart, ACME, the
+    // webhook on both families, NTP.
+    let hook = format!("hooks.day.test:{WEBHOOK_PORT}");
+    let hook6 = format!("6:{hook}");
+    let runtime = day.client(&[
+        "accounts.openvidu.io:443",
+        &stun,
+        "acme-v02.api.letsencrypt.org:443",
+        &hook,
+        &hook6,
+        "udp:2.debian.pool.ntp.org:123",
+    ]);
+    for (arg, addr, result) in &runtime {
+        assert_eq!(
+            result,
+            "ok",
+            "runtime: {arg} ({addr}): {runtime:?}\n{}\n{:?}\n{:?}",
+            fw.log_text(),
+            fw.cli(&["names"]),
+            fw.cli(&["drops", "--since", "1h"])
+        );
+    }
+    assert_eq!(day.one(&hook6), ("2001:db8:1900:1::1".to_string(), "ok".to_string()), "the webhook over IPv6");
+
+    // A DHCP exchange under the runtime phase: a real dhclient gets its
+    // lease from a real DHCP server through fw (essentials).
+    let dhcp_dir = TempDir::new();
+    let _dhcp_server = DhcpServer::start(&day.pair, dhcp_dir.path());
+    let dhcp = DhcpClient::start(&day.pair, &dhcp_dir.path().join("dhclient.leases"), dhcp_dir.path());
+    assert!(dhcp.leased_from(far4, Duration::from_secs(30)), "no DHCP lease under the runtime phase");
+
+    // Everything else is refused: the registry now, other ports of allowed
+    // names, other hosts, on both families.
+    let before = fw.drops().egress("drop_socket").0;
+    let closed = day.client(&[
+        "registry.day.test:443",
+        "198.19.7.7:8443",
+        "accounts.openvidu.io:80",
+        "6:hooks.day.test:443",
+        "udp:stun.l.google.com:3478",
+    ]);
+    for (arg, addr, result) in &closed {
+        assert_eq!(result, "EPERM", "runtime: {arg} ({addr}) must be refused: {closed:?}");
+    }
+    let wire_before = fw.drops().egress("drop_default").0;
+    assert_eq!(
+        in_netns(&day.pair.near, || tcp_echo(at(Ipv4Addr::new(198, 19, 7, 7), 8443), DROP_TIMEOUT)),
+        Outcome::TimedOut
+    );
+
+    let drops = fw.drops_when(|d| d.egress("drop_default").0 > wire_before);
+    println!("{drops:#?}");
+    for rule in [
+        "web",
+        "license",
+        "stun-google",
+        "acme",
+        "webhook",
+        "essentials-ntp",
+        "essentials-dhcp4",
+        "https",
+        "webrtc-tcp",
+        "media",
+    ] {
+        assert!(drops.rule(rule).packets > 0, "rule {rule} passed nothing: {drops:#?}");
+    }
+    assert!(drops.egress("drop_socket").0 >= before + 5, "{drops:#?}");
     assert!(drops.egress("pass_resolver").0 > 0, "DNS went to dnsmasq through the proxy: {drops:#?}");
     fw.stop();
 }
