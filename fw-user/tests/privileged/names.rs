@@ -49,11 +49,16 @@ pub(crate) struct Dnsmasq {
 impl Dnsmasq {
     /// `extra`: more dnsmasq options (`--cname=...`).
     pub(crate) fn start(pair: &VethPair, hosts: &str, extra: &[String]) -> Self {
+        Self::start_at(&pair.far, pair.far4, &pair.near, hosts, extra)
+    }
+
+    /// dnsmasq in `server` on `addr`, ready once it answers a client in
+    /// `client` (the first name of `hosts`).
+    pub(crate) fn start_at(server: &Netns, addr: Ipv4Addr, client: &Netns, hosts: &str, extra: &[String]) -> Self {
         let dir = TempDir::new();
         let hosts_path = dir.write("hosts", hosts);
         let log = fs::File::create(dir.path().join("dnsmasq.log")).expect("dnsmasq log");
-        let child = pair
-            .far
+        let child = server
             .command(if Path::new("/usr/sbin/dnsmasq").exists() { "/usr/sbin/dnsmasq" } else { "dnsmasq" })
             .args([
                 "--keep-in-foreground",
@@ -65,7 +70,7 @@ impl Dnsmasq {
                 "--local-ttl=1",
                 "--log-facility=-",
             ])
-            .arg(format!("--listen-address={}", pair.far4))
+            .arg(format!("--listen-address={addr}"))
             .arg(format!("--addn-hosts={}", hosts_path.display()))
             .arg(format!("--pid-file={}", dir.path().join("pid").display()))
             .args(extra)
@@ -77,10 +82,10 @@ impl Dnsmasq {
         let dnsmasq = Self { child: Guarded(child), hosts: hosts_path, _dir: dir };
         // Ready when it answers (asked from the near namespace, before fw
         // enforces anything there).
-        let server = SocketAddr::new(pair.far4.into(), 53);
+        let address = SocketAddr::new(addr.into(), 53);
         let first = hosts.lines().next().and_then(|l| l.split_whitespace().nth(1)).expect("a hosts line").to_string();
-        let ready = poll(Duration::from_secs(10), || in_netns(&pair.near, || !resolve_a(server, &first).is_empty()));
-        assert!(ready, "dnsmasq did not answer on {server}");
+        let ready = poll(Duration::from_secs(10), || in_netns(client, || !resolve_a(address, &first).is_empty()));
+        assert!(ready, "dnsmasq did not answer on {address}");
         dnsmasq
     }
 

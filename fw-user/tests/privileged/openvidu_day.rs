@@ -34,7 +34,7 @@ use crate::{
         cgroup::TestCgroup,
         dhcp::{DhcpClient, DhcpServer},
         fw::{run_bounded, Finished, Fw, Launch, FW},
-        netns::VethPair,
+        netns::{Netns, Routed, VethPair},
         poll,
         traffic::{in_netns, tcp_echo, udp_echo, Echo, Outcome, DROP_TIMEOUT, PASS_TIMEOUT},
         TempDir,
@@ -63,6 +63,17 @@ const HOSTS3: &str = "\
 198.19.6.1 accounts.openvidu.io
 198.19.8.1 stun.l.google.com
 2001:db8:1900:1::1 hooks.day.test
+";
+
+/// The names of a cluster's day (2.x Pro and 3.x Elastic).
+const HOSTS_CLUSTER: &str = "\
+198.19.1.1 hooks.day.test
+198.19.2.1 acme-v02.api.letsencrypt.org
+198.19.3.1 ifconfig.co
+198.19.4.1 2.debian.pool.ntp.org
+198.19.5.1 registry.day.test
+198.19.6.1 accounts.openvidu.io
+198.19.8.1 stun.l.google.com
 ";
 
 /// The wrapper that runs a command in a private mount namespace where
@@ -99,38 +110,61 @@ for arg in sys.argv[1:]:
     print(arg, addr[0], result, flush=True)
 "#;
 
-struct Day {
-    pair: VethPair,
+/// The Internet of a day, in namespace `ns`, which owns 198.19.0.0/16 and
+/// 2001:db8:1900::/48: dnsmasq answering `hosts` on `dns` (an address of
+/// `ns`), dual-stack TCP servers on 80, 443 and the webhook port, and UDP
+/// echo servers as the NTP pool and the STUN server; `resolv_conf` names
+/// dnsmasq.
+struct Internet {
     dnsmasq: Dnsmasq,
     _servers: Servers,
-    _ntp: Echo,
-    cgroup: TestCgroup,
-    _dir: TempDir,
+    _udp: [Echo; 2],
     resolv_conf: PathBuf,
-    env: PathBuf,
+    _dir: TempDir,
 }
 
-impl Day {
-    /// `hosts`: dnsmasq's answers; `env`: the deployment's env file, given
-    /// the OpenVidu host's IPv4 address.
-    fn new(x: u8, hosts: &str, env: impl FnOnce(Ipv4Addr) -> String) -> Self {
-        harness::setup();
-        let pair = VethPair::new(x);
-        // far is the Internet: 198.19.0.0/16 and 2001:db8:1900::/48 are its own.
-        pair.far.ip(&["route", "add", "local", "198.19.0.0/16", "dev", "lo"]);
-        pair.far.ip(&["-6", "route", "add", "local", "2001:db8:1900::/48", "dev", "lo"]);
+/// The STUN server 3.x asks for its public IP (`stun.l.google.com:19302`).
+const STUN: (Ipv4Addr, u16) = (Ipv4Addr::new(198, 19, 8, 1), 19302);
+
+impl Internet {
+    /// `client`: a namespace to check dnsmasq answers from.
+    fn start(ns: &Netns, dns: Ipv4Addr, client: &Netns, hosts: &str) -> Self {
+        ns.ip(&["route", "add", "local", "198.19.0.0/16", "dev", "lo"]);
+        ns.ip(&["-6", "route", "add", "local", "2001:db8:1900::/48", "dev", "lo"]);
+        let dnsmasq = Dnsmasq::start_at(ns, dns, client, hosts, &[]);
+        let servers = Servers::start(ns, &[80, 443, WEBHOOK_PORT]);
+        // Bound to the names' addresses (the local route makes them ns's).
+        let udp = [Echo::udp(ns, at(Ipv4Addr::new(198, 19, 4, 1), 123)), Echo::udp(ns, at(STUN.0, STUN.1))];
+        let dir = TempDir::new();
+        let resolv_conf = dir.write("resolv.conf", &format!("nameserver {dns}\noptions timeout:2 attempts:2\n"));
+        Self { dnsmasq, _servers: servers, _udp: udp, resolv_conf, _dir: dir }
+    }
+
+    /// `pair.far` as the Internet of `pair.near`.
+    fn beyond(pair: &VethPair, hosts: &str) -> Self {
         pair.near.ip(&["route", "add", "198.19.0.0/16", "via", &pair.far4.to_string()]);
         pair.near.ip(&["-6", "route", "add", "2001:db8:1900::/48", "via", &pair.far6.to_string()]);
-        let dnsmasq = Dnsmasq::start(&pair, hosts, &[]);
-        let servers = Servers::start(&pair.far, &[80, 443, WEBHOOK_PORT]);
-        // The NTP server answers from the pool name's address (bound to it:
-        // far's local route makes 198.19.0.0/16 its own).
-        let ntp = Echo::udp(&pair.far, SocketAddr::new(Ipv4Addr::new(198, 19, 4, 1).into(), 123));
+        Self::start(&pair.far, pair.far4, &pair.near, hosts)
+    }
+}
+
+/// An OpenVidu host fw enforces on: its namespace and interface, its
+/// env file, and a cgroup of its own for the hooks and the clients, whose
+/// processes (fw's too) see the Internet's resolv.conf.
+struct Node<'a> {
+    ns: &'a Netns,
+    iface: &'a str,
+    cgroup: TestCgroup,
+    resolv_conf: PathBuf,
+    env: PathBuf,
+    _dir: TempDir,
+}
+
+impl<'a> Node<'a> {
+    fn new(ns: &'a Netns, iface: &'a str, internet: &Internet, env: &str) -> Self {
         let dir = TempDir::new();
-        let resolv_conf =
-            dir.write("resolv.conf", &format!("nameserver {}\noptions timeout:2 attempts:2\n", pair.far4));
-        let env = dir.write(".env", &env(pair.near4));
-        Self { pair, dnsmasq, _servers: servers, _ntp: ntp, cgroup: TestCgroup::new(), _dir: dir, resolv_conf, env }
+        let env = dir.write(".env", env);
+        Self { ns, iface, cgroup: TestCgroup::new(), resolv_conf: internet.resolv_conf.clone(), env, _dir: dir }
     }
 
     fn wrapper(&self) -> Vec<String> {
@@ -143,14 +177,14 @@ impl Day {
 
     /// `fw run --policy POLICY --phase install` with the hooks on the test
     /// cgroup, once its DNS proxy listens.
-    fn fw(&self, policy: &str) -> Fw<'_> {
+    fn fw(&self, policy: &str) -> Fw<'a> {
         let cg = self.cgroup.path.display().to_string();
         let extra: Vec<&OsStr> = vec!["--cgroup".as_ref(), cg.as_ref(), "--env-file".as_ref(), self.env.as_os_str()];
         let wrapper = self.wrapper();
         let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
         let fw = Fw::start_launch(
-            &self.pair.near,
-            &self.pair.near_if,
+            self.ns,
+            self.iface,
             policy,
             "install",
             Launch { extra: &extra, wrapper: &wrapper, ..Launch::default() },
@@ -162,7 +196,7 @@ impl Day {
     /// `fw ARGS --name NAME` in the same mount namespace setup as `fw run`
     /// (`fw switch` writes the phase, resolvers included, itself).
     fn fw_cli(&self, fw: &Fw, args: &[&str]) -> Finished {
-        let mut cmd = self.pair.near.command("unshare");
+        let mut cmd = self.ns.command("unshare");
         cmd.args(&self.wrapper()[1..]).arg(FW).args(args).args(["--name", fw.name()]);
         run_bounded(cmd, Duration::from_secs(30))
     }
@@ -171,7 +205,7 @@ impl Day {
     fn client(&self, args: &[&str]) -> Vec<(String, String, String)> {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         self.cgroup
-            .python_output(&self.pair.near, &self.resolv_conf, CLIENT, &args)
+            .python_output(self.ns, &self.resolv_conf, CLIENT, &args)
             .lines()
             .map(|l| {
                 let f: Vec<&str> = l.splitn(3, ' ').collect();
@@ -200,7 +234,7 @@ except OSError as e:
 "#;
         let out = self
             .cgroup
-            .python_with_resolv_conf(&self.pair.near, &self.resolv_conf, DIG, &[server.to_string()])
+            .python_with_resolv_conf(self.ns, &self.resolv_conf, DIG, &[server.to_string()])
             .stdin(Stdio::null())
             .output()
             .expect("running dig");
@@ -217,18 +251,25 @@ fn openvidu_day_2x_ce_replayed_every_needed_flow_passes_everything_else_drops() 
     // /opt/openvidu/.env as an operator writes it: the public IP set (no
     // discovery needed, but the container still may run it), the webhook
     // by name.
-    let day = Day::new(157, HOSTS, |near| {
-        format!(
+    harness::setup();
+    let pair = VethPair::new(157);
+    let net = Internet::beyond(&pair, HOSTS);
+    let day = Node::new(
+        &pair.near,
+        &pair.near_if,
+        &net,
+        &format!(
             "DOMAIN_OR_PUBLIC_IP={near}\nCOTURN_IP={near}\nOPENVIDU_WEBHOOK=true\n\
-             OPENVIDU_WEBHOOK_ENDPOINT=http://hooks.day.test:{WEBHOOK_PORT}/webhook\nNTP_SERVERS=\n"
-        )
-    });
-    let (near4, far4) = (day.pair.near4, day.pair.far4);
+             OPENVIDU_WEBHOOK_ENDPOINT=http://hooks.day.test:{WEBHOOK_PORT}/webhook\nNTP_SERVERS=\n",
+            near = pair.near4
+        ),
+    );
+    let (near4, far4) = (pair.near4, pair.far4);
     // What OpenVidu serves on the host: HTTPS, TURN, Kurento media.
     let _served = [
-        Echo::tcp(&day.pair.near, at(near4, 443)),
-        Echo::udp(&day.pair.near, at(near4, 3478)),
-        Echo::udp(&day.pair.near, at(near4, 40000)),
+        Echo::tcp(&pair.near, at(near4, 443)),
+        Echo::udp(&pair.near, at(near4, 3478)),
+        Echo::udp(&pair.near, at(near4, 40000)),
     ];
     let mut fw = day.fw("openvidu2-ce");
     let public_resolver = Ipv4Addr::new(198, 19, 53, 53);
@@ -254,17 +295,9 @@ fn openvidu_day_2x_ce_replayed_every_needed_flow_passes_everything_else_drops() 
     assert_eq!(fw.status_json()["phase"], "runtime");
 
     // Clients on the served ports (from the Internet side).
-    assert_eq!(in_netns(&day.pair.far, || tcp_echo(at(near4, 443), PASS_TIMEOUT)), Outcome::Echoed, "client on 443");
-    assert_eq!(
-        in_netns(&day.pair.far, || udp_echo(at(near4, 3478), PASS_TIMEOUT)),
-        Outcome::Echoed,
-        "client on 3478/udp"
-    );
-    assert_eq!(
-        in_netns(&day.pair.far, || udp_echo(at(near4, 40000), PASS_TIMEOUT)),
-        Outcome::Echoed,
-        "media on 40000/udp"
-    );
+    assert_eq!(in_netns(&pair.far, || tcp_echo(at(near4, 443), PASS_TIMEOUT)), Outcome::Echoed, "client on 443");
+    assert_eq!(in_netns(&pair.far, || udp_echo(at(near4, 3478), PASS_TIMEOUT)), Outcome::Echoed, "client on 3478/udp");
+    assert_eq!(in_netns(&pair.far, || udp_echo(at(near4, 40000), PASS_TIMEOUT)), Outcome::Echoed, "media on 40000/udp");
 
     // The runtime's outbound needs: webhook, ACME renewal, the discovery
     // fallback, NTP to a pool name.
@@ -277,10 +310,10 @@ fn openvidu_day_2x_ce_replayed_every_needed_flow_passes_everything_else_drops() 
     assert_eq!(day.one(&hook), ("198.19.1.1".to_string(), "ok".to_string()));
 
     // The webhook receiver moves: the next POST goes to its new address.
-    day.dnsmasq.rewrite(&HOSTS.replace("198.19.1.1 hooks", "198.19.1.2 hooks"));
+    net.dnsmasq.rewrite(&HOSTS.replace("198.19.1.1 hooks", "198.19.1.2 hooks"));
     let server = at(far4, 53);
     let moved = poll(Duration::from_secs(10), || {
-        in_netns(&day.pair.near, || resolve_a(server, "hooks.day.test") == [Ipv4Addr::new(198, 19, 1, 2)])
+        in_netns(&pair.near, || resolve_a(server, "hooks.day.test") == [Ipv4Addr::new(198, 19, 1, 2)])
     });
     assert!(moved, "dnsmasq did not pick up the webhook's new address");
     assert_eq!(day.one(&hook), ("198.19.1.2".to_string(), "ok".to_string()), "the webhook after its address changed");
@@ -302,7 +335,7 @@ fn openvidu_day_2x_ce_replayed_every_needed_flow_passes_everything_else_drops() 
     // And on the wire, from a socket outside the hooked cgroup.
     let wire_before = fw.drops().egress("drop_default").0;
     assert_eq!(
-        in_netns(&day.pair.near, || tcp_echo(at(Ipv4Addr::new(198, 19, 7, 7), 8443), DROP_TIMEOUT)),
+        in_netns(&pair.near, || tcp_echo(at(Ipv4Addr::new(198, 19, 7, 7), 8443), DROP_TIMEOUT)),
         Outcome::TimedOut
     );
 
@@ -320,9 +353,6 @@ fn openvidu_day_2x_ce_replayed_every_needed_flow_passes_everything_else_drops() 
     fw.stop();
 }
 
-/// The STUN server 3.x asks for its public IP (`stun.l.google.com:19302`).
-const STUN: (Ipv4Addr, u16) = (Ipv4Addr::new(198, 19, 8, 1), 19302);
-
 /// OpenVidu 3.x Single Node (CE and PRO), replayed against the shipped
 /// `openvidu3-single`: install downloads, STUN for the public IP, the
 /// switch, clients on the served ports (IPv4 and IPv6), the PRO license
@@ -333,19 +363,27 @@ const STUN: (Ipv4Addr, u16) = (Ipv4Addr::new(198, 19, 8, 1), 19302);
 fn openvidu_day_3x_single_replayed_every_needed_flow_passes_everything_else_drops() {
     // openvidu.env's DOMAIN_NAME, and the webhook URL list fw reads from
     // WEBHOOK_URLS (livekit.yaml `webhook.urls`, see the policy's header).
-    let day = Day::new(158, HOSTS3, |near| {
-        format!("DOMAIN_NAME={near}\nWEBHOOK_URLS=[\"http://hooks.day.test:{WEBHOOK_PORT}/livekit\"]\nNTP_SERVERS=\n")
-    });
-    let (near4, near6, far4) = (day.pair.near4, day.pair.near6, day.pair.far4);
+    harness::setup();
+    let pair = VethPair::new(158);
+    let net = Internet::beyond(&pair, HOSTS3);
+    let day = Node::new(
+        &pair.near,
+        &pair.near_if,
+        &net,
+        &format!(
+            "DOMAIN_NAME={}\nWEBHOOK_URLS=[\"http://hooks.day.test:{WEBHOOK_PORT}/livekit\"]\nNTP_SERVERS=\n",
+            pair.near4
+        ),
+    );
+    let (near4, near6, far4) = (pair.near4, pair.near6, pair.far4);
     // Served on the host: HTTPS (TCP and UDP), WebRTC over TCP, media.
     let _served = [
-        Echo::tcp(&day.pair.near, at(near4, 443)),
-        Echo::udp(&day.pair.near, at(near4, 443)),
-        Echo::tcp(&day.pair.near, at(near4, 7881)),
-        Echo::udp(&day.pair.near, at(near4, 50000)),
-        Echo::tcp(&day.pair.near, SocketAddr::new(near6.into(), 443)),
+        Echo::tcp(&pair.near, at(near4, 443)),
+        Echo::udp(&pair.near, at(near4, 443)),
+        Echo::tcp(&pair.near, at(near4, 7881)),
+        Echo::udp(&pair.near, at(near4, 50000)),
+        Echo::tcp(&pair.near, SocketAddr::new(near6.into(), 443)),
     ];
-    let _stun = Echo::udp(&day.pair.far, at(STUN.0, STUN.1));
     let mut fw = day.fw("openvidu3-single");
     let stun = format!("udp:stun.l.google.com:{}", STUN.1);
 
@@ -361,11 +399,11 @@ fn openvidu_day_3x_single_replayed_every_needed_flow_passes_everything_else_drop
 
     // Clients, from the Internet side, on both families.
     for (what, outcome) in [
-        ("443/tcp", in_netns(&day.pair.far, || tcp_echo(at(near4, 443), PASS_TIMEOUT))),
-        ("443/udp", in_netns(&day.pair.far, || udp_echo(at(near4, 443), PASS_TIMEOUT))),
-        ("7881/tcp", in_netns(&day.pair.far, || tcp_echo(at(near4, 7881), PASS_TIMEOUT))),
-        ("50000/udp", in_netns(&day.pair.far, || udp_echo(at(near4, 50000), PASS_TIMEOUT))),
-        ("[near6]:443/tcp", in_netns(&day.pair.far, || tcp_echo(SocketAddr::new(near6.into(), 443), PASS_TIMEOUT))),
+        ("443/tcp", in_netns(&pair.far, || tcp_echo(at(near4, 443), PASS_TIMEOUT))),
+        ("443/udp", in_netns(&pair.far, || udp_echo(at(near4, 443), PASS_TIMEOUT))),
+        ("7881/tcp", in_netns(&pair.far, || tcp_echo(at(near4, 7881), PASS_TIMEOUT))),
+        ("50000/udp", in_netns(&pair.far, || udp_echo(at(near4, 50000), PASS_TIMEOUT))),
+        ("[near6]:443/tcp", in_netns(&pair.far, || tcp_echo(SocketAddr::new(near6.into(), 443), PASS_TIMEOUT))),
     ] {
         assert_eq!(outcome, Outcome::Echoed, "client on {what}");
     }
@@ -397,8 +435,8 @@ fn openvidu_day_3x_single_replayed_every_needed_flow_passes_everything_else_drop
     // A DHCP exchange under the runtime phase: a real dhclient gets its
     // lease from a real DHCP server through fw (essentials).
     let dhcp_dir = TempDir::new();
-    let _dhcp_server = DhcpServer::start(&day.pair, dhcp_dir.path());
-    let dhcp = DhcpClient::start(&day.pair, &dhcp_dir.path().join("dhclient.leases"), dhcp_dir.path());
+    let _dhcp_server = DhcpServer::start(&pair, dhcp_dir.path());
+    let dhcp = DhcpClient::start(&pair, &dhcp_dir.path().join("dhclient.leases"), dhcp_dir.path());
     assert!(dhcp.leased_from(far4, Duration::from_secs(30)), "no DHCP lease under the runtime phase");
 
     // Everything else is refused: the registry now, other ports of allowed
@@ -416,7 +454,7 @@ fn openvidu_day_3x_single_replayed_every_needed_flow_passes_everything_else_drop
     }
     let wire_before = fw.drops().egress("drop_default").0;
     assert_eq!(
-        in_netns(&day.pair.near, || tcp_echo(at(Ipv4Addr::new(198, 19, 7, 7), 8443), DROP_TIMEOUT)),
+        in_netns(&pair.near, || tcp_echo(at(Ipv4Addr::new(198, 19, 7, 7), 8443), DROP_TIMEOUT)),
         Outcome::TimedOut
     );
 
@@ -439,4 +477,241 @@ fn openvidu_day_3x_single_replayed_every_needed_flow_passes_everything_else_drop
     assert!(drops.egress("drop_socket").0 >= before + 5, "{drops:#?}");
     assert!(drops.egress("pass_resolver").0 > 0, "DNS went to dnsmasq through the proxy: {drops:#?}");
     fw.stop();
+}
+
+/// Asserts that every `(arg, addr, result)` of a client run is `want`.
+fn all_are(what: &str, results: &[(String, String, String)], want: &str, fw: &Fw) {
+    for (arg, addr, result) in results {
+        assert_eq!(result, want, "{what}: {arg} ({addr}): {results:?}\n{}", fw.log_text());
+    }
+}
+
+/// Asserts that each rule of `rules` passed packets in `fw`.
+fn rules_passed(fw: &Fw, rules: &[&str]) {
+    let drops = fw.drops();
+    for rule in rules {
+        assert!(drops.rule(rule).packets > 0, "{}: rule {rule} passed nothing: {drops:#?}", fw.name());
+    }
+}
+
+/// A two-node cluster on `Routed`: the master on its server side, a media
+/// node on its client side, the Internet on the router between them.
+fn cluster(x: u8) -> (Routed, Internet) {
+    harness::setup();
+    let net = Routed::new(x, 1500);
+    let internet = Internet::start(&net.router, Ipv4Addr::new(198, 18, x, 254), &net.server, HOSTS_CLUSTER);
+    (net, internet)
+}
+
+/// OpenVidu 2.x Pro: a master and a media node named in its `KMS_URIS`,
+/// each under its shipped policy. The master reaches the node's controller
+/// (3000) and Kurento (8888), the node sends its beats (5044, 9200) to the
+/// master; clients reach HTTPS on the master and media on the node; the
+/// master checks its license, renews, posts its webhook; both keep time.
+/// The Internet cannot reach the master's beats ports nor the node's
+/// Kurento, the node cannot reach the license server, and neither reaches
+/// anything else.
+#[test]
+fn openvidu_day_2x_pro_master_and_media_node_replayed() {
+    let (net, internet) = cluster(159);
+    let (master4, media4) = (net.server4, net.client4);
+    let master = Node::new(
+        &net.server,
+        &net.server_if,
+        &internet,
+        &format!(
+            "DOMAIN_OR_PUBLIC_IP={master4}\nCOTURN_IP={master4}\nKMS_URIS=[\"ws://{media4}:8888/kurento\"]\n\
+             OPENVIDU_WEBHOOK=true\nOPENVIDU_WEBHOOK_ENDPOINT=http://hooks.day.test:{WEBHOOK_PORT}/webhook\nNTP_SERVERS=\n"
+        ),
+    );
+    let media = Node::new(&net.client, &net.client_if, &internet, &format!("MASTER_NODE={master4}\nNTP_SERVERS=\n"));
+    let _served = [
+        Echo::tcp(&net.server, at(master4, 443)),
+        Echo::tcp(&net.server, at(master4, 5044)),
+        Echo::tcp(&net.server, at(master4, 9200)),
+        Echo::tcp(&net.client, at(media4, 3000)),
+        Echo::tcp(&net.client, at(media4, 8888)),
+        Echo::udp(&net.client, at(media4, 40000)),
+    ];
+    let fw_master = master.fw("openvidu2-pro-master");
+    let fw_media = media.fw("openvidu2-media-node");
+    all_are("master install", &master.client(&["registry.day.test:443", "registry.day.test:80"]), "ok", &fw_master);
+    all_are("media install", &media.client(&["registry.day.test:443"]), "ok", &fw_media);
+    for (node, fw) in [(&master, &fw_master), (&media, &fw_media)] {
+        let out = node.fw_cli(fw, &["switch", "runtime"]);
+        assert!(out.status.success(), "fw switch runtime: {out:#?}");
+    }
+
+    let hook = format!("hooks.day.test:{WEBHOOK_PORT}");
+    let to_media = [format!("{media4}:3000"), format!("{media4}:8888")];
+    let master_needs = [
+        to_media[0].as_str(),
+        to_media[1].as_str(),
+        "accounts.openvidu.io:443",
+        "acme-v02.api.letsencrypt.org:443",
+        &hook,
+        "ifconfig.co:80",
+        "udp:2.debian.pool.ntp.org:123",
+    ];
+    all_are("master runtime", &master.client(&master_needs), "ok", &fw_master);
+    let beats = [format!("{master4}:5044"), format!("{master4}:9200")];
+    let media_needs = [beats[0].as_str(), beats[1].as_str(), "udp:2.debian.pool.ntp.org:123"];
+    all_are("media runtime", &media.client(&media_needs), "ok", &fw_media);
+    assert_eq!(in_netns(&net.router, || tcp_echo(at(master4, 443), PASS_TIMEOUT)), Outcome::Echoed, "client on 443");
+    assert_eq!(in_netns(&net.router, || udp_echo(at(media4, 40000), PASS_TIMEOUT)), Outcome::Echoed, "media");
+
+    // From the Internet: the master's beats ports and the node's Kurento
+    // are for the cluster only.
+    for (what, target) in [("master 5044", at(master4, 5044)), ("media node 8888", at(media4, 8888))] {
+        assert_ne!(in_netns(&net.router, || tcp_echo(target, DROP_TIMEOUT)), Outcome::Echoed, "the Internet to {what}");
+    }
+    all_are(
+        "media closed",
+        &media.client(&["accounts.openvidu.io:443", "registry.day.test:443", &format!("{master4}:443"), &hook]),
+        "EPERM",
+        &fw_media,
+    );
+    all_are("master closed", &master.client(&["registry.day.test:443", &format!("{media4}:22")]), "EPERM", &fw_master);
+
+    rules_passed(
+        &fw_master,
+        &[
+            "web",
+            "media-node-controller",
+            "media-node-kms",
+            "license",
+            "acme",
+            "webhook",
+            "public-ip-discovery",
+            "essentials-ntp",
+            "https",
+            "beats-from-media-nodes",
+        ],
+    );
+    rules_passed(
+        &fw_media,
+        &["web", "beats-to-master", "controller-from-master", "kms-from-master", "media", "essentials-ntp"],
+    );
+}
+
+/// OpenVidu 3.x Elastic: a master with one media node in `MEDIA_NODES`.
+/// The node reaches the master's services (LiveKit 7880, Redis 7000,
+/// 4443), the master the node's (7880, 8080); both check the license and
+/// ask STUN; the node posts its webhook, the master renews; clients reach
+/// HTTPS on the master, WebRTC over TCP and media on the node. The
+/// Internet cannot reach the master's Redis nor the node's 8080; the node
+/// has no ACME, the master posts no LiveKit webhook.
+#[test]
+fn openvidu_day_3x_elastic_master_and_media_node_replayed() {
+    let (net, internet) = cluster(161);
+    let (master4, media4) = (net.server4, net.client4);
+    let master = Node::new(
+        &net.server,
+        &net.server_if,
+        &internet,
+        &format!("DOMAIN_NAME={master4}\nMEDIA_NODES={media4}\nNTP_SERVERS=\n"),
+    );
+    let media = Node::new(
+        &net.client,
+        &net.client_if,
+        &internet,
+        &format!(
+            "MASTER_NODE={master4}\nWEBHOOK_URLS=[\"http://hooks.day.test:{WEBHOOK_PORT}/livekit\"]\nNTP_SERVERS=\n"
+        ),
+    );
+    let _served = [
+        Echo::tcp(&net.server, at(master4, 443)),
+        Echo::tcp(&net.server, at(master4, 7880)),
+        Echo::tcp(&net.server, at(master4, 7000)),
+        Echo::tcp(&net.server, at(master4, 4443)),
+        Echo::tcp(&net.client, at(media4, 7880)),
+        Echo::tcp(&net.client, at(media4, 8080)),
+        Echo::tcp(&net.client, at(media4, 7881)),
+        Echo::udp(&net.client, at(media4, 50000)),
+    ];
+    let fw_master = master.fw("openvidu3-elastic-master");
+    let fw_media = media.fw("openvidu3-media-node");
+    let stun = format!("udp:stun.l.google.com:{}", STUN.1);
+    all_are("master install", &master.client(&["registry.day.test:443", &stun]), "ok", &fw_master);
+    all_are("media install", &media.client(&["registry.day.test:443", &stun]), "ok", &fw_media);
+    for (node, fw) in [(&master, &fw_master), (&media, &fw_media)] {
+        let out = node.fw_cli(fw, &["switch", "runtime"]);
+        assert!(out.status.success(), "fw switch runtime: {out:#?}");
+    }
+
+    let hook = format!("hooks.day.test:{WEBHOOK_PORT}");
+    let to_media = [format!("{media4}:7880"), format!("{media4}:8080")];
+    all_are(
+        "master runtime",
+        &master.client(&[
+            &to_media[0],
+            &to_media[1],
+            "accounts.openvidu.io:443",
+            &stun,
+            "acme-v02.api.letsencrypt.org:443",
+            "udp:2.debian.pool.ntp.org:123",
+        ]),
+        "ok",
+        &fw_master,
+    );
+    let to_master = [format!("{master4}:7880"), format!("{master4}:7000"), format!("{master4}:4443")];
+    all_are(
+        "media runtime",
+        &media.client(&[
+            &to_master[0],
+            &to_master[1],
+            &to_master[2],
+            "accounts.openvidu.io:443",
+            &stun,
+            &hook,
+            "udp:2.debian.pool.ntp.org:123",
+        ]),
+        "ok",
+        &fw_media,
+    );
+    for (what, outcome) in [
+        ("master 443/tcp", in_netns(&net.router, || tcp_echo(at(master4, 443), PASS_TIMEOUT))),
+        ("media 7881/tcp", in_netns(&net.router, || tcp_echo(at(media4, 7881), PASS_TIMEOUT))),
+        ("media 50000/udp", in_netns(&net.router, || udp_echo(at(media4, 50000), PASS_TIMEOUT))),
+    ] {
+        assert_eq!(outcome, Outcome::Echoed, "client on {what}");
+    }
+    for (what, target) in [("master 7000 (Redis)", at(master4, 7000)), ("media node 8080", at(media4, 8080))] {
+        assert_ne!(in_netns(&net.router, || tcp_echo(target, DROP_TIMEOUT)), Outcome::Echoed, "the Internet to {what}");
+    }
+    all_are(
+        "media closed",
+        &media.client(&["acme-v02.api.letsencrypt.org:443", "registry.day.test:443", &format!("{master4}:22")]),
+        "EPERM",
+        &fw_media,
+    );
+    all_are("master closed", &master.client(&["registry.day.test:443", &hook]), "EPERM", &fw_master);
+
+    rules_passed(
+        &fw_master,
+        &[
+            "web",
+            "media-node-services",
+            "license",
+            "stun-google",
+            "acme",
+            "essentials-ntp",
+            "https",
+            "services-for-media-nodes",
+        ],
+    );
+    rules_passed(
+        &fw_media,
+        &[
+            "web",
+            "master-services",
+            "services-for-master",
+            "license",
+            "stun-google",
+            "webhook",
+            "essentials-ntp",
+            "webrtc-tcp",
+            "media",
+        ],
+    );
 }
