@@ -53,6 +53,12 @@ impl Vars {
         Vars { file_values: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect(), use_process_env: false }
     }
 
+    /// Whether `name` is given at all, even empty (`KEY=` in an env file
+    /// says "not configured" on purpose).
+    pub fn defines(&self, name: &str) -> bool {
+        self.file_values.contains_key(name) || (self.use_process_env && std::env::var_os(name).is_some())
+    }
+
     /// The value of `name`; `None` if unset or empty (both mean "not
     /// configured" in an OpenVidu env file, where `KEY=` is common).
     pub fn get(&self, name: &str) -> Option<String> {

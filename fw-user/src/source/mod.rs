@@ -114,9 +114,53 @@ pub fn load_policy(policy_arg: &str, env: Option<&Path>) -> Result<(String, Load
     let text = PolicyText::resolve(policy_arg)?;
     let env = env_file(env);
     let env_text = env.as_deref().map(|p| file::read_text(p, &p.display().to_string())).transpose()?;
+    let env_text = with_host_ntp(env_text, env.as_deref(), || host::ntp_servers(Path::new("/")))?;
     let copy = PolicyCopy { policy_text: text.text, env_text };
     let loaded = parse_copy(&text.label, env.as_deref(), &copy)?;
     Ok((text.label, loaded, copy))
+}
+
+/// The variable of essentials' configured time servers.
+const NTP_SERVERS: &str = "NTP_SERVERS";
+
+/// `env_text` with `NTP_SERVERS` set to the servers the host's time daemon
+/// is configured with (chrony, timesyncd: `host_servers`) when neither the
+/// env file nor the environment gives it (`NTP_SERVERS=` empty is given:
+/// "none"). Written into the env text of the policy copy, so that a restart
+/// or an adoption compiles the servers this load saw, whatever the host's
+/// files say later.
+fn with_host_ntp(
+    env_text: Option<String>,
+    env: Option<&Path>,
+    host_servers: impl FnOnce() -> Vec<crate::policy::preflight::Sourced<String>>,
+) -> Result<Option<String>> {
+    let vars = match (&env_text, env) {
+        (Some(text), path) => {
+            Vars::from_env_text(&path.map_or("env file".to_string(), |p| p.display().to_string()), text)?
+        }
+        (None, _) => Vars::from_process_env(),
+    };
+    if vars.defines(NTP_SERVERS) {
+        return Ok(env_text);
+    }
+    let found = host_servers();
+    let Some(first) = found.first() else { return Ok(env_text) };
+    let mut servers: Vec<&str> = Vec::new();
+    for server in &found {
+        if !servers.contains(&server.value.as_str()) {
+            servers.push(&server.value);
+        }
+    }
+    let mut text = env_text.unwrap_or_default();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&format!(
+        "# fw: the time servers of {} (no {NTP_SERVERS} was given)\n{NTP_SERVERS}={}\n",
+        first.from,
+        servers.join(",")
+    ));
+    Ok(Some(text))
 }
 
 fn parse_copy(label: &str, env: Option<&Path>, copy: &PolicyCopy) -> Result<LoadedPolicy> {
@@ -165,4 +209,33 @@ fn compile_loaded(
         copy,
         names,
     })
+}
+
+#[cfg(test)]
+mod host_ntp_tests {
+    use super::*;
+    use crate::policy::preflight::Sourced;
+
+    fn chrony() -> Vec<Sourced<String>> {
+        ["169.254.169.123", "2.debian.pool.ntp.org", "169.254.169.123"]
+            .map(|v| Sourced { value: v.to_string(), from: "/etc/chrony/chrony.conf".to_string() })
+            .to_vec()
+    }
+
+    #[test]
+    fn the_hosts_time_servers_fill_an_unset_ntp_servers_into_the_copy() {
+        let text = with_host_ntp(Some("DOMAIN_NAME=x".into()), None, chrony).unwrap().unwrap();
+        assert!(text.starts_with("DOMAIN_NAME=x\n# fw: the time servers of /etc/chrony/chrony.conf"), "{text}");
+        assert!(text.ends_with("\nNTP_SERVERS=169.254.169.123,2.debian.pool.ntp.org\n"), "{text}");
+        let vars = Vars::from_env_text("env", &text).unwrap();
+        assert_eq!(vars.get("NTP_SERVERS").as_deref(), Some("169.254.169.123,2.debian.pool.ntp.org"));
+    }
+
+    #[test]
+    fn a_given_ntp_servers_even_empty_and_a_host_without_servers_change_nothing() {
+        for given in ["NTP_SERVERS=10.0.0.1\n", "NTP_SERVERS=\n"] {
+            assert_eq!(with_host_ntp(Some(given.into()), None, chrony).unwrap().as_deref(), Some(given));
+        }
+        assert_eq!(with_host_ntp(Some("A=1\n".into()), None, Vec::new).unwrap().as_deref(), Some("A=1\n"));
+    }
 }
