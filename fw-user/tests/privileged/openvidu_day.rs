@@ -246,6 +246,66 @@ fn at(ip: Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(ip), port)
 }
 
+/// Echo servers on `addr` in `ns`, one per `(protocol, port)` of a
+/// deployment's inbound rules (one port of each range).
+fn serve(ns: &Netns, addr: IpAddr, ports: &[(&str, u16)]) -> Vec<Echo> {
+    ports
+        .iter()
+        .map(|&(proto, port)| match proto {
+            "tcp" => Echo::tcp(ns, SocketAddr::new(addr, port)),
+            _ => Echo::udp(ns, SocketAddr::new(addr, port)),
+        })
+        .collect()
+}
+
+/// A client from `from` on every one of `ports` of `addr`: each must echo.
+fn clients_reach(from: &Netns, addr: IpAddr, ports: &[(&str, u16)]) {
+    for &(proto, port) in ports {
+        let target = SocketAddr::new(addr, port);
+        let outcome = in_netns(from, || match proto {
+            "tcp" => tcp_echo(target, PASS_TIMEOUT),
+            _ => udp_echo(target, PASS_TIMEOUT),
+        });
+        assert_eq!(outcome, Outcome::Echoed, "a client on {target}/{proto}");
+    }
+}
+
+/// What OpenVidu 2.x CE serves (`openvidu2-ce`'s inbound rules).
+const SERVED_2X_CE: &[(&str, u16)] = &[
+    ("tcp", 22),
+    ("tcp", 80),
+    ("tcp", 443),
+    ("tcp", 3478),
+    ("udp", 3478),
+    ("tcp", 40000),
+    ("udp", 40000),
+    ("tcp", 57001),
+    ("udp", 57001),
+];
+/// What OpenVidu 3.x Single Node serves (`openvidu3-single`).
+const SERVED_3X_SINGLE: &[(&str, u16)] = &[
+    ("tcp", 22),
+    ("tcp", 80),
+    ("tcp", 443),
+    ("udp", 443),
+    ("tcp", 1935),
+    ("tcp", 7881),
+    ("udp", 7885),
+    ("tcp", 9000),
+    ("tcp", 50000),
+    ("udp", 50000),
+];
+/// What a 2.x Pro master serves to everyone (`openvidu2-pro-master`).
+const SERVED_2X_MASTER: &[(&str, u16)] =
+    &[("tcp", 22), ("tcp", 80), ("tcp", 443), ("tcp", 3478), ("udp", 3478), ("tcp", 40000), ("udp", 40000)];
+/// What a 2.x media node serves to everyone (`openvidu2-media-node`).
+const SERVED_2X_MEDIA: &[(&str, u16)] = &[("tcp", 22), ("tcp", 443), ("udp", 443), ("tcp", 40000), ("udp", 40000)];
+/// What a 3.x Elastic master serves to everyone.
+const SERVED_3X_MASTER: &[(&str, u16)] = &[("tcp", 22), ("tcp", 80), ("tcp", 443), ("tcp", 1935), ("tcp", 9000)];
+/// What a 3.x media node serves to everyone.
+const SERVED_3X_MEDIA: &[(&str, u16)] =
+    &[("tcp", 22), ("udp", 443), ("tcp", 7881), ("udp", 7885), ("tcp", 50000), ("udp", 50000)];
+
 #[test]
 fn openvidu_day_2x_ce_replayed_every_needed_flow_passes_everything_else_drops() {
     // /opt/openvidu/.env as an operator writes it: the public IP set (no
@@ -266,11 +326,7 @@ fn openvidu_day_2x_ce_replayed_every_needed_flow_passes_everything_else_drops() 
     );
     let (near4, far4) = (pair.near4, pair.far4);
     // What OpenVidu serves on the host: HTTPS, TURN, Kurento media.
-    let _served = [
-        Echo::tcp(&pair.near, at(near4, 443)),
-        Echo::udp(&pair.near, at(near4, 3478)),
-        Echo::udp(&pair.near, at(near4, 40000)),
-    ];
+    let _served = serve(&pair.near, near4.into(), SERVED_2X_CE);
     let mut fw = day.fw("openvidu2-ce");
     let public_resolver = Ipv4Addr::new(198, 19, 53, 53);
 
@@ -295,9 +351,7 @@ fn openvidu_day_2x_ce_replayed_every_needed_flow_passes_everything_else_drops() 
     assert_eq!(fw.status_json()["phase"], "runtime");
 
     // Clients on the served ports (from the Internet side).
-    assert_eq!(in_netns(&pair.far, || tcp_echo(at(near4, 443), PASS_TIMEOUT)), Outcome::Echoed, "client on 443");
-    assert_eq!(in_netns(&pair.far, || udp_echo(at(near4, 3478), PASS_TIMEOUT)), Outcome::Echoed, "client on 3478/udp");
-    assert_eq!(in_netns(&pair.far, || udp_echo(at(near4, 40000), PASS_TIMEOUT)), Outcome::Echoed, "media on 40000/udp");
+    clients_reach(&pair.far, near4.into(), SERVED_2X_CE);
 
     // The runtime's outbound needs: webhook, ACME renewal, the discovery
     // fallback, NTP to a pool name.
@@ -357,7 +411,7 @@ fn openvidu_day_2x_ce_replayed_every_needed_flow_passes_everything_else_drops() 
 /// `openvidu3-single`: install downloads, STUN for the public IP, the
 /// switch, clients on the served ports (IPv4 and IPv6), the PRO license
 /// check, ACME, a webhook of livekit.yaml's `webhook.urls` over IPv4 and
-/// IPv6, NTP, a DHCP exchange by a real dhclient with a real DHCP server,
+/// IPv6 whose addresses change, NTP, a DHCP exchange by a real dhclient with a real DHCP server,
 /// then everything else refused.
 #[test]
 fn openvidu_day_3x_single_replayed_every_needed_flow_passes_everything_else_drops() {
@@ -377,13 +431,8 @@ fn openvidu_day_3x_single_replayed_every_needed_flow_passes_everything_else_drop
     );
     let (near4, near6, far4) = (pair.near4, pair.near6, pair.far4);
     // Served on the host: HTTPS (TCP and UDP), WebRTC over TCP, media.
-    let _served = [
-        Echo::tcp(&pair.near, at(near4, 443)),
-        Echo::udp(&pair.near, at(near4, 443)),
-        Echo::tcp(&pair.near, at(near4, 7881)),
-        Echo::udp(&pair.near, at(near4, 50000)),
-        Echo::tcp(&pair.near, SocketAddr::new(near6.into(), 443)),
-    ];
+    let _served = serve(&pair.near, near4.into(), SERVED_3X_SINGLE);
+    let _served6 = serve(&pair.near, near6.into(), SERVED_3X_SINGLE);
     let mut fw = day.fw("openvidu3-single");
     let stun = format!("udp:stun.l.google.com:{}", STUN.1);
 
@@ -398,15 +447,8 @@ fn openvidu_day_3x_single_replayed_every_needed_flow_passes_everything_else_drop
     assert_eq!(fw.status_json()["phase"], "runtime");
 
     // Clients, from the Internet side, on both families.
-    for (what, outcome) in [
-        ("443/tcp", in_netns(&pair.far, || tcp_echo(at(near4, 443), PASS_TIMEOUT))),
-        ("443/udp", in_netns(&pair.far, || udp_echo(at(near4, 443), PASS_TIMEOUT))),
-        ("7881/tcp", in_netns(&pair.far, || tcp_echo(at(near4, 7881), PASS_TIMEOUT))),
-        ("50000/udp", in_netns(&pair.far, || udp_echo(at(near4, 50000), PASS_TIMEOUT))),
-        ("[near6]:443/tcp", in_netns(&pair.far, || tcp_echo(SocketAddr::new(near6.into(), 443), PASS_TIMEOUT))),
-    ] {
-        assert_eq!(outcome, Outcome::Echoed, "client on {what}");
-    }
+    clients_reach(&pair.far, near4.into(), SERVED_3X_SINGLE);
+    clients_reach(&pair.far, near6.into(), SERVED_3X_SINGLE);
 
     // Runtime needs: license (PRO), STUN at every restart, ACME, the
     // webhook on both families, NTP.
@@ -431,6 +473,14 @@ fn openvidu_day_3x_single_replayed_every_needed_flow_passes_everything_else_drop
         );
     }
     assert_eq!(day.one(&hook6), ("2001:db8:1900:1::1".to_string(), "ok".to_string()), "the webhook over IPv6");
+    // The webhook receiver moves (both families): the next POSTs follow.
+    net.dnsmasq.rewrite(&HOSTS3.replace("198.19.1.1 hooks", "198.19.1.2 hooks").replace("1900:1::1", "1900:1::2"));
+    let moved = poll(Duration::from_secs(10), || {
+        in_netns(&pair.near, || resolve_a(at(far4, 53), "hooks.day.test") == [Ipv4Addr::new(198, 19, 1, 2)])
+    });
+    assert!(moved, "dnsmasq did not pick up the webhook's new address");
+    assert_eq!(day.one(&hook), ("198.19.1.2".to_string(), "ok".to_string()), "the webhook after it moved");
+    assert_eq!(day.one(&hook6), ("2001:db8:1900:1::2".to_string(), "ok".to_string()), "over IPv6 after it moved");
 
     // A DHCP exchange under the runtime phase: a real dhclient gets its
     // lease from a real DHCP server through fw (essentials).
@@ -525,13 +575,13 @@ fn openvidu_day_2x_pro_master_and_media_node_replayed() {
         ),
     );
     let media = Node::new(&net.client, &net.client_if, &internet, &format!("MASTER_NODE={master4}\nNTP_SERVERS=\n"));
-    let _served = [
-        Echo::tcp(&net.server, at(master4, 443)),
+    let _master_serves = serve(&net.server, master4.into(), SERVED_2X_MASTER);
+    let _media_serves = serve(&net.client, media4.into(), SERVED_2X_MEDIA);
+    let _cluster_only = [
         Echo::tcp(&net.server, at(master4, 5044)),
         Echo::tcp(&net.server, at(master4, 9200)),
         Echo::tcp(&net.client, at(media4, 3000)),
         Echo::tcp(&net.client, at(media4, 8888)),
-        Echo::udp(&net.client, at(media4, 40000)),
     ];
     let fw_master = master.fw("openvidu2-pro-master");
     let fw_media = media.fw("openvidu2-media-node");
@@ -557,8 +607,8 @@ fn openvidu_day_2x_pro_master_and_media_node_replayed() {
     let beats = [format!("{master4}:5044"), format!("{master4}:9200")];
     let media_needs = [beats[0].as_str(), beats[1].as_str(), "udp:2.debian.pool.ntp.org:123"];
     all_are("media runtime", &media.client(&media_needs), "ok", &fw_media);
-    assert_eq!(in_netns(&net.router, || tcp_echo(at(master4, 443), PASS_TIMEOUT)), Outcome::Echoed, "client on 443");
-    assert_eq!(in_netns(&net.router, || udp_echo(at(media4, 40000), PASS_TIMEOUT)), Outcome::Echoed, "media");
+    clients_reach(&net.router, master4.into(), SERVED_2X_MASTER);
+    clients_reach(&net.router, media4.into(), SERVED_2X_MEDIA);
 
     // From the Internet: the master's beats ports and the node's Kurento
     // are for the cluster only.
@@ -619,15 +669,14 @@ fn openvidu_day_3x_elastic_master_and_media_node_replayed() {
             "MASTER_NODE={master4}\nWEBHOOK_URLS=[\"http://hooks.day.test:{WEBHOOK_PORT}/livekit\"]\nNTP_SERVERS=\n"
         ),
     );
-    let _served = [
-        Echo::tcp(&net.server, at(master4, 443)),
+    let _master_serves = serve(&net.server, master4.into(), SERVED_3X_MASTER);
+    let _media_serves = serve(&net.client, media4.into(), SERVED_3X_MEDIA);
+    let _cluster_only = [
         Echo::tcp(&net.server, at(master4, 7880)),
         Echo::tcp(&net.server, at(master4, 7000)),
         Echo::tcp(&net.server, at(master4, 4443)),
         Echo::tcp(&net.client, at(media4, 7880)),
         Echo::tcp(&net.client, at(media4, 8080)),
-        Echo::tcp(&net.client, at(media4, 7881)),
-        Echo::udp(&net.client, at(media4, 50000)),
     ];
     let fw_master = master.fw("openvidu3-elastic-master");
     let fw_media = media.fw("openvidu3-media-node");
@@ -669,13 +718,8 @@ fn openvidu_day_3x_elastic_master_and_media_node_replayed() {
         "ok",
         &fw_media,
     );
-    for (what, outcome) in [
-        ("master 443/tcp", in_netns(&net.router, || tcp_echo(at(master4, 443), PASS_TIMEOUT))),
-        ("media 7881/tcp", in_netns(&net.router, || tcp_echo(at(media4, 7881), PASS_TIMEOUT))),
-        ("media 50000/udp", in_netns(&net.router, || udp_echo(at(media4, 50000), PASS_TIMEOUT))),
-    ] {
-        assert_eq!(outcome, Outcome::Echoed, "client on {what}");
-    }
+    clients_reach(&net.router, master4.into(), SERVED_3X_MASTER);
+    clients_reach(&net.router, media4.into(), SERVED_3X_MEDIA);
     for (what, target) in [("master 7000 (Redis)", at(master4, 7000)), ("media node 8080", at(media4, 8080))] {
         assert_ne!(in_netns(&net.router, || tcp_echo(target, DROP_TIMEOUT)), Outcome::Echoed, "the Internet to {what}");
     }
