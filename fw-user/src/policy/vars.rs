@@ -53,6 +53,12 @@ impl Vars {
         Vars { file_values: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect(), use_process_env: false }
     }
 
+    /// The env file's value of `name` alone (not the environment's), when
+    /// not empty.
+    pub fn get_from_file(&self, name: &str) -> Option<String> {
+        self.file_values.get(name).filter(|v| !v.is_empty()).cloned()
+    }
+
     /// Whether `name` is given at all, even empty (`KEY=` in an env file
     /// says "not configured" on purpose).
     pub fn defines(&self, name: &str) -> bool {

@@ -104,6 +104,32 @@ fn parse_timesyncd(text: &str) -> Vec<String> {
     servers
 }
 
+/// OpenVidu 3.x's LiveKit webhooks: `webhook.urls` of the `livekit.yaml`
+/// in `dir` (the directory of `openvidu.env`), as a list-valued variable
+/// (`["https://a", "https://b"]`); `None` without the file or the key.
+pub fn livekit_webhook_urls(dir: &Path) -> Option<Sourced<String>> {
+    let path = dir.join("livekit.yaml");
+    let text = fs::read_to_string(&path).ok()?;
+    let docs = yaml_rust2::YamlLoader::load_from_str(&text).ok()?;
+    let urls: Vec<String> =
+        docs.first()?["webhook"]["urls"].as_vec()?.iter().filter_map(|u| u.as_str().map(str::to_string)).collect();
+    (!urls.is_empty()).then(|| Sourced {
+        value: serde_json::to_string(&urls).expect("strings serialize"),
+        from: format!("{} webhook.urls", path.display()),
+    })
+}
+
+/// `key`'s value in the KEY=VALUE file `file` of `dir` (OpenVidu 3.x keeps
+/// `meet.env` and `v2compatibility.env` beside `openvidu.env`); `None`
+/// without the file, the key, or a value.
+pub fn env_file_value(dir: &Path, file: &str, key: &str) -> Option<Sourced<String>> {
+    let path = dir.join(file);
+    let text = fs::read_to_string(&path).ok()?;
+    let vars = crate::policy::Vars::from_env_text(&path.display().to_string(), &text).ok()?;
+    let value = vars.get_from_file(key)?;
+    Some(Sourced { value, from: format!("{} {key}", path.display()) })
+}
+
 /// The DHCP servers of the leases of dhclient (its own and
 /// NetworkManager's) and systemd-networkd.
 pub fn dhcp_servers(root: &Path) -> Vec<Sourced<IpAddr>> {
@@ -326,6 +352,29 @@ mod tests {
         assert_eq!(parse_proc_net(tcp6, TCP)[0].addr, "::1".parse::<IpAddr>().unwrap());
         let udp = "header\n 0: 00000000:0D96 00000000:0000 07 0 0 0 0 0 77 1\n 1: 00000000:9C40 0100A8C0:0035 01 0 0 0 0 0 78 1\n";
         assert_eq!(parse_proc_net(udp, UDP).iter().map(|s| s.port).collect::<Vec<_>>(), [3478]);
+    }
+
+    #[test]
+    fn livekit_webhooks_and_openvidu_env_files_beside_the_env_file() {
+        let dir = std::env::temp_dir().join(format!("fw-host-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("livekit.yaml"),
+            "port: 7880\nwebhook:\n  api_key: k\n  urls:\n    - http://hooks.example:8443/a\n    - 'https://b.example'\n",
+        )
+        .unwrap();
+        fs::write(dir.join("meet.env"), "# meet\nMEET_INITIAL_WEBHOOK_URL=https://meet.example/hook\nOTHER=\n")
+            .unwrap();
+        let urls = livekit_webhook_urls(&dir);
+        let meet = env_file_value(&dir, "meet.env", "MEET_INITIAL_WEBHOOK_URL");
+        let other = env_file_value(&dir, "meet.env", "OTHER");
+        let missing = env_file_value(&dir, "v2compatibility.env", "V2COMPAT_OPENVIDU_WEBHOOK_ENDPOINT");
+        fs::write(dir.join("livekit.yaml"), "port: 7880\n").unwrap();
+        let no_webhook = livekit_webhook_urls(&dir);
+        let _ = fs::remove_dir_all(&dir);
+        assert_eq!(urls.unwrap().value, r#"["http://hooks.example:8443/a","https://b.example"]"#);
+        assert_eq!(meet.unwrap().value, "https://meet.example/hook");
+        assert_eq!((other, missing, no_webhook), (None, None, None));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod resolv_conf;
 use crate::{
     instance::records::PolicyCopy,
     policy::compile::{self, tables::CompiledPhase},
+    policy::preflight::Sourced,
     policy::{self, lint, LoadedPolicy, Vars, Warning},
 };
 
@@ -114,25 +115,60 @@ pub fn load_policy(policy_arg: &str, env: Option<&Path>) -> Result<(String, Load
     let text = PolicyText::resolve(policy_arg)?;
     let env = env_file(env);
     let env_text = env.as_deref().map(|p| file::read_text(p, &p.display().to_string())).transpose()?;
-    let env_text = with_host_ntp(env_text, env.as_deref(), || host::ntp_servers(Path::new("/")))?;
+    let env_text = with_host_defaults(env_text, env.as_deref(), host_defaults(env.as_deref()))?;
     let copy = PolicyCopy { policy_text: text.text, env_text };
     let loaded = parse_copy(&text.label, env.as_deref(), &copy)?;
     Ok((text.label, loaded, copy))
 }
 
-/// The variable of essentials' configured time servers.
-const NTP_SERVERS: &str = "NTP_SERVERS";
+/// A variable fw reads from the host when neither the env file nor the
+/// environment gives it: its name, and what to read (the value and where
+/// it was read).
+type HostDefault = (&'static str, Box<dyn FnOnce() -> Option<Sourced<String>>>);
 
-/// `env_text` with `NTP_SERVERS` set to the servers the host's time daemon
-/// is configured with (chrony, timesyncd: `host_servers`) when neither the
-/// env file nor the environment gives it (`NTP_SERVERS=` empty is given:
-/// "none"). Written into the env text of the policy copy, so that a restart
-/// or an adoption compiles the servers this load saw, whatever the host's
-/// files say later.
-fn with_host_ntp(
+/// The host's own answers for the shipped policies' variables: the time
+/// servers of chrony or timesyncd (essentials' `NTP_SERVERS`), and beside
+/// an OpenVidu 3.x `openvidu.env`, LiveKit's `webhook.urls` in
+/// `livekit.yaml`, `meet.env`'s and `v2compatibility.env`'s webhooks.
+fn host_defaults(env: Option<&Path>) -> Vec<HostDefault> {
+    let mut defaults: Vec<HostDefault> = vec![(
+        "NTP_SERVERS",
+        Box::new(|| {
+            let found = host::ntp_servers(Path::new("/"));
+            let mut servers: Vec<&str> = Vec::new();
+            for server in &found {
+                if !servers.contains(&server.value.as_str()) {
+                    servers.push(&server.value);
+                }
+            }
+            let from = found.first()?.from.clone();
+            Some(Sourced { value: servers.join(","), from })
+        }),
+    )];
+    if let Some(dir) = env.and_then(Path::parent).map(Path::to_path_buf) {
+        let (d1, d2, d3) = (dir.clone(), dir.clone(), dir);
+        defaults.push(("WEBHOOK_URLS", Box::new(move || host::livekit_webhook_urls(&d1))));
+        defaults.push((
+            "MEET_INITIAL_WEBHOOK_URL",
+            Box::new(move || host::env_file_value(&d2, "meet.env", "MEET_INITIAL_WEBHOOK_URL")),
+        ));
+        defaults.push((
+            "V2COMPAT_OPENVIDU_WEBHOOK_ENDPOINT",
+            Box::new(move || host::env_file_value(&d3, "v2compatibility.env", "V2COMPAT_OPENVIDU_WEBHOOK_ENDPOINT")),
+        ));
+    }
+    defaults
+}
+
+/// `env_text` with each variable of `defaults` that neither the env file
+/// nor the environment gives (an empty `KEY=` counts as given: "none") set
+/// to what the host says, with a comment naming where it was read. Written
+/// into the env text of the policy copy, so that a restart or an adoption
+/// compiles what this load saw, whatever the host's files say later.
+fn with_host_defaults(
     env_text: Option<String>,
     env: Option<&Path>,
-    host_servers: impl FnOnce() -> Vec<crate::policy::preflight::Sourced<String>>,
+    defaults: Vec<HostDefault>,
 ) -> Result<Option<String>> {
     let vars = match (&env_text, env) {
         (Some(text), path) => {
@@ -140,26 +176,23 @@ fn with_host_ntp(
         }
         (None, _) => Vars::from_process_env(),
     };
-    if vars.defines(NTP_SERVERS) {
-        return Ok(env_text);
-    }
-    let found = host_servers();
-    let Some(first) = found.first() else { return Ok(env_text) };
-    let mut servers: Vec<&str> = Vec::new();
-    for server in &found {
-        if !servers.contains(&server.value.as_str()) {
-            servers.push(&server.value);
+    let mut added = String::new();
+    for (name, read) in defaults {
+        if vars.defines(name) {
+            continue;
         }
+        if let Some(found) = read() {
+            added.push_str(&format!("# fw: from {} ({name} was not given)\n{name}={}\n", found.from, found.value));
+        }
+    }
+    if added.is_empty() {
+        return Ok(env_text);
     }
     let mut text = env_text.unwrap_or_default();
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
     }
-    text.push_str(&format!(
-        "# fw: the time servers of {} (no {NTP_SERVERS} was given)\n{NTP_SERVERS}={}\n",
-        first.from,
-        servers.join(",")
-    ));
+    text.push_str(&added);
     Ok(Some(text))
 }
 
@@ -212,30 +245,32 @@ fn compile_loaded(
 }
 
 #[cfg(test)]
-mod host_ntp_tests {
+mod host_default_tests {
     use super::*;
-    use crate::policy::preflight::Sourced;
 
-    fn chrony() -> Vec<Sourced<String>> {
-        ["169.254.169.123", "2.debian.pool.ntp.org", "169.254.169.123"]
-            .map(|v| Sourced { value: v.to_string(), from: "/etc/chrony/chrony.conf".to_string() })
-            .to_vec()
+    fn given(value: &'static str) -> HostDefault {
+        ("NTP_SERVERS", Box::new(move || Some(Sourced { value: value.into(), from: "/etc/chrony/chrony.conf".into() })))
     }
 
     #[test]
-    fn the_hosts_time_servers_fill_an_unset_ntp_servers_into_the_copy() {
-        let text = with_host_ntp(Some("DOMAIN_NAME=x".into()), None, chrony).unwrap().unwrap();
-        assert!(text.starts_with("DOMAIN_NAME=x\n# fw: the time servers of /etc/chrony/chrony.conf"), "{text}");
-        assert!(text.ends_with("\nNTP_SERVERS=169.254.169.123,2.debian.pool.ntp.org\n"), "{text}");
+    fn the_hosts_answer_fills_an_unset_variable_into_the_copy() {
+        let text =
+            with_host_defaults(Some("DOMAIN_NAME=x".into()), None, vec![given("169.254.169.123")]).unwrap().unwrap();
+        assert_eq!(
+            text,
+            "DOMAIN_NAME=x\n# fw: from /etc/chrony/chrony.conf (NTP_SERVERS was not given)\nNTP_SERVERS=169.254.169.123\n"
+        );
         let vars = Vars::from_env_text("env", &text).unwrap();
-        assert_eq!(vars.get("NTP_SERVERS").as_deref(), Some("169.254.169.123,2.debian.pool.ntp.org"));
+        assert_eq!(vars.get("NTP_SERVERS").as_deref(), Some("169.254.169.123"));
     }
 
     #[test]
-    fn a_given_ntp_servers_even_empty_and_a_host_without_servers_change_nothing() {
-        for given in ["NTP_SERVERS=10.0.0.1\n", "NTP_SERVERS=\n"] {
-            assert_eq!(with_host_ntp(Some(given.into()), None, chrony).unwrap().as_deref(), Some(given));
+    fn a_given_variable_even_empty_and_a_host_without_an_answer_change_nothing() {
+        for env in ["NTP_SERVERS=10.0.0.1\n", "NTP_SERVERS=\n"] {
+            let out = with_host_defaults(Some(env.into()), None, vec![given("169.254.169.123")]).unwrap();
+            assert_eq!(out.as_deref(), Some(env));
         }
-        assert_eq!(with_host_ntp(Some("A=1\n".into()), None, Vec::new).unwrap().as_deref(), Some("A=1\n"));
+        let nothing: HostDefault = ("NTP_SERVERS", Box::new(|| None));
+        assert_eq!(with_host_defaults(Some("A=1\n".into()), None, vec![nothing]).unwrap().as_deref(), Some("A=1\n"));
     }
 }

@@ -415,20 +415,19 @@ fn openvidu_day_2x_ce_replayed_every_needed_flow_passes_everything_else_drops() 
 /// then everything else refused.
 #[test]
 fn openvidu_day_3x_single_replayed_every_needed_flow_passes_everything_else_drops() {
-    // openvidu.env's DOMAIN_NAME, and the webhook URL list fw reads from
-    // WEBHOOK_URLS (livekit.yaml `webhook.urls`, see the policy's header).
     harness::setup();
     let pair = VethPair::new(158);
     let net = Internet::beyond(&pair, HOSTS3);
-    let day = Node::new(
-        &pair.near,
-        &pair.near_if,
-        &net,
-        &format!(
-            "DOMAIN_NAME={}\nWEBHOOK_URLS=[\"http://hooks.day.test:{WEBHOOK_PORT}/livekit\"]\nNTP_SERVERS=\n",
-            pair.near4
-        ),
-    );
+    // openvidu.env's DOMAIN_NAME; the webhook is where OpenVidu keeps it,
+    // livekit.yaml's `webhook.urls` beside openvidu.env, which fw reads
+    // when WEBHOOK_URLS is not given.
+    let day = Node::new(&pair.near, &pair.near_if, &net, &format!("DOMAIN_NAME={}\nNTP_SERVERS=\n", pair.near4));
+    let livekit = day.env.parent().expect("the env file's directory").join("livekit.yaml");
+    std::fs::write(
+        &livekit,
+        format!("port: 7880\nwebhook:\n  api_key: key\n  urls:\n    - http://hooks.day.test:{WEBHOOK_PORT}/livekit\n"),
+    )
+    .expect("livekit.yaml");
     let (near4, near6, far4) = (pair.near4, pair.near6, pair.far4);
     // Served on the host: HTTPS (TCP and UDP), WebRTC over TCP, media.
     let _served = serve(&pair.near, near4.into(), SERVED_3X_SINGLE);
