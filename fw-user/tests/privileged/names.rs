@@ -25,6 +25,7 @@ use std::{
 use crate::harness::{
     self,
     cgroup::TestCgroup,
+    dnsmasq,
     fw::{Fw, Launch},
     netns::{Netns, VethPair},
     poll,
@@ -58,18 +59,8 @@ impl Dnsmasq {
         let dir = TempDir::new();
         let hosts_path = dir.write("hosts", hosts);
         let log = fs::File::create(dir.path().join("dnsmasq.log")).expect("dnsmasq log");
-        let child = server
-            .command(if Path::new("/usr/sbin/dnsmasq").exists() { "/usr/sbin/dnsmasq" } else { "dnsmasq" })
-            .args([
-                "--keep-in-foreground",
-                "--conf-file=/dev/null",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                "--user=root",
-                "--local-ttl=1",
-                "--log-facility=-",
-            ])
+        let child = dnsmasq::command(server)
+            .args(["--local-ttl=1", "--log-facility=-"])
             .arg(format!("--listen-address={addr}"))
             .arg(format!("--addn-hosts={}", hosts_path.display()))
             .arg(format!("--pid-file={}", dir.path().join("pid").display()))
@@ -705,17 +696,7 @@ fn names_through_a_local_stub_are_learned_for_the_application() {
     let stub_dir = TempDir::new();
     let stub_log = stub_dir.path().join("stub.log");
     let mut stub = Guarded(
-        lab.pair
-            .near
-            .command(if Path::new("/usr/sbin/dnsmasq").exists() { "/usr/sbin/dnsmasq" } else { "dnsmasq" })
-            .args([
-                "--keep-in-foreground",
-                "--conf-file=/dev/null",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                "--user=root",
-            ])
+        dnsmasq::command(&lab.pair.near)
             .args(["--listen-address=127.0.0.53", "--cache-size=0", "--log-queries", "--log-facility=-"])
             .arg(format!("--server={}", lab.pair.far4))
             .arg(format!("--pid-file={}", stub_dir.path().join("pid").display()))

@@ -33,7 +33,7 @@ use crate::{
         self,
         cgroup::TestCgroup,
         dhcp::{DhcpClient, DhcpServer},
-        fw::{run_bounded, Finished, Fw, Launch, FW},
+        fw::{run_bounded, Drops, Finished, Fw, Launch, FW},
         netns::{Netns, Routed, VethPair},
         poll,
         traffic::{in_netns, tcp_echo, udp_echo, Echo, Outcome, DROP_TIMEOUT, PASS_TIMEOUT},
@@ -45,35 +45,18 @@ use crate::{
 /// The webhook receiver's port (OPENVIDU_WEBHOOK_ENDPOINT).
 const WEBHOOK_PORT: u16 = 8443;
 
+/// What dnsmasq answers in every day: the names OpenVidu 2.x and 3.x
+/// use (webhook receiver, ACME, public-IP discovery, NTP pool, a registry,
+/// the license server, STUN), and the webhook receiver on IPv6 too.
 const HOSTS: &str = "\
 198.19.1.1 hooks.day.test
 198.19.2.1 acme-v02.api.letsencrypt.org
 198.19.3.1 ifconfig.co
 198.19.4.1 2.debian.pool.ntp.org
 198.19.5.1 registry.day.test
-";
-
-/// The names of an OpenVidu 3.x day: its license server and STUN server
-/// too, and the webhook receiver on IPv6 as well.
-const HOSTS3: &str = "\
-198.19.1.1 hooks.day.test
-198.19.2.1 acme-v02.api.letsencrypt.org
-198.19.4.1 2.debian.pool.ntp.org
-198.19.5.1 registry.day.test
 198.19.6.1 accounts.openvidu.io
 198.19.8.1 stun.l.google.com
 2001:db8:1900:1::1 hooks.day.test
-";
-
-/// The names of a cluster's day (2.x Pro and 3.x Elastic).
-const HOSTS_CLUSTER: &str = "\
-198.19.1.1 hooks.day.test
-198.19.2.1 acme-v02.api.letsencrypt.org
-198.19.3.1 ifconfig.co
-198.19.4.1 2.debian.pool.ntp.org
-198.19.5.1 registry.day.test
-198.19.6.1 accounts.openvidu.io
-198.19.8.1 stun.l.google.com
 ";
 
 /// The wrapper that runs a command in a private mount namespace where
@@ -332,15 +315,17 @@ fn openvidu_day_2x_ce_replayed_every_needed_flow_passes_everything_else_drops() 
 
     // Install: the install script and images (web), the public-IP
     // discovery's HTTP fallback, the webhook.
-    let install = day.client(&[
-        "registry.day.test:443",
-        "registry.day.test:80",
-        "ifconfig.co:80",
-        &format!("hooks.day.test:{WEBHOOK_PORT}"),
-    ]);
-    for (arg, addr, result) in &install {
-        assert_eq!(result, "ok", "install: {arg} ({addr}): {install:?}\n{}", fw.log_text());
-    }
+    all_are(
+        "install",
+        &day.client(&[
+            "registry.day.test:443",
+            "registry.day.test:80",
+            "ifconfig.co:80",
+            &format!("hooks.day.test:{WEBHOOK_PORT}"),
+        ]),
+        "ok",
+        &fw,
+    );
     // discover_my_public_ip.sh's `dig @public-resolver`: DNS goes to the
     // system resolvers only, even while installing.
     assert_eq!(day.dig_at(public_resolver), "EPERM", "install: DNS to a public resolver");
@@ -356,11 +341,12 @@ fn openvidu_day_2x_ce_replayed_every_needed_flow_passes_everything_else_drops() 
     // The runtime's outbound needs: webhook, ACME renewal, the discovery
     // fallback, NTP to a pool name.
     let hook = format!("hooks.day.test:{WEBHOOK_PORT}");
-    let runtime =
-        day.client(&[&hook, "acme-v02.api.letsencrypt.org:443", "ifconfig.co:80", "udp:2.debian.pool.ntp.org:123"]);
-    for (arg, addr, result) in &runtime {
-        assert_eq!(result, "ok", "runtime: {arg} ({addr}): {runtime:?}\n{}", fw.log_text());
-    }
+    all_are(
+        "runtime",
+        &day.client(&[&hook, "acme-v02.api.letsencrypt.org:443", "ifconfig.co:80", "udp:2.debian.pool.ntp.org:123"]),
+        "ok",
+        &fw,
+    );
     assert_eq!(day.one(&hook), ("198.19.1.1".to_string(), "ok".to_string()));
 
     // The webhook receiver moves: the next POST goes to its new address.
@@ -375,26 +361,22 @@ fn openvidu_day_2x_ce_replayed_every_needed_flow_passes_everything_else_drops() 
     // Everything else: refused at the socket (the hooks), the registry
     // included now that the install is over.
     let before = fw.drops().egress("drop_socket").0;
-    let closed = day.client(&[
-        "registry.day.test:443",
-        "registry.day.test:80",
-        "198.19.7.7:8443",
-        "acme-v02.api.letsencrypt.org:80",
-        "hooks.day.test:443",
-    ]);
-    for (arg, addr, result) in &closed {
-        assert_eq!(result, "EPERM", "runtime: {arg} ({addr}) must be refused: {closed:?}");
-    }
-    assert_eq!(day.dig_at(public_resolver), "EPERM", "runtime: DNS to a public resolver");
-    // And on the wire, from a socket outside the hooked cgroup.
-    let wire_before = fw.drops().egress("drop_default").0;
-    assert_eq!(
-        in_netns(&pair.near, || tcp_echo(at(Ipv4Addr::new(198, 19, 7, 7), 8443), DROP_TIMEOUT)),
-        Outcome::TimedOut
+    all_are(
+        "closed",
+        &day.client(&[
+            "registry.day.test:443",
+            "registry.day.test:80",
+            "198.19.7.7:8443",
+            "acme-v02.api.letsencrypt.org:80",
+            "hooks.day.test:443",
+        ]),
+        "EPERM",
+        &fw,
     );
-
-    // fw drops: each needed flow passed by its rule; the rest was dropped.
-    let drops = fw.drops_when(|d| d.egress("drop_default").0 > wire_before);
+    assert_eq!(day.dig_at(public_resolver), "EPERM", "runtime: DNS to a public resolver");
+    // And on the wire, from a socket outside the hooked cgroup; then fw
+    // drops: each needed flow passed by its rule, the rest was dropped.
+    let drops = dropped_on_the_wire(&pair.near, &fw);
     println!("{drops:#?}");
     for rule in
         ["web", "webhook", "acme", "public-ip-discovery", "essentials-ntp", "https", "stun-turn", "kurento-media"]
@@ -402,7 +384,6 @@ fn openvidu_day_2x_ce_replayed_every_needed_flow_passes_everything_else_drops() 
         assert!(drops.rule(rule).packets > 0, "rule {rule} passed nothing: {drops:#?}");
     }
     assert!(drops.egress("drop_socket").0 >= before + 6, "{drops:#?}");
-    assert!(drops.egress("drop_default").0 > wire_before, "{drops:#?}");
     assert!(drops.egress("pass_resolver").0 > 0, "DNS went to dnsmasq through the proxy: {drops:#?}");
     fw.stop();
 }
@@ -417,7 +398,7 @@ fn openvidu_day_2x_ce_replayed_every_needed_flow_passes_everything_else_drops() 
 fn openvidu_day_3x_single_replayed_every_needed_flow_passes_everything_else_drops() {
     harness::setup();
     let pair = VethPair::new(158);
-    let net = Internet::beyond(&pair, HOSTS3);
+    let net = Internet::beyond(&pair, HOSTS);
     // openvidu.env's DOMAIN_NAME; the webhook is where OpenVidu keeps it,
     // livekit.yaml's `webhook.urls` beside openvidu.env, which fw reads
     // when WEBHOOK_URLS is not given.
@@ -436,10 +417,7 @@ fn openvidu_day_3x_single_replayed_every_needed_flow_passes_everything_else_drop
     let stun = format!("udp:stun.l.google.com:{}", STUN.1);
 
     // Install: downloads, and the public IP by STUN.
-    let install = day.client(&["registry.day.test:443", "registry.day.test:80", &stun]);
-    for (arg, addr, result) in &install {
-        assert_eq!(result, "ok", "install: {arg} ({addr}): {install:?}\n{}", fw.log_text());
-    }
+    all_are("install", &day.client(&["registry.day.test:443", "registry.day.test:80", &stun]), "ok", &fw);
 
     let out = day.fw_cli(&fw, &["switch", "runtime"]);
     assert!(out.status.success(), "fw switch runtime: {out:#?}");
@@ -453,27 +431,22 @@ fn openvidu_day_3x_single_replayed_every_needed_flow_passes_everything_else_drop
     // webhook on both families, NTP.
     let hook = format!("hooks.day.test:{WEBHOOK_PORT}");
     let hook6 = format!("6:{hook}");
-    let runtime = day.client(&[
-        "accounts.openvidu.io:443",
-        &stun,
-        "acme-v02.api.letsencrypt.org:443",
-        &hook,
-        &hook6,
-        "udp:2.debian.pool.ntp.org:123",
-    ]);
-    for (arg, addr, result) in &runtime {
-        assert_eq!(
-            result,
-            "ok",
-            "runtime: {arg} ({addr}): {runtime:?}\n{}\n{:?}\n{:?}",
-            fw.log_text(),
-            fw.cli(&["names"]),
-            fw.cli(&["drops", "--since", "1h"])
-        );
-    }
+    all_are(
+        "runtime",
+        &day.client(&[
+            "accounts.openvidu.io:443",
+            &stun,
+            "acme-v02.api.letsencrypt.org:443",
+            &hook,
+            &hook6,
+            "udp:2.debian.pool.ntp.org:123",
+        ]),
+        "ok",
+        &fw,
+    );
     assert_eq!(day.one(&hook6), ("2001:db8:1900:1::1".to_string(), "ok".to_string()), "the webhook over IPv6");
     // The webhook receiver moves (both families): the next POSTs follow.
-    net.dnsmasq.rewrite(&HOSTS3.replace("198.19.1.1 hooks", "198.19.1.2 hooks").replace("1900:1::1", "1900:1::2"));
+    net.dnsmasq.rewrite(&HOSTS.replace("198.19.1.1 hooks", "198.19.1.2 hooks").replace("1900:1::1", "1900:1::2"));
     let moved = poll(Duration::from_secs(10), || {
         in_netns(&pair.near, || resolve_a(at(far4, 53), "hooks.day.test") == [Ipv4Addr::new(198, 19, 1, 2)])
     });
@@ -491,23 +464,21 @@ fn openvidu_day_3x_single_replayed_every_needed_flow_passes_everything_else_drop
     // Everything else is refused: the registry now, other ports of allowed
     // names, other hosts, on both families.
     let before = fw.drops().egress("drop_socket").0;
-    let closed = day.client(&[
-        "registry.day.test:443",
-        "198.19.7.7:8443",
-        "accounts.openvidu.io:80",
-        "6:hooks.day.test:443",
-        "udp:stun.l.google.com:3478",
-    ]);
-    for (arg, addr, result) in &closed {
-        assert_eq!(result, "EPERM", "runtime: {arg} ({addr}) must be refused: {closed:?}");
-    }
-    let wire_before = fw.drops().egress("drop_default").0;
-    assert_eq!(
-        in_netns(&pair.near, || tcp_echo(at(Ipv4Addr::new(198, 19, 7, 7), 8443), DROP_TIMEOUT)),
-        Outcome::TimedOut
+    all_are(
+        "closed",
+        &day.client(&[
+            "registry.day.test:443",
+            "198.19.7.7:8443",
+            "accounts.openvidu.io:80",
+            "6:hooks.day.test:443",
+            "udp:stun.l.google.com:3478",
+        ]),
+        "EPERM",
+        &fw,
     );
-
-    let drops = fw.drops_when(|d| d.egress("drop_default").0 > wire_before);
+    // And on the wire, from a socket outside the hooked cgroup; then fw
+    // drops: each needed flow passed by its rule, the rest was dropped.
+    let drops = dropped_on_the_wire(&pair.near, &fw);
     println!("{drops:#?}");
     for rule in [
         "web",
@@ -531,8 +502,25 @@ fn openvidu_day_3x_single_replayed_every_needed_flow_passes_everything_else_drop
 /// Asserts that every `(arg, addr, result)` of a client run is `want`.
 fn all_are(what: &str, results: &[(String, String, String)], want: &str, fw: &Fw) {
     for (arg, addr, result) in results {
-        assert_eq!(result, want, "{what}: {arg} ({addr}): {results:?}\n{}", fw.log_text());
+        assert_eq!(
+            result,
+            want,
+            "{what}: {arg} ({addr}): {results:?}\n{}\n{}\n{}",
+            fw.log_text(),
+            fw.cli(&["names"]).stdout,
+            fw.cli(&["drops", "--since", "1h"]).stdout
+        );
     }
+}
+
+/// A connection to a host no rule names, from a socket outside the hooked
+/// cgroup in `ns`: dropped on the wire (it times out); `fw drops` once the
+/// drop is counted.
+fn dropped_on_the_wire(ns: &Netns, fw: &Fw) -> Drops {
+    let before = fw.drops().egress("drop_default").0;
+    let outcome = in_netns(ns, || tcp_echo(at(Ipv4Addr::new(198, 19, 7, 7), 8443), DROP_TIMEOUT));
+    assert_eq!(outcome, Outcome::TimedOut, "a host no rule names, on the wire");
+    fw.drops_when(|d| d.egress("drop_default").0 > before)
 }
 
 /// Asserts that each rule of `rules` passed packets in `fw`.
@@ -543,12 +531,72 @@ fn rules_passed(fw: &Fw, rules: &[&str]) {
     }
 }
 
+/// One node of a cluster day: its shipped policy, its env file (given the
+/// master's and the node's addresses), what it serves to everyone, the TCP
+/// ports it serves to the other node only, and what it fetches while
+/// installing.
+struct NodeSpec {
+    policy: &'static str,
+    env: String,
+    served: &'static [(&'static str, u16)],
+    cluster_only: &'static [u16],
+    install: Vec<String>,
+}
+
 /// A two-node cluster on `Routed`: the master on its server side, a media
-/// node on its client side, the Internet on the router between them.
+/// node on its client side, the Internet (dnsmasq, servers, NTP, STUN) on
+/// the router between them. Each node serves its ports, runs its policy
+/// under its own `fw run`, installs, and is switched to runtime.
+struct ClusterDay<'a> {
+    master: Node<'a>,
+    media: Node<'a>,
+    fw_master: Fw<'a>,
+    fw_media: Fw<'a>,
+    /// Per node: its address, what it serves to all, what to the other.
+    serves: [(Ipv4Addr, &'static [(&'static str, u16)], &'static [u16]); 2],
+    _servers: Vec<Echo>,
+}
+
+impl<'a> ClusterDay<'a> {
+    fn start(net: &'a Routed, internet: &Internet, master: NodeSpec, media: NodeSpec) -> Self {
+        let mut servers = Vec::new();
+        let mut up = |ns: &'a Netns, iface: &'a str, addr: Ipv4Addr, spec: &NodeSpec| {
+            servers.extend(serve(ns, addr.into(), spec.served));
+            servers.extend(spec.cluster_only.iter().map(|&port| Echo::tcp(ns, at(addr, port))));
+            let node = Node::new(ns, iface, internet, &spec.env);
+            let fw = node.fw(spec.policy);
+            let install: Vec<&str> = spec.install.iter().map(String::as_str).collect();
+            all_are(&format!("{} install", spec.policy), &node.client(&install), "ok", &fw);
+            (node, fw)
+        };
+        let (master_node, fw_master) = up(&net.server, &net.server_if, net.server4, &master);
+        let (media_node, fw_media) = up(&net.client, &net.client_if, net.client4, &media);
+        for (node, fw) in [(&master_node, &fw_master), (&media_node, &fw_media)] {
+            let out = node.fw_cli(fw, &["switch", "runtime"]);
+            assert!(out.status.success(), "fw switch runtime: {out:#?}");
+        }
+        let serves =
+            [(net.server4, master.served, master.cluster_only), (net.client4, media.served, media.cluster_only)];
+        Self { master: master_node, media: media_node, fw_master, fw_media, serves, _servers: servers }
+    }
+
+    /// From `internet`: a client on every port each node serves to all
+    /// echoes, and none of the ports a node serves to the other does.
+    fn check_what_the_internet_reaches(&self, internet: &Netns) {
+        for (addr, served, cluster_only) in self.serves {
+            clients_reach(internet, addr.into(), served);
+            for &port in cluster_only {
+                let outcome = in_netns(internet, || tcp_echo(at(addr, port), DROP_TIMEOUT));
+                assert_ne!(outcome, Outcome::Echoed, "the Internet reached {addr}:{port}, a cluster-only port");
+            }
+        }
+    }
+}
+
 fn cluster(x: u8) -> (Routed, Internet) {
     harness::setup();
     let net = Routed::new(x, 1500);
-    let internet = Internet::start(&net.router, Ipv4Addr::new(198, 18, x, 254), &net.server, HOSTS_CLUSTER);
+    let internet = Internet::start(&net.router, Ipv4Addr::new(198, 18, x, 254), &net.server, HOSTS);
     (net, internet)
 }
 
@@ -564,32 +612,29 @@ fn cluster(x: u8) -> (Routed, Internet) {
 fn openvidu_day_2x_pro_master_and_media_node_replayed() {
     let (net, internet) = cluster(159);
     let (master4, media4) = (net.server4, net.client4);
-    let master = Node::new(
-        &net.server,
-        &net.server_if,
+    let day = ClusterDay::start(
+        &net,
         &internet,
-        &format!(
-            "DOMAIN_OR_PUBLIC_IP={master4}\nCOTURN_IP={master4}\nKMS_URIS=[\"ws://{media4}:8888/kurento\"]\n\
-             OPENVIDU_WEBHOOK=true\nOPENVIDU_WEBHOOK_ENDPOINT=http://hooks.day.test:{WEBHOOK_PORT}/webhook\nNTP_SERVERS=\n"
-        ),
+        NodeSpec {
+            policy: "openvidu2-pro-master",
+            env: format!(
+                "DOMAIN_OR_PUBLIC_IP={master4}\nCOTURN_IP={master4}\nKMS_URIS=[\"ws://{media4}:8888/kurento\"]\n\
+                 OPENVIDU_WEBHOOK=true\nOPENVIDU_WEBHOOK_ENDPOINT=http://hooks.day.test:{WEBHOOK_PORT}/webhook\n\
+                 NTP_SERVERS=\n"
+            ),
+            served: SERVED_2X_MASTER,
+            cluster_only: &[5044, 9200],
+            install: vec!["registry.day.test:443".into(), "registry.day.test:80".into()],
+        },
+        NodeSpec {
+            policy: "openvidu2-media-node",
+            env: format!("MASTER_NODE={master4}\nNTP_SERVERS=\n"),
+            served: SERVED_2X_MEDIA,
+            cluster_only: &[3000, 8888],
+            install: vec!["registry.day.test:443".into()],
+        },
     );
-    let media = Node::new(&net.client, &net.client_if, &internet, &format!("MASTER_NODE={master4}\nNTP_SERVERS=\n"));
-    let _master_serves = serve(&net.server, master4.into(), SERVED_2X_MASTER);
-    let _media_serves = serve(&net.client, media4.into(), SERVED_2X_MEDIA);
-    let _cluster_only = [
-        Echo::tcp(&net.server, at(master4, 5044)),
-        Echo::tcp(&net.server, at(master4, 9200)),
-        Echo::tcp(&net.client, at(media4, 3000)),
-        Echo::tcp(&net.client, at(media4, 8888)),
-    ];
-    let fw_master = master.fw("openvidu2-pro-master");
-    let fw_media = media.fw("openvidu2-media-node");
-    all_are("master install", &master.client(&["registry.day.test:443", "registry.day.test:80"]), "ok", &fw_master);
-    all_are("media install", &media.client(&["registry.day.test:443"]), "ok", &fw_media);
-    for (node, fw) in [(&master, &fw_master), (&media, &fw_media)] {
-        let out = node.fw_cli(fw, &["switch", "runtime"]);
-        assert!(out.status.success(), "fw switch runtime: {out:#?}");
-    }
+    let (master, media, fw_master, fw_media) = (&day.master, &day.media, &day.fw_master, &day.fw_media);
 
     let hook = format!("hooks.day.test:{WEBHOOK_PORT}");
     let to_media = [format!("{media4}:3000"), format!("{media4}:8888")];
@@ -606,14 +651,9 @@ fn openvidu_day_2x_pro_master_and_media_node_replayed() {
     let beats = [format!("{master4}:5044"), format!("{master4}:9200")];
     let media_needs = [beats[0].as_str(), beats[1].as_str(), "udp:2.debian.pool.ntp.org:123"];
     all_are("media runtime", &media.client(&media_needs), "ok", &fw_media);
-    clients_reach(&net.router, master4.into(), SERVED_2X_MASTER);
-    clients_reach(&net.router, media4.into(), SERVED_2X_MEDIA);
-
-    // From the Internet: the master's beats ports and the node's Kurento
-    // are for the cluster only.
-    for (what, target) in [("master 5044", at(master4, 5044)), ("media node 8888", at(media4, 8888))] {
-        assert_ne!(in_netns(&net.router, || tcp_echo(target, DROP_TIMEOUT)), Outcome::Echoed, "the Internet to {what}");
-    }
+    // From the Internet: the master's beats ports and the node's
+    // controller and Kurento are for the cluster only.
+    day.check_what_the_internet_reaches(&net.router);
     all_are(
         "media closed",
         &media.client(&["accounts.openvidu.io:443", "registry.day.test:443", &format!("{master4}:443"), &hook]),
@@ -654,38 +694,29 @@ fn openvidu_day_2x_pro_master_and_media_node_replayed() {
 fn openvidu_day_3x_elastic_master_and_media_node_replayed() {
     let (net, internet) = cluster(161);
     let (master4, media4) = (net.server4, net.client4);
-    let master = Node::new(
-        &net.server,
-        &net.server_if,
-        &internet,
-        &format!("DOMAIN_NAME={master4}\nMEDIA_NODES={media4}\nNTP_SERVERS=\n"),
-    );
-    let media = Node::new(
-        &net.client,
-        &net.client_if,
-        &internet,
-        &format!(
-            "MASTER_NODE={master4}\nWEBHOOK_URLS=[\"http://hooks.day.test:{WEBHOOK_PORT}/livekit\"]\nNTP_SERVERS=\n"
-        ),
-    );
-    let _master_serves = serve(&net.server, master4.into(), SERVED_3X_MASTER);
-    let _media_serves = serve(&net.client, media4.into(), SERVED_3X_MEDIA);
-    let _cluster_only = [
-        Echo::tcp(&net.server, at(master4, 7880)),
-        Echo::tcp(&net.server, at(master4, 7000)),
-        Echo::tcp(&net.server, at(master4, 4443)),
-        Echo::tcp(&net.client, at(media4, 7880)),
-        Echo::tcp(&net.client, at(media4, 8080)),
-    ];
-    let fw_master = master.fw("openvidu3-elastic-master");
-    let fw_media = media.fw("openvidu3-media-node");
     let stun = format!("udp:stun.l.google.com:{}", STUN.1);
-    all_are("master install", &master.client(&["registry.day.test:443", &stun]), "ok", &fw_master);
-    all_are("media install", &media.client(&["registry.day.test:443", &stun]), "ok", &fw_media);
-    for (node, fw) in [(&master, &fw_master), (&media, &fw_media)] {
-        let out = node.fw_cli(fw, &["switch", "runtime"]);
-        assert!(out.status.success(), "fw switch runtime: {out:#?}");
-    }
+    let day = ClusterDay::start(
+        &net,
+        &internet,
+        NodeSpec {
+            policy: "openvidu3-elastic-master",
+            env: format!("DOMAIN_NAME={master4}\nMEDIA_NODES={media4}\nNTP_SERVERS=\n"),
+            served: SERVED_3X_MASTER,
+            cluster_only: &[7880, 7000, 4443],
+            install: vec!["registry.day.test:443".into(), stun.clone()],
+        },
+        NodeSpec {
+            policy: "openvidu3-media-node",
+            env: format!(
+                "MASTER_NODE={master4}\nWEBHOOK_URLS=[\"http://hooks.day.test:{WEBHOOK_PORT}/livekit\"]\n\
+                 NTP_SERVERS=\n"
+            ),
+            served: SERVED_3X_MEDIA,
+            cluster_only: &[7880, 8080],
+            install: vec!["registry.day.test:443".into(), stun.clone()],
+        },
+    );
+    let (master, media, fw_master, fw_media) = (&day.master, &day.media, &day.fw_master, &day.fw_media);
 
     let hook = format!("hooks.day.test:{WEBHOOK_PORT}");
     let to_media = [format!("{media4}:7880"), format!("{media4}:8080")];
@@ -717,11 +748,8 @@ fn openvidu_day_3x_elastic_master_and_media_node_replayed() {
         "ok",
         &fw_media,
     );
-    clients_reach(&net.router, master4.into(), SERVED_3X_MASTER);
-    clients_reach(&net.router, media4.into(), SERVED_3X_MEDIA);
-    for (what, target) in [("master 7000 (Redis)", at(master4, 7000)), ("media node 8080", at(media4, 8080))] {
-        assert_ne!(in_netns(&net.router, || tcp_echo(target, DROP_TIMEOUT)), Outcome::Echoed, "the Internet to {what}");
-    }
+    // LiveKit, Redis and the node's services are for the cluster only.
+    day.check_what_the_internet_reaches(&net.router);
     all_are(
         "media closed",
         &media.client(&["acme-v02.api.letsencrypt.org:443", "registry.day.test:443", &format!("{master4}:22")]),

@@ -15,14 +15,6 @@ use fw_lab::process::Guarded;
 
 use super::{netns::VethPair, poll};
 
-fn dnsmasq() -> &'static str {
-    if Path::new("/usr/sbin/dnsmasq").exists() {
-        "/usr/sbin/dnsmasq"
-    } else {
-        "dnsmasq"
-    }
-}
-
 /// dnsmasq handing out leases of `pair`'s IPv4 /24 (`.100`-`.150`, the
 /// shortest lease it allows, 2 minutes) on far's end; files under `dir`.
 pub struct DhcpServer {
@@ -34,10 +26,8 @@ impl DhcpServer {
         let net = pair.far4.octets();
         let range = format!("{0}.{1}.{2}.100,{0}.{1}.{2}.150,255.255.255.0,2m", net[0], net[1], net[2]);
         let child = Guarded::spawn(
-            pair.far
-                .command(dnsmasq())
-                .args(["--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--port=0"])
-                .args(["--bind-interfaces", "--user=root", "--log-facility=-"])
+            super::dnsmasq::command(&pair.far)
+                .args(["--port=0", "--log-facility=-"])
                 .arg(format!("--interface={}", pair.far_if))
                 .arg(format!("--dhcp-range={range}"))
                 .arg(format!("--dhcp-leasefile={}", dir.join("dnsmasq.leases").display()))

@@ -7,6 +7,7 @@
 pub mod cgroup;
 pub mod container;
 pub mod dhcp;
+pub mod dnsmasq;
 pub mod fw;
 pub mod metrics;
 pub mod netns;
