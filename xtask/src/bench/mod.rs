@@ -304,11 +304,20 @@ fn machine() -> Result<Value> {
 
 /// `Slab:` of /proc/meminfo, in bytes.
 pub fn slab_bytes() -> Result<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
-    meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("Slab:"))
+    kb_field("/proc/meminfo", "Slab:")
+}
+
+/// Resident memory of process `pid` (`VmRSS:` of /proc/PID/status).
+pub fn rss_bytes(pid: u32) -> Result<u64> {
+    kb_field(&format!("/proc/{pid}/status"), "VmRSS:")
+}
+
+/// A `NAME:   123 kB` line of a /proc file, in bytes.
+fn kb_field(path: &str, name: &str) -> Result<u64> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .map(|kb| kb * 1024)
-        .context("no Slab: line in /proc/meminfo")
+        .with_context(|| format!("no {name} line in {path}"))
 }

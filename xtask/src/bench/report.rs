@@ -361,14 +361,15 @@ pub fn markdown(results: &Value, svg: &str) -> String {
            fw: `fw run` from start until it prints that it enforces (parse, compile, load and verify, write the maps, attach), \
            `fw switch b`. nftables: `nft -f` of `fw export nft`, then `nft -f` of phase b (replaces the table). \
            iptables: `iptables-restore` + `ip6tables-restore`. Slab: growth of `Slab:` in /proc/meminfo across the load \
-           (the machine is shared: other activity shows up too). `timed out`: still running at the time limit, killed \
-           (a target then counts the limit, a lower bound).\n\n";
-    md += "| rules | fw run | fw switch | nft -f | nft -f (switch) | iptables-restore (v4 rules) | slab fw / nft |\n|---|---|---|---|---|---|---|\n";
+           (the machine is shared: other activity shows up too). fw RSS: the `fw run` daemon's resident memory after \
+           the switch (what it keeps). nft file: the size of the `fw export nft` ruleset loaded. `timed out`: still \
+           running at the time limit, killed (a target then counts the limit, a lower bound).\n\n";
+    md += "| rules | fw run | fw switch | nft -f | nft -f (switch) | iptables-restore (v4 rules) | slab fw / nft | fw RSS | nft file |\n|---|---|---|---|---|---|---|---|---|\n";
     for t in traffic(results) {
         let l = &t["load"];
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} ({}) | {} / {} |",
+            "| {} | {} | {} | {} | {} | {} ({}) | {} / {} | {} | {} |",
             t["rules"],
             ms(&l["fw_run_ms"]),
             ms(&l["fw_switch_ms"]),
@@ -378,6 +379,8 @@ pub fn markdown(results: &Value, svg: &str) -> String {
             l["ipt_egress_rules_v4"],
             mib(&l["fw_slab_bytes"]),
             if l["nft_load_ms"].is_null() { "-".to_string() } else { mib(&l["nft_slab_bytes"]) },
+            mib(&l["fw_rss_bytes"]),
+            mib(&l["nft_bytes"]),
         );
     }
     let c = &results["control"];

@@ -41,12 +41,12 @@ struct Setup {
 struct FwInstance {
     fw: PathBuf,
     name: String,
-    _daemon: Option<Guarded>,
+    daemon: Option<Guarded>,
 }
 
 impl Drop for FwInstance {
     fn drop(&mut self) {
-        self._daemon.take();
+        self.daemon.take();
         let _ = Command::new(&self.fw)
             // --forget: a bench instance must leave no boot record behind.
             .args(["stop", "--name", &self.name, "--forget"])
@@ -108,7 +108,7 @@ fn setup(tools: &Tools, dir: &Path, rules: usize, limit: Duration) -> Result<Set
 
     // fw: `fw run` until it says it enforces, then a switch to phase b.
     let name = super::netns::name(&format!("fw{rules}"));
-    let mut instance = FwInstance { fw: tools.fw.clone(), name: name.clone(), _daemon: None };
+    let mut instance = FwInstance { fw: tools.fw.clone(), name: name.clone(), daemon: None };
     let slab0 = slab_bytes()?;
     let mut daemon = Guarded::spawn_piped(
         ns("fw")
@@ -134,11 +134,15 @@ fn setup(tools: &Tools, dir: &Path, rules: usize, limit: Duration) -> Result<Set
         .with_context(|| format!("fw run (its stderr: {})", stderr_log.display()))?;
     // Keep draining its output so that it never blocks on a full pipe.
     std::thread::spawn(move || std::io::copy(&mut std::io::BufReader::new(stdout), &mut std::io::sink()));
-    instance._daemon = Some(daemon);
+    instance.daemon = Some(daemon);
     let fw_slab = slab_bytes()?.saturating_sub(slab0);
     let t = Instant::now();
     let switch_out = cmd::output(Command::new(&tools.fw).args(["switch", "b", "--name", &name]))?;
     let fw_switch = t.elapsed().as_secs_f64() * 1e3;
+    // What the daemon keeps once it enforces and has switched: its
+    // resident memory (the compiler's working set is freed by then).
+    let daemon_pid = instance.daemon.as_ref().map(|d| d.id()).context("the fw run daemon")?;
+    let fw_rss = super::rss_bytes(daemon_pid)?;
 
     // nft: the same policy through `nft -f`, then phase b (replaces the table).
     let nft_a = write(dir, &format!("policy-{rules}-a.nft"), &export(tools, &policy, "a", "nft")?)?;
@@ -170,7 +174,7 @@ fn setup(tools: &Tools, dir: &Path, rules: usize, limit: Duration) -> Result<Set
     let load = json!({
         "rules": rules,
         "fw_run_ms": fw_load.as_secs_f64() * 1e3, "fw_switch_ms": fw_switch, "fw_switch_says": switch_out.trim(),
-        "fw_slab_bytes": fw_slab,
+        "fw_slab_bytes": fw_slab, "fw_rss_bytes": fw_rss,
         "nft_load_ms": nft_load, "nft_switch_ms": nft_switch, "nft_slab_bytes": nft_slab,
         "nft_bytes": std::fs::metadata(&nft_a)?.len(),
         "ipt_load_ms": ipt_load, "ipt_egress_rules_v4": ipt_rules, "limit_ms": limit.as_secs_f64() * 1e3,
