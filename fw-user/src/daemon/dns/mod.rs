@@ -616,12 +616,7 @@ impl Proxy {
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default();
-        let mut found: Vec<(IpAddr, Learned)> = Vec::new();
-        {
-            let maps = lock(&self.names);
-            found.extend(maps.names4.iter().filter_map(|e| e.ok()).map(|(k, v)| (IpAddr::V4(k.into()), v)));
-            found.extend(maps.names6.iter().filter_map(|e| e.ok()).map(|(k, v)| (IpAddr::V6(k.into()), v)));
-        }
+        let found = lock(&self.names).entries();
         let now = monotonic_ns();
         let mut ledger = lock(&self.ledger);
         let mut count = 0;
