@@ -344,3 +344,56 @@ fn learn_names_follow_dns_answers_into_name_rules() {
         );
     }
 }
+
+/// Learning blocks nothing, not even while its DNS proxy cannot listen:
+/// the learning phase steers the cgroup's DNS to the proxy, and with no
+/// proxy registered the hook refused it (enforce mode's fail-closed) in
+/// audit mode too. Here the proxy's port is taken for the whole run (as in
+/// the moment before it listens): `fw learn` says names cannot be seen,
+/// the process still resolves and connects, and what it reached is learned
+/// as addresses, its DNS as a rule to the resolver.
+#[test]
+fn learn_blocks_no_dns_while_its_proxy_cannot_listen() {
+    harness::setup();
+    let pair = VethPair::new(101);
+    pair.far.ip(&["route", "add", "local", "198.19.0.0/16", "dev", "lo"]);
+    pair.near.ip(&["route", "add", "198.19.0.0/16", "via", &pair.far4.to_string()]);
+    let dnsmasq = Dnsmasq::start(&pair, &format!("{} {NAME}\n", ROTATION[0]), &[]);
+    let _servers = Servers::start(&pair.far, &[NAMED_PORT]);
+    let cgroup = TestCgroup::new();
+    let dir = TempDir::new();
+    let resolv_conf = dir.write("resolv.conf", &format!("nameserver {}\noptions timeout:2 attempts:2\n", pair.far4));
+    let learned = dir.path().join("learned.yaml");
+    // Taken in near's namespace: the proxy cannot bind its first port.
+    const TAKEN: u16 = 25353;
+    let _taken = in_netns(&pair.near, || UdpSocket::bind((Ipv4Addr::LOCALHOST, TAKEN))).expect("taking the port");
+
+    let name = harness::unique_name();
+    let log = dir.path().join("learn.log");
+    let cg = cgroup.path.display().to_string();
+    let mut learn_cmd = pair.near.command("unshare");
+    learn_cmd
+        .args(&with_resolv_conf(&resolv_conf)[1..])
+        .arg(FW)
+        .args(["learn", "--iface", &pair.near_if, "--name", &name, "--cgroup", &cg, "--duration", "3m", "-o"])
+        .arg(&learned)
+        .env("FW_DNS_PROXY_PORT", TAKEN.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).expect("learn log"));
+    let mut learning = Learning { child: learn_cmd.spawn().expect("starting fw learn"), name, log };
+    let started = poll(Duration::from_secs(30), || learning.log_text().contains("fw: learning"));
+    assert!(started, "fw learn did not start:\n{}", learning.log_text());
+    assert!(learning.log_text().contains("DNS answers cannot be seen"), "{}", learning.log_text());
+
+    let out =
+        cgroup.python_output(&pair.near, &resolv_conf, RESOLVE_CONNECT, &[NAMED_PORT.to_string(), NAME.to_string()]);
+    assert_eq!(out.trim(), format!("{NAME} {} ok", ROTATION[0]), "learning blocks nothing");
+    learning.interrupt();
+    let text = fs::read_to_string(&learned).expect("the learned policy");
+    println!("learned policy:\n{text}\nfw learn said:\n{}", learning.log_text());
+    assert!(!text.contains("dns:"), "no DNS went through a proxy:\n{text}");
+    assert!(text.contains(&format!("to: [{}], proto: tcp, ports: [{NAMED_PORT}] }}", ROTATION[0])), "{text}");
+    assert!(text.contains(&format!("to: [{}], proto: udp, ports: [53] }}", pair.far4)), "{text}");
+    drop(dnsmasq);
+}
