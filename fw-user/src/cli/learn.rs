@@ -49,7 +49,10 @@ const SERVED_SAMPLE: Duration = Duration::from_secs(2);
 /// blocked), records every new outbound flow with the process, container
 /// and destination behind it, then writes a phase that allows exactly
 /// those flows (one rule per program, container and destination, ports
-/// folded into ranges, a comment on who used each and how often). Runs for
+/// folded into ranges, a comment on who used each and how often). With
+/// socket hooks (--cgroup), DNS goes through a proxy that forwards it
+/// unchanged and notes the answers: a destination reached after an answer
+/// is written as the name, with `dns: { resolvers: [system] }`. Runs for
 /// --duration or until Ctrl-C; the temporary instance is removed either way.
 #[derive(Args, Debug)]
 pub struct LearnArgs {

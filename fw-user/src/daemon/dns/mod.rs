@@ -26,6 +26,11 @@
 //! [`SWEEP_EVERY`] old), and while no daemon runs nothing new is learned
 //! (names fail closed).
 //!
+//! `fw learn` runs the same proxy in watch mode ([`watch`]): no name rule,
+//! nothing written to the learned maps; each answer is reported
+//! ([`Answered`]) before it is released, so that connections following it
+//! are learned as the name.
+//!
 //! The daemon's own sockets are not redirected (the hooks compare the
 //! process id in `FW_DNS_PROXY`), so its upstream queries reach the
 //! resolvers; the TC program lets UDP/TCP 53 to the phase's resolvers out
