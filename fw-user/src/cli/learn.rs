@@ -179,21 +179,24 @@ pub fn learn(args: LearnArgs) -> Result<ExitCode> {
         anyhow::Ok(())
     })?;
     let after = event_counts(&name)?;
+    let resolver_packets = if watching { resolver_packets(&name)? } else { 0 };
     temporary.stop()?;
 
     let tally = learner.tally;
     let rules = tally.rules();
     let served = tally.served();
     let queries = if watching { dns::stats().map_or(0, |s| s.queries.load(Ordering::Relaxed)) } else { 0 };
-    // DNS that went through the proxy produced no event: the learned phase
-    // allows it with `dns:`, which name rules need anyway.
+    // DNS to the system resolvers produced no event, whether it went
+    // through the proxy (the hooked cgroup's) or only by the wire (other
+    // processes, containers): the learned phase allows it with `dns:`,
+    // which name rules need anyway.
     let (resolvers, left_out) = learn::learned_resolvers(&tally.dns_servers());
-    let resolvers = (queries > 0).then_some(resolvers);
+    let resolvers = (queries > 0 || resolver_packets > 0).then_some(resolvers);
     let named = rules.iter().filter(|r| matches!(r.to, learn::To::Name(_))).count();
     let unseen = Unseen { suppressed: after.0 - before.0, lost: after.1 - before.1, undecodable: tally.undecodable };
     let header = format!(
         "# Learned by `fw learn --iface {}`: {} destinations in {} rules ({} by DNS name); {} served protocols.\n\
-         # DNS: {} queries through fw's proxy, {} answers seen.\n\
+         # DNS: {} queries through fw's proxy, {} answers seen, {} packets to the system resolvers.\n\
          # Events: {} read, {} over the per-destination budget, {} lost (ring buffer full).\n\
          # Each rule allows exactly what was seen; review before enforcing.\n",
         args.iface,
@@ -203,6 +206,7 @@ pub fn learn(args: LearnArgs) -> Result<ExitCode> {
         served.len(),
         queries,
         tally.answers_seen,
+        resolver_packets,
         after.2 - before.2,
         unseen.suppressed,
         unseen.lost,
@@ -393,6 +397,20 @@ impl Unseen {
         }
         out
     }
+}
+
+/// Packets to the phase's resolvers the TC program passed as such
+/// (`pass_resolver`: DNS to the system resolvers while watching, the
+/// proxy's and other processes'), which are no events.
+fn resolver_packets(name: &str) -> Result<u64> {
+    use fw_common::{stats::stats_index, Direction, Reason};
+    let maps = crate::kernel::loader::CounterMaps::open(name)?;
+    let mut packets = 0;
+    for slot in [0, 1] {
+        let index = stats_index(slot, Direction::Egress, Reason::PassResolver);
+        packets += crate::kernel::loader::CounterMaps::sum(&maps.stats, index)?.packets;
+    }
+    Ok(packets)
 }
 
 /// (suppressed, lost, emitted) events of instance `name` so far.

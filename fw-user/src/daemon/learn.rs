@@ -533,8 +533,9 @@ pub fn phase_yaml(
     let mut out = String::new();
     let _ = writeln!(out, "{pad}{}:", yaml::text(phase));
     if let Some(resolvers) = resolvers {
-        let _ = writeln!(out, "{pad}  # DNS went through fw's proxy while learning: names in rules are tracked");
-        let _ = writeln!(out, "{pad}  # from its answers, and DNS to other servers is refused.");
+        let _ = writeln!(out, "{pad}  # DNS to these resolvers was seen while learning. Local processes' DNS goes");
+        let _ =
+            writeln!(out, "{pad}  # through fw's proxy, which tracks the names in rules; DNS to others is refused.");
         let list = yaml::seq(resolvers.iter().map(|r| Yaml::String(r.clone())));
         let _ = writeln!(out, "{pad}  dns: {}", yaml::map(&[("resolvers", list)]));
     }

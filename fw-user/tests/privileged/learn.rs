@@ -232,6 +232,34 @@ fn with_resolv_conf(resolv_conf: &Path) -> Vec<String> {
     .collect()
 }
 
+/// `fw learn` on `pair`'s near side with its socket hooks on `cgroup`,
+/// seeing `resolv_conf`'s nameserver as the system resolver, with `env`
+/// set for it alone; started once its log says it learns.
+fn learn_with_resolv_conf(
+    pair: &VethPair,
+    cgroup: &TestCgroup,
+    resolv_conf: &Path,
+    output: &Path,
+    log: std::path::PathBuf,
+    env: &[(&str, String)],
+) -> Learning {
+    let name = harness::unique_name();
+    let cg = cgroup.path.display().to_string();
+    let mut cmd = pair.near.command("unshare");
+    cmd.args(&with_resolv_conf(resolv_conf)[1..])
+        .arg(FW)
+        .args(["learn", "--iface", &pair.near_if, "--name", &name, "--cgroup", &cg, "--duration", "3m", "-o"])
+        .arg(output)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).expect("learn log"));
+    let learning = Learning { child: cmd.spawn().expect("starting fw learn"), name, log };
+    let started = poll(Duration::from_secs(30), || learning.log_text().contains("fw: learning"));
+    assert!(started, "fw learn did not start:\n{}", learning.log_text());
+    learning
+}
+
 /// Issue 14: with socket hooks on a cgroup, `fw learn` sees the DNS
 /// answers its processes get and writes what they connected to after an
 /// answer as one rule for the name (the answer rotated between two
@@ -274,21 +302,9 @@ fn learn_names_follow_dns_answers_into_name_rules() {
 
     // `fw learn` with its socket hooks on the cgroup, seeing the lab's
     // dnsmasq as the system resolver.
-    let name = harness::unique_name();
-    let log = dir.path().join("learn.log");
     let cg = cgroup.path.display().to_string();
-    let mut learn_cmd = pair.near.command("unshare");
-    learn_cmd
-        .args(&with_resolv_conf(&resolv_conf)[1..])
-        .arg(FW)
-        .args(["learn", "--iface", &pair.near_if, "--name", &name, "--cgroup", &cg, "--duration", "3m", "-o"])
-        .arg(&learned)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).expect("learn log"));
-    let mut learning = Learning { child: learn_cmd.spawn().expect("starting fw learn"), name, log };
-    let started = poll(Duration::from_secs(30), || learning.log_text().contains("fw: learning"));
-    assert!(started, "fw learn did not start:\n{}", learning.log_text());
+    let mut learning =
+        learn_with_resolv_conf(&pair, &cgroup, &resolv_conf, &learned, dir.path().join("learn.log"), &[]);
 
     for i in 0..4 {
         rotate(i);
@@ -368,22 +384,9 @@ fn learn_blocks_no_dns_while_its_proxy_cannot_listen() {
     const TAKEN: u16 = 25353;
     let _taken = in_netns(&pair.near, || UdpSocket::bind((Ipv4Addr::LOCALHOST, TAKEN))).expect("taking the port");
 
-    let name = harness::unique_name();
-    let log = dir.path().join("learn.log");
-    let cg = cgroup.path.display().to_string();
-    let mut learn_cmd = pair.near.command("unshare");
-    learn_cmd
-        .args(&with_resolv_conf(&resolv_conf)[1..])
-        .arg(FW)
-        .args(["learn", "--iface", &pair.near_if, "--name", &name, "--cgroup", &cg, "--duration", "3m", "-o"])
-        .arg(&learned)
-        .env("FW_DNS_PROXY_PORT", TAKEN.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).expect("learn log"));
-    let mut learning = Learning { child: learn_cmd.spawn().expect("starting fw learn"), name, log };
-    let started = poll(Duration::from_secs(30), || learning.log_text().contains("fw: learning"));
-    assert!(started, "fw learn did not start:\n{}", learning.log_text());
+    let env = [("FW_DNS_PROXY_PORT", TAKEN.to_string())];
+    let mut learning =
+        learn_with_resolv_conf(&pair, &cgroup, &resolv_conf, &learned, dir.path().join("learn.log"), &env);
     assert!(learning.log_text().contains("DNS answers cannot be seen"), "{}", learning.log_text());
 
     let out =
@@ -396,4 +399,43 @@ fn learn_blocks_no_dns_while_its_proxy_cannot_listen() {
     assert!(text.contains(&format!("to: [{}], proto: tcp, ports: [{NAMED_PORT}] }}", ROTATION[0])), "{text}");
     assert!(text.contains(&format!("to: [{}], proto: udp, ports: [53] }}", pair.far4)), "{text}");
     drop(dnsmasq);
+}
+
+/// DNS that only the wire carries (a process outside the hooked cgroup
+/// asking the system resolver) is no event while learning watches DNS (it
+/// passes as `pass_resolver`): the learned phase must still allow it.
+#[test]
+fn learn_keeps_dns_that_only_the_wire_carried() {
+    harness::setup();
+    let pair = VethPair::new(102);
+    let _dnsmasq = Dnsmasq::start(&pair, &format!("{} {NAME}\n", ROTATION[0]), &[]);
+    let cgroup = TestCgroup::new();
+    let dir = TempDir::new();
+    let resolv_conf = dir.write("resolv.conf", &format!("nameserver {}\n", pair.far4));
+    let learned = dir.path().join("learned.yaml");
+    let server = SocketAddr::new(pair.far4.into(), 53);
+    let want = [ROTATION[0].parse::<Ipv4Addr>().unwrap()];
+
+    let mut learning =
+        learn_with_resolv_conf(&pair, &cgroup, &resolv_conf, &learned, dir.path().join("learn.log"), &[]);
+    // The test itself, outside the cgroup, asks the resolver.
+    assert_eq!(in_netns(&pair.near, || resolve_a(server, NAME)), want, "learning blocks nothing");
+    learning.interrupt();
+    let text = fs::read_to_string(&learned).expect("the learned policy");
+    println!("learned policy:\n{text}\nfw learn said:\n{}", learning.log_text());
+    assert!(text.contains("    dns: { resolvers: [system] }\n"), "{text}");
+
+    let wrapper = with_resolv_conf(&resolv_conf);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let cg = cgroup.path.display().to_string();
+    let extra: Vec<&std::ffi::OsStr> = vec!["--cgroup".as_ref(), cg.as_ref()];
+    let enforced = Fw::start_launch(
+        &pair.near,
+        &pair.near_if,
+        &learned,
+        "learned",
+        Launch { extra: &extra, wrapper: &wrapper, ..Launch::default() },
+    );
+    let answered = poll(Duration::from_secs(5), || in_netns(&pair.near, || resolve_a(server, NAME)) == want);
+    assert!(answered, "the learned policy must let this DNS through:\n{}", enforced.log_text());
 }
