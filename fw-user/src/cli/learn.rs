@@ -179,7 +179,9 @@ pub fn learn(args: LearnArgs) -> Result<ExitCode> {
         anyhow::Ok(())
     })?;
     let after = event_counts(&name)?;
-    let resolver_packets = if watching { resolver_packets(&name)? } else { 0 };
+    // The learning phase has `dns:` whenever hooks are attached, proxy or
+    // not: DNS to the system resolvers passes as such on the wire.
+    let resolver_packets = if state.cgroup.is_some() { resolver_packets(&name)? } else { 0 };
     temporary.stop()?;
 
     let tally = learner.tally;
