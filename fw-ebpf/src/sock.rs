@@ -172,7 +172,13 @@ fn steer_dns(ctx: &SockAddrContext, family: u8, ip_proto: u8, dst: &[u8; 16], dp
     match crate::policy::resolver_index(resolvers, peer) {
         Some(_) if tls => return Some(ALLOW),
         // No proxy (no daemon): the query cannot be learned from, so it
-        // fails (fail closed) rather than reach the resolver unseen.
+        // fails (fail closed) rather than reach the resolver unseen; in
+        // audit mode nothing is refused: it goes to the resolver as asked,
+        // reported (`fw learn` applies its phase before its proxy listens).
+        Some(_) if proxy.port == 0 && active.phase.audit != 0 => {
+            report(ctx, &Verdict::new(Reason::PassAudit, crate::verdict::NO_RULE), family, ip_proto, dst, dport);
+            return Some(ALLOW);
+        }
         Some(_) if proxy.port == 0 => {}
         Some(index) => {
             // SAFETY: the kernel passes a valid, writable bpf_sock_addr.

@@ -1,6 +1,7 @@
 use std::{
     path::{Path, PathBuf},
     process::ExitCode,
+    sync::atomic::Ordering,
     time::Duration,
 };
 
@@ -10,7 +11,11 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::{duration, target::require_root};
 use crate::{
-    daemon::events::reader::EventReader,
+    daemon::dns,
+    daemon::events::{
+        reader::{EventReader, Sink},
+        DecodeError, Event,
+    },
     daemon::learn::{self, Tally},
     instance::paths,
     instance::{self, records::PolicyCopy, StartRequest},
@@ -23,6 +28,13 @@ use crate::{
 /// stays `allow`, which serves: what a peer opens is a flow, and the
 /// replies to it are not events.
 const LEARNING_POLICY: &str = "name: learning\nphases:\n  learning:\n    mode: audit\n";
+/// The same with socket hooks: DNS to the system resolvers goes through
+/// this process's proxy, which forwards it unchanged and reports each
+/// answer, so connections that follow an answer are learned by name. DNS
+/// to other servers passes as a would-drop (audit mode), as does DNS to
+/// the resolvers before the proxy listens.
+const LEARNING_POLICY_DNS: &str =
+    "name: learning\nphases:\n  learning:\n    mode: audit\n    dns: { resolvers: [system] }\n";
 const LEARNING_PHASE: &str = "learning";
 /// Would-drop events per second per destination (address, port, protocol)
 /// and CPU while learning. Audit mode tracks flows, so an event is a new
@@ -37,7 +49,10 @@ const SERVED_SAMPLE: Duration = Duration::from_secs(2);
 /// blocked), records every new outbound flow with the process, container
 /// and destination behind it, then writes a phase that allows exactly
 /// those flows (one rule per program, container and destination, ports
-/// folded into ranges, a comment on who used each and how often). Runs for
+/// folded into ranges, a comment on who used each and how often). With
+/// socket hooks (--cgroup), DNS goes through a proxy that forwards it
+/// unchanged and notes the answers: a destination reached after an answer
+/// is written as the name, with `dns: { resolvers: [system] }`. Runs for
 /// --duration or until Ctrl-C; the temporary instance is removed either way.
 #[derive(Args, Debug)]
 pub struct LearnArgs {
@@ -78,9 +93,10 @@ pub fn learn(args: LearnArgs) -> Result<ExitCode> {
         check_phase_is_new(path, &args.phase)?;
     }
     instance::ifindex(&args.iface)?;
-    let copy = PolicyCopy { policy_text: LEARNING_POLICY.to_string(), env_text: None };
-    let loaded = source::load_phase_text("builtin:learning", None, copy, LEARNING_PHASE)?;
     let cgroup = cgroup::resolve(args.cgroup.as_deref())?;
+    let policy_text = if cgroup.is_some() { LEARNING_POLICY_DNS } else { LEARNING_POLICY };
+    let copy = PolicyCopy { policy_text: policy_text.to_string(), env_text: None };
+    let loaded = source::load_phase_text("builtin:learning", None, copy, LEARNING_PHASE)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let _guard = runtime.enter();
     // Taken over before the instance exists: a Ctrl-C from here on stops
@@ -100,6 +116,27 @@ pub fn learn(args: LearnArgs) -> Result<ExitCode> {
         ephemeral: true,
     })?;
     temporary.started = true;
+    let (answers_tx, answers) = tokio::sync::mpsc::unbounded_channel();
+    let watching = match &state.cgroup {
+        None => {
+            eprintln!(
+                "fw: no socket hooks (--cgroup none): DNS answers cannot be seen, so destinations are learned as \
+                 addresses, not names"
+            );
+            false
+        }
+        Some(_) => match runtime.block_on(dns::watch(&name, answers_tx)) {
+            Ok(_) => true,
+            Err(e) => {
+                eprintln!(
+                    "fw: warning: DNS answers cannot be seen ({e:#}; another proxy on this port? set {}): \
+                     destinations are learned as addresses, not names",
+                    dns::PORT_VAR
+                );
+                false
+            }
+        },
+    };
     let hooks = state
         .cgroup
         .as_deref()
@@ -110,7 +147,7 @@ pub fn learn(args: LearnArgs) -> Result<ExitCode> {
         args.duration.map_or("until Ctrl-C".into(), |d| format!("for {}s or until Ctrl-C", d.as_secs()))
     );
 
-    let mut tally = Tally::default();
+    let mut learner = AnswersFirst { tally: Tally::default(), answers };
     let before = event_counts(&name)?;
     runtime.block_on(async {
         let mut reader = EventReader::open(&name)?;
@@ -124,8 +161,11 @@ pub fn learn(args: LearnArgs) -> Result<ExitCode> {
         let mut sample = tokio::time::interval(SERVED_SAMPLE);
         loop {
             tokio::select! {
-                batch = reader.next_batch(&mut tally) => batch?,
-                _ = sample.tick() => sample_served(&name, &mut tally).await,
+                batch = reader.next_batch(&mut learner) => batch?,
+                _ = sample.tick() => {
+                    learner.take_answers();
+                    sample_served(&name, &mut learner.tally).await
+                }
                 _ = &mut deadline => break,
                 _ = interrupt.recv() => break,
                 _ = terminate.recv() => break,
@@ -133,36 +173,76 @@ pub fn learn(args: LearnArgs) -> Result<ExitCode> {
         }
         // What the kernel submitted up to now, still unread, and what the
         // tables hold now.
-        reader.drain(&mut tally);
-        sample_served(&name, &mut tally).await;
+        reader.drain(&mut learner);
+        learner.take_answers();
+        sample_served(&name, &mut learner.tally).await;
         anyhow::Ok(())
     })?;
     let after = event_counts(&name)?;
+    // The learning phase has `dns:` whenever hooks are attached, proxy or
+    // not: DNS to the system resolvers passes as such on the wire.
+    let resolver_packets = if state.cgroup.is_some() { resolver_packets(&name)? } else { 0 };
     temporary.stop()?;
 
+    let tally = learner.tally;
     let rules = tally.rules();
     let served = tally.served();
+    let queries = if watching { dns::stats().map_or(0, |s| s.queries.load(Ordering::Relaxed)) } else { 0 };
+    // DNS to the system resolvers produced no event, whether it went
+    // through the proxy (the hooked cgroup's) or only by the wire (other
+    // processes, containers): the learned phase allows it with `dns:`,
+    // which name rules need anyway.
+    let (resolvers, left_out) = learn::learned_resolvers(&tally.dns_servers());
+    let resolvers = (queries > 0 || resolver_packets > 0).then_some(resolvers);
+    let named = rules.iter().filter(|r| matches!(r.to, learn::To::Name(_))).count();
     let unseen = Unseen { suppressed: after.0 - before.0, lost: after.1 - before.1, undecodable: tally.undecodable };
     let header = format!(
-        "# Learned by `fw learn --iface {}`: {} destinations in {} rules; {} served protocols.\n\
+        "# Learned by `fw learn --iface {}`: {} destinations in {} rules ({} by DNS name); {} served protocols.\n\
+         # DNS: {} queries through fw's proxy, {} answers seen, {} packets to the system resolvers.\n\
          # Events: {} read, {} over the per-destination budget, {} lost (ring buffer full).\n\
          # Each rule allows exactly what was seen; review before enforcing.\n",
         args.iface,
         tally.destinations(),
         rules.len(),
+        named,
         served.len(),
+        queries,
+        tally.answers_seen,
+        resolver_packets,
         after.2 - before.2,
         unseen.suppressed,
         unseen.lost,
     );
     let text = match &base {
-        None => learn::policy_yaml(&header, &args.phase, &rules, &served),
-        Some((path, base)) => learn::append_phase(base, &header, &args.phase, &rules, &served)
+        None => learn::policy_yaml(&header, &args.phase, &rules, &served, resolvers.as_deref()),
+        Some((path, base)) => learn::append_phase(base, &header, &args.phase, &rules, &served, resolvers.as_deref())
             .map_err(|e| anyhow::anyhow!("cannot add the learned phase to {}: {e}", path.display()))?,
     };
     write_checked(&text, &args.phase, args.output.as_deref(), &name)?;
     for warning in unseen.warnings() {
         eprintln!("fw: warning: {warning}");
+    }
+    if resolvers.is_some() && !left_out.is_empty() {
+        let list: Vec<String> = left_out.iter().map(ToString::to_string).collect();
+        eprintln!(
+            "fw: warning: DNS servers asked directly and left out of `dns.resolvers` (at most 4 IPv4 and 2 IPv6): {}; \
+             DNS to them will be refused",
+            list.join(", ")
+        );
+    }
+    if tally.unusable_names > 0 {
+        eprintln!(
+            "fw: {} answers were for names a rule cannot name exactly (a `*` label, a character the policy language \
+             refuses): what followed them is learned as addresses",
+            tally.unusable_names
+        );
+    }
+    if tally.answers_overflow > 0 {
+        eprintln!(
+            "fw: warning: {} answered addresses were not remembered (too many): connections to them are learned as \
+             addresses",
+            tally.answers_overflow
+        );
     }
     if tally.inbound_overflow > 0 {
         eprintln!(
@@ -177,6 +257,43 @@ pub fn learn(args: LearnArgs) -> Result<ExitCode> {
         args.output.as_ref().map(|p| format!(", written to {}", p.display())).unwrap_or_default()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The tally, fed the proxy's answers before each event (and on each
+/// sample tick, which bounds the queue). An answer is queued before it is
+/// released to the application, so by the time the event of a connection
+/// that followed it is read, the answer is here.
+struct AnswersFirst {
+    tally: Tally,
+    answers: tokio::sync::mpsc::UnboundedReceiver<dns::Answered>,
+}
+
+impl AnswersFirst {
+    fn take_answers(&mut self) {
+        while let Ok(answered) = self.answers.try_recv() {
+            self.tally.record_answer(&answered);
+        }
+    }
+}
+
+impl Sink for AnswersFirst {
+    fn next_seq(&mut self) -> u64 {
+        self.tally.next_seq()
+    }
+
+    fn push(&mut self, event: Event) {
+        self.take_answers();
+        self.tally.push(event);
+    }
+
+    fn push_at(&mut self, event: Event, time_ns: u64) {
+        self.take_answers();
+        self.tally.push_at(event, time_ns);
+    }
+
+    fn undecodable(&mut self, error: DecodeError) {
+        self.tally.undecodable(error);
+    }
 }
 
 /// The policy to add the learned phase to: a regular file under the size
@@ -282,6 +399,20 @@ impl Unseen {
         }
         out
     }
+}
+
+/// Packets to the phase's resolvers the TC program passed as such
+/// (`pass_resolver`: DNS to the system resolvers while watching, the
+/// proxy's and other processes'), which are no events.
+fn resolver_packets(name: &str) -> Result<u64> {
+    use fw_common::{stats::stats_index, Direction, Reason};
+    let maps = crate::kernel::loader::CounterMaps::open(name)?;
+    let mut packets = 0;
+    for slot in [0, 1] {
+        let index = stats_index(slot, Direction::Egress, Reason::PassResolver);
+        packets += crate::kernel::loader::CounterMaps::sum(&maps.stats, index)?.packets;
+    }
+    Ok(packets)
 }
 
 /// (suppressed, lost, emitted) events of instance `name` so far.

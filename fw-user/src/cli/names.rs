@@ -1,7 +1,7 @@
 //! `fw names`: the addresses DNS answers taught the kernel, why each is
 //! allowed (name, rule) and for how long.
 
-use std::{net::IpAddr, process::ExitCode};
+use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
@@ -70,12 +70,9 @@ pub fn report(name: &str) -> Result<NamesReport> {
 
 /// What the kernel maps hold, when no daemon answers.
 fn from_kernel(name: &str) -> Result<NamesReport> {
-    let maps = NameMaps::open(name)?;
     let now = monotonic_ns();
-    let mut found: Vec<(IpAddr, fw_common::names::Learned)> = Vec::new();
-    found.extend(maps.names4.iter().filter_map(|e| e.ok()).map(|(k, v)| (IpAddr::V4(k.into()), v)));
-    found.extend(maps.names6.iter().filter_map(|e| e.ok()).map(|(k, v)| (IpAddr::V6(k.into()), v)));
-    let entries = found
+    let entries = NameMaps::open(name)?
+        .entries()
         .into_iter()
         .filter(|(_, v)| live(v, now))
         .map(|(address, value)| NameEntry {

@@ -13,6 +13,18 @@
 //! protocol), its ports folded into ranges of consecutive ports, so the
 //! phase allows exactly the flows that were seen.
 //!
+//! Names: while learning with socket hooks, the cgroup's DNS goes through
+//! the learning instance's proxy, which reports every answer (question
+//! name, addresses, when it was released). A call to an address that
+//! follows a live answer for it (released before the call, its TTL, at
+//! least the default `min_ttl`, not yet run out) is a call to that name:
+//! its rule is `to: [NAME]`, one rule however many addresses the name
+//! rotated through. A call with no such answer (an address from a cache
+//! older than the learning, a literal, an answer that came after) stays an
+//! address rule. Both times are on the clock of the kernel's event
+//! timestamps (CLOCK_MONOTONIC_COARSE), so the order is exact to the tick;
+//! within one tick an answer counts as before.
+//!
 //! Only what this host opens is egress. What it serves (flows a peer opened:
 //! the inbound entries of the flow tables, sampled while learning) is
 //! written as inbound rules, and a packet event that answers such a flow
@@ -27,8 +39,18 @@ use std::{
 };
 
 use fw_common::Reason;
+use yaml_rust2::{Yaml, YamlEmitter};
 
-use crate::daemon::events::{reader::Sink, DecodeError, Event};
+use crate::{
+    daemon::{
+        dns::Answered,
+        events::{reader::Sink, DecodeError, Event},
+    },
+    policy::{
+        ir::{DEFAULT_MAX_TOTAL, DEFAULT_MIN_TTL},
+        names::is_exact_name,
+    },
+};
 
 /// Who opened a flow: the command name and where it runs.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -61,6 +83,29 @@ impl Who {
 /// A destination: protocol name, address, port (ICMP: `type << 8 | code`).
 type Dest = (String, IpAddr, u16);
 
+/// Where a learned rule goes: a name DNS answered, or an address.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum To {
+    Name(String),
+    Addr(IpAddr),
+}
+
+/// An answer for `name` gave an address: a call to it from `from_ns` until
+/// `until_ns` (event clock) followed that answer.
+#[derive(Debug)]
+struct Answer {
+    from_ns: u64,
+    until_ns: u64,
+    name: String,
+}
+
+/// Answers remembered per address, the latest: a name rotating through
+/// one address and a wildcard flood cannot grow one address's list.
+const ANSWERS_PER_ADDRESS: usize = 4;
+/// Addresses whose answers are remembered (the default of
+/// `dns.max_addresses`); past it, calls to new addresses stay addresses.
+const MAX_ANSWERED: usize = DEFAULT_MAX_TOTAL as usize;
+
 #[derive(Default)]
 struct Calls {
     count: u64,
@@ -82,7 +127,18 @@ const MAX_INBOUND_TUPLES: usize = 500_000;
 #[derive(Default)]
 pub struct Tally {
     next_seq: u64,
-    calls: BTreeMap<Dest, BTreeMap<Who, Calls>>,
+    /// Per destination, per caller and the name it was answered (if any).
+    calls: BTreeMap<Dest, BTreeMap<(Who, Option<String>), Calls>>,
+    /// DNS answers the learning proxy released, per address.
+    answers: BTreeMap<IpAddr, Vec<Answer>>,
+    /// Answers the proxy reported.
+    pub answers_seen: u64,
+    /// Answers for names a rule cannot name exactly (a `*` label, a
+    /// character the policy language refuses): their addresses stay
+    /// addresses.
+    pub unusable_names: u64,
+    /// Answered addresses not remembered because [`MAX_ANSWERED`] were.
+    pub answers_overflow: u64,
     packets: BTreeMap<Dest, Packets>,
     /// Served: (protocol, local port) -> the peers that opened flows to it.
     served: BTreeMap<(String, u16), BTreeSet<IpAddr>>,
@@ -106,15 +162,26 @@ impl Sink for Tally {
         self.record(&event);
     }
 
+    fn push_at(&mut self, event: Event, time_ns: u64) {
+        self.record_at(&event, Some(time_ns));
+    }
+
     fn undecodable(&mut self, _error: DecodeError) {
         self.undecodable += 1;
     }
 }
 
 impl Tally {
-    /// Counts one event; anything but an egress would-drop (or drop by the
-    /// phase default) is not a flow to learn.
+    /// Counts one event with no time to join DNS answers on.
     pub fn record(&mut self, event: &Event) {
+        self.record_at(event, None);
+    }
+
+    /// Counts one event the kernel saw at `time_ns` (event clock); a call
+    /// that follows a live answer for its address is a call to that name.
+    /// Anything but an egress would-drop (or drop by the phase default) is
+    /// not a flow to learn.
+    pub fn record_at(&mut self, event: &Event, time_ns: Option<u64>) {
         let learnable = [Reason::PassAudit, Reason::DropDefault, Reason::DropSocket].map(Reason::as_str);
         if event.direction != "egress"
             || !learnable.contains(&event.reason.as_str())
@@ -125,7 +192,8 @@ impl Tally {
         }
         let dest = (event.proto.clone(), event.dst, event.dst_port);
         if event.source == "socket" {
-            let calls = self.calls.entry(dest).or_default().entry(Who::of(event)).or_default();
+            let name = time_ns.and_then(|t| self.name_at(event.dst, t));
+            let calls = self.calls.entry(dest).or_default().entry((Who::of(event), name)).or_default();
             calls.count += 1;
             calls.pids.extend(event.pid);
         } else {
@@ -133,6 +201,50 @@ impl Tally {
             packets.src_ports.extend(event.src_port);
             packets.who.insert(Who::of(event));
         }
+    }
+
+    /// An answer the learning proxy released: each address is the name's
+    /// for calls from then until its TTL (at least the default `min_ttl`,
+    /// what enforcing the learned rule will allow) runs out.
+    pub fn record_answer(&mut self, answered: &Answered) {
+        self.answers_seen += 1;
+        if !is_exact_name(&answered.name) {
+            self.unusable_names += 1;
+            return;
+        }
+        for &(addr, ttl) in &answered.addrs {
+            if !self.answers.contains_key(&addr) && self.answers.len() >= MAX_ANSWERED {
+                self.answers_overflow += 1;
+                continue;
+            }
+            let until_ns = answered.at_ns.saturating_add(u64::from(ttl.max(DEFAULT_MIN_TTL)) * 1_000_000_000);
+            let list = self.answers.entry(addr).or_default();
+            list.push(Answer { from_ns: answered.at_ns, until_ns, name: answered.name.clone() });
+            if list.len() > ANSWERS_PER_ADDRESS {
+                list.remove(0);
+            }
+        }
+    }
+
+    /// The name of the latest answer for `addr` live at `time_ns`.
+    fn name_at(&self, addr: IpAddr, time_ns: u64) -> Option<String> {
+        self.answers
+            .get(&addr)?
+            .iter()
+            .filter(|a| a.from_ns <= time_ns && time_ns <= a.until_ns)
+            .max_by_key(|a| a.from_ns)
+            .map(|a| a.name.clone())
+    }
+
+    /// DNS servers this host's processes asked directly (UDP or TCP port
+    /// 53, seen as flows): not the ones the learning proxy watched.
+    pub fn dns_servers(&self) -> BTreeSet<IpAddr> {
+        self.calls
+            .keys()
+            .chain(self.opened_packets().map(|(d, _, _)| d))
+            .filter(|(proto, _, port)| *port == fw_common::names::DNS_PORT && (proto == "udp" || proto == "tcp"))
+            .map(|(_, addr, _)| *addr)
+            .collect()
     }
 
     /// A flow a peer opened to this host (`proto` by name), seen in the
@@ -198,15 +310,17 @@ impl Tally {
 
     /// The flows, grouped into rules.
     pub fn rules(&self) -> Vec<LearnedRule> {
-        // (who, proto, address) -> ports, uses, pids
-        type Group = (BTreeSet<u16>, u64, BTreeSet<u32>);
-        let mut groups: BTreeMap<(Who, String, IpAddr), Group> = BTreeMap::new();
+        // (who, proto, name or address) -> ports, uses, pids, addresses
+        type Group = (BTreeSet<u16>, u64, BTreeSet<u32>, BTreeSet<IpAddr>);
+        let mut groups: BTreeMap<(Who, String, To), Group> = BTreeMap::new();
         for (dest, by_who) in &self.calls {
-            for (who, calls) in by_who {
-                let g = groups.entry((who.clone(), dest.0.clone(), dest.1)).or_default();
+            for ((who, name), calls) in by_who {
+                let to = name.clone().map_or(To::Addr(dest.1), To::Name);
+                let g = groups.entry((who.clone(), dest.0.clone(), to)).or_default();
                 g.0.insert(dest.2);
                 g.1 += calls.count;
                 g.2.extend(&calls.pids);
+                g.3.insert(dest.1);
             }
         }
         for (dest, packets, opened) in self.opened_packets() {
@@ -216,14 +330,15 @@ impl Tally {
             // Packets of several cgroups to one destination: the first
             // names the rule, the comment lists them all.
             let who = packets.who.iter().next().cloned().unwrap_or(Who { comm: None, place: None });
-            let g = groups.entry((who, dest.0.clone(), dest.1)).or_default();
+            let g = groups.entry((who, dest.0.clone(), To::Addr(dest.1))).or_default();
             g.0.insert(dest.2);
             g.1 += opened.max(1) as u64;
+            g.3.insert(dest.1);
         }
         let mut used_names = BTreeSet::new();
         groups
             .into_iter()
-            .map(|((who, proto, addr), (ports, uses, pids))| LearnedRule {
+            .map(|((who, proto, to), (ports, uses, pids, addrs))| LearnedRule {
                 name: unique_name(&who, &mut used_names),
                 ports: if is_icmp(&proto) {
                     ports.iter().map(|p| icmp_entry(*p)).collect()
@@ -232,9 +347,10 @@ impl Tally {
                 },
                 who,
                 proto,
-                addr,
+                to,
                 uses,
                 pids: pids.into_iter().collect(),
+                addrs: addrs.into_iter().collect(),
             })
             .collect()
     }
@@ -275,11 +391,13 @@ pub struct LearnedRule {
     pub name: String,
     pub who: Who,
     pub proto: String,
-    pub addr: IpAddr,
+    pub to: To,
     pub ports: Vec<PortEntry>,
     /// Calls (or, seen only as packets, connections) that used it.
     pub uses: u64,
     pub pids: Vec<u32>,
+    /// The addresses it reached (a name's: those it was answered).
+    pub addrs: Vec<IpAddr>,
 }
 
 /// What this host served, per protocol: written as an inbound rule.
@@ -301,11 +419,11 @@ pub enum PortEntry {
 }
 
 impl PortEntry {
-    fn yaml(self) -> String {
+    fn yaml(self) -> Yaml {
         match self {
-            PortEntry::One(p) => p.to_string(),
-            PortEntry::Range(a, b) => format!("\"{a}-{b}\""),
-            PortEntry::Icmp(t, c) => format!("\"{t}/{c}\""),
+            PortEntry::One(p) => Yaml::Integer(p.into()),
+            PortEntry::Range(a, b) => Yaml::String(format!("{a}-{b}")),
+            PortEntry::Icmp(t, c) => Yaml::String(format!("{t}/{c}")),
         }
     }
 }
@@ -347,29 +465,94 @@ fn unique_name(who: &Who, used: &mut BTreeSet<String>) -> String {
     (1..).map(|n| format!("learned-{base}-{n}")).find(|name| used.insert(name.clone())).expect("an unused name")
 }
 
-/// The phase `phase` with `served` as its inbound and `rules` as its
-/// egress, indented by `indent` spaces (the indentation of the phase names
-/// in the file it goes into).
-pub fn phase_yaml(phase: &str, rules: &[LearnedRule], served: &[ServedRule], indent: usize) -> String {
+/// The learned phase's YAML: values are written by the YAML library's
+/// emitter (it quotes what must be quoted: `*.x`, `2001:db8::1`, a `#`);
+/// the layout (one flow mapping per rule, so a rule is one line) and the
+/// comments saying who used each rule are ours, as no emitter writes
+/// comments.
+mod yaml {
+    use super::*;
+
+    /// One scalar as the emitter writes it.
+    pub fn scalar(value: Yaml) -> String {
+        let mut out = String::new();
+        YamlEmitter::new(&mut out).dump(&value).expect("writing to a String cannot fail");
+        // `dump` starts a document; a scalar follows on the next line.
+        out.strip_prefix("---\n").unwrap_or(&out).to_string()
+    }
+
+    pub fn text(value: &str) -> String {
+        scalar(Yaml::String(value.to_string()))
+    }
+
+    /// `[a, b]`
+    pub fn seq(items: impl IntoIterator<Item = Yaml>) -> String {
+        format!("[{}]", items.into_iter().map(scalar).collect::<Vec<_>>().join(", "))
+    }
+
+    /// `{ key: value, ... }`, the values already written.
+    pub fn map(entries: &[(&str, String)]) -> String {
+        let entries: Vec<String> = entries.iter().map(|(k, v)| format!("{}: {v}", text(k))).collect();
+        format!("{{ {} }}", entries.join(", "))
+    }
+}
+
+/// The phase's `dns:` when DNS went through the learning proxy: `system`
+/// (what the proxy watched) and the DNS servers processes asked directly,
+/// within the policy language's limits; the second value lists the servers
+/// left out.
+pub fn learned_resolvers(direct: &BTreeSet<IpAddr>) -> (Vec<String>, Vec<IpAddr>) {
+    use fw_common::names::{MAX_RESOLVERS4, MAX_RESOLVERS6};
+    let mut resolvers = vec!["system".to_string()];
+    let mut left_out = Vec::new();
+    let (mut v4, mut v6) = (0, 0);
+    for addr in direct {
+        let (count, max) = if addr.is_ipv4() { (&mut v4, MAX_RESOLVERS4) } else { (&mut v6, MAX_RESOLVERS6) };
+        if *count < max {
+            *count += 1;
+            resolvers.push(addr.to_string());
+        } else {
+            left_out.push(*addr);
+        }
+    }
+    (resolvers, left_out)
+}
+
+/// The phase `phase` with `served` as its inbound, `rules` as its egress
+/// and, when given, `dns: { resolvers: [...] }` (needed by name rules, and
+/// by any DNS that went through the learning proxy), indented by `indent`
+/// spaces (the indentation of the phase names in the file it goes into).
+pub fn phase_yaml(
+    phase: &str,
+    rules: &[LearnedRule],
+    served: &[ServedRule],
+    resolvers: Option<&[String]>,
+    indent: usize,
+) -> String {
     let pad = " ".repeat(indent);
     let mut out = String::new();
-    let _ = writeln!(out, "{pad}{phase}:");
+    let _ = writeln!(out, "{pad}{}:", yaml::text(phase));
+    if let Some(resolvers) = resolvers {
+        let _ = writeln!(out, "{pad}  # DNS to these resolvers was seen while learning. Local processes' DNS goes");
+        let _ =
+            writeln!(out, "{pad}  # through fw's proxy, which tracks the names in rules; DNS to others is refused.");
+        let list = yaml::seq(resolvers.iter().map(|r| Yaml::String(r.clone())));
+        let _ = writeln!(out, "{pad}  dns: {}", yaml::map(&[("resolvers", list)]));
+    }
     if !served.is_empty() {
         let _ = writeln!(out, "{pad}  # What this host served: peers opened these flows, so their replies pass");
         let _ = writeln!(out, "{pad}  # (the inbound default allows; these rules name them, and keep them");
         let _ = writeln!(out, "{pad}  # served under `inbound_default: drop`).");
         let _ = writeln!(out, "{pad}  inbound:");
         for rule in served {
-            let ports: Vec<String> = rule.ports.iter().map(|p| p.yaml()).collect();
             let peers = if rule.peers == 1 { "1 peer".to_string() } else { format!("{} peers", rule.peers) };
             let _ = writeln!(out, "{pad}    # {peers}");
-            let _ = writeln!(
-                out,
-                "{pad}    - {{ name: {}, proto: {}, ports: [{}] }}",
-                rule.name,
-                rule.proto,
-                ports.join(", ")
-            );
+            let entry = yaml::map(&[
+                ("name", yaml::text(&rule.name)),
+                ("proto", yaml::text(&rule.proto)),
+                ("ports", yaml::seq(rule.ports.iter().map(|p| p.yaml()))),
+            ]);
+            let _ = writeln!(out, "{pad}    - {entry}");
         }
     }
     if rules.is_empty() {
@@ -385,23 +568,45 @@ pub fn phase_yaml(phase: &str, rules: &[LearnedRule], served: &[ServedRule], ind
             many => format!(", pids {}", many.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")),
         };
         let times = if rule.uses == 1 { "1 time".to_string() } else { format!("{} times", rule.uses) };
-        let _ = writeln!(out, "{pad}    # {}: {times}{pids}", rule.who.describe());
-        let ports: Vec<String> = rule.ports.iter().map(|p| p.yaml()).collect();
-        let _ = writeln!(
-            out,
-            "{pad}    - {{ name: {}, to: [\"{}\"], proto: {}, ports: [{}] }}",
-            rule.name,
-            rule.addr,
-            rule.proto,
-            ports.join(", ")
-        );
+        let answered = match &rule.to {
+            To::Name(_) => format!("; answered {}", shown_addresses(&rule.addrs)),
+            To::Addr(_) => String::new(),
+        };
+        let _ = writeln!(out, "{pad}    # {}: {times}{pids}{answered}", rule.who.describe());
+        let to = match &rule.to {
+            To::Name(name) => name.clone(),
+            To::Addr(addr) => addr.to_string(),
+        };
+        let entry = yaml::map(&[
+            ("name", yaml::text(&rule.name)),
+            ("to", yaml::seq([Yaml::String(to)])),
+            ("proto", yaml::text(&rule.proto)),
+            ("ports", yaml::seq(rule.ports.iter().map(|p| p.yaml()))),
+        ]);
+        let _ = writeln!(out, "{pad}    - {entry}");
     }
     out
 }
 
+/// At most 8 addresses, then how many more.
+fn shown_addresses(addrs: &[IpAddr]) -> String {
+    const SHOWN: usize = 8;
+    let mut text = addrs.iter().take(SHOWN).map(IpAddr::to_string).collect::<Vec<_>>().join(", ");
+    if addrs.len() > SHOWN {
+        let _ = write!(text, " and {} more", addrs.len() - SHOWN);
+    }
+    text
+}
+
 /// A whole policy holding the learned phase.
-pub fn policy_yaml(header: &str, phase: &str, rules: &[LearnedRule], served: &[ServedRule]) -> String {
-    format!("{header}name: learned\nphases:\n{}", phase_yaml(phase, rules, served, 2))
+pub fn policy_yaml(
+    header: &str,
+    phase: &str,
+    rules: &[LearnedRule],
+    served: &[ServedRule],
+    resolvers: Option<&[String]>,
+) -> String {
+    format!("{header}name: learned\nphases:\n{}", phase_yaml(phase, rules, served, resolvers, 2))
 }
 
 /// `base` (a policy file's text) with the learned phase added at the end
@@ -413,6 +618,7 @@ pub fn append_phase(
     phase: &str,
     rules: &[LearnedRule],
     served: &[ServedRule],
+    resolvers: Option<&[String]>,
 ) -> Result<String, String> {
     let lines: Vec<&str> = base.lines().collect();
     let start = lines.iter().position(|l| l.trim_end() == "phases:").ok_or("it has no top-level `phases:` line")?;
@@ -429,7 +635,7 @@ pub fn append_phase(
     for line in header.lines() {
         let _ = writeln!(out, "{}{line}", " ".repeat(indent));
     }
-    out.push_str(&phase_yaml(phase, rules, served, indent));
+    out.push_str(&phase_yaml(phase, rules, served, resolvers, indent));
     Ok(out)
 }
 
@@ -502,10 +708,10 @@ mod tests {
         assert_eq!(rules[2].ports, [PortEntry::Range(8080, 8082), PortEntry::One(9000)]);
         assert_eq!(rules[2].uses, 5);
         assert_eq!(rules[2].pids, [812]);
-        let yaml = phase_yaml("learned", &rules, &[], 2);
+        let yaml = phase_yaml("learned", &rules, &[], None, 2);
         assert!(yaml.contains("    # curl (cgroup /app): 5 times, pid 812\n"), "{yaml}");
         assert!(
-            yaml.contains("- { name: learned-curl-1, to: [\"198.18.1.2\"], proto: tcp, ports: [\"8080-8082\", 9000] }"),
+            yaml.contains("- { name: learned-curl-1, to: [198.18.1.2], proto: tcp, ports: [8080-8082, 9000] }"),
             "{yaml}"
         );
     }
@@ -530,8 +736,8 @@ mod tests {
         let rules = tally.rules();
         assert_eq!(rules.len(), 1, "{rules:#?}");
         assert_eq!(
-            (rules[0].addr.to_string(), rules[0].ports.as_slice()),
-            ("198.18.1.2".into(), [PortEntry::One(80)].as_slice())
+            (&rules[0].to, rules[0].ports.as_slice()),
+            (&To::Addr("198.18.1.2".parse().unwrap()), [PortEntry::One(80)].as_slice())
         );
         assert_eq!(tally.destinations(), 1);
         let served = tally.served();
@@ -544,11 +750,9 @@ mod tests {
             (served[1].proto.as_str(), served[1].ports.as_slice(), served[1].peers),
             ("udp", [PortEntry::One(5005)].as_slice(), 1)
         );
-        let yaml = phase_yaml("learned", &rules, &served, 2);
+        let yaml = phase_yaml("learned", &rules, &served, None, 2);
         assert!(
-            yaml.contains(
-                "    inbound:\n      # 1 peer\n      - { name: served-tcp, proto: tcp, ports: [\"8080-8081\"] }"
-            ),
+            yaml.contains("    inbound:\n      # 1 peer\n      - { name: served-tcp, proto: tcp, ports: [8080-8081] }"),
             "{yaml}"
         );
         assert!(!yaml.contains("38392") && !yaml.contains("41000"), "{yaml}");
@@ -557,13 +761,170 @@ mod tests {
     #[test]
     fn the_learned_phase_is_appended_at_the_files_phase_indentation() {
         let base = "name: x\nphases:\n    runtime:\n        egress: []\n";
-        let out = append_phase(base, "# learned\n", "seen", &[], &[]).unwrap();
+        let out = append_phase(base, "# learned\n", "seen", &[], &[], None).unwrap();
         assert!(
             out.ends_with(
                 "\n    # learned\n    seen:\n      # nothing was seen: this phase allows no egress\n      egress: []\n"
             ),
             "{out}"
         );
-        assert!(append_phase("phases:\n  a: {}\nname: x\n", "", "seen", &[], &[]).is_err());
+        assert!(append_phase("phases:\n  a: {}\nname: x\n", "", "seen", &[], &[], None).is_err());
+    }
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn answered(name: &str, addr: &str, ttl: u32, at_ns: u64) -> Answered {
+        Answered { name: name.into(), addrs: vec![(addr.parse().unwrap(), ttl)], at_ns }
+    }
+
+    fn call(dst: &str, port: u16) -> Event {
+        event("socket", Some("curl"), dst, port, None)
+    }
+
+    /// Issue 14: a connection that follows an answer is the name's, however
+    /// many addresses the name rotated through; one with no answer, or
+    /// whose answer came after it or had run out, stays an address.
+    #[test]
+    fn learn_names_join_answers_to_the_connections_that_follow_them() {
+        let mut tally = Tally::default();
+        let t0 = 1_000 * SECOND;
+        // Answer, then connection; the answer rotates to another address.
+        tally.record_answer(&answered("media.example.test", "198.18.7.1", 1, t0));
+        tally.record_at(&call("198.18.7.1", 443), Some(t0 + 1));
+        tally.record_answer(&answered("media.example.test", "198.18.7.2", 1, t0 + 2 * SECOND));
+        tally.record_at(&call("198.18.7.2", 443), Some(t0 + 2 * SECOND));
+        tally.record_at(&call("198.18.7.2", 443), Some(t0 + 3 * SECOND));
+        // A literal address: no answer.
+        tally.record_at(&call("198.18.7.9", 443), Some(t0 + 4 * SECOND));
+        // The connection first, the answer for its address after.
+        tally.record_at(&call("198.18.7.3", 443), Some(t0 + 5 * SECOND));
+        tally.record_answer(&answered("late.example.test", "198.18.7.3", 300, t0 + 6 * SECOND));
+        // An answer whose TTL (at least the default min_ttl) ran out.
+        tally.record_answer(&answered("old.example.test", "198.18.7.4", 1, t0));
+        tally.record_at(&call("198.18.7.4", 443), Some(t0 + u64::from(DEFAULT_MIN_TTL + 1) * SECOND));
+        // No time to join on: an address.
+        tally.record_answer(&answered("untimed.example.test", "198.18.7.5", 300, t0));
+        tally.record(&call("198.18.7.5", 443));
+        // A name no rule can spell exactly: its address stays an address.
+        tally.record_answer(&answered("*.wild.example.test", "198.18.7.6", 300, t0));
+        tally.record_at(&call("198.18.7.6", 443), Some(t0 + SECOND));
+
+        let rules = tally.rules();
+        let to: Vec<&To> = rules.iter().map(|r| &r.to).collect();
+        let addr = |a: &str| To::Addr(a.parse().unwrap());
+        assert_eq!(
+            to,
+            [
+                &To::Name("media.example.test".into()),
+                &addr("198.18.7.3"),
+                &addr("198.18.7.4"),
+                &addr("198.18.7.5"),
+                &addr("198.18.7.6"),
+                &addr("198.18.7.9"),
+            ],
+            "{rules:#?}"
+        );
+        let named = &rules[0];
+        assert_eq!((named.uses, named.ports.as_slice()), (3, [PortEntry::One(443)].as_slice()));
+        assert_eq!(named.addrs, ["198.18.7.1".parse::<IpAddr>().unwrap(), "198.18.7.2".parse().unwrap()]);
+        assert_eq!((tally.answers_seen, tally.unusable_names), (6, 1));
+        let yaml = phase_yaml("learned", &rules, &[], Some(&["system".to_string()]), 2);
+        assert!(yaml.contains("    dns: { resolvers: [system] }\n"), "{yaml}");
+        assert!(yaml.contains("curl (cgroup /app): 3 times, pid 812; answered 198.18.7.1, 198.18.7.2\n"), "{yaml}");
+        assert!(
+            yaml.contains("- { name: learned-curl-1, to: [media.example.test], proto: tcp, ports: [443] }"),
+            "{yaml}"
+        );
+    }
+
+    #[test]
+    fn learned_resolvers_are_system_and_the_servers_asked_directly_within_the_limits() {
+        let direct: BTreeSet<IpAddr> =
+            ["198.18.0.1", "198.18.0.2", "198.18.0.3", "198.18.0.4", "198.18.0.5", "2001:db8::53"]
+                .iter()
+                .map(|a| a.parse().unwrap())
+                .collect();
+        let (resolvers, left_out) = learned_resolvers(&direct);
+        assert_eq!(
+            resolvers,
+            ["system", "198.18.0.1", "198.18.0.2", "198.18.0.3", "198.18.0.4", "2001:db8::53"].map(String::from)
+        );
+        assert_eq!(left_out, ["198.18.0.5".parse::<IpAddr>().unwrap()]);
+        let mut tally = Tally::default();
+        tally.record(&Event { proto: "udp".into(), ..call("198.18.0.53", 53) });
+        tally.record(&call("198.18.0.54", 853));
+        assert_eq!(tally.dns_servers(), BTreeSet::from(["198.18.0.53".parse::<IpAddr>().unwrap()]));
+    }
+
+    /// Issue 13: what the learned phase writes is YAML the policy parser
+    /// reads back as the same values, however they must be quoted.
+    #[test]
+    fn learned_yaml_round_trips_tricky_values_through_the_policy_parser() {
+        use crate::policy::{
+            ir::{Protocols, Resolver},
+            names::NamePattern,
+        };
+        let who = Who { comm: Some("curl".into()), place: Some("cgroup /a: #b".into()) };
+        let rule = |name: &str, to: To, proto: &str, ports: Vec<PortEntry>| LearnedRule {
+            name: name.into(),
+            who: who.clone(),
+            proto: proto.into(),
+            to,
+            ports,
+            uses: 2,
+            pids: vec![1, 2],
+            addrs: vec![],
+        };
+        let rules = [
+            rule(
+                "learned-a:b #c-1",
+                To::Name("*.media.example.test".into()),
+                "tcp",
+                vec![PortEntry::Range(8080, 8082), PortEntry::One(9000)],
+            ),
+            rule("- yes", To::Addr("2001:db8::7".parse().unwrap()), "udp", vec![PortEntry::One(53)]),
+            rule("[x], {y}", To::Addr("198.18.0.1".parse().unwrap()), "icmp", vec![PortEntry::Icmp(8, 0)]),
+            rule("'q\"", To::Name("**.example.test".into()), "tcp", vec![PortEntry::Range(1, 65535)]),
+        ];
+        let served = [ServedRule {
+            name: "served: #1".into(),
+            proto: "udp".into(),
+            ports: vec![PortEntry::Range(40000, 40010)],
+            peers: 3,
+        }];
+        let resolvers = ["system".to_string(), "2001:db8::53".to_string()];
+        let text = policy_yaml("# learned\n", "learned", &rules, &served, Some(&resolvers));
+        let no_dns = |_: &str| -> Result<Vec<IpAddr>, String> { Err("no resolving in a unit test".into()) };
+        let loaded = crate::policy::parse_str_with_resolver(
+            &text,
+            "learned.yaml",
+            &crate::policy::vars::Vars::default(),
+            &no_dns,
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let policy = loaded.policy;
+        let phase = policy.phase("learned").expect("the phase");
+        assert_eq!(
+            phase.dns.as_ref().map(|d| d.resolvers.clone()),
+            Some(vec![Resolver::System, Resolver::Addr("2001:db8::53".parse().unwrap())])
+        );
+        let names: Vec<&str> = policy.rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["served: #1", "learned-a:b #c-1", "- yes", "[x], {y}", "'q\""], "{text}");
+        let ports = |r: &crate::policy::ir::Rule| match &r.protocols {
+            Protocols::Only(p) => {
+                p.iter().map(|p| (p.proto, p.ports.iter().map(|r| (r.first, r.last)).collect())).collect()
+            }
+            Protocols::Any => Vec::<(u8, Vec<(u16, u16)>)>::new(),
+        };
+        assert_eq!(ports(&policy.rules[0]), [(17, vec![(40000, 40010)])]);
+        assert_eq!(policy.rules[1].names, [NamePattern::OneLabel("media.example.test".into())]);
+        assert_eq!(ports(&policy.rules[1]), [(6, vec![(8080, 8082), (9000, 9000)])]);
+        assert_eq!(policy.rules[2].peers, ["2001:db8::7/128".parse::<ipnet::IpNet>().unwrap()]);
+        assert_eq!(ports(&policy.rules[2]), [(17, vec![(53, 53)])]);
+        assert_eq!(policy.rules[3].peers, ["198.18.0.1/32".parse::<ipnet::IpNet>().unwrap()]);
+        assert_eq!(ports(&policy.rules[3]), [(1, vec![(8 << 8, 8 << 8)])]);
+        assert_eq!(policy.rules[4].names, [NamePattern::OneOrMore("example.test".into())]);
+        // The comments stay, on their own lines.
+        assert!(text.contains("    # curl (cgroup /a: #b): 2 times, pids 1, 2\n"), "{text}");
     }
 }

@@ -231,6 +231,16 @@ impl NameMaps {
             proxy: Array::try_from(Map::Array(open_pinned(instance, maps::DNS_PROXY)?))?,
         })
     }
+
+    /// Every learned address of both maps with what the kernel holds for
+    /// it (live or expired but not yet swept); entries that cannot be read
+    /// (removed while iterating) are skipped.
+    pub fn entries(&self) -> Vec<(std::net::IpAddr, Learned)> {
+        use std::net::IpAddr;
+        let v4 = self.names4.iter().filter_map(|e| e.ok()).map(|(k, v)| (IpAddr::V4(k.into()), v));
+        let v6 = self.names6.iter().filter_map(|e| e.ok()).map(|(k, v)| (IpAddr::V6(k.into()), v));
+        v4.chain(v6).collect()
+    }
 }
 
 impl CounterMaps {

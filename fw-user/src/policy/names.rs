@@ -90,6 +90,15 @@ impl NamePattern {
     }
 }
 
+/// Whether `name`, written in a `to:` list, means exactly that name: not
+/// an address or a number, not a wildcard, and a host name the policy
+/// language accepts (`fw learn` writes only such names as name rules).
+pub fn is_exact_name(name: &str) -> bool {
+    use super::address::{parse_peer, Peer};
+    matches!(NamePattern::parse(name), Ok(NamePattern::Exact(n)) if n == name)
+        && matches!(parse_peer(name), Ok(Peer::Host(h)) if h == name)
+}
+
 /// The labels of `name` in front of `.suffix`, if `name` ends with it and
 /// has at least one (non-empty) label more: never the apex.
 fn leading_labels<'a>(name: &'a str, suffix: &str) -> Option<&'a str> {
@@ -167,6 +176,25 @@ mod tests {
         assert!(acme.matches(&normalize("Acme-V02.Api.Letsencrypt.Org")));
         assert!(!acme.matches("api.letsencrypt.org"));
         assert!(!acme.matches("x.acme-v02.api.letsencrypt.org"));
+    }
+
+    #[test]
+    fn exact_names_are_what_learn_may_write_as_names() {
+        for name in ["media.example.test", "localhost", "a-1.b2.test"] {
+            assert!(is_exact_name(name), "{name}");
+        }
+        for text in [
+            "*.example.test",
+            "**.example.test",
+            "198.18.0.1",
+            "2001:db8::1",
+            "1.2.3",
+            "Upper.test",
+            "a..b",
+            "_sip.test",
+        ] {
+            assert!(!is_exact_name(text), "{text}");
+        }
     }
 
     #[test]

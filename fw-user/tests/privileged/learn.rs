@@ -8,18 +8,24 @@
 use std::{
     fs,
     io::{Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
     path::Path,
+    process::Stdio,
     time::{Duration, Instant},
 };
 
-use crate::harness::{
-    self,
-    fw::{fw, Learning},
-    netns::VethPair,
-    stream::{tcp_connect_from, Download, End, TcpSource},
-    traffic::{in_netns, tcp_echo, udp_echo, Echo, Outcome, PASS_TIMEOUT},
-    TempDir,
+use crate::{
+    harness::{
+        self,
+        cgroup::TestCgroup,
+        fw::{fw, Fw, Launch, Learning, FW},
+        netns::VethPair,
+        poll,
+        stream::{tcp_connect_from, Download, End, TcpSource},
+        traffic::{in_netns, tcp_echo, udp_echo, Echo, Outcome, PASS_TIMEOUT},
+        TempDir,
+    },
+    names::{resolve_a, Dnsmasq, Servers},
 };
 
 /// The far side's destinations this host opens (besides the download).
@@ -137,8 +143,8 @@ fn finding5_learn_under_load_learns_only_what_this_host_opens() {
 
     // What this host opened, and only that, is egress.
     let egress = &text[text.find("egress:").expect("an egress section")..];
-    let mut expected: Vec<String> = vec![format!("proto: tcp, ports: [{MIRROR}, \"{}-{}\"]", FAR_TCP[0], FAR_TCP[2])];
-    expected.push(format!("proto: udp, ports: [\"{}-{}\", {CHATTY}, {RARE}]", FAR_UDP[0], FAR_UDP[3]));
+    let mut expected: Vec<String> = vec![format!("proto: tcp, ports: [{MIRROR}, {}-{}]", FAR_TCP[0], FAR_TCP[2])];
+    expected.push(format!("proto: udp, ports: [{}-{}, {CHATTY}, {RARE}]", FAR_UDP[0], FAR_UDP[3]));
     for e in &expected {
         assert!(egress.contains(e), "missing `{e}` in the egress:\n{egress}");
     }
@@ -171,4 +177,269 @@ fn header_number(text: &str, before: &str, after: &str) -> u64 {
     let rest = &text[start..];
     let end = rest.find(after).unwrap_or_else(|| panic!("no `{after}` after `{before}` in:\n{text}"));
     rest[..end].trim().parse().unwrap_or_else(|e| panic!("`{}`: {e}", &rest[..end]))
+}
+
+/// The far servers of the names test: every 198.19.230.x address is far's.
+const NAMED_PORT: u16 = 8443;
+const NAME: &str = "media.learn.test";
+/// The two addresses the name's answer rotates between, and a literal.
+const ROTATION: [&str; 2] = ["198.19.230.1", "198.19.230.2"];
+const LITERAL: &str = "198.19.230.9";
+/// An address nothing in the learning reached.
+const UNSEEN: &str = "198.19.230.50";
+
+/// Resolves each `NAME` (IPv4, through glibc and the bind-mounted
+/// resolv.conf) and connects to it on PORT, or connects to a literal
+/// address; prints one line per argument: `ARG ADDR ok|ERRNO`.
+const RESOLVE_CONNECT: &str = r#"
+import errno, socket, sys
+port = int(sys.argv[1])
+for arg in sys.argv[2:]:
+    try:
+        addr = socket.getaddrinfo(arg, port, socket.AF_INET, socket.SOCK_STREAM)[0][4]
+    except OSError as e:
+        print(arg, "-", "resolve:" + str(e), flush=True)
+        continue
+    s = socket.socket()
+    s.settimeout(2)
+    try:
+        s.connect(addr)
+        result = "ok"
+    except OSError as e:
+        result = errno.errorcode.get(e.errno, "timeout") if e.errno else "timeout"
+    s.close()
+    print(arg, addr[0], result, flush=True)
+"#;
+
+/// A command prefix that runs its last arguments in a private mount
+/// namespace where /etc/resolv.conf is `resolv_conf` (a bind mount that
+/// dies with the process: the host's file is never touched), so that fw's
+/// `system` resolvers are the lab's dnsmasq.
+fn with_resolv_conf(resolv_conf: &Path) -> Vec<String> {
+    [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "mount --bind \"$1\" /etc/resolv.conf && shift && exec \"$@\"",
+        "sh",
+    ]
+    .map(String::from)
+    .into_iter()
+    .chain([resolv_conf.display().to_string()])
+    .collect()
+}
+
+/// `fw learn` on `pair`'s near side with its socket hooks on `cgroup`,
+/// seeing `resolv_conf`'s nameserver as the system resolver, with `env`
+/// set for it alone; started once its log says it learns.
+fn learn_with_resolv_conf(
+    pair: &VethPair,
+    cgroup: &TestCgroup,
+    resolv_conf: &Path,
+    output: &Path,
+    log: std::path::PathBuf,
+    env: &[(&str, String)],
+) -> Learning {
+    let name = harness::unique_name();
+    let cg = cgroup.path.display().to_string();
+    let mut cmd = pair.near.command("unshare");
+    cmd.args(&with_resolv_conf(resolv_conf)[1..])
+        .arg(FW)
+        .args(["learn", "--iface", &pair.near_if, "--name", &name, "--cgroup", &cg, "--duration", "3m", "-o"])
+        .arg(output)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).expect("learn log"));
+    let learning = Learning { child: cmd.spawn().expect("starting fw learn"), name, log };
+    let started = poll(Duration::from_secs(30), || learning.log_text().contains("fw: learning"));
+    assert!(started, "fw learn did not start:\n{}", learning.log_text());
+    learning
+}
+
+/// Issue 14: with socket hooks on a cgroup, `fw learn` sees the DNS
+/// answers its processes get and writes what they connected to after an
+/// answer as one rule for the name (the answer rotated between two
+/// addresses), a literal address as an address rule, and `dns:` for the
+/// resolvers; the learned policy, enforced, lets the same process resolve
+/// and connect again, and refuses what was never seen.
+#[test]
+fn learn_names_follow_dns_answers_into_name_rules() {
+    harness::setup();
+    let pair = VethPair::new(100);
+    pair.far.ip(&["route", "add", "local", "198.19.0.0/16", "dev", "lo"]);
+    pair.near.ip(&["route", "add", "198.19.0.0/16", "via", &pair.far4.to_string()]);
+    let hosts = |i: usize| format!("{} {NAME}\n", ROTATION[i % 2]);
+    let dnsmasq = Dnsmasq::start(&pair, &hosts(0), &[]);
+    let _servers = Servers::start(&pair.far, &[NAMED_PORT]);
+    let cgroup = TestCgroup::new();
+    let dir = TempDir::new();
+    let resolv_conf = dir.write("resolv.conf", &format!("nameserver {}\noptions timeout:2 attempts:2\n", pair.far4));
+    let learned = dir.path().join("learned.yaml");
+    let server = SocketAddr::new(pair.far4.into(), 53);
+    let client = |args: &[&str]| -> Vec<(String, String, String)> {
+        let mut all = vec![NAMED_PORT.to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        cgroup
+            .python_output(&pair.near, &resolv_conf, RESOLVE_CONNECT, &all)
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.splitn(3, ' ').collect();
+                (f[0].to_string(), f[1].to_string(), f[2].to_string())
+            })
+            .collect()
+    };
+    // The answer now is `ROTATION[i % 2]` (dnsmasq re-read its hosts file).
+    let rotate = |i: usize| {
+        dnsmasq.rewrite(&hosts(i));
+        let want: Ipv4Addr = ROTATION[i % 2].parse().unwrap();
+        let now = poll(Duration::from_secs(10), || in_netns(&pair.near, || resolve_a(server, NAME)) == [want]);
+        assert!(now, "dnsmasq did not answer {want} for {NAME}");
+    };
+
+    // `fw learn` with its socket hooks on the cgroup, seeing the lab's
+    // dnsmasq as the system resolver.
+    let cg = cgroup.path.display().to_string();
+    let mut learning =
+        learn_with_resolv_conf(&pair, &cgroup, &resolv_conf, &learned, dir.path().join("learn.log"), &[]);
+
+    for i in 0..4 {
+        rotate(i);
+        let results = client(&[NAME, LITERAL]);
+        let got: Vec<(&str, &str)> = results.iter().map(|r| (r.1.as_str(), r.2.as_str())).collect();
+        assert_eq!(got, [(ROTATION[i % 2], "ok"), (LITERAL, "ok")], "iteration {i}: learning blocks nothing");
+    }
+    learning.interrupt();
+    let text = fs::read_to_string(&learned).expect("the learned policy");
+    println!("learned policy:\n{text}\nfw learn said:\n{}", learning.log_text());
+
+    let rules: Vec<&str> = text.lines().filter(|l| l.trim_start().starts_with("- {")).collect();
+    let to = |target: &str| -> Vec<&str> {
+        rules.iter().copied().filter(|l| l.contains(&format!("to: [{target}]"))).collect()
+    };
+    let named = to(NAME);
+    assert_eq!(named.len(), 1, "one rule for the name, whatever its addresses:\n{text}");
+    assert!(named[0].contains(&format!("proto: tcp, ports: [{NAMED_PORT}] }}")), "{text}");
+    let literal = to(LITERAL);
+    assert_eq!(literal.len(), 1, "the literal address stays an address rule:\n{text}");
+    assert!(literal[0].contains(&format!("proto: tcp, ports: [{NAMED_PORT}] }}")), "{text}");
+    for addr in ROTATION {
+        assert!(to(addr).is_empty(), "the name's addresses are not rules of their own:\n{text}");
+        assert!(text.contains(addr), "the comment lists the addresses answered:\n{text}");
+    }
+    assert!(text.contains("    dns: { resolvers: [system] }\n"), "{text}");
+    let check = fw(&pair.near, &["check", learned.to_str().unwrap(), "--phase", "learned"]);
+    assert!(check.status.success(), "fw check must accept the learned policy: {check:#?}");
+
+    // Enforced, with the same resolver as the system's: the process
+    // resolves and connects again, to either address the name rotates
+    // through; what learning never saw is refused.
+    let wrapper = with_resolv_conf(&resolv_conf);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let extra: Vec<&std::ffi::OsStr> = vec!["--cgroup".as_ref(), cg.as_ref()];
+    let enforced = Fw::start_launch(
+        &pair.near,
+        &pair.near_if,
+        &learned,
+        "learned",
+        Launch { extra: &extra, wrapper: &wrapper, ..Launch::default() },
+    );
+    assert!(enforced.log_has_within("DNS proxy listening", Duration::from_secs(10)), "{}", enforced.log_text());
+    for i in 4..6 {
+        rotate(i);
+        let results = client(&[NAME, LITERAL, UNSEEN]);
+        let got: Vec<(&str, &str)> = results.iter().map(|r| (r.1.as_str(), r.2.as_str())).collect();
+        assert_eq!(
+            got,
+            [(ROTATION[i % 2], "ok"), (LITERAL, "ok"), (UNSEEN, "EPERM")],
+            "enforcing the learned policy:\n{}",
+            enforced.log_text()
+        );
+    }
+}
+
+/// Learning blocks nothing, not even while its DNS proxy cannot listen:
+/// the learning phase steers the cgroup's DNS to the proxy, and with no
+/// proxy registered the hook refused it (enforce mode's fail-closed) in
+/// audit mode too. Here the proxy's port is taken for the whole run (as in
+/// the moment before it listens): `fw learn` says names cannot be seen,
+/// the process still resolves and connects, and what it reached is learned
+/// as addresses, its DNS as a rule to the resolver; the DNS to the system
+/// resolver it saw on the wire still gives the learned phase `dns:`.
+#[test]
+fn learn_blocks_no_dns_while_its_proxy_cannot_listen() {
+    harness::setup();
+    let pair = VethPair::new(101);
+    pair.far.ip(&["route", "add", "local", "198.19.0.0/16", "dev", "lo"]);
+    pair.near.ip(&["route", "add", "198.19.0.0/16", "via", &pair.far4.to_string()]);
+    let dnsmasq = Dnsmasq::start(&pair, &format!("{} {NAME}\n", ROTATION[0]), &[]);
+    let _servers = Servers::start(&pair.far, &[NAMED_PORT]);
+    let cgroup = TestCgroup::new();
+    let dir = TempDir::new();
+    let resolv_conf = dir.write("resolv.conf", &format!("nameserver {}\noptions timeout:2 attempts:2\n", pair.far4));
+    let learned = dir.path().join("learned.yaml");
+    // Taken in near's namespace: the proxy cannot bind its first port.
+    const TAKEN: u16 = 25353;
+    let _taken = in_netns(&pair.near, || UdpSocket::bind((Ipv4Addr::LOCALHOST, TAKEN))).expect("taking the port");
+
+    let env = [("FW_DNS_PROXY_PORT", TAKEN.to_string())];
+    let mut learning =
+        learn_with_resolv_conf(&pair, &cgroup, &resolv_conf, &learned, dir.path().join("learn.log"), &env);
+    assert!(learning.log_text().contains("DNS answers cannot be seen"), "{}", learning.log_text());
+
+    let out =
+        cgroup.python_output(&pair.near, &resolv_conf, RESOLVE_CONNECT, &[NAMED_PORT.to_string(), NAME.to_string()]);
+    assert_eq!(out.trim(), format!("{NAME} {} ok", ROTATION[0]), "learning blocks nothing");
+    learning.interrupt();
+    let text = fs::read_to_string(&learned).expect("the learned policy");
+    println!("learned policy:\n{text}\nfw learn said:\n{}", learning.log_text());
+    assert!(text.contains("# DNS: 0 queries through fw's proxy, 0 answers seen"), "{text}");
+    // The query the hook let through unproxied was an event: its server is
+    // named as a resolver too (here the system's own, which is redundant).
+    assert!(text.contains(&format!("    dns: {{ resolvers: [system, {}] }}\n", pair.far4)), "{text}");
+    assert!(text.contains(&format!("to: [{}], proto: tcp, ports: [{NAMED_PORT}] }}", ROTATION[0])), "{text}");
+    assert!(text.contains(&format!("to: [{}], proto: udp, ports: [53] }}", pair.far4)), "{text}");
+    drop(dnsmasq);
+}
+
+/// DNS that only the wire carries (a process outside the hooked cgroup
+/// asking the system resolver) is no event while learning watches DNS (it
+/// passes as `pass_resolver`): the learned phase must still allow it.
+#[test]
+fn learn_keeps_dns_that_only_the_wire_carried() {
+    harness::setup();
+    let pair = VethPair::new(102);
+    let _dnsmasq = Dnsmasq::start(&pair, &format!("{} {NAME}\n", ROTATION[0]), &[]);
+    let cgroup = TestCgroup::new();
+    let dir = TempDir::new();
+    let resolv_conf = dir.write("resolv.conf", &format!("nameserver {}\n", pair.far4));
+    let learned = dir.path().join("learned.yaml");
+    let server = SocketAddr::new(pair.far4.into(), 53);
+    let want = [ROTATION[0].parse::<Ipv4Addr>().unwrap()];
+
+    let mut learning =
+        learn_with_resolv_conf(&pair, &cgroup, &resolv_conf, &learned, dir.path().join("learn.log"), &[]);
+    // The test itself, outside the cgroup, asks the resolver.
+    assert_eq!(in_netns(&pair.near, || resolve_a(server, NAME)), want, "learning blocks nothing");
+    learning.interrupt();
+    let text = fs::read_to_string(&learned).expect("the learned policy");
+    println!("learned policy:\n{text}\nfw learn said:\n{}", learning.log_text());
+    assert!(text.contains("    dns: { resolvers: [system] }\n"), "{text}");
+
+    let wrapper = with_resolv_conf(&resolv_conf);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let cg = cgroup.path.display().to_string();
+    let extra: Vec<&std::ffi::OsStr> = vec!["--cgroup".as_ref(), cg.as_ref()];
+    let enforced = Fw::start_launch(
+        &pair.near,
+        &pair.near_if,
+        &learned,
+        "learned",
+        Launch { extra: &extra, wrapper: &wrapper, ..Launch::default() },
+    );
+    let answered = poll(Duration::from_secs(5), || in_netns(&pair.near, || resolve_a(server, NAME)) == want);
+    assert!(answered, "the learned policy must let this DNS through:\n{}", enforced.log_text());
 }

@@ -26,6 +26,11 @@
 //! [`SWEEP_EVERY`] old), and while no daemon runs nothing new is learned
 //! (names fail closed).
 //!
+//! `fw learn` runs the same proxy in watch mode ([`watch`]): no name rule,
+//! nothing written to the learned maps; each answer is reported
+//! ([`Answered`]) before it is released, so that connections following it
+//! are learned as the name.
+//!
 //! The daemon's own sockets are not redirected (the hooks compare the
 //! process id in `FW_DNS_PROXY`), so its upstream queries reach the
 //! resolvers; the TC program lets UDP/TCP 53 to the phase's resolvers out
@@ -111,6 +116,22 @@ impl Default for Stats {
         }
     }
 }
+
+/// An answer the proxy released while `fw learn` watches: the question's
+/// name (normalized; addresses reached through a CNAME chain count for it),
+/// the addresses with their TTL, and when it was released on
+/// CLOCK_MONOTONIC_COARSE, the clock of the kernel's event timestamps
+/// (`bpf_ktime_get_coarse_ns`), read before the answer goes out: a
+/// connection that follows the answer carries a time at least this.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answered {
+    pub name: String,
+    pub addrs: Vec<(IpAddr, u32)>,
+    pub at_ns: u64,
+}
+
+/// Where a watching proxy reports its answers.
+pub type AnswerSink = tokio::sync::mpsc::UnboundedSender<Answered>;
 
 /// The proxy of this process, once it listens (for `fw names`, metrics).
 static PROXY: OnceLock<Arc<Proxy>> = OnceLock::new();
@@ -237,6 +258,9 @@ struct Proxy {
     unsaved: std::sync::atomic::AtomicBool,
     log: SharedLog,
     stats: Stats,
+    /// `fw learn`: answers are reported here and nothing is learned into
+    /// the kernel (the learning phase has no name rule to learn for).
+    watcher: Option<AnswerSink>,
 }
 
 /// Runs the proxy until the daemon exits; errors are logged (without a
@@ -248,6 +272,48 @@ pub async fn serve(name: String, log: SharedLog) {
 }
 
 async fn run(name: &str, log: SharedLog) -> Result<()> {
+    let proxy = listen(name, log).await?;
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        sweep.tick().await;
+        let p = proxy.clone();
+        let removed = tokio::task::spawn_blocking(move || p.sweep()).await?;
+        if removed > 0 {
+            let s = &proxy.stats;
+            println!(
+                "fw: {name}: DNS: {removed} expired addresses removed; {} queries, {} answers, {} refused, {} addresses learned, {} learn failures, {} upstream failures",
+                s.queries.load(Ordering::Relaxed),
+                s.answers.load(Ordering::Relaxed),
+                s.refused.load(Ordering::Relaxed),
+                s.learned.load(Ordering::Relaxed),
+                s.learn_failed.load(Ordering::Relaxed),
+                s.upstream_failed.load(Ordering::Relaxed),
+            );
+        }
+    }
+}
+
+/// The proxy for `fw learn`'s instance `name`: forwards every query of
+/// the hooked cgroup to the resolver it was sent to, answers unchanged,
+/// and reports each answer to `answers` before releasing it. Returns the
+/// addresses it listens on once the hooks send queries to it. Prints
+/// nothing (`fw learn` may write its policy to stdout).
+pub async fn watch(name: &str, answers: AnswerSink) -> Result<Vec<SocketAddr>> {
+    let (_, bound) = start(name, crate::daemon::events::EventLog::shared(), Some(answers)).await?;
+    Ok(bound)
+}
+
+/// [`start`] for `fw run`, saying where it listens.
+async fn listen(name: &str, log: SharedLog) -> Result<Arc<Proxy>> {
+    let (proxy, bound) = start(name, log, None).await?;
+    let list: Vec<String> = bound.iter().map(ToString::to_string).collect();
+    println!("fw: {name}: DNS proxy listening on {}", list.join(" "));
+    Ok(proxy)
+}
+
+/// Binds the proxy's sockets, serves them, and registers it in
+/// `FW_DNS_PROXY` (only then do the hooks send queries to it).
+async fn start(name: &str, log: SharedLog, watcher: Option<AnswerSink>) -> Result<(Arc<Proxy>, Vec<SocketAddr>)> {
     let base = match std::env::var(PORT_VAR) {
         Ok(text) => text
             .trim()
@@ -272,8 +338,9 @@ async fn run(name: &str, log: SharedLog) -> Result<()> {
         unsaved: false.into(),
         log,
         stats: Stats::default(),
+        watcher,
     });
-    let adopted = proxy.adopt();
+    let adopted = if proxy.watcher.is_some() { 0 } else { proxy.adopt() };
     if adopted > 0 {
         println!("fw: {name}: DNS: {adopted} addresses learned before this start stay allowed until their TTL");
     }
@@ -300,26 +367,7 @@ async fn run(name: &str, log: SharedLog) -> Result<()> {
     // Only now may the hooks send queries here.
     let registration = DnsProxy { tgid: std::process::id(), port: base, _pad: [0; 2] };
     lock(&proxy.names).proxy.set(0, registration, 0).context("writing FW_DNS_PROXY")?;
-    let list: Vec<String> = bound.iter().map(ToString::to_string).collect();
-    println!("fw: {name}: DNS proxy listening on {}", list.join(" "));
-    let mut sweep = tokio::time::interval(SWEEP_EVERY);
-    loop {
-        sweep.tick().await;
-        let p = proxy.clone();
-        let removed = tokio::task::spawn_blocking(move || p.sweep()).await?;
-        if removed > 0 {
-            let s = &proxy.stats;
-            println!(
-                "fw: {name}: DNS: {removed} expired addresses removed; {} queries, {} answers, {} refused, {} addresses learned, {} learn failures, {} upstream failures",
-                s.queries.load(Ordering::Relaxed),
-                s.answers.load(Ordering::Relaxed),
-                s.refused.load(Ordering::Relaxed),
-                s.learned.load(Ordering::Relaxed),
-                s.learn_failed.load(Ordering::Relaxed),
-                s.upstream_failed.load(Ordering::Relaxed),
-            );
-        }
-    }
+    Ok((proxy, bound))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -443,6 +491,12 @@ impl Proxy {
             }
         };
         let held = Instant::now();
+        if let (Some(q), Some(watcher)) = (&question, &self.watcher) {
+            if let Some(addrs) = answer::addresses(&reply, q.id, &q.name).filter(|a| !a.is_empty()) {
+                // Read before the answer goes out (see `Answered`).
+                let _ = watcher.send(Answered { name: q.name.clone(), addrs, at_ns: monotonic_coarse_ns() });
+            }
+        }
         if let (Some(q), Some(rules)) = (&question, &view.rules) {
             if !rule_ids.is_empty() {
                 if let Some(addrs) = answer::addresses(&reply, q.id, &q.name) {
@@ -475,7 +529,13 @@ impl Proxy {
             let maps = lock(&self.policy);
             apply::resolver_addrs(&maps.resolvers.get(&(generation & 1), 0).context("reading FW_RESOLVERS")?)
         };
-        let (rules, settled) = match self.name_rules(generation) {
+        let found = if self.watcher.is_some() {
+            // Watching (`fw learn`): no name rule, nothing to learn.
+            Ok((None, true))
+        } else {
+            self.name_rules(generation)
+        };
+        let (rules, settled) = match found {
             Ok(found) => found,
             Err(e) => {
                 eprintln!("fw: {}: DNS proxy: names are not learned: {e:#}", self.name);
@@ -616,12 +676,7 @@ impl Proxy {
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default();
-        let mut found: Vec<(IpAddr, Learned)> = Vec::new();
-        {
-            let maps = lock(&self.names);
-            found.extend(maps.names4.iter().filter_map(|e| e.ok()).map(|(k, v)| (IpAddr::V4(k.into()), v)));
-            found.extend(maps.names6.iter().filter_map(|e| e.ok()).map(|(k, v)| (IpAddr::V6(k.into()), v)));
-        }
+        let found = lock(&self.names).entries();
         let now = monotonic_ns();
         let mut ledger = lock(&self.ledger);
         let mut count = 0;
@@ -644,6 +699,16 @@ impl Proxy {
             .with_context(|| format!("renaming {} to {}", staged.display(), path.display()))?;
         Ok(())
     }
+}
+
+/// CLOCK_MONOTONIC_COARSE in nanoseconds: what `bpf_ktime_get_coarse_ns`
+/// reads (the time of the last tick), so that it orders against the
+/// kernel's event timestamps without a tick of slack.
+pub fn monotonic_coarse_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_coarse_ns`

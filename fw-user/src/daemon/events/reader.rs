@@ -20,6 +20,12 @@ pub trait Sink {
     /// The sequence number the next event gets.
     fn next_seq(&mut self) -> u64;
     fn push(&mut self, event: Event);
+    /// [`Sink::push`] with the kernel's timestamp of the event
+    /// (`bpf_ktime_get_coarse_ns`), for a sink that orders events against
+    /// something else seen on that clock (`fw learn`: DNS answers).
+    fn push_at(&mut self, event: Event, _time_ns: u64) {
+        self.push(event);
+    }
     fn undecodable(&mut self, error: DecodeError);
 }
 
@@ -84,7 +90,7 @@ impl EventReader {
                     let seq = sink.next_seq();
                     let time = clock.wall(raw.time_ns);
                     let cx = Context { seq, time, rules: &self.rules, resolver: &mut self.resolver };
-                    sink.push(Event::new(&raw, cx));
+                    sink.push_at(Event::new(&raw, cx), raw.time_ns);
                 }
                 Err(e) => sink.undecodable(e),
             }
