@@ -38,17 +38,21 @@ use std::{
     net::IpAddr,
 };
 
-use fw_common::Reason;
+use fw_common::{
+    policy::proto::{ICMP, ICMPV6},
+    Direction, Reason,
+};
 use yaml_rust2::{Yaml, YamlEmitter};
 
 use crate::{
     daemon::{
         dns::Answered,
-        events::{reader::Sink, DecodeError, Event},
+        events::{reader::Sink, DecodeError, Event, EventReason, EventSource},
     },
     policy::{
         ir::{DEFAULT_MAX_TOTAL, DEFAULT_MIN_TTL},
         names::is_exact_name,
+        protocols::protocol_name,
     },
 };
 
@@ -182,16 +186,17 @@ impl Tally {
     /// Anything but an egress would-drop (or drop by the phase default) is
     /// not a flow to learn.
     pub fn record_at(&mut self, event: &Event, time_ns: Option<u64>) {
-        let learnable = [Reason::PassAudit, Reason::DropDefault, Reason::DropSocket].map(Reason::as_str);
-        if event.direction != "egress"
-            || !learnable.contains(&event.reason.as_str())
+        let learnable = [Reason::PassAudit, Reason::DropDefault, Reason::DropSocket].map(EventReason::Kernel);
+        if event.direction != Direction::Egress
+            || !learnable.contains(&event.reason)
             || is_icmp_error(event)
             || is_echo_reply(event)
         {
             return;
         }
-        let dest = (event.proto.clone(), event.dst, event.dst_port);
-        if event.source == "socket" {
+        // Keyed by the protocol's policy-language name: what the rule says.
+        let dest = (protocol_name(event.proto), event.dst, event.dst_port);
+        if event.source == EventSource::Socket {
             let name = time_ns.and_then(|t| self.name_at(event.dst, t));
             let calls = self.calls.entry(dest).or_default().entry((Who::of(event), name)).or_default();
             calls.count += 1;
@@ -361,11 +366,11 @@ impl Tally {
 /// is allowed and tracked, so it is not a flow of its own to learn.
 fn is_icmp_error(event: &Event) -> bool {
     let kind = event.dst_port >> 8;
-    match event.proto.as_str() {
+    match event.proto {
         // destination unreachable, source quench, time exceeded, parameter problem
-        "icmp" => matches!(kind, 3 | 4 | 11 | 12),
+        ICMP => matches!(kind, 3 | 4 | 11 | 12),
         // destination unreachable, packet too big, time exceeded, parameter problem
-        "icmpv6" => matches!(kind, 1..=4),
+        ICMPV6 => matches!(kind, 1..=4),
         _ => false,
     }
 }
@@ -373,7 +378,7 @@ fn is_icmp_error(event: &Event) -> bool {
 /// An echo reply answers a peer's echo request: served, never opened.
 fn is_echo_reply(event: &Event) -> bool {
     let kind = event.dst_port >> 8;
-    matches!((event.proto.as_str(), kind), ("icmp", 0) | ("icmpv6", 129))
+    matches!((event.proto, kind), (ICMP, 0) | (ICMPV6, 129))
 }
 
 fn is_icmp(proto: &str) -> bool {
@@ -641,6 +646,8 @@ pub fn append_phase(
 
 #[cfg(test)]
 mod tests {
+    use fw_common::policy::proto::{TCP, UDP};
+
     use super::*;
 
     fn set(ports: &[u16]) -> BTreeSet<u16> {
@@ -657,17 +664,17 @@ mod tests {
         assert_eq!(fold_ports(&set(&[10, 12])), [One(10), One(12)]);
     }
 
-    fn event(source: &str, comm: Option<&str>, dst: &str, port: u16, src_port: Option<u16>) -> Event {
+    fn event(source: EventSource, comm: Option<&str>, dst: &str, port: u16, src_port: Option<u16>) -> Event {
         Event {
             seq: 0,
             time: 0.0,
-            reason: "pass_audit".into(),
-            direction: "egress".into(),
+            reason: EventReason::Kernel(Reason::PassAudit),
+            direction: Direction::Egress,
             audit: true,
-            source: source.into(),
+            source,
             rule_id: None,
             rule: None,
-            proto: "tcp".into(),
+            proto: TCP,
             src: None,
             src_port,
             dst: dst.parse().unwrap(),
@@ -685,18 +692,20 @@ mod tests {
     fn calls_name_the_program_and_packets_alone_name_the_cgroup() {
         let mut tally = Tally::default();
         for port in [8080, 8081, 8082, 9000] {
-            tally.record(&event("socket", Some("curl"), "198.18.1.2", port, None));
+            tally.record(&event(EventSource::Socket, Some("curl"), "198.18.1.2", port, None));
             // The same connection's packets add nothing.
-            tally.record(&event("packet", None, "198.18.1.2", port, Some(40000)));
+            tally.record(&event(EventSource::Packet, None, "198.18.1.2", port, Some(40000)));
         }
-        tally.record(&event("socket", Some("curl"), "198.18.1.2", 8080, None));
-        tally.record(&event("packet", None, "198.18.1.3", 53, Some(5000)));
-        tally.record(&event("packet", None, "198.18.1.3", 53, Some(5001)));
-        let inbound = Event { direction: "inbound".into(), ..event("packet", None, "198.18.1.9", 1, Some(1)) };
+        tally.record(&event(EventSource::Socket, Some("curl"), "198.18.1.2", 8080, None));
+        tally.record(&event(EventSource::Packet, None, "198.18.1.3", 53, Some(5000)));
+        tally.record(&event(EventSource::Packet, None, "198.18.1.3", 53, Some(5001)));
+        let inbound =
+            Event { direction: Direction::Inbound, ..event(EventSource::Packet, None, "198.18.1.9", 1, Some(1)) };
         tally.record(&inbound);
-        let port_unreachable = Event { proto: "icmp".into(), ..event("packet", None, "198.18.1.9", 3 << 8 | 3, None) };
+        let port_unreachable =
+            Event { proto: ICMP, ..event(EventSource::Packet, None, "198.18.1.9", 3 << 8 | 3, None) };
         tally.record(&port_unreachable);
-        let echo_request = Event { proto: "icmp".into(), ..event("packet", None, "198.18.1.4", 8 << 8, None) };
+        let echo_request = Event { proto: ICMP, ..event(EventSource::Packet, None, "198.18.1.4", 8 << 8, None) };
         tally.record(&echo_request);
         let rules = tally.rules();
         assert_eq!(rules.len(), 3, "{rules:#?}");
@@ -724,11 +733,11 @@ mod tests {
         let client: IpAddr = "198.18.1.9".parse().unwrap();
         // The server's packets to a client, before the client's next packet
         // opened the flow again, and on a connection older than learning.
-        tally.record(&Event { proto: "udp".into(), ..event("packet", None, "198.18.1.9", 38392, Some(5005)) });
-        tally.record(&event("packet", None, "198.18.1.9", 41000, Some(8080)));
-        tally.record(&Event { proto: "icmp".into(), ..event("packet", None, "198.18.1.9", 0, None) });
+        tally.record(&Event { proto: UDP, ..event(EventSource::Packet, None, "198.18.1.9", 38392, Some(5005)) });
+        tally.record(&event(EventSource::Packet, None, "198.18.1.9", 41000, Some(8080)));
+        tally.record(&Event { proto: ICMP, ..event(EventSource::Packet, None, "198.18.1.9", 0, None) });
         // A download this host opened from a port that is no reply.
-        tally.record(&event("packet", None, "198.18.1.2", 80, Some(50000)));
+        tally.record(&event(EventSource::Packet, None, "198.18.1.2", 80, Some(50000)));
         tally.observe_inbound("udp", 5005, client, 38392);
         tally.observe_inbound("tcp", 8080, client, 41001);
         tally.observe_inbound("tcp", 8081, client, 41002);
@@ -778,7 +787,7 @@ mod tests {
     }
 
     fn call(dst: &str, port: u16) -> Event {
-        event("socket", Some("curl"), dst, port, None)
+        event(EventSource::Socket, Some("curl"), dst, port, None)
     }
 
     /// Issue 14: a connection that follows an answer is the name's, however
@@ -851,7 +860,7 @@ mod tests {
         );
         assert_eq!(left_out, ["198.18.0.5".parse::<IpAddr>().unwrap()]);
         let mut tally = Tally::default();
-        tally.record(&Event { proto: "udp".into(), ..call("198.18.0.53", 53) });
+        tally.record(&Event { proto: UDP, ..call("198.18.0.53", 53) });
         tally.record(&call("198.18.0.54", 853));
         assert_eq!(tally.dns_servers(), BTreeSet::from(["198.18.0.53".parse::<IpAddr>().unwrap()]));
     }

@@ -31,6 +31,12 @@ pub fn protocol_name(proto: u8) -> String {
     }
 }
 
+/// The number of a protocol named as [`protocol_name`] writes it (a name,
+/// or a number for others); `None` for anything else.
+pub fn protocol_number(name: &str) -> Option<u8> {
+    parse_protocol(name).ok().flatten().or_else(|| name.parse().ok())
+}
+
 /// Protocols whose `ports` are ICMP type/code.
 pub(crate) fn is_icmp(proto: u8) -> bool {
     proto == ICMP || proto == ICMPV6

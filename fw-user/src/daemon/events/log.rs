@@ -82,18 +82,19 @@ impl EventLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon::events::{EventReason, EventSource};
 
     fn event(seq: u64, time: f64) -> Event {
         Event {
             seq,
             time,
-            reason: "drop_default".into(),
-            direction: "egress".into(),
+            reason: EventReason::Kernel(fw_common::Reason::DropDefault),
+            direction: fw_common::Direction::Egress,
             audit: false,
-            source: "packet".into(),
+            source: EventSource::Packet,
             rule_id: None,
             rule: None,
-            proto: "udp".into(),
+            proto: fw_common::policy::proto::UDP,
             src: None,
             src_port: None,
             dst: "198.18.0.1".parse().unwrap(),

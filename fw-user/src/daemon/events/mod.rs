@@ -62,16 +62,17 @@ pub struct Event {
     pub seq: u64,
     /// Unix time in seconds (millisecond precision).
     pub time: f64,
-    pub reason: String,
-    pub direction: String,
+    pub reason: EventReason,
+    pub direction: Direction,
     /// The packet was passed (audit mode): a would-drop.
     pub audit: bool,
-    /// `socket`: a connect()/sendmsg() the cgroup hook judged (nothing was
-    /// sent); `packet`: a packet the TC program judged.
-    pub source: String,
+    pub source: EventSource,
     pub rule_id: Option<u32>,
     pub rule: Option<String>,
-    pub proto: String,
+    /// The protocol number, written by its policy-language name (`tcp`,
+    /// `icmpv6`; a number for others).
+    #[serde(with = "proto_name")]
+    pub proto: u8,
     /// Source address and port; absent for socket events (not bound yet).
     pub src: Option<IpAddr>,
     pub src_port: Option<u16>,
@@ -92,6 +93,78 @@ pub struct Event {
 /// The reason of a query the DNS proxy refused (`queries: policy` and a
 /// name no rule mentions): not a kernel [`Reason`], the daemon's own.
 pub const DNS_REFUSED: &str = "dns_refused";
+
+/// Why an event was logged: a kernel reason, or the DNS proxy's refusal.
+/// Written by name (`drop_default`, `dns_refused`), as before it was an
+/// enum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventReason {
+    Kernel(Reason),
+    DnsRefused,
+}
+
+impl EventReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventReason::Kernel(reason) => reason.as_str(),
+            EventReason::DnsRefused => DNS_REFUSED,
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<EventReason> {
+        if name == DNS_REFUSED {
+            return Some(EventReason::DnsRefused);
+        }
+        Reason::from_name(name).map(EventReason::Kernel)
+    }
+}
+
+impl std::fmt::Display for EventReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl Serialize for EventReason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventReason {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<EventReason, D::Error> {
+        let name = String::deserialize(d)?;
+        EventReason::from_name(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown event reason {name:?}")))
+    }
+}
+
+/// What judged the event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventSource {
+    /// A connect()/sendmsg() the cgroup hook judged (nothing was sent).
+    Socket,
+    /// A packet the TC program judged.
+    Packet,
+    /// A query the DNS proxy refused.
+    Dns,
+}
+
+/// Serde for a protocol number by its policy-language name.
+mod proto_name {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::policy::protocols::{protocol_name, protocol_number};
+
+    pub fn serialize<S: Serializer>(proto: &u8, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&protocol_name(*proto))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+        let name = String::deserialize(d)?;
+        protocol_number(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown protocol {name:?}")))
+    }
+}
 
 /// What a decoded record needs from its surroundings to become an [`Event`].
 pub struct Context<'a> {
@@ -122,13 +195,14 @@ impl Event {
             seq: cx.seq,
             time: cx.time,
             // Checked by `decode`.
-            reason: Reason::from_u8(raw.reason).map_or("unknown", Reason::as_str).to_string(),
-            direction: if raw.direction == Direction::Inbound as u8 { "inbound" } else { "egress" }.to_string(),
+            // `decode` refused unknown reasons.
+            reason: EventReason::Kernel(Reason::from_u8(raw.reason).unwrap_or(Reason::DropDefault)),
+            direction: if raw.direction == Direction::Inbound as u8 { Direction::Inbound } else { Direction::Egress },
             audit: raw.flags & EVENT_AUDIT != 0,
-            source: if from_socket { "socket" } else { "packet" }.to_string(),
+            source: if from_socket { EventSource::Socket } else { EventSource::Packet },
             rule_id,
             rule: rule_id.and_then(|id| cx.rules.iter().find(|r| r.id == id)).map(|r| r.name.clone()),
-            proto: protocol_name(raw.proto),
+            proto: raw.proto,
             src: (!from_socket).then(|| addr(&raw.src)),
             src_port: (!from_socket).then_some(raw.src_port),
             dst: addr(&raw.dst),
@@ -148,13 +222,13 @@ impl Event {
         Event {
             seq,
             time,
-            reason: DNS_REFUSED.to_string(),
-            direction: "egress".to_string(),
+            reason: EventReason::DnsRefused,
+            direction: Direction::Egress,
             audit: false,
-            source: "dns".to_string(),
+            source: EventSource::Dns,
             rule_id: None,
             rule: None,
-            proto: if tcp { "tcp" } else { "udp" }.to_string(),
+            proto: if tcp { fw_common::policy::proto::TCP } else { fw_common::policy::proto::UDP },
             src: None,
             src_port: None,
             dst: resolver,
@@ -192,7 +266,7 @@ impl Event {
             "{verdict} ({}) rule {rule} {who} {from}-> {}/{}{asked}",
             self.reason,
             endpoint(self.dst, self.dst_port),
-            self.proto
+            protocol_name(self.proto)
         )
     }
 }
@@ -234,6 +308,26 @@ mod tests {
         // SAFETY: reading the bytes of a plain repr(C) value.
         unsafe { std::slice::from_raw_parts((e as *const DropEvent).cast::<u8>(), std::mem::size_of::<DropEvent>()) }
             .to_vec()
+    }
+
+    /// The enums are written by the names `fw drops --json` has always
+    /// printed, and read back as the same event.
+    #[test]
+    fn events_are_written_by_name_and_read_back() {
+        let refused = Event::dns_refused(3, 1.5, "198.18.0.53".parse().unwrap(), true, "x.example");
+        let json = serde_json::to_value(&refused).unwrap();
+        assert_eq!(
+            (&json["reason"], &json["direction"], &json["source"], &json["proto"]),
+            (&"dns_refused".into(), &"egress".into(), &"dns".into(), &"tcp".into())
+        );
+        assert_eq!(serde_json::from_value::<Event>(json).unwrap(), refused);
+        let icmp6 = Event { reason: EventReason::Kernel(Reason::DropRule), proto: 58, ..refused.clone() };
+        let json = serde_json::to_value(&icmp6).unwrap();
+        assert_eq!((&json["reason"], &json["proto"]), (&"drop_rule".into(), &"icmpv6".into()));
+        assert_eq!(serde_json::from_value::<Event>(json).unwrap(), icmp6);
+        let odd = Event { proto: 47, ..refused };
+        assert_eq!(serde_json::to_value(&odd).unwrap()["proto"], "47");
+        assert!(serde_json::from_str::<EventReason>("\"drop_sideways\"").is_err());
     }
 
     #[test]
