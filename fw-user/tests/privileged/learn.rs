@@ -17,7 +17,7 @@ use std::{
 use crate::{
     harness::{
         self,
-        cgroup::TestCgroup,
+        cgroup::{with_resolv_conf, TestCgroup},
         fw::{fw, Fw, Launch, Learning, FW},
         netns::VethPair,
         poll,
@@ -25,7 +25,7 @@ use crate::{
         traffic::{in_netns, tcp_echo, udp_echo, Echo, Outcome, PASS_TIMEOUT},
         TempDir,
     },
-    names::{resolve_a, Dnsmasq, Servers},
+    names::{resolve_a, Dnsmasq, Servers, CONNECT},
 };
 
 /// The far side's destinations this host opens (besides the download).
@@ -188,48 +188,15 @@ const LITERAL: &str = "198.19.230.9";
 /// An address nothing in the learning reached.
 const UNSEEN: &str = "198.19.230.50";
 
-/// Resolves each `NAME` (IPv4, through glibc and the bind-mounted
-/// resolv.conf) and connects to it on PORT, or connects to a literal
-/// address; prints one line per argument: `ARG ADDR ok|ERRNO`.
-const RESOLVE_CONNECT: &str = r#"
-import errno, socket, sys
-port = int(sys.argv[1])
-for arg in sys.argv[2:]:
-    try:
-        addr = socket.getaddrinfo(arg, port, socket.AF_INET, socket.SOCK_STREAM)[0][4]
-    except OSError as e:
-        print(arg, "-", "resolve:" + str(e), flush=True)
-        continue
-    s = socket.socket()
-    s.settimeout(2)
-    try:
-        s.connect(addr)
-        result = "ok"
-    except OSError as e:
-        result = errno.errorcode.get(e.errno, "timeout") if e.errno else "timeout"
-    s.close()
-    print(arg, addr[0], result, flush=True)
-"#;
-
-/// A command prefix that runs its last arguments in a private mount
-/// namespace where /etc/resolv.conf is `resolv_conf` (a bind mount that
-/// dies with the process: the host's file is never touched), so that fw's
-/// `system` resolvers are the lab's dnsmasq.
-fn with_resolv_conf(resolv_conf: &Path) -> Vec<String> {
-    [
-        "unshare",
-        "-m",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        "mount --bind \"$1\" /etc/resolv.conf && shift && exec \"$@\"",
-        "sh",
-    ]
-    .map(String::from)
-    .into_iter()
-    .chain([resolv_conf.display().to_string()])
-    .collect()
+/// `fw run` of the learned phase of `learned` on `pair`'s near side, its
+/// socket hooks on `cgroup`, its system resolvers those of `resolv_conf`.
+fn enforce_learned<'a>(pair: &'a VethPair, learned: &Path, resolv_conf: &Path, cgroup: &TestCgroup) -> Fw<'a> {
+    let wrapper = with_resolv_conf(resolv_conf);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let cg = cgroup.path.display().to_string();
+    let extra: Vec<&std::ffi::OsStr> = vec!["--cgroup".as_ref(), cg.as_ref()];
+    let launch = Launch { extra: &extra, wrapper: &wrapper, ..Launch::default() };
+    Fw::start_launch(&pair.near, &pair.near_if, learned, "learned", launch)
 }
 
 /// `fw learn` on `pair`'s near side with its socket hooks on `cgroup`,
@@ -284,7 +251,7 @@ fn learn_names_follow_dns_answers_into_name_rules() {
         let mut all = vec![NAMED_PORT.to_string()];
         all.extend(args.iter().map(|a| a.to_string()));
         cgroup
-            .python_output(&pair.near, &resolv_conf, RESOLVE_CONNECT, &all)
+            .python_output(&pair.near, &resolv_conf, CONNECT, &all)
             .lines()
             .map(|l| {
                 let f: Vec<&str> = l.splitn(3, ' ').collect();
@@ -302,7 +269,6 @@ fn learn_names_follow_dns_answers_into_name_rules() {
 
     // `fw learn` with its socket hooks on the cgroup, seeing the lab's
     // dnsmasq as the system resolver.
-    let cg = cgroup.path.display().to_string();
     let mut learning =
         learn_with_resolv_conf(&pair, &cgroup, &resolv_conf, &learned, dir.path().join("learn.log"), &[]);
 
@@ -337,16 +303,7 @@ fn learn_names_follow_dns_answers_into_name_rules() {
     // Enforced, with the same resolver as the system's: the process
     // resolves and connects again, to either address the name rotates
     // through; what learning never saw is refused.
-    let wrapper = with_resolv_conf(&resolv_conf);
-    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    let extra: Vec<&std::ffi::OsStr> = vec!["--cgroup".as_ref(), cg.as_ref()];
-    let enforced = Fw::start_launch(
-        &pair.near,
-        &pair.near_if,
-        &learned,
-        "learned",
-        Launch { extra: &extra, wrapper: &wrapper, ..Launch::default() },
-    );
+    let enforced = enforce_learned(&pair, &learned, &resolv_conf, &cgroup);
     assert!(enforced.log_has_within("DNS proxy listening", Duration::from_secs(10)), "{}", enforced.log_text());
     for i in 4..6 {
         rotate(i);
@@ -390,8 +347,7 @@ fn learn_blocks_no_dns_while_its_proxy_cannot_listen() {
         learn_with_resolv_conf(&pair, &cgroup, &resolv_conf, &learned, dir.path().join("learn.log"), &env);
     assert!(learning.log_text().contains("DNS answers cannot be seen"), "{}", learning.log_text());
 
-    let out =
-        cgroup.python_output(&pair.near, &resolv_conf, RESOLVE_CONNECT, &[NAMED_PORT.to_string(), NAME.to_string()]);
+    let out = cgroup.python_output(&pair.near, &resolv_conf, CONNECT, &[NAMED_PORT.to_string(), NAME.to_string()]);
     assert_eq!(out.trim(), format!("{NAME} {} ok", ROTATION[0]), "learning blocks nothing");
     learning.interrupt();
     let text = fs::read_to_string(&learned).expect("the learned policy");
@@ -429,17 +385,7 @@ fn learn_keeps_dns_that_only_the_wire_carried() {
     println!("learned policy:\n{text}\nfw learn said:\n{}", learning.log_text());
     assert!(text.contains("    dns: { resolvers: [system] }\n"), "{text}");
 
-    let wrapper = with_resolv_conf(&resolv_conf);
-    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    let cg = cgroup.path.display().to_string();
-    let extra: Vec<&std::ffi::OsStr> = vec!["--cgroup".as_ref(), cg.as_ref()];
-    let enforced = Fw::start_launch(
-        &pair.near,
-        &pair.near_if,
-        &learned,
-        "learned",
-        Launch { extra: &extra, wrapper: &wrapper, ..Launch::default() },
-    );
+    let enforced = enforce_learned(&pair, &learned, &resolv_conf, &cgroup);
     let answered = poll(Duration::from_secs(5), || in_netns(&pair.near, || resolve_a(server, NAME)) == want);
     assert!(answered, "the learned policy must let this DNS through:\n{}", enforced.log_text());
 }

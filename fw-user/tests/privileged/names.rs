@@ -223,7 +223,7 @@ impl Lab {
 /// the bind-mounted resolv.conf) and connects to `ADDR:PORT` at once, or
 /// connects to a literal `ADDR`; prints one line per argument:
 /// `ARG ADDR ok|ERRNO`.
-const CONNECT: &str = r#"
+pub(crate) const CONNECT: &str = r#"
 import errno, socket, sys
 port = int(sys.argv[1])
 for arg in sys.argv[2:]:

@@ -31,7 +31,7 @@ use std::{
 use crate::{
     harness::{
         self,
-        cgroup::TestCgroup,
+        cgroup::{with_resolv_conf, TestCgroup},
         dhcp::{DhcpClient, DhcpServer},
         fw::{run_bounded, Drops, Finished, Fw, Launch, FW},
         netns::{Netns, Routed, VethPair},
@@ -58,10 +58,6 @@ const HOSTS: &str = "\
 198.19.8.1 stun.l.google.com
 2001:db8:1900:1::1 hooks.day.test
 ";
-
-/// The wrapper that runs a command in a private mount namespace where
-/// /etc/resolv.conf is `$1` (then execs the rest, same process).
-const WITH_RESOLV_CONF: &str = "mount --bind \"$1\" /etc/resolv.conf && shift && exec \"$@\"";
 
 /// Connects to each `NAME:PORT` (resolved through the system resolver,
 /// IPv4, or IPv6 with a `6:` prefix) or `ADDR:PORT`; over TCP it sends an
@@ -151,11 +147,7 @@ impl<'a> Node<'a> {
     }
 
     fn wrapper(&self) -> Vec<String> {
-        ["unshare", "-m", "--propagation", "private", "sh", "-c", WITH_RESOLV_CONF, "sh"]
-            .into_iter()
-            .map(String::from)
-            .chain([self.resolv_conf.display().to_string()])
-            .collect()
+        with_resolv_conf(&self.resolv_conf)
     }
 
     /// `fw run --policy POLICY --phase install` with the hooks on the test

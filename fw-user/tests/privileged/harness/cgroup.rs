@@ -114,15 +114,26 @@ impl TestCgroup {
         script: &str,
         args: &[String],
     ) -> Command {
-        let mut cmd = ns.command("unshare");
-        cmd.args(["-m", "--propagation", "private", "sh", "-c"])
-            .arg("mount --bind \"$1\" /etc/resolv.conf && shift && exec \"$@\"")
-            .arg("sh")
-            .arg(resolv_conf)
-            .arg(PYTHON)
-            .arg("-c")
-            .arg(script)
-            .args(args);
+        let wrapper = with_resolv_conf(resolv_conf);
+        let mut cmd = ns.command(&wrapper[0]);
+        cmd.args(&wrapper[1..]).arg(PYTHON).arg("-c").arg(script).args(args);
         self.join_before_exec(cmd)
     }
+}
+
+/// A command prefix (`unshare ... sh -c ... sh FILE`) that runs what
+/// follows it in a private mount namespace where /etc/resolv.conf is
+/// `resolv_conf` (a bind mount that dies with the process: the host's file
+/// is never touched), so that the system resolver of that process, fw's
+/// `resolvers: [system]` included, is a lab's DNS server.
+pub fn with_resolv_conf(resolv_conf: &std::path::Path) -> Vec<String> {
+    ["unshare", "-m", "--propagation", "private", "sh", "-c"]
+        .into_iter()
+        .map(String::from)
+        .chain([
+            "mount --bind \"$1\" /etc/resolv.conf && shift && exec \"$@\"".to_string(),
+            "sh".to_string(),
+            resolv_conf.display().to_string(),
+        ])
+        .collect()
 }
