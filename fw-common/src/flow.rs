@@ -12,10 +12,14 @@
 //! so that a peer flooding the host with new flows cycles only the flows
 //! such a flood can open (finding 7 of issue 11):
 //!
-//! * `FW_FLOWS4`/`FW_FLOWS6`, protected: flows this host opened, and inbound TCP
-//!   connections whose handshake completed (see [`FLOW_SYN_ACK`]);
-//! * `FW_FLOWS4_IN`/`FW_FLOWS6_IN`, probation: everything an inbound packet opened (UDP,
-//!   ICMP echo, other protocols, TCP before its handshake completes).
+//! * `FW_FLOWS4`/`FW_FLOWS6`, protected: flows this host opened, and
+//!   inbound TCP connections whose handshake completed (see
+//!   [`FLOW_SYN_ACK`]);
+//! * `FW_FLOWS4_IN`/`FW_FLOWS6_IN`, probation: everything an inbound packet
+//!   opened (UDP, ICMP echo, other protocols, TCP before its handshake
+//!   completes).
+//!
+//! One map per table and address family: IPv4 keys are [`FlowKey4`].
 //!
 //! An evicted entry only costs a fresh policy lookup, it never opens
 //! anything; the lookup tries the protected table first.

@@ -5,14 +5,14 @@
 //! probation `FW_FLOWS*_IN`, for what inbound packets open. Each is one map
 //! per address family, so that an IPv4 key is 16 bytes instead of IPv6's 40
 //! (the lookup hashes and compares the whole key): the code below is
-//! generic over the key, [`Key`], and the datapath picks the family once. A flood of new
-//! inbound flows evicts only probation entries; an inbound TCP connection
-//! leaves probation when its handshake completes, and returns to it when
-//! it closes. A key lives in at most
-//! one table: admitting a flow inserts it into one, an expired entry is
-//! removed when found, and a promotion inserts into the protected table
-//! before it removes from probation (a packet in between finds the
-//! protected copy first).
+//! generic over the key, [`Key`], and the datapath picks the family once.
+//! A flood of new inbound flows evicts only probation entries; an inbound
+//! TCP connection leaves probation when its handshake completes, and
+//! returns to it when it closes. A key lives in at most one table:
+//! admitting a flow inserts it into one, an expired entry is removed when
+//! found, and a promotion inserts into the protected table before it
+//! removes from probation (a packet in between finds the protected copy
+//! first).
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_coarse_ns,
