@@ -24,7 +24,7 @@ pub mod stats;
 
 pub use config::{Config, FlowTimeouts, PhaseConfig};
 pub use event::{DropEvent, RateWindow};
-pub use flow::{FlowKey, FlowValue, FragKey, FragValue};
+pub use flow::{FlowKey, FlowKey4, FlowValue, FragKey, FragValue};
 pub use policy::{Action, AddrKey4, AddrKey6, Direction, PolicyValue, PortKey};
 pub use reason::Reason;
 pub use stats::Counter;
@@ -59,6 +59,7 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowKey4 {}
     unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::FragValue {}

@@ -12,13 +12,20 @@ pub const ADDR4: &str = "FW_ADDR4";
 pub const ADDR6: &str = "FW_ADDR6";
 /// `LpmTrie<PortKey, PolicyValue>`: {class, protocol, port prefix} -> rule.
 pub const PORTS: &str = "FW_PORTS";
-/// `LruHashMap<FlowKey, FlowValue>`: tracked flows this host opened, and
-/// inbound TCP connections once established (the protected table, see
-/// [`crate::flow`]).
-pub const FLOWS: &str = "FW_FLOWS";
-/// `LruHashMap<FlowKey, FlowValue>`: flows inbound packets opened, until
-/// promoted (the probation table).
-pub const FLOWS_IN: &str = "FW_FLOWS_IN";
+/// The protected flow table (tracked flows this host opened, and inbound
+/// TCP connections once established, see [`crate::flow`]), one map per
+/// address family: `LruHashMap<FlowKey4, FlowValue>` for IPv4 (a key of 16
+/// bytes, where the IPv6 one needs 40: see [`crate::flow::FlowKey4`]),
+/// `LruHashMap<FlowKey, FlowValue>` for IPv6.
+pub const FLOWS4: &str = "FW_FLOWS4";
+pub const FLOWS6: &str = "FW_FLOWS6";
+/// The probation flow table (flows inbound packets opened, until
+/// promoted), per family as [`FLOWS4`] and [`FLOWS6`].
+pub const FLOWS4_IN: &str = "FW_FLOWS4_IN";
+pub const FLOWS6_IN: &str = "FW_FLOWS6_IN";
+/// The maps of each flow table, IPv4 first.
+pub const FLOWS: [&str; 2] = [FLOWS4, FLOWS6];
+pub const FLOWS_IN: [&str; 2] = [FLOWS4_IN, FLOWS6_IN];
 /// `PerCpuArray<u64>`: inserts per flow table and promotions, see
 /// [`crate::flow::flow_stats`].
 pub const FLOW_STATS: &str = "FW_FLOW_STATS";
@@ -53,14 +60,16 @@ pub const RESOLVERS: &str = "FW_RESOLVERS";
 pub const DNS_PROXY: &str = "FW_DNS_PROXY";
 
 /// Every map that `fw` pins, in a fixed order.
-pub const ALL: [&str; 21] = [
+pub const ALL: [&str; 23] = [
     CONFIG,
     PHASES,
     ADDR4,
     ADDR6,
     PORTS,
-    FLOWS,
-    FLOWS_IN,
+    FLOWS4,
+    FLOWS6,
+    FLOWS4_IN,
+    FLOWS6_IN,
     FLOW_STATS,
     FRAGS,
     STATS,

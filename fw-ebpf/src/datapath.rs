@@ -87,25 +87,35 @@ pub fn judge(direction: Direction, pkt: &Packet) -> Verdict {
     if pkt.frag == Frag::Later {
         return frag::follow_first(pkt, now);
     }
-    let key = flow::key(direction, pkt);
-    let tracked = match flow::get(&key, now, active.phase) {
-        Some(entry) => recheck(&active, direction, pkt, &key, entry, now),
-        None => None,
-    };
-    let verdict = match tracked {
-        Some(v) => v,
-        None => {
-            let v = untracked(&active, direction, pkt, now);
-            if admits(v.reason) && opens_flow(direction, pkt) {
-                flow::admit(&key, direction, active.generation, v.rule, v.reason == Reason::PassAudit, pkt, now);
-            }
-            v
-        }
+    // One branch on the family: each has its own tables and key size.
+    let verdict = if pkt.family == 4 {
+        judge_flow(&active, direction, pkt, &flow::key4(direction, pkt), now)
+    } else {
+        judge_flow(&active, direction, pkt, &flow::key6(direction, pkt), now)
     };
     if pkt.frag == Frag::First && !verdict.reason.is_drop() {
         frag::remember_pass(pkt, verdict.rule, now);
     }
     verdict
+}
+
+/// Steps 4 to 6 with the flow key of the packet's family.
+#[inline(always)]
+fn judge_flow<K: flow::Key>(active: &Active, direction: Direction, pkt: &Packet, key: &K, now: u64) -> Verdict {
+    let tracked = match flow::get(key, now, active.phase) {
+        Some(entry) => recheck(active, direction, pkt, key, entry, now),
+        None => None,
+    };
+    match tracked {
+        Some(v) => v,
+        None => {
+            let v = untracked(active, direction, pkt, now);
+            if admits(v.reason) && opens_flow(direction, pkt) {
+                flow::admit(key, direction, active.generation, v.rule, v.reason == Reason::PassAudit, pkt, now);
+            }
+            v
+        }
+    }
 }
 
 /// What the policy passes opens a flow (when the packet is one that opens
@@ -127,11 +137,11 @@ fn starts_connection(pkt: &Packet) -> bool {
 /// Step 4: `Some(pass)` when the flow may continue, `None` when the policy
 /// must judge the packet afresh.
 #[inline(always)]
-fn recheck(
+fn recheck<K: flow::Key>(
     active: &Active,
     direction: Direction,
     pkt: &Packet,
-    key: &fw_common::FlowKey,
+    key: &K,
     entry: flow::Entry,
     now: u64,
 ) -> Option<Verdict> {
@@ -178,7 +188,7 @@ fn untracked(active: &Active, direction: Direction, pkt: &Packet, now: u64) -> V
         let tracked = if q.later {
             frag::first_passed(q.family, q.frag_proto, q.frag_id, &q.src, &q.dst, now)
         } else {
-            flow::is_live(&flow::quoted_key(direction, q), now, active.phase)
+            flow::quoted_is_live(direction, q, now, active.phase)
         };
         if tracked {
             return Verdict::new(Reason::PassIcmpControl, NO_RULE);

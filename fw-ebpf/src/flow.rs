@@ -1,15 +1,18 @@
 //! The flow tables: one hash lookup for every packet of an established
 //! connection or of a flow this host opened.
 //!
-//! Two LRU hashes (see `fw_common::flow`): the protected `FW_FLOWS` and the
-//! probation `FW_FLOWS_IN`, for what inbound packets open. A flood of new
-//! inbound flows evicts only probation entries; an inbound TCP connection
-//! leaves probation when its handshake completes, and returns to it when
-//! it closes. A key lives in at most
-//! one table: admitting a flow inserts it into one, an expired entry is
-//! removed when found, and a promotion inserts into the protected table
-//! before it removes from probation (a packet in between finds the
-//! protected copy first).
+//! Two LRU hashes (see `fw_common::flow`): the protected `FW_FLOWS*` and the
+//! probation `FW_FLOWS*_IN`, for what inbound packets open. Each is one map
+//! per address family, so that an IPv4 key is 16 bytes instead of IPv6's 40
+//! (the lookup hashes and compares the whole key): the code below is
+//! generic over the key, [`Key`], and the datapath picks the family once.
+//! A flood of new inbound flows evicts only probation entries; an inbound
+//! TCP connection leaves probation when its handshake completes, and
+//! returns to it when it closes. A key lives in at most one table:
+//! admitting a flow inserts it into one, an expired entry is removed when
+//! found, and a promotion inserts into the protected table before it
+//! removes from probation (a packet in between finds the protected copy
+//! first).
 
 use aya_ebpf::{
     helpers::bpf_ktime_get_coarse_ns,
@@ -23,16 +26,59 @@ use fw_common::{
     },
     maps::{DEFAULT_FLOW_ENTRIES, DEFAULT_INBOUND_FLOW_ENTRIES},
     policy::proto,
-    Direction, FlowKey, FlowValue, PhaseConfig,
+    Direction, FlowKey, FlowKey4, FlowValue, PhaseConfig,
 };
 
 use crate::parse::{Packet, Ports, Quoted, TCP_ACK, TCP_DATA, TCP_FIN, TCP_RST, TCP_SYN};
 
-#[map(name = "FW_FLOWS")]
-static FW_FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
+#[map(name = "FW_FLOWS4")]
+static FW_FLOWS4: LruHashMap<FlowKey4, FlowValue> = LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
 
-#[map(name = "FW_FLOWS_IN")]
-static FW_FLOWS_IN: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(DEFAULT_INBOUND_FLOW_ENTRIES, 0);
+#[map(name = "FW_FLOWS4_IN")]
+static FW_FLOWS4_IN: LruHashMap<FlowKey4, FlowValue> = LruHashMap::with_max_entries(DEFAULT_INBOUND_FLOW_ENTRIES, 0);
+
+#[map(name = "FW_FLOWS6")]
+static FW_FLOWS6: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(DEFAULT_FLOW_ENTRIES, 0);
+
+#[map(name = "FW_FLOWS6_IN")]
+static FW_FLOWS6_IN: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(DEFAULT_INBOUND_FLOW_ENTRIES, 0);
+
+/// A flow key of one address family, and that family's two tables.
+pub trait Key: Sized + 'static {
+    fn protected() -> &'static LruHashMap<Self, FlowValue>;
+    fn probation() -> &'static LruHashMap<Self, FlowValue>;
+    fn proto(&self) -> u8;
+}
+
+impl Key for FlowKey4 {
+    #[inline(always)]
+    fn protected() -> &'static LruHashMap<Self, FlowValue> {
+        &FW_FLOWS4
+    }
+    #[inline(always)]
+    fn probation() -> &'static LruHashMap<Self, FlowValue> {
+        &FW_FLOWS4_IN
+    }
+    #[inline(always)]
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+}
+
+impl Key for FlowKey {
+    #[inline(always)]
+    fn protected() -> &'static LruHashMap<Self, FlowValue> {
+        &FW_FLOWS6
+    }
+    #[inline(always)]
+    fn probation() -> &'static LruHashMap<Self, FlowValue> {
+        &FW_FLOWS6_IN
+    }
+    #[inline(always)]
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+}
 
 #[map(name = "FW_FLOW_STATS")]
 static FW_FLOW_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(flow_stats::ENTRIES, 0);
@@ -40,18 +86,18 @@ static FW_FLOW_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(flow_stat
 /// Which table holds a flow.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Table {
-    /// `FW_FLOWS`: flows this host opened, established inbound TCP.
+    /// `FW_FLOWS4`/`FW_FLOWS6`: flows this host opened, established inbound TCP.
     Protected,
-    /// `FW_FLOWS_IN`: what inbound packets opened, until promoted.
+    /// `FW_FLOWS4_IN`/`FW_FLOWS6_IN`: what inbound packets opened, until promoted.
     Probation,
 }
 
 impl Table {
     #[inline(always)]
-    fn map(self) -> &'static LruHashMap<FlowKey, FlowValue> {
+    fn map<K: Key>(self) -> &'static LruHashMap<K, FlowValue> {
         match self {
-            Table::Protected => &FW_FLOWS,
-            Table::Probation => &FW_FLOWS_IN,
+            Table::Protected => K::protected(),
+            Table::Probation => K::probation(),
         }
     }
 }
@@ -77,13 +123,13 @@ pub fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// Builds the key with `local`/`remote` taken from source or destination.
+/// Builds an IPv6 key with `local`/`remote` taken from source or destination.
 #[inline(always)]
-fn make_key(family: u8, proto: u8, src: &[u8; 16], dst: &[u8; 16], ports: &Ports, local_is_src: bool) -> FlowKey {
+fn make_key6(proto: u8, src: &[u8; 16], dst: &[u8; 16], ports: &Ports, local_is_src: bool) -> FlowKey {
     let (local_addr, remote_addr, lp, rp) =
         if local_is_src { (*src, *dst, ports.src, ports.dst) } else { (*dst, *src, ports.dst, ports.src) };
     FlowKey {
-        family,
+        family: 6,
         proto,
         _pad: 0,
         local_port: lp.to_be_bytes(),
@@ -93,18 +139,45 @@ fn make_key(family: u8, proto: u8, src: &[u8; 16], dst: &[u8; 16], ports: &Ports
     }
 }
 
-/// The flow a packet belongs to; this host is the source on egress.
+/// Builds an IPv4 key (the addresses' first 4 bytes) likewise.
 #[inline(always)]
-pub fn key(direction: Direction, pkt: &Packet) -> FlowKey {
-    make_key(pkt.family, pkt.proto, &pkt.src, &pkt.dst, &pkt.ports, direction == Direction::Egress)
+fn make_key4(proto: u8, src: &[u8; 16], dst: &[u8; 16], ports: &Ports, local_is_src: bool) -> FlowKey4 {
+    let (l, r, lp, rp) = if local_is_src { (src, dst, ports.src, ports.dst) } else { (dst, src, ports.dst, ports.src) };
+    FlowKey4 {
+        proto,
+        _pad: 0,
+        local_port: lp.to_be_bytes(),
+        remote_port: rp.to_be_bytes(),
+        _pad2: 0,
+        local_addr: [l[0], l[1], l[2], l[3]],
+        remote_addr: [r[0], r[1], r[2], r[3]],
+    }
 }
 
-/// The flow of the packet an ICMP error quotes. On ingress the quoted packet
-/// is one this host sent (its source is local); on egress this host reports
-/// an error about a packet it received (its destination is local).
+/// The flow an IPv4 packet belongs to; this host is the source on egress.
 #[inline(always)]
-pub fn quoted_key(direction: Direction, q: &Quoted) -> FlowKey {
-    make_key(q.family, q.proto, &q.src, &q.dst, &q.ports, direction == Direction::Inbound)
+pub fn key4(direction: Direction, pkt: &Packet) -> FlowKey4 {
+    make_key4(pkt.proto, &pkt.src, &pkt.dst, &pkt.ports, direction == Direction::Egress)
+}
+
+/// The flow an IPv6 packet belongs to.
+#[inline(always)]
+pub fn key6(direction: Direction, pkt: &Packet) -> FlowKey {
+    make_key6(pkt.proto, &pkt.src, &pkt.dst, &pkt.ports, direction == Direction::Egress)
+}
+
+/// Whether the packet an ICMP error quotes belongs to a live flow. On
+/// ingress the quoted packet is one this host sent (its source is local);
+/// on egress this host reports an error about a packet it received (its
+/// destination is local).
+#[inline(always)]
+pub fn quoted_is_live(direction: Direction, q: &Quoted, now: u64, phase: &PhaseConfig) -> bool {
+    let local_is_src = direction == Direction::Inbound;
+    if q.family == 4 {
+        is_live(&make_key4(q.proto, &q.src, &q.dst, &q.ports, local_is_src), now, phase)
+    } else {
+        is_live(&make_key6(q.proto, &q.src, &q.dst, &q.ports, local_is_src), now, phase)
+    }
 }
 
 /// A timeout of the phase in seconds, its default when unset (zero).
@@ -141,16 +214,16 @@ fn expired(now: u64, last_seen: u64, proto: u8, flags: u8, phase: &PhaseConfig) 
 /// An expired entry is removed and reads as absent, so that the flow,
 /// opened again, is in one table only.
 #[inline(always)]
-pub fn get(key: &FlowKey, now: u64, phase: &PhaseConfig) -> Option<Entry> {
-    let (value, table) = match FW_FLOWS.get_ptr_mut(key) {
+pub fn get<K: Key>(key: &K, now: u64, phase: &PhaseConfig) -> Option<Entry> {
+    let (value, table) = match K::protected().get_ptr_mut(key) {
         Some(v) => (v, Table::Protected),
-        None => (FW_FLOWS_IN.get_ptr_mut(key)?, Table::Probation),
+        None => (K::probation().get_ptr_mut(key)?, Table::Probation),
     };
     // SAFETY: the pointer comes from a successful map lookup; the value
     // stays valid for this program run (RCU).
     let v = unsafe { &*value };
-    if expired(now, v.last_seen_ns, key.proto, v.flags, phase) {
-        if table.map().remove(key).is_ok() {
+    if expired(now, v.last_seen_ns, key.proto(), v.flags, phase) {
+        if table.map::<K>().remove(key).is_ok() {
             count(flow_stats::EXPIRED);
         }
         return None;
@@ -160,17 +233,17 @@ pub fn get(key: &FlowKey, now: u64, phase: &PhaseConfig) -> Option<Entry> {
 
 /// Whether `key` has a live entry in either table (nothing is changed).
 #[inline(always)]
-pub fn is_live(key: &FlowKey, now: u64, phase: &PhaseConfig) -> bool {
-    let value = match FW_FLOWS.get_ptr(key) {
+fn is_live<K: Key>(key: &K, now: u64, phase: &PhaseConfig) -> bool {
+    let value = match K::protected().get_ptr(key) {
         Some(v) => v,
-        None => match FW_FLOWS_IN.get_ptr(key) {
+        None => match K::probation().get_ptr(key) {
             Some(v) => v,
             None => return false,
         },
     };
     // SAFETY: as in `get`.
     let v = unsafe { &*value };
-    !expired(now, v.last_seen_ns, key.proto, v.flags, phase)
+    !expired(now, v.last_seen_ns, key.proto(), v.flags, phase)
 }
 
 /// The TCP marks after a segment with `tcp_flags` going `direction` (see
@@ -223,7 +296,7 @@ pub fn touch(entry: Entry, now: u64, direction: Direction, pkt: &Packet) -> bool
 /// the protected table.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub fn admit(key: &FlowKey, direction: Direction, generation: u32, rule: u32, audit: bool, pkt: &Packet, now: u64) {
+pub fn admit<K: Key>(key: &K, direction: Direction, generation: u32, rule: u32, audit: bool, pkt: &Packet, now: u64) {
     let mut flags = if direction == Direction::Inbound { FLOW_INBOUND } else { 0 };
     if audit {
         flags |= FLOW_AUDIT;
@@ -247,7 +320,7 @@ pub fn admit(key: &FlowKey, direction: Direction, generation: u32, rule: u32, au
     };
     // A full table evicts its least recently used entry; failure to insert
     // only means the next packet is judged by the policy again.
-    if table.map().insert(key, &value, 0).is_ok() {
+    if table.map::<K>().insert(key, &value, 0).is_ok() {
         count(stat);
     }
 }
@@ -258,7 +331,7 @@ pub fn admit(key: &FlowKey, direction: Direction, generation: u32, rule: u32, au
 /// protected table. A spoofed peer never sees the SYN-ACK: no flood of
 /// SYNs and ACKs completes the handshake here.
 #[inline(always)]
-pub fn follow_handshake(key: &FlowKey, entry: Entry, direction: Direction, pkt: &Packet) {
+pub fn follow_handshake<K: Key>(key: &K, entry: Entry, direction: Direction, pkt: &Packet) {
     // SAFETY: as in `get`.
     let value = unsafe { &mut *entry.value };
     let flags = pkt.tcp_flags;
@@ -273,8 +346,8 @@ pub fn follow_handshake(key: &FlowKey, entry: Entry, direction: Direction, pkt: 
     {
         // Protected first: a packet on another CPU finds one copy or the
         // other, never none.
-        if FW_FLOWS.insert(key, value, 0).is_ok() {
-            let _ = FW_FLOWS_IN.remove(key);
+        if K::protected().insert(key, value, 0).is_ok() {
+            let _ = K::probation().remove(key);
             count(flow_stats::PROMOTED);
         }
     }
@@ -285,19 +358,19 @@ pub fn follow_handshake(key: &FlowKey, entry: Entry, direction: Direction, pkt: 
 /// fast it opens and closes them. (Half-closed is still open: the side
 /// that did not send its FIN may go on sending.)
 #[inline(always)]
-pub fn demote_closing(key: &FlowKey, entry: Entry) {
+pub fn demote_closing<K: Key>(key: &K, entry: Entry) {
     // SAFETY: as in `get`.
     let value = unsafe { &*entry.value };
-    if value.flags & FLOW_INBOUND != 0 && FW_FLOWS_IN.insert(key, value, 0).is_ok() {
-        let _ = FW_FLOWS.remove(key);
+    if value.flags & FLOW_INBOUND != 0 && K::probation().insert(key, value, 0).is_ok() {
+        let _ = K::protected().remove(key);
         count(flow_stats::DEMOTED);
     }
 }
 
 /// Forgets a flow that the active policy no longer admits.
 #[inline(always)]
-pub fn forget(key: &FlowKey, entry: Entry) {
-    if entry.table.map().remove(key).is_ok() {
+pub fn forget<K: Key>(key: &K, entry: Entry) {
+    if entry.table.map::<K>().remove(key).is_ok() {
         count(flow_stats::FORGOTTEN);
     }
 }

@@ -87,14 +87,11 @@ fn classify(ctx: &TcContext, direction: Direction) -> i32 {
 
 /// A drop event for `pkt` (rate-limited in `events`). Packets carry no
 /// process; on egress the sending socket's cgroup names the container.
+/// Only the budget key is computed before the rate limit: everything else
+/// (the cgroup helper call, the record) only for an event that is sent, so
+/// a flood of denied packets past the budget costs one lookup each.
 #[inline(always)]
 fn report(ctx: &TcContext, direction: Direction, verdict: &Verdict, pkt: &parse::Packet) {
-    let cgroup_id = if direction == Direction::Egress {
-        // SAFETY: the helper reads the skb's socket, if any; 0 otherwise.
-        unsafe { bpf_skb_cgroup_id(ctx.skb.skb) }
-    } else {
-        0
-    };
     let key = if verdict.reason == Reason::PassAudit {
         let (peer, port) =
             if direction == Direction::Egress { (&pkt.dst, pkt.policy_port) } else { (&pkt.src, pkt.policy_port) };
@@ -111,7 +108,12 @@ fn report(ctx: &TcContext, direction: Direction, verdict: &Verdict, pkt: &parse:
         e.dst = pkt.dst;
         e.src_port = pkt.ports.src;
         e.dst_port = pkt.policy_port;
-        e.cgroup_id = cgroup_id;
+        e.cgroup_id = if direction == Direction::Egress {
+            // SAFETY: the helper reads the skb's socket, if any; 0 otherwise.
+            unsafe { bpf_skb_cgroup_id(ctx.skb.skb) }
+        } else {
+            0
+        };
     });
 }
 

@@ -457,13 +457,16 @@ struct InboundFlow {
 }
 
 fn inbound_flows(name: &str) -> Result<Vec<InboundFlow>> {
-    use aya::maps::{HashMap, Map, MapData};
-    use fw_common::{flow::FLOW_INBOUND, FlowKey, FlowValue};
+    use aya::maps::{Map, MapData};
+    use fw_common::flow::FLOW_INBOUND;
     let mut out = Vec::new();
     for table in [fw_common::maps::FLOWS, fw_common::maps::FLOWS_IN] {
-        let path = paths::map_pin(name, table);
-        let map = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?;
-        let flows: HashMap<_, FlowKey, FlowValue> = HashMap::try_from(Map::LruHashMap(map))?;
+        let flows = crate::kernel::flows::FlowTable::new(table, |n| {
+            let path = paths::map_pin(name, n);
+            Ok(Map::LruHashMap(
+                MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))?,
+            ))
+        })?;
         for (key, value) in flows.iter().filter_map(|e| e.ok()) {
             if value.flags & FLOW_INBOUND == 0 {
                 continue;

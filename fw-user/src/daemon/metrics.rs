@@ -180,9 +180,9 @@ fn take_census(name: &str, previous: Option<&Census>) -> Result<Census> {
     let now = coarse_now();
     let mut maps_fill = Vec::new();
     let mut live_flows = Vec::new();
-    for (label, map) in [("flows", maps::FLOWS), ("flows_in", maps::FLOWS_IN)] {
-        let data = pinned(name, map)?;
-        let capacity = u64::from(data.info()?.max_entries());
+    for (label, names) in [("flows", maps::FLOWS), ("flows_in", maps::FLOWS_IN)] {
+        let data = [pinned(name, names[0])?, pinned(name, names[1])?];
+        let capacity = u64::from(data[0].info()?.max_entries()) + u64::from(data[1].info()?.max_entries());
         let (entries, live) = count_flows(&data, now, &timeouts)?;
         maps_fill.push((label, entries, capacity));
         live_flows.push((label, live));
@@ -232,9 +232,14 @@ fn is_live(now: u64, key: &FlowKey, v: &FlowValue, t: &FlowTimeouts) -> bool {
         || idle <= timeout_of(key, v, t)
 }
 
-/// (entries, live entries) of a flow table.
-fn count_flows(map: &MapData, now: u64, timeouts: &FlowTimeouts) -> Result<(u64, u64)> {
-    count_entries::<FlowKey, FlowValue>(map, |k, v| is_live(now, k, v, timeouts))
+/// (entries, live entries) of a flow table (its IPv4 and IPv6 maps).
+fn count_flows(maps: &[MapData; 2], now: u64, timeouts: &FlowTimeouts) -> Result<(u64, u64)> {
+    let (mut entries, mut live) = (0, 0);
+    crate::kernel::flows::for_each(maps, |k, v| {
+        entries += 1;
+        live += u64::from(is_live(now, k, v, timeouts));
+    })?;
+    Ok((entries, live))
 }
 
 /// (entries, entries `matches` accepts) of a hash map. `K` and `V` must

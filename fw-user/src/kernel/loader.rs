@@ -21,10 +21,13 @@ use aya::{
 use fw_common::{
     maps,
     names::{DnsProxy, Learned, Resolvers},
-    AddrKey4, AddrKey6, Config, Counter, FlowKey, FlowValue, PhaseConfig, PolicyValue, PortKey,
+    AddrKey4, AddrKey6, Config, Counter, PhaseConfig, PolicyValue, PortKey,
 };
 
-use crate::{instance::paths, kernel::linkinfo};
+use crate::{
+    instance::paths,
+    kernel::{flows::FlowTable, linkinfo},
+};
 
 /// The kernel object built by build.rs (empty when built with AYA_BUILD_SKIP).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fw-ebpf"));
@@ -68,10 +71,10 @@ pub struct PolicyMaps {
     pub addr4: LpmTrie<MapData, AddrKey4, u32>,
     pub addr6: LpmTrie<MapData, AddrKey6, u32>,
     pub ports: LpmTrie<MapData, PortKey, PolicyValue>,
-    /// The protected flow table, `FW_FLOWS`.
-    pub flows: HashMap<MapData, FlowKey, FlowValue>,
-    /// The probation flow table, `FW_FLOWS_IN`.
-    pub flows_in: HashMap<MapData, FlowKey, FlowValue>,
+    /// The protected flow table, `FW_FLOWS4` and `FW_FLOWS6`.
+    pub flows: FlowTable,
+    /// The probation flow table, `FW_FLOWS4_IN` and `FW_FLOWS6_IN`.
+    pub flows_in: FlowTable,
     /// `dns.resolvers` per `FW_PHASES` slot.
     pub resolvers: Array<MapData, Resolvers>,
 }
@@ -137,8 +140,10 @@ pub fn load(options: &LoadOptions) -> Result<Ebpf> {
         .map_max_entries(maps::ADDR4, capacity.addr_entries)
         .map_max_entries(maps::ADDR6, capacity.addr_entries)
         .map_max_entries(maps::PORTS, capacity.port_entries)
-        .map_max_entries(maps::FLOWS, capacity.flow_entries)
-        .map_max_entries(maps::FLOWS_IN, capacity.inbound_flow_entries())
+        .map_max_entries(maps::FLOWS4, capacity.flow_entries)
+        .map_max_entries(maps::FLOWS6, capacity.flow_entries)
+        .map_max_entries(maps::FLOWS4_IN, capacity.inbound_flow_entries())
+        .map_max_entries(maps::FLOWS6_IN, capacity.inbound_flow_entries())
         .override_global("EVENT_BUDGET", &options.event_budget, true)
         .override_global("NETNS_COOKIE", &options.netns_cookie, true)
         .override_global("EPHEMERAL_FIRST", &ephemeral.first, true)
@@ -183,6 +188,15 @@ fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
 
 fn open_pinned(instance: &str, name: &str) -> Result<MapData> {
     let path = paths::map_pin(instance, name);
+    if !path.exists() && paths::pin_dir(instance).is_dir() {
+        // Pins of another version of fw, whose maps are laid out otherwise
+        // (the flow tables were split per family): never adopted, the
+        // running instance keeps enforcing until it is stopped.
+        bail!(
+            "instance {instance} was started by another version of fw: it has no map {name} (stop it with `fw stop \
+             {instance}` and start it again with this one)"
+        );
+    }
     MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))
 }
 
@@ -195,8 +209,8 @@ impl PolicyMaps {
             addr4: take(ebpf, maps::ADDR4)?.try_into()?,
             addr6: take(ebpf, maps::ADDR6)?.try_into()?,
             ports: take(ebpf, maps::PORTS)?.try_into()?,
-            flows: take(ebpf, maps::FLOWS)?.try_into()?,
-            flows_in: take(ebpf, maps::FLOWS_IN)?.try_into()?,
+            flows: FlowTable::new(maps::FLOWS, |n| take(ebpf, n))?,
+            flows_in: FlowTable::new(maps::FLOWS_IN, |n| take(ebpf, n))?,
             resolvers: take(ebpf, maps::RESOLVERS)?.try_into()?,
         })
     }
@@ -209,8 +223,8 @@ impl PolicyMaps {
             addr4: LpmTrie::try_from(Map::LpmTrie(open_pinned(instance, maps::ADDR4)?))?,
             addr6: LpmTrie::try_from(Map::LpmTrie(open_pinned(instance, maps::ADDR6)?))?,
             ports: LpmTrie::try_from(Map::LpmTrie(open_pinned(instance, maps::PORTS)?))?,
-            flows: HashMap::try_from(Map::LruHashMap(open_pinned(instance, maps::FLOWS)?))?,
-            flows_in: HashMap::try_from(Map::LruHashMap(open_pinned(instance, maps::FLOWS_IN)?))?,
+            flows: FlowTable::new(maps::FLOWS, |n| Ok(Map::LruHashMap(open_pinned(instance, n)?)))?,
+            flows_in: FlowTable::new(maps::FLOWS_IN, |n| Ok(Map::LruHashMap(open_pinned(instance, n)?)))?,
             resolvers: Array::try_from(Map::Array(open_pinned(instance, maps::RESOLVERS)?))?,
         })
     }

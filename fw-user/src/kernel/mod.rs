@@ -8,6 +8,7 @@ pub mod batch;
 pub mod bpffs;
 pub mod cgroup;
 pub mod counters;
+pub mod flows;
 pub mod linkinfo;
 pub mod loader;
 pub mod mounts;

@@ -11,6 +11,7 @@ use fw_common::{maps, stats::STATS_ENTRIES, Counter, Direction, FlowKey, FlowVal
 use crate::model::Table;
 use fw_user::{
     kernel::apply,
+    kernel::flows::FlowTable,
     kernel::loader::{self, LoadOptions, PolicyMaps},
     policy::compile::tables::CompiledPhase,
 };
@@ -90,7 +91,7 @@ impl Kernel {
         Self::sum(&self.rule_stats, rule)
     }
 
-    fn flow_map(&self, table: Table) -> &BpfHashMap<MapData, FlowKey, FlowValue> {
+    fn flow_map(&self, table: Table) -> &FlowTable {
         match table {
             Table::Protected => &self.policy.flows,
             Table::Probation => &self.policy.flows_in,

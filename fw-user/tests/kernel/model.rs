@@ -524,9 +524,9 @@ pub enum Table {
 /// Flow and fragment state, as the kernel's maps should hold it.
 #[derive(Clone, Debug, Default)]
 pub struct State {
-    /// The protected flow table (`FW_FLOWS`).
+    /// The protected flow table (`FW_FLOWS4` and `FW_FLOWS6`).
     pub flows: HashMap<FlowKey, FlowValue>,
-    /// The probation flow table (`FW_FLOWS_IN`).
+    /// The probation flow table (`FW_FLOWS4_IN` and `FW_FLOWS6_IN`).
     pub flows_in: HashMap<FlowKey, FlowValue>,
     pub frags: HashMap<FragKey, FragValue>,
     /// How often each stateful path was taken (to show the run reached them).

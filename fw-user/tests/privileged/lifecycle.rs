@@ -288,6 +288,35 @@ fn finding3_adopt_that_cannot_attach_fails_in_one_line_and_keeps_the_pins() {
     assert_reports_missing(&fw, site.iface());
 }
 
+/// Pins of an older fw, whose flow tables had another layout (one
+/// `FW_FLOWS` for both families, before the per-family `FW_FLOWS4` and
+/// `FW_FLOWS6`), are never adopted: `fw run` fails in one line naming the
+/// fix, leaves every pin, and the old instance goes on enforcing.
+#[test]
+fn an_instance_of_another_fw_version_is_not_adopted_and_keeps_enforcing() {
+    let site = Site::new(117);
+    let mut fw = Fw::start(&site.pair.near, site.iface(), &site.policy, "test");
+    fw.kill_run_process();
+    let dir = pin_dir(fw.name());
+    // What an older fw left: its protected flow table under the old name.
+    std::fs::rename(dir.join("FW_FLOWS4"), dir.join("FW_FLOWS")).expect("renaming the FW_FLOWS4 pin");
+    let pins = || {
+        let mut names: Vec<_> =
+            std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok().map(|e| e.file_name())).collect();
+        names.sort();
+        names
+    };
+    let before = pins();
+
+    let mut cmd = site.pair.near.command(FW);
+    cmd.args(fw.run_args());
+    let out = run_bounded(cmd, Duration::from_secs(30));
+    let line = out.one_line_error();
+    assert!(line.contains("was started by another version of fw") && line.contains("fw stop"), "{line}");
+    assert_eq!(before, pins(), "a refused adopt must leave every pin");
+    site.assert_enforced("after the refused adopt");
+}
+
 /// Finding 11 (readiness): with NOTIFY_SOCKET set, `fw run` sends READY=1
 /// only once the enforcer is pinned and enforcing, with a STATUS= line.
 #[test]

@@ -54,7 +54,6 @@ use aya::maps::MapData;
 use fw_common::{
     maps,
     names::{DnsProxy, Learned, MAX_RESOLVERS4, MAX_RESOLVERS6, NAME_SLOTS},
-    FlowKey, FlowValue,
 };
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde::{Deserialize, Serialize};
@@ -67,7 +66,7 @@ use crate::{
     daemon::events::{Event, SharedLog},
     instance::{self, paths},
     kernel::{
-        apply, batch,
+        apply, batch, flows,
         loader::{NameMaps, PolicyMaps},
     },
     policy::{compile::compile_phase, ir::Refusal, names::NameRules},
@@ -251,8 +250,9 @@ struct Proxy {
     view: Mutex<Option<PhaseView>>,
     /// What was learned, by name; its lock is taken before `names`.
     ledger: Mutex<Ledger>,
-    /// The flow tables, to tell which addresses live connections use.
-    flows: [MapData; 2],
+    /// The flow tables (each an IPv4 and an IPv6 map), to tell which
+    /// addresses live connections use.
+    flows: [[MapData; 2]; 2],
     in_use: Mutex<Option<(Instant, HashSet<IpAddr>)>>,
     /// The ledger changed since the names were last saved.
     unsaved: std::sync::atomic::AtomicBool,
@@ -333,7 +333,10 @@ async fn start(name: &str, log: SharedLog, watcher: Option<AnswerSink>) -> Resul
         names: Mutex::new(NameMaps::open(name)?),
         view: Mutex::new(None),
         ledger: Mutex::new(Ledger::new(Caps { per_name: usize::MAX, total: usize::MAX })),
-        flows: [pinned(maps::FLOWS)?, pinned(maps::FLOWS_IN)?],
+        flows: [
+            [pinned(maps::FLOWS[0])?, pinned(maps::FLOWS[1])?],
+            [pinned(maps::FLOWS_IN[0])?, pinned(maps::FLOWS_IN[1])?],
+        ],
         in_use: Mutex::new(None),
         unsaved: false.into(),
         log,
@@ -631,7 +634,7 @@ impl Proxy {
         if !cache.as_ref().is_some_and(|(at, _)| at.elapsed() < IN_USE_FRESH) {
             let mut seen = HashSet::new();
             let census = self.flows.iter().try_for_each(|map| {
-                batch::for_each::<FlowKey, FlowValue>(map, |k, _| {
+                flows::for_each(map, |k, _| {
                     seen.insert(if k.family == 6 {
                         IpAddr::V6(Ipv6Addr::from(k.remote_addr))
                     } else {
