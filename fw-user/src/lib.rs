@@ -15,6 +15,27 @@
 //!   rollback timer.
 //! * [`cli`]: argument parsing and printing, one module per verb.
 
+/// `println!` that never panics. `fw run` is a daemon whose stdout may be
+/// a pipe whose reader went away (a journal stream closed, `fw run | head`,
+/// a supervisor that stopped reading): SIGPIPE is ignored there, so the
+/// write fails with EPIPE, which `println!` turns into a panic that would
+/// end the process serving DNS and timing rollbacks. A lost log line is
+/// not worth that.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that never panics (see `say!`).
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 pub mod cli;
 pub mod daemon;
 pub mod instance;

@@ -114,9 +114,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         match instance::leftover(&name)? {
             Leftover::Instance => adopt(&name, &args)?,
             Leftover::NotAttached => {
-                println!(
-                    "fw: {name}: found pins that enforce nothing (a start or stop was interrupted): starting afresh"
-                );
+                say!("fw: {name}: found pins that enforce nothing (a start or stop was interrupted): starting afresh");
                 instance::discard_unattached(&name)?;
                 fresh(&name, &args)?
             }
@@ -124,7 +122,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
                 let candidate = initial_policy(&name, &args).ok();
                 let candidate = candidate.as_ref().map(|(loaded, phase, _)| (loaded, phase.as_str()));
                 for note in instance::rebuild_state(&name, &args.iface, candidate)? {
-                    println!("fw: {name}: {note}");
+                    say!("fw: {name}: {note}");
                 }
                 adopt(&name, &args)?
             }
@@ -139,12 +137,12 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     runtime.spawn(kernel_log::forward(name.clone()));
     runtime.spawn(daemon::dns::serve(name.clone(), log.clone()));
     if let Some(server) = metrics_server {
-        println!("fw: {name}: metrics at http://{}/metrics", server.addr());
+        say!("fw: {name}: metrics at http://{}/metrics", server.addr());
         server.spawn(name.clone(), log);
     }
     runtime.block_on(daemon::run(&name, &state, Duration::from_secs(args.interval), &mut watcher, files))?;
     if paths::pin_dir(&name).exists() {
-        println!("fw: {name}: exiting; enforcement stays attached (fail closed). `fw stop --name {name}` detaches it.");
+        say!("fw: {name}: exiting; enforcement stays attached (fail closed). `fw stop --name {name}` detaches it.");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -166,14 +164,14 @@ fn initial_policy(name: &str, args: &RunArgs) -> Result<(LoadedPhase, String, bo
 fn fresh(name: &str, args: &RunArgs) -> Result<InstanceState> {
     let (loaded, phase, from_boot) = initial_policy(name, args)?;
     if from_boot {
-        println!(
+        say!(
             "fw: {name}: starting in phase {phase} of {}, the last one confirmed ({}); --policy/--phase only seed the first start (`fw stop --forget` resets)",
             loaded.source,
             paths::boot_dir(name).display()
         );
     }
     for warning in &loaded.warnings {
-        eprintln!("fw: {warning}");
+        say_err!("fw: {warning}");
     }
     if !args.force {
         instance::refuse_open_egress(&loaded.warnings)?;
@@ -196,7 +194,7 @@ fn fresh(name: &str, args: &RunArgs) -> Result<InstanceState> {
 /// What `fw run` says after a fresh start.
 fn announce(name: &str, args: &RunArgs, state: &InstanceState, from_boot: bool) {
     let e = &state.enforced;
-    println!(
+    say!(
         "fw: {name}: enforcing policy {} phase {} on {}{}; Ctrl-C leaves it enforcing, `fw stop --name {name}` removes it",
         e.policy_name,
         e.phase,
@@ -204,7 +202,7 @@ fn announce(name: &str, args: &RunArgs, state: &InstanceState, from_boot: bool) 
         if e.audit { " (audit mode: would-drop only)" } else { "" }
     );
     if e.phase == DEFAULT_PHASE && args.phase.is_none() && !from_boot {
-        println!("fw: next, when the install is done: `fw switch runtime --name {name} --confirm 120`, then `fw confirm --name {name}`");
+        say!("fw: next, when the install is done: `fw switch runtime --name {name} --confirm 120`, then `fw confirm --name {name}`");
     }
 }
 
@@ -213,7 +211,7 @@ fn announce(name: &str, args: &RunArgs, state: &InstanceState, from_boot: bool) 
 fn adopt(name: &str, args: &RunArgs) -> Result<InstanceState> {
     let (state, notes) = instance::reconcile(name)?;
     for note in notes {
-        println!("fw: {name}: {note}");
+        say!("fw: {name}: {note}");
     }
     if state.iface != args.iface {
         bail!(
@@ -227,7 +225,7 @@ fn adopt(name: &str, args: &RunArgs) -> Result<InstanceState> {
         let wanted = source::PolicyText::resolve(policy)?.label;
         if wanted != state.enforced.policy && args.watch {
             // The watched file is the truth: the daemon's first look loads it.
-            println!("fw: {name}: instance enforces {}; --watch loads {wanted} in its phase", state.enforced.policy);
+            say!("fw: {name}: instance enforces {}; --watch loads {wanted} in its phase", state.enforced.policy);
         } else if wanted != state.enforced.policy {
             bail!(
                 "instance {name} enforces {}, not {wanted}: change it with `fw switch PHASE --name {name} --policy {policy}`",
@@ -244,20 +242,24 @@ fn adopt(name: &str, args: &RunArgs) -> Result<InstanceState> {
     if !loader::attached_to(name, state.attach_mode, state.ifindex, &args.iface)? {
         let now = iface_watch::attach_again(name, &args.iface)
             .with_context(|| format!("instance {name}: the enforcer is not attached to {}", args.iface))?;
-        println!(
+        say!(
             "fw: {name}: interface {} was not enforced (ifindex {} -> {now}): attached the pinned enforcer to it",
-            args.iface, state.ifindex
+            args.iface,
+            state.ifindex
         );
     }
     let state = instance::load_state(name)?;
     let e = &state.enforced;
-    println!(
+    say!(
         "fw: {name}: adopted the pinned enforcer on {}: policy {} phase {} (generation {}), no reload, no gap",
-        state.iface, e.policy_name, e.phase, e.generation
+        state.iface,
+        e.policy_name,
+        e.phase,
+        e.generation
     );
     if let Some(phase) = &args.phase {
         if *phase != e.phase {
-            println!("fw: {name}: --phase {phase} applies to a fresh start only; the pinned phase {} stays (use `fw switch`)", e.phase);
+            say!("fw: {name}: --phase {phase} applies to a fresh start only; the pinned phase {} stays (use `fw switch`)", e.phase);
         }
     }
     Ok(state)

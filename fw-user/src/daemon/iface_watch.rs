@@ -157,7 +157,7 @@ impl Watcher {
             // Anything may have happened: the routes too.
             Ok(LinkEvent::Overrun) => Heard::Routes,
             Err(e) => {
-                eprintln!("fw: {}: {e:#}: subscribing again", self.name);
+                say_err!("fw: {}: {e:#}: subscribing again", self.name);
                 self.messages = Self::subscribe(&self.name, &self.iface)?.messages;
                 Heard::Routes
             }
@@ -176,7 +176,7 @@ impl Watcher {
                 let error = format!("{e:#}");
                 // Once per distinct error, not once per retry.
                 if self.failure.as_ref() != Some(&error) {
-                    eprintln!("fw: {}: interface {}: {error}", self.name, self.iface);
+                    say_err!("fw: {}: interface {}: {error}", self.name, self.iface);
                 }
                 Some(error)
             }
@@ -226,9 +226,10 @@ impl Watcher {
             Presence::Missing => {}
             Presence::Enforcing(ifindex) => {
                 if self.reported == Some(Presence::Missing) {
-                    println!(
+                    say!(
                         "fw: {}: interface {} is back (ifindex {ifindex}): the enforcer is attached to it again",
-                        self.name, self.iface
+                        self.name,
+                        self.iface
                     );
                 }
                 if self.reported != Some(presence) {
@@ -249,9 +250,10 @@ impl Watcher {
     }
 
     fn report_missing(&mut self, ifindex: u32) {
-        println!(
+        say!(
             "fw: {}: interface {} is gone (ifindex {ifindex}): not enforcing until an interface of that name is back",
-            self.name, self.iface
+            self.name,
+            self.iface
         );
         readiness::status(&format!("interface {} missing: not enforcing", self.iface));
         self.reported = Some(Presence::Missing);
@@ -278,7 +280,7 @@ pub fn attach_again(name: &str, iface: &str) -> Result<u32> {
     state.save()?;
     // Its on-link prefixes (neighbour discovery) are those of the new one.
     if let Err(e) = loader::RouteMaps::open(name).and_then(|mut m| m.refresh(iface)) {
-        eprintln!("fw: {name}: refreshing the routes the kernel programs use: {e:#}");
+        say_err!("fw: {name}: refreshing the routes the kernel programs use: {e:#}");
     }
     Ok(ifindex)
 }

@@ -114,7 +114,7 @@ pub async fn run(
                     // The files may live in other directories now (a
                     // ConfigMap update, a symlink changed).
                     if let Err(e) = files.refresh_dirs() {
-                        eprintln!("fw: {name}: {e:#}");
+                        say_err!("fw: {name}: {e:#}");
                     }
                 }
             }
@@ -265,42 +265,43 @@ impl Housekeeping {
         let name = self.name.clone();
         if !paths::pin_dir(&name).exists() {
             self.summary("until it was stopped");
-            println!("fw: {name}: the instance was stopped (`fw stop`)");
+            say!("fw: {name}: the instance was stopped (`fw stop`)");
             return true;
         }
         match self.reread_state() {
             Ok(Some(change)) => self.changed(change),
             Ok(None) => {}
-            Err(e) => eprintln!("fw: {name}: reading the state: {e:#}"),
+            Err(e) => say_err!("fw: {name}: reading the state: {e:#}"),
         }
         let now = crate::unix_now();
         if self.seen.switching || self.seen.pending_deadline.is_some_and(|d| now >= d) {
             match instance::rollback_if_due(&name, now) {
                 Ok((back, notes)) => {
                     for note in notes {
-                        println!("fw: {name}: {note}");
+                        say!("fw: {name}: {note}");
                     }
                     if let Some(back) = back {
-                        println!(
+                        say!(
                             "fw: {name}: the switch was not confirmed in time: rolled back to phase {} (generation {})",
-                            back.phase, back.generation
+                            back.phase,
+                            back.generation
                         );
                         self.rolled_back_to = Some(back.generation);
                         // Noticed now rather than at the next tick.
                         match self.reread_state() {
                             Ok(Some(change)) => self.changed(change),
                             Ok(None) => {}
-                            Err(e) => eprintln!("fw: {name}: reading the state: {e:#}"),
+                            Err(e) => say_err!("fw: {name}: reading the state: {e:#}"),
                         }
                     }
                 }
-                Err(e) => eprintln!("fw: {name}: rollback failed: {e:#}"),
+                Err(e) => say_err!("fw: {name}: rollback failed: {e:#}"),
             }
         }
         if self.routes_due.is_some_and(|due| Instant::now() >= due) {
             self.routes_due = None;
             if let Err(e) = loader::RouteMaps::open(&name).and_then(|mut m| m.refresh(&self.iface)) {
-                eprintln!("fw: {name}: refreshing the routes the kernel programs use: {e:#}");
+                say_err!("fw: {name}: refreshing the routes the kernel programs use: {e:#}");
                 self.routes_due = Some(Instant::now() + ROUTES_RETRY);
             }
         }
@@ -310,7 +311,7 @@ impl Housekeeping {
         if metrics::enabled() && self.last_census.is_none_or(|t| t.elapsed() >= metrics::CENSUS_INTERVAL) {
             self.last_census = Some(Instant::now());
             if let Err(e) = metrics::refresh_census(&name) {
-                eprintln!("fw: {name}: counting the maps for the metrics: {e:#}");
+                say_err!("fw: {name}: counting the maps for the metrics: {e:#}");
             }
         }
         false
@@ -322,7 +323,7 @@ impl Housekeeping {
         let name = self.name.clone();
         let said_already = matches!(&change, Change::RolledBack { to, .. } if self.rolled_back_to == Some(to.0));
         if !said_already {
-            println!("fw: {name}: {}", change.line());
+            say!("fw: {name}: {}", change.line());
         }
         self.rolled_back_to = None;
         if let Change::Switched { to, .. } | Change::RolledBack { to, .. } = &change {
@@ -336,7 +337,7 @@ impl Housekeeping {
                 self.deny_rules = deny;
                 match Snapshot::read(&self.counters, &self.deny_rules) {
                     Ok(now) => self.last = now,
-                    Err(e) => eprintln!("fw: {name}: reading the counters: {e:#}"),
+                    Err(e) => say_err!("fw: {name}: reading the counters: {e:#}"),
                 }
             }
         }
@@ -350,7 +351,7 @@ impl Housekeeping {
         let now = match self.read_counters() {
             Ok(now) => now,
             Err(e) => {
-                eprintln!("fw: {name}: reading the counters: {e:#}");
+                say_err!("fw: {name}: reading the counters: {e:#}");
                 return;
             }
         };
@@ -361,14 +362,14 @@ impl Housekeeping {
         let slots: Vec<usize> = (0..2).filter(|&s| !self.window[s].is_empty()).collect();
         if slots.len() <= 1 {
             let which = slots.first().map(|&s| label(&self.window[s])).unwrap_or_default();
-            println!("fw: {name}: last {secs}s{until}, {which}: {}", delta.drop_line());
+            say!("fw: {name}: last {secs}s{until}, {which}: {}", delta.drop_line());
         } else {
             // Older generation first.
             let mut ordered = slots.clone();
             ordered.sort_by_key(|&s| self.window[s].first().map(|(g, _)| *g));
             for s in ordered {
                 let drops = delta.slot_drops(s).unwrap_or_else(|| "no drops".to_string());
-                println!("fw: {name}: last {secs}s{until}, {}: {drops}", label(&self.window[s]));
+                say!("fw: {name}: last {secs}s{until}, {}: {drops}", label(&self.window[s]));
             }
         }
         self.last = now;

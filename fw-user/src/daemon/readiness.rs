@@ -27,6 +27,6 @@ pub fn status(status: &str) {
 fn send(states: &[NotifyState]) {
     // A manager that cannot be told is no reason to stop enforcing; say it.
     if let Err(e) = sd_notify::notify(states) {
-        eprintln!("fw: telling systemd ({}): {e}", std::env::var("NOTIFY_SOCKET").unwrap_or_default());
+        say_err!("fw: telling systemd ({}): {e}", std::env::var("NOTIFY_SOCKET").unwrap_or_default());
     }
 }

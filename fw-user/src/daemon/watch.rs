@@ -197,7 +197,7 @@ impl Reloader {
         }
         if state.pending.is_some() || state.switching.is_some() {
             if self.deferred.as_ref() != Some(&sources) {
-                println!(
+                say!(
                     "fw: {name}: {} changed while a switch awaits `fw confirm --name {name}`: not reloaded; \
                      it will be once the switch is confirmed or rolled back",
                     self.what()
@@ -226,9 +226,9 @@ impl Reloader {
                 RELOADS_OK.fetch_add(1, Ordering::Relaxed);
                 self.last_failure = None;
                 for warning in &outcome.warnings {
-                    eprintln!("fw: {warning}");
+                    say_err!("fw: {warning}");
                 }
-                println!(
+                say!(
                     "fw: {name}: {} changed: reloaded phase {phase} (generation {} -> {}) in {:.1} ms",
                     self.what(),
                     outcome.from.generation,
@@ -239,7 +239,7 @@ impl Reloader {
             }
             Err(e) => {
                 RELOADS_FAILED.fetch_add(1, Ordering::Relaxed);
-                eprintln!(
+                say_err!(
                     "fw: {name}: reload of {} failed, nothing changed (phase {phase}, generation {from} stays): {}",
                     self.what(),
                     one_line(&e)

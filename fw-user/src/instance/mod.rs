@@ -410,7 +410,7 @@ impl Drop for RemoveOnError {
     fn drop(&mut self) {
         if self.armed {
             if let Err(e) = loader::detach(&self.name, None, None) {
-                eprintln!("fw: cleaning up the failed start of {}: {e:#}", self.name);
+                say_err!("fw: cleaning up the failed start of {}: {e:#}", self.name);
             }
             let _ = InstanceState::remove(&self.name);
         }

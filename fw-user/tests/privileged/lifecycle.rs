@@ -353,3 +353,38 @@ fn finding11_ready_is_sent_once_enforcing() {
     fw.wait_ready();
     site.assert_enforced("after READY=1");
 }
+
+/// A `fw run` whose stdout reader went away (a journal stream closed, `fw
+/// run | head`) must keep running: it serves DNS and times rollbacks, and
+/// enforcement without its daemon loses both. Before, the next summary line
+/// (`println!` on a pipe with no reader, SIGPIPE ignored) panicked and the
+/// daemon exited.
+#[test]
+fn finding_a_daemon_whose_stdout_reader_is_gone_keeps_running() {
+    harness::setup();
+    let pair = VethPair::new(119);
+    let dir = TempDir::new();
+    let policy = dir.write("policy.yaml", &policy(&pair));
+    let name = harness::unique_name();
+    let mut child = fw_lab::process::Guarded::spawn_piped(
+        pair.near
+            .command(FW)
+            .args(["run", "--iface", &pair.near_if, "--phase", "test", "--name", &name, "--interval", "1"])
+            .args(["--cgroup", "none", "--policy"])
+            .arg(&policy),
+    )
+    .expect("starting fw run");
+    let (stdout, _) = child.wait_for_line("enforcing", Duration::from_secs(60)).expect("fw run enforces");
+    // The reader goes away: the daemon's next line meets a closed pipe.
+    drop(stdout);
+    // Drops make the daemon print a summary line every second.
+    for _ in 0..3 {
+        let _ = in_netns(&pair.near, || tcp_echo(SocketAddr::new(pair.far4.into(), DENIED), DROP_TIMEOUT));
+    }
+    let exited = poll(Duration::from_secs(4), || !matches!(child.0.try_wait(), Ok(None)));
+    let mut stop = pair.near.command(FW);
+    stop.args(["stop", "--name", &name]);
+    let stopped = run_bounded(stop, Duration::from_secs(30));
+    assert!(!exited, "fw run ended once its stdout had no reader: {:?}", child.0.try_wait());
+    assert!(stopped.status.success(), "{stopped:#?}");
+}

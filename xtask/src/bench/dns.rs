@@ -202,16 +202,26 @@ pub fn run(tools: &Tools, settings: &DnsSettings, dir: &Path) -> Result<Value> {
         ),
     )?;
     let instance = name("dnsfw");
-    let mut fw = Guarded::spawn_piped(
+    // Its stderr to a file: a pipe nobody reads would fill and block it.
+    let stderr_log = dir.join("fw-run-dns.stderr");
+    let mut fw = Guarded::spawn(
         pair.a
             .command(&tools.fw)
             .args(["run", "--iface", IFACE, "--phase", "bench", "--name", &instance, "--cgroup"])
             .arg(&cgroup.0)
             .arg("--policy")
-            .arg(&policy),
+            .arg(&policy)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&stderr_log)?),
     )?;
     let stop = StopFw { fw: tools.fw.clone(), name: instance.clone() };
-    fw.wait_for_line("DNS proxy listening", Duration::from_secs(60))?;
+    let (stdout, _) = fw
+        .wait_for_line("DNS proxy listening", Duration::from_secs(60))
+        .with_context(|| format!("fw run (its stderr: {})", stderr_log.display()))?;
+    // Its summary lines keep coming while the queries run: keep reading
+    // them (a dropped reader once ended the run's DNS proxy mid-bench).
+    super::netns::keep_draining(stdout);
 
     let mut direct = Vec::new();
     let mut proxied = Vec::new();

@@ -21,6 +21,13 @@ pub const RECEIVER6: &str = "2001:db8:c8::2";
 /// The veth end in the sender's namespace, where every filter goes.
 pub const IFACE: &str = "va";
 
+/// Reads `stdout` to its end on a thread of its own: a child whose output
+/// nobody reads blocks on a full pipe, and one whose reader is gone loses
+/// its lines.
+pub fn keep_draining(stdout: std::process::ChildStdout) {
+    std::thread::spawn(move || std::io::copy(&mut std::io::BufReader::new(stdout), &mut std::io::sink()));
+}
+
 /// `fwb-<pid>-<n>-tag`: a name of this run.
 pub fn name(tag: &str) -> String {
     format!("{}-{tag}", fw_lab::names::unique(PREFIX))

@@ -133,7 +133,7 @@ fn setup(tools: &Tools, dir: &Path, rules: usize, limit: Duration) -> Result<Set
         .wait_for_line("enforcing", Duration::from_secs(300))
         .with_context(|| format!("fw run (its stderr: {})", stderr_log.display()))?;
     // Keep draining its output so that it never blocks on a full pipe.
-    std::thread::spawn(move || std::io::copy(&mut std::io::BufReader::new(stdout), &mut std::io::sink()));
+    super::netns::keep_draining(stdout);
     instance.daemon = Some(daemon);
     let fw_slab = slab_bytes()?.saturating_sub(slab0);
     let t = Instant::now();

@@ -267,7 +267,7 @@ struct Proxy {
 /// proxy, DNS from local sockets fails: names fail closed).
 pub async fn serve(name: String, log: SharedLog) {
     if let Err(e) = run(&name, log).await {
-        eprintln!("fw: {name}: DNS proxy: {e:#}");
+        say_err!("fw: {name}: DNS proxy: {e:#}");
     }
 }
 
@@ -280,7 +280,7 @@ async fn run(name: &str, log: SharedLog) -> Result<()> {
         let removed = tokio::task::spawn_blocking(move || p.sweep()).await?;
         if removed > 0 {
             let s = &proxy.stats;
-            println!(
+            say!(
                 "fw: {name}: DNS: {removed} expired addresses removed; {} queries, {} answers, {} refused, {} addresses learned, {} learn failures, {} upstream failures",
                 s.queries.load(Ordering::Relaxed),
                 s.answers.load(Ordering::Relaxed),
@@ -307,7 +307,7 @@ pub async fn watch(name: &str, answers: AnswerSink) -> Result<Vec<SocketAddr>> {
 async fn listen(name: &str, log: SharedLog) -> Result<Arc<Proxy>> {
     let (proxy, bound) = start(name, log, None).await?;
     let list: Vec<String> = bound.iter().map(ToString::to_string).collect();
-    println!("fw: {name}: DNS proxy listening on {}", list.join(" "));
+    say!("fw: {name}: DNS proxy listening on {}", list.join(" "));
     Ok(proxy)
 }
 
@@ -345,7 +345,7 @@ async fn start(name: &str, log: SharedLog, watcher: Option<AnswerSink>) -> Resul
     });
     let adopted = if proxy.watcher.is_some() { 0 } else { proxy.adopt() };
     if adopted > 0 {
-        println!("fw: {name}: DNS: {adopted} addresses learned before this start stay allowed until their TTL");
+        say!("fw: {name}: DNS: {adopted} addresses learned before this start stay allowed until their TTL");
     }
     let mut bound = Vec::new();
     for index in 0..(MAX_RESOLVERS4 + MAX_RESOLVERS6) as u16 {
@@ -356,7 +356,7 @@ async fn start(name: &str, log: SharedLog, watcher: Option<AnswerSink>) -> Resul
             Ok(s) => s,
             // No IPv6 loopback: IPv6 resolvers cannot be asked.
             Err(e) if ip.is_ipv6() => {
-                eprintln!("fw: {name}: DNS proxy: not listening on {addr}: {e}");
+                say_err!("fw: {name}: DNS proxy: not listening on {addr}: {e}");
                 continue;
             }
             Err(e) => return Err(e).with_context(|| format!("binding the DNS proxy to {addr}")),
@@ -454,7 +454,7 @@ impl Proxy {
         let view = match self.view() {
             Ok(v) => v,
             Err(e) => {
-                eprintln!("fw: {}: DNS proxy: reading the active phase: {e:#}", self.name);
+                say_err!("fw: {}: DNS proxy: reading the active phase: {e:#}", self.name);
                 return answer::reply_with_rcode(query, answer::SERVFAIL);
             }
         };
@@ -541,7 +541,7 @@ impl Proxy {
         let (rules, settled) = match found {
             Ok(found) => found,
             Err(e) => {
-                eprintln!("fw: {}: DNS proxy: names are not learned: {e:#}", self.name);
+                say_err!("fw: {}: DNS proxy: names are not learned: {e:#}", self.name);
                 (None, false)
             }
         };
@@ -617,7 +617,7 @@ impl Proxy {
             match (change, written) {
                 (Change::Write(..), Ok(())) => drop(self.stats.learned.fetch_add(1, Ordering::Relaxed)),
                 (Change::Write(..), Err(e)) => {
-                    eprintln!("fw: {}: DNS proxy: cannot allow {addr}: {e}", self.name);
+                    say_err!("fw: {}: DNS proxy: cannot allow {addr}: {e}", self.name);
                     self.stats.learn_failed.fetch_add(1, Ordering::Relaxed);
                 }
                 // Already gone (the kernel map is the truth).
@@ -650,7 +650,7 @@ impl Proxy {
             match census {
                 Ok(()) => *cache = Some((Instant::now(), seen)),
                 Err(e) => {
-                    eprintln!("fw: {}: DNS proxy: reading the flow tables: {e:#}", self.name);
+                    say_err!("fw: {}: DNS proxy: reading the flow tables: {e:#}", self.name);
                     return true;
                 }
             }
@@ -665,7 +665,7 @@ impl Proxy {
         self.apply(&changes);
         if self.unsaved.swap(false, Ordering::Relaxed) {
             if let Err(e) = self.save() {
-                eprintln!("fw: {}: DNS proxy: saving the learned names: {e:#}", self.name);
+                say_err!("fw: {}: DNS proxy: saving the learned names: {e:#}", self.name);
             }
         }
         changes.len()

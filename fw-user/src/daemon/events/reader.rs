@@ -127,13 +127,13 @@ pub async fn run(name: String, mut log: SharedLog) {
     let mut reader = match EventReader::open(&name) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("fw: {name}: drop events unavailable: {e:#}");
+            say_err!("fw: {name}: drop events unavailable: {e:#}");
             return;
         }
     };
     loop {
         if let Err(e) = reader.next_batch(&mut log).await {
-            eprintln!("fw: {name}: reading drop events stopped: {e:#}");
+            say_err!("fw: {name}: reading drop events stopped: {e:#}");
             return;
         }
     }
