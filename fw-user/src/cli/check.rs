@@ -46,10 +46,17 @@ fn print_instruction_counts() {
         println!("# kernel programs: {e}");
         return;
     }
-    match crate::kernel::loader::verified_instruction_counts() {
-        Ok(counts) => {
-            for (program, insns) in counts {
-                println!("# kernel program {program}: {insns} instructions after verification (limit 1000000)");
+    match crate::kernel::loader::verified_programs() {
+        Ok(programs) => {
+            for p in programs {
+                println!(
+                    "# kernel program {}: {} instructions after verification; the verifier processed {} \
+                     (limit 1000000) in {:.0} ms",
+                    p.name,
+                    p.instructions,
+                    p.processed,
+                    p.load_time.as_secs_f64() * 1e3
+                );
             }
         }
         Err(e) => println!("# kernel programs: {e:#}"),

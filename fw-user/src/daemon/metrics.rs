@@ -244,10 +244,7 @@ fn count_flows(maps: &[MapData; 2], now: u64, timeouts: &FlowTimeouts) -> Result
 
 /// (entries, entries `matches` accepts) of a hash map. `K` and `V` must
 /// be the map's key and value types.
-fn count_entries<K: Copy + Default, V: Copy + Default>(
-    map: &MapData,
-    matches: impl Fn(&K, &V) -> bool,
-) -> Result<(u64, u64)> {
+fn count_entries<K: aya::Pod, V: aya::Pod>(map: &MapData, matches: impl Fn(&K, &V) -> bool) -> Result<(u64, u64)> {
     let (mut entries, mut matching) = (0u64, 0u64);
     batch::for_each::<K, V>(map, |k, v| {
         entries += 1;

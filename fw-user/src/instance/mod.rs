@@ -220,12 +220,22 @@ pub fn start(request: StartRequest) -> Result<InstanceState> {
     loader::pin_maps(&ebpf, &name)?;
     let mut store = KernelStore::from_maps(&name, PolicyMaps::take(&mut ebpf)?);
     let mut records = FileRecords::new(&name);
-    if !ephemeral {
-        records.save_copy(generation, &loaded.copy)?;
-    }
-    store.write(&compiled, generation)?;
-    store.activate(generation)?;
-    loader::RouteMaps::open(&name)?.refresh(&iface)?;
+    // The verifier's time does not depend on the policy, the maps' does:
+    // the programs are verified on other threads while the policy is
+    // written (neither is attached or active before both are done).
+    std::thread::scope(|scope| {
+        let verified = scope.spawn(|| loader::load_classifiers(&mut ebpf));
+        let written = (|| {
+            if !ephemeral {
+                records.save_copy(generation, &loaded.copy)?;
+            }
+            store.write(&compiled, generation)?;
+            store.activate(generation)?;
+            loader::RouteMaps::open(&name)?.refresh(&iface)
+        })();
+        let verified = verified.join().map_err(|_| anyhow!("loading the programs panicked"))?;
+        written.and(verified)
+    })?;
     failpoint::step("attach");
     let attach_mode = loader::attach(&mut ebpf, &name, &iface)?;
     if let Some(dir) = &cgroup {

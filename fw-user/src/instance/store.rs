@@ -28,8 +28,9 @@ pub trait PolicyStore {
     /// slot `generation & 1`. Callers never pass the active generation or
     /// its slot ([`super::txn`] checks before calling).
     fn write(&mut self, phase: &CompiledPhase, generation: u32) -> Result<usize>;
-    /// Deletes every entry of `generation`; returns how many.
-    fn delete(&mut self, generation: u32) -> Result<usize>;
+    /// Deletes every entry of the generations `doomed` says (never the
+    /// active one: refused), in one pass; returns how many.
+    fn delete(&mut self, doomed: &dyn Fn(u32) -> bool) -> Result<usize>;
     /// Entries per generation present in the policy maps.
     fn generations(&self) -> Result<BTreeMap<u32, usize>>;
     /// The highest generation a tracked flow remembers (0: none): a number a
@@ -76,14 +77,15 @@ impl PolicyStore for KernelStore {
     }
 
     fn write(&mut self, phase: &CompiledPhase, generation: u32) -> Result<usize> {
-        apply::write_generation(&mut self.maps, phase, generation, &mut || failpoint::step("write entry"))
+        apply::write_generation(&mut self.maps, phase, generation, &mut || failpoint::step("write entries"))
     }
 
-    fn delete(&mut self, generation: u32) -> Result<usize> {
-        if generation == self.active()? {
-            bail!("refusing to delete generation {generation}: it is the active one");
+    fn delete(&mut self, doomed: &dyn Fn(u32) -> bool) -> Result<usize> {
+        let active = self.active()?;
+        if doomed(active) {
+            bail!("refusing to delete generation {active}: it is the active one");
         }
-        apply::delete_generation(&mut self.maps, generation, &mut || failpoint::step("delete entry"))
+        apply::delete_generations(&mut self.maps, doomed, &mut || failpoint::step("delete entries"))
     }
 
     fn generations(&self) -> Result<BTreeMap<u32, usize>> {

@@ -131,20 +131,25 @@ impl PolicyStore for MemStore {
         Ok(written)
     }
 
-    fn delete(&mut self, generation: u32) -> Result<usize> {
-        if generation == self.active {
-            bail!("delete of the active generation {generation}");
+    fn delete(&mut self, doomed: &dyn Fn(u32) -> bool) -> Result<usize> {
+        if doomed(self.active) {
+            bail!("delete of the active generation {}", self.active);
         }
-        let doomed: Vec<Entry> = self.entries.get(&generation).map(|s| s.iter().cloned().collect()).unwrap_or_default();
-        for entry in &doomed {
-            self.fate.step()?;
-            let set = self.entries.get_mut(&generation).expect("listed");
-            set.remove(entry);
-            if set.is_empty() {
-                self.entries.remove(&generation);
+        let generations: Vec<u32> = self.entries.keys().copied().filter(|g| doomed(*g)).collect();
+        let mut removed = 0;
+        for generation in generations {
+            let entries: Vec<Entry> = self.entries[&generation].iter().cloned().collect();
+            for entry in &entries {
+                self.fate.step()?;
+                let set = self.entries.get_mut(&generation).expect("listed");
+                set.remove(entry);
+                if set.is_empty() {
+                    self.entries.remove(&generation);
+                }
             }
+            removed += entries.len();
         }
-        Ok(doomed.len())
+        Ok(removed)
     }
 
     fn generations(&self) -> Result<BTreeMap<u32, usize>> {
@@ -541,5 +546,5 @@ fn no_command_writes_the_active_generation() {
     let (_fate, mut store, _records) = started("install");
     let active = store.active;
     assert!(store.write(&phase("closed").compiled, active).is_err());
-    assert!(store.delete(active).is_err());
+    assert!(store.delete(&|g| g == active).is_err());
 }

@@ -179,8 +179,9 @@ pub fn switch(store: &mut dyn PolicyStore, records: &mut dyn Records, plan: Swit
         );
     }
     let old = state.enforced.generation;
-    let in_use = store.generations()?.keys().copied().max().unwrap_or(0);
-    let highest = state.highest_generation.max(old).max(in_use).max(store.highest_flow_generation()?);
+    // No other generation is in the maps: `reconcile` just deleted every
+    // one but the enforced (no rollback is pending), under the lock.
+    let highest = state.highest_generation.max(old).max(store.highest_flow_generation()?);
     let new = next_generation(highest, old);
     // 1. Reserve.
     state.highest_generation = new;
@@ -194,7 +195,7 @@ pub fn switch(store: &mut dyn PolicyStore, records: &mut dyn Records, plan: Swit
         Err(e) => {
             // Leave nothing of it behind (if this fails too, the next
             // reconcile collects it).
-            let _ = store.delete(new);
+            let _ = store.delete(&|g| g == new);
             return Err(e).context("the switch was not applied");
         }
     };
@@ -289,11 +290,7 @@ fn collect_garbage(store: &mut dyn PolicyStore, state: &InstanceState) -> Result
         .collect();
     let active = store.active()?;
     anyhow::ensure!(keep.contains(&active), "internal error: generation {active} is active but not kept");
-    let mut removed = 0;
-    for generation in store.generations()?.into_keys().filter(|g| !keep.contains(g)) {
-        removed += store.delete(generation)?;
-    }
-    Ok(removed)
+    store.delete(&|g| !keep.contains(&g))
 }
 
 /// Makes the boot record name the confirmed generation (none while a switch

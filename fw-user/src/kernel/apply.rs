@@ -9,16 +9,22 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use aya::maps::{lpm_trie::Key, MapData, PerCpuValues};
+use aya::{
+    maps::{lpm_trie::Key, IterableMap as _, MapData},
+    Pod,
+};
 use std::net::IpAddr;
 
 use fw_common::{
     names::{Resolvers, MAX_RESOLVERS4, MAX_RESOLVERS6},
-    AddrKey4, AddrKey6, Config, Counter, PhaseConfig, PortKey,
+    AddrKey4, AddrKey6, Config, Counter, PhaseConfig, PolicyValue, PortKey,
 };
 
 use crate::{
-    kernel::loader::{CounterMaps, PolicyMaps},
+    kernel::{
+        batch,
+        loader::{CounterMaps, PolicyMaps},
+    },
     policy::{compile::tables::CompiledPhase, ir::Resolver},
 };
 
@@ -31,27 +37,33 @@ pub fn write_generation(
     generation: u32,
     step: &mut dyn FnMut(),
 ) -> Result<usize> {
-    for e in &phase.addr4 {
-        step();
-        let (bits, key) = e.key(generation);
-        maps.addr4
-            .insert(&Key::new(bits, key), e.class, 0)
-            .with_context(|| format!("writing {}/{} to FW_ADDR4", e.addr, e.prefix_len))?;
-    }
-    for e in &phase.addr6 {
-        step();
-        let (bits, key) = e.key(generation);
-        maps.addr6
-            .insert(&Key::new(bits, key), e.class, 0)
-            .with_context(|| format!("writing {}/{} to FW_ADDR6", e.addr, e.prefix_len))?;
-    }
-    for e in &phase.ports {
-        step();
-        let (bits, key) = e.key(generation);
-        maps.ports
-            .insert(&Key::new(bits, key), e.value, 0)
-            .with_context(|| format!("writing class {} port entry to FW_PORTS", e.class))?;
-    }
+    let (keys, classes): (Vec<_>, Vec<_>) = phase
+        .addr4
+        .iter()
+        .map(|e| {
+            let (bits, key) = e.key(generation);
+            (Key::new(bits, key), e.class)
+        })
+        .unzip();
+    batch::update(maps.addr4.map(), &keys, &classes, step).context("writing FW_ADDR4")?;
+    let (keys, classes): (Vec<_>, Vec<_>) = phase
+        .addr6
+        .iter()
+        .map(|e| {
+            let (bits, key) = e.key(generation);
+            (Key::new(bits, key), e.class)
+        })
+        .unzip();
+    batch::update(maps.addr6.map(), &keys, &classes, step).context("writing FW_ADDR6")?;
+    let (keys, values): (Vec<_>, Vec<_>) = phase
+        .ports
+        .iter()
+        .map(|e| {
+            let (bits, key) = e.key(generation);
+            (Key::new(bits, key), e.value)
+        })
+        .unzip();
+    batch::update(maps.ports.map(), &keys, &values, step).context("writing FW_PORTS")?;
     step();
     maps.resolvers
         .set(generation & 1, resolvers_of(phase.dns.as_deref()), 0)
@@ -122,57 +134,69 @@ pub fn active_generation(maps: &PolicyMaps) -> Result<u32> {
     Ok(maps.config.get(&0, 0).context("reading FW_CONFIG")?.generation)
 }
 
-/// Deletes every entry of `generation` (never the active one: callers
-/// check); `step` runs before each deletion.
-pub fn delete_generation(maps: &mut PolicyMaps, generation: u32, step: &mut dyn FnMut()) -> Result<usize> {
-    let gen = generation.to_be_bytes();
+/// Deletes every entry whose generation is `doomed` (never the active
+/// one: callers check), in one walk of each trie; `step` runs before each
+/// batch of deletions. Returns how many were deleted.
+pub fn delete_generations(
+    maps: &mut PolicyMaps,
+    doomed: &dyn Fn(u32) -> bool,
+    step: &mut dyn FnMut(),
+) -> Result<usize> {
     let mut removed = 0;
-    removed += remove_where(&mut maps.addr4, |k| k.generation == gen, step)?;
-    removed += remove_where(&mut maps.addr6, |k| k.generation == gen, step)?;
-    removed += remove_where(&mut maps.ports, |k| k.generation == gen, step)?;
+    removed += remove_where::<AddrKey4, u32>(maps.addr4.map(), |k| doomed(u32::from_be_bytes(k.generation)), step)?;
+    removed += remove_where::<AddrKey6, u32>(maps.addr6.map(), |k| doomed(u32::from_be_bytes(k.generation)), step)?;
+    removed +=
+        remove_where::<PortKey, PolicyValue>(maps.ports.map(), |k| doomed(u32::from_be_bytes(k.generation)), step)?;
     Ok(removed)
 }
 
-fn remove_where<K: aya::Pod, V: aya::Pod>(
-    trie: &mut aya::maps::LpmTrie<MapData, K, V>,
-    matches: impl Fn(&K) -> bool,
-    step: &mut dyn FnMut(),
-) -> Result<usize> {
-    // Collect first: deleting while walking get_next_key restarts the walk.
-    let doomed: Vec<Key<K>> = trie.keys().filter_map(|k| k.ok()).filter(|k| matches(&k.data())).collect();
-    for key in &doomed {
-        step();
-        trie.remove(key).context("deleting an old-generation entry")?;
-    }
+fn remove_where<K: Pod, V: Pod>(trie: &MapData, matches: impl Fn(&K) -> bool, step: &mut dyn FnMut()) -> Result<usize> {
+    // Collect first: deleting while walking restarts the walk.
+    let mut doomed: Vec<Key<K>> = trie_keys::<K, V>(trie)?;
+    doomed.retain(|k| matches(&k.data()));
+    batch::delete(trie, &doomed, step).context("deleting old-generation entries")?;
     Ok(doomed.len())
+}
+
+/// Every key of an LPM trie, in a few system calls.
+fn trie_keys<K: Pod, V: Pod>(trie: &MapData) -> Result<Vec<Key<K>>> {
+    batch::keys::<Key<K>, V>(trie)
+}
+
+/// Every entry of an LPM trie.
+fn trie_entries<K: Pod, V: Pod>(trie: &MapData) -> Result<Vec<(Key<K>, V)>> {
+    let mut entries = Vec::new();
+    batch::for_each::<Key<K>, V>(trie, |k, v| entries.push((*k, *v)))?;
+    Ok(entries)
 }
 
 /// Entries per generation in the three policy tries.
 pub fn generations(maps: &PolicyMaps) -> Result<BTreeMap<u32, usize>> {
     let mut seen = BTreeMap::new();
     let mut count = |gen: [u8; 4]| *seen.entry(u32::from_be_bytes(gen)).or_insert(0) += 1;
-    maps.addr4.keys().filter_map(|k| k.ok()).for_each(|k| count(k.data().generation));
-    maps.addr6.keys().filter_map(|k| k.ok()).for_each(|k| count(k.data().generation));
-    maps.ports.keys().filter_map(|k| k.ok()).for_each(|k| count(k.data().generation));
+    trie_keys::<AddrKey4, u32>(maps.addr4.map())?.iter().for_each(|k| count(k.data().generation));
+    trie_keys::<AddrKey6, u32>(maps.addr6.map())?.iter().for_each(|k| count(k.data().generation));
+    trie_keys::<PortKey, PolicyValue>(maps.ports.map())?.iter().for_each(|k| count(k.data().generation));
     Ok(seen)
 }
 
 /// The highest generation a tracked flow (of either table) was admitted or
 /// re-checked under.
 pub fn highest_flow_generation(maps: &PolicyMaps) -> Result<u32> {
-    let flows = maps.flows.iter().filter_map(|e| e.ok()).map(|(_, v)| v.generation);
-    let flows_in = maps.flows_in.iter().filter_map(|e| e.ok()).map(|(_, v)| v.generation);
-    Ok(flows.chain(flows_in).max().unwrap_or(0))
+    let mut highest = 0;
+    maps.flows.for_each(|_, v| highest = highest.max(v.generation))?;
+    maps.flows_in.for_each(|_, v| highest = highest.max(v.generation))?;
+    Ok(highest)
 }
 
 /// Zeroes the per-rule counters of ids `0..rules`.
 pub fn zero_rule_counters(counters: &mut CounterMaps, rules: usize) -> Result<()> {
+    // A per-CPU value is one `Counter` (16 bytes: 8-aligned, as the kernel
+    // lays them out) per possible CPU.
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
-    for id in 0..rules as u32 {
-        let zeros = PerCpuValues::try_from(vec![Counter::default(); cpus])?;
-        counters.rule_stats.set(id, zeros, 0).context("zeroing rule counters")?;
-    }
-    Ok(())
+    let ids: Vec<u32> = (0..rules as u32).collect();
+    let zeros = vec![Counter::default(); rules * cpus];
+    batch::update(counters.rule_stats.map(), &ids, &zeros, &mut || {}).context("zeroing rule counters")
 }
 
 /// Reads a generation's entries back out of the kernel maps: what
@@ -207,8 +231,7 @@ pub fn read_generation(maps: &PolicyMaps, generation: u32) -> Result<CompiledPha
     if resolvers.enabled != 0 {
         phase.dns = Some(resolver_addrs(&resolvers).into_iter().map(|(_, a)| Resolver::Addr(a)).collect());
     }
-    for item in maps.addr4.iter() {
-        let (key, class) = item.context("reading FW_ADDR4")?;
+    for (key, class) in trie_entries::<AddrKey4, u32>(maps.addr4.map()).context("reading FW_ADDR4")? {
         let data = key.data();
         if data.generation == gen {
             let prefix_len = (key.prefix_len() - ADDR_KEY_FIXED_BITS) as u8;
@@ -220,8 +243,7 @@ pub fn read_generation(maps: &PolicyMaps, generation: u32) -> Result<CompiledPha
             });
         }
     }
-    for item in maps.addr6.iter() {
-        let (key, class) = item.context("reading FW_ADDR6")?;
+    for (key, class) in trie_entries::<AddrKey6, u32>(maps.addr6.map()).context("reading FW_ADDR6")? {
         let data = key.data();
         if data.generation == gen {
             let prefix_len = (key.prefix_len() - ADDR_KEY_FIXED_BITS) as u8;
@@ -233,8 +255,7 @@ pub fn read_generation(maps: &PolicyMaps, generation: u32) -> Result<CompiledPha
             });
         }
     }
-    for item in maps.ports.iter() {
-        let (key, value) = item.context("reading FW_PORTS")?;
+    for (key, value) in trie_entries::<PortKey, PolicyValue>(maps.ports.map()).context("reading FW_PORTS")? {
         let data = key.data();
         if data.generation == gen {
             let bits = key.prefix_len();
@@ -281,11 +302,11 @@ pub fn count_entries(maps: &PolicyMaps, generation: u32) -> Result<EntryCounts> 
     let gen = generation.to_be_bytes();
     let mut counts = EntryCounts::default();
     let addr4: HashSet<(u32, AddrKey4)> =
-        maps.addr4.keys().filter_map(|k| k.ok()).map(|k| (k.prefix_len(), k.data())).collect();
+        trie_keys::<AddrKey4, u32>(maps.addr4.map())?.iter().map(|k| (k.prefix_len(), k.data())).collect();
     let addr6: HashSet<(u32, AddrKey6)> =
-        maps.addr6.keys().filter_map(|k| k.ok()).map(|k| (k.prefix_len(), k.data())).collect();
+        trie_keys::<AddrKey6, u32>(maps.addr6.map())?.iter().map(|k| (k.prefix_len(), k.data())).collect();
     let ports: HashSet<(u32, PortKey)> =
-        maps.ports.keys().filter_map(|k| k.ok()).map(|k| (k.prefix_len(), k.data())).collect();
+        trie_keys::<PortKey, PolicyValue>(maps.ports.map())?.iter().map(|k| (k.prefix_len(), k.data())).collect();
     counts.addr4 = addr4.iter().filter(|(_, k)| k.generation == gen).count();
     counts.addr6 = addr6.iter().filter(|(_, k)| k.generation == gen).count();
     counts.ports = ports.iter().filter(|(_, k)| k.generation == gen).count();

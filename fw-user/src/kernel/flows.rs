@@ -5,7 +5,7 @@
 //! cost). Userspace sees one table of [`FlowKey`]s either way.
 
 use anyhow::{Context as _, Result};
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::{HashMap, IterableMap as _, Map, MapData, MapError};
 use fw_common::{FlowKey, FlowKey4, FlowValue};
 
 use super::batch;
@@ -30,6 +30,13 @@ impl FlowTable {
     /// Every entry, IPv4 keys widened to [`FlowKey`].
     pub fn iter(&self) -> impl Iterator<Item = Result<(FlowKey, FlowValue), MapError>> + '_ {
         self.v4.iter().map(|r| r.map(|(k, v)| (k.widen(), v))).chain(self.v6.iter())
+    }
+
+    /// Calls `visit` with every entry, read in batches (a full table in a
+    /// few dozen system calls), IPv4 keys widened to [`FlowKey`].
+    pub fn for_each(&self, mut visit: impl FnMut(&FlowKey, &FlowValue)) -> Result<()> {
+        batch::for_each::<FlowKey4, FlowValue>(self.v4.map(), |k, v| visit(&k.widen(), v))?;
+        batch::for_each::<FlowKey, FlowValue>(self.v6.map(), visit)
     }
 
     /// Every key, IPv4 keys widened to [`FlowKey`].

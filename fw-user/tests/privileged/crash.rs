@@ -271,7 +271,9 @@ fn crash_failpoints_of_switch_and_confirm() {
     let name = instance.name().to_string();
     let switch_open = ["switch", "open", "--name", &name, "--confirm", "600"];
     let (steps, out) = count_steps(&pair, &switch_open);
-    assert!(out.status.success() && steps > 10, "{steps} steps: {out:#?}");
+    // Bookkeeping (records, activation, counters) and the map writes and
+    // deletions, a batch of up to 4,096 entries each.
+    assert!(out.status.success() && steps > 5, "{steps} steps: {out:#?}");
     let (confirm_steps, out) = count_steps(&pair, &["confirm", "--name", &name]);
     assert!(out.status.success() && confirm_steps > 3, "{confirm_steps} steps: {out:#?}");
     assert_ok(&instance.cli(&["switch", "closed"]), "back");

@@ -8,8 +8,6 @@
 use std::time::Instant;
 
 use anyhow::{Context as _, Result};
-use aya::programs::SchedClassifier;
-use fw_common::maps;
 use fw_user::{
     kernel::apply,
     kernel::loader::{self, LoadOptions, PolicyMaps},
@@ -53,10 +51,8 @@ pub fn run(rules: usize, shape: &str) -> Result<Value> {
 
     let t = Instant::now();
     let mut ebpf = loader::load(&LoadOptions::here()?)?;
-    for name in [maps::PROG_EGRESS, maps::PROG_INGRESS] {
-        let p: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
-        p.load().with_context(|| format!("the verifier rejected {name}"))?;
-    }
+    // As `fw run` does it: both classifiers verified at once.
+    loader::load_classifiers(&mut ebpf)?;
     let load = t.elapsed();
     let mut policy = PolicyMaps::take(&mut ebpf)?;
 
@@ -81,7 +77,7 @@ pub fn run(rules: usize, shape: &str) -> Result<Value> {
     let compiled_b = compile_phase(&loaded.policy, "b")?;
     apply::write_generation(&mut policy, &compiled_b, 2, &mut || {})?;
     apply::activate(&mut policy, 2)?;
-    let removed = apply::delete_generation(&mut policy, 1, &mut || {})?;
+    let removed = apply::delete_generations(&mut policy, &|g| g == 1, &mut || {})?;
     let switch = t.elapsed();
 
     use aya::maps::IterableMap as _;
