@@ -36,6 +36,19 @@ macro_rules! say_err {
     }};
 }
 
+/// Writes each warning to stderr as a `fw: ` line, all in one write:
+/// stderr is unbuffered, and a merged 100,000-rule allowlist can have tens
+/// of thousands (one write each took a second at that scale). Like
+/// [`say_err!`], a stderr whose reader is gone is not an error.
+pub fn say_warnings(warnings: &[policy::Warning]) {
+    use std::{fmt::Write as _, io::Write as _};
+    let mut text = String::new();
+    for warning in warnings {
+        let _ = writeln!(text, "fw: {warning}");
+    }
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
 pub mod cli;
 pub mod daemon;
 pub mod instance;

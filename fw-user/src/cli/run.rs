@@ -170,9 +170,7 @@ fn fresh(name: &str, args: &RunArgs) -> Result<InstanceState> {
             paths::boot_dir(name).display()
         );
     }
-    for warning in &loaded.warnings {
-        say_err!("fw: {warning}");
-    }
+    crate::say_warnings(&loaded.warnings);
     if !args.force {
         instance::refuse_open_egress(&loaded.warnings)?;
     }

@@ -64,9 +64,7 @@ pub fn switch(args: SwitchArgs) -> Result<ExitCode> {
     for note in &outcome.notes {
         println!("fw: {name}: {note}");
     }
-    for warning in &outcome.warnings {
-        eprintln!("fw: {warning}");
-    }
+    crate::say_warnings(&outcome.warnings);
     println!(
         "fw: {name}: switched {} -> {} (generation {} -> {}) in {:.1} ms: {} entries written",
         outcome.from.phase,

@@ -225,9 +225,7 @@ impl Reloader {
             Ok(outcome) => {
                 RELOADS_OK.fetch_add(1, Ordering::Relaxed);
                 self.last_failure = None;
-                for warning in &outcome.warnings {
-                    say_err!("fw: {warning}");
-                }
+                crate::say_warnings(&outcome.warnings);
                 say!(
                     "fw: {name}: {} changed: reloaded phase {phase} (generation {} -> {}) in {:.1} ms",
                     self.what(),
