@@ -2,6 +2,8 @@
 //! (`BPF_MAP_*_BATCH`, Linux 5.6; LPM tries since 5.14; aya has no
 //! wrapper). A 100,000-rule policy is 440,000 trie entries: one system call
 //! each made a phase switch spend most of its time entering the kernel.
+//! A kernel without the batch operations for a map type (ENOTSUPP, or
+//! EINVAL before 5.6) gets the same done one entry per call.
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
@@ -22,6 +24,22 @@ struct BatchAttr {
     flags: u64,
 }
 
+/// The single-entry operations' part of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    /// `value`, or `next_key` for BPF_MAP_GET_NEXT_KEY.
+    value: u64,
+    flags: u64,
+}
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
@@ -35,15 +53,23 @@ const CHUNK: usize = 4096;
 #[repr(C, align(8))]
 struct Cursor([u8; 64]);
 
-fn call(cmd: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<()> {
+fn call<A>(cmd: libc::c_long, attr: &mut A) -> std::io::Result<()> {
     // SAFETY: every pointer in `attr` is to a live buffer sized for `count`
-    // keys and values of the map's sizes (the callers' contract).
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>()) };
+    // keys and values (or one key and value) of the map's sizes (the
+    // callers' contract).
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut A, std::mem::size_of::<A>()) };
     if rc < 0 {
         Err(std::io::Error::last_os_error())
     } else {
         Ok(())
     }
+}
+
+/// The kernel has no batch operation of this kind for this map type.
+fn unsupported(e: &std::io::Error) -> bool {
+    // ENOTSUPP (524, kernel-internal) for a map type without it; EINVAL
+    // from a kernel that does not know the command.
+    matches!(e.raw_os_error(), Some(524) | Some(libc::EINVAL))
 }
 
 fn fd(map: &MapData) -> u32 {
@@ -77,6 +103,9 @@ pub fn for_each<K: Pod, V: Pod>(map: &MapData, mut visit: impl FnMut(&K, &V)) ->
             ..BatchAttr::default()
         };
         let result = call(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        if first && result.as_ref().is_err_and(unsupported) {
+            return for_each_one_by_one(map, visit);
+        }
         let n = (attr.count as usize).min(CHUNK);
         keys[..n].iter().zip(&values[..n]).for_each(|(k, v)| visit(k, v));
         match result {
@@ -87,6 +116,41 @@ pub fn for_each<K: Pod, V: Pod>(map: &MapData, mut visit: impl FnMut(&K, &V)) ->
             // The end of the map.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
             Err(e) => return Err(e).context("BPF_MAP_LOOKUP_BATCH"),
+        }
+    }
+}
+
+/// [`for_each`] with BPF_MAP_GET_NEXT_KEY and BPF_MAP_LOOKUP_ELEM.
+pub fn for_each_one_by_one<K: Pod, V: Pod>(map: &MapData, mut visit: impl FnMut(&K, &V)) -> Result<()> {
+    let mut key = zeroed::<K>(1).remove(0);
+    let mut next = zeroed::<K>(1).remove(0);
+    let mut value = zeroed::<V>(1).remove(0);
+    let mut first = true;
+    loop {
+        let mut attr = ElemAttr {
+            map_fd: fd(map),
+            key: if first { 0 } else { &key as *const K as u64 },
+            value: &mut next as *mut K as u64,
+            ..ElemAttr::default()
+        };
+        match call(BPF_MAP_GET_NEXT_KEY, &mut attr) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Err(e) => return Err(e).context("BPF_MAP_GET_NEXT_KEY"),
+        }
+        first = false;
+        key = next;
+        let mut attr = ElemAttr {
+            map_fd: fd(map),
+            key: &key as *const K as u64,
+            value: &mut value as *mut V as u64,
+            ..ElemAttr::default()
+        };
+        match call(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+            Ok(()) => visit(&key, &value),
+            // Deleted since the walk saw it.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e).context("BPF_MAP_LOOKUP_ELEM"),
         }
     }
 }
@@ -104,23 +168,49 @@ pub fn keys<K: Pod, V: Pod>(map: &MapData) -> Result<Vec<K>> {
 /// key order. Stops at the first entry the kernel refuses (a full map:
 /// ENOSPC), with what was written before it left in place.
 pub fn update<K: Pod, V: Pod>(map: &MapData, keys: &[K], values: &[V], step: &mut dyn FnMut()) -> Result<()> {
-    ensure!(!keys.is_empty() || values.is_empty(), "values without keys");
     if keys.is_empty() {
+        ensure!(values.is_empty(), "values without keys");
         return Ok(());
     }
     let per_key = values.len() / keys.len();
     ensure!(per_key >= 1 && per_key * keys.len() == values.len(), "{} values for {} keys", values.len(), keys.len());
-    for (keys, values) in keys.chunks(CHUNK).zip(values.chunks(CHUNK * per_key)) {
+    for (i, (chunk_keys, chunk_values)) in keys.chunks(CHUNK).zip(values.chunks(CHUNK * per_key)).enumerate() {
         step();
         let mut attr = BatchAttr {
-            keys: keys.as_ptr() as u64,
-            values: values.as_ptr() as u64,
-            count: keys.len() as u32,
+            keys: chunk_keys.as_ptr() as u64,
+            values: chunk_values.as_ptr() as u64,
+            count: chunk_keys.len() as u32,
             map_fd: fd(map),
             ..BatchAttr::default()
         };
-        call(BPF_MAP_UPDATE_BATCH, &mut attr)
-            .with_context(|| format!("BPF_MAP_UPDATE_BATCH (entry {} of this batch)", attr.count))?;
+        match call(BPF_MAP_UPDATE_BATCH, &mut attr) {
+            Ok(()) => {}
+            Err(e) if i == 0 && unsupported(&e) => return update_one_by_one(map, keys, values, step),
+            Err(e) => {
+                return Err(e).with_context(|| format!("BPF_MAP_UPDATE_BATCH (entry {} of this batch)", attr.count))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`update`] with one BPF_MAP_UPDATE_ELEM per key (`step` before each).
+pub fn update_one_by_one<K: Pod, V: Pod>(
+    map: &MapData,
+    keys: &[K],
+    values: &[V],
+    step: &mut dyn FnMut(),
+) -> Result<()> {
+    let per_key = values.len() / keys.len().max(1);
+    for (key, value) in keys.iter().zip(values.chunks(per_key.max(1))) {
+        step();
+        let mut attr = ElemAttr {
+            map_fd: fd(map),
+            key: key as *const K as u64,
+            value: value.as_ptr() as u64,
+            ..ElemAttr::default()
+        };
+        call(BPF_MAP_UPDATE_ELEM, &mut attr).context("BPF_MAP_UPDATE_ELEM")?;
     }
     Ok(())
 }
@@ -128,12 +218,31 @@ pub fn update<K: Pod, V: Pod>(map: &MapData, keys: &[K], values: &[V], step: &mu
 /// Deletes `keys`, 4,096 per call of `BPF_MAP_DELETE_BATCH`; `step` runs
 /// before each call. A key that is not there is an error (ENOENT).
 pub fn delete<K: Pod>(map: &MapData, keys: &[K], step: &mut dyn FnMut()) -> Result<()> {
-    for keys in keys.chunks(CHUNK) {
+    for (i, chunk) in keys.chunks(CHUNK).enumerate() {
         step();
-        let mut attr =
-            BatchAttr { keys: keys.as_ptr() as u64, count: keys.len() as u32, map_fd: fd(map), ..BatchAttr::default() };
-        call(BPF_MAP_DELETE_BATCH, &mut attr)
-            .with_context(|| format!("BPF_MAP_DELETE_BATCH (entry {} of this batch)", attr.count))?;
+        let mut attr = BatchAttr {
+            keys: chunk.as_ptr() as u64,
+            count: chunk.len() as u32,
+            map_fd: fd(map),
+            ..BatchAttr::default()
+        };
+        match call(BPF_MAP_DELETE_BATCH, &mut attr) {
+            Ok(()) => {}
+            Err(e) if i == 0 && unsupported(&e) => return delete_one_by_one(map, keys, step),
+            Err(e) => {
+                return Err(e).with_context(|| format!("BPF_MAP_DELETE_BATCH (entry {} of this batch)", attr.count))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`delete`] with one BPF_MAP_DELETE_ELEM per key (`step` before each).
+pub fn delete_one_by_one<K: Pod>(map: &MapData, keys: &[K], step: &mut dyn FnMut()) -> Result<()> {
+    for key in keys {
+        step();
+        let mut attr = ElemAttr { map_fd: fd(map), key: key as *const K as u64, ..ElemAttr::default() };
+        call(BPF_MAP_DELETE_ELEM, &mut attr).context("BPF_MAP_DELETE_ELEM")?;
     }
     Ok(())
 }

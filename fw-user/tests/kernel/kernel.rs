@@ -152,7 +152,8 @@ impl Kernel {
         apply::write_generation(&mut self.policy, phase, generation, &mut || {}).expect("writing the policy");
         apply::activate(&mut self.policy, generation).expect("activating the policy");
         if let Some(old) = previous {
-            apply::delete_generation(&mut self.policy, old, &mut || {}).expect("deleting the old generation");
+            apply::delete_generations(&mut self.policy, &|g| g == old, &mut || {})
+                .expect("deleting the old generation");
         }
     }
 }

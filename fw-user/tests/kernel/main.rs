@@ -14,6 +14,7 @@
 //! * `FW_DIFF_PARANOID=1`: read every counter around every frame (slow;
 //!   pins down a counter that moves when it should not).
 
+mod batch;
 mod diff;
 mod flows;
 mod gen;
