@@ -21,8 +21,8 @@ pub struct CheckArgs {
     /// One JSON object instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Also load the kernel programs and print their verified instruction
-    /// counts (needs root).
+    /// Also load the kernel programs and print what the verifier made of
+    /// each: instructions, instructions processed, load time (needs root).
     #[arg(long)]
     pub verbose: bool,
 }

@@ -19,7 +19,10 @@ use crate::{
     daemon::learn::{self, Tally},
     instance::paths,
     instance::{self, records::PolicyCopy, StartRequest},
-    kernel::cgroup,
+    kernel::{
+        cgroup,
+        loader::{CounterMaps, LoadOptions, Preloading},
+    },
     source,
 };
 
@@ -94,6 +97,8 @@ pub fn learn(args: LearnArgs) -> Result<ExitCode> {
     }
     instance::ifindex(&args.iface)?;
     let cgroup = cgroup::resolve(args.cgroup.as_deref())?;
+    let options = LoadOptions { event_budget: LEARN_EVENT_BUDGET, ..LoadOptions::here()? };
+    let kernel = Preloading::start(options);
     let policy_text = if cgroup.is_some() { LEARNING_POLICY_DNS } else { LEARNING_POLICY };
     let copy = PolicyCopy { policy_text: policy_text.to_string(), env_text: None };
     let loaded = source::load_phase_text("builtin:learning", None, copy, LEARNING_PHASE)?;
@@ -112,7 +117,7 @@ pub fn learn(args: LearnArgs) -> Result<ExitCode> {
         phase: LEARNING_PHASE.to_string(),
         audit: true,
         cgroup,
-        event_budget: LEARN_EVENT_BUDGET,
+        kernel,
         ephemeral: true,
     })?;
     temporary.started = true;
@@ -406,11 +411,11 @@ impl Unseen {
 /// proxy's and other processes'), which are no events.
 fn resolver_packets(name: &str) -> Result<u64> {
     use fw_common::{stats::stats_index, Direction, Reason};
-    let maps = crate::kernel::loader::CounterMaps::open(name)?;
+    let maps = CounterMaps::open(name)?;
     let mut packets = 0;
     for slot in [0, 1] {
         let index = stats_index(slot, Direction::Egress, Reason::PassResolver);
-        packets += crate::kernel::loader::CounterMaps::sum(&maps.stats, index)?.packets;
+        packets += CounterMaps::sum(&maps.stats, index)?.packets;
     }
     Ok(packets)
 }

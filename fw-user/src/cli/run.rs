@@ -162,6 +162,8 @@ fn initial_policy(name: &str, args: &RunArgs) -> Result<(LoadedPhase, String, bo
 /// A fresh start: everything that can fail on bad input fails before the
 /// kernel is touched.
 fn fresh(name: &str, args: &RunArgs) -> Result<InstanceState> {
+    let options = loader::LoadOptions { event_budget: args.event_budget, ..loader::LoadOptions::here()? };
+    let kernel = loader::Preloading::start(options);
     let (loaded, phase, from_boot) = initial_policy(name, args)?;
     if from_boot {
         say!(
@@ -182,7 +184,7 @@ fn fresh(name: &str, args: &RunArgs) -> Result<InstanceState> {
         phase,
         audit: args.audit,
         cgroup,
-        event_budget: args.event_budget,
+        kernel,
         ephemeral: false,
     })?;
     announce(name, args, &state, from_boot);

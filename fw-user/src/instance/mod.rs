@@ -180,7 +180,8 @@ pub struct StartRequest {
     /// `--audit`: every phase in audit mode.
     pub audit: bool,
     pub cgroup: Option<PathBuf>,
-    pub event_budget: u32,
+    /// The kernel object, loading since before the policy was compiled.
+    pub kernel: loader::Preloading,
     /// A temporary instance (`fw learn`): no boot record.
     pub ephemeral: bool,
 }
@@ -202,7 +203,7 @@ pub fn boot_policy(name: &str) -> Result<Option<(records::BootRecord, LoadedPhas
 /// instance enforces nothing and is started afresh ([`leftover`]); after
 /// that it is adopted.
 pub fn start(request: StartRequest) -> Result<InstanceState> {
-    let StartRequest { name, iface, loaded, phase, audit, cgroup, event_budget, ephemeral } = request;
+    let StartRequest { name, iface, loaded, phase, audit, cgroup, kernel, ephemeral } = request;
     let mut compiled = loaded.compiled;
     compiled.settings.audit |= audit;
     let ifindex = ifindex(&iface)?;
@@ -215,27 +216,16 @@ pub fn start(request: StartRequest) -> Result<InstanceState> {
     let mut cleanup = RemoveOnError { name: name.clone(), armed: true };
 
     let generation = 1;
-    let options = loader::LoadOptions { event_budget, ..loader::LoadOptions::here()? };
-    let mut ebpf = loader::load(&options)?;
+    let mut ebpf = kernel.wait()?;
     loader::pin_maps(&ebpf, &name)?;
     let mut store = KernelStore::from_maps(&name, PolicyMaps::take(&mut ebpf)?);
     let mut records = FileRecords::new(&name);
-    // The verifier's time does not depend on the policy, the maps' does:
-    // the programs are verified on other threads while the policy is
-    // written (neither is attached or active before both are done).
-    std::thread::scope(|scope| {
-        let verified = scope.spawn(|| loader::load_classifiers(&mut ebpf));
-        let written = (|| {
-            if !ephemeral {
-                records.save_copy(generation, &loaded.copy)?;
-            }
-            store.write(&compiled, generation)?;
-            store.activate(generation)?;
-            loader::RouteMaps::open(&name)?.refresh(&iface)
-        })();
-        let verified = verified.join().map_err(|_| anyhow!("loading the programs panicked"))?;
-        written.and(verified)
-    })?;
+    if !ephemeral {
+        records.save_copy(generation, &loaded.copy)?;
+    }
+    store.write(&compiled, generation)?;
+    store.activate(generation)?;
+    loader::RouteMaps::open(&name)?.refresh(&iface)?;
     failpoint::step("attach");
     let attach_mode = loader::attach(&mut ebpf, &name, &iface)?;
     if let Some(dir) = &cgroup {
