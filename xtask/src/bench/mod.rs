@@ -194,15 +194,44 @@ fn write_report(results: &Value, opts: &Options) -> Result<()> {
         }
     }
     report::plot(results, &svg_path)?;
-    std::fs::write(&md_path, report::markdown(results, &relative_link(&md_path, &svg_path)))?;
+    let mut markdown = report::markdown(results, &relative_link(&md_path, &svg_path));
+    // What people wrote below the marker (measurements made by hand, with
+    // how to repeat them) outlives a regenerated report.
+    if let Some(kept) = std::fs::read_to_string(&md_path).ok().as_deref().and_then(hand_written) {
+        markdown.push('\n');
+        markdown.push_str(kept);
+    }
+    std::fs::write(&md_path, markdown)?;
     println!("bench: wrote {} and {}", md_path.display(), svg_path.display());
     Ok(())
+}
+
+/// Where BENCHMARKS.md's hand-written part starts; `cargo xtask bench`
+/// regenerates everything above it.
+pub const HAND_WRITTEN: &str = "<!-- Written by hand below this line: cargo xtask bench keeps it. -->";
+
+/// The marker and what follows it in `markdown`, if it has the marker.
+fn hand_written(markdown: &str) -> Option<&str> {
+    markdown.find(HAND_WRITTEN).map(|at| &markdown[at..])
 }
 
 fn relative_link(md: &Path, svg: &Path) -> String {
     match (md.parent(), svg.strip_prefix(md.parent().unwrap_or(Path::new("/")))) {
         (Some(_), Ok(rel)) => rel.display().to_string(),
         _ => svg.display().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hand_written_part_is_the_marker_and_what_follows() {
+        let md = format!("# Benchmarks\n\ngenerated\n\n{HAND_WRITTEN}\n\n## By hand\n\nkept\n");
+        assert_eq!(hand_written(&md), Some(&md[md.find("<!--").unwrap()..]));
+        assert!(hand_written(&md).unwrap().ends_with("kept\n"));
+        assert_eq!(hand_written("# Benchmarks\n\nno marker\n"), None);
     }
 }
 
