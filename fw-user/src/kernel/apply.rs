@@ -37,33 +37,9 @@ pub fn write_generation(
     generation: u32,
     step: &mut dyn FnMut(),
 ) -> Result<usize> {
-    let (keys, classes): (Vec<_>, Vec<_>) = phase
-        .addr4
-        .iter()
-        .map(|e| {
-            let (bits, key) = e.key(generation);
-            (Key::new(bits, key), e.class)
-        })
-        .unzip();
-    batch::update(maps.addr4.map(), &keys, &classes, step).context("writing FW_ADDR4")?;
-    let (keys, classes): (Vec<_>, Vec<_>) = phase
-        .addr6
-        .iter()
-        .map(|e| {
-            let (bits, key) = e.key(generation);
-            (Key::new(bits, key), e.class)
-        })
-        .unzip();
-    batch::update(maps.addr6.map(), &keys, &classes, step).context("writing FW_ADDR6")?;
-    let (keys, values): (Vec<_>, Vec<_>) = phase
-        .ports
-        .iter()
-        .map(|e| {
-            let (bits, key) = e.key(generation);
-            (Key::new(bits, key), e.value)
-        })
-        .unzip();
-    batch::update(maps.ports.map(), &keys, &values, step).context("writing FW_PORTS")?;
+    write_trie(maps.addr4.map(), &phase.addr4, |e| (e.key(generation), e.class), step).context("writing FW_ADDR4")?;
+    write_trie(maps.addr6.map(), &phase.addr6, |e| (e.key(generation), e.class), step).context("writing FW_ADDR6")?;
+    write_trie(maps.ports.map(), &phase.ports, |e| (e.key(generation), e.value), step).context("writing FW_PORTS")?;
     step();
     maps.resolvers
         .set(generation & 1, resolvers_of(phase.dns.as_deref()), 0)
@@ -78,6 +54,24 @@ pub fn write_generation(
     step();
     maps.phases.set(generation & 1, settings, 0).context("writing the phase settings to FW_PHASES")?;
     Ok(phase.addr4.len() + phase.addr6.len() + phase.ports.len())
+}
+
+/// Writes `entries` into an LPM trie, `entry` giving each one's
+/// (prefix length, key) and value.
+fn write_trie<E, K: Pod, V: Pod>(
+    trie: &MapData,
+    entries: &[E],
+    entry: impl Fn(&E) -> ((u32, K), V),
+    step: &mut dyn FnMut(),
+) -> Result<()> {
+    let (keys, values): (Vec<Key<K>>, Vec<V>) = entries
+        .iter()
+        .map(|e| {
+            let ((bits, key), value) = entry(e);
+            (Key::new(bits, key), value)
+        })
+        .unzip();
+    batch::update(trie, &keys, &values, step)
 }
 
 /// The kernel's form of a phase's `dns.resolvers` (`system` read now from

@@ -174,24 +174,41 @@ pub fn update<K: Pod, V: Pod>(map: &MapData, keys: &[K], values: &[V], step: &mu
     }
     let per_key = values.len() / keys.len();
     ensure!(per_key >= 1 && per_key * keys.len() == values.len(), "{} values for {} keys", values.len(), keys.len());
-    for (i, (chunk_keys, chunk_values)) in keys.chunks(CHUNK).zip(values.chunks(CHUNK * per_key)).enumerate() {
+    if !in_batches(BPF_MAP_UPDATE_BATCH, "BPF_MAP_UPDATE_BATCH", map, keys, Some((values, per_key)), step)? {
+        update_one_by_one(map, keys, values, step)?;
+    }
+    Ok(())
+}
+
+/// Runs the batch command `cmd` over `keys` (with `per_key` of `values`
+/// each), 4,096 keys per call, `step` before each. `Ok(false)`: the kernel
+/// has no such batch operation for this map type (refused on the first
+/// call, so nothing was done).
+fn in_batches<K: Pod, V: Pod>(
+    cmd: libc::c_long,
+    name: &str,
+    map: &MapData,
+    keys: &[K],
+    values: Option<(&[V], usize)>,
+    step: &mut dyn FnMut(),
+) -> Result<bool> {
+    for (i, chunk) in keys.chunks(CHUNK).enumerate() {
         step();
+        let values = values.map_or(0, |(values, per_key)| values[i * CHUNK * per_key..].as_ptr() as u64);
         let mut attr = BatchAttr {
-            keys: chunk_keys.as_ptr() as u64,
-            values: chunk_values.as_ptr() as u64,
-            count: chunk_keys.len() as u32,
+            keys: chunk.as_ptr() as u64,
+            values,
+            count: chunk.len() as u32,
             map_fd: fd(map),
             ..BatchAttr::default()
         };
-        match call(BPF_MAP_UPDATE_BATCH, &mut attr) {
+        match call(cmd, &mut attr) {
             Ok(()) => {}
-            Err(e) if i == 0 && unsupported(&e) => return update_one_by_one(map, keys, values, step),
-            Err(e) => {
-                return Err(e).with_context(|| format!("BPF_MAP_UPDATE_BATCH (entry {} of this batch)", attr.count))
-            }
+            Err(e) if i == 0 && unsupported(&e) => return Ok(false),
+            Err(e) => return Err(e).with_context(|| format!("{name} (entry {} of this batch)", attr.count)),
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// [`update`] with one BPF_MAP_UPDATE_ELEM per key (`step` before each).
@@ -218,21 +235,8 @@ pub fn update_one_by_one<K: Pod, V: Pod>(
 /// Deletes `keys`, 4,096 per call of `BPF_MAP_DELETE_BATCH`; `step` runs
 /// before each call. A key that is not there is an error (ENOENT).
 pub fn delete<K: Pod>(map: &MapData, keys: &[K], step: &mut dyn FnMut()) -> Result<()> {
-    for (i, chunk) in keys.chunks(CHUNK).enumerate() {
-        step();
-        let mut attr = BatchAttr {
-            keys: chunk.as_ptr() as u64,
-            count: chunk.len() as u32,
-            map_fd: fd(map),
-            ..BatchAttr::default()
-        };
-        match call(BPF_MAP_DELETE_BATCH, &mut attr) {
-            Ok(()) => {}
-            Err(e) if i == 0 && unsupported(&e) => return delete_one_by_one(map, keys, step),
-            Err(e) => {
-                return Err(e).with_context(|| format!("BPF_MAP_DELETE_BATCH (entry {} of this batch)", attr.count))
-            }
-        }
+    if !in_batches::<K, u8>(BPF_MAP_DELETE_BATCH, "BPF_MAP_DELETE_BATCH", map, keys, None, step)? {
+        delete_one_by_one(map, keys, step)?;
     }
     Ok(())
 }

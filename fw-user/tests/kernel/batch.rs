@@ -20,22 +20,25 @@ fn fresh_maps() -> PolicyMaps {
     PolicyMaps::take(&mut ebpf).expect("taking the policy maps")
 }
 
-fn batched_entries(map: &MapData) -> BTreeSet<Entry> {
+/// Every entry of `map`, read with `walk` (batched or one by one).
+fn entries(
+    map: &MapData,
+    walk: fn(&MapData, &mut dyn FnMut(&Key<AddrKey4>, &u32)) -> anyhow::Result<()>,
+) -> BTreeSet<Entry> {
     let mut seen = BTreeSet::new();
-    batch::for_each::<Key<AddrKey4>, u32>(map, |k, v| {
+    walk(map, &mut |k, v| {
         seen.insert((k.prefix_len(), k.data(), *v));
     })
-    .expect("BPF_MAP_LOOKUP_BATCH");
+    .expect("walking the trie");
     seen
 }
 
+fn batched_entries(map: &MapData) -> BTreeSet<Entry> {
+    entries(map, |m, visit| batch::for_each(m, visit))
+}
+
 fn single_entries(map: &MapData) -> BTreeSet<Entry> {
-    let mut seen = BTreeSet::new();
-    batch::for_each_one_by_one::<Key<AddrKey4>, u32>(map, |k, v| {
-        seen.insert((k.prefix_len(), k.data(), *v));
-    })
-    .expect("BPF_MAP_GET_NEXT_KEY");
-    seen
+    entries(map, |m, visit| batch::for_each_one_by_one(m, visit))
 }
 
 /// The two sets are equal; else the sizes and the first difference (the
