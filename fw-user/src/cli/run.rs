@@ -159,8 +159,9 @@ fn initial_policy(name: &str, args: &RunArgs) -> Result<(LoadedPhase, String, bo
     Ok((source::load_phase(policy, args.file.env_file.as_deref(), phase)?, phase.to_string(), false))
 }
 
-/// A fresh start: everything that can fail on bad input fails before the
-/// kernel is touched.
+/// A fresh start: everything that can fail on bad input fails before
+/// anything is pinned or attached (the object loading meanwhile, for the
+/// verifier's second, leaves nothing behind when dropped).
 fn fresh(name: &str, args: &RunArgs) -> Result<InstanceState> {
     let options = loader::LoadOptions { event_budget: args.event_budget, ..loader::LoadOptions::here()? };
     let kernel = loader::Preloading::start(options);
