@@ -7,8 +7,6 @@
 //! the `FW_PHASES` slot `generation & 1`. One 4-byte write of `FW_CONFIG`
 //! (`activate`) decides which generation every packet is judged by.
 
-use std::collections::BTreeMap;
-
 use anyhow::{bail, Result};
 
 use crate::{
@@ -31,8 +29,6 @@ pub trait PolicyStore {
     /// Deletes every entry of the generations `doomed` says (never the
     /// active one: refused), in one pass; returns how many.
     fn delete(&mut self, doomed: &dyn Fn(u32) -> bool) -> Result<usize>;
-    /// Entries per generation present in the policy maps.
-    fn generations(&self) -> Result<BTreeMap<u32, usize>>;
     /// The highest generation a tracked flow remembers (0: none): a number a
     /// flow still carries must never be handed to another policy, or the
     /// flow would pass unchecked under it.
@@ -86,10 +82,6 @@ impl PolicyStore for KernelStore {
             bail!("refusing to delete generation {active}: it is the active one");
         }
         apply::delete_generations(&mut self.maps, doomed, &mut || failpoint::step("delete entries"))
-    }
-
-    fn generations(&self) -> Result<BTreeMap<u32, usize>> {
-        apply::generations(&self.maps)
     }
 
     fn highest_flow_generation(&self) -> Result<u32> {

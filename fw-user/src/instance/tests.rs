@@ -152,10 +152,6 @@ impl PolicyStore for MemStore {
         Ok(removed)
     }
 
-    fn generations(&self) -> Result<BTreeMap<u32, usize>> {
-        Ok(self.entries.iter().map(|(g, s)| (*g, s.len())).collect())
-    }
-
     fn highest_flow_generation(&self) -> Result<u32> {
         Ok(self.flow_generations.iter().copied().max().unwrap_or(0))
     }

@@ -6,8 +6,6 @@
 //! packet see a partly written policy. The order of these steps, and what
 //! survives an interruption between any two of them, is `instance::txn`'s.
 
-use std::collections::BTreeMap;
-
 use anyhow::{Context, Result};
 use aya::{
     maps::{lpm_trie::Key, IterableMap as _, MapData},
@@ -162,16 +160,6 @@ fn trie_entries<K: Pod, V: Pod>(trie: &MapData) -> Result<Vec<(Key<K>, V)>> {
     let mut entries = Vec::new();
     batch::for_each::<Key<K>, V>(trie, |k, v| entries.push((*k, *v)))?;
     Ok(entries)
-}
-
-/// Entries per generation in the three policy tries.
-pub fn generations(maps: &PolicyMaps) -> Result<BTreeMap<u32, usize>> {
-    let mut seen = BTreeMap::new();
-    let mut count = |gen: [u8; 4]| *seen.entry(u32::from_be_bytes(gen)).or_insert(0) += 1;
-    trie_keys::<AddrKey4, u32>(maps.addr4.map())?.iter().for_each(|k| count(k.data().generation));
-    trie_keys::<AddrKey6, u32>(maps.addr6.map())?.iter().for_each(|k| count(k.data().generation));
-    trie_keys::<PortKey, PolicyValue>(maps.ports.map())?.iter().for_each(|k| count(k.data().generation));
-    Ok(seen)
 }
 
 /// The highest generation a tracked flow (of either table) was admitted or

@@ -76,9 +76,9 @@ fn fd(map: &MapData) -> u32 {
     map.fd().as_fd().as_raw_fd() as u32
 }
 
-fn zeroed<T: Pod>(n: usize) -> Vec<T> {
+fn zero<T: Pod>() -> T {
     // SAFETY: `Pod` types are plain data, valid for any bit pattern.
-    (0..n).map(|_| unsafe { std::mem::zeroed() }).collect()
+    unsafe { std::mem::zeroed() }
 }
 
 /// Calls `visit` with every entry of a map, read 4,096 at a time with
@@ -88,8 +88,8 @@ fn zeroed<T: Pod>(n: usize) -> Vec<T> {
 /// during the walk may be seen or not, as with any iteration of a live map.
 pub fn for_each<K: Pod, V: Pod>(map: &MapData, mut visit: impl FnMut(&K, &V)) -> Result<()> {
     const { assert!(std::mem::size_of::<K>() <= std::mem::size_of::<Cursor>()) };
-    let mut keys = zeroed::<K>(CHUNK);
-    let mut values = zeroed::<V>(CHUNK);
+    let mut keys: Vec<K> = (0..CHUNK).map(|_| zero()).collect();
+    let mut values: Vec<V> = (0..CHUNK).map(|_| zero()).collect();
     let (mut cursor_in, mut cursor_out) = (Cursor([0; 64]), Cursor([0; 64]));
     let mut first = true;
     loop {
@@ -122,9 +122,9 @@ pub fn for_each<K: Pod, V: Pod>(map: &MapData, mut visit: impl FnMut(&K, &V)) ->
 
 /// [`for_each`] with BPF_MAP_GET_NEXT_KEY and BPF_MAP_LOOKUP_ELEM.
 pub fn for_each_one_by_one<K: Pod, V: Pod>(map: &MapData, mut visit: impl FnMut(&K, &V)) -> Result<()> {
-    let mut key = zeroed::<K>(1).remove(0);
-    let mut next = zeroed::<K>(1).remove(0);
-    let mut value = zeroed::<V>(1).remove(0);
+    let mut key: K = zero();
+    let mut next: K = zero();
+    let mut value: V = zero();
     let mut first = true;
     loop {
         let mut attr = ElemAttr {
