@@ -9,11 +9,14 @@ fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     aya_build::build_ebpf([package], aya_build::Toolchain::default())?;
-    // With AYA_BUILD_SKIP (pure userspace work) there is no object: leave an
-    // empty one so the crate compiles; `loader::load` then says what to do.
-    let object = std::path::Path::new(&std::env::var("OUT_DIR")?).join("fw-ebpf");
-    if !object.exists() {
-        std::fs::write(&object, [])?;
+    // With AYA_BUILD_SKIP (pure userspace work) there are no objects: leave
+    // empty ones so the crate compiles; `loader::load` then says what to do.
+    // fw-lookup-bench is the benchmark's object (the `bench` feature).
+    for name in ["fw-ebpf", "fw-lookup-bench"] {
+        let object = std::path::Path::new(&std::env::var("OUT_DIR")?).join(name);
+        if !object.exists() {
+            std::fs::write(&object, [])?;
+        }
     }
     Ok(())
 }

@@ -14,6 +14,7 @@
 #[cfg(feature = "user")]
 mod by_name;
 pub mod config;
+pub mod dir4;
 pub mod event;
 pub mod flow;
 pub mod maps;

@@ -42,7 +42,10 @@ pub fn test(opts: &Options) -> Result<()> {
         // fw-ebpf's binary is the BPF program (`no_main`, it cannot link
         // for the host); its library, the parser, is tested on the host.
         cmd::run(cargo_test().args(["--workspace", "--exclude", "fw-ebpf"]).args(&opts.args))?;
-        cmd::run(cargo_test().args(["-p", "fw-ebpf", "--lib"]).args(&opts.args))
+        cmd::run(cargo_test().args(["-p", "fw-ebpf", "--lib"]).args(&opts.args))?;
+        // fw-bench's own logic (the DIR-16-8-8 builder) needs the `bench`
+        // feature, which `--workspace` leaves off.
+        cmd::run(cargo_test().args(["-p", "xtask", "--features", "bench", "--bin", "fw-bench"]).args(&opts.args))
     })];
     outcomes.push(timed("privileged", || {
         if !cmd::is_root() {

@@ -37,6 +37,13 @@ pub fn object() -> &'static [u8] {
     EBPF_OBJECT
 }
 
+/// The lookup benchmark's kernel object (fw-ebpf's `fw-lookup-bench`:
+/// the address trie against `fw_common::dir4`), for `fw-bench` only.
+#[cfg(feature = "bench")]
+pub fn lookup_bench_object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fw-lookup-bench"))
+}
+
 /// Map capacities chosen at load time.
 #[derive(Clone, Copy, Debug)]
 pub struct Capacity {

@@ -3,6 +3,8 @@
 //!
 //! The parts, one module each:
 //! 1. `testrun`: ns/packet through the real programs (BPF_PROG_TEST_RUN);
+//!    1b. `lookup`: the policy's two lookups alone, the IPv4 address trie
+//!    against DIR-16-8-8 arrays built from the same entries;
 //! 2. `traffic`: small-packet UDP and TCP across a veth pair, unfiltered,
 //!    with fw, with nftables and with iptables holding the same policy
 //!    (`fw export`), interleaved;
@@ -69,6 +71,12 @@ pub struct Settings {
     pub repeat: u32,
     pub testrun_rounds: usize,
     pub distinct: usize,
+    /// Part 1b: covered addresses timed per size, runs per address, and
+    /// random addresses both lookups must agree on (besides every
+    /// prefix's edges).
+    pub lookup_sample: usize,
+    pub lookup_repeat: u32,
+    pub lookup_probes: usize,
     pub traffic_sizes: Vec<usize>,
     pub tcp_sizes: Vec<usize>,
     pub rounds: usize,
@@ -87,6 +95,9 @@ impl Settings {
                 repeat: 100_000,
                 testrun_rounds: 3,
                 distinct: 2000,
+                lookup_sample: 20,
+                lookup_repeat: 10_000,
+                lookup_probes: 2000,
                 traffic_sizes: vec![1000],
                 tcp_sizes: vec![1000],
                 rounds: 2,
@@ -101,6 +112,9 @@ impl Settings {
                 repeat: 1_000_000,
                 testrun_rounds: 5,
                 distinct: 20_000,
+                lookup_sample: 200,
+                lookup_repeat: 100_000,
+                lookup_probes: 20_000,
                 traffic_sizes: vec![10, 1000, 10_000, 100_000],
                 tcp_sizes: vec![100_000],
                 rounds: 5,
@@ -156,6 +170,21 @@ pub fn bench(opts: &Options) -> Result<()> {
             &settings.distinct.to_string(),
         ],
     )?;
+    println!("bench: part 1b, the policy lookups alone");
+    let lookup = runner_json(
+        &tools,
+        &[
+            "lookup",
+            "--sizes",
+            &join(&settings.testrun_sizes),
+            "--repeat",
+            &settings.lookup_repeat.to_string(),
+            "--sample",
+            &settings.lookup_sample.to_string(),
+            "--probes",
+            &settings.lookup_probes.to_string(),
+        ],
+    )?;
     println!("bench: part 3, control plane in process ({} rules)", settings.control_rules);
     let control = runner_json(&tools, &["control", "--rules", &settings.control_rules.to_string()])?;
     println!("bench: part 2, traffic");
@@ -172,7 +201,7 @@ pub fn bench(opts: &Options) -> Result<()> {
             "repeat": settings.repeat, "testrun_rounds": settings.testrun_rounds, "rounds": settings.rounds,
             "udp_seconds": settings.udp_seconds, "tcp_seconds": settings.tcp_seconds, "distinct": settings.distinct,
         },
-        "testrun": testrun, "control": control, "traffic": traffic, "dns": dns,
+        "testrun": testrun, "lookup": lookup, "control": control, "traffic": traffic, "dns": dns,
         "took_seconds": started.elapsed().as_secs_f64(),
     });
     std::fs::write(work.join("results.json"), serde_json::to_string_pretty(&results)?)?;

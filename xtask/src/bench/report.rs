@@ -269,6 +269,50 @@ fn dns_section(results: &Value) -> String {
     md
 }
 
+/// Part 1b: the address trie against the DIR-16-8-8 arrays, and the port
+/// trie after either (absent from results saved before it existed).
+fn lookup_section(results: &Value) -> String {
+    let Some(rows) = results["lookup"]["rows"].as_array() else { return String::new() };
+    let mut md = format!(
+        "\n### 1b. The policy's lookups alone: the IPv4 address trie against O(1) arrays\n\n\
+         A new flow's time at many rules goes to its two LPM lookups (address, then port). Here each is timed \
+         alone through `fw-lookup-bench` (a separate object, never loaded by `fw`): the phase's compiled IPv4 \
+         entries in an LPM trie as in `FW_ADDR4` (both directions), and the egress ones in a DIR-16-8-8 table \
+         (`fw_common::dir4`: a 64 Ki-entry first level by the top 16 bits, then 256-entry chunks by the third \
+         and the fourth byte; at most three array reads, inlined by the verifier), each followed by the same \
+         port trie as `FW_PORTS`. ns per lookup above the floor (the same frame read, no lookup): median and \
+         90th percentile over the first and last addresses of randomly drawn prefixes, {} runs each. Before \
+         timing, the trie and the arrays judged every prefix's first and last address, the one after it and \
+         random addresses, and agreed on all (probes). Memory: the trie's slab growth across its write, the \
+         arrays' memlock (array slots are 8 bytes; the arrays exist per direction and per generation, a trie \
+         entry per generation).\n\n\
+         | rules | IPv4 entries (egress) | probes | address: trie | address: arrays | port trie after it | \
+         trie + port trie | arrays + port trie | trie memory | arrays memory (chunks) |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+        results["lookup"]["repeat"]
+    );
+    let ns = |v: &Value| format!("{:.0} ns (p90 {:.0})", f(&v["median"]), f(&v["p90"]));
+    for r in rows {
+        let _ = writeln!(
+            md,
+            "| {} | {} ({}) | {} | {} | {} | {:.0} ns | {} | {} | {} | {} ({}) |",
+            r["rules"],
+            r["addr4_entries"],
+            r["addr4_egress"],
+            r["probes"],
+            ns(&r["trie"]),
+            ns(&r["dir"]),
+            f(&r["trie_ports"]["median"]) - f(&r["trie"]["median"]),
+            ns(&r["trie_ports"]),
+            ns(&r["dir_ports"]),
+            mib(&r["trie_slab_bytes"]),
+            mib(&r["dir_memlock_bytes"]),
+            r["dir_chunks"],
+        );
+    }
+    md
+}
+
 pub fn markdown(results: &Value, svg: &str) -> String {
     let m = &results["machine"];
     let s = &results["settings"];
@@ -337,6 +381,7 @@ pub fn markdown(results: &Value, svg: &str) -> String {
             p["translated"], p["jited_bytes"], p["verified"]
         );
     }
+    md += &lookup_section(results);
 
     md += "\n## 2. Real traffic across a veth pair\n\n";
     let _ = writeln!(

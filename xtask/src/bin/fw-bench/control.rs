@@ -29,8 +29,15 @@ fn slab_bytes() -> Result<u64> {
     Ok(kb * 1024)
 }
 
+/// `Slab:` with other activity damped: the median of three reads.
+pub fn settled_slab_bytes() -> Result<u64> {
+    let mut v = [slab_bytes()?, slab_bytes()?, slab_bytes()?];
+    v.sort_unstable();
+    Ok(v[1])
+}
+
 /// `memlock:` of the map behind `fd`, from /proc/self/fdinfo.
-fn memlock(fd: std::os::fd::BorrowedFd<'_>) -> u64 {
+pub fn memlock(fd: std::os::fd::BorrowedFd<'_>) -> u64 {
     use std::os::fd::AsRawFd as _;
     std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
         .ok()
@@ -56,19 +63,13 @@ pub fn run(rules: usize, shape: &str) -> Result<Value> {
     let load = t.elapsed();
     let mut policy = PolicyMaps::take(&mut ebpf)?;
 
-    // Settle, then measure the slab across the writes (median of 3 reads
-    // each side, to damp other activity on the machine).
-    let read = || -> Result<u64> {
-        let mut v = [slab_bytes()?, slab_bytes()?, slab_bytes()?];
-        v.sort_unstable();
-        Ok(v[1])
-    };
-    let before = read()?;
+    // The slab across the writes.
+    let before = settled_slab_bytes()?;
     let t = Instant::now();
     apply::write_generation(&mut policy, &compiled, 1, &mut || {})?;
     apply::activate(&mut policy, 1)?;
     let write = t.elapsed();
-    let after = read()?;
+    let after = settled_slab_bytes()?;
     let entries = compiled.addr4.len() + compiled.addr6.len() + compiled.ports.len();
 
     // A switch to phase b, as `fw switch` does it: compile, write the new

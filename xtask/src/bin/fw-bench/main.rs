@@ -4,6 +4,7 @@
 //!
 //! * `policy N [--shape dense|nested]` prints a generated N-rule policy (YAML);
 //! * `testrun` measures ns/packet through the real programs (part 1);
+//! * `lookup` weighs the address trie against DIR-16-8-8 arrays (part 1b);
 //! * `control` measures compile, load, write and map memory (part 3);
 //! * `udp-send` / `udp-recv`: the small-packet sender (sendmmsg) and its
 //!   counting receiver (part 2), each run inside a namespace;
@@ -15,6 +16,7 @@ mod control;
 mod dns;
 mod frames;
 mod gen;
+mod lookup;
 #[path = "../../bench/stats.rs"]
 mod stats;
 mod testrun;
@@ -42,7 +44,7 @@ fn list(args: &[String], name: &str, default: &str) -> Result<Vec<usize>> {
 fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(command) = args.first() else {
-        bail!("usage: fw-bench policy|testrun|control|udp-send|udp-recv|dns-query ...")
+        bail!("usage: fw-bench policy|testrun|lookup|control|udp-send|udp-recv|dns-query ...")
     };
     let json = match command.as_str() {
         "policy" => {
@@ -55,6 +57,12 @@ fn run() -> Result<()> {
             repeat: arg(&args, "--repeat", 1_000_000)?,
             rounds: arg(&args, "--rounds", 5)?,
             distinct: arg(&args, "--distinct", 20_000)?,
+        })?,
+        "lookup" => lookup::run(&lookup::Options {
+            sizes: list(&args, "--sizes", "10,1000,10000,100000")?,
+            repeat: arg(&args, "--repeat", 100_000)?,
+            sample: arg(&args, "--sample", 200)?,
+            probes: arg(&args, "--probes", 20_000)?,
         })?,
         "control" => control::run(arg(&args, "--rules", 100_000)?, &arg(&args, "--shape", "dense".to_string())?)?,
         "udp-send" => udp::send(

@@ -1,0 +1,129 @@
+//! The lookup benchmark object (`fw-lookup-bench`): the policy's first
+//! lookup done two ways on the same addresses, so that `cargo xtask bench`
+//! can weigh the IPv4 address trie against the DIR-16-8-8 arrays of
+//! `fw_common::dir4` in one run (issue 16, item 2), and the port trie that
+//! follows either. Never loaded by `fw`; built beside `fw-ebpf` and linked
+//! into `fw-bench` only.
+//!
+//! Each program reads the destination address (and port) of an untagged
+//! IPv4 frame at fixed offsets, as the benchmark builds them, and returns
+//! what it found, so the benchmark checks that both ways agree.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    macros::{classifier, map},
+    maps::{lpm_trie::Key, Array, LpmTrie},
+    programs::TcContext,
+};
+use fw_common::{
+    dir4::{found, CHUNK, CHUNK_ENTRIES, INDEX, MISS, TOP_ENTRIES},
+    policy::{ADDR_KEY_FIXED_BITS, PORT_KEY_FULL_BITS},
+    AddrKey4, Direction, PolicyValue, PortKey,
+};
+
+/// Ethernet (14) + the IPv4 header's offsets of the protocol and destination.
+const PROTO_OFFSET: usize = 14 + 9;
+const DST_OFFSET: usize = 14 + 16;
+/// The destination port of a 20-byte IPv4 header's transport header.
+const DPORT_OFFSET: usize = 14 + 20 + 2;
+/// The generation the benchmark writes.
+const GENERATION: u32 = 1;
+
+// Named as in `fw_common::dir4` (the attribute takes a literal); the
+// benchmark sets the capacities before loading.
+#[map(name = "BENCH_ADDR4")]
+static BENCH_ADDR4: LpmTrie<AddrKey4, u32> = LpmTrie::with_max_entries(1, 0);
+
+#[map(name = "BENCH_PORTS")]
+static BENCH_PORTS: LpmTrie<PortKey, PolicyValue> = LpmTrie::with_max_entries(1, 0);
+
+#[map(name = "BENCH_DIR4_TOP")]
+static BENCH_DIR4_TOP: Array<u32> = Array::with_max_entries(TOP_ENTRIES, 0);
+
+#[map(name = "BENCH_DIR4_CHUNKS")]
+static BENCH_DIR4_CHUNKS: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn dst4(ctx: &TcContext) -> Option<[u8; 4]> {
+    ctx.load::<[u8; 4]>(DST_OFFSET).ok()
+}
+
+#[inline(always)]
+fn trie4(a: [u8; 4]) -> u32 {
+    let key = Key::new(ADDR_KEY_FIXED_BITS + 32, AddrKey4::new(GENERATION, Direction::Egress, a));
+    match BENCH_ADDR4.get(&key) {
+        Some(class) => found(*class),
+        None => MISS,
+    }
+}
+
+/// At most three array reads; the verifier inlines each (no helper call).
+#[inline(always)]
+fn dir4(a: [u8; 4]) -> u32 {
+    let Some(&top) = BENCH_DIR4_TOP.get(u32::from(a[0]) << 8 | u32::from(a[1])) else { return MISS };
+    if top & CHUNK == 0 {
+        return top;
+    }
+    let Some(&mid) = BENCH_DIR4_CHUNKS.get((top & INDEX) * CHUNK_ENTRIES + u32::from(a[2])) else { return MISS };
+    if mid & CHUNK == 0 {
+        return mid;
+    }
+    match BENCH_DIR4_CHUNKS.get((mid & INDEX) * CHUNK_ENTRIES + u32::from(a[3])) {
+        Some(&leaf) => leaf,
+        None => MISS,
+    }
+}
+
+/// The port trie after an address lookup's `found` value: the deciding
+/// rule + 1, or 0.
+#[inline(always)]
+fn ports(ctx: &TcContext, class_found: u32) -> u32 {
+    if class_found == MISS {
+        return 0;
+    }
+    let (Ok(proto), Ok(port)) = (ctx.load::<u8>(PROTO_OFFSET), ctx.load::<[u8; 2]>(DPORT_OFFSET)) else { return 0 };
+    let key = Key::new(PORT_KEY_FULL_BITS, PortKey::new(GENERATION, class_found - 1, proto, u16::from_be_bytes(port)));
+    match BENCH_PORTS.get(&key) {
+        Some(v) => v.rule + 1,
+        None => 0,
+    }
+}
+
+#[classifier]
+pub fn bench_floor(ctx: TcContext) -> i32 {
+    match dst4(&ctx) {
+        Some(a) => i32::from(a[3] & 1),
+        None => -1,
+    }
+}
+
+#[classifier]
+pub fn bench_trie4(ctx: TcContext) -> i32 {
+    dst4(&ctx).map_or(-1, |a| trie4(a) as i32)
+}
+
+#[classifier]
+pub fn bench_dir4(ctx: TcContext) -> i32 {
+    dst4(&ctx).map_or(-1, |a| dir4(a) as i32)
+}
+
+#[classifier]
+pub fn bench_trie4_ports(ctx: TcContext) -> i32 {
+    dst4(&ctx).map_or(-1, |a| ports(&ctx, trie4(a)) as i32)
+}
+
+#[classifier]
+pub fn bench_dir4_ports(ctx: TcContext) -> i32 {
+    dst4(&ctx).map_or(-1, |a| ports(&ctx, dir4(a)) as i32)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

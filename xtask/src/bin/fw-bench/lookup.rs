@@ -1,0 +1,350 @@
+//! Part 1b: the policy's first lookup two ways (issue 16, item 2). A new
+//! flow's cost at 100,000 rules is mostly its two LPM lookups; this weighs
+//! the IPv4 address trie `fw_egress` uses against an O(1) DIR-16-8-8 table
+//! (`fw_common::dir4`) built from the same compiled entries, and times the
+//! port trie that follows either, in one run, through the lookup benchmark
+//! object (fw-ebpf's `fw-lookup-bench`, loaded here only).
+//!
+//! Per size: the generated policy's phase `a` compiled as `fw run` does;
+//! the trie holds every IPv4 address entry (both directions, as in
+//! `FW_ADDR4`), the arrays the egress ones. Before timing, both programs
+//! judge every entry's first and last address, the address after its last
+//! and `probes` random ones, and must agree (and agree with the builder's
+//! own lookup). Then each program runs over `sample` covered addresses
+//! (`repeat` runs each, the kernel's mean), reported as the median and the
+//! 90th percentile, minus the floor (the same frame read, no lookup).
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use aya::{
+    maps::{Array, IterableMap as _, LpmTrie, MapData},
+    programs::{SchedClassifier, TestRun, TestRunOptions},
+    Ebpf, EbpfLoader,
+};
+use fw_common::{dir4, AddrKey4, Direction, PolicyValue, PortKey};
+use fw_user::{
+    kernel::{batch, loader},
+    policy::compile::{compile_phase, tables::AddrEntry4},
+    policy::{parse_str_with_resolver, Vars},
+};
+use serde_json::{json, Value};
+
+use crate::{
+    control::{memlock, settled_slab_bytes},
+    frames::{frame, UDP},
+    gen::{self, Rng},
+    stats::median,
+};
+
+pub struct Options {
+    pub sizes: Vec<usize>,
+    pub repeat: u32,
+    pub sample: usize,
+    pub probes: usize,
+}
+
+/// A DIR-16-8-8 table: the first level and the chunks, laid out as the
+/// kernel reads them (`fw_common::dir4`).
+#[derive(Debug, PartialEq)]
+pub struct Dir4 {
+    pub top: Vec<u32>,
+    pub chunks: Vec<u32>,
+}
+
+impl Dir4 {
+    /// The table of `(network, prefix length, class)`: prefixes are painted
+    /// shortest first, so a longer one overwrites what it nests in, and a
+    /// chunk starts as a copy of the entry it replaces. Distinct prefixes of
+    /// one length never overlap, so painting never meets a chunk pointer.
+    pub fn build(prefixes: impl IntoIterator<Item = (Ipv4Addr, u8, u32)>) -> Dir4 {
+        let mut sorted: Vec<_> = prefixes.into_iter().collect();
+        sorted.sort_by_key(|&(_, len, _)| len);
+        let mut table = Dir4 { top: vec![dir4::MISS; dir4::TOP_ENTRIES as usize], chunks: Vec::new() };
+        for (network, len, class) in sorted {
+            let value = dir4::found(class);
+            let a = u32::from(network) & mask(len);
+            let span = |bits: u8| 1usize << (bits - len.min(bits));
+            if len <= 16 {
+                let first = (a >> 16) as usize;
+                table.top[first..first + span(16)].fill(value);
+                continue;
+            }
+            let mid = table.chunk_of_top((a >> 16) as usize);
+            let second = mid * dir4::CHUNK_ENTRIES as usize;
+            if len <= 24 {
+                let first = second + (a >> 8 & 0xff) as usize;
+                table.chunks[first..first + span(24)].fill(value);
+                continue;
+            }
+            let leaf = table.chunk_of_chunk(second + (a >> 8 & 0xff) as usize);
+            let first = leaf * dir4::CHUNK_ENTRIES as usize + (a & 0xff) as usize;
+            table.chunks[first..first + span(32)].fill(value);
+        }
+        table
+    }
+
+    /// The chunk under `top[i]`, made from its value if it has none.
+    fn chunk_of_top(&mut self, i: usize) -> usize {
+        let entry = self.top[i];
+        if entry & dir4::CHUNK != 0 {
+            return (entry & dir4::INDEX) as usize;
+        }
+        let index = self.new_chunk(entry);
+        self.top[i] = dir4::CHUNK | index as u32;
+        index
+    }
+
+    fn chunk_of_chunk(&mut self, i: usize) -> usize {
+        let entry = self.chunks[i];
+        if entry & dir4::CHUNK != 0 {
+            return (entry & dir4::INDEX) as usize;
+        }
+        let index = self.new_chunk(entry);
+        self.chunks[i] = dir4::CHUNK | index as u32;
+        index
+    }
+
+    fn new_chunk(&mut self, fill: u32) -> usize {
+        let index = self.chunks.len() / dir4::CHUNK_ENTRIES as usize;
+        self.chunks.extend(std::iter::repeat_n(fill, dir4::CHUNK_ENTRIES as usize));
+        index
+    }
+
+    /// What the kernel program returns for `addr` (the same three reads).
+    pub fn lookup(&self, addr: Ipv4Addr) -> u32 {
+        let [a0, a1, a2, a3] = addr.octets();
+        let mut entry = self.top[usize::from(a0) << 8 | usize::from(a1)];
+        for byte in [a2, a3] {
+            if entry & dir4::CHUNK == 0 {
+                return entry;
+            }
+            entry = self.chunks[(entry & dir4::INDEX) as usize * dir4::CHUNK_ENTRIES as usize + usize::from(byte)];
+        }
+        entry
+    }
+
+    pub fn bytes(&self) -> usize {
+        (self.top.len() + self.chunks.len()) * 4
+    }
+}
+
+fn mask(len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    }
+}
+
+fn egress_prefixes(entries: &[AddrEntry4]) -> impl Iterator<Item = (Ipv4Addr, u8, u32)> + '_ {
+    entries.iter().filter(|e| e.direction == Direction::Egress).map(|e| (e.addr, e.prefix_len, e.class))
+}
+
+fn program<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a SchedClassifier> {
+    Ok(ebpf.program(name).with_context(|| format!("no program {name}"))?.try_into()?)
+}
+
+/// One run of `prog` on a frame to `dst`: its return value.
+fn judge(prog: &SchedClassifier, dst: Ipv4Addr) -> Result<u32> {
+    let data = frame(IpAddr::from([198, 18, 200, 1]), dst.into(), UDP, 40_000, gen::UDP_PORT);
+    Ok(prog.test_run(TestRunOptions { data_in: Some(&data), repeat: 1, ..Default::default() })?.return_value)
+}
+
+/// The kernel's mean ns per run of `repeat` runs on a frame to `dst`.
+fn time(prog: &SchedClassifier, dst: Ipv4Addr, repeat: u32) -> Result<f64> {
+    let data = frame(IpAddr::from([198, 18, 200, 1]), dst.into(), UDP, 40_000, gen::UDP_PORT);
+    let r = prog.test_run(TestRunOptions { data_in: Some(&data), repeat, ..Default::default() })?;
+    Ok(r.duration.as_nanos() as f64)
+}
+
+fn write_array(map: &MapData, values: &[u32]) -> Result<()> {
+    let keys: Vec<u32> = (0..values.len() as u32).collect();
+    batch::update(map, &keys, values, &mut || {})
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+pub fn run(opts: &Options) -> Result<Value> {
+    let mut rows = Vec::new();
+    let object = loader::lookup_bench_object();
+    ensure!(!object.is_empty(), "fw-bench was built without the lookup object (AYA_BUILD_SKIP)");
+    for &rules in &opts.sizes {
+        let yaml = gen::policy(rules);
+        let loaded = parse_str_with_resolver(&yaml, "bench.yaml", &Vars::from_pairs::<&str, &str>([]), &|h| {
+            Err(format!("no DNS ({h})"))
+        })?;
+        let compiled = compile_phase(&loaded.policy, "a")?;
+        let table = Dir4::build(egress_prefixes(&compiled.addr4));
+        let chunk_entries = table.chunks.len().max(1) as u32;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(dir4::MAP_TRIE4, compiled.addr4.len().max(1) as u32)
+            .map_max_entries(dir4::MAP_PORTS, compiled.ports.len().max(1) as u32)
+            .map_max_entries(dir4::MAP_CHUNKS, chunk_entries)
+            .load(object)
+            .context("loading the lookup benchmark object")?;
+        let trie_slab = {
+            let trie: LpmTrie<_, AddrKey4, u32> = LpmTrie::try_from(ebpf.map(dir4::MAP_TRIE4).context("trie")?)?;
+            let before = settled_slab_bytes()?;
+            let (keys, values): (Vec<_>, Vec<_>) = compiled
+                .addr4
+                .iter()
+                .map(|e| {
+                    let (len, key) = e.key(1);
+                    (aya::maps::lpm_trie::Key::new(len, key), e.class)
+                })
+                .unzip();
+            batch::update(trie.map(), &keys, &values, &mut || {})?;
+            settled_slab_bytes()?.saturating_sub(before)
+        };
+        {
+            let ports: LpmTrie<_, PortKey, PolicyValue> =
+                LpmTrie::try_from(ebpf.map(dir4::MAP_PORTS).context("ports")?)?;
+            let (keys, values): (Vec<_>, Vec<_>) = compiled
+                .ports
+                .iter()
+                .map(|e| {
+                    let (len, key) = e.key(1);
+                    (aya::maps::lpm_trie::Key::new(len, key), e.value)
+                })
+                .unzip();
+            batch::update(ports.map(), &keys, &values, &mut || {})?;
+        }
+        let memlock_dir = {
+            use std::os::fd::AsFd as _;
+            let top: Array<_, u32> = Array::try_from(ebpf.map(dir4::MAP_TOP).context("top")?)?;
+            let chunks: Array<_, u32> = Array::try_from(ebpf.map(dir4::MAP_CHUNKS).context("chunks")?)?;
+            write_array(top.map(), &table.top)?;
+            if !table.chunks.is_empty() {
+                write_array(chunks.map(), &table.chunks)?;
+            }
+            memlock(top.map().fd().as_fd()) + memlock(chunks.map().fd().as_fd())
+        };
+        for name in [dir4::PROG_FLOOR, dir4::PROG_TRIE4, dir4::PROG_DIR4, dir4::PROG_TRIE4_PORTS, dir4::PROG_DIR4_PORTS]
+        {
+            let p: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
+            p.load().with_context(|| format!("the verifier rejected {name}"))?;
+        }
+        let progs =
+            [dir4::PROG_FLOOR, dir4::PROG_TRIE4, dir4::PROG_DIR4, dir4::PROG_TRIE4_PORTS, dir4::PROG_DIR4_PORTS]
+                .map(|n| program(&ebpf, n));
+        let [floor, trie, dir, trie_ports, dir_ports] = progs;
+        let (floor, trie, dir, trie_ports, dir_ports) = (floor?, trie?, dir?, trie_ports?, dir_ports?);
+
+        // Agreement: the edges of every egress prefix, and random addresses.
+        let mut rng = Rng::new(0x6469_7234 ^ rules as u64);
+        let mut covered: Vec<Ipv4Addr> = Vec::new();
+        let mut probes: Vec<Ipv4Addr> = Vec::new();
+        for (network, len, _) in egress_prefixes(&compiled.addr4) {
+            let first = u32::from(network) & mask(len);
+            let last = first | !mask(len);
+            covered.extend([first, last].map(Ipv4Addr::from));
+            probes.push(Ipv4Addr::from(last.wrapping_add(1)));
+        }
+        probes.extend(&covered);
+        for _ in 0..opts.probes {
+            probes.push(Ipv4Addr::from(match rng.below(3) {
+                0 => 0xc612_0000 | (rng.u32() & 0x1_ffff),  // 198.18.0.0/15
+                1 => 0x0a00_0000 | (rng.u32() & 0xff_ffff), // 10.0.0.0/8
+                _ => rng.u32(),
+            }));
+        }
+        for &addr in &probes {
+            let (t, d) = (judge(trie, addr)?, judge(dir, addr)?);
+            if t != d || d != table.lookup(addr) {
+                bail!("{rules} rules, {addr}: trie {t}, arrays {d}, builder {}", table.lookup(addr));
+            }
+        }
+
+        // Timing: `sample` covered addresses (each in some prefix), the
+        // same ones for every program, interleaved address by address.
+        let mut samples: [Vec<f64>; 4] = Default::default();
+        for _ in 0..opts.sample {
+            let addr = covered[rng.below(covered.len() as u64) as usize];
+            let base = time(floor, addr, opts.repeat)?;
+            for (i, prog) in [trie, dir, trie_ports, dir_ports].into_iter().enumerate() {
+                samples[i].push(time(prog, addr, opts.repeat)? - base);
+            }
+        }
+        let floor_ns = time(floor, gen::RECEIVER4, opts.repeat)?;
+        let stat = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            json!({ "median": median(&mut v.clone()), "p90": percentile(v, 0.9) })
+        };
+        let row = json!({
+            "rules": rules,
+            "addr4_entries": compiled.addr4.len(),
+            "addr4_egress": egress_prefixes(&compiled.addr4).count(),
+            "port_entries": compiled.ports.len(),
+            "probes": probes.len(),
+            "sampled": samples[0].len(),
+            "floor_ns": floor_ns,
+            "trie": stat(&mut samples[0]),
+            "dir": stat(&mut samples[1]),
+            "trie_ports": stat(&mut samples[2]),
+            "dir_ports": stat(&mut samples[3]),
+            "trie_slab_bytes": trie_slab,
+            "dir_bytes": table.bytes(),
+            "dir_chunks": table.chunks.len() / dir4::CHUNK_ENTRIES as usize,
+            "dir_memlock_bytes": memlock_dir,
+        });
+        eprintln!("lookup: {row}");
+        rows.push(row);
+    }
+    Ok(json!({ "repeat": opts.repeat, "rows": rows }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The longest of `prefixes` containing `addr`: what an LPM trie answers.
+    fn longest_match(prefixes: &[(Ipv4Addr, u8, u32)], addr: Ipv4Addr) -> u32 {
+        prefixes
+            .iter()
+            .filter(|&&(n, len, _)| u32::from(addr) & mask(len) == u32::from(n) & mask(len))
+            .max_by_key(|&&(_, len, _)| len)
+            .map_or(dir4::MISS, |&(_, _, class)| dir4::found(class))
+    }
+
+    /// Random nested prefix sets (one class per distinct prefix, as the
+    /// compiler emits them), probed at every prefix's edges and at random.
+    #[test]
+    fn the_arrays_answer_the_longest_prefix_match() {
+        let mut rng = Rng::new(7);
+        for round in 0..200 {
+            let mut prefixes: Vec<(Ipv4Addr, u8, u32)> = Vec::new();
+            let base = 0xc612_0000u32;
+            for class in 0..rng.usize(1, 40) as u32 {
+                let len = [0, 8, 12, 15, 16, 17, 20, 23, 24, 25, 28, 31, 32][rng.usize(0, 12)];
+                let addr = (base | (rng.u32() & 0x1_ffff)) & mask(len);
+                if !prefixes.iter().any(|&(n, l, _)| l == len && u32::from(n) == addr) {
+                    prefixes.push((addr.into(), len, class));
+                }
+            }
+            let table = Dir4::build(prefixes.iter().copied());
+            let mut probes: Vec<u32> = (0..200).map(|_| base | (rng.u32() & 0x1_ffff)).collect();
+            for &(n, len, _) in &prefixes {
+                let first = u32::from(n);
+                probes.extend([first, first | !mask(len), (first | !mask(len)).wrapping_add(1), first.wrapping_sub(1)]);
+            }
+            for p in probes {
+                let addr = Ipv4Addr::from(p);
+                assert_eq!(table.lookup(addr), longest_match(&prefixes, addr), "round {round}, {addr}, {prefixes:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_chunk_is_made_only_under_a_longer_prefix() {
+        let table = Dir4::build([(Ipv4Addr::new(10, 0, 0, 0), 8, 1), (Ipv4Addr::new(10, 1, 0, 0), 16, 2)]);
+        assert!(table.chunks.is_empty());
+        let table = Dir4::build([(Ipv4Addr::new(10, 0, 0, 0), 8, 1), (Ipv4Addr::new(10, 1, 2, 3), 32, 2)]);
+        assert_eq!(table.chunks.len(), 2 * dir4::CHUNK_ENTRIES as usize);
+        assert_eq!(table.lookup(Ipv4Addr::new(10, 1, 2, 3)), dir4::found(2));
+        assert_eq!(table.lookup(Ipv4Addr::new(10, 1, 2, 4)), dir4::found(1));
+        assert_eq!(table.lookup(Ipv4Addr::new(11, 1, 2, 3)), dir4::MISS);
+    }
+}
