@@ -49,3 +49,14 @@ pub const PROG_DIR4_PORTS: &str = "bench_dir4_ports";
 pub const fn found(class: u32) -> u32 {
     class + 1
 }
+
+/// The hybrid variant ("DIR-16-8 + hosts"): prefixes up to /24 in the
+/// first two levels; longer ones expanded to their addresses in a hash map,
+/// looked up only under a /24 whose second-level entry has [`HOSTS`] set.
+/// Memory stays proportional to the hosts instead of 1 KiB per /24 that
+/// holds one.
+pub const HOSTS: u32 = 1 << 30;
+pub const MAP_HOSTS: &str = "BENCH_DIR4_HOSTS";
+pub const PROG_HYBRID4: &str = "bench_hybrid4";
+pub const MAP_HYB_TOP: &str = "BENCH_HYB4_TOP";
+pub const MAP_HYB_CHUNKS: &str = "BENCH_HYB4_CHUNKS";

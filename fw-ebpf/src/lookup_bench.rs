@@ -1,23 +1,23 @@
 //! The lookup benchmark object (`fw-lookup-bench`): the policy's first
 //! lookup done two ways on the same addresses, so that `cargo xtask bench`
 //! can weigh the IPv4 address trie against the DIR-16-8-8 arrays of
-//! `fw_common::dir4` in one run (issue 16, item 2), and the port trie that
-//! follows either. Never loaded by `fw`; built beside `fw-ebpf` and linked
+//! `fw_common::dir4` and their hybrid with a hash of hosts in one run
+//! (issue 16, item 2), and the port trie that follows. Never loaded by `fw`; built beside `fw-ebpf` and linked
 //! into `fw-bench` only.
 //!
 //! Each program reads the destination address (and port) of an untagged
 //! IPv4 frame at fixed offsets, as the benchmark builds them, and returns
-//! what it found, so the benchmark checks that both ways agree.
+//! what it found, so the benchmark checks that every way agrees.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
     macros::{classifier, map},
-    maps::{lpm_trie::Key, Array, LpmTrie},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie},
     programs::TcContext,
 };
 use fw_common::{
-    dir4::{found, CHUNK, CHUNK_ENTRIES, INDEX, MISS, TOP_ENTRIES},
+    dir4::{found, CHUNK, CHUNK_ENTRIES, HOSTS, INDEX, MISS, TOP_ENTRIES},
     policy::{ADDR_KEY_FIXED_BITS, PORT_KEY_FULL_BITS},
     AddrKey4, Direction, PolicyValue, PortKey,
 };
@@ -43,6 +43,16 @@ static BENCH_DIR4_TOP: Array<u32> = Array::with_max_entries(TOP_ENTRIES, 0);
 
 #[map(name = "BENCH_DIR4_CHUNKS")]
 static BENCH_DIR4_CHUNKS: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map(name = "BENCH_DIR4_HOSTS")]
+static BENCH_DIR4_HOSTS: HashMap<[u8; 4], u32> = HashMap::with_max_entries(1, 0);
+
+// The hybrid's two levels (same layout as the DIR-16-8-8 ones, no third).
+#[map(name = "BENCH_HYB4_TOP")]
+static BENCH_HYB4_TOP: Array<u32> = Array::with_max_entries(TOP_ENTRIES, 0);
+
+#[map(name = "BENCH_HYB4_CHUNKS")]
+static BENCH_HYB4_CHUNKS: Array<u32> = Array::with_max_entries(1, 0);
 
 #[inline(always)]
 fn dst4(ctx: &TcContext) -> Option<[u8; 4]> {
@@ -73,6 +83,23 @@ fn dir4(a: [u8; 4]) -> u32 {
         Some(&leaf) => leaf,
         None => MISS,
     }
+}
+
+/// Two array reads, and a hash lookup only under a /24 that has hosts.
+#[inline(always)]
+fn hybrid4(a: [u8; 4]) -> u32 {
+    let Some(&top) = BENCH_HYB4_TOP.get(u32::from(a[0]) << 8 | u32::from(a[1])) else { return MISS };
+    if top & CHUNK == 0 {
+        return top;
+    }
+    let Some(&mid) = BENCH_HYB4_CHUNKS.get((top & INDEX) * CHUNK_ENTRIES + u32::from(a[2])) else { return MISS };
+    if mid & HOSTS != 0 {
+        // SAFETY: the value is read at once.
+        if let Some(&host) = unsafe { BENCH_DIR4_HOSTS.get(&a) } {
+            return host;
+        }
+    }
+    mid & !HOSTS
 }
 
 /// The port trie after an address lookup's `found` value: the deciding
@@ -106,6 +133,11 @@ pub fn bench_trie4(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn bench_dir4(ctx: TcContext) -> i32 {
     dst4(&ctx).map_or(-1, |a| dir4(a) as i32)
+}
+
+#[classifier]
+pub fn bench_hybrid4(ctx: TcContext) -> i32 {
+    dst4(&ctx).map_or(-1, |a| hybrid4(a) as i32)
 }
 
 #[classifier]

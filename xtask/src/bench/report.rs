@@ -280,34 +280,42 @@ fn lookup_section(results: &Value) -> String {
          entries in an LPM trie as in `FW_ADDR4` (both directions), and the egress ones in a DIR-16-8-8 table \
          (`fw_common::dir4`: a 64 Ki-entry first level by the top 16 bits, then 256-entry chunks by the third \
          and the fourth byte; at most three array reads, inlined by the verifier), each followed by the same \
-         port trie as `FW_PORTS`. ns per lookup above the floor (the same frame read, no lookup): median and \
+         port trie as `FW_PORTS`; and a hybrid (\"DIR-16-8 + hosts\": prefixes up to /24 in the first two levels, \
+         longer ones expanded to their addresses in a hash map that is read only under a /24 that holds some). ns per lookup above the floor (the same frame read, no lookup): median and \
          90th percentile over the first and last addresses of randomly drawn prefixes, {} runs each. Before \
          timing, the trie and the arrays judged every prefix's first and last address, the one after it and \
-         random addresses, and agreed on all (probes). Memory: the trie's slab growth across its write, the \
-         arrays' memlock (array slots are 8 bytes; the arrays exist per direction and per generation, a trie \
-         entry per generation).\n\n\
-         | rules | IPv4 entries (egress) | probes | address: trie | address: arrays | port trie after it | \
-         trie + port trie | arrays + port trie | trie memory | arrays memory (chunks) |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+         random addresses, and agreed on all (probes). Memory: the memlock the kernel charges (the trie: its \
+         nodes' key and value bytes, with its slab growth across the write in parentheses, noisy on a shared \
+         machine; arrays: 8-byte slots per entry; the hash: its entries), for the egress direction and one \
+         generation (the arrays would exist per direction and per generation).\n\n\
+         | rules | IPv4 entries (egress) | probes | address: trie | address: arrays | address: hybrid \
+         | port trie after it | trie + port trie | arrays + port trie | trie memory (slab) | arrays memory (chunks) \
+         | hybrid memory (chunks, hosts) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
         results["lookup"]["repeat"]
     );
     let ns = |v: &Value| format!("{:.0} ns (p90 {:.0})", f(&v["median"]), f(&v["p90"]));
     for r in rows {
         let _ = writeln!(
             md,
-            "| {} | {} ({}) | {} | {} | {} | {:.0} ns | {} | {} | {} | {} ({}) |",
+            "| {} | {} ({}) | {} | {} | {} | {} | {:.0} ns | {} | {} | {} ({}) | {} ({}) | {} ({}, {}) |",
             r["rules"],
             r["addr4_entries"],
             r["addr4_egress"],
             r["probes"],
             ns(&r["trie"]),
             ns(&r["dir"]),
+            ns(&r["hybrid"]),
             f(&r["trie_ports"]["median"]) - f(&r["trie"]["median"]),
             ns(&r["trie_ports"]),
             ns(&r["dir_ports"]),
+            mib(&r["trie_memlock_bytes"]),
             mib(&r["trie_slab_bytes"]),
             mib(&r["dir_memlock_bytes"]),
             r["dir_chunks"],
+            mib(&r["hybrid_memlock_bytes"]),
+            r["hybrid_chunks"],
+            r["hybrid_hosts"],
         );
     }
     md

@@ -1,16 +1,17 @@
 //! Part 1b: the policy's first lookup two ways (issue 16, item 2). A new
 //! flow's cost at 100,000 rules is mostly its two LPM lookups; this weighs
 //! the IPv4 address trie `fw_egress` uses against an O(1) DIR-16-8-8 table
-//! (`fw_common::dir4`) built from the same compiled entries, and times the
-//! port trie that follows either, in one run, through the lookup benchmark
-//! object (fw-ebpf's `fw-lookup-bench`, loaded here only).
+//! (`fw_common::dir4`) and a hybrid of its first two levels with a hash of
+//! the longer prefixes' addresses, all built from the same compiled
+//! entries, and times the port trie that follows, in one run, through the
+//! lookup benchmark object (fw-ebpf's `fw-lookup-bench`, loaded here only).
 //!
 //! Per size: the generated policy's phase `a` compiled as `fw run` does;
 //! the trie holds every IPv4 address entry (both directions, as in
-//! `FW_ADDR4`), the arrays the egress ones. Before timing, both programs
-//! judge every entry's first and last address, the address after its last
-//! and `probes` random ones, and must agree (and agree with the builder's
-//! own lookup). Then each program runs over `sample` covered addresses
+//! `FW_ADDR4`), the arrays the egress ones. Before timing, the three
+//! programs judge every entry's first and last address, the address after
+//! its last and `probes` random ones, and must agree (and agree with the
+//! builders' own lookups). Then each program runs over `sample` covered addresses
 //! (`repeat` runs each, the kernel's mean), reported as the median and the
 //! 90th percentile, minus the floor (the same frame read, no lookup).
 
@@ -58,30 +59,35 @@ impl Dir4 {
     /// chunk starts as a copy of the entry it replaces. Distinct prefixes of
     /// one length never overlap, so painting never meets a chunk pointer.
     pub fn build(prefixes: impl IntoIterator<Item = (Ipv4Addr, u8, u32)>) -> Dir4 {
-        let mut sorted: Vec<_> = prefixes.into_iter().collect();
-        sorted.sort_by_key(|&(_, len, _)| len);
-        let mut table = Dir4 { top: vec![dir4::MISS; dir4::TOP_ENTRIES as usize], chunks: Vec::new() };
-        for (network, len, class) in sorted {
-            let value = dir4::found(class);
-            let a = u32::from(network) & mask(len);
-            let span = |bits: u8| 1usize << (bits - len.min(bits));
-            if len <= 16 {
-                let first = (a >> 16) as usize;
-                table.top[first..first + span(16)].fill(value);
-                continue;
-            }
-            let mid = table.chunk_of_top((a >> 16) as usize);
-            let second = mid * dir4::CHUNK_ENTRIES as usize;
-            if len <= 24 {
-                let first = second + (a >> 8 & 0xff) as usize;
-                table.chunks[first..first + span(24)].fill(value);
-                continue;
-            }
-            let leaf = table.chunk_of_chunk(second + (a >> 8 & 0xff) as usize);
-            let first = leaf * dir4::CHUNK_ENTRIES as usize + (a & 0xff) as usize;
-            table.chunks[first..first + span(32)].fill(value);
+        let mut table = Dir4::empty();
+        for (a, len, class) in shortest_first(prefixes) {
+            table.paint(a, len, dir4::found(class));
         }
         table
+    }
+
+    fn empty() -> Dir4 {
+        Dir4 { top: vec![dir4::MISS; dir4::TOP_ENTRIES as usize], chunks: Vec::new() }
+    }
+
+    /// `value` for every address of `a/len`, over what shorter prefixes
+    /// painted there.
+    fn paint(&mut self, a: u32, len: u8, value: u32) {
+        let span = |bits: u8| 1usize << (bits - len.min(bits));
+        if len <= 16 {
+            let first = (a >> 16) as usize;
+            self.top[first..first + span(16)].fill(value);
+            return;
+        }
+        let second = self.chunk_of_top((a >> 16) as usize) * dir4::CHUNK_ENTRIES as usize;
+        if len <= 24 {
+            let first = second + (a >> 8 & 0xff) as usize;
+            self.chunks[first..first + span(24)].fill(value);
+            return;
+        }
+        let leaf = self.chunk_of_chunk(second + (a >> 8 & 0xff) as usize);
+        let first = leaf * dir4::CHUNK_ENTRIES as usize + (a & 0xff) as usize;
+        self.chunks[first..first + span(32)].fill(value);
     }
 
     /// The chunk under `top[i]`, made from its value if it has none.
@@ -127,6 +133,60 @@ impl Dir4 {
     pub fn bytes(&self) -> usize {
         (self.top.len() + self.chunks.len()) * 4
     }
+}
+
+/// The hybrid "DIR-16-8 + hosts" (`fw_common::dir4::HOSTS`): prefixes up
+/// to /24 in two array levels, longer ones as their addresses in a hash.
+#[derive(Debug, PartialEq)]
+pub struct Hybrid4 {
+    pub levels: Dir4,
+    pub hosts: std::collections::BTreeMap<u32, u32>,
+}
+
+impl Hybrid4 {
+    /// A prefix longer than /24 lies inside one /24: its addresses go to
+    /// the hosts (a longer one, painted later, overwrites them) and that
+    /// /24's second-level entry gets the flag.
+    pub fn build(prefixes: impl IntoIterator<Item = (Ipv4Addr, u8, u32)>) -> Hybrid4 {
+        let mut levels = Dir4::empty();
+        let mut hosts = std::collections::BTreeMap::new();
+        for (a, len, class) in shortest_first(prefixes) {
+            if len <= 24 {
+                levels.paint(a, len, dir4::found(class));
+                continue;
+            }
+            for addr in a..=a | !mask(len) {
+                hosts.insert(addr, dir4::found(class));
+            }
+            let mid = levels.chunk_of_top((a >> 16) as usize);
+            levels.chunks[mid * dir4::CHUNK_ENTRIES as usize + (a >> 8 & 0xff) as usize] |= dir4::HOSTS;
+        }
+        Hybrid4 { levels, hosts }
+    }
+
+    /// What the kernel program returns for `addr`.
+    pub fn lookup(&self, addr: Ipv4Addr) -> u32 {
+        let [a0, a1, a2, _] = addr.octets();
+        let top = self.levels.top[usize::from(a0) << 8 | usize::from(a1)];
+        if top & dir4::CHUNK == 0 {
+            return top;
+        }
+        let mid = self.levels.chunks[(top & dir4::INDEX) as usize * dir4::CHUNK_ENTRIES as usize + usize::from(a2)];
+        if mid & dir4::HOSTS != 0 {
+            if let Some(&host) = self.hosts.get(&u32::from(addr)) {
+                return host;
+            }
+        }
+        mid & !dir4::HOSTS
+    }
+}
+
+/// Networks masked to their length, shortest first.
+fn shortest_first(prefixes: impl IntoIterator<Item = (Ipv4Addr, u8, u32)>) -> Vec<(u32, u8, u32)> {
+    let mut sorted: Vec<_> =
+        prefixes.into_iter().map(|(n, len, class)| (u32::from(n) & mask(len), len, class)).collect();
+    sorted.sort_by_key(|&(_, len, _)| len);
+    sorted
 }
 
 fn mask(len: u8) -> u32 {
@@ -178,14 +238,17 @@ pub fn run(opts: &Options) -> Result<Value> {
         })?;
         let compiled = compile_phase(&loaded.policy, "a")?;
         let table = Dir4::build(egress_prefixes(&compiled.addr4));
+        let hybrid = Hybrid4::build(egress_prefixes(&compiled.addr4));
         let chunk_entries = table.chunks.len().max(1) as u32;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(dir4::MAP_TRIE4, compiled.addr4.len().max(1) as u32)
             .map_max_entries(dir4::MAP_PORTS, compiled.ports.len().max(1) as u32)
             .map_max_entries(dir4::MAP_CHUNKS, chunk_entries)
+            .map_max_entries(dir4::MAP_HYB_CHUNKS, hybrid.levels.chunks.len().max(1) as u32)
+            .map_max_entries(dir4::MAP_HOSTS, hybrid.hosts.len().max(1) as u32)
             .load(object)
             .context("loading the lookup benchmark object")?;
-        let trie_slab = {
+        let (trie_slab, trie_memlock) = {
             let trie: LpmTrie<_, AddrKey4, u32> = LpmTrie::try_from(ebpf.map(dir4::MAP_TRIE4).context("trie")?)?;
             let before = settled_slab_bytes()?;
             let (keys, values): (Vec<_>, Vec<_>) = compiled
@@ -197,7 +260,8 @@ pub fn run(opts: &Options) -> Result<Value> {
                 })
                 .unzip();
             batch::update(trie.map(), &keys, &values, &mut || {})?;
-            settled_slab_bytes()?.saturating_sub(before)
+            use std::os::fd::AsFd as _;
+            (settled_slab_bytes()?.saturating_sub(before), memlock(trie.map().fd().as_fd()))
         };
         {
             let ports: LpmTrie<_, PortKey, PolicyValue> =
@@ -222,16 +286,35 @@ pub fn run(opts: &Options) -> Result<Value> {
             }
             memlock(top.map().fd().as_fd()) + memlock(chunks.map().fd().as_fd())
         };
-        for name in [dir4::PROG_FLOOR, dir4::PROG_TRIE4, dir4::PROG_DIR4, dir4::PROG_TRIE4_PORTS, dir4::PROG_DIR4_PORTS]
-        {
+        let memlock_hybrid = {
+            use std::os::fd::AsFd as _;
+            let top: Array<_, u32> = Array::try_from(ebpf.map(dir4::MAP_HYB_TOP).context("hybrid top")?)?;
+            let chunks: Array<_, u32> = Array::try_from(ebpf.map(dir4::MAP_HYB_CHUNKS).context("hybrid chunks")?)?;
+            let hosts: aya::maps::HashMap<_, [u8; 4], u32> =
+                aya::maps::HashMap::try_from(ebpf.map(dir4::MAP_HOSTS).context("hosts")?)?;
+            write_array(top.map(), &hybrid.levels.top)?;
+            if !hybrid.levels.chunks.is_empty() {
+                write_array(chunks.map(), &hybrid.levels.chunks)?;
+            }
+            let (keys, values): (Vec<[u8; 4]>, Vec<u32>) =
+                hybrid.hosts.iter().map(|(&a, &v)| (a.to_be_bytes(), v)).unzip();
+            batch::update(hosts.map(), &keys, &values, &mut || {})?;
+            memlock(top.map().fd().as_fd()) + memlock(chunks.map().fd().as_fd()) + memlock(hosts.map().fd().as_fd())
+        };
+        let names = [
+            dir4::PROG_FLOOR,
+            dir4::PROG_TRIE4,
+            dir4::PROG_DIR4,
+            dir4::PROG_HYBRID4,
+            dir4::PROG_TRIE4_PORTS,
+            dir4::PROG_DIR4_PORTS,
+        ];
+        for name in names {
             let p: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
             p.load().with_context(|| format!("the verifier rejected {name}"))?;
         }
-        let progs =
-            [dir4::PROG_FLOOR, dir4::PROG_TRIE4, dir4::PROG_DIR4, dir4::PROG_TRIE4_PORTS, dir4::PROG_DIR4_PORTS]
-                .map(|n| program(&ebpf, n));
-        let [floor, trie, dir, trie_ports, dir_ports] = progs;
-        let (floor, trie, dir, trie_ports, dir_ports) = (floor?, trie?, dir?, trie_ports?, dir_ports?);
+        let [floor, trie, dir, hyb, trie_ports, dir_ports] = names.map(|n| program(&ebpf, n));
+        let (floor, trie, dir, hyb, trie_ports, dir_ports) = (floor?, trie?, dir?, hyb?, trie_ports?, dir_ports?);
 
         // Agreement: the edges of every egress prefix, and random addresses.
         let mut rng = Rng::new(0x6469_7234 ^ rules as u64);
@@ -252,19 +335,23 @@ pub fn run(opts: &Options) -> Result<Value> {
             }));
         }
         for &addr in &probes {
-            let (t, d) = (judge(trie, addr)?, judge(dir, addr)?);
-            if t != d || d != table.lookup(addr) {
-                bail!("{rules} rules, {addr}: trie {t}, arrays {d}, builder {}", table.lookup(addr));
+            let (t, d, h) = (judge(trie, addr)?, judge(dir, addr)?, judge(hyb, addr)?);
+            if t != d || t != h || d != table.lookup(addr) || h != hybrid.lookup(addr) {
+                bail!(
+                    "{rules} rules, {addr}: trie {t}, arrays {d} (builder {}), hybrid {h} (builder {})",
+                    table.lookup(addr),
+                    hybrid.lookup(addr)
+                );
             }
         }
 
         // Timing: `sample` covered addresses (each in some prefix), the
         // same ones for every program, interleaved address by address.
-        let mut samples: [Vec<f64>; 4] = Default::default();
+        let mut samples: [Vec<f64>; 5] = Default::default();
         for _ in 0..opts.sample {
             let addr = covered[rng.below(covered.len() as u64) as usize];
             let base = time(floor, addr, opts.repeat)?;
-            for (i, prog) in [trie, dir, trie_ports, dir_ports].into_iter().enumerate() {
+            for (i, prog) in [trie, dir, hyb, trie_ports, dir_ports].into_iter().enumerate() {
                 samples[i].push(time(prog, addr, opts.repeat)? - base);
             }
         }
@@ -283,12 +370,17 @@ pub fn run(opts: &Options) -> Result<Value> {
             "floor_ns": floor_ns,
             "trie": stat(&mut samples[0]),
             "dir": stat(&mut samples[1]),
-            "trie_ports": stat(&mut samples[2]),
-            "dir_ports": stat(&mut samples[3]),
+            "hybrid": stat(&mut samples[2]),
+            "trie_ports": stat(&mut samples[3]),
+            "dir_ports": stat(&mut samples[4]),
             "trie_slab_bytes": trie_slab,
+            "trie_memlock_bytes": trie_memlock,
             "dir_bytes": table.bytes(),
             "dir_chunks": table.chunks.len() / dir4::CHUNK_ENTRIES as usize,
             "dir_memlock_bytes": memlock_dir,
+            "hybrid_chunks": hybrid.levels.chunks.len() / dir4::CHUNK_ENTRIES as usize,
+            "hybrid_hosts": hybrid.hosts.len(),
+            "hybrid_memlock_bytes": memlock_hybrid,
         });
         eprintln!("lookup: {row}");
         rows.push(row);
@@ -325,6 +417,7 @@ mod tests {
                 }
             }
             let table = Dir4::build(prefixes.iter().copied());
+            let hybrid = Hybrid4::build(prefixes.iter().copied());
             let mut probes: Vec<u32> = (0..200).map(|_| base | (rng.u32() & 0x1_ffff)).collect();
             for &(n, len, _) in &prefixes {
                 let first = u32::from(n);
@@ -332,7 +425,9 @@ mod tests {
             }
             for p in probes {
                 let addr = Ipv4Addr::from(p);
-                assert_eq!(table.lookup(addr), longest_match(&prefixes, addr), "round {round}, {addr}, {prefixes:?}");
+                let want = longest_match(&prefixes, addr);
+                assert_eq!(table.lookup(addr), want, "DIR-16-8-8, round {round}, {addr}, {prefixes:?}");
+                assert_eq!(hybrid.lookup(addr), want, "hybrid, round {round}, {addr}, {prefixes:?}");
             }
         }
     }
