@@ -10,6 +10,11 @@ pub const PHASES: &str = "FW_PHASES";
 pub const ADDR4: &str = "FW_ADDR4";
 /// `LpmTrie<AddrKey6, u32>`: IPv6 address -> address class.
 pub const ADDR6: &str = "FW_ADDR6";
+/// `Array<dir4::Top>`, `Array<dir4::Chunk>`, `HashMap<AddrKey4, u32>`: the
+/// IPv4 address classes packets look up (`crate::dir4`).
+pub const ADDR4_TOP: &str = "FW_ADDR4_TOP";
+pub const ADDR4_MID: &str = "FW_ADDR4_MID";
+pub const ADDR4_HOSTS: &str = "FW_ADDR4_HOSTS";
 /// `LpmTrie<PortKey, PolicyValue>`: {class, protocol, port prefix} -> rule.
 pub const PORTS: &str = "FW_PORTS";
 /// The protected flow table (tracked flows this host opened, and inbound
@@ -60,10 +65,13 @@ pub const RESOLVERS: &str = "FW_RESOLVERS";
 pub const DNS_PROXY: &str = "FW_DNS_PROXY";
 
 /// Every map that `fw` pins, in a fixed order.
-pub const ALL: [&str; 23] = [
+pub const ALL: [&str; 26] = [
     CONFIG,
     PHASES,
     ADDR4,
+    ADDR4_TOP,
+    ADDR4_MID,
+    ADDR4_HOSTS,
     ADDR6,
     PORTS,
     FLOWS4,
@@ -110,6 +118,10 @@ pub const PROG_GETPEERNAME6: &str = "fw_getpeername6";
 /// until used; a phase may use half, since two generations coexist during a
 /// switch. 100,000 dense rules need about 560,000 port entries.
 pub const DEFAULT_ADDR_ENTRIES: u32 = 1 << 19;
+/// Second-level chunks of the IPv4 address table (`crate::dir4`) per phase
+/// slot: one per direction and /16 that holds a prefix longer than /16
+/// (1 KiB each, allocated when the map is made: 2 MiB for both slots).
+pub const DEFAULT_MID_CHUNKS: u32 = 1 << 10;
 pub const DEFAULT_PORT_ENTRIES: u32 = 1 << 21;
 pub const DEFAULT_FLOW_ENTRIES: u32 = 1 << 18;
 /// The probation table, for flows inbound packets open, is this fraction of

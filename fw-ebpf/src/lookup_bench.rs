@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use fw_common::{
-    dir4::{found, CHUNK, CHUNK_ENTRIES, HOSTS, INDEX, MISS, TOP_ENTRIES},
+    dir4::{self, found, Chunk, Top, CHUNK, CHUNK_ENTRIES, HOSTS, INDEX, MISS, TOP_ENTRIES},
     policy::{ADDR_KEY_FIXED_BITS, PORT_KEY_FULL_BITS},
     AddrKey4, Direction, PolicyValue, PortKey,
 };
@@ -44,15 +44,15 @@ static BENCH_DIR4_TOP: Array<u32> = Array::with_max_entries(TOP_ENTRIES, 0);
 #[map(name = "BENCH_DIR4_CHUNKS")]
 static BENCH_DIR4_CHUNKS: Array<u32> = Array::with_max_entries(1, 0);
 
-#[map(name = "BENCH_DIR4_HOSTS")]
-static BENCH_DIR4_HOSTS: HashMap<[u8; 4], u32> = HashMap::with_max_entries(1, 0);
-
-// The hybrid's two levels (same layout as the DIR-16-8-8 ones, no third).
+// The hybrid, laid out as `fw_egress`'s FW_ADDR4_TOP/MID/HOSTS.
 #[map(name = "BENCH_HYB4_TOP")]
-static BENCH_HYB4_TOP: Array<u32> = Array::with_max_entries(TOP_ENTRIES, 0);
+static BENCH_HYB4_TOP: Array<Top> = Array::with_max_entries(4, 0);
 
 #[map(name = "BENCH_HYB4_CHUNKS")]
-static BENCH_HYB4_CHUNKS: Array<u32> = Array::with_max_entries(1, 0);
+static BENCH_HYB4_CHUNKS: Array<Chunk> = Array::with_max_entries(1, 0);
+
+#[map(name = "BENCH_HYB4_HOSTS")]
+static BENCH_HYB4_HOSTS: HashMap<AddrKey4, u32> = HashMap::with_max_entries(1, 0);
 
 #[inline(always)]
 fn dst4(ctx: &TcContext) -> Option<[u8; 4]> {
@@ -85,21 +85,24 @@ fn dir4(a: [u8; 4]) -> u32 {
     }
 }
 
-/// Two array reads, and a hash lookup only under a /24 that has hosts.
+/// Two array reads, and a hash lookup only under a /24 that has hosts:
+/// the same steps as `fw_egress`'s `policy::addr4_class`.
 #[inline(always)]
 fn hybrid4(a: [u8; 4]) -> u32 {
-    let Some(&top) = BENCH_HYB4_TOP.get(u32::from(a[0]) << 8 | u32::from(a[1])) else { return MISS };
-    if top & CHUNK == 0 {
-        return top;
+    let Some(top) = BENCH_HYB4_TOP.get(dir4::top_index(GENERATION, Direction::Egress as u8)) else { return MISS };
+    let entry = top[usize::from(a[0]) << 8 | usize::from(a[1])];
+    if entry & CHUNK == 0 {
+        return entry;
     }
-    let Some(&mid) = BENCH_HYB4_CHUNKS.get((top & INDEX) * CHUNK_ENTRIES + u32::from(a[2])) else { return MISS };
-    if mid & HOSTS != 0 {
+    let Some(chunk) = BENCH_HYB4_CHUNKS.get(entry & INDEX) else { return MISS };
+    let entry = chunk[usize::from(a[2])];
+    if entry & HOSTS != 0 {
         // SAFETY: the value is read at once.
-        if let Some(&host) = unsafe { BENCH_DIR4_HOSTS.get(&a) } {
+        if let Some(&host) = unsafe { BENCH_HYB4_HOSTS.get(&AddrKey4::new(GENERATION, Direction::Egress, a)) } {
             return host;
         }
     }
-    mid & !HOSTS
+    entry & !HOSTS
 }
 
 /// The port trie after an address lookup's `found` value: the deciding

@@ -15,7 +15,8 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie},
 };
 use fw_common::{
-    maps::{DEFAULT_ADDR_ENTRIES, DEFAULT_PORT_ENTRIES},
+    dir4::{self, Chunk, Top, CHUNK, HOSTS, INDEX},
+    maps::{DEFAULT_ADDR_ENTRIES, DEFAULT_MID_CHUNKS, DEFAULT_PORT_ENTRIES},
     names::{
         name_class, Learned, Resolvers, DNS_PORT, DOT_PORT, EMPTY_SLOT, LEARNED_CAPACITY, MAX_RESOLVERS4,
         MAX_RESOLVERS6, NAME_SLOTS,
@@ -35,8 +36,24 @@ static FW_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map(name = "FW_PHASES")]
 static FW_PHASES: Array<PhaseConfig> = Array::with_max_entries(2, 0);
 
+/// The IPv4 entries as the compiler made them (prefix -> class): the
+/// record `fw explain --name` and `fw status` read back, and what the
+/// collection of old generations walks. Packets read the table below.
 #[map(name = "FW_ADDR4")]
 static FW_ADDR4: LpmTrie<AddrKey4, u32> = LpmTrie::with_max_entries(DEFAULT_ADDR_ENTRIES, 0);
+
+/// IPv4 address classes as packets look them up (`fw_common::dir4`): a
+/// first-level table per phase slot and direction, the second-level chunks
+/// of both slots, and the addresses of prefixes longer than /24, all built
+/// from the same entries as `FW_ADDR4`.
+#[map(name = "FW_ADDR4_TOP")]
+static FW_ADDR4_TOP: Array<Top> = Array::with_max_entries(4, 0);
+
+#[map(name = "FW_ADDR4_MID")]
+static FW_ADDR4_MID: Array<Chunk> = Array::with_max_entries(2 * DEFAULT_MID_CHUNKS, 0);
+
+#[map(name = "FW_ADDR4_HOSTS")]
+static FW_ADDR4_HOSTS: HashMap<AddrKey4, u32> = HashMap::with_max_entries(DEFAULT_ADDR_ENTRIES, BPF_F_NO_PREALLOC);
 
 #[map(name = "FW_ADDR6")]
 static FW_ADDR6: LpmTrie<AddrKey6, u32> = LpmTrie::with_max_entries(DEFAULT_ADDR_ENTRIES, 0);
@@ -117,14 +134,32 @@ pub fn peer(direction: Direction, pkt: &Packet) -> Peer<'_> {
 pub fn lookup(generation: u32, direction: Direction, peer: Peer, proto: u8, port: u16) -> Option<PolicyValue> {
     let a = peer.addr;
     let class = if peer.family == 4 {
-        let key = Key::new(ADDR_KEY_FIXED_BITS + 32, AddrKey4::new(generation, direction, [a[0], a[1], a[2], a[3]]));
-        *FW_ADDR4.get(&key)?
+        addr4_class(generation, direction, [a[0], a[1], a[2], a[3]])?
     } else {
         let key = Key::new(ADDR_KEY_FIXED_BITS + 128, AddrKey6::new(generation, direction, *a));
         *FW_ADDR6.get(&key)?
     };
     let key = Key::new(PORT_KEY_FULL_BITS, PortKey::new(generation, class, proto, port));
     FW_PORTS.get(&key).copied()
+}
+
+/// The class of an IPv4 address: two array reads, and a hash lookup under
+/// a /24 that holds hosts (`fw_common::dir4`).
+#[inline(always)]
+fn addr4_class(generation: u32, direction: Direction, a: [u8; 4]) -> Option<u32> {
+    let top = FW_ADDR4_TOP.get(dir4::top_index(generation, direction as u8))?;
+    let entry = top[usize::from(a[0]) << 8 | usize::from(a[1])];
+    if entry & CHUNK == 0 {
+        return dir4::class_of(entry);
+    }
+    let entry = FW_ADDR4_MID.get(entry & INDEX)?[usize::from(a[2])];
+    if entry & HOSTS != 0 {
+        // SAFETY: the value is read at once.
+        if let Some(&host) = unsafe { FW_ADDR4_HOSTS.get(&AddrKey4::new(generation, direction, a)) } {
+            return dir4::class_of(host);
+        }
+    }
+    dir4::class_of(entry & !HOSTS)
 }
 
 /// Does this host serve `peer` on `local_port`: `Some(allowed)` when an

@@ -6,7 +6,7 @@
 //! packet see a partly written policy. The order of these steps, and what
 //! survives an interruption between any two of them, is `instance::txn`'s.
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use aya::{
     maps::{lpm_trie::Key, IterableMap as _, MapData},
     Pod,
@@ -14,8 +14,9 @@ use aya::{
 use std::net::IpAddr;
 
 use fw_common::{
+    dir4, maps,
     names::{Resolvers, MAX_RESOLVERS4, MAX_RESOLVERS6},
-    AddrKey4, AddrKey6, Config, Counter, PhaseConfig, PolicyValue, PortKey,
+    AddrKey4, AddrKey6, Config, Counter, Direction, PhaseConfig, PolicyValue, PortKey,
 };
 
 use crate::{
@@ -23,7 +24,13 @@ use crate::{
         batch,
         loader::{CounterMaps, PolicyMaps},
     },
-    policy::{compile::tables::CompiledPhase, ir::Resolver},
+    policy::{
+        compile::{
+            dir4::Table4,
+            tables::{AddrEntry4, CompiledPhase},
+        },
+        ir::Resolver,
+    },
 };
 
 /// Writes every entry of `phase` under `generation` (not yet active);
@@ -36,6 +43,7 @@ pub fn write_generation(
     step: &mut dyn FnMut(),
 ) -> Result<usize> {
     write_trie(maps.addr4.map(), &phase.addr4, |e| (e.key(generation), e.class), step).context("writing FW_ADDR4")?;
+    write_addr4_table(maps, &phase.addr4, generation, step)?;
     write_trie(maps.addr6.map(), &phase.addr6, |e| (e.key(generation), e.class), step).context("writing FW_ADDR6")?;
     write_trie(maps.ports.map(), &phase.ports, |e| (e.key(generation), e.value), step).context("writing FW_PORTS")?;
     step();
@@ -52,6 +60,42 @@ pub fn write_generation(
     step();
     maps.phases.set(generation & 1, settings, 0).context("writing the phase settings to FW_PHASES")?;
     Ok(phase.addr4.len() + phase.addr6.len() + phase.ports.len())
+}
+
+/// Writes the IPv4 table packets read (`fw_common::dir4`) into the phase
+/// slot of `generation`, which no packet reads until it is activated: the
+/// slot's chunks (each slot owns half of `FW_ADDR4_MID`), the hosts (keyed
+/// by generation, like the tries), then the two first-level tables.
+fn write_addr4_table(
+    maps: &mut PolicyMaps,
+    entries: &[AddrEntry4],
+    generation: u32,
+    step: &mut dyn FnMut(),
+) -> Result<()> {
+    let per_slot = maps.addr4_mid.len() / 2;
+    let base = (generation & 1) * per_slot;
+    let table = Table4::build(entries, base);
+    ensure!(
+        table.chunks.len() <= per_slot as usize,
+        "the phase needs {} second-level chunks in {}, which holds {per_slot} per phase",
+        table.chunks.len(),
+        maps::ADDR4_MID
+    );
+    let chunk_ids: Vec<u32> = (base..base + table.chunks.len() as u32).collect();
+    batch::update(maps.addr4_mid.map(), &chunk_ids, &table.chunks, step).context("writing FW_ADDR4_MID")?;
+    let (hosts, entries): (Vec<AddrKey4>, Vec<u32>) = table
+        .hosts
+        .iter()
+        .map(|(&(d, addr), &entry)| (AddrKey4::new(generation, d, addr.to_be_bytes()), entry))
+        .unzip();
+    batch::update(maps.addr4_hosts.map(), &hosts, &entries, step).context("writing FW_ADDR4_HOSTS")?;
+    for d in Direction::ALL {
+        step();
+        maps.addr4_top
+            .set(dir4::top_index(generation, d as u8), table.top[d as usize].as_ref(), 0)
+            .context("writing FW_ADDR4_TOP")?;
+    }
+    Ok(())
 }
 
 /// Writes `entries` into an LPM trie, `entry` giving each one's
@@ -135,18 +179,23 @@ pub fn delete_generations(
     step: &mut dyn FnMut(),
 ) -> Result<usize> {
     let mut removed = 0;
-    removed += remove_where::<AddrKey4, u32>(maps.addr4.map(), |k| doomed(u32::from_be_bytes(k.generation)), step)?;
-    removed += remove_where::<AddrKey6, u32>(maps.addr6.map(), |k| doomed(u32::from_be_bytes(k.generation)), step)?;
-    removed +=
-        remove_where::<PortKey, PolicyValue>(maps.ports.map(), |k| doomed(u32::from_be_bytes(k.generation)), step)?;
+    let of = |g: [u8; 4]| doomed(u32::from_be_bytes(g));
+    removed += remove_where::<Key<AddrKey4>, u32>(maps.addr4.map(), |k| of(k.data().generation), step)?;
+    removed += remove_where::<Key<AddrKey6>, u32>(maps.addr6.map(), |k| of(k.data().generation), step)?;
+    removed += remove_where::<Key<PortKey>, PolicyValue>(maps.ports.map(), |k| of(k.data().generation), step)?;
+    // The IPv4 hosts are the trie's entries again, in the packets' form:
+    // not counted twice. The slot's arrays are overwritten by the next
+    // generation written into it.
+    remove_where::<AddrKey4, u32>(maps.addr4_hosts.map(), |k| of(k.generation), step)?;
     Ok(removed)
 }
 
-fn remove_where<K: Pod, V: Pod>(trie: &MapData, matches: impl Fn(&K) -> bool, step: &mut dyn FnMut()) -> Result<usize> {
+/// Deletes the keys of `map` that match, in batches; returns how many.
+fn remove_where<K: Pod, V: Pod>(map: &MapData, matches: impl Fn(&K) -> bool, step: &mut dyn FnMut()) -> Result<usize> {
     // Collect first: deleting while walking restarts the walk.
-    let mut doomed: Vec<Key<K>> = trie_keys::<K, V>(trie)?;
-    doomed.retain(|k| matches(&k.data()));
-    batch::delete(trie, &doomed, step).context("deleting old-generation entries")?;
+    let mut doomed: Vec<K> = batch::keys::<K, V>(map)?;
+    doomed.retain(|k| matches(k));
+    batch::delete(map, &doomed, step).context("deleting old-generation entries")?;
     Ok(doomed.len())
 }
 
@@ -185,10 +234,10 @@ pub fn zero_rule_counters(counters: &mut CounterMaps, rules: usize) -> Result<()
 /// `fw explain --name` judges by, so it reports what is enforced. The phase
 /// name and rules are not in the kernel: the caller fills them in.
 pub fn read_generation(maps: &PolicyMaps, generation: u32) -> Result<CompiledPhase> {
-    use crate::policy::compile::tables::{AddrEntry4, AddrEntry6, PhaseSettings, PortEntry};
+    use crate::policy::compile::tables::{AddrEntry6, PhaseSettings, PortEntry};
     use fw_common::{
         policy::{ADDR_KEY_FIXED_BITS, PORT_KEY_CLASS_BITS, PORT_KEY_PROTO_BITS},
-        Action, Direction,
+        Action,
     };
 
     let gen = generation.to_be_bytes();

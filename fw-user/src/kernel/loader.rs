@@ -19,7 +19,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use fw_common::{
-    maps,
+    dir4, maps,
     names::{DnsProxy, Learned, Resolvers},
     AddrKey4, AddrKey6, Config, Counter, PhaseConfig, PolicyValue, PortKey,
 };
@@ -47,7 +47,10 @@ pub fn lookup_bench_object() -> &'static [u8] {
 /// Map capacities chosen at load time.
 #[derive(Clone, Copy, Debug)]
 pub struct Capacity {
+    /// Each address trie, and the IPv4 hosts.
     pub addr_entries: u32,
+    /// Second-level chunks of the IPv4 table per phase slot.
+    pub mid_chunks: u32,
     pub port_entries: u32,
     /// The protected flow table (flows this host opened, established
     /// inbound TCP); the probation table gets a share of it.
@@ -65,6 +68,7 @@ impl Default for Capacity {
     fn default() -> Self {
         Self {
             addr_entries: maps::DEFAULT_ADDR_ENTRIES,
+            mid_chunks: maps::DEFAULT_MID_CHUNKS,
             port_entries: maps::DEFAULT_PORT_ENTRIES,
             flow_entries: maps::DEFAULT_FLOW_ENTRIES,
         }
@@ -76,6 +80,10 @@ pub struct PolicyMaps {
     pub config: Array<MapData, Config>,
     pub phases: Array<MapData, PhaseConfig>,
     pub addr4: LpmTrie<MapData, AddrKey4, u32>,
+    /// What packets look IPv4 addresses up in (`fw_common::dir4`).
+    pub addr4_top: Array<MapData, dir4::Top>,
+    pub addr4_mid: Array<MapData, dir4::Chunk>,
+    pub addr4_hosts: HashMap<MapData, AddrKey4, u32>,
     pub addr6: LpmTrie<MapData, AddrKey6, u32>,
     pub ports: LpmTrie<MapData, PortKey, PolicyValue>,
     /// The protected flow table, `FW_FLOWS4` and `FW_FLOWS6`.
@@ -145,6 +153,8 @@ pub fn load(options: &LoadOptions) -> Result<Ebpf> {
         crate::source::host::ephemeral_range().unwrap_or(crate::policy::ir::PortRange { first: 32768, last: 60999 });
     EbpfLoader::new()
         .map_max_entries(maps::ADDR4, capacity.addr_entries)
+        .map_max_entries(maps::ADDR4_HOSTS, capacity.addr_entries)
+        .map_max_entries(maps::ADDR4_MID, 2 * capacity.mid_chunks)
         .map_max_entries(maps::ADDR6, capacity.addr_entries)
         .map_max_entries(maps::PORTS, capacity.port_entries)
         .map_max_entries(maps::FLOWS4, capacity.flow_entries)
@@ -214,6 +224,9 @@ impl PolicyMaps {
             config: take(ebpf, maps::CONFIG)?.try_into()?,
             phases: take(ebpf, maps::PHASES)?.try_into()?,
             addr4: take(ebpf, maps::ADDR4)?.try_into()?,
+            addr4_top: take(ebpf, maps::ADDR4_TOP)?.try_into()?,
+            addr4_mid: take(ebpf, maps::ADDR4_MID)?.try_into()?,
+            addr4_hosts: take(ebpf, maps::ADDR4_HOSTS)?.try_into()?,
             addr6: take(ebpf, maps::ADDR6)?.try_into()?,
             ports: take(ebpf, maps::PORTS)?.try_into()?,
             flows: FlowTable::new(maps::FLOWS, |n| take(ebpf, n))?,
@@ -228,6 +241,9 @@ impl PolicyMaps {
             config: Array::try_from(Map::Array(open_pinned(instance, maps::CONFIG)?))?,
             phases: Array::try_from(Map::Array(open_pinned(instance, maps::PHASES)?))?,
             addr4: LpmTrie::try_from(Map::LpmTrie(open_pinned(instance, maps::ADDR4)?))?,
+            addr4_top: Array::try_from(Map::Array(open_pinned(instance, maps::ADDR4_TOP)?))?,
+            addr4_mid: Array::try_from(Map::Array(open_pinned(instance, maps::ADDR4_MID)?))?,
+            addr4_hosts: HashMap::try_from(Map::HashMap(open_pinned(instance, maps::ADDR4_HOSTS)?))?,
             addr6: LpmTrie::try_from(Map::LpmTrie(open_pinned(instance, maps::ADDR6)?))?,
             ports: LpmTrie::try_from(Map::LpmTrie(open_pinned(instance, maps::PORTS)?))?,
             flows: FlowTable::new(maps::FLOWS, |n| Ok(Map::LruHashMap(open_pinned(instance, n)?)))?,

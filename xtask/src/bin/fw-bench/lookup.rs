@@ -23,10 +23,13 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions},
     Ebpf, EbpfLoader,
 };
-use fw_common::{dir4, AddrKey4, Direction, PolicyValue, PortKey};
+use fw_common::{
+    dir4::{self, bench},
+    AddrKey4, Direction, PolicyValue, PortKey,
+};
 use fw_user::{
     kernel::{batch, loader},
-    policy::compile::{compile_phase, tables::AddrEntry4},
+    policy::compile::{compile_phase, dir4::Table4, tables::AddrEntry4},
     policy::{parse_str_with_resolver, Vars},
 };
 use serde_json::{json, Value};
@@ -135,52 +138,6 @@ impl Dir4 {
     }
 }
 
-/// The hybrid "DIR-16-8 + hosts" (`fw_common::dir4::HOSTS`): prefixes up
-/// to /24 in two array levels, longer ones as their addresses in a hash.
-#[derive(Debug, PartialEq)]
-pub struct Hybrid4 {
-    pub levels: Dir4,
-    pub hosts: std::collections::BTreeMap<u32, u32>,
-}
-
-impl Hybrid4 {
-    /// A prefix longer than /24 lies inside one /24: its addresses go to
-    /// the hosts (a longer one, painted later, overwrites them) and that
-    /// /24's second-level entry gets the flag.
-    pub fn build(prefixes: impl IntoIterator<Item = (Ipv4Addr, u8, u32)>) -> Hybrid4 {
-        let mut levels = Dir4::empty();
-        let mut hosts = std::collections::BTreeMap::new();
-        for (a, len, class) in shortest_first(prefixes) {
-            if len <= 24 {
-                levels.paint(a, len, dir4::found(class));
-                continue;
-            }
-            for addr in a..=a | !mask(len) {
-                hosts.insert(addr, dir4::found(class));
-            }
-            let mid = levels.chunk_of_top((a >> 16) as usize);
-            levels.chunks[mid * dir4::CHUNK_ENTRIES as usize + (a >> 8 & 0xff) as usize] |= dir4::HOSTS;
-        }
-        Hybrid4 { levels, hosts }
-    }
-
-    /// What the kernel program returns for `addr`.
-    pub fn lookup(&self, addr: Ipv4Addr) -> u32 {
-        let [a0, a1, a2, _] = addr.octets();
-        let top = self.levels.top[usize::from(a0) << 8 | usize::from(a1)];
-        if top & dir4::CHUNK == 0 {
-            return top;
-        }
-        let mid = self.levels.chunks[(top & dir4::INDEX) as usize * dir4::CHUNK_ENTRIES as usize + usize::from(a2)];
-        if mid & dir4::HOSTS != 0 {
-            if let Some(&host) = self.hosts.get(&u32::from(addr)) {
-                return host;
-            }
-        }
-        mid & !dir4::HOSTS
-    }
-}
-
 /// Networks masked to their length, shortest first.
 fn shortest_first(prefixes: impl IntoIterator<Item = (Ipv4Addr, u8, u32)>) -> Vec<(u32, u8, u32)> {
     let mut sorted: Vec<_> =
@@ -238,18 +195,19 @@ pub fn run(opts: &Options) -> Result<Value> {
         })?;
         let compiled = compile_phase(&loaded.policy, "a")?;
         let table = Dir4::build(egress_prefixes(&compiled.addr4));
-        let hybrid = Hybrid4::build(egress_prefixes(&compiled.addr4));
+        // The hybrid as `fw_egress` has it (both directions, generation 1).
+        let hybrid = Table4::build(&compiled.addr4, 0);
         let chunk_entries = table.chunks.len().max(1) as u32;
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(dir4::MAP_TRIE4, compiled.addr4.len().max(1) as u32)
-            .map_max_entries(dir4::MAP_PORTS, compiled.ports.len().max(1) as u32)
-            .map_max_entries(dir4::MAP_CHUNKS, chunk_entries)
-            .map_max_entries(dir4::MAP_HYB_CHUNKS, hybrid.levels.chunks.len().max(1) as u32)
-            .map_max_entries(dir4::MAP_HOSTS, hybrid.hosts.len().max(1) as u32)
+            .map_max_entries(bench::MAP_TRIE4, compiled.addr4.len().max(1) as u32)
+            .map_max_entries(bench::MAP_PORTS, compiled.ports.len().max(1) as u32)
+            .map_max_entries(bench::MAP_CHUNKS, chunk_entries)
+            .map_max_entries(bench::MAP_HYB_CHUNKS, hybrid.chunks.len().max(1) as u32)
+            .map_max_entries(bench::MAP_HOSTS, hybrid.hosts.len().max(1) as u32)
             .load(object)
             .context("loading the lookup benchmark object")?;
         let (trie_slab, trie_memlock) = {
-            let trie: LpmTrie<_, AddrKey4, u32> = LpmTrie::try_from(ebpf.map(dir4::MAP_TRIE4).context("trie")?)?;
+            let trie: LpmTrie<_, AddrKey4, u32> = LpmTrie::try_from(ebpf.map(bench::MAP_TRIE4).context("trie")?)?;
             let before = settled_slab_bytes()?;
             let (keys, values): (Vec<_>, Vec<_>) = compiled
                 .addr4
@@ -265,7 +223,7 @@ pub fn run(opts: &Options) -> Result<Value> {
         };
         {
             let ports: LpmTrie<_, PortKey, PolicyValue> =
-                LpmTrie::try_from(ebpf.map(dir4::MAP_PORTS).context("ports")?)?;
+                LpmTrie::try_from(ebpf.map(bench::MAP_PORTS).context("ports")?)?;
             let (keys, values): (Vec<_>, Vec<_>) = compiled
                 .ports
                 .iter()
@@ -278,8 +236,8 @@ pub fn run(opts: &Options) -> Result<Value> {
         }
         let memlock_dir = {
             use std::os::fd::AsFd as _;
-            let top: Array<_, u32> = Array::try_from(ebpf.map(dir4::MAP_TOP).context("top")?)?;
-            let chunks: Array<_, u32> = Array::try_from(ebpf.map(dir4::MAP_CHUNKS).context("chunks")?)?;
+            let top: Array<_, u32> = Array::try_from(ebpf.map(bench::MAP_TOP).context("top")?)?;
+            let chunks: Array<_, u32> = Array::try_from(ebpf.map(bench::MAP_CHUNKS).context("chunks")?)?;
             write_array(top.map(), &table.top)?;
             if !table.chunks.is_empty() {
                 write_array(chunks.map(), &table.chunks)?;
@@ -288,26 +246,28 @@ pub fn run(opts: &Options) -> Result<Value> {
         };
         let memlock_hybrid = {
             use std::os::fd::AsFd as _;
-            let top: Array<_, u32> = Array::try_from(ebpf.map(dir4::MAP_HYB_TOP).context("hybrid top")?)?;
-            let chunks: Array<_, u32> = Array::try_from(ebpf.map(dir4::MAP_HYB_CHUNKS).context("hybrid chunks")?)?;
-            let hosts: aya::maps::HashMap<_, [u8; 4], u32> =
-                aya::maps::HashMap::try_from(ebpf.map(dir4::MAP_HOSTS).context("hosts")?)?;
-            write_array(top.map(), &hybrid.levels.top)?;
-            if !hybrid.levels.chunks.is_empty() {
-                write_array(chunks.map(), &hybrid.levels.chunks)?;
+            let mut top: Array<_, dir4::Top> = Array::try_from(ebpf.map_mut(bench::MAP_HYB_TOP).context("top")?)?;
+            for d in Direction::ALL {
+                top.set(dir4::top_index(1, d as u8), hybrid.top[d as usize].as_ref(), 0)?;
             }
-            let (keys, values): (Vec<[u8; 4]>, Vec<u32>) =
-                hybrid.hosts.iter().map(|(&a, &v)| (a.to_be_bytes(), v)).unzip();
+            let top = memlock(top.map().fd().as_fd());
+            let chunks: Array<_, dir4::Chunk> = Array::try_from(ebpf.map(bench::MAP_HYB_CHUNKS).context("chunks")?)?;
+            let ids: Vec<u32> = (0..hybrid.chunks.len() as u32).collect();
+            batch::update(chunks.map(), &ids, &hybrid.chunks, &mut || {})?;
+            let hosts: aya::maps::HashMap<_, AddrKey4, u32> =
+                aya::maps::HashMap::try_from(ebpf.map(bench::MAP_HOSTS).context("hosts")?)?;
+            let (keys, values): (Vec<AddrKey4>, Vec<u32>) =
+                hybrid.hosts.iter().map(|(&(d, a), &v)| (AddrKey4::new(1, d, a.to_be_bytes()), v)).unzip();
             batch::update(hosts.map(), &keys, &values, &mut || {})?;
-            memlock(top.map().fd().as_fd()) + memlock(chunks.map().fd().as_fd()) + memlock(hosts.map().fd().as_fd())
+            top + memlock(chunks.map().fd().as_fd()) + memlock(hosts.map().fd().as_fd())
         };
         let names = [
-            dir4::PROG_FLOOR,
-            dir4::PROG_TRIE4,
-            dir4::PROG_DIR4,
-            dir4::PROG_HYBRID4,
-            dir4::PROG_TRIE4_PORTS,
-            dir4::PROG_DIR4_PORTS,
+            bench::PROG_FLOOR,
+            bench::PROG_TRIE4,
+            bench::PROG_DIR4,
+            bench::PROG_HYBRID4,
+            bench::PROG_TRIE4_PORTS,
+            bench::PROG_DIR4_PORTS,
         ];
         for name in names {
             let p: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
@@ -336,11 +296,11 @@ pub fn run(opts: &Options) -> Result<Value> {
         }
         for &addr in &probes {
             let (t, d, h) = (judge(trie, addr)?, judge(dir, addr)?, judge(hyb, addr)?);
-            if t != d || t != h || d != table.lookup(addr) || h != hybrid.lookup(addr) {
+            let h_built = hybrid.lookup(Direction::Egress, addr, 0);
+            if t != d || t != h || d != table.lookup(addr) || h != h_built {
                 bail!(
-                    "{rules} rules, {addr}: trie {t}, arrays {d} (builder {}), hybrid {h} (builder {})",
-                    table.lookup(addr),
-                    hybrid.lookup(addr)
+                    "{rules} rules, {addr}: trie {t}, arrays {d} (builder {}), hybrid {h} (builder {h_built})",
+                    table.lookup(addr)
                 );
             }
         }
@@ -378,7 +338,7 @@ pub fn run(opts: &Options) -> Result<Value> {
             "dir_bytes": table.bytes(),
             "dir_chunks": table.chunks.len() / dir4::CHUNK_ENTRIES as usize,
             "dir_memlock_bytes": memlock_dir,
-            "hybrid_chunks": hybrid.levels.chunks.len() / dir4::CHUNK_ENTRIES as usize,
+            "hybrid_chunks": hybrid.chunks.len(),
             "hybrid_hosts": hybrid.hosts.len(),
             "hybrid_memlock_bytes": memlock_hybrid,
         });
@@ -417,7 +377,6 @@ mod tests {
                 }
             }
             let table = Dir4::build(prefixes.iter().copied());
-            let hybrid = Hybrid4::build(prefixes.iter().copied());
             let mut probes: Vec<u32> = (0..200).map(|_| base | (rng.u32() & 0x1_ffff)).collect();
             for &(n, len, _) in &prefixes {
                 let first = u32::from(n);
@@ -427,7 +386,6 @@ mod tests {
                 let addr = Ipv4Addr::from(p);
                 let want = longest_match(&prefixes, addr);
                 assert_eq!(table.lookup(addr), want, "DIR-16-8-8, round {round}, {addr}, {prefixes:?}");
-                assert_eq!(hybrid.lookup(addr), want, "hybrid, round {round}, {addr}, {prefixes:?}");
             }
         }
     }

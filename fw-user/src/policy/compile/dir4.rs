@@ -1,0 +1,194 @@
+//! The IPv4 address table packets look up (`fw_common::dir4`), built from a
+//! phase's IPv4 entries: the same prefix -> class map as `FW_ADDR4`'s
+//! longest match, in a DIR-16-8 table and a hash of the addresses of
+//! prefixes longer than /24.
+//!
+//! Prefixes are painted shortest first, so that a longer one overwrites
+//! what it nests in; distinct prefixes of one length never overlap, so a
+//! paint never meets a chunk it would have to descend into. A chunk starts
+//! as a copy of the first-level entry it replaces.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use fw_common::{
+    dir4::{found, Chunk, Top, CHUNK, CHUNK_ENTRIES, HOSTS, INDEX, MISS, TOP_ENTRIES},
+    Direction,
+};
+
+use super::tables::AddrEntry4;
+
+/// A phase's table: per direction a first level, the chunks of both
+/// directions (numbered from the slot's first chunk, `base`), and the hosts.
+pub struct Table4 {
+    /// Indexed by `Direction as usize`.
+    pub top: [Box<Top>; 2],
+    pub chunks: Vec<Chunk>,
+    /// (direction, address) -> entry.
+    pub hosts: BTreeMap<(Direction, u32), u32>,
+}
+
+/// What a phase's table takes: second-level chunks and hosts.
+pub fn needs(entries: &[AddrEntry4]) -> (usize, usize) {
+    let mut chunks = BTreeSet::new();
+    let mut hosts = BTreeSet::new();
+    for e in entries.iter().filter(|e| e.prefix_len > 16) {
+        let a = u32::from(e.addr) & mask(e.prefix_len);
+        chunks.insert((e.direction, a >> 16));
+        if e.prefix_len > 24 {
+            hosts.extend((a..=a | !mask(e.prefix_len)).map(|h| (e.direction, h)));
+        }
+    }
+    (chunks.len(), hosts.len())
+}
+
+impl Table4 {
+    /// The table of `entries`, its chunks numbered from `base`.
+    pub fn build(entries: &[AddrEntry4], base: u32) -> Table4 {
+        let mut table = Table4 {
+            top: [Box::new([MISS; TOP_ENTRIES as usize]), Box::new([MISS; TOP_ENTRIES as usize])],
+            chunks: Vec::new(),
+            hosts: BTreeMap::new(),
+        };
+        let mut sorted: Vec<&AddrEntry4> = entries.iter().collect();
+        sorted.sort_by_key(|e| e.prefix_len);
+        for e in sorted {
+            let (d, len, value) = (e.direction, e.prefix_len, found(e.class));
+            let a = u32::from(e.addr) & mask(len);
+            if len <= 16 {
+                let first = (a >> 16) as usize;
+                table.top[d as usize][first..first + (1 << (16 - len))].fill(value);
+                continue;
+            }
+            let chunk = table.chunk_of(d, a >> 16, base);
+            let second = (a >> 8 & 0xff) as usize;
+            if len <= 24 {
+                table.chunks[chunk][second..second + (1 << (24 - len))].fill(value);
+                continue;
+            }
+            for host in a..=a | !mask(len) {
+                table.hosts.insert((d, host), value);
+            }
+            table.chunks[chunk][second] |= HOSTS;
+        }
+        table
+    }
+
+    /// The index in `chunks` of the chunk under the /16 `hi`, made from
+    /// the first-level entry if there is none yet.
+    fn chunk_of(&mut self, d: Direction, hi: u32, base: u32) -> usize {
+        let entry = &mut self.top[d as usize][hi as usize];
+        if *entry & CHUNK != 0 {
+            return ((*entry & INDEX) - base) as usize;
+        }
+        let index = self.chunks.len();
+        self.chunks.push([*entry; CHUNK_ENTRIES as usize]);
+        *entry = CHUNK | (base + index as u32);
+        index
+    }
+
+    /// What the kernel finds for `addr` (the same steps as `fw_egress`).
+    pub fn lookup(&self, d: Direction, addr: Ipv4Addr, base: u32) -> u32 {
+        let [a0, a1, a2, _] = addr.octets();
+        let entry = self.top[d as usize][usize::from(a0) << 8 | usize::from(a1)];
+        if entry & CHUNK == 0 {
+            return entry;
+        }
+        let entry = self.chunks[((entry & INDEX) - base) as usize][usize::from(a2)];
+        if entry & HOSTS != 0 {
+            if let Some(&host) = self.hosts.get(&(d, u32::from(addr))) {
+                return host;
+            }
+        }
+        entry & !HOSTS
+    }
+}
+
+fn mask(len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The longest of `entries` of direction `d` containing `addr`: what
+    /// the trie answers.
+    fn longest_match(entries: &[AddrEntry4], d: Direction, addr: u32) -> u32 {
+        entries
+            .iter()
+            .filter(|e| e.direction == d && addr & mask(e.prefix_len) == u32::from(e.addr) & mask(e.prefix_len))
+            .max_by_key(|e| e.prefix_len)
+            .map_or(MISS, |e| found(e.class))
+    }
+
+    fn entry(d: Direction, addr: u32, len: u8, class: u32) -> AddrEntry4 {
+        AddrEntry4 { direction: d, addr: Ipv4Addr::from(addr & mask(len)), prefix_len: len, class }
+    }
+
+    /// Nested prefixes of both directions inside a /15 (one class each,
+    /// as the compiler emits them), probed at every prefix's edges, just
+    /// outside them, and at random.
+    fn prefixes() -> impl Strategy<Value = Vec<AddrEntry4>> {
+        let one = (
+            any::<bool>(),
+            any::<u32>(),
+            prop::sample::select(vec![0u8, 8, 12, 15, 16, 17, 20, 23, 24, 25, 28, 31, 32]),
+        );
+        prop::collection::vec(one, 1..40).prop_map(|raw| {
+            let mut out: Vec<AddrEntry4> = Vec::new();
+            for (class, (inbound, bits, len)) in raw.into_iter().enumerate() {
+                let d = if inbound { Direction::Inbound } else { Direction::Egress };
+                let e = entry(d, 0xc612_0000 | (bits & 0x1_ffff), len, class as u32);
+                if !out.iter().any(|o| o.direction == d && o.prefix_len == len && o.addr == e.addr) {
+                    out.push(e);
+                }
+            }
+            out
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn the_table_answers_the_longest_prefix_match(entries in prefixes(), base in 0u32..4096, random in prop::collection::vec(any::<u32>(), 50)) {
+            let table = Table4::build(&entries, base);
+            let (chunks, hosts) = needs(&entries);
+            prop_assert_eq!(table.chunks.len(), chunks);
+            prop_assert_eq!(table.hosts.len(), hosts);
+            let mut probes: Vec<u32> = random.iter().map(|r| 0xc612_0000 | (r & 0x1_ffff)).collect();
+            for e in &entries {
+                let first = u32::from(e.addr);
+                let last = first | !mask(e.prefix_len);
+                probes.extend([first, last, last.wrapping_add(1), first.wrapping_sub(1)]);
+            }
+            for d in [Direction::Egress, Direction::Inbound] {
+                for &p in &probes {
+                    prop_assert_eq!(table.lookup(d, p.into(), base), longest_match(&entries, d, p), "{:?} {}", d, Ipv4Addr::from(p));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunks_only_under_longer_prefixes_and_hosts_only_past_slash_24() {
+        let eg = Direction::Egress;
+        let table = Table4::build(&[entry(eg, 0x0a00_0000, 8, 1), entry(eg, 0x0a01_0000, 16, 2)], 0);
+        assert!(table.chunks.is_empty() && table.hosts.is_empty());
+        let table = Table4::build(&[entry(eg, 0x0a00_0000, 8, 1), entry(eg, 0x0a01_0200, 24, 2)], 7);
+        assert_eq!(table.chunks.len(), 1);
+        assert_eq!(table.top[0][0x0a01], CHUNK | 7, "numbered from the slot's first chunk");
+        let table = Table4::build(&[entry(eg, 0x0a00_0000, 8, 1), entry(eg, 0x0a01_0203, 32, 2)], 0);
+        assert_eq!((table.chunks.len(), table.hosts.len()), (1, 1));
+        assert_eq!(table.lookup(eg, Ipv4Addr::new(10, 1, 2, 3), 0), found(2));
+        assert_eq!(table.lookup(eg, Ipv4Addr::new(10, 1, 2, 4), 0), found(1));
+        assert_eq!(table.lookup(eg, Ipv4Addr::new(11, 1, 2, 3), 0), MISS);
+        assert_eq!(table.lookup(Direction::Inbound, Ipv4Addr::new(10, 1, 2, 3), 0), MISS);
+    }
+}
