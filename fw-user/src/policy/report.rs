@@ -60,17 +60,32 @@ pub fn check(
 /// `struct lpm_trie_node` (40 bytes) + key data + value, in its kmalloc size
 /// class. Intermediate nodes can add up to as many nodes again.
 fn trie_node_bytes(key_data: usize, value: usize) -> usize {
-    let raw = 40 + key_data + value;
+    kmalloc_class(40 + key_data + value)
+}
+
+/// A hash element without preallocation: the kernel's element header
+/// (about 48 bytes), the key and the value each rounded up to 8 bytes.
+fn hash_element_bytes(key: usize, value: usize) -> usize {
+    kmalloc_class(48 + key.next_multiple_of(8) + value.next_multiple_of(8))
+}
+
+/// The slab size class an allocation of `raw` bytes takes.
+fn kmalloc_class(raw: usize) -> usize {
     [32, 64, 96, 128, 192, 256, 512].into_iter().find(|&class| class >= raw).unwrap_or(raw)
 }
 
 /// (map, entries, approximate bytes) of a compiled phase.
-fn map_usage(phase: &CompiledPhase) -> [(&'static str, usize, usize); 3] {
-    use fw_common::{AddrKey4, AddrKey6, PolicyValue, PortKey};
+fn map_usage(phase: &CompiledPhase) -> [(&'static str, usize, usize); 5] {
+    use fw_common::{dir4::Chunk, AddrKey4, AddrKey6, PolicyValue, PortKey};
     use std::mem::size_of;
     let usage = |entries: usize, key: usize, value: usize| entries * trie_node_bytes(key, value);
+    // The IPv4 table packets read (docs/datapath.md): its chunks come out
+    // of an array allocated at load, its hosts are hash elements.
+    let (chunks, hosts) = crate::policy::compile::dir4::needs(&phase.addr4);
     [
         (fw_common::maps::ADDR4, phase.addr4.len(), usage(phase.addr4.len(), size_of::<AddrKey4>(), 4)),
+        (fw_common::maps::ADDR4_MID, chunks, chunks * size_of::<Chunk>()),
+        (fw_common::maps::ADDR4_HOSTS, hosts, hosts * hash_element_bytes(size_of::<AddrKey4>(), 4)),
         (fw_common::maps::ADDR6, phase.addr6.len(), usage(phase.addr6.len(), size_of::<AddrKey6>(), 4)),
         (
             fw_common::maps::PORTS,

@@ -286,8 +286,10 @@ fn lookup_section(results: &Value) -> String {
          timing, the trie and the arrays judged every prefix's first and last address, the one after it and \
          random addresses, and agreed on all (probes). Memory: the memlock the kernel charges (the trie: its \
          nodes' key and value bytes, with its slab growth across the write in parentheses, noisy on a shared \
-         machine; arrays: 8-byte slots per entry; the hash: its entries), for the egress direction and one \
-         generation (the arrays would exist per direction and per generation).\n\n\
+         machine; arrays: 8-byte slots per entry), for one generation: the trie and the hybrid hold both \
+         directions, as `fw_egress`'s maps do (the hybrid is what `fw_egress` looks IPv4 addresses up in since \
+         this part was added; its first level is 256 KiB per direction), the DIR-16-8-8 arrays the egress \
+         direction only.\n\n\
          | rules | IPv4 entries (egress) | probes | address: trie | address: arrays | address: hybrid \
          | port trie after it | trie + port trie | arrays + port trie | trie memory (slab) | arrays memory (chunks) \
          | hybrid memory (chunks, hosts) |\n\
