@@ -83,11 +83,8 @@ fn write_addr4_table(
     );
     let chunk_ids: Vec<u32> = (base..base + table.chunks.len() as u32).collect();
     batch::update(maps.addr4_mid.map(), &chunk_ids, &table.chunks, step).context("writing FW_ADDR4_MID")?;
-    let (hosts, entries): (Vec<AddrKey4>, Vec<u32>) = table
-        .hosts
-        .iter()
-        .map(|(&(d, addr), &entry)| (AddrKey4::new(generation, d, addr.to_be_bytes()), entry))
-        .unzip();
+    let (hosts, entries): (Vec<AddrKey4>, Vec<u32>) =
+        table.hosts.iter().map(|&((d, addr), entry)| (AddrKey4::new(generation, d, addr.to_be_bytes()), entry)).unzip();
     batch::update(maps.addr4_hosts.map(), &hosts, &entries, step).context("writing FW_ADDR4_HOSTS")?;
     for d in Direction::ALL {
         step();

@@ -8,10 +8,7 @@
 //! paint never meets a chunk it would have to descend into. A chunk starts
 //! as a copy of the first-level entry it replaces.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
-};
+use std::net::Ipv4Addr;
 
 use fw_common::{
     dir4::{found, Chunk, Top, CHUNK, CHUNK_ENTRIES, HOSTS, INDEX, MISS, TOP_ENTRIES},
@@ -26,32 +23,47 @@ pub struct Table4 {
     /// Indexed by `Direction as usize`.
     pub top: [Box<Top>; 2],
     pub chunks: Vec<Chunk>,
-    /// (direction, address) -> entry.
-    pub hosts: BTreeMap<(Direction, u32), u32>,
+    /// (direction, address) -> entry, sorted, one per address.
+    pub hosts: Vec<((Direction, u32), u32)>,
 }
 
-/// What a phase's table takes: second-level chunks and hosts.
+/// What a phase's table takes: second-level chunks and hosts. Counted
+/// without building it: the hosts of nested prefixes longer than /24 are
+/// those of the outermost ones.
 pub fn needs(entries: &[AddrEntry4]) -> (usize, usize) {
-    let mut chunks = BTreeSet::new();
-    let mut hosts = BTreeSet::new();
+    let mut chunks: Vec<(Direction, u32)> = Vec::new();
+    let mut long: Vec<(Direction, u32, u8)> = Vec::new();
     for e in entries.iter().filter(|e| e.prefix_len > 16) {
         let a = u32::from(e.addr) & mask(e.prefix_len);
-        chunks.insert((e.direction, a >> 16));
+        chunks.push((e.direction, a >> 16));
         if e.prefix_len > 24 {
-            hosts.extend((a..=a | !mask(e.prefix_len)).map(|h| (e.direction, h)));
+            long.push((e.direction, a, e.prefix_len));
         }
     }
-    (chunks.len(), hosts.len())
+    chunks.sort_unstable();
+    chunks.dedup();
+    // By address, then shortest first: a prefix nested in the last
+    // outermost one adds no host.
+    long.sort_unstable();
+    let mut hosts = 0;
+    let mut outer: Option<(Direction, u32, u32)> = None;
+    for (d, a, len) in long {
+        let last = a | !mask(len);
+        match outer {
+            Some((od, first, olast)) if od == d && first <= a && last <= olast => {}
+            _ => {
+                hosts += (last - a) as usize + 1;
+                outer = Some((d, a, last));
+            }
+        }
+    }
+    (chunks.len(), hosts)
 }
 
 impl Table4 {
     /// The table of `entries`, its chunks numbered from `base`.
     pub fn build(entries: &[AddrEntry4], base: u32) -> Table4 {
-        let mut table = Table4 {
-            top: [Box::new([MISS; TOP_ENTRIES as usize]), Box::new([MISS; TOP_ENTRIES as usize])],
-            chunks: Vec::new(),
-            hosts: BTreeMap::new(),
-        };
+        let mut table = Table4 { top: [empty_top(), empty_top()], chunks: Vec::new(), hosts: Vec::new() };
         let mut sorted: Vec<&AddrEntry4> = entries.iter().collect();
         sorted.sort_by_key(|e| e.prefix_len);
         for e in sorted {
@@ -68,11 +80,19 @@ impl Table4 {
                 table.chunks[chunk][second..second + (1 << (24 - len))].fill(value);
                 continue;
             }
-            for host in a..=a | !mask(len) {
-                table.hosts.insert((d, host), value);
-            }
+            table.hosts.extend((a..=a | !mask(len)).map(|host| ((d, host), value)));
             table.chunks[chunk][second] |= HOSTS;
         }
+        // Painted shortest first: of an address's entries, the last pushed
+        // is its longest prefix's. A stable sort keeps that order.
+        table.hosts.sort_by_key(|&(key, _)| key);
+        table.hosts.dedup_by(|later, earlier| {
+            let same = later.0 == earlier.0;
+            if same {
+                earlier.1 = later.1;
+            }
+            same
+        });
         table
     }
 
@@ -98,12 +118,17 @@ impl Table4 {
         }
         let entry = self.chunks[((entry & INDEX) - base) as usize][usize::from(a2)];
         if entry & HOSTS != 0 {
-            if let Some(&host) = self.hosts.get(&(d, u32::from(addr))) {
-                return host;
+            if let Ok(i) = self.hosts.binary_search_by_key(&(d, u32::from(addr)), |&(key, _)| key) {
+                return self.hosts[i].1;
             }
         }
         entry & !HOSTS
     }
+}
+
+/// A first level with no prefix, made on the heap (256 KiB).
+fn empty_top() -> Box<Top> {
+    vec![MISS; TOP_ENTRIES as usize].into_boxed_slice().try_into().expect("TOP_ENTRIES entries")
 }
 
 fn mask(len: u8) -> u32 {

@@ -257,7 +257,7 @@ pub fn run(opts: &Options) -> Result<Value> {
             let hosts: aya::maps::HashMap<_, AddrKey4, u32> =
                 aya::maps::HashMap::try_from(ebpf.map(bench::MAP_HOSTS).context("hosts")?)?;
             let (keys, values): (Vec<AddrKey4>, Vec<u32>) =
-                hybrid.hosts.iter().map(|(&(d, a), &v)| (AddrKey4::new(1, d, a.to_be_bytes()), v)).unzip();
+                hybrid.hosts.iter().map(|&((d, a), v)| (AddrKey4::new(1, d, a.to_be_bytes()), v)).unzip();
             batch::update(hosts.map(), &keys, &values, &mut || {})?;
             top + memlock(chunks.map().fd().as_fd()) + memlock(hosts.map().fd().as_fd())
         };
