@@ -11,10 +11,15 @@
 //!
 //! ```text
 //! TOP[slot * 2 + direction][a0 << 8 | a1] -> entry
+//!   TRIE set: the FW_ADDR4 trie answers
 //!   CHUNK set: MID[entry & INDEX][a2] -> entry
 //!     HOSTS set: HOSTS[{generation, direction, a}] -> entry, if present
 //! entry: MISS (no prefix covers the address) or found(class)
 //! ```
+//!
+//! The chunks and hosts are bounded (`FW_ADDR4_MID`, `FW_ADDR4_HOSTS`):
+//! a /16 whose chunk or hosts would not fit is left to the trie, which
+//! holds every entry anyway, so no policy the trie can hold is refused.
 //!
 //! At most two array reads, which the verifier inlines (no helper call),
 //! and one hash lookup under a /24 that holds a prefix longer than /24.
@@ -32,8 +37,10 @@ pub const CHUNK: u32 = 1 << 31;
 /// Set in a second-level entry whose /24 holds prefixes longer than /24:
 /// look the address up in the hosts first.
 pub const HOSTS: u32 = 1 << 30;
+/// Set in a first-level entry whose /16 is left to the `FW_ADDR4` trie.
+pub const TRIE: u32 = 1 << 29;
 /// The chunk index of an entry with [`CHUNK`] set.
-pub const INDEX: u32 = HOSTS - 1;
+pub const INDEX: u32 = TRIE - 1;
 /// No prefix covers the address.
 pub const MISS: u32 = 0;
 

@@ -15,7 +15,7 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie},
 };
 use fw_common::{
-    dir4::{self, Chunk, Top, CHUNK, HOSTS, INDEX},
+    dir4::{self, Chunk, Top, CHUNK, HOSTS, INDEX, TRIE},
     maps::{DEFAULT_ADDR_ENTRIES, DEFAULT_MID_CHUNKS, DEFAULT_PORT_ENTRIES},
     names::{
         name_class, Learned, Resolvers, DNS_PORT, DOT_PORT, EMPTY_SLOT, LEARNED_CAPACITY, MAX_RESOLVERS4,
@@ -38,7 +38,8 @@ static FW_PHASES: Array<PhaseConfig> = Array::with_max_entries(2, 0);
 
 /// The IPv4 entries as the compiler made them (prefix -> class): the
 /// record `fw explain --name` and `fw status` read back, and what the
-/// collection of old generations walks. Packets read the table below.
+/// collection of old generations walks. Packets read the table below, and
+/// this trie only for a /16 the table could not hold.
 #[map(name = "FW_ADDR4")]
 static FW_ADDR4: LpmTrie<AddrKey4, u32> = LpmTrie::with_max_entries(DEFAULT_ADDR_ENTRIES, 0);
 
@@ -144,13 +145,18 @@ pub fn lookup(generation: u32, direction: Direction, peer: Peer, proto: u8, port
 }
 
 /// The class of an IPv4 address: two array reads, and a hash lookup under
-/// a /24 that holds hosts (`fw_common::dir4`).
+/// a /24 that holds hosts (`fw_common::dir4`); the trie for a /16 left to it.
 #[inline(always)]
 fn addr4_class(generation: u32, direction: Direction, a: [u8; 4]) -> Option<u32> {
     let top = FW_ADDR4_TOP.get(dir4::top_index(generation, direction as u8))?;
     let entry = top[usize::from(a[0]) << 8 | usize::from(a[1])];
-    if entry & CHUNK == 0 {
+    if entry & (CHUNK | TRIE) == 0 {
         return dir4::class_of(entry);
+    }
+    if entry & TRIE != 0 {
+        // A /16 beyond the table's chunks or hosts (`fw_common::dir4`).
+        let key = Key::new(ADDR_KEY_FIXED_BITS + 32, AddrKey4::new(generation, direction, a));
+        return FW_ADDR4.get(&key).copied();
     }
     let entry = FW_ADDR4_MID.get(entry & INDEX)?[usize::from(a[2])];
     if entry & HOSTS != 0 {

@@ -6,7 +6,7 @@
 //! packet see a partly written policy. The order of these steps, and what
 //! survives an interruption between any two of them, is `instance::txn`'s.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 use aya::{
     maps::{lpm_trie::Key, IterableMap as _, MapData},
     Pod,
@@ -14,7 +14,7 @@ use aya::{
 use std::net::IpAddr;
 
 use fw_common::{
-    dir4, maps,
+    dir4,
     names::{Resolvers, MAX_RESOLVERS4, MAX_RESOLVERS6},
     AddrKey4, AddrKey6, Config, Counter, Direction, PhaseConfig, PolicyValue, PortKey,
 };
@@ -26,7 +26,7 @@ use crate::{
     },
     policy::{
         compile::{
-            dir4::Table4,
+            dir4::{Budget, Table4},
             tables::{AddrEntry4, CompiledPhase},
         },
         ir::Resolver,
@@ -65,7 +65,8 @@ pub fn write_generation(
 /// Writes the IPv4 table packets read (`fw_common::dir4`) into the phase
 /// slot of `generation`, which no packet reads until it is activated: the
 /// slot's chunks (each slot owns half of `FW_ADDR4_MID`), the hosts (keyed
-/// by generation, like the tries), then the two first-level tables.
+/// by generation, like the tries; half of `FW_ADDR4_HOSTS` per phase), then
+/// the two first-level tables.
 fn write_addr4_table(
     maps: &mut PolicyMaps,
     entries: &[AddrEntry4],
@@ -74,13 +75,9 @@ fn write_addr4_table(
 ) -> Result<()> {
     let per_slot = maps.addr4_mid.len() / 2;
     let base = (generation & 1) * per_slot;
-    let table = Table4::build(entries, base);
-    ensure!(
-        table.chunks.len() <= per_slot as usize,
-        "the phase needs {} second-level chunks in {}, which holds {per_slot} per phase",
-        table.chunks.len(),
-        maps::ADDR4_MID
-    );
+    let hosts = maps.addr4_hosts.map().info().context("reading FW_ADDR4_HOSTS's size")?.max_entries() / 2;
+    // What does not fit is left to the trie (`fw_common::dir4::TRIE`).
+    let table = Table4::build(entries, base, Budget { chunks: per_slot as usize, hosts: hosts as usize });
     let chunk_ids: Vec<u32> = (base..base + table.chunks.len() as u32).collect();
     batch::update(maps.addr4_mid.map(), &chunk_ids, &table.chunks, step).context("writing FW_ADDR4_MID")?;
     let (hosts, entries): (Vec<AddrKey4>, Vec<u32>) =

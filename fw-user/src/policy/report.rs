@@ -76,12 +76,13 @@ fn kmalloc_class(raw: usize) -> usize {
 
 /// (map, entries, approximate bytes) of a compiled phase.
 fn map_usage(phase: &CompiledPhase) -> [(&'static str, usize, usize); 5] {
+    use crate::policy::compile::dir4;
     use fw_common::{dir4::Chunk, AddrKey4, AddrKey6, PolicyValue, PortKey};
     use std::mem::size_of;
     let usage = |entries: usize, key: usize, value: usize| entries * trie_node_bytes(key, value);
     // The IPv4 table packets read (docs/datapath.md): its chunks come out
     // of an array allocated at load, its hosts are hash elements.
-    let (chunks, hosts) = crate::policy::compile::dir4::needs(&phase.addr4);
+    let (chunks, hosts, _) = dir4::needs(&phase.addr4, dir4::Budget::DEFAULT);
     [
         (fw_common::maps::ADDR4, phase.addr4.len(), usage(phase.addr4.len(), size_of::<AddrKey4>(), 4)),
         (fw_common::maps::ADDR4_MID, chunks, chunks * size_of::<Chunk>()),

@@ -14,6 +14,7 @@
 //! * `FW_DIFF_PARANOID=1`: read every counter around every frame (slow;
 //!   pins down a counter that moves when it should not).
 
+mod addr4;
 mod batch;
 mod diff;
 mod flows;
@@ -120,7 +121,9 @@ fn verifier_instruction_counts_are_far_below_the_limit() {
         );
         assert!(translated > 50, "{}: implausibly small program ({translated} instructions)", d.as_str());
         assert!(translated < 100_000, "{}: {translated} translated instructions", d.as_str());
-        assert!(verified < 500_000, "{}: the verifier processed {verified} of its 1,000,000 instructions", d.as_str());
+        // fw_egress: 454,479 with the IPv4 trie, 501,522 with the IPv4
+        // table and its fallback to the trie (issue 16): still about half.
+        assert!(verified < 550_000, "{}: the verifier processed {verified} of its 1,000,000 instructions", d.as_str());
     }
 }
 

@@ -25,7 +25,7 @@ pub mod tables;
 
 use std::net::IpAddr;
 
-use fw_common::maps::{DEFAULT_ADDR_ENTRIES, DEFAULT_MID_CHUNKS, DEFAULT_PORT_ENTRIES, MAX_RULES};
+use fw_common::maps::{DEFAULT_ADDR_ENTRIES, DEFAULT_PORT_ENTRIES, MAX_RULES};
 
 pub use self::ports::range_to_prefixes;
 use self::tables::{AddrEntry4, AddrEntry6, CompiledPhase, PortEntry, RuleInfo};
@@ -47,10 +47,7 @@ pub enum CompileError {
 /// Map sizes the loader creates (entries per map).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// `FW_ADDR4`, and the IPv4 hosts (`FW_ADDR4_HOSTS`).
     pub addr4_entries: u32,
-    /// `FW_ADDR4_MID`: second-level chunks of both phase slots.
-    pub addr4_mid_chunks: u32,
     pub addr6_entries: u32,
     pub port_entries: u32,
     pub max_rules: u32,
@@ -60,7 +57,6 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             addr4_entries: DEFAULT_ADDR_ENTRIES,
-            addr4_mid_chunks: 2 * DEFAULT_MID_CHUNKS,
             addr6_entries: DEFAULT_ADDR_ENTRIES,
             port_entries: DEFAULT_PORT_ENTRIES,
             max_rules: MAX_RULES,
@@ -137,11 +133,8 @@ pub fn check_capacity(phase: &CompiledPhase, limits: &Limits) -> Result<(), Comp
     if phase.rules.len() > limits.max_rules as usize {
         return Err(CompileError::TooManyRules { rules: phase.rules.len(), max: limits.max_rules });
     }
-    let (chunks, hosts) = dir4::needs(&phase.addr4);
     let maps = [
         (fw_common::maps::ADDR4, phase.addr4.len(), limits.addr4_entries),
-        (fw_common::maps::ADDR4_MID, chunks, limits.addr4_mid_chunks),
-        (fw_common::maps::ADDR4_HOSTS, hosts, limits.addr4_entries),
         (fw_common::maps::ADDR6, phase.addr6.len(), limits.addr6_entries),
         (fw_common::maps::PORTS, phase.ports.len(), limits.port_entries),
     ];

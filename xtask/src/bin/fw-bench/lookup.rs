@@ -29,7 +29,11 @@ use fw_common::{
 };
 use fw_user::{
     kernel::{batch, loader},
-    policy::compile::{compile_phase, dir4::Table4, tables::AddrEntry4},
+    policy::compile::{
+        compile_phase,
+        dir4::{Budget, Table4},
+        tables::AddrEntry4,
+    },
     policy::{parse_str_with_resolver, Vars},
 };
 use serde_json::{json, Value};
@@ -196,7 +200,7 @@ pub fn run(opts: &Options) -> Result<Value> {
         let compiled = compile_phase(&loaded.policy, "a")?;
         let table = Dir4::build(egress_prefixes(&compiled.addr4));
         // The hybrid as `fw_egress` has it (both directions, generation 1).
-        let hybrid = Table4::build(&compiled.addr4, 0);
+        let hybrid = Table4::build(&compiled.addr4, 0, Budget::UNLIMITED);
         let chunk_entries = table.chunks.len().max(1) as u32;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(bench::MAP_TRIE4, compiled.addr4.len().max(1) as u32)
@@ -296,7 +300,7 @@ pub fn run(opts: &Options) -> Result<Value> {
         }
         for &addr in &probes {
             let (t, d, h) = (judge(trie, addr)?, judge(dir, addr)?, judge(hyb, addr)?);
-            let h_built = hybrid.lookup(Direction::Egress, addr, 0);
+            let h_built = hybrid.lookup(Direction::Egress, addr, 0, || unreachable!("an unlimited table"));
             if t != d || t != h || d != table.lookup(addr) || h != h_built {
                 bail!(
                     "{rules} rules, {addr}: trie {t}, arrays {d} (builder {}), hybrid {h} (builder {h_built})",
