@@ -275,7 +275,7 @@ fn lookup_section(results: &Value) -> String {
     let Some(rows) = results["lookup"]["rows"].as_array() else { return String::new() };
     let mut md = format!(
         "\n### 1b. The policy's lookups alone: the IPv4 address trie against O(1) arrays\n\n\
-         A new flow's time at many rules goes to its two LPM lookups (address, then port). Here each is timed \
+         A new flow's time at many rules went to its two LPM lookups (address, then port). Here each is timed \
          alone through `fw-lookup-bench` (a separate object, never loaded by `fw`): the phase's compiled IPv4 \
          entries in an LPM trie as in `FW_ADDR4` (both directions), and the egress ones in a DIR-16-8-8 table \
          (`fw_common::dir4`: a 64 Ki-entry first level by the top 16 bits, then 256-entry chunks by the third \
@@ -283,8 +283,8 @@ fn lookup_section(results: &Value) -> String {
          port trie as `FW_PORTS`; and a hybrid (\"DIR-16-8 + hosts\": prefixes up to /24 in the first two levels, \
          longer ones expanded to their addresses in a hash map that is read only under a /24 that holds some). ns per lookup above the floor (the same frame read, no lookup): median and \
          90th percentile over the first and last addresses of randomly drawn prefixes, {} runs each. Before \
-         timing, the trie and the arrays judged every prefix's first and last address, the one after it and \
-         random addresses, and agreed on all (probes). Memory: the memlock the kernel charges (the trie: its \
+         timing, the trie, the arrays and the hybrid judged every prefix's first and last address, the one \
+         after it and random addresses, and agreed on all (probes). Memory: the memlock the kernel charges (the trie: its \
          nodes' key and value bytes, with its slab growth across the write in parentheses, noisy on a shared \
          machine; arrays: 8-byte slots per entry), for one generation: the trie and the hybrid hold both \
          directions, as `fw_egress`'s maps do (the hybrid is what `fw_egress` looks IPv4 addresses up in since \
@@ -473,7 +473,7 @@ pub fn markdown(results: &Value, svg: &str) -> String {
         md,
         "\nIn process, {} rules ({} map entries: {} IPv4 addresses, {} IPv6, {} ports): parse {}, compile {}, \
          load and verify {}, write {} (total {}); switch to phase b {} (compile, write, activate, delete the {} old entries). \
-         Kernel memory of the three policy maps: slab growth {} across the write, where memlock says {}.\n",
+         Kernel memory of the policy maps: slab growth {} across the write (the IPv4 table's hosts included), where the three tries' memlock says {}.\n",
         c["rules"],
         c["entries"]["total"],
         c["entries"]["addr4"],
