@@ -99,23 +99,26 @@ impl Dir4 {
 
     /// The chunk under `top[i]`, made from its value if it has none.
     fn chunk_of_top(&mut self, i: usize) -> usize {
-        let entry = self.top[i];
-        if entry & dir4::CHUNK != 0 {
-            return (entry & dir4::INDEX) as usize;
-        }
-        let index = self.new_chunk(entry);
-        self.top[i] = dir4::CHUNK | index as u32;
+        let (entry, index) = self.chunk_under(self.top[i]);
+        self.top[i] = entry;
         index
     }
 
+    /// The chunk under `chunks[i]`, likewise.
     fn chunk_of_chunk(&mut self, i: usize) -> usize {
-        let entry = self.chunks[i];
+        let (entry, index) = self.chunk_under(self.chunks[i]);
+        self.chunks[i] = entry;
+        index
+    }
+
+    /// For an entry: the entry pointing to its chunk, and the chunk's index
+    /// (a new chunk filled with the entry's value if it pointed to none).
+    fn chunk_under(&mut self, entry: u32) -> (u32, usize) {
         if entry & dir4::CHUNK != 0 {
-            return (entry & dir4::INDEX) as usize;
+            return (entry, (entry & dir4::INDEX) as usize);
         }
         let index = self.new_chunk(entry);
-        self.chunks[i] = dir4::CHUNK | index as u32;
-        index
+        (dir4::CHUNK | index as u32, index)
     }
 
     fn new_chunk(&mut self, fill: u32) -> usize {
