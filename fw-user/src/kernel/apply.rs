@@ -94,7 +94,7 @@ fn write_addr4_table(
 
 /// Writes `entries` into an LPM trie, `entry` giving each one's
 /// (prefix length, key) and value.
-fn write_trie<E, K: Pod, V: Pod>(
+pub fn write_trie<E, K: Pod, V: Pod>(
     trie: &MapData,
     entries: &[E],
     entry: impl Fn(&E) -> ((u32, K), V),

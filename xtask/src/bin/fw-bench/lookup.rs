@@ -28,7 +28,7 @@ use fw_common::{
     AddrKey4, Direction, PolicyValue, PortKey,
 };
 use fw_user::{
-    kernel::{batch, loader},
+    kernel::{apply, batch, loader},
     policy::compile::{
         compile_phase,
         dir4::{Budget, Table4},
@@ -216,30 +216,14 @@ pub fn run(opts: &Options) -> Result<Value> {
         let (trie_slab, trie_memlock) = {
             let trie: LpmTrie<_, AddrKey4, u32> = LpmTrie::try_from(ebpf.map(bench::MAP_TRIE4).context("trie")?)?;
             let before = settled_slab_bytes()?;
-            let (keys, values): (Vec<_>, Vec<_>) = compiled
-                .addr4
-                .iter()
-                .map(|e| {
-                    let (len, key) = e.key(1);
-                    (aya::maps::lpm_trie::Key::new(len, key), e.class)
-                })
-                .unzip();
-            batch::update(trie.map(), &keys, &values, &mut || {})?;
+            apply::write_trie(trie.map(), &compiled.addr4, |e| (e.key(1), e.class), &mut || {})?;
             use std::os::fd::AsFd as _;
             (settled_slab_bytes()?.saturating_sub(before), memlock(trie.map().fd().as_fd()))
         };
         {
             let ports: LpmTrie<_, PortKey, PolicyValue> =
                 LpmTrie::try_from(ebpf.map(bench::MAP_PORTS).context("ports")?)?;
-            let (keys, values): (Vec<_>, Vec<_>) = compiled
-                .ports
-                .iter()
-                .map(|e| {
-                    let (len, key) = e.key(1);
-                    (aya::maps::lpm_trie::Key::new(len, key), e.value)
-                })
-                .unzip();
-            batch::update(ports.map(), &keys, &values, &mut || {})?;
+            apply::write_trie(ports.map(), &compiled.ports, |e| (e.key(1), e.value), &mut || {})?;
         }
         let memlock_dir = {
             use std::os::fd::AsFd as _;
