@@ -31,7 +31,7 @@ pub struct Table4 {
     pub chunks: Vec<Chunk>,
     /// (direction, address) -> entry, sorted, one per address.
     pub hosts: Vec<((Direction, u32), u32)>,
-    /// The /16s left to the trie, per direction.
+    /// How many (direction, /16) pairs are left to the trie.
     pub to_trie: usize,
 }
 
