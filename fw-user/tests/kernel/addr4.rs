@@ -43,13 +43,7 @@ fn a_slash_16_beyond_the_table_is_judged_by_the_trie() {
         ..LoadOptions::here().expect("load options")
     };
     let mut k = Kernel::load_with(&options);
-    let policy = fw_user::policy::parse_str(
-        POLICY,
-        "addr4.yaml",
-        &fw_user::policy::Vars::from_pairs(Vec::<(String, String)>::new()),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let compiled = fw_user::policy::compile::compile_phase(&policy.policy, "runtime").expect("compiles");
+    let compiled = crate::policies::compile_yaml(POLICY, "addr4.yaml", "runtime");
     // Twice, so that the second generation uses the other slot's chunk.
     for (generation, previous) in [(1, None), (2, Some(1))] {
         k.switch(&compiled, generation, previous);

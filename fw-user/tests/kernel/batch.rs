@@ -57,7 +57,7 @@ fn same(seen: &BTreeSet<Entry>, wanted: &BTreeSet<Entry>, what: &str) {
 #[test]
 fn batched_and_one_by_one_map_operations_leave_the_same_tries() {
     crate::require_root();
-    let (mut batched, mut single) = (fresh_maps(), fresh_maps());
+    let (batched, single) = (fresh_maps(), fresh_maps());
     // 10,000 distinct prefixes, /8 to /32, nested at random: more than two
     // batches of 4,096.
     let mut rng = Rng::new(0x0bad_5eed);

@@ -351,13 +351,7 @@ impl Driver {
 
     /// A phase switch to `phase` of the policy `yaml` (directed tests).
     pub fn apply_yaml(&mut self, yaml: &str, phase: &str) {
-        let loaded = fw_user::policy::parse_str(
-            yaml,
-            "directed.yaml",
-            &fw_user::policy::Vars::from_pairs(Vec::<(String, String)>::new()),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let compiled = fw_user::policy::compile::compile_phase(&loaded.policy, phase).expect("compiles");
+        let compiled = crate::policies::compile_yaml(yaml, "directed.yaml", phase);
         let previous = self.active.phase.as_ref().map(|_| self.active.generation);
         let generation = previous.map_or(1, |g| g.wrapping_add(1));
         self.kernel.switch(&compiled, generation, previous);

@@ -173,6 +173,14 @@ pub struct Force {
 }
 
 /// A random policy with 1-3 phases; one of them is compiled.
+/// Phase `phase` of the policy `yaml` (no variables), compiled; `file`
+/// names it in errors.
+pub fn compile_yaml(yaml: &str, file: &str, phase: &str) -> fw_user::policy::compile::tables::CompiledPhase {
+    let loaded = policy::parse_str(yaml, file, &Vars::from_pairs(Vec::<(String, String)>::new()))
+        .unwrap_or_else(|e| panic!("{e}"));
+    compile_phase(&loaded.policy, phase).unwrap_or_else(|e| panic!("compiling {phase}: {e}"))
+}
+
 pub fn random_policy(rng: &mut Rng, serial: usize, force: Force) -> RandomPolicy {
     let mut hints = Hints::default();
     let phases = rng.usize(1, 3);

@@ -214,13 +214,7 @@ fn an_inbound_flood_cycles_only_the_probation_table() {
     };
     let probation = options.capacity.inbound_flow_entries();
     let mut k = Kernel::load_with(&options);
-    let policy = fw_user::policy::parse_str(
-        POLICY,
-        "tables.yaml",
-        &fw_user::policy::Vars::from_pairs(Vec::<(String, String)>::new()),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    let compiled = fw_user::policy::compile::compile_phase(&policy.policy, "runtime").expect("compiles");
+    let compiled = crate::policies::compile_yaml(POLICY, "tables.yaml", "runtime");
     k.switch(&compiled, 1, None);
     let run = |k: &Kernel, d: Direction, f: &[u8]| k.run(d, f).expect("test run");
     let (e, i) = (Direction::Egress, Direction::Inbound);
