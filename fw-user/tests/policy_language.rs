@@ -260,3 +260,23 @@ fn reject_defaults_to_true_and_a_phase_can_turn_it_off() {
     assert!(!compile_phase(&loaded.policy, "quiet").unwrap().settings.reject);
     assert!(compile_phase(&loaded.policy, "loud").unwrap().settings.reject);
 }
+
+/// `fw check` says how many IPv4 /16s have no room in the table packets
+/// read (docs/datapath.md, "IPv4 address classes"): 1,101 /16s with a /24
+/// each (1,100 of one rule, one of another) against 1,024 chunks by default
+/// leave 77 to the trie.
+#[test]
+fn check_counts_the_ipv4_slash16s_left_to_the_trie() {
+    let many: Vec<String> = (0..1100).map(|i| format!("\"{}.{}.1.0/24\"", 20 + i / 256, i % 256)).collect();
+    let yaml = format!("phases:\n  runtime:\n    egress:\n      - {{ name: many, to: [{}], proto: tcp, ports: [443] }}\n      - {{ name: one, to: [\"198.51.100.0/24\"], proto: udp, ports: [53] }}\n", many.join(", "));
+    let checked = report::check(&load(&yaml), None, &Limits::default(), None).unwrap();
+    let text = report::render_text(&checked);
+    assert!(text.contains("# 77 IPv4 /16s (per direction) do not fit FW_ADDR4_MID and FW_ADDR4_HOSTS"), "{text}");
+    assert_eq!(report::render_json(&checked)["phases"][0]["ipv4_slash16s_in_trie"], 77);
+
+    let small =
+        "phases:\n  runtime:\n    egress:\n      - { name: one, to: [\"198.51.100.0/24\"], proto: udp, ports: [53] }\n";
+    let checked = report::check(&load(small), None, &Limits::default(), None).unwrap();
+    assert!(!report::render_text(&checked).contains("IPv4 /16s"));
+    assert_eq!(report::render_json(&checked)["phases"][0]["ipv4_slash16s_in_trie"], 0);
+}

@@ -74,26 +74,29 @@ fn kmalloc_class(raw: usize) -> usize {
     [32, 64, 96, 128, 192, 256, 512].into_iter().find(|&class| class >= raw).unwrap_or(raw)
 }
 
-/// (map, entries, approximate bytes) of a compiled phase.
-fn map_usage(phase: &CompiledPhase) -> [(&'static str, usize, usize); 5] {
+/// (map, entries, approximate bytes) of a compiled phase, and how many
+/// (direction, /16) pairs the IPv4 table has no room for by default (their
+/// new flows are looked up in the `FW_ADDR4` trie: docs/datapath.md).
+fn map_usage(phase: &CompiledPhase) -> ([(&'static str, usize, usize); 5], usize) {
     use crate::policy::compile::dir4;
     use fw_common::{dir4::Chunk, AddrKey4, AddrKey6, PolicyValue, PortKey};
     use std::mem::size_of;
-    let usage = |entries: usize, key: usize, value: usize| entries * trie_node_bytes(key, value);
+    let trie_bytes = |entries: usize, key: usize, value: usize| entries * trie_node_bytes(key, value);
     // The IPv4 table packets read (docs/datapath.md): its chunks come out
     // of an array allocated at load, its hosts are hash elements.
-    let (chunks, hosts, _) = dir4::needs(&phase.addr4, dir4::Budget::DEFAULT);
-    [
-        (fw_common::maps::ADDR4, phase.addr4.len(), usage(phase.addr4.len(), size_of::<AddrKey4>(), 4)),
+    let (chunks, hosts, in_trie) = dir4::needs(&phase.addr4, dir4::Budget::DEFAULT);
+    let usage = [
+        (fw_common::maps::ADDR4, phase.addr4.len(), trie_bytes(phase.addr4.len(), size_of::<AddrKey4>(), 4)),
         (fw_common::maps::ADDR4_MID, chunks, chunks * size_of::<Chunk>()),
         (fw_common::maps::ADDR4_HOSTS, hosts, hosts * hash_element_bytes(size_of::<AddrKey4>(), 4)),
-        (fw_common::maps::ADDR6, phase.addr6.len(), usage(phase.addr6.len(), size_of::<AddrKey6>(), 4)),
+        (fw_common::maps::ADDR6, phase.addr6.len(), trie_bytes(phase.addr6.len(), size_of::<AddrKey6>(), 4)),
         (
             fw_common::maps::PORTS,
             phase.ports.len(),
-            usage(phase.ports.len(), size_of::<PortKey>(), size_of::<PolicyValue>()),
+            trie_bytes(phase.ports.len(), size_of::<PortKey>(), size_of::<PolicyValue>()),
         ),
-    ]
+    ];
+    (usage, in_trie)
 }
 
 fn default_word(action: Action) -> &'static str {
@@ -258,11 +261,21 @@ pub fn render_text(report: &CheckReport) -> String {
         }
         let _ = writeln!(out, "    }}");
 
-        let usage = map_usage(phase);
+        let (usage, in_trie) = map_usage(phase);
         let parts: Vec<String> = usage.iter().map(|(map, n, _)| format!("{map} {n}")).collect();
         let bytes: usize = usage.iter().map(|(_, _, b)| b).sum();
         let _ =
             writeln!(out, "    # entries: {}; about {:.1} KiB of map memory", parts.join(", "), bytes as f64 / 1024.0);
+        if in_trie > 0 {
+            let _ = writeln!(
+                out,
+                "    # {in_trie} IPv4 /16s (per direction) do not fit {} and {}: new flows to them are looked up in \
+                 the {} trie, slower at many rules",
+                fw_common::maps::ADDR4_MID,
+                fw_common::maps::ADDR4_HOSTS,
+                fw_common::maps::ADDR4
+            );
+        }
         let _ = writeln!(out, "  }}");
     }
     let _ = writeln!(out, "}}");
@@ -293,7 +306,7 @@ pub fn render_json(report: &CheckReport) -> serde_json::Value {
         .phases
         .iter()
         .map(|phase| {
-            let usage = map_usage(phase);
+            let (usage, in_trie) = map_usage(phase);
             json!({
                 "name": phase.phase,
                 "extends": policy.phase(&phase.phase).and_then(|p| p.extends.clone()),
@@ -323,6 +336,7 @@ pub fn render_json(report: &CheckReport) -> serde_json::Value {
                 })).collect::<Vec<_>>(),
                 "entries": usage.iter().map(|(map, n, _)| (map.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
                 "approx_bytes": usage.iter().map(|(_, _, b)| b).sum::<usize>(),
+                "ipv4_slash16s_in_trie": in_trie,
             })
         })
         .collect();
