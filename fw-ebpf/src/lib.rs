@@ -1,5 +1,6 @@
 //! The parts of the kernel program that need no kernel: the header parser
-//! and its helpers. The `fw-ebpf` binary (built for bpfel-unknown-none)
+//! and its helpers; and the IPv4 table lookup (`addr4`), which the lookup
+//! benchmark's object (`fw-lookup-bench`) shares. The `fw-ebpf` binary (built for bpfel-unknown-none)
 //! uses them from here, and here they are also ordinary Rust for the host,
 //! so `cargo test -p fw-ebpf --lib` tests them without root or a kernel
 //! (truncations, VLAN tags, extension headers, fragments, ICMP quotes).
@@ -10,5 +11,6 @@
 // `allows-misaligned-mem-access` for the parser (see parse::parse_skb).
 #![cfg_attr(target_arch = "bpf", feature(bpf_target_feature))]
 
+pub mod addr4;
 pub mod mem;
 pub mod parse;

@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use fw_common::{
-    dir4::{self, found, Chunk, Top, CHUNK, CHUNK_ENTRIES, HOSTS, INDEX, MISS, TOP_ENTRIES},
+    dir4::{found, Chunk, Top, CHUNK, CHUNK_ENTRIES, INDEX, MISS, TOP_ENTRIES},
     policy::{ADDR_KEY_FIXED_BITS, PORT_KEY_FULL_BITS},
     AddrKey4, Direction, PolicyValue, PortKey,
 };
@@ -54,6 +54,14 @@ static BENCH_HYB4_CHUNKS: Array<Chunk> = Array::with_max_entries(1, 0);
 #[map(name = "BENCH_HYB4_HOSTS")]
 static BENCH_HYB4_HOSTS: HashMap<AddrKey4, u32> = HashMap::with_max_entries(1, 0);
 
+/// Built without a budget, the table never sends a lookup to the trie.
+const HYBRID: fw_ebpf::addr4::Maps = fw_ebpf::addr4::Maps {
+    top: &BENCH_HYB4_TOP,
+    mid: &BENCH_HYB4_CHUNKS,
+    hosts: &BENCH_HYB4_HOSTS,
+    trie: &BENCH_ADDR4,
+};
+
 #[inline(always)]
 fn dst4(ctx: &TcContext) -> Option<[u8; 4]> {
     ctx.load::<[u8; 4]>(DST_OFFSET).ok()
@@ -85,24 +93,10 @@ fn dir4(a: [u8; 4]) -> u32 {
     }
 }
 
-/// Two array reads, and a hash lookup only under a /24 that has hosts:
-/// the same steps as `fw_egress`'s `policy::addr4_class`.
+/// `fw_egress`'s own lookup (`fw_ebpf::addr4`), over this object's maps.
 #[inline(always)]
 fn hybrid4(a: [u8; 4]) -> u32 {
-    let Some(top) = BENCH_HYB4_TOP.get(dir4::top_index(GENERATION, Direction::Egress as u8)) else { return MISS };
-    let entry = top[usize::from(a[0]) << 8 | usize::from(a[1])];
-    if entry & CHUNK == 0 {
-        return entry;
-    }
-    let Some(chunk) = BENCH_HYB4_CHUNKS.get(entry & INDEX) else { return MISS };
-    let entry = chunk[usize::from(a[2])];
-    if entry & HOSTS != 0 {
-        // SAFETY: the value is read at once.
-        if let Some(&host) = unsafe { BENCH_HYB4_HOSTS.get(&AddrKey4::new(GENERATION, Direction::Egress, a)) } {
-            return host;
-        }
-    }
-    entry & !HOSTS
+    fw_ebpf::addr4::class(&HYBRID, GENERATION, Direction::Egress, a).map_or(MISS, found)
 }
 
 /// The port trie after an address lookup's `found` value: the deciding

@@ -15,7 +15,7 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie},
 };
 use fw_common::{
-    dir4::{self, Chunk, Top, CHUNK, HOSTS, INDEX, TRIE},
+    dir4::{Chunk, Top},
     maps::{DEFAULT_ADDR_ENTRIES, DEFAULT_MID_CHUNKS, DEFAULT_PORT_ENTRIES},
     names::{
         name_class, Learned, Resolvers, DNS_PORT, DOT_PORT, EMPTY_SLOT, LEARNED_CAPACITY, MAX_RESOLVERS4,
@@ -55,6 +55,9 @@ static FW_ADDR4_MID: Array<Chunk> = Array::with_max_entries(2 * DEFAULT_MID_CHUN
 
 #[map(name = "FW_ADDR4_HOSTS")]
 static FW_ADDR4_HOSTS: HashMap<AddrKey4, u32> = HashMap::with_max_entries(DEFAULT_ADDR_ENTRIES, BPF_F_NO_PREALLOC);
+
+const ADDR4: fw_ebpf::addr4::Maps =
+    fw_ebpf::addr4::Maps { top: &FW_ADDR4_TOP, mid: &FW_ADDR4_MID, hosts: &FW_ADDR4_HOSTS, trie: &FW_ADDR4 };
 
 #[map(name = "FW_ADDR6")]
 static FW_ADDR6: LpmTrie<AddrKey6, u32> = LpmTrie::with_max_entries(DEFAULT_ADDR_ENTRIES, 0);
@@ -135,37 +138,13 @@ pub fn peer(direction: Direction, pkt: &Packet) -> Peer<'_> {
 pub fn lookup(generation: u32, direction: Direction, peer: Peer, proto: u8, port: u16) -> Option<PolicyValue> {
     let a = peer.addr;
     let class = if peer.family == 4 {
-        addr4_class(generation, direction, [a[0], a[1], a[2], a[3]])?
+        fw_ebpf::addr4::class(&ADDR4, generation, direction, [a[0], a[1], a[2], a[3]])?
     } else {
         let key = Key::new(ADDR_KEY_FIXED_BITS + 128, AddrKey6::new(generation, direction, *a));
         *FW_ADDR6.get(&key)?
     };
     let key = Key::new(PORT_KEY_FULL_BITS, PortKey::new(generation, class, proto, port));
     FW_PORTS.get(&key).copied()
-}
-
-/// The class of an IPv4 address: two array reads, and a hash lookup under
-/// a /24 that holds hosts (`fw_common::dir4`); the trie for a /16 left to it.
-#[inline(always)]
-fn addr4_class(generation: u32, direction: Direction, a: [u8; 4]) -> Option<u32> {
-    let top = FW_ADDR4_TOP.get(dir4::top_index(generation, direction as u8))?;
-    let entry = top[usize::from(a[0]) << 8 | usize::from(a[1])];
-    if entry & (CHUNK | TRIE) == 0 {
-        return dir4::class_of(entry);
-    }
-    if entry & TRIE != 0 {
-        // A /16 beyond the table's chunks or hosts (`fw_common::dir4`).
-        let key = Key::new(ADDR_KEY_FIXED_BITS + 32, AddrKey4::new(generation, direction, a));
-        return FW_ADDR4.get(&key).copied();
-    }
-    let entry = FW_ADDR4_MID.get(entry & INDEX)?[usize::from(a[2])];
-    if entry & HOSTS != 0 {
-        // SAFETY: the value is read at once.
-        if let Some(&host) = unsafe { FW_ADDR4_HOSTS.get(&AddrKey4::new(generation, direction, a)) } {
-            return dir4::class_of(host);
-        }
-    }
-    dir4::class_of(entry & !HOSTS)
 }
 
 /// Does this host serve `peer` on `local_port`: `Some(allowed)` when an
