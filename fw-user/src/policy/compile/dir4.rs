@@ -52,8 +52,9 @@ impl Budget {
 /// Which /16s get a chunk: every (direction, /16) that holds a prefix
 /// longer than /16, in address order, while the chunks and the hosts its
 /// prefixes longer than /24 expand to fit the budget; the rest are left to
-/// the trie. Returns the admitted ones, with the chunks and hosts they take.
-fn plan(entries: &[AddrEntry4], budget: Budget) -> (BTreeSet<(Direction, u32)>, usize, usize) {
+/// the trie. Returns the admitted ones, with the chunks and hosts they
+/// take, and how many pairs wanted a chunk.
+fn plan(entries: &[AddrEntry4], budget: Budget) -> (BTreeSet<(Direction, u32)>, usize, usize, usize) {
     // (direction, /16) -> its hosts: those of the outermost prefixes longer
     // than /24 (sorted by address then length, nested ones follow theirs).
     let mut long: Vec<(Direction, u32, u8)> = entries
@@ -78,6 +79,7 @@ fn plan(entries: &[AddrEntry4], budget: Budget) -> (BTreeSet<(Direction, u32)>, 
             }
         }
     }
+    let wanted = per16.len();
     let (mut chunks, mut hosts) = (0, 0);
     let mut admitted = BTreeSet::new();
     for (key, h) in per16 {
@@ -87,26 +89,21 @@ fn plan(entries: &[AddrEntry4], budget: Budget) -> (BTreeSet<(Direction, u32)>, 
             admitted.insert(key);
         }
     }
-    (admitted, chunks, hosts)
+    (admitted, chunks, hosts, wanted)
 }
 
 /// What a phase's table takes within `budget`: second-level chunks, hosts,
 /// and the /16s left to the trie.
 pub fn needs(entries: &[AddrEntry4], budget: Budget) -> (usize, usize, usize) {
-    let (admitted, chunks, hosts) = plan(entries, budget);
-    let wanted: BTreeSet<(Direction, u32)> = entries
-        .iter()
-        .filter(|e| e.prefix_len > 16)
-        .map(|e| (e.direction, (u32::from(e.addr) & mask(e.prefix_len)) >> 16))
-        .collect();
-    (chunks, hosts, wanted.len() - admitted.len())
+    let (_, chunks, hosts, wanted) = plan(entries, budget);
+    (chunks, hosts, wanted - chunks)
 }
 
 impl Table4 {
     /// The table of `entries` within `budget`, its chunks numbered from
     /// `base`.
     pub fn build(entries: &[AddrEntry4], base: u32, budget: Budget) -> Table4 {
-        let (admitted, _, _) = plan(entries, budget);
+        let (admitted, ..) = plan(entries, budget);
         let mut table = Table4 { top: [empty_top(), empty_top()], chunks: Vec::new(), hosts: Vec::new(), to_trie: 0 };
         let mut sorted: Vec<&AddrEntry4> = entries.iter().collect();
         sorted.sort_by_key(|e| e.prefix_len);
