@@ -65,3 +65,18 @@ pub fn unix_time() -> std::time::Duration {
 pub fn unix_now() -> u64 {
     unix_time().as_secs()
 }
+
+/// Logs (at debug level: `RUST_LOG=fw_user=debug`) that `step` is done,
+/// with the milliseconds since the previous mark of this thread: where a
+/// slow `fw switch` or `fw run` spends its time, on the operator's own
+/// policy and machine, without a profiler.
+pub fn mark(step: &str) {
+    use std::{cell::Cell, time::Instant};
+    thread_local!(static LAST: Cell<Option<Instant>> = const { Cell::new(None) });
+    if !log::log_enabled!(log::Level::Debug) {
+        return;
+    }
+    let now = Instant::now();
+    let since = LAST.with(|last| last.replace(Some(now))).map_or(0.0, |t| (now - t).as_secs_f64() * 1e3);
+    log::debug!("{step}: {since:.1} ms");
+}

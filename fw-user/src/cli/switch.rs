@@ -40,7 +40,14 @@ pub struct SwitchArgs {
 pub fn switch(args: SwitchArgs) -> Result<ExitCode> {
     require_root("fw switch")?;
     let name = resolve_name(args.name)?;
-    if args.confirm.is_some() && control::ping(&name)?.is_none() {
+    let daemon = match control::ping(&name) {
+        Ok(info) => info.is_some(),
+        // A daemon that does not answer is not relied on: this command
+        // deletes the old generation itself.
+        Err(_) if args.confirm.is_none() => false,
+        Err(e) => return Err(e),
+    };
+    if args.confirm.is_some() && !daemon {
         bail!("--confirm needs the daemon that times the rollback: start `fw run --name {name} --iface IFACE` first");
     }
     if args.confirm.is_some() {
@@ -59,6 +66,9 @@ pub fn switch(args: SwitchArgs) -> Result<ExitCode> {
         env_file: args.file.env_file,
         confirm_secs: args.confirm,
         force: args.force,
+        // The daemon deletes the old generation within a second; without
+        // one, this command does before it returns.
+        defer_collection: daemon,
     };
     let outcome = instance::switch(&name, &request)?;
     for note in &outcome.notes {

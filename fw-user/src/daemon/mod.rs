@@ -227,6 +227,9 @@ struct Housekeeping {
     state: InstanceState,
     /// The generation this daemon rolled back to (it says so itself).
     rolled_back_to: Option<u32>,
+    /// No collection before this (after one failed: retried once a minute,
+    /// not every second).
+    collect_after: Option<Instant>,
 }
 
 impl Housekeeping {
@@ -257,6 +260,7 @@ impl Housekeeping {
             },
             state: state.clone(),
             rolled_back_to: None,
+            collect_after: None,
         })
     }
 
@@ -298,6 +302,9 @@ impl Housekeeping {
                 Err(e) => say_err!("fw: {name}: rollback failed: {e:#}"),
             }
         }
+        if !self.state.collected && self.collect_after.is_none_or(|t| Instant::now() >= t) {
+            self.collect();
+        }
         if self.routes_due.is_some_and(|due| Instant::now() >= due) {
             self.routes_due = None;
             if let Err(e) = loader::RouteMaps::open(&name).and_then(|mut m| m.refresh(&self.iface)) {
@@ -315,6 +322,33 @@ impl Housekeeping {
             }
         }
         false
+    }
+
+    /// Deletes the generations no packet is judged by any more: what a
+    /// switch left behind when it returned early (`fw switch` with this
+    /// daemon running, a reload by the policy watch), or what an
+    /// interrupted command left. The reconcile every command starts with,
+    /// under the instance lock.
+    fn collect(&mut self) {
+        let name = self.name.clone();
+        match instance::reconcile(&name) {
+            Ok((_, notes)) => {
+                self.collect_after = None;
+                for note in notes {
+                    say!("fw: {name}: {note}");
+                }
+                release_freed_memory();
+            }
+            Err(e) => {
+                self.collect_after = Some(Instant::now() + Duration::from_secs(60));
+                say_err!("fw: {name}: deleting unused generations (retried in a minute): {e:#}");
+            }
+        }
+        match self.reread_state() {
+            Ok(Some(change)) => self.changed(change),
+            Ok(None) => {}
+            Err(e) => say_err!("fw: {name}: reading the state: {e:#}"),
+        }
     }
 
     /// Logs a change and closes the summary window at it, so that the

@@ -218,6 +218,8 @@ impl Reloader {
                     env_file: self.watched.env_path(),
                     confirm_secs: None,
                     force: false,
+                    // This daemon's next tick deletes the old generation.
+                    defer_collection: true,
                 },
             )
         });

@@ -84,6 +84,9 @@ pub struct SwitchRequest {
     pub confirm_secs: Option<u64>,
     /// Apply a runtime phase that lets everything out (see [`refuse_open_egress`]).
     pub force: bool,
+    /// The `fw run` daemon of the instance runs and deletes the old
+    /// generation after the switch ([`txn::SwitchPlan::defer_collection`]).
+    pub defer_collection: bool,
 }
 
 #[derive(Debug)]
@@ -111,11 +114,14 @@ pub fn switch(name: &str, request: &SwitchRequest) -> Result<SwitchOutcome> {
                 .ok_or_else(|| anyhow!("--confirm {secs}: at most {MAX_CONFIRM_SECS} seconds (a week)"))
         })
         .transpose()?;
+    crate::mark("switch: start");
     let current = load_state(name)?;
+    crate::mark("switch: state read");
     let policy = request.policy.clone().unwrap_or_else(|| current.enforced.policy.clone());
     let env_file = request.env_file.clone().or_else(|| current.enforced.env_file.as_ref().map(PathBuf::from));
     let mut loaded = source::load_phase(&policy, env_file.as_deref(), &request.phase)?;
     loaded.compiled.settings.audit |= current.audit_override;
+    crate::mark("switch: policy parsed and compiled");
     let warnings = std::mem::take(&mut loaded.warnings);
     if !request.force {
         refuse_open_egress(&warnings)?;
@@ -128,6 +134,7 @@ pub fn switch(name: &str, request: &SwitchRequest) -> Result<SwitchOutcome> {
         compiled: loaded.compiled,
         copy: loaded.copy,
         confirm_deadline: deadline,
+        defer_collection: request.defer_collection,
     };
     let switched = txn::switch(&mut store, &mut FileRecords::new(name), plan)?;
     Ok(SwitchOutcome {
@@ -248,6 +255,8 @@ pub fn start(request: StartRequest) -> Result<InstanceState> {
         highest_generation: generation,
         pending: None,
         switching: None,
+        // The maps were created by this start and hold generation 1 only.
+        collected: true,
     };
     records.save_state(&state)?;
     cleanup.armed = false;
@@ -329,6 +338,7 @@ pub fn rebuild_state(name: &str, iface: &str, candidate: Option<(&LoadedPhase, &
         highest_generation: active,
         pending: None,
         switching: None,
+        collected: false,
     };
     let mut records = FileRecords::new(name);
     records.save_state(&state)?;

@@ -66,6 +66,17 @@ pub struct InstanceState {
     /// and whoever finds it on the old one knows to discard `to`.
     #[serde(default)]
     pub switching: Option<Switching>,
+    /// Known: the maps hold no entries but the enforced generation's and
+    /// the pending rollback target's. Cleared in the same save that makes
+    /// another generation garbage or reserves one to write, set once they
+    /// are deleted; while false, the next [`crate::instance::txn::reconcile`]
+    /// walks the maps and deletes the rest. A switch returns before the old
+    /// generation is deleted when the daemon will do it (the walk and the
+    /// delete took 1.1 s of a 100,000-rule switch), and a reconcile on a
+    /// collected instance skips the walk. A state file without it (older
+    /// fw) reads as not collected.
+    #[serde(default)]
+    pub collected: bool,
 }
 
 /// The journal entry of a switch in progress (see `instance::txn`).

@@ -72,6 +72,8 @@ struct MemStore {
     /// Total entries the maps hold (ENOSPC beyond), like the kernel's
     /// max_entries.
     capacity: usize,
+    /// Walks of the maps to delete generations.
+    walks: usize,
 }
 
 impl MemStore {
@@ -83,6 +85,7 @@ impl MemStore {
             entries: BTreeMap::new(),
             flow_generations: BTreeSet::new(),
             capacity: usize::MAX,
+            walks: 0,
         }
     }
 
@@ -135,6 +138,7 @@ impl PolicyStore for MemStore {
         if doomed(self.active) {
             bail!("delete of the active generation {}", self.active);
         }
+        self.walks += 1;
         let generations: Vec<u32> = self.entries.keys().copied().filter(|g| doomed(*g)).collect();
         let mut removed = 0;
         for generation in generations {
@@ -269,6 +273,7 @@ fn plan(name: &str, confirm_deadline: Option<u64>) -> SwitchPlan {
         compiled: loaded.compiled.clone(),
         copy: loaded.copy.clone(),
         confirm_deadline,
+        defer_collection: false,
     }
 }
 
@@ -307,6 +312,7 @@ fn started(first: &str) -> (Rc<Fate>, MemStore, MemRecords) {
             highest_generation: 1,
             pending: None,
             switching: None,
+            collected: true,
         })
         .unwrap();
     txn::reconcile(&mut store, &mut records).unwrap();
@@ -404,6 +410,50 @@ fn finding1_interrupted_switch_never_mixes_policies() {
         &["closed"],
     );
     assert!(tried > 40, "{tried} steps");
+}
+
+#[test]
+fn a_switch_that_leaves_the_old_generation_to_the_daemon_survives_every_kill() {
+    let deferred = || SwitchPlan { defer_collection: true, ..plan("closed", None) };
+    let tried = every_step(
+        &|| started("install"),
+        &|store, records| txn::switch(store, records, deferred()).map(drop),
+        &["install", "closed"],
+        // Then the switch again, and the daemon's collection.
+        &|store, records, _| {
+            txn::switch(store, records, deferred())?;
+            txn::reconcile(store, records).map(drop)
+        },
+        &["closed"],
+    );
+    // Reserve, copy, the entries, journal, activate, record, boot record.
+    assert!(tried > 6, "{tried} steps");
+}
+
+#[test]
+fn the_old_generation_is_deleted_by_the_next_reconcile_and_a_collected_instance_is_not_walked() {
+    let (_fate, mut store, mut records) = started("install");
+    let deferred = SwitchPlan { defer_collection: true, ..plan("closed", None) };
+    let switched = txn::switch(&mut store, &mut records, deferred).unwrap();
+    assert_eq!(store.entries.len(), 2, "the old generation is left for the daemon");
+    assert!(!records.state.as_ref().unwrap().collected, "the state must say so");
+    // The boot record follows at once: a reboot comes back in the new phase.
+    assert_eq!(records.boot.as_ref().unwrap().generation, switched.to.generation);
+    // The daemon's collection.
+    let (_, notes) = txn::reconcile(&mut store, &mut records).unwrap();
+    assert!(notes.iter().any(|n| n.contains("generations no longer in use")), "{notes:?}");
+    check(&store, &records, &["closed"], "after the collection");
+    assert!(records.state.as_ref().unwrap().collected);
+    // Every later command starts with a reconcile: none walks the maps again.
+    let walks = store.walks;
+    txn::reconcile(&mut store, &mut records).unwrap();
+    assert!(txn::confirm(&mut store, &mut records).is_err(), "nothing to confirm");
+    assert_eq!(store.walks, walks, "a collected instance was walked again");
+    // An older state file without the field reads as not collected.
+    let mut json = serde_json::to_value(records.state.as_ref().unwrap()).unwrap();
+    json.as_object_mut().unwrap().remove("collected");
+    let old: InstanceState = serde_json::from_value(json).unwrap();
+    assert!(!old.collected, "a state without `collected` must be walked");
 }
 
 #[test]

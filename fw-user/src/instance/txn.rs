@@ -13,7 +13,14 @@
 //! 4. Activate: one map write. This is the commit point.
 //! 5. Record the outcome (`enforced = to`, `pending` for `--confirm`), then
 //!    delete every generation that is neither active nor the pending
-//!    rollback target, then update the boot record.
+//!    rollback target (or leave that to the daemon, which does it within a
+//!    second: [`SwitchPlan::defer_collection`]), then update the boot
+//!    record.
+//!
+//! Entries of a generation no packet is judged by open nothing: generation
+//! numbers are never reused, so they can never become active again. What
+//! is left of them costs memory and room in the maps until collected, and
+//! `collected` in the state file says whether any may be left.
 //!
 //! [`reconcile`] runs first under the instance lock in every command and in
 //! the daemon: it reads the active generation from the kernel and finishes
@@ -91,12 +98,15 @@ pub fn effective(state: &InstanceState, active: u32) -> Option<&Enforced> {
 /// line each, for the log).
 pub fn reconcile(store: &mut dyn PolicyStore, records: &mut dyn Records) -> Result<(InstanceState, Vec<String>)> {
     let mut state = records.load_state()?.context("the instance has pins but no state file")?;
+    crate::mark("reconcile: state read");
     let active = store.active()?;
     let mut notes = Vec::new();
     match read(&state, active) {
         Reading::Agrees => {}
         Reading::SwitchNotActivated => {
             let to = state.switching.take().expect("read() saw it");
+            // What it wrote is garbage (already so since its reserve).
+            state.collected = false;
             records.save_state(&state)?;
             notes.push(format!(
                 "a switch to phase {} (generation {}) was interrupted before it took effect: discarded; phase {} stays",
@@ -137,12 +147,16 @@ pub fn reconcile(store: &mut dyn PolicyStore, records: &mut dyn Records) -> Resu
             state.pending = None;
             state.switching = None;
             state.highest_generation = state.highest_generation.max(generation);
+            state.collected = false;
             records.save_state(&state)?;
         }
     }
-    let removed = collect_garbage(store, &state)?;
-    if removed > 0 {
-        notes.push(format!("removed {removed} entries of generations no longer in use"));
+    if !state.collected {
+        let removed = collect_garbage(store, records, &mut state)?;
+        crate::mark("reconcile: unused generations deleted");
+        if removed > 0 {
+            notes.push(format!("removed {removed} entries of generations no longer in use"));
+        }
     }
     sync_boot_record(records, &state)?;
     Ok((state, notes))
@@ -155,6 +169,10 @@ pub struct SwitchPlan {
     pub copy: PolicyCopy,
     /// Unix seconds of the rollback deadline (`--confirm`).
     pub confirm_deadline: Option<u64>,
+    /// Return once the switch is recorded, leaving the old generation's
+    /// entries to whoever reconciles next: the daemon, which does within a
+    /// second. Only when a daemon runs; without one, the next command would.
+    pub defer_collection: bool,
 }
 
 #[derive(Debug)]
@@ -169,6 +187,7 @@ pub struct Switched {
 
 pub fn switch(store: &mut dyn PolicyStore, records: &mut dyn Records, plan: SwitchPlan) -> Result<Switched> {
     let (mut state, notes) = reconcile(store, records)?;
+    crate::mark("switch: reconciled");
     if let Some(pending) = &state.pending {
         bail!(
             "the switch to {} awaits `fw confirm --name {}` (it rolls back to {} at unix time {}): confirm it or let it roll back first",
@@ -185,10 +204,12 @@ pub fn switch(store: &mut dyn PolicyStore, records: &mut dyn Records, plan: Swit
     let new = next_generation(highest, old);
     // 1. Reserve.
     state.highest_generation = new;
+    state.collected = false;
     records.save_state(&state)?;
     if !state.ephemeral {
         records.save_copy(new, &plan.copy)?;
     }
+    crate::mark("switch: generation reserved, policy copy saved");
     // 2. Write.
     let written = match store.write(&plan.compiled, new) {
         Ok(n) => n,
@@ -199,18 +220,29 @@ pub fn switch(store: &mut dyn PolicyStore, records: &mut dyn Records, plan: Swit
             return Err(e).context("the switch was not applied");
         }
     };
+    crate::mark("switch: generation written");
     // 3. Journal.
     let to = Enforced { generation: new, ..plan.to };
     state.switching = Some(Switching { to, confirm_deadline: plan.confirm_deadline });
     records.save_state(&state)?;
+    crate::mark("switch: journaled");
     // 4. Commit.
     store.activate(new)?;
+    crate::mark("switch: activated");
     // 5. Record.
     let from = finish_switch(store, records, &mut state)?;
+    if !plan.defer_collection {
+        collect_garbage(store, records, &mut state)?;
+        crate::mark("switch: old generation deleted");
+    }
+    sync_boot_record(records, &state)?;
+    crate::mark("switch: boot record");
     Ok(Switched { from, to: state.enforced, written, notes })
 }
 
-/// Steps 5 of a switch whose generation is active. Returns what it replaced.
+/// Step 5 of a switch whose generation is active, but the collection of
+/// the old generation and the boot record (the caller's). Returns what it
+/// replaced.
 fn finish_switch(
     store: &mut dyn PolicyStore,
     records: &mut dyn Records,
@@ -222,10 +254,12 @@ fn finish_switch(
         // Rule ids name other rules now: old counts would be misattributed.
         store.zero_rule_counters(from.rules.len().max(state.enforced.rules.len()))?;
     }
+    crate::mark("switch: rule counters zeroed");
     state.pending = switching.confirm_deadline.map(|deadline| PendingConfirm { deadline, previous: from.clone() });
+    // Not collected since the reserve (step 1) saved so.
+    debug_assert!(!state.collected);
     records.save_state(state)?;
-    collect_garbage(store, state)?;
-    sync_boot_record(records, state)?;
+    crate::mark("switch: recorded");
     Ok(from)
 }
 
@@ -241,8 +275,9 @@ pub fn confirm(store: &mut dyn PolicyStore, records: &mut dyn Records) -> Result
         );
     }
     // Confirmed from here on; the previous generation becomes garbage.
+    state.collected = false;
     records.save_state(&state)?;
-    collect_garbage(store, &state)?;
+    collect_garbage(store, records, &mut state)?;
     sync_boot_record(records, &state)?;
     Ok((state.enforced, notes))
 }
@@ -275,22 +310,28 @@ fn finish_rollback(
     if undone.rules != state.enforced.rules {
         store.zero_rule_counters(undone.rules.len().max(state.enforced.rules.len()))?;
     }
+    // The undone generation is garbage from here on.
+    state.collected = false;
     records.save_state(state)?;
-    collect_garbage(store, state)?;
+    collect_garbage(store, records, state)?;
     sync_boot_record(records, state)?;
     Ok(undone)
 }
 
 /// Deletes every generation but the active one and the pending rollback
-/// target. Runs only on a reconciled state, so `enforced` is the active one.
-fn collect_garbage(store: &mut dyn PolicyStore, state: &InstanceState) -> Result<usize> {
+/// target, then records that the maps hold nothing else. Runs only on a
+/// reconciled state, so `enforced` is the active one.
+fn collect_garbage(store: &mut dyn PolicyStore, records: &mut dyn Records, state: &mut InstanceState) -> Result<usize> {
     let keep: BTreeSet<u32> = [Some(state.enforced.generation), state.pending.as_ref().map(|p| p.previous.generation)]
         .into_iter()
         .flatten()
         .collect();
     let active = store.active()?;
     anyhow::ensure!(keep.contains(&active), "internal error: generation {active} is active but not kept");
-    store.delete(&|g| !keep.contains(&g))
+    let removed = store.delete(&|g| !keep.contains(&g))?;
+    state.collected = true;
+    records.save_state(state)?;
+    Ok(removed)
 }
 
 /// Makes the boot record name the confirmed generation (none while a switch

@@ -139,6 +139,10 @@ fn setup(tools: &Tools, dir: &Path, rules: usize, limit: Duration) -> Result<Set
     let t = Instant::now();
     let switch_out = cmd::output(Command::new(&tools.fw).args(["switch", "b", "--name", &name]))?;
     let fw_switch = t.elapsed().as_secs_f64() * 1e3;
+    // The switch returns once phase b is enforced and recorded; the daemon
+    // deletes phase a's entries after it. Timed apart, and waited for: the
+    // nftables runs must not share the CPU with it.
+    let fw_collect = collected_after(&tools.fw, &name, t)?;
     // What the daemon keeps once it enforces and has switched: its
     // resident memory (the compiler's working set is freed by then).
     let daemon_pid = instance.daemon.as_ref().map(|d| d.id()).context("the fw run daemon")?;
@@ -174,6 +178,7 @@ fn setup(tools: &Tools, dir: &Path, rules: usize, limit: Duration) -> Result<Set
     let load = json!({
         "rules": rules,
         "fw_run_ms": fw_load.as_secs_f64() * 1e3, "fw_switch_ms": fw_switch, "fw_switch_says": switch_out.trim(),
+        "fw_collected_ms": fw_collect,
         "fw_slab_bytes": fw_slab, "fw_rss_bytes": fw_rss,
         "nft_load_ms": nft_load, "nft_switch_ms": nft_switch, "nft_slab_bytes": nft_slab,
         "nft_bytes": std::fs::metadata(&nft_a)?.len(),
@@ -181,6 +186,24 @@ fn setup(tools: &Tools, dir: &Path, rules: usize, limit: Duration) -> Result<Set
     });
     println!("bench: loaded {rules} rules: {load}");
     Ok(Setup { pairs, active, _fw: instance, load })
+}
+
+/// Milliseconds from `since` (the start of a switch) until `fw status`
+/// shows no entries of another generation: the daemon has deleted what
+/// the switch left to it. Polled every 50 ms (each status walks the maps),
+/// for at most 120 s.
+fn collected_after(fw: &Path, name: &str, since: Instant) -> Result<f64> {
+    loop {
+        let status = cmd::output(Command::new(fw).args(["status", "--name", name, "--json"]))?;
+        let status: Value = serde_json::from_str(&status).context("fw status --json")?;
+        if status["entries"]["other_generations"].as_u64() == Some(0) {
+            return Ok(since.elapsed().as_secs_f64() * 1e3);
+        }
+        if since.elapsed() > Duration::from_secs(120) {
+            bail!("the fw daemon did not delete the old generation within 120 s: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn udp_run(tools: &Tools, pair: &Pair, seconds: f64) -> Result<f64> {

@@ -354,6 +354,19 @@ impl<'ns> Fw<'ns> {
             .unwrap_or_else(|e| panic!("fw status --json printed no JSON object ({e}): {out:#?}"))
     }
 
+    /// `fw status --json` once the daemon has deleted the generations a
+    /// switch left to it (`entries.other_generations` is 0; bounded: the
+    /// daemon does it within a second or two). Panics if it never does.
+    pub fn status_collected(&self) -> serde_json::Value {
+        let mut status = serde_json::Value::Null;
+        let done = super::poll(Duration::from_secs(30), || {
+            status = self.status_json();
+            status["entries"]["other_generations"].as_u64() == Some(0)
+        });
+        assert!(done, "the daemon never deleted the old generations: {status}");
+        status
+    }
+
     /// `fw ARGS --name NAME` (the name appended).
     pub fn cli(&self, args: &[&str]) -> Finished {
         let mut all: Vec<&str> = args.to_vec();
