@@ -38,6 +38,7 @@ pub struct PhaseConfig {
 /// state"). A flow idle for longer is forgotten: its next packet meets the
 /// policy again.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 #[repr(C)]
 pub struct FlowTimeouts {
     /// TCP, open or half-closed (a FIN one way only).

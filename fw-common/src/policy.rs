@@ -139,6 +139,7 @@ impl PortKey {
 
 /// The deciding rule of a {class, protocol, port} cell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 #[repr(C)]
 pub struct PolicyValue {
     /// Index of the rule in the policy file (file order), and into `FW_RULE_STATS`.

@@ -47,8 +47,8 @@ fn verdict(
     (action, rule.map(|id| loaded.policy.rules[id as usize].name.clone()))
 }
 
-fn codes(loaded: &LoadedPolicy) -> Vec<&'static str> {
-    loaded.warnings.iter().map(|w| w.code).collect()
+fn codes(loaded: &LoadedPolicy) -> Vec<&str> {
+    loaded.warnings.iter().map(|w| &*w.code).collect()
 }
 
 use Action::{Allow, Deny};
@@ -137,7 +137,7 @@ fn url_endpoints_imply_tcp_and_their_port_unless_the_rule_says_otherwise() {
 fn host_names_resolve_to_every_address_with_a_warning() {
     let loaded = load("phases:\n  runtime:\n    egress:\n      - { name: hook, to: [\"${PLAIN_HOOK}\"] }\n");
     let w = &loaded.warnings[0];
-    assert_eq!((w.code, w.line, w.col), ("resolved-host", 4, 28));
+    assert_eq!((&*w.code, w.line, w.col), ("resolved-host", 4, 28));
     assert!(
         w.message.contains("127.0.0.1, ::1") && w.message.contains("fixed until the next compile"),
         "{}",
@@ -206,7 +206,7 @@ fn lints_report_shadowed_rules_open_egress_and_allow_everything_in_runtime() {
         "phases:\n  runtime:\n    inbound:\n      - { name: all-in, from: [any] }\n    egress:\n      - { name: web, to: [any], proto: tcp, ports: [80, 443] }\n      - { name: https, to: [203.0.113.0/24], proto: tcp, ports: [443] }\n      - { name: everything, to: [any] }\n  debug:\n    egress:\n      - { name: block-web, to: [any], proto: tcp, ports: [\"1-1024\"], action: deny }\n      - { name: https-again, to: [any], proto: tcp, ports: [443] }\n",
     );
     let checked = report::check(&loaded, None, &Limits::default(), fw_user::source::host::ephemeral_range()).unwrap();
-    let lint: Vec<(&str, String)> = checked.warnings.iter().map(|w| (w.code, w.to_string())).collect();
+    let lint: Vec<(&str, String)> = checked.warnings.iter().map(|w| (&*w.code, w.to_string())).collect();
     assert_eq!(lint.len(), 4, "{lint:#?}");
     assert_eq!(lint[0].0, "shadowed-rule");
     assert!(

@@ -4,6 +4,9 @@
 //! the route maps fresh (refreshed when netlink reports a route or address
 //! change), print the drops of the last interval.
 //!
+//! It compiles the enforced policy's phases ahead of `fw switch`, in the
+//! background (see `ahead`).
+//!
 //! With `--watch` (see `watch`) it also follows the policy and env files:
 //! inotify events arm a debounce, and the look at the files (a switch when
 //! they changed) runs on the blocking pool like the housekeeping.
@@ -15,6 +18,7 @@
 //! when it changed, and the summary reads the reason counters and the deny
 //! rules' counters only.
 
+pub mod ahead;
 pub mod control;
 pub mod dns;
 pub mod events;
@@ -71,6 +75,9 @@ pub async fn run(
     let mut look_due = files.as_ref().map(|_| tokio::time::Instant::now());
     let mut look: Option<tokio::task::JoinHandle<(watch::Reloader, watch::Outcome)>> = None;
     let mut retry_look = false;
+    // The phases compiled ahead of `fw switch`: started at once.
+    let mut ahead = ahead::Ahead::default();
+    ahead.start_if_due(name, &housekeeping.state);
     // Enforcing on the interface? (READY=1 to systemd the first time.)
     watcher.check();
     loop {
@@ -104,6 +111,9 @@ pub async fn run(
                     }));
                 }
             }
+            () = ahead.finish(name), if ahead.is_running() => {
+                release_freed_memory();
+            }
             done = async { look.as_mut().expect("a look in progress").await }, if look.is_some() => {
                 look = None;
                 let (reloader, outcome) = done.context("the daemon's policy reload panicked")?;
@@ -136,6 +146,7 @@ pub async fn run(
                 if stopped {
                     return Ok(());
                 }
+                ahead.start_if_due(name, &housekeeping.state);
             }
             _ = tokio::signal::ctrl_c() => return Ok(()),
             _ = sigterm.recv() => return Ok(()),

@@ -119,7 +119,7 @@ pub fn switch(name: &str, request: &SwitchRequest) -> Result<SwitchOutcome> {
     crate::mark("switch: state read");
     let policy = request.policy.clone().unwrap_or_else(|| current.enforced.policy.clone());
     let env_file = request.env_file.clone().or_else(|| current.enforced.env_file.as_ref().map(PathBuf::from));
-    let mut loaded = source::load_phase(&policy, env_file.as_deref(), &request.phase)?;
+    let mut loaded = source::load_phase_kept(&paths::kept_dir(name), &policy, env_file.as_deref(), &request.phase)?;
     loaded.compiled.settings.audit |= current.audit_override;
     crate::mark("switch: policy parsed and compiled");
     let warnings = std::mem::take(&mut loaded.warnings);
@@ -367,6 +367,7 @@ pub fn stop(name: &str, forget: bool) -> Result<Option<String>> {
     InstanceState::remove(name)?;
     let _ = std::fs::remove_file(paths::drops_snapshot(name));
     let _ = std::fs::remove_file(paths::names_file(name));
+    let _ = std::fs::remove_dir_all(paths::kept_dir(name));
     if forget {
         FileRecords::forget(name)?;
     }

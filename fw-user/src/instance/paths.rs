@@ -111,6 +111,17 @@ pub fn names_file(name: &str) -> PathBuf {
     PathBuf::from(RUN_DIR).join(format!("{name}.names.json"))
 }
 
+/// The rule lists the state file of `name` names (`instance::state`).
+pub fn rules_dir(name: &str) -> PathBuf {
+    PathBuf::from(RUN_DIR).join(format!("{name}.rules"))
+}
+
+/// The phases the daemon of `name` compiled ahead of `fw switch`
+/// (`source::precompiled`).
+pub fn kept_dir(name: &str) -> PathBuf {
+    PathBuf::from(RUN_DIR).join(format!("{name}.kept"))
+}
+
 /// Counters at the last `fw drops` of instance `name`.
 pub fn drops_snapshot(name: &str) -> PathBuf {
     PathBuf::from(RUN_DIR).join(format!("{name}.drops.json"))

@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// The text a generation was compiled from.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PolicyCopy {
     pub policy_text: String,
     /// The env file's text, when the policy read one.

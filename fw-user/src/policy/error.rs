@@ -146,7 +146,7 @@ pub enum ErrorKind {
 }
 
 /// Something `fw check` reports without rejecting the policy.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Warning {
     pub file: String,
     pub line: usize,
@@ -154,13 +154,14 @@ pub struct Warning {
     /// Stable short name: `host-bits`, `resolved-host`,
     /// `optional-left-out`, `shadowed-rule`, `open-egress`,
     /// `allow-everything`, `ephemeral-overlap`.
-    pub code: &'static str,
+    /// (Owned only when read back from a precompiled phase.)
+    pub code: std::borrow::Cow<'static, str>,
     pub message: String,
 }
 
 impl Warning {
     pub(crate) fn new(file: &str, pos: Pos, code: &'static str, message: String) -> Self {
-        Warning { file: file.to_string(), line: pos.line, col: pos.col, code, message }
+        Warning { file: file.to_string(), line: pos.line, col: pos.col, code: code.into(), message }
     }
 
     /// The runtime phase's egress allows every address on every port (see

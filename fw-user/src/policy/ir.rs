@@ -65,7 +65,7 @@ pub struct DnsSettings {
 }
 
 /// How `queries: policy` answers a name no rule mentions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Refusal {
     /// RCODE 5: the resolver will not answer (the default; a client does
     /// not cache it).
@@ -87,7 +87,7 @@ pub const DEFAULT_MAX_TOTAL: u32 = 65_536;
 /// (cilium#23086), so a learned address stays at least this long.
 pub const DEFAULT_MIN_TTL: u32 = 60;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Resolver {
     /// The nameservers the host uses (`/etc/resolv.conf`), read when the
     /// phase is applied.

@@ -21,7 +21,7 @@ use std::fmt;
 use super::error::ErrorKind;
 
 /// One name entry of a rule, normalized: lower case, no trailing dot.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub enum NamePattern {
     /// This name only.
     Exact(String),
@@ -108,7 +108,7 @@ fn leading_labels<'a>(name: &'a str, suffix: &str) -> Option<&'a str> {
 
 /// What the DNS proxy needs of a phase: its name rules with their
 /// patterns, and its `dns:` settings.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NameRules {
     /// (rule id, patterns), in file order.
     pub rules: Vec<(u32, Vec<NamePattern>)>,

@@ -7,7 +7,11 @@
 //! Every element counts; a value that does not parse as a list is an error
 //! naming the variable, never its first element.
 
-use std::collections::HashMap;
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, HashMap},
+    os::unix::ffi::OsStringExt,
+};
 
 use super::{
     error::{ErrorKind, PolicyError},
@@ -22,7 +26,14 @@ pub struct Vars {
     /// Fall back to the process environment (off in tests, so that a
     /// developer's environment cannot change their outcome).
     use_process_env: bool,
+    /// What the process environment answered, by name (`None`: unset):
+    /// the inputs of a compile beyond its files ([`Vars::consulted`]).
+    consulted: RefCell<BTreeMap<String, Option<Vec<u8>>>>,
 }
+
+/// The process environment's variables a policy read, with their values
+/// (raw bytes; `None`: unset).
+pub type Consulted = Vec<(String, Option<Vec<u8>>)>;
 
 /// Why a string could not be expanded.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,18 +50,22 @@ pub(crate) enum ExpandError {
 impl Vars {
     /// The process environment only (no env file).
     pub fn from_process_env() -> Vars {
-        Vars { file_values: HashMap::new(), use_process_env: true }
+        Vars { file_values: HashMap::new(), use_process_env: true, consulted: RefCell::default() }
     }
 
     /// Values of env-file text read elsewhere (`file` names it in errors),
     /// then the process environment.
     pub fn from_env_text(file: &str, text: &str) -> Result<Vars, PolicyError> {
-        Ok(Vars { file_values: parse_env_file(file, text)?, use_process_env: true })
+        Ok(Vars { file_values: parse_env_file(file, text)?, use_process_env: true, consulted: RefCell::default() })
     }
 
     /// Only these values; the process environment is not consulted.
     pub fn from_pairs<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Vars {
-        Vars { file_values: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect(), use_process_env: false }
+        Vars {
+            file_values: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            use_process_env: false,
+            consulted: RefCell::default(),
+        }
     }
 
     /// The env file's value of `name` alone (not the environment's), when
@@ -62,7 +77,7 @@ impl Vars {
     /// Whether `name` is given at all, even empty (`KEY=` in an env file
     /// says "not configured" on purpose).
     pub fn defines(&self, name: &str) -> bool {
-        self.file_values.contains_key(name) || (self.use_process_env && std::env::var_os(name).is_some())
+        self.file_values.contains_key(name) || (self.use_process_env && self.process_env(name).is_some())
     }
 
     /// The value of `name`; `None` if unset or empty (both mean "not
@@ -70,10 +85,23 @@ impl Vars {
     pub fn get(&self, name: &str) -> Option<String> {
         let value = match self.file_values.get(name) {
             Some(v) => Some(v.clone()),
-            None if self.use_process_env => std::env::var(name).ok(),
+            None if self.use_process_env => self.process_env(name).and_then(|v| String::from_utf8(v).ok()),
             None => None,
         };
         value.filter(|v| !v.is_empty())
+    }
+
+    /// Every variable read from the process environment so far, and what
+    /// it said: a compile of the same files gives the same result wherever
+    /// these say the same (`source::precompiled` checks them).
+    pub fn consulted(&self) -> Consulted {
+        self.consulted.borrow().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    fn process_env(&self, name: &str) -> Option<Vec<u8>> {
+        let value = std::env::var_os(name).map(OsStringExt::into_vec);
+        self.consulted.borrow_mut().insert(name.to_string(), value.clone());
+        value
     }
 
     /// Replaces every `${NAME}` in `text`.

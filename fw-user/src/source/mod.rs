@@ -9,6 +9,7 @@ use anyhow::{anyhow, Context, Result};
 
 pub mod file;
 pub mod host;
+pub mod precompiled;
 pub mod resolv_conf;
 
 use crate::{
@@ -108,17 +109,37 @@ pub struct LoadedPhase {
     pub copy: PolicyCopy,
     /// The phase's name rules and `dns:` settings (`None`: no `dns:`).
     pub names: Option<crate::policy::names::NameRules>,
+    /// What the compile read besides the text of `copy`.
+    pub read_besides: ReadBesides,
+}
+
+/// What compiling a policy read besides its text and its env file's: the
+/// process environment's variables (those the env file does not give),
+/// and whether it resolved host names (`to: [host.example.com]`, resolved
+/// when compiled). A compile kept for later ([`precompiled`]) is used only
+/// where these say the same, and never when it resolved a name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReadBesides {
+    pub env: crate::policy::vars::Consulted,
+    pub resolved_hosts: bool,
 }
 
 /// `--policy` and `--env-file` -> the validated policy, its label and text.
 pub fn load_policy(policy_arg: &str, env: Option<&Path>) -> Result<(String, LoadedPolicy, PolicyCopy)> {
-    let text = PolicyText::resolve(policy_arg)?;
     let env = env_file(env);
-    let env_text = env.as_deref().map(|p| file::read_text(p, &p.display().to_string())).transpose()?;
-    let env_text = with_host_defaults(env_text, env.as_deref(), host_defaults(env.as_deref()))?;
-    let copy = PolicyCopy { policy_text: text.text, env_text };
-    let loaded = parse_copy(&text.label, env.as_deref(), &copy)?;
-    Ok((text.label, loaded, copy))
+    let (label, copy) = read_copy(policy_arg, env.as_deref())?;
+    let (loaded, _) = parse_copy(&label, env.as_deref(), &copy)?;
+    Ok((label, loaded, copy))
+}
+
+/// `--policy` and the env file (already chosen by [`env_file`]) -> the
+/// policy's label and the text a compile reads: the policy's, and the env
+/// file's with the host's answers for what it does not give.
+pub fn read_copy(policy_arg: &str, env: Option<&Path>) -> Result<(String, PolicyCopy)> {
+    let text = PolicyText::resolve(policy_arg)?;
+    let env_text = env.map(|p| file::read_text(p, &p.display().to_string())).transpose()?;
+    let env_text = with_host_defaults(env_text, env, host_defaults(env))?;
+    Ok((text.label, PolicyCopy { policy_text: text.text, env_text }))
 }
 
 /// A variable fw reads from the host when neither the env file nor the
@@ -196,13 +217,22 @@ fn with_host_defaults(
     Ok(Some(text))
 }
 
-fn parse_copy(label: &str, env: Option<&Path>, copy: &PolicyCopy) -> Result<LoadedPolicy> {
+fn parse_copy(label: &str, env: Option<&Path>, copy: &PolicyCopy) -> Result<(LoadedPolicy, ReadBesides)> {
     let vars = match (&copy.env_text, env) {
         (Some(text), Some(path)) => Vars::from_env_text(&path.display().to_string(), text)?,
         (Some(text), None) => Vars::from_env_text("env file", text)?,
         (None, _) => Vars::from_process_env(),
     };
-    Ok(policy::parse_str(&copy.policy_text, label, &vars)?)
+    let resolved = std::rc::Rc::new(std::cell::Cell::new(false));
+    let resolve = {
+        let resolved = resolved.clone();
+        move |host: &str| {
+            resolved.set(true);
+            policy::system_resolve(host)
+        }
+    };
+    let loaded = policy::parse_str_with_resolver(&copy.policy_text, label, &vars, &resolve)?;
+    Ok((loaded, ReadBesides { env: vars.consulted(), resolved_hosts: resolved.get() }))
 }
 
 /// `--policy`, `--env-file`, `--phase` -> a compiled, capacity-checked
@@ -210,27 +240,45 @@ fn parse_copy(label: &str, env: Option<&Path>, copy: &PolicyCopy) -> Result<Load
 /// learn) comes through here, so they all see what `fw check` shows.
 pub fn load_phase(policy_arg: &str, env: Option<&Path>, phase: &str) -> Result<LoadedPhase> {
     let env = env_file(env);
-    let (label, loaded, copy) = load_policy(policy_arg, env.as_deref())?;
-    compile_loaded(label, env, loaded, copy, phase)
+    let (label, copy) = read_copy(policy_arg, env.as_deref())?;
+    compile_copy(label, env, copy, phase)
+}
+
+/// [`load_phase`], taking the compile from `kept` when it holds one of the
+/// same text, env file, process environment and fw binary
+/// ([`precompiled`]): what `fw switch` does, in milliseconds where a
+/// 100,000-rule policy takes two seconds to parse and compile.
+pub fn load_phase_kept(kept: &Path, policy_arg: &str, env: Option<&Path>, phase: &str) -> Result<LoadedPhase> {
+    let env = env_file(env);
+    let (label, copy) = read_copy(policy_arg, env.as_deref())?;
+    match precompiled::lookup(kept, &label, env.as_deref(), copy, phase) {
+        Ok(loaded) => Ok(loaded),
+        Err(copy) => compile_copy(label, env, copy, phase),
+    }
+}
+
+fn compile_copy(label: String, env: Option<PathBuf>, copy: PolicyCopy, phase: &str) -> Result<LoadedPhase> {
+    let (loaded, read_besides) = parse_copy(&label, env.as_deref(), &copy)?;
+    compile_loaded(label, env, &loaded, copy, read_besides, phase)
 }
 
 /// A phase of policy text kept earlier (a boot record's copy, `fw learn`'s
 /// own policy); `label` and `env` name where it came from, in messages.
 pub fn load_phase_text(label: &str, env: Option<&Path>, copy: PolicyCopy, phase: &str) -> Result<LoadedPhase> {
-    let loaded = parse_copy(label, env, &copy)?;
-    compile_loaded(label.to_string(), env.map(Path::to_path_buf), loaded, copy, phase)
+    compile_copy(label.to_string(), env.map(Path::to_path_buf), copy, phase)
 }
 
 fn compile_loaded(
     label: String,
     env_file: Option<PathBuf>,
-    loaded: LoadedPolicy,
+    loaded: &LoadedPolicy,
     copy: PolicyCopy,
+    read_besides: ReadBesides,
     phase: &str,
 ) -> Result<LoadedPhase> {
     let compiled = compile::compile_phase(&loaded.policy, phase)?;
     compile::check_capacity(&compiled, &compile::Limits::default())?;
-    let mut warnings = loaded.warnings;
+    let mut warnings = loaded.warnings.clone();
     warnings.extend(lint::lint(&loaded.policy, std::slice::from_ref(&compiled), host::ephemeral_range()));
     let names = crate::policy::names::NameRules::of_phase(&loaded.policy, phase);
     Ok(LoadedPhase {
@@ -241,6 +289,7 @@ fn compile_loaded(
         warnings,
         copy,
         names,
+        read_besides,
     })
 }
 

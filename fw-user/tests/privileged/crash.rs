@@ -441,6 +441,9 @@ fn finding11_reboot_comes_back_in_the_confirmed_phase() {
         instance.kill_run_process();
         // The pins die with the kernel, /run is a tmpfs.
         fs::remove_dir_all(Path::new("/sys/fs/bpf/fw").join(&name)).expect("removing the pins");
+        for suffix in ["rules", "kept"] {
+            let _ = fs::remove_dir_all(Path::new("/run/fw").join(format!("{name}.{suffix}")));
+        }
         for suffix in ["json", "sock", "lock", "daemon.lock"] {
             let _ = fs::remove_file(Path::new("/run/fw").join(format!("{name}.{suffix}")));
         }

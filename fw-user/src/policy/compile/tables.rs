@@ -14,7 +14,7 @@ use fw_common::{
 };
 
 /// Per-phase switches that live in `FW_PHASES`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PhaseSettings {
     pub egress_default: Action,
     pub inbound_default: Action,
@@ -27,7 +27,7 @@ pub struct PhaseSettings {
     pub timeouts: FlowTimeouts,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct AddrEntry4 {
     pub direction: Direction,
     pub addr: Ipv4Addr,
@@ -36,7 +36,7 @@ pub struct AddrEntry4 {
     pub class: u32,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct AddrEntry6 {
     pub direction: Direction,
     pub addr: Ipv6Addr,
@@ -45,7 +45,7 @@ pub struct AddrEntry6 {
     pub class: u32,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct PortEntry {
     pub class: u32,
     /// `None`: any protocol (then `port` and `port_prefix_len` are 0).
@@ -71,7 +71,7 @@ pub struct RuleInfo {
     pub phase: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CompiledPhase {
     pub phase: String,
     pub settings: PhaseSettings,

@@ -468,6 +468,10 @@ pub fn remove_leftovers(name: &str) {
     for suffix in ["json", "sock", "lock", "daemon.lock", "drops.json"] {
         let _ = fs::remove_file(Path::new(FW_RUN_DIR).join(format!("{name}.{suffix}")));
     }
+    // The rule lists the state names, the phases compiled ahead.
+    for suffix in ["rules", "kept"] {
+        let _ = fs::remove_dir_all(Path::new(FW_RUN_DIR).join(format!("{name}.{suffix}")));
+    }
 }
 
 /// `fw learn` in the background (on `iface` of `ns`, writing the policy to

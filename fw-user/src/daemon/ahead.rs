@@ -1,0 +1,83 @@
+//! Compiling the phases of the enforced policy ahead of `fw switch`
+//! (`source::precompiled`): once at start and again whenever a switch or
+//! a rollback changed what is enforced, in the background, one at a time.
+//! A switch that comes first compiles for itself, as it always did.
+
+use std::{path::Path, time::Instant};
+
+use anyhow::Result;
+
+use crate::{
+    instance::{paths, state::InstanceState},
+    source::precompiled::{self, Report},
+};
+
+/// What the daemon compiled ahead, and the compile in progress.
+#[derive(Default)]
+pub struct Ahead {
+    /// The generation the last compile started for.
+    started_for: Option<u32>,
+    /// The inputs of the last one that succeeded: the next does nothing
+    /// unless the files changed.
+    kept: Option<[u8; 32]>,
+    running: Option<(Instant, tokio::task::JoinHandle<Result<Report>>)>,
+}
+
+impl Ahead {
+    /// Starts a compile when the enforced generation changed since the
+    /// last one started and none runs.
+    pub fn start_if_due(&mut self, name: &str, state: &InstanceState) {
+        let generation = state.enforced.generation;
+        if self.running.is_some() || self.started_for == Some(generation) {
+            return;
+        }
+        self.started_for = Some(generation);
+        let kept_dir = paths::kept_dir(name);
+        let policy = state.enforced.policy.clone();
+        let env = state.enforced.env_file.clone();
+        let unless = self.kept;
+        let task = tokio::task::spawn_blocking(move || {
+            precompiled::keep_all(&kept_dir, &policy, env.as_deref().map(Path::new), unless)
+        });
+        self.running = Some((Instant::now(), task));
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Waits for the compile in progress (only while [`Ahead::is_running`]),
+    /// then says what it did.
+    pub async fn finish(&mut self, name: &str) {
+        let Some((started, task)) = self.running.as_mut() else { return std::future::pending().await };
+        let outcome = task.await;
+        let seconds = started.elapsed().as_secs_f64();
+        self.running = None;
+        match outcome {
+            Ok(Ok(report)) => {
+                self.kept = Some(report.inputs);
+                if !report.compiled.is_empty() {
+                    say!(
+                        "fw: {name}: compiled phase{} {} ahead of `fw switch` in {seconds:.1} s",
+                        if report.compiled.len() == 1 { "" } else { "s" },
+                        report.compiled.join(", ")
+                    );
+                }
+                if !report.failed.is_empty() {
+                    say!(
+                        "fw: {name}: phase{} {} of the policy do{} not compile: a switch to {} says why",
+                        if report.failed.len() == 1 { "" } else { "s" },
+                        report.failed.join(", "),
+                        if report.failed.len() == 1 { "es" } else { "" },
+                        if report.failed.len() == 1 { "it" } else { "one" },
+                    );
+                }
+                if let Some(why) = report.not_kept {
+                    say!("fw: {name}: the phases are not compiled ahead of `fw switch`: {why}");
+                }
+            }
+            Ok(Err(e)) => say_err!("fw: {name}: compiling the phases ahead of `fw switch`: {e:#}"),
+            Err(e) => say_err!("fw: {name}: compiling the phases ahead of `fw switch` panicked: {e}"),
+        }
+    }
+}
