@@ -3,11 +3,19 @@
 //!
 //! Written atomically (temp file + rename): a reader sees the old or the new
 //! state, never half of one.
+//!
+//! The rules of each generation it names (100,000 of them for a merged
+//! allowlist: 8 MB of JSON, read and written several times per switch)
+//! live beside it in `/run/fw/NAME.rules/`, one file per rule list, named
+//! by the SHA-256 of its content and written once: the state file holds
+//! the name. A state file of an older fw, with the rules inline, still
+//! reads.
 
 use std::{fs, io, path::Path};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::{instance::paths, kernel::loader::AttachMode, policy::compile::tables::RuleInfo};
 
@@ -23,7 +31,9 @@ pub struct Enforced {
     pub phase: String,
     pub generation: u32,
     pub audit: bool,
-    /// Every rule of the policy, indexed by rule id.
+    /// Every rule of the policy, indexed by rule id (kept in a file of
+    /// their own, see the module's doc).
+    #[serde(default, skip_serializing)]
     pub rules: Vec<RuleInfo>,
 }
 
@@ -87,24 +97,98 @@ pub struct Switching {
     pub confirm_deadline: Option<u64>,
 }
 
+/// Where each [`Enforced`] of a state sits in its JSON: the enforced one
+/// (flattened), the switch in progress, the pending rollback target.
+const ENFORCED_AT: [&str; 3] = ["", "/switching/to", "/pending/previous"];
+
+/// The key that names an [`Enforced`]'s rule file.
+const RULES_FILE: &str = "rules_file";
+
 impl InstanceState {
     pub fn load(name: &str) -> Result<Option<InstanceState>> {
-        let path = paths::state_file(name);
-        match fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes).map(Some).with_context(|| format!("reading {}", path.display()))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-        }
+        Self::load_from(&paths::state_file(name), &paths::rules_dir(name))
     }
 
     pub fn save(&self) -> Result<()> {
-        let path = paths::state_file(&self.name);
-        write_atomic(&path, &serde_json::to_vec(self)?)
+        self.save_to(&paths::state_file(&self.name), &paths::rules_dir(&self.name))
+    }
+
+    fn load_from(path: &Path, dir: &Path) -> Result<Option<InstanceState>> {
+        // A rule file missing means a save replaced the state (and removed
+        // the files only the old one named) between reading it and its
+        // rules: read it again, once.
+        for attempt in 0..2 {
+            let bytes = match fs::read(path) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+            };
+            let json: serde_json::Value =
+                serde_json::from_slice(&bytes).with_context(|| format!("reading {}", path.display()))?;
+            let files: Vec<Option<String>> = ENFORCED_AT
+                .iter()
+                .map(|at| json.pointer(at).and_then(|e| e.get(RULES_FILE)).and_then(|f| f.as_str()).map(String::from))
+                .collect();
+            let mut state: InstanceState =
+                serde_json::from_value(json).with_context(|| format!("reading {}", path.display()))?;
+            let mut missing = false;
+            for (at, file) in ENFORCED_AT.iter().zip(files) {
+                let (Some(enforced), Some(file)) = (state.enforced_at_mut(at), file) else { continue };
+                match read_rules(dir, &file) {
+                    Ok(rules) => enforced.rules = rules,
+                    Err(e) if attempt == 1 => {
+                        log::warn!("the rule names of generation {} are lost: {e:#}", enforced.generation);
+                    }
+                    Err(_) => missing = true,
+                }
+            }
+            if !missing {
+                return Ok(Some(state));
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+
+    fn save_to(&self, path: &Path, dir: &Path) -> Result<()> {
+        let mut json = serde_json::to_value(self)?;
+        let mut named = Vec::new();
+        for at in ENFORCED_AT {
+            let Some(enforced) = self.enforced_at(at) else { continue };
+            let file = write_rules(dir, &enforced.rules)?;
+            if let Some(object) = json.pointer_mut(at).and_then(|e| e.as_object_mut()) {
+                object.insert(RULES_FILE.into(), file.clone().into());
+            }
+            named.push(file);
+        }
+        write_atomic(path, &serde_json::to_vec(&json)?)?;
+        // The files no state names any more (a reader of the state just
+        // replaced reads the new one: see `load`).
+        for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+            if !named.iter().any(|f| *f == entry.file_name().to_string_lossy()) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    fn enforced_at(&self, at: &str) -> Option<&Enforced> {
+        match at {
+            "" => Some(&self.enforced),
+            "/switching/to" => self.switching.as_ref().map(|s| &s.to),
+            _ => self.pending.as_ref().map(|p| &p.previous),
+        }
+    }
+
+    fn enforced_at_mut(&mut self, at: &str) -> Option<&mut Enforced> {
+        match at {
+            "" => Some(&mut self.enforced),
+            "/switching/to" => self.switching.as_mut().map(|s| &mut s.to),
+            _ => self.pending.as_mut().map(|p| &mut p.previous),
+        }
     }
 
     pub fn remove(name: &str) -> Result<()> {
+        let _ = fs::remove_dir_all(paths::rules_dir(name));
         let path = paths::state_file(name);
         match fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
@@ -113,6 +197,25 @@ impl InstanceState {
             _ => Ok(()),
         }
     }
+}
+
+/// Writes `rules` into `dir` unless a file of the same content is there;
+/// returns the file's name (the SHA-256 of the content).
+fn write_rules(dir: &Path, rules: &[RuleInfo]) -> Result<String> {
+    let bytes = bincode::serialize(rules)?;
+    let name: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let name = format!("{name}.rules");
+    let path = dir.join(&name);
+    if !path.exists() {
+        write_atomic(&path, &bytes)?;
+    }
+    Ok(name)
+}
+
+fn read_rules(dir: &Path, file: &str) -> Result<Vec<RuleInfo>> {
+    let path = dir.join(file);
+    let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    bincode::deserialize(&bytes).with_context(|| format!("reading {}", path.display()))
 }
 
 /// Temp file, fsync, rename, fsync of the directory: after a crash or a
@@ -127,4 +230,77 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     file.write_all(bytes).and_then(|()| file.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use fw_common::{Action, Direction};
+
+    use super::*;
+
+    fn enforced(generation: u32, rules: usize) -> Enforced {
+        Enforced {
+            policy: "/etc/fw/p.yaml".into(),
+            policy_name: "p".into(),
+            env_file: None,
+            phase: format!("phase{generation}"),
+            generation,
+            audit: false,
+            rules: (0..rules)
+                .map(|id| RuleInfo {
+                    id: id as u32,
+                    name: format!("g{generation}-r{id}"),
+                    direction: Direction::Egress,
+                    action: Action::Allow,
+                    phase: "p".into(),
+                })
+                .collect(),
+        }
+    }
+
+    fn state() -> InstanceState {
+        InstanceState {
+            name: "t".into(),
+            iface: "veth0".into(),
+            ifindex: 2,
+            attach_mode: AttachMode::Tcx,
+            cgroup: None,
+            audit_override: false,
+            started_at: 0,
+            enforced: enforced(2, 3),
+            ephemeral: false,
+            highest_generation: 3,
+            pending: Some(PendingConfirm { deadline: 100, previous: enforced(1, 2) }),
+            switching: Some(Switching { to: enforced(3, 4), confirm_deadline: None }),
+            collected: false,
+        }
+    }
+
+    #[test]
+    fn the_rules_live_beside_the_state_and_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, rules) = (dir.path().join("t.json"), dir.path().join("t.rules"));
+        let mut s = state();
+        s.save_to(&path, &rules).unwrap();
+        let json = fs::read_to_string(&path).unwrap();
+        assert!(!json.contains("g2-r0"), "rule names in the state file: {json}");
+        assert_eq!(fs::read_dir(&rules).unwrap().count(), 3, "one file per rule list");
+        assert_eq!(InstanceState::load_from(&path, &rules).unwrap(), Some(s.clone()));
+        // The switch is recorded: the files only the old state named go.
+        s.pending = None;
+        s.enforced = s.switching.take().unwrap().to;
+        s.save_to(&path, &rules).unwrap();
+        assert_eq!(fs::read_dir(&rules).unwrap().count(), 1);
+        assert_eq!(InstanceState::load_from(&path, &rules).unwrap(), Some(s.clone()));
+        // A state file of an older fw holds its rules inline.
+        let mut old = serde_json::to_value(&s).unwrap();
+        old.as_object_mut().unwrap().insert("rules".into(), serde_json::to_value(&s.enforced.rules).unwrap());
+        fs::write(&path, serde_json::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(InstanceState::load_from(&path, &rules).unwrap(), Some(s.clone()));
+        // Rule files lost: the state still reads, without rule names.
+        s.save_to(&path, &rules).unwrap();
+        fs::remove_dir_all(&rules).unwrap();
+        let read = InstanceState::load_from(&path, &rules).unwrap().unwrap();
+        assert_eq!((read.enforced.generation, read.enforced.rules.len()), (3, 0));
+    }
 }
