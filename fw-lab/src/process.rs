@@ -34,24 +34,38 @@ impl Guarded {
     /// Reads stdout lines until one contains `needle` (within `limit`);
     /// the rest of stdout, and how long it took.
     pub fn wait_for_line(&mut self, needle: &str, limit: Duration) -> Result<(ChildStdout, Duration)> {
+        let (stdout, times) = self.wait_for_lines(&[needle], limit)?;
+        Ok((stdout, times[0]))
+    }
+
+    /// Reads stdout lines until one contains `needles[0]`, then one that
+    /// contains `needles[1]`, and so on (all within `limit`); the rest of
+    /// stdout, and how long each took from the start. One reader for all:
+    /// a line read ahead into its buffer is never lost between two.
+    pub fn wait_for_lines(&mut self, needles: &[&str], limit: Duration) -> Result<(ChildStdout, Vec<Duration>)> {
         let started = Instant::now();
         let stdout = self.0.stdout.take().context("the child's stdout is not piped")?;
         let (tx, rx) = std::sync::mpsc::channel();
-        let wanted = needle.to_string();
+        let wanted: Vec<String> = needles.iter().map(|n| n.to_string()).collect();
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stdout);
             let mut line = String::new();
+            let mut times = Vec::new();
             while reader.read_line(&mut line).unwrap_or(0) > 0 {
-                if line.contains(&wanted) {
-                    let _ = tx.send(Some(reader.into_inner()));
-                    return;
+                if line.contains(&wanted[times.len()]) {
+                    times.push(started.elapsed());
+                    if times.len() == wanted.len() {
+                        let _ = tx.send(Some((reader.into_inner(), times)));
+                        return;
+                    }
                 }
                 line.clear();
             }
             let _ = tx.send(None);
         });
+        let needle = needles.join("`, then `");
         match rx.recv_timeout(limit) {
-            Ok(Some(stdout)) => Ok((stdout, started.elapsed())),
+            Ok(Some(found)) => Ok(found),
             _ => {
                 let _ = self.0.kill();
                 let _ = self.0.wait();
@@ -59,7 +73,7 @@ impl Guarded {
                 if let Some(mut s) = self.0.stderr.take() {
                     let _ = s.read_to_string(&mut err);
                 }
-                bail!("no line containing {needle:?} within {limit:?}: {}", err.trim())
+                bail!("no line containing `{needle}` within {limit:?}: {}", err.trim())
             }
         }
     }

@@ -444,20 +444,22 @@ pub fn markdown(results: &Value, svg: &str) -> String {
     md += "\n## 3. Control plane\n\n";
     md += "Loading the policy into a fresh instance and switching phase (a to b: every entry rewritten), measured live in part 2. \
            fw: `fw run` from start until it prints that it enforces (parse, compile, load and verify, write the maps, attach), \
-           `fw switch b` (it returns once phase b is enforced and recorded; in brackets, until the daemon has deleted phase a's entries \
-           after it, which `fw status` shows). nftables: `nft -f` of `fw export nft`, then `nft -f` of phase b (replaces the table). \
+           `fw switch b` once the daemon has compiled the phases ahead (the time that took after it enforced: \
+           \"compiled ahead\"); the switch returns once phase b is enforced and recorded; in brackets, until the daemon has deleted \
+           phase a's entries after it, which `fw status` shows. nftables: `nft -f` of `fw export nft`, then `nft -f` of phase b (replaces the table). \
            iptables: `iptables-restore` + `ip6tables-restore`. Slab: growth of `Slab:` in /proc/meminfo across the load \
            (the machine is shared: other activity shows up too). fw RSS: the `fw run` daemon's resident memory after \
            the switch (what it keeps). nft file: the size of the `fw export nft` ruleset loaded. `timed out`: still \
            running at the time limit, killed (a target then counts the limit, a lower bound).\n\n";
-    md += "| rules | fw run | fw switch | nft -f | nft -f (switch) | iptables-restore (v4 rules) | slab fw / nft | fw RSS | nft file |\n|---|---|---|---|---|---|---|---|---|\n";
+    md += "| rules | fw run | compiled ahead | fw switch | nft -f | nft -f (switch) | iptables-restore (v4 rules) | slab fw / nft | fw RSS | nft file |\n|---|---|---|---|---|---|---|---|---|---|\n";
     for t in traffic(results) {
         let l = &t["load"];
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} ({}) | {} / {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} ({}) | {} / {} | {} | {} |",
             t["rules"],
             ms(&l["fw_run_ms"]),
+            if l["fw_ahead_ms"].is_null() { "-".to_string() } else { ms(&l["fw_ahead_ms"]) },
             if l["fw_collected_ms"].is_null() {
                 ms(&l["fw_switch_ms"])
             } else {

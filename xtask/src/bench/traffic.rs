@@ -129,9 +129,12 @@ fn setup(tools: &Tools, dir: &Path, rules: usize, limit: Duration) -> Result<Set
             }
         });
     }
-    let (stdout, fw_load) = daemon
-        .wait_for_line("enforcing", Duration::from_secs(300))
+    // It enforces, then compiles the phases ahead of `fw switch` (in the
+    // background); the switch is measured once it has.
+    let (stdout, times) = daemon
+        .wait_for_lines(&["enforcing", "ahead of `fw switch`"], Duration::from_secs(300))
         .with_context(|| format!("fw run (its stderr: {})", stderr_log.display()))?;
+    let (fw_load, fw_ahead) = (times[0], times[1] - times[0]);
     // Keep draining its output so that it never blocks on a full pipe.
     super::netns::keep_draining(stdout);
     instance.daemon = Some(daemon);
@@ -178,7 +181,7 @@ fn setup(tools: &Tools, dir: &Path, rules: usize, limit: Duration) -> Result<Set
     let load = json!({
         "rules": rules,
         "fw_run_ms": fw_load.as_secs_f64() * 1e3, "fw_switch_ms": fw_switch, "fw_switch_says": switch_out.trim(),
-        "fw_collected_ms": fw_collect,
+        "fw_collected_ms": fw_collect, "fw_ahead_ms": fw_ahead.as_secs_f64() * 1e3,
         "fw_slab_bytes": fw_slab, "fw_rss_bytes": fw_rss,
         "nft_load_ms": nft_load, "nft_switch_ms": nft_switch, "nft_slab_bytes": nft_slab,
         "nft_bytes": std::fs::metadata(&nft_a)?.len(),
