@@ -40,7 +40,11 @@ pub const MAX_CONFIRM_SECS: u64 = 7 * 24 * 3600;
 
 /// The state file of `name`, or an error naming the instance.
 pub fn load_state(name: &str) -> Result<InstanceState> {
-    InstanceState::load(name)?.ok_or_else(|| anyhow!("no fw instance named {name} (see `fw status`)"))
+    found(name, InstanceState::load(name)?)
+}
+
+fn found(name: &str, state: Option<InstanceState>) -> Result<InstanceState> {
+    state.ok_or_else(|| anyhow!("no fw instance named {name} (see `fw status`)"))
 }
 
 /// What the kernel enforces for `name` right now, as far as the state knows
@@ -115,7 +119,9 @@ pub fn switch(name: &str, request: &SwitchRequest) -> Result<SwitchOutcome> {
         })
         .transpose()?;
     crate::mark("switch: start");
-    let current = load_state(name)?;
+    // Which policy, env file and audit mode; the rules come with the
+    // reconcile, under the lock.
+    let current = found(name, InstanceState::load_without_rules(name)?)?;
     crate::mark("switch: state read");
     let policy = request.policy.clone().unwrap_or_else(|| current.enforced.policy.clone());
     let env_file = request.env_file.clone().or_else(|| current.enforced.env_file.as_ref().map(PathBuf::from));
