@@ -279,10 +279,11 @@ fn own_spans(rules: &[&Rule], family: Family) -> BTreeMap<IpNet, (Vec<Span>, Vec
                 }
             }
         }
-        let peers = rule.peers.iter().map(IpNet::trunc).filter(|n| match (n, family) {
-            (IpNet::V4(_), Family::Ipv4) | (IpNet::V6(_), Family::Ipv6) => true,
-            _ => false,
-        });
+        let peers = rule
+            .peers
+            .iter()
+            .map(IpNet::trunc)
+            .filter(|n| matches!((n, family), (IpNet::V4(_), Family::Ipv4) | (IpNet::V6(_), Family::Ipv6)));
         for net in peers {
             let entry = own.entry(net).or_default();
             let list = if rule.action == Action::Deny { &mut entry.0 } else { &mut entry.1 };
@@ -291,6 +292,9 @@ fn own_spans(rules: &[&Rule], family: Family) -> BTreeMap<IpNet, (Vec<Span>, Vec
     }
     own
 }
+
+/// (CIDR, span) boxes of one verdict.
+type Boxes = Vec<(IpNet, Span)>;
 
 /// (deny boxes, allow boxes): (CIDR, span) pairs such that a packet is in
 /// a deny box exactly when a deny rule matches it, and, when none does, in
@@ -306,7 +310,7 @@ fn own_spans(rules: &[&Rule], family: Family) -> BTreeMap<IpNet, (Vec<Span>, Vec
 /// that denies around it (or its own) already cover is not written at all;
 /// one they cover in part is written whole rather than cut. Cost: the
 /// CIDRs times their depth, the size of what is written.
-fn decided_boxes(own: &BTreeMap<IpNet, (Vec<Span>, Vec<Span>)>) -> (Vec<(IpNet, Span)>, Vec<(IpNet, Span)>) {
+fn decided_boxes(own: &BTreeMap<IpNet, (Vec<Span>, Vec<Span>)>) -> (Boxes, Boxes) {
     /// What a CIDR and those around it wrote: whole protocols and parts of
     /// protocols, denied and allowed.
     #[derive(Clone, Default)]

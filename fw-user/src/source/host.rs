@@ -157,7 +157,7 @@ fn parse_dhclient_lease(text: &str) -> Option<IpAddr> {
     text.lines()
         .filter_map(|line| line.trim().strip_prefix("option dhcp-server-identifier "))
         .filter_map(|rest| rest.trim_end_matches(';').trim().parse().ok())
-        .last()
+        .next_back()
 }
 
 /// systemd-networkd's lease file: `SERVER_ADDRESS=10.0.0.1`.

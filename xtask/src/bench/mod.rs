@@ -251,19 +251,6 @@ fn relative_link(md: &Path, svg: &Path) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_hand_written_part_is_the_marker_and_what_follows() {
-        let md = format!("# Benchmarks\n\ngenerated\n\n{HAND_WRITTEN}\n\n## By hand\n\nkept\n");
-        assert_eq!(hand_written(&md), Some(&md[md.find("<!--").unwrap()..]));
-        assert!(hand_written(&md).unwrap().ends_with("kept\n"));
-        assert_eq!(hand_written("# Benchmarks\n\nno marker\n"), None);
-    }
-}
-
 fn join(v: &[usize]) -> String {
     v.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",")
 }
@@ -378,4 +365,17 @@ fn kb_field(path: &str, name: &str) -> Result<u64> {
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .map(|kb| kb * 1024)
         .with_context(|| format!("no {name} line in {path}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hand_written_part_is_the_marker_and_what_follows() {
+        let md = format!("# Benchmarks\n\ngenerated\n\n{HAND_WRITTEN}\n\n## By hand\n\nkept\n");
+        assert_eq!(hand_written(&md), Some(&md[md.find("<!--").unwrap()..]));
+        assert!(hand_written(&md).unwrap().ends_with("kept\n"));
+        assert_eq!(hand_written("# Benchmarks\n\nno marker\n"), None);
+    }
 }

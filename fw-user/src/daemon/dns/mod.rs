@@ -631,7 +631,7 @@ impl Proxy {
     /// fails, every address counts as in use (nothing is evicted).
     fn in_use(&self, addr: IpAddr) -> bool {
         let mut cache = lock(&self.in_use);
-        if !cache.as_ref().is_some_and(|(at, _)| at.elapsed() < IN_USE_FRESH) {
+        if cache.as_ref().is_none_or(|(at, _)| at.elapsed() >= IN_USE_FRESH) {
             let mut seen = HashSet::new();
             let census = self.flows.iter().try_for_each(|map| {
                 flows::for_each(map, |k, _| {
