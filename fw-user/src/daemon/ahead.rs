@@ -46,6 +46,15 @@ impl Ahead {
         self.running.is_some()
     }
 
+    /// The instance was stopped: waits for a compile in progress, then
+    /// removes what it kept (at 100,000 rules, 21 MB of tmpfs per phase).
+    pub async fn abandon(&mut self, name: &str) {
+        if let Some((_, task)) = self.running.take() {
+            let _ = task.await;
+        }
+        let _ = std::fs::remove_dir_all(paths::kept_dir(name));
+    }
+
     /// Waits for the compile in progress (only while [`Ahead::is_running`]),
     /// then says what it did.
     pub async fn finish(&mut self, name: &str) {

@@ -144,6 +144,9 @@ pub async fn run(
                 .context("the daemon's housekeeping panicked")?;
                 housekeeping = back;
                 if stopped {
+                    // `fw stop` removed the phases compiled ahead; one
+                    // compile in progress would write some again.
+                    ahead.abandon(name).await;
                     return Ok(());
                 }
                 ahead.start_if_due(name, &housekeeping.state);

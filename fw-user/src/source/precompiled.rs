@@ -105,10 +105,15 @@ pub fn lookup(
     phase: &str,
 ) -> Result<LoadedPhase, PolicyCopy> {
     let Ok(inputs) = digest(label, env, &copy) else { return Err(copy) };
-    let hit = read(&file(kept, &inputs, phase)).filter(|k| {
+    let path = file(kept, &inputs, phase);
+    let hit = read(&path).filter(|k| {
         k.inputs == inputs && k.phase == phase && !k.read_besides.resolved_hosts && same_environment(&k.read_besides)
     });
-    let Some(k) = hit else { return Err(copy) };
+    let Some(k) = hit else {
+        log::debug!("phase {phase} of {label}: not compiled ahead for what it reads now: compiling it");
+        return Err(copy);
+    };
+    log::debug!("phase {phase} of {label}: compiled ahead, read from {}", path.display());
     Ok(LoadedPhase {
         source: label.to_string(),
         env_file: env.map(Path::to_path_buf),

@@ -13,6 +13,7 @@
 //! panics included, and names embed the test process id so that a later run
 //! sweeps what a killed run left behind (`harness::setup`).
 
+mod ahead;
 mod answers;
 mod bpffs;
 mod cli;

@@ -411,6 +411,10 @@ impl<'ns> Fw<'ns> {
         args.extend_from_slice(extra);
         let out = fw(self.ns, &args);
         assert!(out.status.success(), "fw stop failed: {out:#?}\nfw run printed:\n{}", self.log_text());
+        // The state and the rule lists it names go with the instance.
+        for left in [format!("{}.json", self.name), format!("{}.rules", self.name)] {
+            assert!(!Path::new(FW_RUN_DIR).join(&left).exists(), "fw stop left /run/fw/{left}");
+        }
         self.stopped = true;
         self.reap();
     }
