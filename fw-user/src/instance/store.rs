@@ -73,7 +73,7 @@ impl PolicyStore for KernelStore {
     }
 
     fn write(&mut self, phase: &CompiledPhase, generation: u32) -> Result<usize> {
-        apply::write_generation(&mut self.maps, phase, generation, &mut || failpoint::step("write entries"))
+        apply::write_generation(&mut self.maps, phase, generation, &|| failpoint::step("write entries"))
     }
 
     fn delete(&mut self, doomed: &dyn Fn(u32) -> bool) -> Result<usize> {

@@ -149,7 +149,7 @@ impl Kernel {
     /// A phase switch as `fw` does it: write the new generation, publish it,
     /// delete the previous one.
     pub fn switch(&mut self, phase: &CompiledPhase, generation: u32, previous: Option<u32>) {
-        apply::write_generation(&mut self.policy, phase, generation, &mut || {}).expect("writing the policy");
+        apply::write_generation(&mut self.policy, phase, generation, &|| {}).expect("writing the policy");
         apply::activate(&mut self.policy, generation).expect("activating the policy");
         if let Some(old) = previous {
             apply::delete_generations(&mut self.policy, &|g| g == old, &mut || {})

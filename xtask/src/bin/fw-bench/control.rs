@@ -66,7 +66,7 @@ pub fn run(rules: usize, shape: &str) -> Result<Value> {
     // The slab across the writes.
     let before = settled_slab_bytes()?;
     let t = Instant::now();
-    apply::write_generation(&mut policy, &compiled, 1, &mut || {})?;
+    apply::write_generation(&mut policy, &compiled, 1, &|| {})?;
     apply::activate(&mut policy, 1)?;
     let write = t.elapsed();
     let after = settled_slab_bytes()?;
@@ -76,7 +76,7 @@ pub fn run(rules: usize, shape: &str) -> Result<Value> {
     // generation, activate, delete the old one.
     let t = Instant::now();
     let compiled_b = compile_phase(&loaded.policy, "b")?;
-    apply::write_generation(&mut policy, &compiled_b, 2, &mut || {})?;
+    apply::write_generation(&mut policy, &compiled_b, 2, &|| {})?;
     apply::activate(&mut policy, 2)?;
     let removed = apply::delete_generations(&mut policy, &|g| g == 1, &mut || {})?;
     let switch = t.elapsed();

@@ -155,7 +155,7 @@ pub fn run(opts: &Options) -> Result<Value> {
 
         let mut ebpf = loader::load(&LoadOptions::here()?)?;
         let mut policy = PolicyMaps::take(&mut ebpf)?;
-        apply::write_generation(&mut policy, &compiled, 1, &mut || {})?;
+        apply::write_generation(&mut policy, &compiled, 1, &|| {})?;
         apply::activate(&mut policy, 1)?;
         for name in [maps::PROG_EGRESS, maps::PROG_NOOP] {
             let p: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
