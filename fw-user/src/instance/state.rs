@@ -181,6 +181,27 @@ impl InstanceState {
         Ok(())
     }
 
+    /// An instance on `veth0` that just started enforcing `enforced`
+    /// (the tests' starting point).
+    #[cfg(test)]
+    pub(crate) fn fresh(name: &str, enforced: Enforced) -> InstanceState {
+        InstanceState {
+            name: name.into(),
+            iface: "veth0".into(),
+            ifindex: 2,
+            attach_mode: AttachMode::Tcx,
+            cgroup: None,
+            audit_override: false,
+            started_at: 0,
+            highest_generation: enforced.generation,
+            enforced,
+            ephemeral: false,
+            pending: None,
+            switching: None,
+            collected: true,
+        }
+    }
+
     fn enforced_at(&self, at: &str) -> Option<&Enforced> {
         match at {
             "" => Some(&self.enforced),
@@ -270,19 +291,11 @@ mod tests {
 
     fn state() -> InstanceState {
         InstanceState {
-            name: "t".into(),
-            iface: "veth0".into(),
-            ifindex: 2,
-            attach_mode: AttachMode::Tcx,
-            cgroup: None,
-            audit_override: false,
-            started_at: 0,
-            enforced: enforced(2, 3),
-            ephemeral: false,
             highest_generation: 3,
             pending: Some(PendingConfirm { deadline: 100, previous: enforced(1, 2) }),
             switching: Some(Switching { to: enforced(3, 4), confirm_deadline: None }),
             collected: false,
+            ..InstanceState::fresh("t", enforced(2, 3))
         }
     }
 

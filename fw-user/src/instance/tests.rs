@@ -28,7 +28,6 @@ use super::{
 };
 use crate::{
     instance::state::{Enforced, InstanceState},
-    kernel::loader::AttachMode,
     policy::compile::tables::{AddrEntry4, AddrEntry6, CompiledPhase, PhaseSettings, PortEntry},
     source::{self, LoadedPhase},
 };
@@ -298,23 +297,7 @@ fn started(first: &str) -> (Rc<Fate>, MemStore, MemRecords) {
     records.save_copy(1, &loaded.copy).unwrap();
     store.write(&loaded.compiled, 1).unwrap();
     store.activate(1).unwrap();
-    records
-        .save_state(&InstanceState {
-            name: "crash".into(),
-            iface: "veth0".into(),
-            ifindex: 2,
-            attach_mode: AttachMode::Tcx,
-            cgroup: None,
-            audit_override: false,
-            started_at: 0,
-            enforced: enforced(&loaded, 1),
-            ephemeral: false,
-            highest_generation: 1,
-            pending: None,
-            switching: None,
-            collected: true,
-        })
-        .unwrap();
+    records.save_state(&InstanceState::fresh("crash", enforced(&loaded, 1))).unwrap();
     txn::reconcile(&mut store, &mut records).unwrap();
     store.admit_flow();
     (fate, store, records)
