@@ -32,8 +32,10 @@ pub struct Enforced {
     pub generation: u32,
     pub audit: bool,
     /// Every rule of the policy, indexed by rule id (kept in a file of
-    /// their own, see the module's doc).
-    #[serde(default, skip_serializing)]
+    /// their own, see the module's doc). Written as `[]`: an older fw that
+    /// reads the file (the host's `fw status` beside a newer image's
+    /// daemon) then names no rules instead of refusing the file.
+    #[serde(default, serialize_with = "as_empty_list")]
     pub rules: Vec<RuleInfo>,
 }
 
@@ -230,6 +232,10 @@ impl InstanceState {
     }
 }
 
+fn as_empty_list<S: serde::Serializer>(_: &[RuleInfo], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(std::iter::empty::<()>())
+}
+
 /// Writes `rules` into `dir` unless a file of the same content is there;
 /// returns the file's name (the SHA-256 of the content).
 fn write_rules(dir: &Path, rules: &[RuleInfo]) -> Result<String> {
@@ -307,6 +313,9 @@ mod tests {
         s.save_to(&path, &rules).unwrap();
         let json = fs::read_to_string(&path).unwrap();
         assert!(!json.contains("g2-r0"), "rule names in the state file: {json}");
+        // What an older fw needs to read the file at all.
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["rules"], serde_json::json!([]), "{json}");
         assert_eq!(fs::read_dir(&rules).unwrap().count(), 3, "one file per rule list");
         assert_eq!(InstanceState::load_from(&path, &rules, true).unwrap(), Some(s.clone()));
         // The switch is recorded: the files only the old state named go.
