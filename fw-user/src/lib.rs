@@ -66,6 +66,18 @@ pub fn unix_now() -> u64 {
     unix_time().as_secs()
 }
 
+/// The SHA-256 of `parts` one after the other, in hex: the name of a file
+/// named by what it holds (the state's rule lists, the phases compiled
+/// ahead).
+pub fn sha256_hex(parts: &[&[u8]]) -> String {
+    use sha2::Digest as _;
+    let mut hash = sha2::Sha256::new();
+    for part in parts {
+        hash.update(part);
+    }
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Logs (at debug level: `RUST_LOG=fw_user=debug`) that `step` is done,
 /// with the milliseconds since the previous mark of this thread: where a
 /// slow `fw switch` or `fw run` spends its time, on the operator's own

@@ -15,7 +15,6 @@ use std::{fs, io, path::Path};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::{instance::paths, kernel::loader::AttachMode, policy::compile::tables::RuleInfo};
 
@@ -240,8 +239,7 @@ fn as_empty_list<S: serde::Serializer>(_: &[RuleInfo], s: S) -> Result<S::Ok, S:
 /// returns the file's name (the SHA-256 of the content).
 fn write_rules(dir: &Path, rules: &[RuleInfo]) -> Result<String> {
     let bytes = bincode::serialize(rules)?;
-    let name: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
-    let name = format!("{name}.rules");
+    let name = format!("{}.rules", crate::sha256_hex(&[&bytes]));
     let path = dir.join(&name);
     if !path.exists() {
         write_atomic(&path, &bytes)?;

@@ -79,11 +79,7 @@ fn digest(label: &str, env: Option<&Path>, copy: &PolicyCopy) -> Result<[u8; 32]
 
 /// The file of `phase` of the compile whose inputs hash to `inputs`.
 fn file(kept: &Path, inputs: &[u8; 32], phase: &str) -> PathBuf {
-    let mut name = Sha256::new();
-    name.update(inputs);
-    name.update(phase.as_bytes());
-    let hex: String = name.finalize().iter().map(|b| format!("{b:02x}")).collect();
-    kept.join(format!("{hex}.phase"))
+    kept.join(format!("{}.phase", crate::sha256_hex(&[inputs, phase.as_bytes()])))
 }
 
 fn read(path: &Path) -> Option<Kept> {
