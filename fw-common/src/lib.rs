@@ -20,6 +20,7 @@ pub mod flow;
 pub mod maps;
 pub mod names;
 pub mod policy;
+pub mod port_hash;
 pub mod reason;
 pub mod stats;
 
@@ -55,6 +56,8 @@ mod pod {
     unsafe impl aya::Pod for super::AddrKey6 {}
     unsafe impl aya::Pod for super::PortKey {}
     unsafe impl aya::Pod for super::PolicyValue {}
+    unsafe impl aya::Pod for super::port_hash::PortHashKey {}
+    unsafe impl aya::Pod for super::port_hash::PortHashValue {}
     unsafe impl aya::Pod for super::PhaseConfig {}
     unsafe impl aya::Pod for super::FlowTimeouts {}
     unsafe impl aya::Pod for super::Config {}

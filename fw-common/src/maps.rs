@@ -17,6 +17,9 @@ pub const ADDR4_MID: &str = "FW_ADDR4_MID";
 pub const ADDR4_HOSTS: &str = "FW_ADDR4_HOSTS";
 /// `LpmTrie<PortKey, PolicyValue>`: {class, protocol, port prefix} -> rule.
 pub const PORTS: &str = "FW_PORTS";
+/// `HashMap<PortHashKey, PortHashValue>`: what packets look ports up in
+/// before the trie (see [`crate::port_hash`]).
+pub const PORTS_HASH: &str = "FW_PORTS_HASH";
 /// The protected flow table (tracked flows this host opened, and inbound
 /// TCP connections once established, see [`crate::flow`]), one map per
 /// address family: `LruHashMap<FlowKey4, FlowValue>` for IPv4 (a key of 16
@@ -65,7 +68,7 @@ pub const RESOLVERS: &str = "FW_RESOLVERS";
 pub const DNS_PROXY: &str = "FW_DNS_PROXY";
 
 /// Every map that `fw` pins, in a fixed order.
-pub const ALL: [&str; 26] = [
+pub const ALL: [&str; 27] = [
     CONFIG,
     PHASES,
     ADDR4,
@@ -74,6 +77,7 @@ pub const ALL: [&str; 26] = [
     ADDR4_HOSTS,
     ADDR6,
     PORTS,
+    PORTS_HASH,
     FLOWS4,
     FLOWS6,
     FLOWS4_IN,
@@ -123,6 +127,10 @@ pub const DEFAULT_ADDR_ENTRIES: u32 = 1 << 19;
 /// (1 KiB each, allocated when the map is made: 2 MiB for both slots).
 pub const DEFAULT_MID_CHUNKS: u32 = 1 << 10;
 pub const DEFAULT_PORT_ENTRIES: u32 = 1 << 21;
+/// `FW_PORTS_HASH`, half per phase slot. A hash's buckets are allocated
+/// when the map is made (16 bytes each: 8 MiB here), so it is smaller than
+/// the trie it speeds up: a class that does not fit is left to the trie.
+pub const DEFAULT_PORT_HASH_ENTRIES: u32 = 1 << 19;
 pub const DEFAULT_FLOW_ENTRIES: u32 = 1 << 18;
 /// The probation table, for flows inbound packets open, is this fraction of
 /// the protected one: large enough for every media session a host serves

@@ -1,5 +1,5 @@
 //! The parts of the kernel program that need no kernel: the header parser
-//! and its helpers; and the IPv4 table lookup (`addr4`), which the lookup
+//! and its helpers; and the IPv4 table and port lookups (`addr4`, `ports`), which the lookup
 //! benchmark's object (`fw-lookup-bench`) shares. The `fw-ebpf` binary (built for bpfel-unknown-none)
 //! uses them from here, and here they are also ordinary Rust for the host,
 //! so `cargo test -p fw-ebpf --lib` tests them without root or a kernel
@@ -14,3 +14,4 @@
 pub mod addr4;
 pub mod mem;
 pub mod parse;
+pub mod ports;

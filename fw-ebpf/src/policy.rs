@@ -16,12 +16,13 @@ use aya_ebpf::{
 };
 use fw_common::{
     dir4::{Chunk, Top},
-    maps::{DEFAULT_ADDR_ENTRIES, DEFAULT_MID_CHUNKS, DEFAULT_PORT_ENTRIES},
+    maps::{DEFAULT_ADDR_ENTRIES, DEFAULT_MID_CHUNKS, DEFAULT_PORT_ENTRIES, DEFAULT_PORT_HASH_ENTRIES},
     names::{
         name_class, Learned, Resolvers, DNS_PORT, DOT_PORT, EMPTY_SLOT, LEARNED_CAPACITY, MAX_RESOLVERS4,
         MAX_RESOLVERS6, NAME_SLOTS,
     },
     policy::{proto as ip_proto, ADDR_KEY_FIXED_BITS, PORT_KEY_FULL_BITS},
+    port_hash::{PortHashKey, PortHashValue},
     Action, AddrKey4, AddrKey6, Config, Direction, PhaseConfig, PolicyValue, PortKey, Reason,
 };
 
@@ -64,6 +65,15 @@ static FW_ADDR6: LpmTrie<AddrKey6, u32> = LpmTrie::with_max_entries(DEFAULT_ADDR
 
 #[map(name = "FW_PORTS")]
 static FW_PORTS: LpmTrie<PortKey, PolicyValue> = LpmTrie::with_max_entries(DEFAULT_PORT_ENTRIES, 0);
+
+/// What packets look ports up in first (`fw_common::port_hash`), written
+/// from the same entries as `FW_PORTS`, which stays the record and answers
+/// for port ranges and for the classes the hash could not hold.
+#[map(name = "FW_PORTS_HASH")]
+static FW_PORTS_HASH: HashMap<PortHashKey, PortHashValue> =
+    HashMap::with_max_entries(DEFAULT_PORT_HASH_ENTRIES, BPF_F_NO_PREALLOC);
+
+const PORTS: fw_ebpf::ports::Maps = fw_ebpf::ports::Maps { hash: &FW_PORTS_HASH, trie: &FW_PORTS };
 
 /// Addresses the DNS proxy learned for name rules (`fw_common::names`).
 #[map(name = "FW_NAMES4")]
@@ -143,8 +153,17 @@ pub fn lookup(generation: u32, direction: Direction, peer: Peer, proto: u8, port
         let key = Key::new(ADDR_KEY_FIXED_BITS + 128, AddrKey6::new(generation, direction, *a));
         *FW_ADDR6.get(&key)?
     };
-    let key = Key::new(PORT_KEY_FULL_BITS, PortKey::new(generation, class, proto, port));
-    FW_PORTS.get(&key).copied()
+    fw_ebpf::ports::unpack(port_rule(generation, class, proto, port))
+}
+
+/// The port lookup (`fw_ebpf::ports::rule`) as one BPF-to-BPF call that
+/// returns one scalar: inlined, each of its paths (hash hits and misses,
+/// the trie) was verified again through the rest of the program at every
+/// call site (fw_egress: 544,702 instructions processed, against 501,522
+/// with the trie alone).
+#[inline(never)]
+fn port_rule(generation: u32, class: u32, proto: u8, port: u16) -> u64 {
+    fw_ebpf::ports::rule(&PORTS, generation, class, proto, port)
 }
 
 /// Does this host serve `peer` on `local_port`: `Some(allowed)` when an
@@ -159,7 +178,8 @@ pub fn inbound_rule_allows(generation: u32, peer: Peer, proto: u8, local_port: u
 /// A name rule that allows (peer, protocol, port) because the DNS proxy
 /// learned the peer's address for it and the answer's TTL has not run out.
 /// Only reached when no static rule matched: one hash lookup, then one
-/// `FW_PORTS` lookup per live slot.
+/// `FW_PORTS` lookup per live slot (the trie: `port_rule` in this loop
+/// took the verifier to 563,127 processed instructions for fw_egress).
 #[inline(always)]
 fn learned(generation: u32, peer: Peer, proto: u8, port: u16) -> Option<PolicyValue> {
     let a = peer.addr;

@@ -192,9 +192,12 @@ fn take_census(name: &str, previous: Option<&Census>) -> Result<Census> {
     let (entries, _) = count_entries::<fw_common::FragKey, fw_common::FragValue>(&frags, |_, _| true)?;
     maps_fill.push(("frags", entries, capacity));
     let tries = match previous {
-        Some(p) if p.policy_generation == generation => {
-            p.maps.iter().filter(|(l, _, _)| matches!(*l, "addr4" | "addr6" | "ports")).copied().collect()
-        }
+        Some(p) if p.policy_generation == generation => p
+            .maps
+            .iter()
+            .filter(|(l, _, _)| matches!(*l, "addr4" | "addr6" | "ports" | "ports_hash"))
+            .copied()
+            .collect(),
         _ => {
             let count = |keys: usize| keys as u64;
             let mut out = Vec::new();
@@ -202,6 +205,7 @@ fn take_census(name: &str, previous: Option<&Census>) -> Result<Census> {
                 ("addr4", maps::ADDR4, count(policy_maps.addr4.keys().filter_map(|k| k.ok()).count())),
                 ("addr6", maps::ADDR6, count(policy_maps.addr6.keys().filter_map(|k| k.ok()).count())),
                 ("ports", maps::PORTS, count(policy_maps.ports.keys().filter_map(|k| k.ok()).count())),
+                ("ports_hash", maps::PORTS_HASH, count(policy_maps.ports_hash.keys().filter_map(|k| k.ok()).count())),
             ] {
                 out.push((label, n, u64::from(pinned(name, map)?.info()?.max_entries())));
             }

@@ -16,6 +16,7 @@ use std::net::IpAddr;
 use fw_common::{
     dir4,
     names::{Resolvers, MAX_RESOLVERS4, MAX_RESOLVERS6},
+    port_hash::{PortHashKey, PortHashValue},
     AddrKey4, AddrKey6, Config, Counter, Direction, PhaseConfig, PolicyValue, PortKey,
 };
 
@@ -27,7 +28,8 @@ use crate::{
     policy::{
         compile::{
             dir4::{Budget, Table4},
-            tables::{AddrEntry4, CompiledPhase},
+            port_hash::PortHash,
+            tables::{AddrEntry4, CompiledPhase, PortEntry},
         },
         ir::Resolver,
     },
@@ -38,8 +40,9 @@ use crate::{
 /// Returns the number of trie entries written.
 ///
 /// The port trie, the largest (310,000 of 440,000 entries at 100,000
-/// rules: 125-170 ms of a 250-330 ms write), is written on a thread of its
-/// own while this one writes the address maps: other maps, other locks in
+/// rules: 125-170 ms of a 250-330 ms write), and the port hash after it
+/// are written on a thread of their own while this one writes the address
+/// maps: other maps, other locks in
 /// the kernel. Both finish before anything else is written.
 pub fn write_generation(
     maps: &mut PolicyMaps,
@@ -48,10 +51,12 @@ pub fn write_generation(
     step: &(dyn Fn() + Sync),
 ) -> Result<usize> {
     let ports = maps.ports.map();
+    let ports_hash = maps.ports_hash.map();
     std::thread::scope(|scope| {
         let port_writer = scope.spawn(|| {
-            write_trie(ports, &phase.ports, |e| (e.key(generation), e.value), &mut || step())
-                .context("writing FW_PORTS")
+            let step = &mut || step();
+            write_trie(ports, &phase.ports, |e| (e.key(generation), e.value), step).context("writing FW_PORTS")?;
+            write_port_hash(ports_hash, &phase.ports, generation, step)
         });
         let addresses = (|| {
             let step = &mut || step();
@@ -63,7 +68,7 @@ pub fn write_generation(
         })();
         crate::mark("write: the address maps");
         let ports = port_writer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        crate::mark("write: FW_PORTS");
+        crate::mark("write: FW_PORTS, FW_PORTS_HASH");
         addresses.and(ports)
     })?;
     step();
@@ -111,6 +116,20 @@ fn write_addr4_table(
             .context("writing FW_ADDR4_TOP")?;
     }
     Ok(())
+}
+
+/// Writes the port hash packets read first (`fw_common::port_hash`) under
+/// `generation`, in half of `FW_PORTS_HASH` (a class that does not fit is
+/// left to the trie, written before it).
+fn write_port_hash(map: &MapData, entries: &[PortEntry], generation: u32, step: &mut dyn FnMut()) -> Result<()> {
+    let budget = map.info().context("reading FW_PORTS_HASH's size")?.max_entries() / 2;
+    let table = PortHash::build(entries, budget as usize);
+    let (keys, values): (Vec<PortHashKey>, Vec<PortHashValue>) = table
+        .entries
+        .iter()
+        .map(|&((class, proto, kind, port), value)| (PortHashKey::new(generation, class, proto, kind, port), value))
+        .unzip();
+    batch::update(map, &keys, &values, step).context("writing FW_PORTS_HASH")
 }
 
 /// Writes `entries` into an LPM trie, `entry` giving each one's
@@ -198,10 +217,11 @@ pub fn delete_generations(
     removed += remove_where::<Key<AddrKey4>, u32>(maps.addr4.map(), |k| of(k.data().generation), step)?;
     removed += remove_where::<Key<AddrKey6>, u32>(maps.addr6.map(), |k| of(k.data().generation), step)?;
     removed += remove_where::<Key<PortKey>, PolicyValue>(maps.ports.map(), |k| of(k.data().generation), step)?;
-    // The IPv4 hosts are the trie's entries again, in the packets' form:
-    // not counted twice. The slot's arrays are overwritten by the next
+    // The IPv4 hosts and the port hash are the tries' entries again, in
+    // the packets' form: not counted twice. The slot's arrays are overwritten by the next
     // generation written into it.
     remove_where::<AddrKey4, u32>(maps.addr4_hosts.map(), |k| of(k.generation), step)?;
+    remove_where::<PortHashKey, PortHashValue>(maps.ports_hash.map(), |k| of(k.generation), step)?;
     Ok(removed)
 }
 

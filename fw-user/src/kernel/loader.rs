@@ -21,6 +21,7 @@ use aya::{
 use fw_common::{
     dir4, maps,
     names::{DnsProxy, Learned, Resolvers},
+    port_hash::{PortHashKey, PortHashValue},
     AddrKey4, AddrKey6, Config, Counter, PhaseConfig, PolicyValue, PortKey,
 };
 
@@ -52,6 +53,8 @@ pub struct Capacity {
     /// Second-level chunks of the IPv4 table per phase slot.
     pub mid_chunks: u32,
     pub port_entries: u32,
+    /// `FW_PORTS_HASH`, half per phase slot.
+    pub port_hash_entries: u32,
     /// The protected flow table (flows this host opened, established
     /// inbound TCP); the probation table gets a share of it.
     pub flow_entries: u32,
@@ -70,6 +73,7 @@ impl Default for Capacity {
             addr_entries: maps::DEFAULT_ADDR_ENTRIES,
             mid_chunks: maps::DEFAULT_MID_CHUNKS,
             port_entries: maps::DEFAULT_PORT_ENTRIES,
+            port_hash_entries: maps::DEFAULT_PORT_HASH_ENTRIES,
             flow_entries: maps::DEFAULT_FLOW_ENTRIES,
         }
     }
@@ -86,6 +90,8 @@ pub struct PolicyMaps {
     pub addr4_hosts: HashMap<MapData, AddrKey4, u32>,
     pub addr6: LpmTrie<MapData, AddrKey6, u32>,
     pub ports: LpmTrie<MapData, PortKey, PolicyValue>,
+    /// What packets look ports up in first (`fw_common::port_hash`).
+    pub ports_hash: HashMap<MapData, PortHashKey, PortHashValue>,
     /// The protected flow table, `FW_FLOWS4` and `FW_FLOWS6`.
     pub flows: FlowTable,
     /// The probation flow table, `FW_FLOWS4_IN` and `FW_FLOWS6_IN`.
@@ -157,6 +163,7 @@ pub fn load(options: &LoadOptions) -> Result<Ebpf> {
         .map_max_entries(maps::ADDR4_MID, 2 * capacity.mid_chunks)
         .map_max_entries(maps::ADDR6, capacity.addr_entries)
         .map_max_entries(maps::PORTS, capacity.port_entries)
+        .map_max_entries(maps::PORTS_HASH, capacity.port_hash_entries)
         .map_max_entries(maps::FLOWS4, capacity.flow_entries)
         .map_max_entries(maps::FLOWS6, capacity.flow_entries)
         .map_max_entries(maps::FLOWS4_IN, capacity.inbound_flow_entries())
@@ -229,6 +236,7 @@ impl PolicyMaps {
             addr4_hosts: take(ebpf, maps::ADDR4_HOSTS)?.try_into()?,
             addr6: take(ebpf, maps::ADDR6)?.try_into()?,
             ports: take(ebpf, maps::PORTS)?.try_into()?,
+            ports_hash: take(ebpf, maps::PORTS_HASH)?.try_into()?,
             flows: FlowTable::new(maps::FLOWS, |n| take(ebpf, n))?,
             flows_in: FlowTable::new(maps::FLOWS_IN, |n| take(ebpf, n))?,
             resolvers: take(ebpf, maps::RESOLVERS)?.try_into()?,
@@ -246,6 +254,7 @@ impl PolicyMaps {
             addr4_hosts: HashMap::try_from(Map::HashMap(open_pinned(instance, maps::ADDR4_HOSTS)?))?,
             addr6: LpmTrie::try_from(Map::LpmTrie(open_pinned(instance, maps::ADDR6)?))?,
             ports: LpmTrie::try_from(Map::LpmTrie(open_pinned(instance, maps::PORTS)?))?,
+            ports_hash: HashMap::try_from(Map::HashMap(open_pinned(instance, maps::PORTS_HASH)?))?,
             flows: FlowTable::new(maps::FLOWS, |n| Ok(Map::LruHashMap(open_pinned(instance, n)?)))?,
             flows_in: FlowTable::new(maps::FLOWS_IN, |n| Ok(Map::LruHashMap(open_pinned(instance, n)?)))?,
             resolvers: Array::try_from(Map::Array(open_pinned(instance, maps::RESOLVERS)?))?,

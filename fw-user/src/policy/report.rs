@@ -74,18 +74,33 @@ fn kmalloc_class(raw: usize) -> usize {
     [32, 64, 96, 128, 192, 256, 512].into_iter().find(|&class| class >= raw).unwrap_or(raw)
 }
 
-/// (map, entries, approximate bytes) of a compiled phase, and how many
-/// (direction, /16) pairs the IPv4 table has no room for by default (their
-/// new flows are looked up in the `FW_ADDR4` trie: docs/datapath.md).
-fn map_usage(phase: &CompiledPhase) -> ([(&'static str, usize, usize); 5], usize) {
-    use crate::policy::compile::dir4;
-    use fw_common::{dir4::Chunk, AddrKey4, AddrKey6, PolicyValue, PortKey};
+/// What a compiled phase takes of the maps by default.
+struct MapUsage {
+    /// (map, entries, approximate bytes).
+    maps: [(&'static str, usize, usize); 6],
+    /// (direction, /16) pairs the IPv4 table has no room for: their new
+    /// flows are looked up in the `FW_ADDR4` trie (docs/datapath.md).
+    slash16s_in_trie: usize,
+    /// Address classes the port hash has no room for: their new flows are
+    /// looked up in the `FW_PORTS` trie.
+    port_classes_in_trie: usize,
+}
+
+fn map_usage(phase: &CompiledPhase) -> MapUsage {
+    use crate::policy::compile::{dir4, port_hash::PortHash};
+    use fw_common::{
+        dir4::Chunk,
+        port_hash::{PortHashKey, PortHashValue},
+        AddrKey4, AddrKey6, PolicyValue, PortKey,
+    };
     use std::mem::size_of;
     let trie_bytes = |entries: usize, key: usize, value: usize| entries * trie_node_bytes(key, value);
     // The IPv4 table packets read (docs/datapath.md): its chunks come out
     // of an array allocated at load, its hosts are hash elements.
-    let (chunks, hosts, in_trie) = dir4::needs(&phase.addr4, dir4::Budget::DEFAULT);
-    let usage = [
+    let (chunks, hosts, slash16s_in_trie) = dir4::needs(&phase.addr4, dir4::Budget::DEFAULT);
+    let port_hash = PortHash::build(&phase.ports, fw_common::maps::DEFAULT_PORT_HASH_ENTRIES as usize / 2);
+    let port_hash_entries = port_hash.entries.len();
+    let maps = [
         (fw_common::maps::ADDR4, phase.addr4.len(), trie_bytes(phase.addr4.len(), size_of::<AddrKey4>(), 4)),
         (fw_common::maps::ADDR4_MID, chunks, chunks * size_of::<Chunk>()),
         (fw_common::maps::ADDR4_HOSTS, hosts, hosts * hash_element_bytes(size_of::<AddrKey4>(), 4)),
@@ -95,8 +110,13 @@ fn map_usage(phase: &CompiledPhase) -> ([(&'static str, usize, usize); 5], usize
             phase.ports.len(),
             trie_bytes(phase.ports.len(), size_of::<PortKey>(), size_of::<PolicyValue>()),
         ),
+        (
+            fw_common::maps::PORTS_HASH,
+            port_hash_entries,
+            port_hash_entries * hash_element_bytes(size_of::<PortHashKey>(), size_of::<PortHashValue>()),
+        ),
     ];
-    (usage, in_trie)
+    MapUsage { maps, slash16s_in_trie, port_classes_in_trie: port_hash.to_trie }
 }
 
 fn default_word(action: Action) -> &'static str {
@@ -261,11 +281,12 @@ pub fn render_text(report: &CheckReport) -> String {
         }
         let _ = writeln!(out, "    }}");
 
-        let (usage, in_trie) = map_usage(phase);
-        let parts: Vec<String> = usage.iter().map(|(map, n, _)| format!("{map} {n}")).collect();
-        let bytes: usize = usage.iter().map(|(_, _, b)| b).sum();
+        let usage = map_usage(phase);
+        let parts: Vec<String> = usage.maps.iter().map(|(map, n, _)| format!("{map} {n}")).collect();
+        let bytes: usize = usage.maps.iter().map(|(_, _, b)| b).sum();
         let _ =
             writeln!(out, "    # entries: {}; about {:.1} KiB of map memory", parts.join(", "), bytes as f64 / 1024.0);
+        let in_trie = usage.slash16s_in_trie;
         if in_trie > 0 {
             let _ = writeln!(
                 out,
@@ -274,6 +295,16 @@ pub fn render_text(report: &CheckReport) -> String {
                 fw_common::maps::ADDR4_MID,
                 fw_common::maps::ADDR4_HOSTS,
                 fw_common::maps::ADDR4
+            );
+        }
+        if usage.port_classes_in_trie > 0 {
+            let _ = writeln!(
+                out,
+                "    # {} address classes do not fit {}: new flows to them are looked up in the {} trie, slower at \
+                 many rules",
+                usage.port_classes_in_trie,
+                fw_common::maps::PORTS_HASH,
+                fw_common::maps::PORTS
             );
         }
         let _ = writeln!(out, "  }}");
@@ -306,7 +337,7 @@ pub fn render_json(report: &CheckReport) -> serde_json::Value {
         .phases
         .iter()
         .map(|phase| {
-            let (usage, in_trie) = map_usage(phase);
+            let usage = map_usage(phase);
             json!({
                 "name": phase.phase,
                 "extends": policy.phase(&phase.phase).and_then(|p| p.extends.clone()),
@@ -334,9 +365,10 @@ pub fn render_json(report: &CheckReport) -> serde_json::Value {
                     "rule": e.value.rule,
                     "action": e.value.action().as_str(),
                 })).collect::<Vec<_>>(),
-                "entries": usage.iter().map(|(map, n, _)| (map.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
-                "approx_bytes": usage.iter().map(|(_, _, b)| b).sum::<usize>(),
-                "ipv4_slash16s_in_trie": in_trie,
+                "entries": usage.maps.iter().map(|(map, n, _)| (map.to_string(), json!(n))).collect::<serde_json::Map<_, _>>(),
+                "approx_bytes": usage.maps.iter().map(|(_, _, b)| b).sum::<usize>(),
+                "ipv4_slash16s_in_trie": usage.slash16s_in_trie,
+                "port_classes_in_trie": usage.port_classes_in_trie,
             })
         })
         .collect();

@@ -24,6 +24,7 @@ mod known;
 mod model;
 mod packets;
 mod policies;
+mod ports;
 
 mod tables;
 

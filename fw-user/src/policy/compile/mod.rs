@@ -20,6 +20,7 @@
 
 mod classes;
 pub mod dir4;
+pub mod port_hash;
 mod ports;
 pub mod tables;
 
