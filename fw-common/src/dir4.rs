@@ -82,6 +82,7 @@ pub mod bench {
     pub const MAP_HYB_TOP: &str = "BENCH_HYB4_TOP";
     pub const MAP_HYB_CHUNKS: &str = "BENCH_HYB4_CHUNKS";
     pub const MAP_HOSTS: &str = "BENCH_HYB4_HOSTS";
+    pub const MAP_PORTS_HASH: &str = "BENCH_PORTS_HASH";
     /// Reads the destination address and returns: the floor.
     pub const PROG_FLOOR: &str = "bench_floor";
     /// The address class from the trie, as `fw_egress` looked it up before.
@@ -94,4 +95,10 @@ pub mod bench {
     pub const PROG_TRIE4_PORTS: &str = "bench_trie4_ports";
     /// The arrays' class, then the port trie.
     pub const PROG_DIR4_PORTS: &str = "bench_dir4_ports";
+    /// The hybrid's class, then the port trie: `fw_egress` before the port
+    /// hash.
+    pub const PROG_HYBRID4_PORTS: &str = "bench_hybrid4_ports";
+    /// The hybrid's class, then the port hash and the trie behind it
+    /// (`crate::port_hash`): `fw_egress` now.
+    pub const PROG_HYBRID4_PORT_HASH: &str = "bench_hybrid4_port_hash";
 }

@@ -2,7 +2,8 @@
 //! lookup done two ways on the same addresses, so that `cargo xtask bench`
 //! can weigh the IPv4 address trie against the DIR-16-8-8 arrays of
 //! `fw_common::dir4` and their hybrid with a hash of hosts in one run
-//! (issue 16, item 2), and the port trie that follows. Never loaded by `fw`; built beside `fw-ebpf` and linked
+//! (issue 16, item 2), and the port trie that follows against the port
+//! hash in front of it. Never loaded by `fw`; built beside `fw-ebpf` and linked
 //! into `fw-bench` only.
 //!
 //! Each program reads the destination address (and port) of an untagged
@@ -19,6 +20,7 @@ use aya_ebpf::{
 use fw_common::{
     dir4::{found, Chunk, Top, CHUNK, CHUNK_ENTRIES, INDEX, MISS, TOP_ENTRIES},
     policy::{ADDR_KEY_FIXED_BITS, PORT_KEY_FULL_BITS},
+    port_hash::{PortHashKey, PortHashValue},
     AddrKey4, Direction, PolicyValue, PortKey,
 };
 
@@ -53,6 +55,12 @@ static BENCH_HYB4_CHUNKS: Array<Chunk> = Array::with_max_entries(1, 0);
 
 #[map(name = "BENCH_HYB4_HOSTS")]
 static BENCH_HYB4_HOSTS: HashMap<AddrKey4, u32> = HashMap::with_max_entries(1, 0);
+
+#[map(name = "BENCH_PORTS_HASH")]
+static BENCH_PORTS_HASH: HashMap<PortHashKey, PortHashValue> = HashMap::with_max_entries(1, 0);
+
+/// `fw_egress`'s port lookup (`fw_ebpf::ports`), over this object's maps.
+const PORTS: fw_ebpf::ports::Maps = fw_ebpf::ports::Maps { hash: &BENCH_PORTS_HASH, trie: &BENCH_PORTS };
 
 /// Built without a budget, the table never sends a lookup to the trie.
 const HYBRID: fw_ebpf::addr4::Maps = fw_ebpf::addr4::Maps {
@@ -114,6 +122,21 @@ fn ports(ctx: &TcContext, class_found: u32) -> u32 {
     }
 }
 
+/// The port hash (and the trie behind it) after an address lookup's
+/// `found` value, answering as [`ports`] does.
+#[inline(always)]
+fn port_hash(ctx: &TcContext, class_found: u32) -> u32 {
+    if class_found == MISS {
+        return 0;
+    }
+    let (Ok(proto), Ok(port)) = (ctx.load::<u8>(PROTO_OFFSET), ctx.load::<[u8; 2]>(DPORT_OFFSET)) else { return 0 };
+    let packed = fw_ebpf::ports::rule(&PORTS, GENERATION, class_found - 1, proto, u16::from_be_bytes(port));
+    match fw_ebpf::ports::unpack(packed) {
+        Some(v) => v.rule + 1,
+        None => 0,
+    }
+}
+
 #[classifier]
 pub fn bench_floor(ctx: TcContext) -> i32 {
     match dst4(&ctx) {
@@ -145,6 +168,16 @@ pub fn bench_trie4_ports(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn bench_dir4_ports(ctx: TcContext) -> i32 {
     dst4(&ctx).map_or(-1, |a| ports(&ctx, dir4(a)) as i32)
+}
+
+#[classifier]
+pub fn bench_hybrid4_ports(ctx: TcContext) -> i32 {
+    dst4(&ctx).map_or(-1, |a| ports(&ctx, hybrid4(a)) as i32)
+}
+
+#[classifier]
+pub fn bench_hybrid4_port_hash(ctx: TcContext) -> i32 {
+    dst4(&ctx).map_or(-1, |a| port_hash(&ctx, hybrid4(a)) as i32)
 }
 
 #[cfg(not(test))]

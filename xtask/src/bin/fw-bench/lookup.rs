@@ -25,6 +25,7 @@ use aya::{
 };
 use fw_common::{
     dir4::{self, bench},
+    port_hash::{PortHashKey, PortHashValue},
     AddrKey4, Direction, PolicyValue, PortKey,
 };
 use fw_user::{
@@ -32,6 +33,7 @@ use fw_user::{
     policy::compile::{
         compile_phase,
         dir4::{Budget, Table4},
+        port_hash::PortHash,
         tables::AddrEntry4,
     },
     policy::{parse_str_with_resolver, Vars},
@@ -40,7 +42,7 @@ use serde_json::{json, Value};
 
 use crate::{
     control::{memlock, settled_slab_bytes},
-    frames::{frame, UDP},
+    frames::{frame, ECHO_REPLY, TCP, UDP},
     gen::{self, Rng},
     stats::median,
 };
@@ -171,7 +173,12 @@ fn program<'a>(ebpf: &'a Ebpf, name: &str) -> Result<&'a SchedClassifier> {
 
 /// One run of `prog` on a frame to `dst`: its return value.
 fn judge(prog: &SchedClassifier, dst: Ipv4Addr) -> Result<u32> {
-    let data = frame(IpAddr::from([198, 18, 200, 1]), dst.into(), UDP, 40_000, gen::UDP_PORT);
+    judge_to(prog, dst, UDP, gen::UDP_PORT)
+}
+
+/// [`judge`] of a frame of `kind` (`frames`) to port `dport`.
+fn judge_to(prog: &SchedClassifier, dst: Ipv4Addr, kind: u8, dport: u16) -> Result<u32> {
+    let data = frame(IpAddr::from([198, 18, 200, 1]), dst.into(), kind, 40_000, dport);
     Ok(prog.test_run(TestRunOptions { data_in: Some(&data), repeat: 1, ..Default::default() })?.return_value)
 }
 
@@ -205,12 +212,14 @@ pub fn run(opts: &Options) -> Result<Value> {
         // The hybrid as `fw_egress` has it (both directions, generation 1).
         let hybrid = Table4::build(&compiled.addr4, 0, Budget::UNLIMITED);
         let chunk_entries = table.chunks.len().max(1) as u32;
+        let port_hash = PortHash::build(&compiled.ports, usize::MAX);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(bench::MAP_TRIE4, compiled.addr4.len().max(1) as u32)
             .map_max_entries(bench::MAP_PORTS, compiled.ports.len().max(1) as u32)
             .map_max_entries(bench::MAP_CHUNKS, chunk_entries)
             .map_max_entries(bench::MAP_HYB_CHUNKS, hybrid.chunks.len().max(1) as u32)
             .map_max_entries(bench::MAP_HOSTS, hybrid.hosts.len().max(1) as u32)
+            .map_max_entries(bench::MAP_PORTS_HASH, port_hash.entries.len().max(1) as u32)
             .load(object)
             .context("loading the lookup benchmark object")?;
         let (trie_slab, trie_memlock) = {
@@ -225,6 +234,18 @@ pub fn run(opts: &Options) -> Result<Value> {
                 LpmTrie::try_from(ebpf.map(bench::MAP_PORTS).context("ports")?)?;
             apply::write_trie(ports.map(), &compiled.ports, |e| (e.key(1), e.value), &mut || {})?;
         }
+        let memlock_port_hash = {
+            use std::os::fd::AsFd as _;
+            let hash: aya::maps::HashMap<_, PortHashKey, PortHashValue> =
+                aya::maps::HashMap::try_from(ebpf.map(bench::MAP_PORTS_HASH).context("port hash")?)?;
+            let (keys, values): (Vec<PortHashKey>, Vec<PortHashValue>) = port_hash
+                .entries
+                .iter()
+                .map(|&((class, proto, kind, port), v)| (PortHashKey::new(1, class, proto, kind, port), v))
+                .unzip();
+            batch::update(hash.map(), &keys, &values, &mut || {})?;
+            memlock(hash.map().fd().as_fd())
+        };
         let memlock_dir = {
             use std::os::fd::AsFd as _;
             let top: Array<_, u32> = Array::try_from(ebpf.map(bench::MAP_TOP).context("top")?)?;
@@ -259,13 +280,16 @@ pub fn run(opts: &Options) -> Result<Value> {
             bench::PROG_HYBRID4,
             bench::PROG_TRIE4_PORTS,
             bench::PROG_DIR4_PORTS,
+            bench::PROG_HYBRID4_PORTS,
+            bench::PROG_HYBRID4_PORT_HASH,
         ];
         for name in names {
             let p: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
             p.load().with_context(|| format!("the verifier rejected {name}"))?;
         }
-        let [floor, trie, dir, hyb, trie_ports, dir_ports] = names.map(|n| program(&ebpf, n));
-        let (floor, trie, dir, hyb, trie_ports, dir_ports) = (floor?, trie?, dir?, hyb?, trie_ports?, dir_ports?);
+        let [floor, trie, dir, hyb, trie_ports, dir_ports, hyb_ports, hyb_hash] = names.map(|n| program(&ebpf, n));
+        let (floor, trie, dir, hyb, trie_ports, dir_ports, hyb_ports, hyb_hash) =
+            (floor?, trie?, dir?, hyb?, trie_ports?, dir_ports?, hyb_ports?, hyb_hash?);
 
         // Agreement: the edges of every egress prefix, and random addresses.
         let mut rng = Rng::new(0x6469_7234 ^ rules as u64);
@@ -294,15 +318,24 @@ pub fn run(opts: &Options) -> Result<Value> {
                     table.lookup(addr)
                 );
             }
+            // The port hash answers as the trie: the timed UDP port, the
+            // bench's denied and TCP ports, an echo reply, a random port.
+            let random = 1 + rng.below(65_535) as u16;
+            for (kind, port) in
+                [(UDP, gen::UDP_PORT), (TCP, gen::DENIED_PORT), (TCP, gen::TCP_PORT), (ECHO_REPLY, 0), (UDP, random)]
+            {
+                let (t, h) = (judge_to(hyb_ports, addr, kind, port)?, judge_to(hyb_hash, addr, kind, port)?);
+                ensure!(t == h, "{rules} rules, {addr}, kind {kind} port {port}: port trie {t}, port hash {h}");
+            }
         }
 
         // Timing: `sample` covered addresses (each in some prefix), the
         // same ones for every program, interleaved address by address.
-        let mut samples: [Vec<f64>; 5] = Default::default();
+        let mut samples: [Vec<f64>; 7] = Default::default();
         for _ in 0..opts.sample {
             let addr = covered[rng.below(covered.len() as u64) as usize];
             let base = time(floor, addr, opts.repeat)?;
-            for (i, prog) in [trie, dir, hyb, trie_ports, dir_ports].into_iter().enumerate() {
+            for (i, prog) in [trie, dir, hyb, trie_ports, dir_ports, hyb_ports, hyb_hash].into_iter().enumerate() {
                 samples[i].push(time(prog, addr, opts.repeat)? - base);
             }
         }
@@ -324,6 +357,10 @@ pub fn run(opts: &Options) -> Result<Value> {
             "hybrid": stat(&mut samples[2]),
             "trie_ports": stat(&mut samples[3]),
             "dir_ports": stat(&mut samples[4]),
+            "hybrid_ports": stat(&mut samples[5]),
+            "hybrid_port_hash": stat(&mut samples[6]),
+            "port_hash_entries": port_hash.entries.len(),
+            "port_hash_memlock_bytes": memlock_port_hash,
             "trie_slab_bytes": trie_slab,
             "trie_memlock_bytes": trie_memlock,
             "dir_bytes": table.bytes(),
