@@ -1,8 +1,9 @@
 //! Policy lookup keys and values.
 //!
 //! A verdict is two chained longest-prefix-match lookups (for packets, the
-//! IPv4 entries are laid out as `crate::dir4`'s table, which answers the
-//! same longest match):
+//! IPv4 entries are laid out as `crate::dir4`'s table, and the port entries
+//! as `crate::port_hash`'s hash in front of the trie, which answer the same
+//! longest match):
 //!
 //! ```text
 //! FW_ADDR4 / FW_ADDR6 key (9 / 21 bytes), prefix = 40 + CIDR length

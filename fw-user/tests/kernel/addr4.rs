@@ -8,7 +8,6 @@ use fw_common::{dir4, Direction};
 use fw_user::kernel::loader::{Capacity, LoadOptions};
 
 use crate::{
-    gen::LOCAL4,
     kernel::{Kernel, TC_ACT_SHOT, TC_ACT_UNSPEC},
     packets::*,
 };
@@ -26,14 +25,6 @@ phases:
       - { name: hosts, to: ["198.18.8.0/26"], proto: tcp, ports: [443] }
       - { name: far, to: ["198.19.9.0/24"], proto: udp, ports: [53] }
 "#;
-
-fn udp4(dst: [u8; 4], dport: u16) -> Vec<u8> {
-    frame(&[], &Ip::new(false, v4(LOCAL4), v4(dst), UDP), &udp(40000, dport, 4), 0)
-}
-
-fn syn4(dst: [u8; 4], dport: u16) -> Vec<u8> {
-    frame(&[], &Ip::new(false, v4(LOCAL4), v4(dst), TCP), &tcp(40001, dport, TCP_SYN, 0), 0)
-}
 
 #[test]
 fn a_slash_16_beyond_the_table_is_judged_by_the_trie() {
@@ -53,13 +44,13 @@ fn a_slash_16_beyond_the_table_is_judged_by_the_trie() {
         assert_eq!(top[0xc613] & dir4::CHUNK, dir4::CHUNK, "generation {generation}: 198.19/16 has the chunk");
         let run = |f: &[u8]| k.run(Direction::Egress, f).expect("test run");
         for (what, f, verdict) in [
-            ("near, in the trie", udp4([198, 18, 7, 5], 53), TC_ACT_UNSPEC),
-            ("near, another port", udp4([198, 18, 7, 5], 54), TC_ACT_SHOT),
-            ("next to near", udp4([198, 18, 6, 5], 53), TC_ACT_SHOT),
-            ("a host, in the trie", syn4([198, 18, 8, 63], 443), TC_ACT_UNSPEC),
-            ("past the hosts", syn4([198, 18, 8, 64], 443), TC_ACT_SHOT),
-            ("far, in the chunk", udp4([198, 19, 9, 200], 53), TC_ACT_UNSPEC),
-            ("next to far", udp4([198, 19, 10, 1], 53), TC_ACT_SHOT),
+            ("near, in the trie", local_udp4([198, 18, 7, 5], 53), TC_ACT_UNSPEC),
+            ("near, another port", local_udp4([198, 18, 7, 5], 54), TC_ACT_SHOT),
+            ("next to near", local_udp4([198, 18, 6, 5], 53), TC_ACT_SHOT),
+            ("a host, in the trie", local_syn4([198, 18, 8, 63], 443), TC_ACT_UNSPEC),
+            ("past the hosts", local_syn4([198, 18, 8, 64], 443), TC_ACT_SHOT),
+            ("far, in the chunk", local_udp4([198, 19, 9, 200], 53), TC_ACT_UNSPEC),
+            ("next to far", local_udp4([198, 19, 10, 1], 53), TC_ACT_SHOT),
         ] {
             assert_eq!(run(&f), verdict, "generation {generation}: {what}: {}", hex(&f));
         }

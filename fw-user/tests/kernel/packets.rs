@@ -230,6 +230,16 @@ pub fn echo_rest(id: u16, seq: u16) -> [u8; 4] {
     r
 }
 
+/// A UDP datagram from this host (`gen::LOCAL4`, port 40000) to `dst`.
+pub fn local_udp4(dst: [u8; 4], dport: u16) -> Vec<u8> {
+    frame(&[], &Ip::new(false, v4(crate::gen::LOCAL4), v4(dst), UDP), &udp(40000, dport, 4), 0)
+}
+
+/// A TCP SYN from this host (port 40001) to `dst`.
+pub fn local_syn4(dst: [u8; 4], dport: u16) -> Vec<u8> {
+    frame(&[], &Ip::new(false, v4(crate::gen::LOCAL4), v4(dst), TCP), &tcp(40001, dport, TCP_SYN, 0), 0)
+}
+
 pub fn v4(a: [u8; 4]) -> [u8; 16] {
     let mut out = [0u8; 16];
     out[..4].copy_from_slice(&a);

@@ -11,7 +11,6 @@ use fw_common::{port_hash::PortHashKey, Direction};
 use fw_user::kernel::loader::{Capacity, LoadOptions};
 
 use crate::{
-    gen::LOCAL4,
     kernel::{Kernel, TC_ACT_SHOT, TC_ACT_UNSPEC},
     packets::*,
 };
@@ -33,16 +32,8 @@ phases:
       - { name: web, to: ["198.19.9.0/24"], proto: any }
 "#;
 
-fn udp4(dst: [u8; 4], dport: u16) -> Vec<u8> {
-    frame(&[], &Ip::new(false, v4(LOCAL4), v4(dst), UDP), &udp(40000, dport, 4), 0)
-}
-
-fn syn4(dst: [u8; 4], dport: u16) -> Vec<u8> {
-    frame(&[], &Ip::new(false, v4(LOCAL4), v4(dst), TCP), &tcp(40001, dport, TCP_SYN, 0), 0)
-}
-
 fn echo4(dst: [u8; 4]) -> Vec<u8> {
-    frame(&[], &Ip::new(false, v4(LOCAL4), v4(dst), ICMP), &icmp(8, 0, echo_rest(7, 1), &[]), 0)
+    frame(&[], &Ip::new(false, v4(crate::gen::LOCAL4), v4(dst), ICMP), &icmp(8, 0, echo_rest(7, 1), &[]), 0)
 }
 
 #[test]
@@ -64,16 +55,16 @@ fn a_class_beyond_the_port_hash_is_judged_by_the_trie() {
             assert_eq!(classes.len(), hashed, "capacity {capacity}, generation {generation}: {keys:?}");
             let run = |f: &[u8]| k.run(Direction::Egress, f).expect("test run");
             for (what, f, verdict) in [
-                ("an exact port", udp4([198, 18, 7, 5], 53), TC_ACT_UNSPEC),
-                ("next to it", udp4([198, 18, 7, 5], 54), TC_ACT_SHOT),
-                ("in the range", udp4([198, 18, 7, 5], 1050), TC_ACT_UNSPEC),
-                ("past the range", udp4([198, 18, 7, 5], 1101), TC_ACT_SHOT),
+                ("an exact port", local_udp4([198, 18, 7, 5], 53), TC_ACT_UNSPEC),
+                ("next to it", local_udp4([198, 18, 7, 5], 54), TC_ACT_SHOT),
+                ("in the range", local_udp4([198, 18, 7, 5], 1050), TC_ACT_UNSPEC),
+                ("past the range", local_udp4([198, 18, 7, 5], 1101), TC_ACT_SHOT),
                 ("a whole protocol", echo4([198, 18, 7, 5]), TC_ACT_UNSPEC),
-                ("a protocol without entries", syn4([198, 18, 7, 5], 53), TC_ACT_SHOT),
-                ("an exact deny", syn4([198, 19, 9, 5], 25), TC_ACT_SHOT),
-                ("another port of its protocol", syn4([198, 19, 9, 5], 443), TC_ACT_UNSPEC),
-                ("any protocol", udp4([198, 19, 9, 5], 25), TC_ACT_UNSPEC),
-                ("no class", udp4([198, 19, 10, 5], 53), TC_ACT_SHOT),
+                ("a protocol without entries", local_syn4([198, 18, 7, 5], 53), TC_ACT_SHOT),
+                ("an exact deny", local_syn4([198, 19, 9, 5], 25), TC_ACT_SHOT),
+                ("another port of its protocol", local_syn4([198, 19, 9, 5], 443), TC_ACT_UNSPEC),
+                ("any protocol", local_udp4([198, 19, 9, 5], 25), TC_ACT_UNSPEC),
+                ("no class", local_udp4([198, 19, 10, 5], 53), TC_ACT_SHOT),
             ] {
                 assert_eq!(run(&f), verdict, "capacity {capacity}, generation {generation}: {what}: {}", hex(&f));
             }
