@@ -83,6 +83,7 @@ pub mod bench {
     pub const MAP_HYB_CHUNKS: &str = "BENCH_HYB4_CHUNKS";
     pub const MAP_HOSTS: &str = "BENCH_HYB4_HOSTS";
     pub const MAP_PORTS_HASH: &str = "BENCH_PORTS_HASH";
+    pub const MAP_FLOWS4: &str = "BENCH_FLOWS4";
     /// Reads the destination address and returns: the floor.
     pub const PROG_FLOOR: &str = "bench_floor";
     /// The address class from the trie, as `fw_egress` looked it up before.
@@ -101,4 +102,9 @@ pub mod bench {
     /// The hybrid's class, then the port hash and the trie behind it
     /// (`crate::port_hash`): `fw_egress` now.
     pub const PROG_HYBRID4_PORT_HASH: &str = "bench_hybrid4_port_hash";
+    /// One lookup of the frame's flow in an LRU hash keyed as `FW_FLOWS4`:
+    /// what every packet `fw_egress` judges costs at least.
+    pub const PROG_FLOW4: &str = "bench_flow4";
+    /// Its floor: the same frame reads and key, no lookup.
+    pub const PROG_FLOW4_FLOOR: &str = "bench_flow4_floor";
 }

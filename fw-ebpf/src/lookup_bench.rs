@@ -14,21 +14,23 @@
 
 use aya_ebpf::{
     macros::{classifier, map},
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap},
     programs::TcContext,
 };
 use fw_common::{
     dir4::{found, Chunk, Top, CHUNK, CHUNK_ENTRIES, INDEX, MISS, TOP_ENTRIES},
     policy::{ADDR_KEY_FIXED_BITS, PORT_KEY_FULL_BITS},
     port_hash::{PortHashKey, PortHashValue},
-    AddrKey4, Direction, PolicyValue, PortKey,
+    AddrKey4, Direction, FlowKey4, FlowValue, PolicyValue, PortKey,
 };
 
 /// Ethernet (14) + the IPv4 header's offsets of the protocol and destination.
 const PROTO_OFFSET: usize = 14 + 9;
+const SRC_OFFSET: usize = 14 + 12;
 const DST_OFFSET: usize = 14 + 16;
-/// The destination port of a 20-byte IPv4 header's transport header.
-const DPORT_OFFSET: usize = 14 + 20 + 2;
+/// The ports of a 20-byte IPv4 header's transport header.
+const SPORT_OFFSET: usize = 14 + 20;
+const DPORT_OFFSET: usize = SPORT_OFFSET + 2;
 /// The generation the benchmark writes.
 const GENERATION: u32 = 1;
 
@@ -55,6 +57,10 @@ static BENCH_HYB4_CHUNKS: Array<Chunk> = Array::with_max_entries(1, 0);
 
 #[map(name = "BENCH_HYB4_HOSTS")]
 static BENCH_HYB4_HOSTS: HashMap<AddrKey4, u32> = HashMap::with_max_entries(1, 0);
+
+/// Keyed and valued as `FW_FLOWS4`.
+#[map(name = "BENCH_FLOWS4")]
+static BENCH_FLOWS4: LruHashMap<FlowKey4, FlowValue> = LruHashMap::with_max_entries(1, 0);
 
 #[map(name = "BENCH_PORTS_HASH")]
 static BENCH_PORTS_HASH: HashMap<PortHashKey, PortHashValue> = HashMap::with_max_entries(1, 0);
@@ -178,6 +184,42 @@ pub fn bench_hybrid4_ports(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn bench_hybrid4_port_hash(ctx: TcContext) -> i32 {
     dst4(&ctx).map_or(-1, |a| port_hash(&ctx, hybrid4(a)) as i32)
+}
+
+/// The frame's flow key, built as `fw_egress` builds an IPv4 one.
+#[inline(always)]
+fn flow_key4(ctx: &TcContext) -> Option<FlowKey4> {
+    let (Ok(proto), Ok(src), Ok(dst), Ok(ports)) = (
+        ctx.load::<u8>(PROTO_OFFSET),
+        ctx.load::<[u8; 4]>(SRC_OFFSET),
+        ctx.load::<[u8; 4]>(DST_OFFSET),
+        ctx.load::<[u8; 4]>(SPORT_OFFSET),
+    ) else {
+        return None;
+    };
+    Some(FlowKey4 {
+        proto,
+        _pad: 0,
+        local_port: [ports[0], ports[1]],
+        remote_port: [ports[2], ports[3]],
+        _pad2: 0,
+        local_addr: src,
+        remote_addr: dst,
+    })
+}
+
+/// The frame's flow, looked up as `fw_egress` looks an IPv4 flow up (the
+/// same key and table type): 1 when found.
+#[classifier]
+pub fn bench_flow4(ctx: TcContext) -> i32 {
+    // SAFETY: only whether it is there is read.
+    flow_key4(&ctx).map_or(-1, |key| i32::from(unsafe { BENCH_FLOWS4.get(&key) }.is_some()))
+}
+
+/// [`bench_flow4`]'s floor: the same frame reads and key, no lookup.
+#[classifier]
+pub fn bench_flow4_floor(ctx: TcContext) -> i32 {
+    flow_key4(&ctx).map_or(-1, |key| i32::from(key.local_addr[3] ^ key.remote_port[1] ^ key.proto))
 }
 
 #[cfg(not(test))]

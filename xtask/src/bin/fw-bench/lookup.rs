@@ -15,7 +15,7 @@
 //! (`repeat` runs each, the kernel's mean), reported as the median and the
 //! 90th percentile, minus the floor (the same frame read, no lookup).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use anyhow::{bail, ensure, Context as _, Result};
 use aya::{
@@ -26,7 +26,7 @@ use aya::{
 use fw_common::{
     dir4::{self, bench},
     port_hash::{PortHashKey, PortHashValue},
-    AddrKey4, Direction, PolicyValue, PortKey,
+    AddrKey4, Direction, FlowKey4, FlowValue, PolicyValue, PortKey,
 };
 use fw_user::{
     kernel::{apply, batch, loader},
@@ -178,15 +178,39 @@ fn judge(prog: &SchedClassifier, dst: Ipv4Addr) -> Result<u32> {
 
 /// [`judge`] of a frame of `kind` (`frames`) to port `dport`.
 fn judge_to(prog: &SchedClassifier, dst: Ipv4Addr, kind: u8, dport: u16) -> Result<u32> {
-    let data = frame(IpAddr::from([198, 18, 200, 1]), dst.into(), kind, 40_000, dport);
+    let data = frame(SRC.into(), dst.into(), kind, SPORT, dport);
     Ok(prog.test_run(TestRunOptions { data_in: Some(&data), repeat: 1, ..Default::default() })?.return_value)
 }
 
+/// The source of every frame.
+const SRC: Ipv4Addr = Ipv4Addr::new(198, 18, 200, 1);
+/// The source port of the frames timed; [`MISS_SPORT`] in a flow's frame
+/// makes it a flow the table does not hold.
+const SPORT: u16 = 40_000;
+const MISS_SPORT: u16 = 40_001;
+
 /// The kernel's mean ns per run of `repeat` runs on a frame to `dst`.
 fn time(prog: &SchedClassifier, dst: Ipv4Addr, repeat: u32) -> Result<f64> {
-    let data = frame(IpAddr::from([198, 18, 200, 1]), dst.into(), UDP, 40_000, gen::UDP_PORT);
+    time_from(prog, SPORT, dst, repeat)
+}
+
+/// [`time`] of a UDP frame from source port `sport`.
+fn time_from(prog: &SchedClassifier, sport: u16, dst: Ipv4Addr, repeat: u32) -> Result<f64> {
+    let data = frame(SRC.into(), dst.into(), UDP, sport, gen::UDP_PORT);
     let r = prog.test_run(TestRunOptions { data_in: Some(&data), repeat, ..Default::default() })?;
     Ok(r.duration.as_nanos() as f64)
+}
+
+/// The flow table's key of the UDP frame [`time_from`] sends to `dst`.
+fn flow_key(sport: u16, dst: Ipv4Addr) -> FlowKey4 {
+    FlowKey4 {
+        proto: UDP,
+        local_port: sport.to_be_bytes(),
+        remote_port: gen::UDP_PORT.to_be_bytes(),
+        local_addr: SRC.octets(),
+        remote_addr: dst.octets(),
+        ..FlowKey4::default()
+    }
 }
 
 fn write_array(map: &MapData, values: &[u32]) -> Result<()> {
@@ -220,6 +244,7 @@ pub fn run(opts: &Options) -> Result<Value> {
             .map_max_entries(bench::MAP_HYB_CHUNKS, hybrid.chunks.len().max(1) as u32)
             .map_max_entries(bench::MAP_HOSTS, hybrid.hosts.len().max(1) as u32)
             .map_max_entries(bench::MAP_PORTS_HASH, port_hash.entries.len().max(1) as u32)
+            .map_max_entries(bench::MAP_FLOWS4, opts.sample.max(1) as u32 * 2)
             .load(object)
             .context("loading the lookup benchmark object")?;
         let (trie_slab, trie_memlock) = {
@@ -282,14 +307,18 @@ pub fn run(opts: &Options) -> Result<Value> {
             bench::PROG_DIR4_PORTS,
             bench::PROG_HYBRID4_PORTS,
             bench::PROG_HYBRID4_PORT_HASH,
+            bench::PROG_FLOW4,
+            bench::PROG_FLOW4_FLOOR,
         ];
         for name in names {
             let p: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
             p.load().with_context(|| format!("the verifier rejected {name}"))?;
         }
-        let [floor, trie, dir, hyb, trie_ports, dir_ports, hyb_ports, hyb_hash] = names.map(|n| program(&ebpf, n));
+        let [floor, trie, dir, hyb, trie_ports, dir_ports, hyb_ports, hyb_hash, flow, flow_floor] =
+            names.map(|n| program(&ebpf, n));
         let (floor, trie, dir, hyb, trie_ports, dir_ports, hyb_ports, hyb_hash) =
             (floor?, trie?, dir?, hyb?, trie_ports?, dir_ports?, hyb_ports?, hyb_hash?);
+        let (flow, flow_floor) = (flow?, flow_floor?);
 
         // Agreement: the edges of every egress prefix, and random addresses.
         let mut rng = Rng::new(0x6469_7234 ^ rules as u64);
@@ -339,6 +368,24 @@ pub fn run(opts: &Options) -> Result<Value> {
                 samples[i].push(time(prog, addr, opts.repeat)? - base);
             }
         }
+        // The flow table: the frames' flows to `sample` addresses in it,
+        // each timed found and, from another source port, not found.
+        let mut flow_hit = Vec::new();
+        let mut flow_miss = Vec::new();
+        {
+            let flows = ebpf.map(bench::MAP_FLOWS4).context("flows")?;
+            let flows: aya::maps::HashMap<_, FlowKey4, FlowValue> = aya::maps::HashMap::try_from(flows)?;
+            let addrs: Vec<Ipv4Addr> =
+                (0..opts.sample).map(|_| covered[rng.below(covered.len() as u64) as usize]).collect();
+            let keys: Vec<FlowKey4> = addrs.iter().map(|&a| flow_key(SPORT, a)).collect();
+            batch::update(flows.map(), &keys, &vec![FlowValue::default(); keys.len()], &mut || {})?;
+            for &addr in &addrs {
+                ensure!(judge(flow, addr)? == 1, "{rules} rules, {addr}: the flow inserted is not found");
+                let base = time(flow_floor, addr, opts.repeat)?;
+                flow_hit.push(time(flow, addr, opts.repeat)? - base);
+                flow_miss.push(time_from(flow, MISS_SPORT, addr, opts.repeat)? - base);
+            }
+        }
         let floor_ns = time(floor, gen::RECEIVER4, opts.repeat)?;
         let stat = |v: &mut Vec<f64>| {
             v.sort_by(f64::total_cmp);
@@ -360,6 +407,8 @@ pub fn run(opts: &Options) -> Result<Value> {
             "hybrid_ports": stat(&mut samples[5]),
             "hybrid_port_hash": stat(&mut samples[6]),
             "port_hash_entries": port_hash.entries.len(),
+            "flow_hit": stat(&mut flow_hit),
+            "flow_miss": stat(&mut flow_miss),
             "port_hash_memlock_bytes": memlock_port_hash,
             "trie_slab_bytes": trie_slab,
             "trie_memlock_bytes": trie_memlock,
