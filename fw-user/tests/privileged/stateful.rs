@@ -223,14 +223,24 @@ fn stateful_crafted_reply_to_a_peer_that_never_connected_is_dropped_as_spoofed()
     }
 }
 
-/// Receives one datagram on `socket` within `timeout`.
+/// Receives one datagram on `socket` within `timeout`. A signal to the
+/// test process interrupts a receive with a timeout (signal(7): never
+/// restarted), so an interrupted one waits again for what is left.
 fn recv(socket: &UdpSocket, timeout: Duration) -> Option<(Vec<u8>, SocketAddr)> {
-    socket.set_read_timeout(Some(timeout)).expect("read timeout");
+    let deadline = Instant::now() + timeout;
     let mut buf = [0u8; 1500];
-    match socket.recv_from(&mut buf) {
-        Ok((n, from)) => Some((buf[..n].to_vec(), from)),
-        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => None,
-        Err(e) => panic!("recv: {e}"),
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        socket.set_read_timeout(Some(left)).expect("read timeout");
+        match socket.recv_from(&mut buf) {
+            Ok((n, from)) => return Some((buf[..n].to_vec(), from)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => return None,
+            Err(e) => panic!("recv: {e}"),
+        }
     }
 }
 

@@ -196,10 +196,19 @@ pub fn udp_echo(addr: SocketAddr, timeout: Duration) -> Outcome {
     let result = (|| {
         let socket = udp_client(addr)?;
         socket.connect(addr)?;
-        socket.set_read_timeout(Some(timeout))?;
         socket.send(payload.as_bytes())?;
         let mut back = [0u8; 2048];
-        let n = socket.recv(&mut back)?;
+        // A signal interrupts a receive with a timeout (never restarted):
+        // wait again for what is left.
+        let deadline = std::time::Instant::now() + timeout;
+        let n = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            socket.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+            match socket.recv(&mut back) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted && !left.is_zero() => continue,
+                other => break other?,
+            }
+        };
         Ok::<_, io::Error>(back[..n].to_vec())
     })();
     match result {
