@@ -18,15 +18,17 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use fw_common::{
-    dir4::{found, Chunk, Top, CHUNK, CHUNK_ENTRIES, INDEX, MISS, TOP_ENTRIES},
+    dir4::{bench::net64_key, found, Chunk, Top, CHUNK, CHUNK_ENTRIES, HOSTS, INDEX, MISS, TOP_ENTRIES, TRIE},
     policy::{ADDR_KEY_FIXED_BITS, PORT_KEY_FULL_BITS},
     port_hash::{PortHashKey, PortHashValue},
-    AddrKey4, Direction, FlowKey4, FlowValue, PolicyValue, PortKey,
+    AddrKey4, AddrKey6, Direction, FlowKey4, FlowValue, PolicyValue, PortKey,
 };
 
 /// Ethernet (14) + the IPv4 header's offsets of the protocol and destination.
 const PROTO_OFFSET: usize = 14 + 9;
 const SRC_OFFSET: usize = 14 + 12;
+/// The destination of an IPv6 frame (40-byte header).
+const DST6_OFFSET: usize = 14 + 24;
 const DST_OFFSET: usize = 14 + 16;
 /// The ports of a 20-byte IPv4 header's transport header.
 const SPORT_OFFSET: usize = 14 + 20;
@@ -57,6 +59,15 @@ static BENCH_HYB4_CHUNKS: Array<Chunk> = Array::with_max_entries(1, 0);
 
 #[map(name = "BENCH_HYB4_HOSTS")]
 static BENCH_HYB4_HOSTS: HashMap<AddrKey4, u32> = HashMap::with_max_entries(1, 0);
+
+#[map(name = "BENCH_ADDR6")]
+static BENCH_ADDR6: LpmTrie<AddrKey6, u32> = LpmTrie::with_max_entries(1, 0);
+
+#[map(name = "BENCH_NET64")]
+static BENCH_NET64: HashMap<[u8; 16], u32> = HashMap::with_max_entries(1, 0);
+
+#[map(name = "BENCH_HOSTS6")]
+static BENCH_HOSTS6: HashMap<AddrKey6, u32> = HashMap::with_max_entries(1, 0);
 
 /// Keyed and valued as `FW_FLOWS4`.
 #[map(name = "BENCH_FLOWS4")]
@@ -220,6 +231,55 @@ pub fn bench_flow4(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn bench_flow4_floor(ctx: TcContext) -> i32 {
     flow_key4(&ctx).map_or(-1, |key| i32::from(key.local_addr[3] ^ key.remote_port[1] ^ key.proto))
+}
+
+#[inline(always)]
+fn dst6(ctx: &TcContext) -> Option<[u8; 16]> {
+    ctx.load::<[u8; 16]>(DST6_OFFSET).ok()
+}
+
+#[inline(always)]
+fn trie6(a: [u8; 16]) -> u32 {
+    let key = Key::new(ADDR_KEY_FIXED_BITS + 128, AddrKey6::new(GENERATION, Direction::Egress, a));
+    match BENCH_ADDR6.get(&key) {
+        Some(class) => found(*class),
+        None => MISS,
+    }
+}
+
+/// The /64's entry, then the host's under a /64 that holds hosts; the trie
+/// for a /64 the hash does not hold or marks for it.
+#[inline(always)]
+fn hash6(a: [u8; 16]) -> u32 {
+    let net = [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]];
+    // SAFETY (each `get`): the value is copied at once.
+    let Some(&entry) = (unsafe { BENCH_NET64.get(&net64_key(GENERATION, Direction::Egress as u8, net)) }) else {
+        return trie6(a);
+    };
+    if entry & TRIE != 0 {
+        return trie6(a);
+    }
+    if entry & HOSTS != 0 {
+        if let Some(&class) = unsafe { BENCH_HOSTS6.get(&AddrKey6::new(GENERATION, Direction::Egress, a)) } {
+            return found(class);
+        }
+    }
+    entry & !HOSTS
+}
+
+#[classifier]
+pub fn bench_floor6(ctx: TcContext) -> i32 {
+    dst6(&ctx).map_or(-1, |a| i32::from(a[15] & 1))
+}
+
+#[classifier]
+pub fn bench_trie6(ctx: TcContext) -> i32 {
+    dst6(&ctx).map_or(-1, |a| trie6(a) as i32)
+}
+
+#[classifier]
+pub fn bench_hash6(ctx: TcContext) -> i32 {
+    dst6(&ctx).map_or(-1, |a| hash6(a) as i32)
 }
 
 #[cfg(not(test))]

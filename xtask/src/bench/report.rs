@@ -391,6 +391,36 @@ fn lookup_section(results: &Value) -> String {
             );
         }
     }
+    if rows.iter().any(|r| r["hash6_hosts"].is_object()) {
+        md.push_str(
+            "\nIPv6 (issue 16, item 2: \"a hash of the /64\"): the `FW_ADDR6` trie against a hash of /64s, with an \
+             entry for every /64 that is a prefix of the phase or holds longer ones (the longest prefix up to /64 \
+             covering it, flagged when /128 hosts lie under it, which a second hash holds, or a prefix between /65 \
+             and /127, left to the trie), and the trie for every other /64: those are only under prefixes shorter \
+             than /64, which no hash of /64s can answer alone. Both agreed on the edges of every egress prefix, the \
+             address after each and random addresses (probes). Timed on the edges of hosts and of networks apart, \
+             ns above the floor (an IPv6 frame's destination read).\n\n\
+             | rules | IPv6 entries (egress) | probes | hosts: trie | hosts: /64 hash | networks: trie | \
+             networks: /64 hash | trie memory | hash memory (/64s, hosts) |\n|---|---|---|---|---|---|---|---|---|\n",
+        );
+        for r in rows.iter().filter(|r| r["hash6_hosts"].is_object()) {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} ({}, {}) |",
+                r["rules"],
+                r["addr6_egress"],
+                r["probes6"],
+                ns(&r["trie6_hosts"]),
+                ns(&r["hash6_hosts"]),
+                ns(&r["trie6_nets"]),
+                ns(&r["hash6_nets"]),
+                mib(&r["trie6_memlock_bytes"]),
+                mib(&r["hash6_memlock_bytes"]),
+                r["net64_entries"],
+                r["hosts6_entries"],
+            );
+        }
+    }
     if rows.iter().any(|r| r["flow_hit"].is_object()) {
         md.push_str(
             "\nWhat every judged packet pays before any policy: one lookup of its flow in an LRU hash keyed and \

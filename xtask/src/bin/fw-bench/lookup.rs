@@ -15,7 +15,7 @@
 //! (`repeat` runs each, the kernel's mean), reported as the median and the
 //! 90th percentile, minus the floor (the same frame read, no lookup).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{bail, ensure, Context as _, Result};
 use aya::{
@@ -26,7 +26,7 @@ use aya::{
 use fw_common::{
     dir4::{self, bench},
     port_hash::{PortHashKey, PortHashValue},
-    AddrKey4, Direction, FlowKey4, FlowValue, PolicyValue, PortKey,
+    AddrKey4, AddrKey6, Direction, FlowKey4, FlowValue, PolicyValue, PortKey,
 };
 use fw_user::{
     kernel::{apply, batch, loader},
@@ -147,6 +147,50 @@ impl Dir4 {
     }
 }
 
+/// Part 1b's IPv6 race: an entry per /64 that is a prefix of the phase or
+/// holds longer prefixes (the longest prefix up to /64 covering it, as a
+/// `dir4` entry, flagged HOSTS when /128 hosts lie under it and TRIE when a
+/// prefix between /65 and /127 does), and the hosts. A /64 it does not hold
+/// is only under prefixes shorter than /64: the trie answers there.
+struct Hash6 {
+    nets: Vec<([u8; 8], u32)>,
+    hosts: Vec<([u8; 16], u32)>,
+}
+
+fn mask6(len: u8) -> u128 {
+    u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0)
+}
+
+impl Hash6 {
+    fn build(egress: &[(u128, u8, u32)]) -> Hash6 {
+        let mut short: Vec<std::collections::HashMap<u128, u32>> = vec![Default::default(); 65];
+        for &(a, len, class) in egress.iter().filter(|e| e.1 <= 64) {
+            short[usize::from(len)].insert(a & mask6(len), class);
+        }
+        let best_short = |net: u128| -> u32 {
+            (0..=64u8)
+                .rev()
+                .find_map(|len| short[usize::from(len)].get(&(net & mask6(len))).map(|&c| dir4::found(c)))
+                .unwrap_or(dir4::MISS)
+        };
+        let mut nets: std::collections::BTreeMap<u64, u32> = Default::default();
+        let mut hosts = Vec::new();
+        for &(a, len, class) in egress.iter().filter(|e| e.1 >= 64) {
+            let net = (a >> 64) as u64;
+            let entry = nets.entry(net).or_insert_with(|| best_short(u128::from(net) << 64));
+            match len {
+                64 => {}
+                128 => {
+                    *entry |= dir4::HOSTS;
+                    hosts.push((a.to_be_bytes(), class));
+                }
+                _ => *entry |= dir4::TRIE,
+            }
+        }
+        Hash6 { nets: nets.into_iter().map(|(n, e)| (n.to_be_bytes(), e)).collect(), hosts }
+    }
+}
+
 /// Networks masked to their length, shortest first.
 fn shortest_first(prefixes: impl IntoIterator<Item = (Ipv4Addr, u8, u32)>) -> Vec<(u32, u8, u32)> {
     let mut sorted: Vec<_> =
@@ -201,6 +245,22 @@ fn time_from(prog: &SchedClassifier, sport: u16, dst: Ipv4Addr, repeat: u32) -> 
     Ok(r.duration.as_nanos() as f64)
 }
 
+/// The source of every IPv6 frame.
+const SRC6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc8, 0, 0, 0, 0, 1);
+
+/// [`judge`] of a UDP frame to an IPv6 `dst`.
+fn judge6(prog: &SchedClassifier, dst: Ipv6Addr) -> Result<u32> {
+    let data = frame(SRC6.into(), dst.into(), UDP, SPORT, gen::UDP_PORT);
+    Ok(prog.test_run(TestRunOptions { data_in: Some(&data), repeat: 1, ..Default::default() })?.return_value)
+}
+
+/// [`time`] of a UDP frame to an IPv6 `dst`.
+fn time6(prog: &SchedClassifier, dst: Ipv6Addr, repeat: u32) -> Result<f64> {
+    let data = frame(SRC6.into(), dst.into(), UDP, SPORT, gen::UDP_PORT);
+    let r = prog.test_run(TestRunOptions { data_in: Some(&data), repeat, ..Default::default() })?;
+    Ok(r.duration.as_nanos() as f64)
+}
+
 /// The flow table's key of the UDP frame [`time_from`] sends to `dst`.
 fn flow_key(sport: u16, dst: Ipv4Addr) -> FlowKey4 {
     FlowKey4 {
@@ -237,6 +297,13 @@ pub fn run(opts: &Options) -> Result<Value> {
         let hybrid = Table4::build(&compiled.addr4, 0, Budget::UNLIMITED);
         let chunk_entries = table.chunks.len().max(1) as u32;
         let port_hash = PortHash::build(&compiled.ports, usize::MAX);
+        let egress6: Vec<(u128, u8, u32)> = compiled
+            .addr6
+            .iter()
+            .filter(|e| e.direction == Direction::Egress)
+            .map(|e| (u128::from(e.addr) & mask6(e.prefix_len), e.prefix_len, e.class))
+            .collect();
+        let hash6 = Hash6::build(&egress6);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(bench::MAP_TRIE4, compiled.addr4.len().max(1) as u32)
             .map_max_entries(bench::MAP_PORTS, compiled.ports.len().max(1) as u32)
@@ -245,6 +312,9 @@ pub fn run(opts: &Options) -> Result<Value> {
             .map_max_entries(bench::MAP_HOSTS, hybrid.hosts.len().max(1) as u32)
             .map_max_entries(bench::MAP_PORTS_HASH, port_hash.entries.len().max(1) as u32)
             .map_max_entries(bench::MAP_FLOWS4, opts.sample.max(1) as u32 * 2)
+            .map_max_entries(bench::MAP_TRIE6, compiled.addr6.len().max(1) as u32)
+            .map_max_entries(bench::MAP_NET64, hash6.nets.len().max(1) as u32)
+            .map_max_entries(bench::MAP_HOSTS6, hash6.hosts.len().max(1) as u32)
             .load(object)
             .context("loading the lookup benchmark object")?;
         let (trie_slab, trie_memlock) = {
@@ -259,6 +329,22 @@ pub fn run(opts: &Options) -> Result<Value> {
                 LpmTrie::try_from(ebpf.map(bench::MAP_PORTS).context("ports")?)?;
             apply::write_trie(ports.map(), &compiled.ports, |e| (e.key(1), e.value), &mut || {})?;
         }
+        let (memlock_trie6, memlock_hash6) = {
+            use std::os::fd::AsFd as _;
+            let trie: LpmTrie<_, AddrKey6, u32> = LpmTrie::try_from(ebpf.map(bench::MAP_TRIE6).context("trie6")?)?;
+            apply::write_trie(trie.map(), &compiled.addr6, |e| (e.key(1), e.class), &mut || {})?;
+            let nets: aya::maps::HashMap<_, [u8; 16], u32> =
+                aya::maps::HashMap::try_from(ebpf.map(bench::MAP_NET64).context("net64")?)?;
+            let (keys, values): (Vec<[u8; 16]>, Vec<u32>) =
+                hash6.nets.iter().map(|&(n, e)| (bench::net64_key(1, Direction::Egress as u8, n), e)).unzip();
+            batch::update(nets.map(), &keys, &values, &mut || {})?;
+            let hosts: aya::maps::HashMap<_, AddrKey6, u32> =
+                aya::maps::HashMap::try_from(ebpf.map(bench::MAP_HOSTS6).context("hosts6")?)?;
+            let (keys, values): (Vec<AddrKey6>, Vec<u32>) =
+                hash6.hosts.iter().map(|&(a, c)| (AddrKey6::new(1, Direction::Egress, a), c)).unzip();
+            batch::update(hosts.map(), &keys, &values, &mut || {})?;
+            (memlock(trie.map().fd().as_fd()), memlock(nets.map().fd().as_fd()) + memlock(hosts.map().fd().as_fd()))
+        };
         let memlock_port_hash = {
             use std::os::fd::AsFd as _;
             let hash: aya::maps::HashMap<_, PortHashKey, PortHashValue> =
@@ -309,13 +395,17 @@ pub fn run(opts: &Options) -> Result<Value> {
             bench::PROG_HYBRID4_PORT_HASH,
             bench::PROG_FLOW4,
             bench::PROG_FLOW4_FLOOR,
+            bench::PROG_FLOOR6,
+            bench::PROG_TRIE6,
+            bench::PROG_HASH6,
         ];
         for name in names {
             let p: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
             p.load().with_context(|| format!("the verifier rejected {name}"))?;
         }
-        let [floor, trie, dir, hyb, trie_ports, dir_ports, hyb_ports, hyb_hash, flow, flow_floor] =
+        let [floor, trie, dir, hyb, trie_ports, dir_ports, hyb_ports, hyb_hash, flow, flow_floor, floor6, trie6, hash6p] =
             names.map(|n| program(&ebpf, n));
+        let (floor6, trie6, hash6p) = (floor6?, trie6?, hash6p?);
         let (floor, trie, dir, hyb, trie_ports, dir_ports, hyb_ports, hyb_hash) =
             (floor?, trie?, dir?, hyb?, trie_ports?, dir_ports?, hyb_ports?, hyb_hash?);
         let (flow, flow_floor) = (flow?, flow_floor?);
@@ -386,6 +476,40 @@ pub fn run(opts: &Options) -> Result<Value> {
                 flow_miss.push(time_from(flow, MISS_SPORT, addr, opts.repeat)? - base);
             }
         }
+        // IPv6: the trie against the /64 hash, agreeing first on the edges
+        // of every egress prefix, the address after each, and random ones
+        // in the policy's two /20s and /32s; then timed on `sample` edges
+        // of hosts and of networks apart (a host's /64 is in the hash; a
+        // network's edge mostly is not, and pays a miss before the trie).
+        let v6 = |a: u128| Ipv6Addr::from(a);
+        let mut probes6: Vec<u128> = Vec::new();
+        let (mut host_edges, mut net_edges) = (Vec::new(), Vec::new());
+        for &(a, len, _) in &egress6 {
+            let last = a | !mask6(len);
+            probes6.extend([a, last, last.wrapping_add(1)]);
+            if len == 128 {
+                host_edges.push(a)
+            } else {
+                net_edges.extend([a, last])
+            }
+        }
+        for _ in 0..opts.probes {
+            let r = u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64());
+            probes6.push(if rng.below(2) == 0 { 0x2001_0db8u128 << 96 | r >> 32 } else { 0x3fffu128 << 112 | r >> 20 });
+        }
+        for &a in &probes6 {
+            let (t, h) = (judge6(trie6, v6(a))?, judge6(hash6p, v6(a))?);
+            ensure!(t == h, "{rules} rules, {}: IPv6 trie {t}, /64 hash {h}", v6(a));
+        }
+        let mut timed6: [Vec<f64>; 4] = Default::default();
+        for (i, edges) in [&host_edges, &net_edges].into_iter().enumerate() {
+            for _ in 0..if edges.is_empty() { 0 } else { opts.sample } {
+                let a = v6(edges[rng.below(edges.len() as u64) as usize]);
+                let base = time6(floor6, a, opts.repeat)?;
+                timed6[2 * i].push(time6(trie6, a, opts.repeat)? - base);
+                timed6[2 * i + 1].push(time6(hash6p, a, opts.repeat)? - base);
+            }
+        }
         let floor_ns = time(floor, gen::RECEIVER4, opts.repeat)?;
         let stat = |v: &mut Vec<f64>| {
             v.sort_by(f64::total_cmp);
@@ -407,6 +531,16 @@ pub fn run(opts: &Options) -> Result<Value> {
             "hybrid_ports": stat(&mut samples[5]),
             "hybrid_port_hash": stat(&mut samples[6]),
             "port_hash_entries": port_hash.entries.len(),
+            "addr6_egress": egress6.len(),
+            "probes6": probes6.len(),
+            "trie6_hosts": if timed6[0].is_empty() { Value::Null } else { stat(&mut timed6[0]) },
+            "hash6_hosts": if timed6[1].is_empty() { Value::Null } else { stat(&mut timed6[1]) },
+            "trie6_nets": if timed6[2].is_empty() { Value::Null } else { stat(&mut timed6[2]) },
+            "hash6_nets": if timed6[3].is_empty() { Value::Null } else { stat(&mut timed6[3]) },
+            "net64_entries": hash6.nets.len(),
+            "hosts6_entries": hash6.hosts.len(),
+            "trie6_memlock_bytes": memlock_trie6,
+            "hash6_memlock_bytes": memlock_hash6,
             "flow_hit": stat(&mut flow_hit),
             "flow_miss": stat(&mut flow_miss),
             "port_hash_memlock_bytes": memlock_port_hash,
