@@ -2,13 +2,14 @@
 //! lookup done two ways on the same addresses, so that `cargo xtask bench`
 //! can weigh the IPv4 address trie against the DIR-16-8-8 arrays of
 //! `fw_common::dir4` and their hybrid with a hash of hosts in one run
-//! (issue 16, item 2), and the port trie that follows against the port
-//! hash in front of it. Never loaded by `fw`; built beside `fw-ebpf` and linked
-//! into `fw-bench` only.
+//! (issue 16, item 2), the port trie that follows against the port hash in
+//! front of it, the IPv6 trie against a hash of /64s, and the flow-table
+//! lookup every judged packet pays. Never loaded by `fw`; built beside
+//! `fw-ebpf` and linked into `fw-bench` only.
 //!
 //! Each program reads the destination address (and port) of an untagged
-//! IPv4 frame at fixed offsets, as the benchmark builds them, and returns
-//! what it found, so the benchmark checks that every way agrees.
+//! IPv4 or IPv6 frame at fixed offsets, as the benchmark builds them, and
+//! returns what it found, so the benchmark checks that every way agrees.
 #![no_std]
 #![no_main]
 
