@@ -83,6 +83,8 @@ pub struct Settings {
     pub udp_seconds: f64,
     pub tcp_seconds: u32,
     pub control_rules: usize,
+    /// Part 3: the nested policy shape compiled at each size.
+    pub compile_sizes: Vec<usize>,
     /// The longest an `nft -f` or `iptables-restore` may take.
     pub load_limit: Duration,
 }
@@ -104,6 +106,7 @@ impl Settings {
                 udp_seconds: 0.5,
                 tcp_seconds: 1,
                 control_rules: 1000,
+                compile_sizes: vec![1000, 10_000],
                 load_limit: Duration::from_secs(20),
             }
         } else {
@@ -121,6 +124,7 @@ impl Settings {
                 udp_seconds: 2.0,
                 tcp_seconds: 3,
                 control_rules: 100_000,
+                compile_sizes: vec![10_000, 100_000],
                 load_limit: Duration::from_secs(90),
             }
         }
@@ -187,6 +191,8 @@ pub fn bench(opts: &Options) -> Result<()> {
     )?;
     println!("bench: part 3, control plane in process ({} rules)", settings.control_rules);
     let control = runner_json(&tools, &["control", "--rules", &settings.control_rules.to_string()])?;
+    println!("bench: part 3, nested policies compiled at {:?} rules", settings.compile_sizes);
+    let compile = runner_json(&tools, &["compile", "--shape", "nested", "--sizes", &join(&settings.compile_sizes)])?;
     println!("bench: part 2, traffic");
     let traffic = traffic::run(&tools, &settings, &work)?;
     println!("bench: part 4, DNS names");
@@ -201,7 +207,7 @@ pub fn bench(opts: &Options) -> Result<()> {
             "repeat": settings.repeat, "testrun_rounds": settings.testrun_rounds, "rounds": settings.rounds,
             "udp_seconds": settings.udp_seconds, "tcp_seconds": settings.tcp_seconds, "distinct": settings.distinct,
         },
-        "testrun": testrun, "lookup": lookup, "control": control, "traffic": traffic, "dns": dns,
+        "testrun": testrun, "lookup": lookup, "control": control, "compile": compile, "traffic": traffic, "dns": dns,
         "took_seconds": started.elapsed().as_secs_f64(),
     });
     std::fs::write(work.join("results.json"), serde_json::to_string_pretty(&results)?)?;

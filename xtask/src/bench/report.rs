@@ -228,6 +228,25 @@ fn targets(results: &Value) -> Vec<Target> {
             met: sw >= 3.0,
         });
     }
+    // Issue 16, item 3: the nested shape compiled at two sizes ten times
+    // apart (O(n log n) allows a bit over 10x).
+    if let Some([small, big]) = results["compile"]["rows"].as_array().map(Vec::as_slice) {
+        let (a, b) = (small["rules"].as_f64().unwrap_or(0.0), big["rules"].as_f64().unwrap_or(0.0));
+        if (b / a - 10.0).abs() < 0.01 {
+            let r = f(&big["compile_ms"]) / f(&small["compile_ms"]);
+            out.push(Target {
+                what: "nested policy: compile at 10x the rules <= 12x the time",
+                measured: format!(
+                    "{r:.1}x ({} rules {}, {} rules {})",
+                    small["rules"],
+                    ms(&small["compile_ms"]),
+                    big["rules"],
+                    ms(&big["compile_ms"])
+                ),
+                met: r <= 12.0,
+            });
+        }
+    }
     let at10k =
         t.iter().find(|x| x["rules"].as_u64() == Some(10_000)).or_else(|| t.iter().max_by_key(|x| x["rules"].as_u64()));
     if let Some(x) = at10k {
@@ -609,6 +628,27 @@ pub fn markdown(results: &Value, svg: &str) -> String {
         mib(&c["slab_growth_bytes"]),
         mib(&c["memlock_policy_maps_bytes"]),
     );
+    if let Some(rows) = results["compile"]["rows"].as_array() {
+        let parts: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} rules: parse {}, compile {} ({} map entries; the process's peak resident memory {})",
+                    r["rules"],
+                    ms(&r["parse_ms"]),
+                    ms(&r["compile_ms"]),
+                    r["entries"],
+                    mib(&r["peak_rss_bytes"])
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            md,
+            "Nested policies (`fw-bench policy N --shape nested`, issue 16 item 3: half the rules on /16../32 \
+             prefixes nested in one /15 with IPv6 twins, distinct ports per rule), in process: {}.\n",
+            parts.join("; ")
+        );
+    }
 
     md += &dns_section(results);
     let _ = writeln!(md, "## Plot\n\n![per-packet cost against rule count]({svg})\n");

@@ -45,6 +45,53 @@ pub fn memlock(fd: std::os::fd::BorrowedFd<'_>) -> u64 {
         .unwrap_or(0)
 }
 
+/// Issue 16, item 3: parse and compile time (the median of three) of one
+/// shape at each size, in increasing order, with the process's peak
+/// resident memory after each (`VmHWM`: it never goes down, so each row's
+/// is the peak so far).
+pub fn compile_scaling(sizes: &[usize], shape: &str) -> Result<Value> {
+    let vars = Vars::from_pairs::<&str, &str>([]);
+    let mut rows = Vec::new();
+    let mut sizes = sizes.to_vec();
+    sizes.sort_unstable();
+    for rules in sizes {
+        let yaml = gen::by_shape(shape, rules)?;
+        let t = Instant::now();
+        let loaded = parse_str_with_resolver(&yaml, "bench.yaml", &vars, &|h| Err(format!("no DNS ({h})")))?;
+        let parse = t.elapsed();
+        // The median of three compiles: at 10,000 rules one takes about
+        // 50 ms, where a shared machine's noise is a large share.
+        let mut times = Vec::new();
+        let mut compiled = None;
+        for _ in 0..3 {
+            let t = Instant::now();
+            compiled = Some(compile_phase(&loaded.policy, "a")?);
+            times.push(t.elapsed());
+        }
+        times.sort_unstable();
+        let (compile, compiled) = (times[1], compiled.context("compiled three times")?);
+        check_capacity(&compiled, &Limits::default())?;
+        let entries = compiled.addr4.len() + compiled.addr6.len() + compiled.ports.len();
+        drop((compiled, loaded, yaml));
+        rows.push(json!({
+            "rules": rules, "shape": shape, "entries": entries,
+            "parse_ms": parse.as_secs_f64() * 1e3, "compile_ms": compile.as_secs_f64() * 1e3,
+            "peak_rss_bytes": status_kb("VmHWM:")? * 1024,
+        }));
+    }
+    Ok(json!({ "rows": rows }))
+}
+
+/// A `kB` field of /proc/self/status.
+fn status_kb(field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {field} in /proc/self/status"))
+}
+
 pub fn run(rules: usize, shape: &str) -> Result<Value> {
     let yaml = gen::by_shape(shape, rules)?;
     let vars = Vars::from_pairs::<&str, &str>([]);
