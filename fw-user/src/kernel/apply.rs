@@ -123,12 +123,7 @@ fn write_addr4_table(
 /// left to the trie, written before it).
 fn write_port_hash(map: &MapData, entries: &[PortEntry], generation: u32, step: &mut dyn FnMut()) -> Result<()> {
     let budget = map.info().context("reading FW_PORTS_HASH's size")?.max_entries() / 2;
-    let table = PortHash::build(entries, budget as usize);
-    let (keys, values): (Vec<PortHashKey>, Vec<PortHashValue>) = table
-        .entries
-        .iter()
-        .map(|&((class, proto, kind, port), value)| (PortHashKey::new(generation, class, proto, kind, port), value))
-        .unzip();
+    let (keys, values) = PortHash::build(entries, budget as usize).keyed(generation);
     batch::update(map, &keys, &values, step).context("writing FW_PORTS_HASH")
 }
 

@@ -8,7 +8,7 @@
 //! the budget; the trie holds every entry, so nothing is refused.
 
 use fw_common::{
-    port_hash::{kind, then, PortHashValue},
+    port_hash::{kind, then, PortHashKey, PortHashValue},
     PolicyValue,
 };
 
@@ -50,6 +50,14 @@ impl PortHash {
             out.entries.extend(slots);
         }
         out
+    }
+
+    /// The entries as the map holds them, under `generation`.
+    pub fn keyed(&self, generation: u32) -> (Vec<PortHashKey>, Vec<PortHashValue>) {
+        self.entries
+            .iter()
+            .map(|&((class, proto, kind, port), value)| (PortHashKey::new(generation, class, proto, kind, port), value))
+            .unzip()
     }
 
     /// What the kernel's lookup (`fw_ebpf::ports::rule`) answers from this

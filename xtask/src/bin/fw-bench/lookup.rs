@@ -349,11 +349,7 @@ pub fn run(opts: &Options) -> Result<Value> {
             use std::os::fd::AsFd as _;
             let hash: aya::maps::HashMap<_, PortHashKey, PortHashValue> =
                 aya::maps::HashMap::try_from(ebpf.map(bench::MAP_PORTS_HASH).context("port hash")?)?;
-            let (keys, values): (Vec<PortHashKey>, Vec<PortHashValue>) = port_hash
-                .entries
-                .iter()
-                .map(|&((class, proto, kind, port), v)| (PortHashKey::new(1, class, proto, kind, port), v))
-                .unzip();
+            let (keys, values) = port_hash.keyed(1);
             batch::update(hash.map(), &keys, &values, &mut || {})?;
             memlock(hash.map().fd().as_fd())
         };
