@@ -182,7 +182,11 @@ impl Policy {
     /// order. `None` for an unknown phase.
     pub fn rules_of_phase(&self, phase: &str) -> Option<Vec<&Rule>> {
         let chain = self.phase_chain(phase)?;
-        Some(self.rules.iter().filter(|r| chain.contains(&r.phase.as_str())).collect())
+        // Sized for every rule: growing by doubling copied the vector
+        // repeatedly at 100,000 rules.
+        let mut rules = Vec::with_capacity(self.rules.len());
+        rules.extend(self.rules.iter().filter(|r| chain.contains(&r.phase.as_str())));
+        Some(rules)
     }
 }
 

@@ -74,9 +74,10 @@ pub fn compile_phase(policy: &Policy, phase: &str) -> Result<CompiledPhase, Comp
     let settings = policy.phase(phase).ok_or_else(unknown)?.settings;
     let rules: Vec<&Rule> = policy.rules_of_phase(phase).ok_or_else(unknown)?;
 
-    let partition = classes::partition(&rules, &policy.rules);
+    let kinds = classes::rule_kinds(&policy.rules);
+    let partition = classes::partition(&rules, &kinds);
 
-    let mut addr4 = Vec::new();
+    let mut addr4 = Vec::with_capacity(partition.entries.len());
     let mut addr6 = Vec::new();
     for entry in &partition.entries {
         match entry.net.network() {
@@ -97,18 +98,17 @@ pub fn compile_phase(policy: &Policy, phase: &str) -> Result<CompiledPhase, Comp
     addr4.sort();
     addr6.sort();
 
-    let mut port_entries: Vec<PortEntry> = partition
-        .class_rules
-        .iter()
-        .enumerate()
-        .flat_map(|(class, class_rules)| ports::class_port_entries(class as u32, class_rules, &policy.rules))
-        .collect();
+    let mut port_entries: Vec<PortEntry> = Vec::with_capacity(partition.class_rules.len() * 2);
+    let mut writer = ports::PortWriter::new(&policy.rules);
+    for (class, class_rules) in partition.class_rules.iter().enumerate() {
+        writer.class(class as u32, class_rules, &mut port_entries);
+    }
     // Each name rule's own class: what an address learned for it allows
     // (see `fw_common::names`). Name rules only allow, so the union of the
     // rules an address was learned for is "any of them allows".
     for rule in rules.iter().filter(|r| !r.names.is_empty()) {
-        let own = classes::ClassRules::default().with(&[rule.id], &policy.rules);
-        port_entries.extend(ports::class_port_entries(fw_common::names::name_class(rule.id), &own, &policy.rules));
+        let own = classes::ClassRules::default().with(&[rule.id], &kinds);
+        writer.class(fw_common::names::name_class(rule.id), &own, &mut port_entries);
     }
     port_entries.sort();
 

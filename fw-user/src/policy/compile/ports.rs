@@ -43,56 +43,87 @@ pub fn range_to_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
     blocks
 }
 
-/// The entries of `class`, whose deciding rules (`class_rules`) are looked
-/// up in `all_rules` (indexed by rule id).
-pub(crate) fn class_port_entries(class: u32, class_rules: &ClassRules, all_rules: &[Rule]) -> Vec<PortEntry> {
-    let value_of = |id: u32| PolicyValue::new(id, all_rules[id as usize].action);
-    let mut entries = Vec::new();
+/// Writes the port entries of one class after another into one vector,
+/// reusing its working vectors from class to class: a handful of
+/// allocations per class (and a vector of entries per class, copied into
+/// the output) were most of this step's time at 100,000 rules.
+pub(crate) struct PortWriter<'r> {
+    /// Every rule, indexed by rule id.
+    all_rules: &'r [Rule],
+    specific: Vec<&'r Rule>,
+    protocols: Vec<u8>,
+    covering: Vec<(&'r Rule, &'r [PortRange])>,
+    events: Vec<Event>,
+    segments: Vec<Segment>,
+}
 
-    // The first any-protocol deny, else the first any-protocol allow.
-    let any_protocol_decision = class_rules.any_deny.or(class_rules.any_allow);
-    if let Some(id) = any_protocol_decision {
-        entries.push(PortEntry { class, proto: None, port: 0, port_prefix_len: 0, value: value_of(id) });
+impl<'r> PortWriter<'r> {
+    pub fn new(all_rules: &'r [Rule]) -> PortWriter<'r> {
+        PortWriter {
+            all_rules,
+            specific: Vec::new(),
+            protocols: Vec::new(),
+            covering: Vec::new(),
+            events: Vec::new(),
+            segments: Vec::new(),
+        }
     }
 
-    let specific: Vec<&Rule> = class_rules.specific.iter().map(|&id| &all_rules[id as usize]).collect();
-    let named_protocols: BTreeSet<u8> = specific
-        .iter()
-        .filter_map(|r| match &r.protocols {
-            Protocols::Any => None,
-            Protocols::Only(list) => Some(list.iter().map(|p| p.proto)),
-        })
-        .flatten()
-        .collect();
-    // The any-protocol rules that matter, on every port of every protocol.
-    let any_rules: Vec<&Rule> =
-        [class_rules.any_deny, class_rules.any_allow].into_iter().flatten().map(|id| &all_rules[id as usize]).collect();
+    /// Appends the entries of `class`, whose deciding rules are
+    /// `class_rules`, to `entries`.
+    pub fn class(&mut self, class: u32, class_rules: &ClassRules, entries: &mut Vec<PortEntry>) {
+        let all_rules = self.all_rules;
+        let value_of = |id: u32| PolicyValue::new(id, all_rules[id as usize].action);
 
-    for proto in named_protocols {
-        // Every deciding rule of the class that matches some port of
-        // `proto`, with the ports it matches there.
-        let covering: Vec<(&Rule, &[PortRange])> = any_rules
-            .iter()
-            .map(|r| (*r, std::slice::from_ref(&PortRange::ALL)))
-            .chain(specific.iter().filter_map(|r| match &r.protocols {
+        // The first any-protocol deny, else the first any-protocol allow.
+        let any_protocol_decision = class_rules.any_deny.or(class_rules.any_allow);
+        if let Some(id) = any_protocol_decision {
+            entries.push(PortEntry { class, proto: None, port: 0, port_prefix_len: 0, value: value_of(id) });
+        }
+
+        self.specific.clear();
+        self.specific.extend(class_rules.specific.iter().map(|&id| &all_rules[id as usize]));
+        self.protocols.clear();
+        for rule in &self.specific {
+            if let Protocols::Only(list) = &rule.protocols {
+                self.protocols.extend(list.iter().map(|p| p.proto));
+            }
+        }
+        self.protocols.sort_unstable();
+        self.protocols.dedup();
+        // The any-protocol rules that matter, on every port of every protocol.
+        let any_rules =
+            [class_rules.any_deny, class_rules.any_allow].into_iter().flatten().map(|id| &all_rules[id as usize]);
+
+        for &proto in &self.protocols {
+            // Every deciding rule of the class that matches some port of
+            // `proto`, with the ports it matches there.
+            self.covering.clear();
+            self.covering.extend(any_rules.clone().map(|r| (r, std::slice::from_ref(&PortRange::ALL))));
+            self.covering.extend(self.specific.iter().filter_map(|r| match &r.protocols {
                 Protocols::Any => None,
                 Protocols::Only(list) => list.iter().find(|p| p.proto == proto).map(|p| (*r, p.ports.as_slice())),
-            }))
-            .collect();
-        for segment in constant_decision_segments(&covering) {
-            // Undecided segments cannot occur when an any-protocol decision
-            // exists (see the module docs), and need no entry otherwise.
-            let Some(id) = segment.decision else { continue };
-            if Some(id) == any_protocol_decision {
-                continue;
-            }
-            for (port, port_prefix_len) in range_to_prefixes(segment.first, segment.last) {
-                entries.push(PortEntry { class, proto: Some(proto), port, port_prefix_len, value: value_of(id) });
+            }));
+            constant_decision_segments(&self.covering, &mut self.events, &mut self.segments);
+            for segment in &self.segments {
+                // Undecided segments cannot occur when an any-protocol
+                // decision exists (see the module docs), and need no entry
+                // otherwise.
+                let Some(id) = segment.decision else { continue };
+                if Some(id) == any_protocol_decision {
+                    continue;
+                }
+                for (port, port_prefix_len) in range_to_prefixes(segment.first, segment.last) {
+                    entries.push(PortEntry { class, proto: Some(proto), port, port_prefix_len, value: value_of(id) });
+                }
             }
         }
     }
-    entries
 }
+
+/// (position, rule id, action, starts here?) - positions are u32 so that the
+/// end of a range reaching 65535 can be written as 65536.
+type Event = (u32, u32, Action, bool);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Segment {
@@ -102,14 +133,18 @@ struct Segment {
     decision: Option<u32>,
 }
 
-/// Cuts 0..=65535 into maximal segments of constant decision with one sweep
-/// over the range boundaries, keeping the active deny and allow rules in
+/// Cuts 0..=65535 into maximal segments of constant decision (into
+/// `segments`, cleared first) with one sweep over the range boundaries
+/// (`events`: working space), keeping the active deny and allow rules in
 /// ordered sets (the smallest id is the first in file order).
-fn constant_decision_segments(covering: &[(&Rule, &[PortRange])]) -> Vec<Segment> {
+fn constant_decision_segments(
+    covering: &[(&Rule, &[PortRange])],
+    events: &mut Vec<Event>,
+    segments: &mut Vec<Segment>,
+) {
     const END: u32 = 1 << 16;
-    // (position, rule id, action, starts here?) - positions are u32 so that
-    // the end of a range reaching 65535 can be written as 65536.
-    let mut events: Vec<(u32, u32, Action, bool)> = Vec::new();
+    events.clear();
+    segments.clear();
     for (rule, ranges) in covering {
         for range in *ranges {
             events.push((u32::from(range.first), rule.id, rule.action, true));
@@ -120,7 +155,6 @@ fn constant_decision_segments(covering: &[(&Rule, &[PortRange])]) -> Vec<Segment
 
     let mut active_deny: BTreeSet<u32> = BTreeSet::new();
     let mut active_allow: BTreeSet<u32> = BTreeSet::new();
-    let mut segments: Vec<Segment> = Vec::new();
     let mut pos = 0u32;
     let mut next_event = 0usize;
     while pos < END {
@@ -143,7 +177,6 @@ fn constant_decision_segments(covering: &[(&Rule, &[PortRange])]) -> Vec<Segment
         pos = until;
     }
     debug_assert!(segments.iter().map(|s| s.first).collect::<HashSet<_>>().len() == segments.len());
-    segments
 }
 
 #[cfg(test)]
