@@ -10,6 +10,7 @@
 //!    (`fw export`), interleaved;
 //! 3. `control`: compile + load time, map memory, phase switch (in process,
 //!    plus the live `fw run` / `fw switch` / `nft -f` timings of part 2);
+//!    3c. `instructions`: the nested compiles counted by callgrind;
 //! 4. `report`: the Markdown and the plot.
 //!
 //! The measuring is done by `fw-bench` (xtask/src/bin/fw-bench, built with
@@ -23,6 +24,7 @@
 //! of killed runs are swept at the start.
 
 mod dns;
+mod instructions;
 mod netns;
 mod report;
 mod stats;
@@ -151,7 +153,7 @@ pub fn bench(opts: &Options) -> Result<()> {
         bail!("`cargo xtask bench` loads eBPF programs and creates network namespaces: run it as root");
     }
     bootstrap::bootstrap(bootstrap::Purpose::Test)?;
-    install_tools()?;
+    install_tools(opts.quick)?;
     let settings = Settings::new(opts.quick);
     let tools = build(opts.quick)?;
     netns::sweep(&tools.fw);
@@ -193,6 +195,12 @@ pub fn bench(opts: &Options) -> Result<()> {
     let control = runner_json(&tools, &["control", "--rules", &settings.control_rules.to_string()])?;
     println!("bench: part 3, nested policies compiled at {:?} rules", settings.compile_sizes);
     let compile = runner_json(&tools, &["compile", "--shape", "nested", "--sizes", &join(&settings.compile_sizes)])?;
+    let compile_work = if opts.quick {
+        Value::Null
+    } else {
+        println!("bench: part 3c, the same compiles counted by callgrind");
+        instructions::count(&tools, &settings.compile_sizes, &work)?
+    };
     println!("bench: part 2, traffic");
     let traffic = traffic::run(&tools, &settings, &work)?;
     println!("bench: part 4, DNS names");
@@ -207,7 +215,7 @@ pub fn bench(opts: &Options) -> Result<()> {
             "repeat": settings.repeat, "testrun_rounds": settings.testrun_rounds, "rounds": settings.rounds,
             "udp_seconds": settings.udp_seconds, "tcp_seconds": settings.tcp_seconds, "distinct": settings.distinct,
         },
-        "testrun": testrun, "lookup": lookup, "control": control, "compile": compile, "traffic": traffic, "dns": dns,
+        "testrun": testrun, "lookup": lookup, "control": control, "compile": compile, "compile_work": compile_work, "traffic": traffic, "dns": dns,
         "took_seconds": started.elapsed().as_secs_f64(),
     });
     std::fs::write(work.join("results.json"), serde_json::to_string_pretty(&results)?)?;
@@ -307,9 +315,12 @@ fn tool_path(name: &str) -> PathBuf {
 }
 
 /// iperf3, nft and iptables through apt-get, when missing.
-fn install_tools() -> Result<()> {
+fn install_tools(quick: bool) -> Result<()> {
+    // Valgrind counts the compiler's work in full runs only (part 3c).
+    let valgrind = if quick { None } else { Some(("valgrind", "valgrind")) };
     let missing: Vec<&str> = [("iperf3", "iperf3"), ("nft", "nftables"), ("iptables-restore", "iptables")]
         .into_iter()
+        .chain(valgrind)
         .filter(|(tool, _)| {
             cmd::which(tool).is_none() && !["/usr/sbin", "/sbin"].iter().any(|d| Path::new(d).join(tool).exists())
         })

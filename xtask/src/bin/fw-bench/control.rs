@@ -49,7 +49,8 @@ pub fn memlock(fd: std::os::fd::BorrowedFd<'_>) -> u64 {
 /// shape at each size, in increasing order, with the process's peak
 /// resident memory after each (`VmHWM`: it never goes down, so each row's
 /// is the peak so far).
-pub fn compile_scaling(sizes: &[usize], shape: &str) -> Result<Value> {
+pub fn compile_scaling(sizes: &[usize], shape: &str, repeat: usize) -> Result<Value> {
+    anyhow::ensure!(repeat > 0, "--repeat 0: nothing to time");
     let vars = Vars::from_pairs::<&str, &str>([]);
     let mut rows = Vec::new();
     let mut sizes = sizes.to_vec();
@@ -59,17 +60,17 @@ pub fn compile_scaling(sizes: &[usize], shape: &str) -> Result<Value> {
         let t = Instant::now();
         let loaded = parse_str_with_resolver(&yaml, "bench.yaml", &vars, &|h| Err(format!("no DNS ({h})")))?;
         let parse = t.elapsed();
-        // The median of three compiles: at 10,000 rules one takes about
-        // 50 ms, where a shared machine's noise is a large share.
+        // The median of `repeat` compiles: at 10,000 rules one takes a few
+        // milliseconds, where a shared machine's noise is a large share.
         let mut times = Vec::new();
         let mut compiled = None;
-        for _ in 0..3 {
+        for _ in 0..repeat {
             let t = Instant::now();
             compiled = Some(compile_phase(&loaded.policy, "a")?);
             times.push(t.elapsed());
         }
         times.sort_unstable();
-        let (compile, compiled) = (times[1], compiled.context("compiled three times")?);
+        let (compile, compiled) = (times[times.len() / 2], compiled.context("compiled at least once")?);
         check_capacity(&compiled, &Limits::default())?;
         let entries = compiled.addr4.len() + compiled.addr6.len() + compiled.ports.len();
         drop((compiled, loaded, yaml));

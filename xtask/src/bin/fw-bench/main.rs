@@ -6,8 +6,9 @@
 //! * `testrun` measures ns/packet through the real programs (part 1);
 //! * `lookup` weighs the address trie against DIR-16-8-8 arrays (part 1b);
 //! * `control` measures compile, load, write and map memory (part 3);
-//! * `compile --shape S --sizes N,M` times parsing and compiling one
-//!   policy shape at each size (part 3, issue 16 item 3);
+//! * `compile --shape S --sizes N,M [--repeat K]` times parsing and
+//!   compiling one policy shape at each size, the median of K compiles
+//!   (part 3, issue 16 item 3; `--repeat 1` under callgrind counts one);
 //! * `udp-send` / `udp-recv`: the small-packet sender (sendmmsg) and its
 //!   counting receiver (part 2), each run inside a namespace;
 //! * `dns-query`: timed DNS queries, through fw's proxy or not (part 4).
@@ -69,6 +70,7 @@ fn run() -> Result<()> {
         "compile" => control::compile_scaling(
             &list(&args, "--sizes", "10000,100000")?,
             &arg(&args, "--shape", "nested".to_string())?,
+            arg(&args, "--repeat", 3)?,
         )?,
         "control" => control::run(arg(&args, "--rules", 100_000)?, &arg(&args, "--shape", "dense".to_string())?)?,
         "udp-send" => udp::send(
