@@ -50,7 +50,6 @@ pub fn range_to_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
 pub(crate) struct PortWriter<'r> {
     /// Every rule, indexed by rule id.
     all_rules: &'r [Rule],
-    specific: Vec<&'r Rule>,
     protocols: Vec<u8>,
     covering: Vec<(&'r Rule, &'r [PortRange])>,
     events: Vec<Event>,
@@ -59,14 +58,7 @@ pub(crate) struct PortWriter<'r> {
 
 impl<'r> PortWriter<'r> {
     pub fn new(all_rules: &'r [Rule]) -> PortWriter<'r> {
-        PortWriter {
-            all_rules,
-            specific: Vec::new(),
-            protocols: Vec::new(),
-            covering: Vec::new(),
-            events: Vec::new(),
-            segments: Vec::new(),
-        }
+        PortWriter { all_rules, protocols: Vec::new(), covering: Vec::new(), events: Vec::new(), segments: Vec::new() }
     }
 
     /// Appends the entries of `class`, whose deciding rules are
@@ -81,10 +73,9 @@ impl<'r> PortWriter<'r> {
             entries.push(PortEntry { class, proto: None, port: 0, port_prefix_len: 0, value: value_of(id) });
         }
 
-        self.specific.clear();
-        self.specific.extend(class_rules.specific.iter().map(|&id| &all_rules[id as usize]));
+        let specific = || class_rules.specific.iter().map(|&id| &all_rules[id as usize]);
         self.protocols.clear();
-        for rule in &self.specific {
+        for rule in specific() {
             if let Protocols::Only(list) = &rule.protocols {
                 self.protocols.extend(list.iter().map(|p| p.proto));
             }
@@ -100,9 +91,9 @@ impl<'r> PortWriter<'r> {
             // `proto`, with the ports it matches there.
             self.covering.clear();
             self.covering.extend(any_rules.clone().map(|r| (r, std::slice::from_ref(&PortRange::ALL))));
-            self.covering.extend(self.specific.iter().filter_map(|r| match &r.protocols {
+            self.covering.extend(specific().filter_map(|r| match &r.protocols {
                 Protocols::Any => None,
-                Protocols::Only(list) => list.iter().find(|p| p.proto == proto).map(|p| (*r, p.ports.as_slice())),
+                Protocols::Only(list) => list.iter().find(|p| p.proto == proto).map(|p| (r, p.ports.as_slice())),
             }));
             constant_decision_segments(&self.covering, &mut self.events, &mut self.segments);
             for segment in &self.segments {
