@@ -305,6 +305,11 @@ const TEST_TOOLS: &[(&str, &str)] = &[
     // The DHCP client of the preflight test (a real lease from dnsmasq's
     // DHCP server; run with no script, so it configures nothing).
     ("dhclient", "isc-dhcp-client"),
+    // The export tests load `fw export nft` and `fw export iptables` into a
+    // namespace and judge packets with them (a fresh Debian has neither).
+    ("nft", "nftables"),
+    ("iptables-restore", "iptables"),
+    ("ip6tables-restore", "iptables"),
 ];
 
 fn test_tools() -> Result<()> {
