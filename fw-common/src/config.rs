@@ -27,6 +27,13 @@ pub struct PhaseConfig {
     /// Non-zero: the cgroup socket hooks refuse a denied `connect()` or
     /// `sendmsg()` with EPERM at once (zero: `reject: false`, silent drops).
     pub reject: u8,
+    /// Non-zero: IPv6 peers are looked up through the hash of /64s
+    /// (`crate::addr6`), written for this generation; zero: the trie alone.
+    pub addr6_hash: u8,
+    pub _pad: [u8; 3],
+    /// Per direction (`Direction as usize`), with [`PhaseConfig::addr6_hash`]:
+    /// the entry of a /64 the hash does not hold (`crate::addr6`).
+    pub addr6_miss: [u32; 2],
     /// Idle timeouts of the flows, in seconds (`timeouts:` in the phase);
     /// zero reads as the built-in default (see [`crate::flow::timeouts`]).
     /// Read by the kernel only for a flow that has been idle for a second

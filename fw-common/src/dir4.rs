@@ -87,21 +87,16 @@ pub mod bench {
     pub const MAP_TRIE6: &str = "BENCH_ADDR6";
     pub const MAP_NET64: &str = "BENCH_NET64";
     pub const MAP_HOSTS6: &str = "BENCH_HOSTS6";
+    /// One entry: the phase's egress miss entry (`crate::addr6`).
+    pub const MAP_MISS6: &str = "BENCH_MISS6";
     /// Reads the destination of an IPv6 frame and returns: the IPv6 floor.
     pub const PROG_FLOOR6: &str = "bench_floor6";
     /// The IPv6 address class from the trie, as `fw_egress` looks it up.
     pub const PROG_TRIE6: &str = "bench_trie6";
-    /// The IPv6 class from a hash of /64s (an entry per /64 that is a
-    /// prefix or holds longer ones, encoded as a `crate::dir4` entry) and a
-    /// hash of hosts under it; the trie for a /64 the hash does not hold.
+    /// The IPv6 class from the hash of /64s and of the hosts under them
+    /// (`crate::addr6`), as `fw_egress` looks it up in a phase that has it.
     pub const PROG_HASH6: &str = "bench_hash6";
 
-    /// The key of a /64 in [`MAP_NET64`]: the generation (big-endian), the
-    /// direction, three zero bytes, the /64.
-    pub const fn net64_key(generation: u32, direction: u8, net: [u8; 8]) -> [u8; 16] {
-        let g = generation.to_be_bytes();
-        [g[0], g[1], g[2], g[3], direction, 0, 0, 0, net[0], net[1], net[2], net[3], net[4], net[5], net[6], net[7]]
-    }
     /// Reads the destination address and returns: the floor.
     pub const PROG_FLOOR: &str = "bench_floor";
     /// The address class from the trie, as `fw_egress` looked it up before.

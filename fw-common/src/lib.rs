@@ -11,6 +11,7 @@
 //! serde by name for the shared enums.
 #![no_std]
 
+pub mod addr6;
 #[cfg(feature = "user")]
 mod by_name;
 pub mod config;
@@ -54,6 +55,7 @@ mod pod {
     // arrays, with explicit padding fields, so any bit pattern is valid.
     unsafe impl aya::Pod for super::AddrKey4 {}
     unsafe impl aya::Pod for super::AddrKey6 {}
+    unsafe impl aya::Pod for super::addr6::NetKey {}
     unsafe impl aya::Pod for super::PortKey {}
     unsafe impl aya::Pod for super::PolicyValue {}
     unsafe impl aya::Pod for super::port_hash::PortHashKey {}

@@ -10,6 +10,10 @@ pub const PHASES: &str = "FW_PHASES";
 pub const ADDR4: &str = "FW_ADDR4";
 /// `LpmTrie<AddrKey6, u32>`: IPv6 address -> address class.
 pub const ADDR6: &str = "FW_ADDR6";
+/// `HashMap<addr6::NetKey, u32>`, `HashMap<AddrKey6, u32>`: the IPv6
+/// address classes of a phase with many IPv6 entries (`crate::addr6`).
+pub const ADDR6_NETS: &str = "FW_ADDR6_NETS";
+pub const ADDR6_HOSTS: &str = "FW_ADDR6_HOSTS";
 /// `Array<dir4::Top>`, `Array<dir4::Chunk>`, `HashMap<AddrKey4, u32>`: the
 /// IPv4 address classes packets look up (`crate::dir4`).
 pub const ADDR4_TOP: &str = "FW_ADDR4_TOP";
@@ -68,7 +72,7 @@ pub const RESOLVERS: &str = "FW_RESOLVERS";
 pub const DNS_PROXY: &str = "FW_DNS_PROXY";
 
 /// Every map that `fw` pins, in a fixed order.
-pub const ALL: [&str; 27] = [
+pub const ALL: [&str; 29] = [
     CONFIG,
     PHASES,
     ADDR4,
@@ -76,6 +80,8 @@ pub const ALL: [&str; 27] = [
     ADDR4_MID,
     ADDR4_HOSTS,
     ADDR6,
+    ADDR6_NETS,
+    ADDR6_HOSTS,
     PORTS,
     PORTS_HASH,
     FLOWS4,

@@ -217,5 +217,5 @@ fn is_served(active: &Active, pkt: &Packet, peer: policy::Peer) -> bool {
     if pkt.proto == proto::ICMP || pkt.proto == proto::ICMPV6 {
         return false;
     }
-    policy::inbound_rule_allows(active.generation, peer, pkt.proto, pkt.ports.src) == Some(true)
+    policy::inbound_rule_allows(active, peer, pkt.proto, pkt.ports.src) == Some(true)
 }

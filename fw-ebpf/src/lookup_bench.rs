@@ -19,7 +19,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use fw_common::{
-    dir4::{bench::net64_key, found, Chunk, Top, CHUNK, CHUNK_ENTRIES, HOSTS, INDEX, MISS, TOP_ENTRIES, TRIE},
+    addr6::NetKey,
+    dir4::{found, Chunk, Top, CHUNK, CHUNK_ENTRIES, INDEX, MISS, TOP_ENTRIES, TRIE},
     policy::{ADDR_KEY_FIXED_BITS, PORT_KEY_FULL_BITS},
     port_hash::{PortHashKey, PortHashValue},
     AddrKey4, AddrKey6, Direction, FlowKey4, FlowValue, PolicyValue, PortKey,
@@ -65,10 +66,18 @@ static BENCH_HYB4_HOSTS: HashMap<AddrKey4, u32> = HashMap::with_max_entries(1, 0
 static BENCH_ADDR6: LpmTrie<AddrKey6, u32> = LpmTrie::with_max_entries(1, 0);
 
 #[map(name = "BENCH_NET64")]
-static BENCH_NET64: HashMap<[u8; 16], u32> = HashMap::with_max_entries(1, 0);
+static BENCH_NET64: HashMap<NetKey, u32> = HashMap::with_max_entries(1, 0);
 
 #[map(name = "BENCH_HOSTS6")]
 static BENCH_HOSTS6: HashMap<AddrKey6, u32> = HashMap::with_max_entries(1, 0);
+
+/// The egress miss entry of the phase (`PhaseConfig::addr6_miss`).
+#[map(name = "BENCH_MISS6")]
+static BENCH_MISS6: Array<u32> = Array::with_max_entries(1, 0);
+
+/// `fw_egress`'s IPv6 hash (`fw_ebpf::addr6`), over this object's maps.
+const HASH6: fw_ebpf::addr6::Maps =
+    fw_ebpf::addr6::Maps { nets: &BENCH_NET64, hosts: &BENCH_HOSTS6, trie: &BENCH_ADDR6 };
 
 /// Keyed and valued as `FW_FLOWS4`.
 #[map(name = "BENCH_FLOWS4")]
@@ -241,31 +250,14 @@ fn dst6(ctx: &TcContext) -> Option<[u8; 16]> {
 
 #[inline(always)]
 fn trie6(a: [u8; 16]) -> u32 {
-    let key = Key::new(ADDR_KEY_FIXED_BITS + 128, AddrKey6::new(GENERATION, Direction::Egress, a));
-    match BENCH_ADDR6.get(&key) {
-        Some(class) => found(*class),
-        None => MISS,
-    }
+    fw_ebpf::addr6::trie_class(&BENCH_ADDR6, GENERATION, Direction::Egress, &a).map_or(MISS, found)
 }
 
-/// The /64's entry, then the host's under a /64 that holds hosts; the trie
-/// for a /64 the hash does not hold or marks for it.
+/// The class as `fw_egress` looks it up in a phase with the hash.
 #[inline(always)]
 fn hash6(a: [u8; 16]) -> u32 {
-    let net = [a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]];
-    // SAFETY (each `get`): the value is copied at once.
-    let Some(&entry) = (unsafe { BENCH_NET64.get(&net64_key(GENERATION, Direction::Egress as u8, net)) }) else {
-        return trie6(a);
-    };
-    if entry & TRIE != 0 {
-        return trie6(a);
-    }
-    if entry & HOSTS != 0 {
-        if let Some(&class) = unsafe { BENCH_HOSTS6.get(&AddrKey6::new(GENERATION, Direction::Egress, a)) } {
-            return found(class);
-        }
-    }
-    entry & !HOSTS
+    let miss = BENCH_MISS6.get(0).copied().unwrap_or(TRIE);
+    fw_ebpf::addr6::class(&HASH6, GENERATION, Direction::Egress, &a, miss).map_or(MISS, found)
 }
 
 #[classifier]

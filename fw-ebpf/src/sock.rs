@@ -301,7 +301,7 @@ fn judge(ctx: &SockAddrContext, family: u8) -> i32 {
 /// (docs/policy.md); `fw check` warns about the overlap of named ones.
 #[inline(always)]
 fn serves(active: &policy::Active, peer: policy::Peer, ip_proto: u8, local_port: u16) -> bool {
-    match policy::inbound_rule_allows(active.generation, peer, ip_proto, local_port) {
+    match policy::inbound_rule_allows(active, peer, ip_proto, local_port) {
         Some(allowed) => allowed,
         None => ip_proto == proto::UDP && active.phase.inbound_default() == Action::Allow && !ephemeral(local_port),
     }

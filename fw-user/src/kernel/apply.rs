@@ -14,6 +14,7 @@ use aya::{
 use std::net::IpAddr;
 
 use fw_common::{
+    addr6::NetKey,
     dir4,
     names::{Resolvers, MAX_RESOLVERS4, MAX_RESOLVERS6},
     port_hash::{PortHashKey, PortHashValue},
@@ -27,9 +28,10 @@ use crate::{
     },
     policy::{
         compile::{
+            addr6::{self, Table6},
             dir4::{Budget, Table4},
             port_hash::PortHash,
-            tables::{AddrEntry4, CompiledPhase, PortEntry},
+            tables::{AddrEntry4, AddrEntry6, CompiledPhase, PortEntry},
         },
         ir::Resolver,
     },
@@ -52,7 +54,7 @@ pub fn write_generation(
 ) -> Result<usize> {
     let ports = maps.ports.map();
     let ports_hash = maps.ports_hash.map();
-    std::thread::scope(|scope| {
+    let addr6_miss = std::thread::scope(|scope| {
         let port_writer = scope.spawn(|| {
             let step = &mut || step();
             write_trie(ports, &phase.ports, |e| (e.key(generation), e.value), step).context("writing FW_PORTS")?;
@@ -64,12 +66,14 @@ pub fn write_generation(
                 .context("writing FW_ADDR4")?;
             write_addr4_table(&mut maps.addr4_top, &maps.addr4_mid, &maps.addr4_hosts, &phase.addr4, generation, step)?;
             write_trie(maps.addr6.map(), &phase.addr6, |e| (e.key(generation), e.class), step)
-                .context("writing FW_ADDR6")
+                .context("writing FW_ADDR6")?;
+            let hash_from = maps.addr6_hash_from;
+            write_addr6_hash(&maps.addr6_nets, &maps.addr6_hosts, hash_from, &phase.addr6, generation, step)
         })();
         crate::mark("write: the address maps");
         let ports = port_writer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         crate::mark("write: FW_PORTS, FW_PORTS_HASH");
-        addresses.and(ports)
+        ports.and(addresses)
     })?;
     step();
     maps.resolvers
@@ -80,6 +84,9 @@ pub fn write_generation(
         inbound_default: phase.settings.inbound_default as u8,
         audit: u8::from(phase.settings.audit),
         reject: u8::from(phase.settings.reject),
+        addr6_hash: u8::from(addr6_miss.is_some()),
+        _pad: [0; 3],
+        addr6_miss: addr6_miss.unwrap_or_default(),
         timeouts: phase.settings.timeouts,
     };
     step();
@@ -116,6 +123,47 @@ fn write_addr4_table(
             .context("writing FW_ADDR4_TOP")?;
     }
     Ok(())
+}
+
+/// Writes the IPv6 hash packets read (`fw_common::addr6`) under
+/// `generation`, in half of `FW_ADDR6_NETS` and `FW_ADDR6_HOSTS`, when the
+/// phase has enough IPv6 entries for it to be faster than the trie and it
+/// fits; returns the phase's miss entries then (`None`: the trie alone).
+fn write_addr6_hash(
+    nets: &HashMap<MapData, NetKey, u32>,
+    hosts: &HashMap<MapData, AddrKey6, u32>,
+    hash_from: usize,
+    entries: &[AddrEntry6],
+    generation: u32,
+    step: &mut dyn FnMut(),
+) -> Result<Option<[u32; 2]>> {
+    if entries.len() < hash_from {
+        return Ok(None);
+    }
+    let room = nets.map().info().context("reading FW_ADDR6_NETS's size")?.max_entries() / 2;
+    let table = Table6::build(entries);
+    if !addr6::worth_it(entries.len(), hash_from, &table, room as usize) {
+        return Ok(None);
+    }
+    write_table6(nets.map(), hosts.map(), &table, generation, step)?;
+    Ok(Some(table.miss))
+}
+
+/// Writes an IPv6 hash's /64s and hosts under `generation` (its miss
+/// entries go with the phase settings).
+pub fn write_table6(
+    nets: &MapData,
+    hosts: &MapData,
+    table: &Table6,
+    generation: u32,
+    step: &mut dyn FnMut(),
+) -> Result<()> {
+    let (keys, values): (Vec<NetKey>, Vec<u32>) =
+        table.nets.iter().map(|&((d, net), entry)| (NetKey::new(generation, d, net.to_be_bytes()), entry)).unzip();
+    batch::update(nets, &keys, &values, step).context("writing FW_ADDR6_NETS")?;
+    let (keys, values): (Vec<AddrKey6>, Vec<u32>) =
+        table.hosts.iter().map(|&((d, addr), entry)| (AddrKey6::new(generation, d, addr.to_be_bytes()), entry)).unzip();
+    batch::update(hosts, &keys, &values, step).context("writing FW_ADDR6_HOSTS")
 }
 
 /// Writes the port hash packets read first (`fw_common::port_hash`) under
@@ -212,10 +260,12 @@ pub fn delete_generations(
     removed += remove_where::<Key<AddrKey4>, u32>(maps.addr4.map(), |k| of(k.data().generation), step)?;
     removed += remove_where::<Key<AddrKey6>, u32>(maps.addr6.map(), |k| of(k.data().generation), step)?;
     removed += remove_where::<Key<PortKey>, PolicyValue>(maps.ports.map(), |k| of(k.data().generation), step)?;
-    // The IPv4 hosts and the port hash are the tries' entries again, in
-    // the packets' form: not counted twice. The slot's arrays are overwritten by the next
+    // The IPv4 hosts, the IPv6 hash and the port hash are the tries'
+    // entries again, in the packets' form: not counted twice. The slot's arrays are overwritten by the next
     // generation written into it.
     remove_where::<AddrKey4, u32>(maps.addr4_hosts.map(), |k| of(k.generation), step)?;
+    remove_where::<NetKey, u32>(maps.addr6_nets.map(), |k| of(k.generation), step)?;
+    remove_where::<AddrKey6, u32>(maps.addr6_hosts.map(), |k| of(k.generation), step)?;
     remove_where::<PortHashKey, PortHashValue>(maps.ports_hash.map(), |k| of(k.generation), step)?;
     Ok(removed)
 }

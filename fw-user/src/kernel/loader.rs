@@ -19,6 +19,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use fw_common::{
+    addr6::{NetKey, HASH_FROM_ENTRIES},
     dir4, maps,
     names::{DnsProxy, Learned, Resolvers},
     port_hash::{PortHashKey, PortHashValue},
@@ -89,6 +90,14 @@ pub struct PolicyMaps {
     pub addr4_mid: Array<MapData, dir4::Chunk>,
     pub addr4_hosts: HashMap<MapData, AddrKey4, u32>,
     pub addr6: LpmTrie<MapData, AddrKey6, u32>,
+    /// What packets look IPv6 addresses up in, in a phase with many
+    /// (`fw_common::addr6`).
+    pub addr6_nets: HashMap<MapData, NetKey, u32>,
+    pub addr6_hosts: HashMap<MapData, AddrKey6, u32>,
+    /// The IPv6 entries from which a phase written through these maps gets
+    /// the hash ([`HASH_FROM_ENTRIES`]; tests lower it to send small
+    /// policies through the hash).
+    pub addr6_hash_from: usize,
     pub ports: LpmTrie<MapData, PortKey, PolicyValue>,
     /// What packets look ports up in first (`fw_common::port_hash`).
     pub ports_hash: HashMap<MapData, PortHashKey, PortHashValue>,
@@ -162,6 +171,8 @@ pub fn load(options: &LoadOptions) -> Result<Ebpf> {
         .map_max_entries(maps::ADDR4_HOSTS, capacity.addr_entries)
         .map_max_entries(maps::ADDR4_MID, 2 * capacity.mid_chunks)
         .map_max_entries(maps::ADDR6, capacity.addr_entries)
+        .map_max_entries(maps::ADDR6_NETS, capacity.addr_entries)
+        .map_max_entries(maps::ADDR6_HOSTS, capacity.addr_entries)
         .map_max_entries(maps::PORTS, capacity.port_entries)
         .map_max_entries(maps::PORTS_HASH, capacity.port_hash_entries)
         .map_max_entries(maps::FLOWS4, capacity.flow_entries)
@@ -235,6 +246,9 @@ impl PolicyMaps {
             addr4_mid: take(ebpf, maps::ADDR4_MID)?.try_into()?,
             addr4_hosts: take(ebpf, maps::ADDR4_HOSTS)?.try_into()?,
             addr6: take(ebpf, maps::ADDR6)?.try_into()?,
+            addr6_nets: take(ebpf, maps::ADDR6_NETS)?.try_into()?,
+            addr6_hosts: take(ebpf, maps::ADDR6_HOSTS)?.try_into()?,
+            addr6_hash_from: HASH_FROM_ENTRIES,
             ports: take(ebpf, maps::PORTS)?.try_into()?,
             ports_hash: take(ebpf, maps::PORTS_HASH)?.try_into()?,
             flows: FlowTable::new(maps::FLOWS, |n| take(ebpf, n))?,
@@ -253,6 +267,9 @@ impl PolicyMaps {
             addr4_mid: Array::try_from(Map::Array(open_pinned(instance, maps::ADDR4_MID)?))?,
             addr4_hosts: HashMap::try_from(Map::HashMap(open_pinned(instance, maps::ADDR4_HOSTS)?))?,
             addr6: LpmTrie::try_from(Map::LpmTrie(open_pinned(instance, maps::ADDR6)?))?,
+            addr6_nets: HashMap::try_from(Map::HashMap(open_pinned(instance, maps::ADDR6_NETS)?))?,
+            addr6_hosts: HashMap::try_from(Map::HashMap(open_pinned(instance, maps::ADDR6_HOSTS)?))?,
+            addr6_hash_from: HASH_FROM_ENTRIES,
             ports: LpmTrie::try_from(Map::LpmTrie(open_pinned(instance, maps::PORTS)?))?,
             ports_hash: HashMap::try_from(Map::HashMap(open_pinned(instance, maps::PORTS_HASH)?))?,
             flows: FlowTable::new(maps::FLOWS, |n| Ok(Map::LruHashMap(open_pinned(instance, n)?)))?,

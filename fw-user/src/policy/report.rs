@@ -77,7 +77,9 @@ fn kmalloc_class(raw: usize) -> usize {
 /// What a compiled phase takes of the maps by default.
 struct MapUsage {
     /// (map, entries, approximate bytes).
-    maps: [(&'static str, usize, usize); 6],
+    /// (map, entries, bytes); the IPv6 hash's maps only when the phase
+    /// gets it.
+    maps: Vec<(&'static str, usize, usize)>,
     /// (direction, /16) pairs the IPv4 table has no room for: their new
     /// flows are looked up in the `FW_ADDR4` trie (docs/datapath.md).
     slash16s_in_trie: usize,
@@ -87,9 +89,15 @@ struct MapUsage {
 }
 
 fn map_usage(phase: &CompiledPhase) -> MapUsage {
-    use crate::policy::compile::{dir4, port_hash::PortHash};
+    use crate::policy::compile::{
+        addr6::{self, Table6},
+        dir4,
+        port_hash::PortHash,
+    };
     use fw_common::{
+        addr6::{NetKey, HASH_FROM_ENTRIES},
         dir4::Chunk,
+        maps::DEFAULT_ADDR_ENTRIES,
         port_hash::{PortHashKey, PortHashValue},
         AddrKey4, AddrKey6, PolicyValue, PortKey,
     };
@@ -100,7 +108,7 @@ fn map_usage(phase: &CompiledPhase) -> MapUsage {
     let (chunks, hosts, slash16s_in_trie) = dir4::needs(&phase.addr4, dir4::Budget::DEFAULT);
     let port_hash = PortHash::build(&phase.ports, fw_common::maps::DEFAULT_PORT_HASH_ENTRIES as usize / 2);
     let port_hash_entries = port_hash.entries.len();
-    let maps = [
+    let mut maps = vec![
         (fw_common::maps::ADDR4, phase.addr4.len(), trie_bytes(phase.addr4.len(), size_of::<AddrKey4>(), 4)),
         (fw_common::maps::ADDR4_MID, chunks, chunks * size_of::<Chunk>()),
         (fw_common::maps::ADDR4_HOSTS, hosts, hosts * hash_element_bytes(size_of::<AddrKey4>(), 4)),
@@ -116,6 +124,15 @@ fn map_usage(phase: &CompiledPhase) -> MapUsage {
             port_hash_entries * hash_element_bytes(size_of::<PortHashKey>(), size_of::<PortHashValue>()),
         ),
     ];
+    // The IPv6 hash packets read in a phase with many IPv6 entries.
+    if phase.addr6.len() >= HASH_FROM_ENTRIES {
+        let table = Table6::build(&phase.addr6);
+        if addr6::worth_it(phase.addr6.len(), HASH_FROM_ENTRIES, &table, DEFAULT_ADDR_ENTRIES as usize / 2) {
+            let (nets, hosts) = (table.nets.len(), table.hosts.len());
+            maps.push((fw_common::maps::ADDR6_NETS, nets, nets * hash_element_bytes(size_of::<NetKey>(), 4)));
+            maps.push((fw_common::maps::ADDR6_HOSTS, hosts, hosts * hash_element_bytes(size_of::<AddrKey6>(), 4)));
+        }
+    }
     MapUsage { maps, slash16s_in_trie, port_classes_in_trie: port_hash.to_trie }
 }
 

@@ -11,6 +11,7 @@ use std::{
 };
 
 use fw_common::{
+    addr6::HASH_FROM_ENTRIES,
     flow::{FLOW_AUDIT, FLOW_FIN_IN, FLOW_FIN_OUT, FLOW_INBOUND, FLOW_RST, FLOW_SYN_ACK, FRAG_TIMEOUT_NS},
     stats::{stats_index, STATS_ENTRIES},
     Counter, Direction, FlowKey, FlowValue, FragKey, FragValue, Reason,
@@ -375,12 +376,16 @@ impl Driver {
                 next => next,
             },
         };
+        // Every other policy through the IPv6 hash (`fw_common::addr6`),
+        // which only phases of many IPv6 entries get otherwise.
+        self.kernel.policy.addr6_hash_from = if serial % 2 == 1 { 0 } else { HASH_FROM_ENTRIES };
         self.kernel.switch(&policy.compiled, generation, previous);
         eprintln!(
-            "policy {serial}: generation {generation}, phase {} ({} addr4, {} addr6, {} port entries, settings {:?})",
+            "policy {serial}: generation {generation}, phase {} ({} addr4, {} addr6{}, {} port entries, settings {:?})",
             policy.phase,
             policy.compiled.addr4.len(),
             policy.compiled.addr6.len(),
+            if serial % 2 == 1 { " through the hash" } else { "" },
             policy.compiled.ports.len(),
             policy.compiled.settings
         );

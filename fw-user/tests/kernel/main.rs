@@ -15,6 +15,7 @@
 //!   pins down a counter that moves when it should not).
 
 mod addr4;
+mod addr6;
 mod batch;
 mod diff;
 mod flows;
@@ -123,8 +124,11 @@ fn verifier_instruction_counts_are_far_below_the_limit() {
         assert!(translated > 50, "{}: implausibly small program ({translated} instructions)", d.as_str());
         assert!(translated < 100_000, "{}: {translated} translated instructions", d.as_str());
         // fw_egress: 454,479 with the IPv4 trie, 501,522 with the IPv4
-        // table and its fallback to the trie (issue 16): still about half.
-        assert!(verified < 550_000, "{}: the verifier processed {verified} of its 1,000,000 instructions", d.as_str());
+        // table and its fallback to the trie (issue 16); fw_egress and
+        // fw_ingress 515,815 and 510,033 before the IPv6 hash, 545,220 and
+        // 555,722 with it (its lookup is one BPF-to-BPF call; inlined,
+        // fw_egress took 610,564). Below 60% of the limit.
+        assert!(verified < 600_000, "{}: the verifier processed {verified} of its 1,000,000 instructions", d.as_str());
     }
 }
 

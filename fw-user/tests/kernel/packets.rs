@@ -240,6 +240,16 @@ pub fn local_syn4(dst: [u8; 4], dport: u16) -> Vec<u8> {
     frame(&[], &Ip::new(false, v4(crate::gen::LOCAL4), v4(dst), TCP), &tcp(40001, dport, TCP_SYN, 0), 0)
 }
 
+/// A UDP datagram from this host (`gen::LOCAL6`, port 40000) to `dst`.
+pub fn local_udp6(dst: [u8; 16], dport: u16) -> Vec<u8> {
+    frame(&[], &Ip::new(true, crate::gen::LOCAL6.to_be_bytes(), dst, UDP), &udp(40000, dport, 4), 0)
+}
+
+/// A TCP SYN from this host (port 40001) to `dst`.
+pub fn local_syn6(dst: [u8; 16], dport: u16) -> Vec<u8> {
+    frame(&[], &Ip::new(true, crate::gen::LOCAL6.to_be_bytes(), dst, TCP), &tcp(40001, dport, TCP_SYN, 0), 0)
+}
+
 pub fn v4(a: [u8; 4]) -> [u8; 16] {
     let mut out = [0u8; 16];
     out[..4].copy_from_slice(&a);

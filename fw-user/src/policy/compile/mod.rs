@@ -18,6 +18,7 @@
 //! output, not rules times nesting depth (see [`classes`]). [`tables`] holds the output types and
 //! the reference LPM lookup.
 
+pub mod addr6;
 mod classes;
 pub mod dir4;
 pub mod port_hash;

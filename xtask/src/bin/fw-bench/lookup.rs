@@ -24,6 +24,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use fw_common::{
+    addr6::NetKey,
     dir4::{self, bench},
     port_hash::{PortHashKey, PortHashValue},
     AddrKey4, AddrKey6, Direction, FlowKey4, FlowValue, PolicyValue, PortKey,
@@ -31,6 +32,7 @@ use fw_common::{
 use fw_user::{
     kernel::{apply, batch, loader},
     policy::compile::{
+        addr6::Table6,
         compile_phase,
         dir4::{Budget, Table4},
         port_hash::PortHash,
@@ -147,48 +149,8 @@ impl Dir4 {
     }
 }
 
-/// Part 1b's IPv6 race: an entry per /64 that is a prefix of the phase or
-/// holds longer prefixes (the longest prefix up to /64 covering it, as a
-/// `dir4` entry, flagged HOSTS when /128 hosts lie under it and TRIE when a
-/// prefix between /65 and /127 does), and the hosts. A /64 it does not hold
-/// is only under prefixes shorter than /64: the trie answers there.
-struct Hash6 {
-    nets: Vec<([u8; 8], u32)>,
-    hosts: Vec<([u8; 16], u32)>,
-}
-
 fn mask6(len: u8) -> u128 {
     u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0)
-}
-
-impl Hash6 {
-    fn build(egress: &[(u128, u8, u32)]) -> Hash6 {
-        let mut short: Vec<std::collections::HashMap<u128, u32>> = vec![Default::default(); 65];
-        for &(a, len, class) in egress.iter().filter(|e| e.1 <= 64) {
-            short[usize::from(len)].insert(a & mask6(len), class);
-        }
-        let best_short = |net: u128| -> u32 {
-            (0..=64u8)
-                .rev()
-                .find_map(|len| short[usize::from(len)].get(&(net & mask6(len))).map(|&c| dir4::found(c)))
-                .unwrap_or(dir4::MISS)
-        };
-        let mut nets: std::collections::BTreeMap<u64, u32> = Default::default();
-        let mut hosts = Vec::new();
-        for &(a, len, class) in egress.iter().filter(|e| e.1 >= 64) {
-            let net = (a >> 64) as u64;
-            let entry = nets.entry(net).or_insert_with(|| best_short(u128::from(net) << 64));
-            match len {
-                64 => {}
-                128 => {
-                    *entry |= dir4::HOSTS;
-                    hosts.push((a.to_be_bytes(), class));
-                }
-                _ => *entry |= dir4::TRIE,
-            }
-        }
-        Hash6 { nets: nets.into_iter().map(|(n, e)| (n.to_be_bytes(), e)).collect(), hosts }
-    }
 }
 
 /// Networks masked to their length, shortest first.
@@ -303,7 +265,9 @@ pub fn run(opts: &Options) -> Result<Value> {
             .filter(|e| e.direction == Direction::Egress)
             .map(|e| (u128::from(e.addr) & mask6(e.prefix_len), e.prefix_len, e.class))
             .collect();
-        let hash6 = Hash6::build(&egress6);
+        // The IPv6 hash as `fw_egress` has it in a phase with many IPv6
+        // entries (both directions, generation 1).
+        let hash6 = Table6::build(&compiled.addr6);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(bench::MAP_TRIE4, compiled.addr4.len().max(1) as u32)
             .map_max_entries(bench::MAP_PORTS, compiled.ports.len().max(1) as u32)
@@ -333,18 +297,17 @@ pub fn run(opts: &Options) -> Result<Value> {
             use std::os::fd::AsFd as _;
             let trie: LpmTrie<_, AddrKey6, u32> = LpmTrie::try_from(ebpf.map(bench::MAP_TRIE6).context("trie6")?)?;
             apply::write_trie(trie.map(), &compiled.addr6, |e| (e.key(1), e.class), &mut || {})?;
-            let nets: aya::maps::HashMap<_, [u8; 16], u32> =
+            let nets: aya::maps::HashMap<_, NetKey, u32> =
                 aya::maps::HashMap::try_from(ebpf.map(bench::MAP_NET64).context("net64")?)?;
-            let (keys, values): (Vec<[u8; 16]>, Vec<u32>) =
-                hash6.nets.iter().map(|&(n, e)| (bench::net64_key(1, Direction::Egress as u8, n), e)).unzip();
-            batch::update(nets.map(), &keys, &values, &mut || {})?;
             let hosts: aya::maps::HashMap<_, AddrKey6, u32> =
                 aya::maps::HashMap::try_from(ebpf.map(bench::MAP_HOSTS6).context("hosts6")?)?;
-            let (keys, values): (Vec<AddrKey6>, Vec<u32>) =
-                hash6.hosts.iter().map(|&(a, c)| (AddrKey6::new(1, Direction::Egress, a), c)).unzip();
-            batch::update(hosts.map(), &keys, &values, &mut || {})?;
+            apply::write_table6(nets.map(), hosts.map(), &hash6, 1, &mut || {})?;
             (memlock(trie.map().fd().as_fd()), memlock(nets.map().fd().as_fd()) + memlock(hosts.map().fd().as_fd()))
         };
+        {
+            let mut miss: Array<_, u32> = Array::try_from(ebpf.map_mut(bench::MAP_MISS6).context("miss6")?)?;
+            miss.set(0, hash6.miss[Direction::Egress as usize], 0)?;
+        }
         let memlock_port_hash = {
             use std::os::fd::AsFd as _;
             let hash: aya::maps::HashMap<_, PortHashKey, PortHashValue> =
@@ -476,7 +439,9 @@ pub fn run(opts: &Options) -> Result<Value> {
         // of every egress prefix, the address after each, and random ones
         // in the policy's two /20s and /32s; then timed on `sample` edges
         // of hosts and of networks apart (a host's /64 is in the hash; a
-        // network's edge mostly is not, and pays a miss before the trie).
+        // network's edge mostly is not, and pays a miss before the trie
+        // unless the phase has no prefix shorter than /64), and on the
+        // random ones (mostly in no /64 of the hash).
         let v6 = |a: u128| Ipv6Addr::from(a);
         let mut probes6: Vec<u128> = Vec::new();
         let (mut host_edges, mut net_edges) = (Vec::new(), Vec::new());
@@ -489,16 +454,19 @@ pub fn run(opts: &Options) -> Result<Value> {
                 net_edges.extend([a, last])
             }
         }
+        let mut elsewhere = Vec::new();
         for _ in 0..opts.probes {
             let r = u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64());
-            probes6.push(if rng.below(2) == 0 { 0x2001_0db8u128 << 96 | r >> 32 } else { 0x3fffu128 << 112 | r >> 20 });
+            let a = if rng.below(2) == 0 { 0x2001_0db8u128 << 96 | r >> 32 } else { 0x3fffu128 << 112 | r >> 20 };
+            probes6.push(a);
+            elsewhere.push(a);
         }
         for &a in &probes6 {
             let (t, h) = (judge6(trie6, v6(a))?, judge6(hash6p, v6(a))?);
             ensure!(t == h, "{rules} rules, {}: IPv6 trie {t}, /64 hash {h}", v6(a));
         }
-        let mut timed6: [Vec<f64>; 4] = Default::default();
-        for (i, edges) in [&host_edges, &net_edges].into_iter().enumerate() {
+        let mut timed6: [Vec<f64>; 6] = Default::default();
+        for (i, edges) in [&host_edges, &net_edges, &elsewhere].into_iter().enumerate() {
             for _ in 0..if edges.is_empty() { 0 } else { opts.sample } {
                 let a = v6(edges[rng.below(edges.len() as u64) as usize]);
                 let base = time6(floor6, a, opts.repeat)?;
@@ -533,6 +501,8 @@ pub fn run(opts: &Options) -> Result<Value> {
             "hash6_hosts": if timed6[1].is_empty() { Value::Null } else { stat(&mut timed6[1]) },
             "trie6_nets": if timed6[2].is_empty() { Value::Null } else { stat(&mut timed6[2]) },
             "hash6_nets": if timed6[3].is_empty() { Value::Null } else { stat(&mut timed6[3]) },
+            "trie6_elsewhere": if timed6[4].is_empty() { Value::Null } else { stat(&mut timed6[4]) },
+            "hash6_elsewhere": if timed6[5].is_empty() { Value::Null } else { stat(&mut timed6[5]) },
             "net64_entries": hash6.nets.len(),
             "hosts6_entries": hash6.hosts.len(),
             "trie6_memlock_bytes": memlock_trie6,
