@@ -421,20 +421,23 @@ fn lookup_section(results: &Value) -> String {
     }
     if rows.iter().any(|r| r["hash6_hosts"].is_object()) {
         md.push_str(
-            "\nIPv6 (issue 16, item 2: \"a hash of the /64\"): the `FW_ADDR6` trie against a hash of /64s, with an \
-             entry for every /64 that is a prefix of the phase or holds longer ones (the longest prefix up to /64 \
-             covering it, flagged when /128 hosts lie under it, which a second hash holds, or a prefix between /65 \
-             and /127, left to the trie), and the trie for every other /64: those are only under prefixes shorter \
-             than /64, which no hash of /64s can answer alone. Both agreed on the edges of every egress prefix, the \
-             address after each and random addresses (probes). Timed on the edges of hosts and of networks apart, \
-             ns above the floor (an IPv6 frame's destination read).\n\n\
+            "\nIPv6 (issue 16, item 2: \"a hash of the /64\"): the `FW_ADDR6` trie against the hash of /64s \
+             `fw_egress` reads in a phase of `fw_common::addr6::HASH_FROM_ENTRIES` IPv6 entries or more \
+             (`fw_common::addr6`): an entry for every /64 that is a prefix of the phase or holds longer ones (the \
+             longest prefix up to /64 covering it, flagged when /128 hosts lie under it, which a second hash \
+             holds, or a prefix between /65 and /127, left to the trie); a /64 it does not hold is answered by \
+             the phase's miss entry, or by the trie when the phase has prefixes shorter than /64. Both hold both \
+             directions. Both agreed on the edges of every egress prefix, the address after each and random \
+             addresses (probes). Timed on the edges of hosts, of networks, and on the random addresses apart, ns \
+             above the floor (an IPv6 frame's destination read).\n\n\
              | rules | IPv6 entries (egress) | probes | hosts: trie | hosts: /64 hash | networks: trie | \
-             networks: /64 hash | trie memory | hash memory (/64s, hosts) |\n|---|---|---|---|---|---|---|---|---|\n",
+             networks: /64 hash | random: trie | random: /64 hash | trie memory | hash memory (/64s, hosts) \
+             |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
         for r in rows.iter().filter(|r| r["hash6_hosts"].is_object()) {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} ({}, {}) |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} ({}, {}) |",
                 r["rules"],
                 r["addr6_egress"],
                 r["probes6"],
@@ -442,6 +445,8 @@ fn lookup_section(results: &Value) -> String {
                 ns(&r["hash6_hosts"]),
                 ns(&r["trie6_nets"]),
                 ns(&r["hash6_nets"]),
+                ns(&r["trie6_elsewhere"]),
+                ns(&r["hash6_elsewhere"]),
                 mib(&r["trie6_memlock_bytes"]),
                 mib(&r["hash6_memlock_bytes"]),
                 r["net64_entries"],

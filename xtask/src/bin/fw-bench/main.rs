@@ -60,6 +60,7 @@ fn run() -> Result<()> {
             repeat: arg(&args, "--repeat", 1_000_000)?,
             rounds: arg(&args, "--rounds", 5)?,
             distinct: arg(&args, "--distinct", 20_000)?,
+            addr6_hash_from: arg(&args, "--addr6-hash-from", fw_common::addr6::HASH_FROM_ENTRIES)?,
         })?,
         "lookup" => lookup::run(&lookup::Options {
             sizes: list(&args, "--sizes", "10,1000,10000,100000")?,

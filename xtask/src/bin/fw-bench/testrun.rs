@@ -59,6 +59,10 @@ pub struct Options {
     pub repeat: u32,
     pub rounds: usize,
     pub distinct: usize,
+    /// The IPv6 entries from which a phase gets the /64 hash (`fw` uses
+    /// `fw_common::addr6::HASH_FROM_ENTRIES`): 0 and a huge number race
+    /// the hash against the trie through `fw_egress` itself.
+    pub addr6_hash_from: usize,
 }
 
 const TC_ACT_SHOT: u32 = 2;
@@ -155,6 +159,7 @@ pub fn run(opts: &Options) -> Result<Value> {
 
         let mut ebpf = loader::load(&LoadOptions::here()?)?;
         let mut policy = PolicyMaps::take(&mut ebpf)?;
+        policy.addr6_hash_from = opts.addr6_hash_from;
         apply::write_generation(&mut policy, &compiled, 1, &|| {})?;
         apply::activate(&mut policy, 1)?;
         for name in [maps::PROG_EGRESS, maps::PROG_NOOP] {
