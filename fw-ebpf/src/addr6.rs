@@ -33,8 +33,8 @@ pub fn trie_class(trie: &LpmTrie<AddrKey6, u32>, generation: u32, direction: Dir
 #[inline(always)]
 pub fn class(maps: &Maps, generation: u32, direction: Direction, a: &[u8; 16], miss: u32) -> Option<u32> {
     let key = Key::new(ADDR_KEY_FIXED_BITS + 128, AddrKey6::new(generation, direction, *a));
-    // The key is packed: copy its data's reference out through a pointer
-    // of alignment 1 (`AddrKey6` is all bytes).
+    // SAFETY: `Key` is packed, but `AddrKey6` is all bytes (alignment 1),
+    // so a reference to its field is aligned.
     let data: &AddrKey6 = unsafe { &*core::ptr::addr_of!(key.data) };
     // SAFETY (each `get`): the value is copied at once.
     let entry = match unsafe { maps.nets.get(NetKey::of(data)) } {

@@ -2,8 +2,9 @@
 //! and its helpers; and the IPv4 table, IPv6 hash and port lookups
 //! (`addr4`, `addr6`, `ports`), which the lookup benchmark's object
 //! (`fw-lookup-bench`) shares. The `fw-ebpf` binary (built for
-//! bpfel-unknown-none) uses them from here, and here they are also ordinary Rust for the host,
-//! so `cargo test -p fw-ebpf --lib` tests them without root or a kernel
+//! bpfel-unknown-none) uses them from here, and here they are also
+//! ordinary Rust for the host, so `cargo test -p fw-ebpf --lib` tests them
+//! without root or a kernel
 //! (truncations, VLAN tags, extension headers, fragments, ICMP quotes).
 //!
 //! fw-user also names this crate as a build dependency, so that cargo
