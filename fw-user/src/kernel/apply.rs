@@ -28,7 +28,7 @@ use crate::{
     },
     policy::{
         compile::{
-            addr6::{self, Table6},
+            addr6::Table6,
             dir4::{Budget, Table4},
             port_hash::PortHash,
             tables::{AddrEntry4, AddrEntry6, CompiledPhase, PortEntry},
@@ -138,13 +138,12 @@ fn write_addr6_hash(
     step: &mut dyn FnMut(),
 ) -> Result<Option<[u32; 2]>> {
     if entries.len() < hash_from {
-        return Ok(None);
+        return Ok(None); // not worth reading the map's size
     }
     let room = nets.map().info().context("reading FW_ADDR6_NETS's size")?.max_entries() / 2;
-    let table = Table6::build(entries);
-    if !addr6::worth_it(entries.len(), hash_from, &table, room as usize) {
+    let Some(table) = Table6::for_phase(entries, hash_from, room as usize) else {
         return Ok(None);
-    }
+    };
     write_table6(nets.map(), hosts.map(), &table, generation, step)?;
     Ok(Some(table.miss))
 }

@@ -89,11 +89,7 @@ struct MapUsage {
 }
 
 fn map_usage(phase: &CompiledPhase) -> MapUsage {
-    use crate::policy::compile::{
-        addr6::{self, Table6},
-        dir4,
-        port_hash::PortHash,
-    };
+    use crate::policy::compile::{addr6::Table6, dir4, port_hash::PortHash};
     use fw_common::{
         addr6::{NetKey, HASH_FROM_ENTRIES},
         dir4::Chunk,
@@ -125,13 +121,10 @@ fn map_usage(phase: &CompiledPhase) -> MapUsage {
         ),
     ];
     // The IPv6 hash packets read in a phase with many IPv6 entries.
-    if phase.addr6.len() >= HASH_FROM_ENTRIES {
-        let table = Table6::build(&phase.addr6);
-        if addr6::worth_it(phase.addr6.len(), HASH_FROM_ENTRIES, &table, DEFAULT_ADDR_ENTRIES as usize / 2) {
-            let (nets, hosts) = (table.nets.len(), table.hosts.len());
-            maps.push((fw_common::maps::ADDR6_NETS, nets, nets * hash_element_bytes(size_of::<NetKey>(), 4)));
-            maps.push((fw_common::maps::ADDR6_HOSTS, hosts, hosts * hash_element_bytes(size_of::<AddrKey6>(), 4)));
-        }
+    if let Some(table) = Table6::for_phase(&phase.addr6, HASH_FROM_ENTRIES, DEFAULT_ADDR_ENTRIES as usize / 2) {
+        let (nets, hosts) = (table.nets.len(), table.hosts.len());
+        maps.push((fw_common::maps::ADDR6_NETS, nets, nets * hash_element_bytes(size_of::<NetKey>(), 4)));
+        maps.push((fw_common::maps::ADDR6_HOSTS, hosts, hosts * hash_element_bytes(size_of::<AddrKey6>(), 4)));
     }
     MapUsage { maps, slash16s_in_trie, port_classes_in_trie: port_hash.to_trie }
 }

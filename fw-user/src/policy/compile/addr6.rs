@@ -29,15 +29,19 @@ pub struct Table6 {
     pub miss: [u32; 2],
 }
 
-/// Should a phase with `entries` IPv6 entries be looked up through the
-/// hash, whose maps hold `room` entries each for it: only from `from`
-/// entries (`fw_common::addr6::HASH_FROM_ENTRIES`, where the hash was
-/// measured faster than the trie), and when it fits.
-pub fn worth_it(entries: usize, from: usize, table: &Table6, room: usize) -> bool {
-    entries >= from && table.nets.len() <= room && table.hosts.len() <= room
-}
-
 impl Table6 {
+    /// The hash a phase with these IPv6 entries is looked up through, when
+    /// its maps hold `room` entries each for it: only from `from` entries
+    /// (`fw_common::addr6::HASH_FROM_ENTRIES`, where the hash was measured
+    /// faster than the trie), and when it fits. `None`: the trie alone.
+    pub fn for_phase(entries: &[AddrEntry6], from: usize, room: usize) -> Option<Table6> {
+        if entries.len() < from {
+            return None;
+        }
+        let table = Table6::build(entries);
+        (table.nets.len() <= room && table.hosts.len() <= room).then_some(table)
+    }
+
     pub fn build(entries: &[AddrEntry6]) -> Table6 {
         let mut table = Table6::default();
         for d in Direction::ALL {
@@ -193,9 +197,10 @@ mod tests {
 
     #[test]
     fn the_threshold_and_the_room_decide() {
-        let table = Table6::build(&[entry(Direction::Egress, BASE | 1, 128, 1), entry(Direction::Egress, BASE, 64, 2)]);
-        assert!(worth_it(2, 2, &table, 1));
-        assert!(!worth_it(1, 2, &table, 1), "below the threshold");
-        assert!(!worth_it(2, 2, &table, 0), "no room");
+        let entries = [entry(Direction::Egress, BASE | 1, 128, 1), entry(Direction::Egress, BASE, 64, 2)];
+        let table = Table6::for_phase(&entries, 2, 1).expect("at the threshold, and it fits");
+        assert_eq!((table.nets.len(), table.hosts.len()), (1, 1));
+        assert!(Table6::for_phase(&entries, 3, 1).is_none(), "below the threshold");
+        assert!(Table6::for_phase(&entries, 2, 0).is_none(), "no room");
     }
 }
