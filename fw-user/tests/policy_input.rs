@@ -16,7 +16,7 @@ use std::{
 };
 
 use fw_user::{
-    policy::{parse_str_with_resolver, PolicyError, Vars},
+    policy::{parse_str_with_resolver, ErrorKind, PolicyError, Vars},
     source::{self, PolicyText},
 };
 
@@ -167,6 +167,26 @@ fn finding12_a_second_yaml_document_is_an_error() {
     let (result, _) = load_recording(&format!("---\n{POLICY}...\n"), &vars);
     if let Err(e) = result {
         panic!("one explicit document refused: {e}");
+    }
+}
+
+/// A top-level key indented less than the first one ends the first
+/// document where it stands: the YAML loader used to keep the first part
+/// and drop the rest without a word (here an address set and a phase).
+#[test]
+fn a_dedented_top_level_key_is_an_error_not_the_end_of_the_policy() {
+    let vars = Vars::from_pairs::<&str, &str>([]);
+    let text = " name: t\n phases:\n   runtime:\n     egress_default: allow\n\
+                addresses:\n  hooks: [198.18.0.1]\n";
+    let (result, _) = load_recording(text, &vars);
+    let e = result.expect_err("the lines after the dedent were dropped");
+    assert_eq!((e.line, e.col), (5, 1), "{e}");
+    assert!(matches!(e.kind, ErrorKind::TopLevelEnds), "{e}");
+    // Indented alike, the same lines are one policy.
+    let aligned = text.replace("\naddresses:\n  hooks", "\n addresses:\n   hooks");
+    let (result, _) = load_recording(&aligned, &vars);
+    if let Err(e) = result {
+        panic!("an indented policy refused: {e}");
     }
 }
 

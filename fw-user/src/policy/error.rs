@@ -51,6 +51,11 @@ pub enum ErrorKind {
     /// A policy is one YAML document; a reader would silently drop the rest.
     #[error("a second YAML document starts here: a policy file holds one document (remove the `---` or `...` line, or split the file)")]
     SecondDocument,
+    /// The first document ended before the text does, without a `---`: a
+    /// top-level line indented less than the first (YAML ends the
+    /// document there; a reader would silently drop the rest).
+    #[error("the policy's top level ends here but the file goes on: indent this line as the policy's first key is indented (a policy file holds one YAML document)")]
+    TopLevelEnds,
     /// Not well-formed YAML (or YAML features the language does not use:
     /// anchors, tags, non-scalar keys).
     #[error("YAML syntax: {0}")]

@@ -5,8 +5,10 @@
 //! imports). Reading files is `crate::source`'s.
 //!
 //! Pipeline (one concern per module):
-//! * [`raw`] reads YAML into structs that keep every value's line and column
-//!   and rejects unknown keys and wrong shapes;
+//! * [`yaml`] loads the file's one YAML document into a tree that keeps
+//!   every node's line and column;
+//! * [`raw`] reads that tree into structs, rejecting unknown keys and
+//!   wrong shapes;
 //! * [`vars`] expands `${NAME}` from an env file or the environment;
 //! * [`address`] and [`protocols`] give meaning to peer entries and to
 //!   protocols/ports;
@@ -41,6 +43,7 @@ pub mod protocols;
 mod raw;
 pub mod report;
 pub mod vars;
+mod yaml;
 
 use std::net::{IpAddr, ToSocketAddrs};
 

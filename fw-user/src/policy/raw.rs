@@ -4,23 +4,13 @@
 //! `${VARS}` unexpanded; [`super::lower`] validates and normalizes them.
 
 use fw_common::Direction;
-use marked_yaml::{
-    loader::{parse_yaml_with_options, LoadError, LoaderOptions},
-    types::{MarkedMappingNode, MarkedScalarNode},
-    Node, Span,
-};
 
+pub(crate) use super::yaml::Text;
 use super::{
     error::{ErrorKind, PolicyError},
     ir::Pos,
+    yaml::{self, Mapping, Node},
 };
-
-/// A scalar with its position.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Text {
-    pub value: String,
-    pub pos: Pos,
-}
 
 /// A key's value that may be written as one scalar or as a list of scalars.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,81 +86,13 @@ const INBOUND_RULE_KEYS: &[&str] = &["name", "from", "proto", "ports", "action",
 /// UTF-8 BOM is skipped; a second YAML document is an error (the loader
 /// would drop it silently).
 pub(crate) fn parse(file: &str, text: &str) -> Result<RawPolicy, PolicyError> {
-    let text = skip_bom(text);
-    let options = LoaderOptions::default().error_on_duplicate_keys(true);
-    let root = parse_yaml_with_options(0, text, options).map_err(|e| load_error(file, e))?;
-    if let Some(pos) = second_document(text) {
-        return Err(PolicyError::new(file, pos, ErrorKind::SecondDocument));
-    }
-    let reader = Reader { file };
-    reader.policy(&root)
+    let root = yaml::load(file, skip_bom(text))?;
+    Reader { file }.policy(root)
 }
 
-/// Where a second document starts, if there is one. Only a line starting
-/// with `---` or `...` can end the first document, so text without one
-/// (nearly every policy) is not parsed a second time.
-fn second_document(text: &str) -> Option<Pos> {
-    if !text.lines().any(|line| line.starts_with("---") || line.starts_with("...")) {
-        return None;
-    }
-    let mut parser = yaml_rust2::parser::Parser::new_from_str(text);
-    let mut documents = 0;
-    loop {
-        match parser.next_token() {
-            Ok((yaml_rust2::Event::DocumentStart, mark)) => {
-                documents += 1;
-                if documents == 2 {
-                    return Some(Pos { line: mark.line(), col: mark.col() + 1 });
-                }
-            }
-            Ok((yaml_rust2::Event::StreamEnd, _)) => return None,
-            Ok(_) => {}
-            // Past the first document, which loaded: the second is broken,
-            // but it is there.
-            Err(e) => return Some(Pos { line: e.marker().line(), col: e.marker().col() + 1 }),
-        }
-    }
-}
-
-fn load_error(file: &str, error: LoadError) -> PolicyError {
-    let at = |m: &marked_yaml::Marker| Pos { line: m.line(), col: m.column() };
-    let (pos, kind) = match &error {
-        LoadError::DuplicateKey(inner) => {
-            let first_line = inner.prev_key.span().start().map_or(0, |m| m.line());
-            (
-                inner.key.span().start().map(at).unwrap_or_default(),
-                ErrorKind::DuplicateKey { key: inner.key.as_str().to_string(), first_line },
-            )
-        }
-        LoadError::TopLevelMustBeMapping(m) => (
-            at(m),
-            ErrorKind::WrongType {
-                what: "the policy".into(),
-                expected: "a mapping (name:, phases:)",
-                found: "something else",
-            },
-        ),
-        LoadError::ScanError(m, e) => (at(m), ErrorKind::Syntax(e.info().to_string())),
-        LoadError::UnexpectedAnchor(m) => (at(m), ErrorKind::Syntax("anchors and aliases are not supported".into())),
-        LoadError::UnexpectedTag(m) => (at(m), ErrorKind::Syntax("YAML tags are not supported".into())),
-        LoadError::MappingKeyMustBeScalar(m) => (at(m), ErrorKind::Syntax("mapping keys must be plain strings".into())),
-        other => (Pos::default(), ErrorKind::Syntax(other.to_string())),
-    };
-    PolicyError::new(file, pos, kind)
-}
-
-fn pos_of(span: &Span) -> Pos {
-    span.start().map(|m| Pos { line: m.line(), col: m.column() }).unwrap_or_default()
-}
-
-fn kind_name(node: &Node) -> &'static str {
-    match node {
-        Node::Scalar(_) => "a string",
-        Node::Mapping(_) => "a mapping",
-        Node::Sequence(_) => "a list",
-    }
-}
-
+/// Reads the tree into the raw structs, taking its strings. A mapping's
+/// keys are checked before its values are read, so the first error of a
+/// mapping's own keys wins over errors inside its values.
 struct Reader<'a> {
     file: &'a str,
 }
@@ -181,65 +103,74 @@ impl Reader<'_> {
     }
 
     fn wrong_type(&self, node: &Node, what: impl Into<String>, expected: &'static str) -> PolicyError {
-        let kind = ErrorKind::WrongType { what: what.into(), expected, found: kind_name(node) };
-        self.error(pos_of(node.span()), kind)
+        let kind = ErrorKind::WrongType { what: what.into(), expected, found: node.kind_name() };
+        self.error(node.pos(), kind)
     }
 
-    fn mapping<'n>(&self, node: &'n Node, what: &str) -> Result<&'n MarkedMappingNode, PolicyError> {
-        node.as_mapping().ok_or_else(|| self.wrong_type(node, what, "a mapping"))
+    fn mapping(&self, node: Node, what: &str) -> Result<Mapping, PolicyError> {
+        match node {
+            Node::Mapping(map) => Ok(map),
+            other => Err(self.wrong_type(&other, what, "a mapping")),
+        }
     }
 
-    fn text(&self, node: &Node, what: &str) -> Result<Text, PolicyError> {
-        let scalar = node.as_scalar().ok_or_else(|| self.wrong_type(node, what, "a string"))?;
-        Ok(scalar_text(scalar))
+    fn text(&self, node: Node, what: &str) -> Result<Text, PolicyError> {
+        match node {
+            Node::Scalar(text) => Ok(text),
+            other => Err(self.wrong_type(&other, what, "a string")),
+        }
     }
 
     /// A scalar or a flat list of scalars.
-    fn text_list(&self, key: &MarkedScalarNode, node: &Node) -> Result<TextList, PolicyError> {
-        let key_pos = pos_of(key.span());
+    fn text_list(&self, key: &Text, node: Node) -> Result<TextList, PolicyError> {
         let items = match node {
-            Node::Scalar(s) => vec![scalar_text(s)],
+            Node::Scalar(text) => vec![text],
             Node::Sequence(seq) => seq
-                .iter()
-                .map(|item| self.text(item, &format!("an entry of `{}`", key.as_str())))
+                .items
+                .into_iter()
+                .map(|item| match item {
+                    Node::Scalar(text) => Ok(text),
+                    // Named only when wrong: this runs for every entry.
+                    other => Err(self.wrong_type(&other, format!("an entry of `{}`", key.value), "a string")),
+                })
                 .collect::<Result<_, _>>()?,
-            Node::Mapping(_) => return Err(self.wrong_type(node, format!("`{}`", key.as_str()), "a value or a list")),
+            Node::Mapping(_) => return Err(self.wrong_type(&node, format!("`{}`", key.value), "a value or a list")),
         };
-        Ok(TextList { key_pos, items })
+        Ok(TextList { key_pos: key.pos, items })
     }
 
     /// Rejects keys outside `allowed`.
     fn check_keys(
         &self,
-        map: &MarkedMappingNode,
+        map: &Mapping,
         context: &'static str,
         allowed: &'static [&'static str],
     ) -> Result<(), PolicyError> {
-        for key in map.keys() {
-            if !allowed.contains(&key.as_str()) {
-                let kind = ErrorKind::UnknownKey { key: key.as_str().to_string(), context, expected: allowed };
-                return Err(self.error(pos_of(key.span()), kind));
+        for (key, _) in &map.entries {
+            if !allowed.contains(&key.value.as_str()) {
+                let kind = ErrorKind::UnknownKey { key: key.value.clone(), context, expected: allowed };
+                return Err(self.error(key.pos, kind));
             }
         }
         Ok(())
     }
 
-    fn policy(&self, root: &Node) -> Result<RawPolicy, PolicyError> {
-        let map = self.mapping(root, "the policy")?;
-        self.check_keys(map, "the policy", POLICY_KEYS)?;
+    fn policy(&self, map: Mapping) -> Result<RawPolicy, PolicyError> {
+        self.check_keys(&map, "the policy", POLICY_KEYS)?;
         let top = Pos { line: 1, col: 1 };
         let mut policy = RawPolicy { name: None, addresses: Vec::new(), phases: Vec::new(), phases_pos: top };
-        for (key, value) in map.iter() {
-            match key.as_str() {
+        for (key, value) in map.entries {
+            match key.value.as_str() {
                 "name" => policy.name = Some(self.text(value, "`name`")?),
                 "addresses" => {
-                    for (set_name, set) in self.mapping(value, "`addresses`")?.iter() {
-                        policy.addresses.push((scalar_text(set_name), self.text_list(set_name, set)?));
+                    for (set_name, set) in self.mapping(value, "`addresses`")?.entries {
+                        let list = self.text_list(&set_name, set)?;
+                        policy.addresses.push((set_name, list));
                     }
                 }
                 "phases" => {
-                    policy.phases_pos = pos_of(key.span());
-                    for (phase_name, phase) in self.mapping(value, "`phases`")?.iter() {
+                    policy.phases_pos = key.pos;
+                    for (phase_name, phase) in self.mapping(value, "`phases`")?.entries {
                         policy.phases.push(self.phase(phase_name, phase)?);
                     }
                 }
@@ -249,11 +180,11 @@ impl Reader<'_> {
         Ok(policy)
     }
 
-    fn phase(&self, name: &MarkedScalarNode, node: &Node) -> Result<RawPhase, PolicyError> {
-        let map = self.mapping(node, format!("phase `{}`", name.as_str()).as_str())?;
-        self.check_keys(map, "a phase", PHASE_KEYS)?;
+    fn phase(&self, name: Text, node: Node) -> Result<RawPhase, PolicyError> {
+        let map = self.mapping(node, format!("phase `{}`", name.value).as_str())?;
+        self.check_keys(&map, "a phase", PHASE_KEYS)?;
         let mut phase = RawPhase {
-            name: scalar_text(name),
+            name,
             extends: None,
             inbound_default: None,
             egress_default: None,
@@ -263,26 +194,31 @@ impl Reader<'_> {
             timeouts: Vec::new(),
             rules: Vec::new(),
         };
-        for (key, value) in map.iter() {
-            let what = format!("`{}`", key.as_str());
-            match key.as_str() {
-                "extends" => phase.extends = Some(self.text(value, &what)?),
-                "inbound_default" => phase.inbound_default = Some(self.text(value, &what)?),
-                "egress_default" => phase.egress_default = Some(self.text(value, &what)?),
-                "mode" => phase.mode = Some(self.text(value, &what)?),
-                "reject" => phase.reject = Some(self.text(value, &what)?),
-                "dns" => phase.dns = Some(self.dns(key, value)?),
+        for (key, value) in map.entries {
+            let what = || format!("`{}`", key.value);
+            match key.value.as_str() {
+                "extends" => phase.extends = Some(self.text(value, &what())?),
+                "inbound_default" => phase.inbound_default = Some(self.text(value, &what())?),
+                "egress_default" => phase.egress_default = Some(self.text(value, &what())?),
+                "mode" => phase.mode = Some(self.text(value, &what())?),
+                "reject" => phase.reject = Some(self.text(value, &what())?),
+                "dns" => phase.dns = Some(self.dns(&key, value)?),
                 "timeouts" => {
                     let map = self.mapping(value, "`timeouts`")?;
-                    self.check_keys(map, "`timeouts`", TIMEOUT_KEYS)?;
-                    for (k, v) in map.iter() {
-                        phase.timeouts.push((scalar_text(k), self.text(v, &format!("`timeouts.{}`", k.as_str()))?));
+                    self.check_keys(&map, "`timeouts`", TIMEOUT_KEYS)?;
+                    for (k, v) in map.entries {
+                        let v = self.text(v, &format!("`timeouts.{}`", k.value))?;
+                        phase.timeouts.push((k, v));
                     }
                 }
                 "inbound" | "egress" => {
-                    let direction = if key.as_str() == "egress" { Direction::Egress } else { Direction::Inbound };
-                    let rules = value.as_sequence().ok_or_else(|| self.wrong_type(value, what, "a list of rules"))?;
-                    for rule in rules.iter() {
+                    let direction = if key.value == "egress" { Direction::Egress } else { Direction::Inbound };
+                    let rules = match value {
+                        Node::Sequence(seq) => seq.items,
+                        other => return Err(self.wrong_type(&other, what(), "a list of rules")),
+                    };
+                    phase.rules.reserve(rules.len());
+                    for rule in rules {
                         phase.rules.push(self.rule(direction, rule)?);
                     }
                 }
@@ -292,11 +228,11 @@ impl Reader<'_> {
         Ok(phase)
     }
 
-    fn dns(&self, key: &MarkedScalarNode, node: &Node) -> Result<RawDns, PolicyError> {
+    fn dns(&self, key: &Text, node: Node) -> Result<RawDns, PolicyError> {
         let map = self.mapping(node, "`dns`")?;
-        self.check_keys(map, "`dns`", DNS_KEYS)?;
+        self.check_keys(&map, "`dns`", DNS_KEYS)?;
         let mut dns = RawDns {
-            key_pos: pos_of(key.span()),
+            key_pos: key.pos,
             resolvers: None,
             queries: None,
             refuse_with: None,
@@ -304,10 +240,10 @@ impl Reader<'_> {
             max_per_name: None,
             max_total: None,
         };
-        for (key, value) in map.iter() {
-            let what = format!("`dns.{}`", key.as_str());
-            match key.as_str() {
-                "resolvers" => dns.resolvers = Some(self.text_list(key, value)?),
+        for (key, value) in map.entries {
+            let what = format!("`dns.{}`", key.value);
+            match key.value.as_str() {
+                "resolvers" => dns.resolvers = Some(self.text_list(&key, value)?),
                 "queries" => dns.queries = Some(self.text(value, &what)?),
                 "refuse_with" => dns.refuse_with = Some(self.text(value, &what)?),
                 "min_ttl" => dns.min_ttl = Some(self.text(value, &what)?),
@@ -319,37 +255,33 @@ impl Reader<'_> {
         Ok(dns)
     }
 
-    fn rule(&self, direction: Direction, node: &Node) -> Result<RawRule, PolicyError> {
+    fn rule(&self, direction: Direction, node: Node) -> Result<RawRule, PolicyError> {
         let map = self.mapping(node, "a rule")?;
         let (peer_key, wrong_peer_key, allowed) = match direction {
             Direction::Egress => ("to", "from", EGRESS_RULE_KEYS),
             Direction::Inbound => ("from", "to", INBOUND_RULE_KEYS),
         };
-        if let Some(key) = map.keys().find(|k| k.as_str() == wrong_peer_key) {
-            let kind = ErrorKind::WrongPeerKey {
-                direction: direction.as_str(),
-                expected: peer_key,
-                found: key.as_str().to_string(),
-            };
-            return Err(self.error(pos_of(key.span()), kind));
+        if let Some((key, _)) = map.entries.iter().find(|(k, _)| k.value == wrong_peer_key) {
+            let kind =
+                ErrorKind::WrongPeerKey { direction: direction.as_str(), expected: peer_key, found: key.value.clone() };
+            return Err(self.error(key.pos, kind));
         }
-        self.check_keys(map, "a rule", allowed)?;
-        // A block mapping's span starts at its first value; its first key is
-        // where an operator sees the rule begin.
-        let first_key = map.keys().next().map(|k| pos_of(k.span()));
-        let pos = first_key.map_or(pos_of(map.span()), |k| k.min(pos_of(map.span())));
+        self.check_keys(&map, "a rule", allowed)?;
+        // A block mapping starts at its first value; its first key is where
+        // an operator sees the rule begin.
+        let pos = map.entries.first().map_or(map.pos, |(k, _)| k.pos.min(map.pos));
         let mut rule =
             RawRule { pos, direction, name: None, peers: None, proto: None, ports: None, action: None, optional: None };
-        for (key, value) in map.iter() {
-            match key.as_str() {
+        for (key, value) in map.entries {
+            match key.value.as_str() {
                 "name" => rule.name = Some(self.text(value, "`name`")?),
-                "to" | "from" => rule.peers = Some(self.text_list(key, value)?),
-                "proto" => rule.proto = Some(self.text_list(key, value)?),
-                "ports" => rule.ports = Some(self.text_list(key, value)?),
+                "to" | "from" => rule.peers = Some(self.text_list(&key, value)?),
+                "proto" => rule.proto = Some(self.text_list(&key, value)?),
+                "ports" => rule.ports = Some(self.text_list(&key, value)?),
                 "action" => rule.action = Some(self.text(value, "`action`")?),
                 "optional" => {
                     let text = self.text(value, "`optional`")?;
-                    let flag = value.as_scalar().and_then(MarkedScalarNode::as_bool).ok_or_else(|| {
+                    let flag = text.as_bool().ok_or_else(|| {
                         let kind = ErrorKind::InvalidValue {
                             key: "optional",
                             value: text.value.clone(),
@@ -364,10 +296,6 @@ impl Reader<'_> {
         }
         Ok(rule)
     }
-}
-
-fn scalar_text(scalar: &MarkedScalarNode) -> Text {
-    Text { value: scalar.as_str().to_string(), pos: pos_of(scalar.span()) }
 }
 
 /// A UTF-8 byte order mark, which some Windows editors write first: not
