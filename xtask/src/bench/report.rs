@@ -52,9 +52,11 @@ struct Target {
 /// smallest floor of part 1, from the primitives part 1b timed in the same
 /// run at the most rules: an established packet is at least the floor and
 /// one flow-table lookup (found); a new or denied one at least the floor, a
-/// miss in each of the two flow tables (protected, then probation) and the
-/// IPv4 address lookup, before its port lookup. Parsing is left out: the
-/// bounds are below what any real program pays.
+/// miss in each of the two flow tables (protected, then probation), the
+/// IPv4 address lookup and its port lookup, counted as the cheapest hash
+/// lookup timed (a flow-table miss; the port hash answers a port in one or
+/// two lookups that find an entry). Parsing is left out: the bounds are
+/// below what any real program pays.
 #[derive(Clone, Copy)]
 struct LowerBounds {
     established: f64,
@@ -68,7 +70,7 @@ fn lower_bounds(results: &Value, testrun: &[&Value], largest: u64) -> Option<Low
     let floor = testrun.iter().map(|r| f(&r["floor"])).filter(|x| *x > 0.0).fold(f64::INFINITY, f64::min);
     floor
         .is_finite()
-        .then(|| LowerBounds { established: (floor + hit) / floor, new: (floor + 2.0 * miss + address) / floor })
+        .then(|| LowerBounds { established: (floor + hit) / floor, new: (floor + 3.0 * miss + address) / floor })
 }
 
 fn targets(results: &Value) -> Vec<Target> {
@@ -137,7 +139,10 @@ fn targets(results: &Value) -> Vec<Target> {
             },
             measured: format!(
                 "{label}: worst {w:.2}x at {largest} rules{}",
-                bound_note(bounds.map(|b| b.new), "the floor, a miss in each flow table, the IPv4 address lookup")
+                bound_note(
+                    bounds.map(|b| b.new),
+                    "the floor, a miss in each flow table, the IPv4 address lookup, one hash lookup for the port"
+                )
             ),
             met: w <= 6.0,
         });
