@@ -42,10 +42,12 @@ use crate::{
 /// Returns the number of trie entries written.
 ///
 /// The port trie, the largest (310,000 of 440,000 entries at 100,000
-/// rules: 125-170 ms of a 250-330 ms write), and the port hash after it
-/// are written on a thread of their own while this one writes the address
-/// maps: other maps, other locks in
-/// the kernel. Both finish before anything else is written.
+/// rules), and the port hash (269,000) are written on a thread each while
+/// this one writes the address maps: other maps, other locks in the
+/// kernel. (The port hash after the trie on one thread was the longest of
+/// two, finishing about 200 ms after the address maps: `fw-bench control
+/// --rules 100000`, write 489-512 ms with two threads, 404-456 ms with
+/// three.) All finish before anything else is written.
 pub fn write_generation(
     maps: &mut PolicyMaps,
     phase: &CompiledPhase,
@@ -55,9 +57,12 @@ pub fn write_generation(
     let ports = maps.ports.map();
     let ports_hash = maps.ports_hash.map();
     let addr6_miss = std::thread::scope(|scope| {
-        let port_writer = scope.spawn(|| {
+        let port_trie_writer = scope.spawn(|| {
             let step = &mut || step();
-            write_trie(ports, &phase.ports, |e| (e.key(generation), e.value), step).context("writing FW_PORTS")?;
+            write_trie(ports, &phase.ports, |e| (e.key(generation), e.value), step).context("writing FW_PORTS")
+        });
+        let port_hash_writer = scope.spawn(|| {
+            let step = &mut || step();
             write_port_hash(ports_hash, &phase.ports, generation, step)
         });
         let addresses = (|| {
@@ -71,9 +76,14 @@ pub fn write_generation(
             write_addr6_hash(&maps.addr6_nets, &maps.addr6_hosts, hash_from, &phase.addr6, generation, step)
         })();
         crate::mark("write: the address maps");
-        let ports = port_writer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        crate::mark("write: FW_PORTS, FW_PORTS_HASH");
-        ports.and(addresses)
+        let join = |writer: std::thread::ScopedJoinHandle<'_, Result<()>>| {
+            writer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        };
+        let port_hash = join(port_hash_writer);
+        crate::mark("write: FW_PORTS_HASH");
+        let port_trie = join(port_trie_writer);
+        crate::mark("write: FW_PORTS");
+        port_trie.and(port_hash).and(addresses)
     })?;
     step();
     maps.resolvers
