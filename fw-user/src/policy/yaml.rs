@@ -96,20 +96,24 @@ pub(crate) fn load(file: &str, text: &str) -> Result<Mapping, PolicyError> {
     let error = |(pos, kind): (Pos, ErrorKind)| PolicyError::new(file, pos, kind);
     let mut parser = Parser::new_from_str(text);
     let mut builder = Builder::default();
-    loop {
+    let document_end = loop {
         match parser.next_token().map_err(|e| error(syntax(e)))? {
             // No document at all: an empty mapping where the text ends.
             (Event::StreamEnd, mark) => return Ok(Mapping { pos: pos(mark), entries: Vec::new() }),
-            (Event::DocumentEnd, _) => break,
+            (Event::DocumentEnd, mark) => break pos(mark),
             (event, mark) => builder.event(event, mark),
         }
-    }
+    };
     if let Some(problem) = builder.problem {
         return Err(error(problem));
     }
+    // Every top level but a mapping is a problem above; this only keeps a
+    // parser that ends a document without its node from panicking here.
+    let Some((root, end)) = builder.root else {
+        return Err(error((document_end, top_level())));
+    };
     // The policy is the first document: anything but the stream's end
     // after it is a second one, which a YAML loader would drop silently.
-    let (root, end) = builder.root.expect("a document that ended without a problem has a mapping at its top");
     match parser.next_token() {
         Ok((Event::StreamEnd, _)) => Ok(root),
         Ok((_, mark)) => Err(error((pos(mark), ErrorKind::SecondDocument))),
