@@ -147,9 +147,6 @@ fn write_addr6_hash(
     generation: u32,
     step: &mut dyn FnMut(),
 ) -> Result<Option<[u32; 2]>> {
-    if entries.len() < hash_from {
-        return Ok(None); // not worth reading the map's size
-    }
     let room = nets.map().info().context("reading FW_ADDR6_NETS's size")?.max_entries() / 2;
     let Some(table) = Table6::for_phase(entries, hash_from, room as usize) else {
         return Ok(None);
