@@ -58,9 +58,8 @@ pub fn fw_noop(_ctx: TcContext) -> i32 {
 fn classify(ctx: &TcContext, direction: Direction) -> i32 {
     let mut slot = core::mem::MaybeUninit::uninit();
     let pkt = parse::Packet::zeroed_in(&mut slot);
-    // SAFETY: parse_skb is compiled for misaligned loads, which the kernel
-    // allows on packet data where the CPU handles them (x86-64, arm64);
-    // elsewhere the verifier refuses the program at load: it fails closed.
+    // SAFETY: see parse_skb: a misaligned load the CPU cannot do is refused
+    // by the verifier at load (fail closed).
     let verdict = match unsafe { parse::parse_skb(ctx, pkt) }.decode() {
         // SAFETY: as for parse_skb above.
         Ok(parse::Parsed::Ip) => unsafe { datapath::judge(direction, pkt) },

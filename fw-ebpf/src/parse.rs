@@ -216,20 +216,59 @@ impl Bounds {
 /// Parses the packet of a TC program, first pulling the headers into the
 /// linear area when the stack left them in page fragments.
 ///
-/// Not inlined: a BPF-to-BPF call gets its own stack frame, so the header
-/// copies made here do not add to the flow and LPM keys the caller builds
-/// later (the verifier allows 512 bytes along one call chain). The outcome
-/// crosses the call as a plain number (see [`Outcome`]).
+/// Through [`fw_parse`], a BPF-to-BPF call: it gets its own stack frame, so
+/// the header copies made there do not add to the flow and LPM keys the
+/// caller builds later (the verifier allows 512 bytes along one call
+/// chain). The outcome crosses the call as a plain number (see [`Outcome`]).
+///
+/// # Safety
+/// The parser is compiled for misaligned loads, which the kernel allows on
+/// packet data where the CPU handles them (x86-64, arm64); elsewhere the
+/// verifier refuses the program at load: it fails closed.
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+pub unsafe fn parse_skb(ctx: &TcContext, pkt: &mut Packet) -> Outcome {
+    // SAFETY: `ctx.skb.skb` is the program's context and `pkt` a live,
+    // exclusive Packet: what `fw_parse` requires.
+    Outcome(unsafe { fw_parse(ctx.skb.skb, pkt) })
+}
+
+/// [`parse_skb`] as a global function, the one the kernel verifies once on
+/// its own: a pointer to the context and one to a `Packet` in, a number
+/// out. A static function (what every other call here is) is verified
+/// again on every path that reaches it, and its caller is then verified
+/// once for every state the parse can end in (each combination of VLAN
+/// tags, extension headers, fragment and protocol it saw); after a global
+/// call the verifier knows nothing of what it wrote into the `Packet` and
+/// goes on from one state. Measured with `fw check --verbose`: `fw_egress`
+/// 545,220 -> 314,095 instructions processed and its load 1,060 -> 341 ms,
+/// `fw_ingress` 555,722 -> 300,792 and 966 -> 300 ms. Sound: a branch the
+/// zeroed `Packet` would have made dead before the call (a field compared
+/// with a value the parse never writes) is still walked after it (checked
+/// with a deliberately invalid store behind such a branch: rejected).
+///
+/// Global for the kernel because it is exported: `build.rs` passes its name
+/// to bpf-linker, which gives exported functions global linkage in the BTF
+/// it emits (`--export`); any other function is made static. Where the
+/// kernel has no global functions, aya loads it as static, as before.
 ///
 /// Compiled with misaligned loads allowed: header fields sit at any
 /// alignment, and without this LLVM reads every multi-byte field and
 /// address byte by byte and reassembles it with shifts (measured: about a
 /// third of the established-flow cost).
+///
+/// # Safety
+/// `skb` is the program's context; `pkt` a valid `Packet` that nothing else
+/// uses during the call, or null (the verifier makes a global function
+/// check; never the case: the packet is dropped, as one that cannot be read).
 #[cfg(target_arch = "bpf")]
+#[no_mangle]
 #[inline(never)]
 #[target_feature(enable = "allows-misaligned-mem-access")]
-pub fn parse_skb(ctx: &TcContext, pkt: &mut Packet) -> Outcome {
-    Outcome::encode(parse_skb_inner(ctx, pkt))
+pub unsafe extern "C" fn fw_parse(skb: *mut aya_ebpf::bindings::__sk_buff, pkt: *mut Packet) -> u32 {
+    // SAFETY: per this function's contract.
+    let Some(pkt) = (unsafe { pkt.as_mut() }) else { return Outcome::encode(Err(Reason::DropTruncatedL2)).0 };
+    Outcome::encode(parse_skb_inner(&TcContext::new(skb), pkt)).0
 }
 
 /// [`parse_skb`]'s result as one integer: `Parsed` as 0/1, a drop reason as

@@ -126,9 +126,10 @@ fn verifier_instruction_counts_are_far_below_the_limit() {
         // fw_egress: 454,479 with the IPv4 trie, 501,522 with the IPv4
         // table and its fallback to the trie (issue 16); fw_egress and
         // fw_ingress 515,815 and 510,033 before the IPv6 hash, 545,220 and
-        // 555,722 with it (its lookup is one BPF-to-BPF call; inlined,
-        // fw_egress took 610,564). Below 60% of the limit.
-        assert!(verified < 600_000, "{}: the verifier processed {verified} of its 1,000,000 instructions", d.as_str());
+        // 555,722 with it, 314,093 and 300,790 since the parser is a global
+        // function (verified once; `parse::fw_parse`). Below 40% of the
+        // limit: a parser made static again (about 550,000) fails here.
+        assert!(verified < 400_000, "{}: the verifier processed {verified} of its 1,000,000 instructions", d.as_str());
     }
 }
 
