@@ -5,6 +5,6 @@
 
 fn main() {
     if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() == Ok("bpf") {
-        println!("cargo:rustc-link-arg-bin=fw-ebpf=--export=fw_parse");
+        println!("cargo:rustc-link-arg-bin=fw-ebpf=--export=fw_parse,fw_parse_quoted");
     }
 }

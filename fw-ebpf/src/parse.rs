@@ -155,7 +155,15 @@ struct Bounds {
     start: usize,
     end: usize,
     len: usize,
+    /// The program's context, which a global function is given in place
+    /// of packet pointers (the verifier allows no others as arguments).
+    ctx: Ctx,
 }
+
+#[cfg(target_arch = "bpf")]
+type Ctx = *mut aya_ebpf::bindings::__sk_buff;
+#[cfg(not(target_arch = "bpf"))]
+type Ctx = ();
 
 /// `N` bytes of a header that were checked to lie in the readable packet:
 /// its fields are read in place, as integers of their own width (the
@@ -192,6 +200,12 @@ impl<const N: usize> Hdr<N> {
 }
 
 impl Bounds {
+    #[cfg(target_arch = "bpf")]
+    #[inline(always)]
+    fn of(ctx: &TcContext) -> Bounds {
+        Bounds { start: ctx.data(), end: ctx.data_end(), len: ctx.len() as usize, ctx: ctx.skb.skb }
+    }
+
     /// The `N`-byte header at `off`, or `None` when the packet is shorter.
     ///
     /// Checked for at least 2 bytes: LLVM rewrites `p + 1 > end` as
@@ -311,13 +325,18 @@ fn parse_skb_inner(ctx: &TcContext, pkt: &mut Packet) -> Result<Parsed, Reason> 
         // drop the packet as truncated: fail closed.
         let _ = ctx.pull_data(want as u32);
     }
-    parse(ctx.data(), ctx.data_end(), ctx.len() as usize, pkt)
+    parse_frame(&Bounds::of(ctx), pkt)
 }
 
-/// `start..end` is the readable (linear) part of a packet of `len` bytes.
-#[inline(always)]
+/// `start..end` is the readable (linear) part of a packet of `len` bytes:
+/// the parser as the host's tests run it.
+#[cfg(not(target_arch = "bpf"))]
 pub fn parse(start: usize, end: usize, len: usize, pkt: &mut Packet) -> Result<Parsed, Reason> {
-    let b = Bounds { start, end, len };
+    parse_frame(&Bounds { start, end, len, ctx: () }, pkt)
+}
+
+#[inline(always)]
+fn parse_frame(b: &Bounds, pkt: &mut Packet) -> Result<Parsed, Reason> {
     let mut ethertype = b.header::<ETH_HLEN>(0).ok_or(Reason::DropTruncatedL2)?.be16(12);
     let mut off = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
@@ -328,8 +347,8 @@ pub fn parse(start: usize, end: usize, len: usize, pkt: &mut Packet) -> Result<P
         off += 4;
     }
     match ethertype {
-        ETH_P_IP => parse_ipv4(&b, off, pkt).map(|()| Parsed::Ip),
-        ETH_P_IPV6 => parse_ipv6(&b, off, pkt).map(|()| Parsed::Ip),
+        ETH_P_IP => parse_ipv4(b, off, pkt).map(|()| Parsed::Ip),
+        ETH_P_IPV6 => parse_ipv6(b, off, pkt).map(|()| Parsed::Ip),
         ETH_P_8021Q | ETH_P_8021AD => Err(Reason::DropVlanDepth),
         _ => Ok(Parsed::NotIp),
     }
@@ -521,12 +540,7 @@ fn parse_l4(b: &Bounds, pkt: &mut Packet, off: usize, ip_end: usize) -> Result<(
                 let id = h.be16(4);
                 pkt.ports = Ports { src: id, dst: id };
             } else if is_icmp_error(pkt.proto, ty) {
-                // SAFETY: as for `parse_skb`, whose caller allows misaligned
-                // loads on packet data. (A safe call on the host, where the
-                // parser is built for its tests without the BPF feature.)
-                #[allow(unused_unsafe)]
-                let valid = unsafe { parse_quoted(b, pkt, off + 8, ip_end) };
-                pkt.quoted.valid = valid;
+                pkt.quoted.valid = quoted(b, pkt, off + 8, ip_end);
             }
             return Ok(());
         }
@@ -570,11 +584,41 @@ fn check_within(header_end: usize, ip_end: usize) -> Result<(), Reason> {
 /// value because a BPF subprogram must not exit with a stack pointer left
 /// in R0, which LLVM may do for a `()` function.
 ///
-/// Compiled with misaligned accesses allowed, like the parser: without it
-/// the quoted addresses are copied byte by byte, a loop the verifier walks
-/// once for every path that reaches it.
+/// In the kernel through the global function [`fw_parse_quoted`]: inline or
+/// static, the verifier walked it once for every path into it (each VLAN
+/// depth, extension-header chain and fragment state of the error itself).
+#[inline(always)]
+fn quoted(b: &Bounds, pkt: &mut Packet, off: usize, ip_end: usize) -> bool {
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: `b.ctx` is the program's context, `pkt` a live Packet.
+    return unsafe { fw_parse_quoted(b.ctx, pkt, off, ip_end) } != 0;
+    #[cfg(not(target_arch = "bpf"))]
+    parse_quoted(b, pkt, off, ip_end)
+}
+
+/// [`quoted`] as a global function (see [`fw_parse`] for why global): 1
+/// when the quote names a flow. Compiled with misaligned accesses allowed,
+/// like the parser: without it the quoted addresses are copied byte by
+/// byte.
+///
+/// # Safety
+/// As for [`fw_parse`].
+#[cfg(target_arch = "bpf")]
+#[no_mangle]
 #[inline(never)]
-#[cfg_attr(target_arch = "bpf", target_feature(enable = "allows-misaligned-mem-access"))]
+#[target_feature(enable = "allows-misaligned-mem-access")]
+pub unsafe extern "C" fn fw_parse_quoted(
+    skb: *mut aya_ebpf::bindings::__sk_buff,
+    pkt: *mut Packet,
+    off: usize,
+    ip_end: usize,
+) -> u32 {
+    // SAFETY: per this function's contract.
+    let Some(pkt) = (unsafe { pkt.as_mut() }) else { return 0 };
+    u32::from(parse_quoted(&Bounds::of(&TcContext::new(skb)), pkt, off, ip_end))
+}
+
+#[inline(always)]
 fn parse_quoted(b: &Bounds, pkt: &mut Packet, off: usize, ip_end: usize) -> bool {
     let q = &mut pkt.quoted;
     let l4 = if pkt.proto == proto::ICMP {
