@@ -280,10 +280,11 @@ pub unsafe fn parse_skb(ctx: &TcContext, pkt: &mut Packet) -> Outcome {
 /// with a value the parse never writes) is still walked after it (checked
 /// with a deliberately invalid store behind such a branch: rejected).
 ///
-/// Global for the kernel because it is exported: `build.rs` passes its name
-/// to bpf-linker, which gives exported functions global linkage in the BTF
-/// it emits (`--export`); any other function is made static. Where the
-/// kernel has no global functions, aya loads it as static, as before.
+/// Global for the kernel because it is `#[no_mangle]`: rustc passes such
+/// symbols to bpf-linker as exported, and bpf-linker gives exported
+/// functions global linkage in the BTF it emits and makes every other
+/// function static. Where the kernel has no global functions, aya loads it
+/// as static, as before.
 ///
 /// Compiled with misaligned loads allowed: header fields sit at any
 /// alignment, and without this LLVM reads every multi-byte field and
