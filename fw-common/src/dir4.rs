@@ -120,4 +120,8 @@ pub mod bench {
     pub const PROG_FLOW4: &str = "bench_flow4";
     /// Its floor: the same frame reads and key, no lookup.
     pub const PROG_FLOW4_FLOOR: &str = "bench_flow4_floor";
+    /// The frame through `fw_egress`'s parser alone.
+    pub const PROG_PARSE: &str = "bench_parse";
+    /// Does nothing: the parser's floor.
+    pub const PROG_NOOP: &str = "bench_noop";
 }

@@ -243,6 +243,30 @@ pub fn bench_flow4_floor(ctx: TcContext) -> i32 {
     flow_key4(&ctx).map_or(-1, |key| i32::from(key.local_addr[3] ^ key.remote_port[1] ^ key.proto))
 }
 
+/// Does nothing: the floor the parser is timed against (the other floors
+/// read the frame through a helper call, which costs about what a parse
+/// does).
+#[classifier]
+pub fn bench_noop(_ctx: TcContext) -> i32 {
+    0
+}
+
+/// The frame through `fw_egress`'s parser (`fw_parse`, the same global
+/// function) and nothing else: what every packet pays before its flow is
+/// looked up. Returns the parser's outcome and a byte of the address it
+/// read, so the work is not dropped.
+#[classifier]
+pub fn bench_parse(ctx: TcContext) -> i32 {
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let pkt = fw_ebpf::parse::Packet::zeroed_in(&mut slot);
+    // SAFETY: as in `fw_egress` (the verifier refuses a misaligned load the
+    // CPU cannot do).
+    match unsafe { fw_ebpf::parse::parse_skb(&ctx, pkt) }.decode() {
+        Ok(_) => i32::from(pkt.dst[3]),
+        Err(reason) => -(reason as i32),
+    }
+}
+
 #[inline(always)]
 fn dst6(ctx: &TcContext) -> Option<[u8; 16]> {
     ctx.load::<[u8; 16]>(DST6_OFFSET).ok()

@@ -157,6 +157,8 @@ struct Bounds {
     len: usize,
     /// The program's context, which a global function is given in place
     /// of packet pointers (the verifier allows no others as arguments).
+    /// Nothing on the host, where no global function is called.
+    #[cfg_attr(not(target_arch = "bpf"), allow(dead_code))]
     ctx: Ctx,
 }
 

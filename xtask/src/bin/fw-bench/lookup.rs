@@ -354,6 +354,8 @@ pub fn run(opts: &Options) -> Result<Value> {
             bench::PROG_HYBRID4_PORT_HASH,
             bench::PROG_FLOW4,
             bench::PROG_FLOW4_FLOOR,
+            bench::PROG_PARSE,
+            bench::PROG_NOOP,
             bench::PROG_FLOOR6,
             bench::PROG_TRIE6,
             bench::PROG_HASH6,
@@ -362,12 +364,12 @@ pub fn run(opts: &Options) -> Result<Value> {
             let p: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
             p.load().with_context(|| format!("the verifier rejected {name}"))?;
         }
-        let [floor, trie, dir, hyb, trie_ports, dir_ports, hyb_ports, hyb_hash, flow, flow_floor, floor6, trie6, hash6p] =
+        let [floor, trie, dir, hyb, trie_ports, dir_ports, hyb_ports, hyb_hash, flow, flow_floor, parse, noop, floor6, trie6, hash6p] =
             names.map(|n| program(&ebpf, n));
         let (floor6, trie6, hash6p) = (floor6?, trie6?, hash6p?);
         let (floor, trie, dir, hyb, trie_ports, dir_ports, hyb_ports, hyb_hash) =
             (floor?, trie?, dir?, hyb?, trie_ports?, dir_ports?, hyb_ports?, hyb_hash?);
-        let (flow, flow_floor) = (flow?, flow_floor?);
+        let (flow, flow_floor, parse, noop) = (flow?, flow_floor?, parse?, noop?);
 
         // Agreement: the edges of every egress prefix, and random addresses.
         let mut rng = Rng::new(0x6469_7234 ^ rules as u64);
@@ -434,6 +436,18 @@ pub fn run(opts: &Options) -> Result<Value> {
                 flow_hit.push(time(flow, addr, opts.repeat)? - base);
                 flow_miss.push(time_from(flow, MISS_SPORT, addr, opts.repeat)? - base);
             }
+        }
+        // The parser alone, above the do-nothing program: the same UDP
+        // frames, which it must read as what they are.
+        let mut parsed = Vec::new();
+        for _ in 0..opts.sample {
+            let addr = covered[rng.below(covered.len() as u64) as usize];
+            ensure!(
+                judge(parse, addr)? == u32::from(addr.octets()[3]),
+                "{rules} rules, {addr}: the parser did not read the frame's destination"
+            );
+            let base = time(noop, addr, opts.repeat)?;
+            parsed.push(time(parse, addr, opts.repeat)? - base);
         }
         // IPv6: the trie against the /64 hash, agreeing first on the edges
         // of every egress prefix, the address after each, and random ones
@@ -509,6 +523,7 @@ pub fn run(opts: &Options) -> Result<Value> {
             "hash6_memlock_bytes": memlock_hash6,
             "flow_hit": stat(&mut flow_hit),
             "flow_miss": stat(&mut flow_miss),
+            "parse": stat(&mut parsed),
             "port_hash_memlock_bytes": memlock_port_hash,
             "trie_slab_bytes": trie_slab,
             "trie_memlock_bytes": trie_memlock,
