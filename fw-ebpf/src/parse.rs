@@ -277,10 +277,10 @@ pub unsafe fn parse_skb(ctx: &TcContext, pkt: &mut Packet) -> Outcome {
 /// `fw_ingress` 555,722 -> 300,790 and 966 -> 300 ms (with
 /// [`fw_parse_quoted`] and [`Hdr::copy_addr6`]: 171,630 and 158,327, 144
 /// and 125 ms); the time per packet did not move (`fw-bench testrun`,
-/// three alternating runs). Sound: a branch the
-/// zeroed `Packet` would have made dead before the call (a field compared
-/// with a value the parse never writes) is still walked after it (checked
-/// with a deliberately invalid store behind such a branch: rejected).
+/// three alternating runs). Sound: a branch the zeroed `Packet` would have
+/// made dead before the call (a field compared with a value the parse never
+/// writes) is still walked after it (checked with a deliberately invalid
+/// store behind such a branch: rejected).
 ///
 /// Global for the kernel because it is `#[no_mangle]`: rustc passes such
 /// symbols to bpf-linker as exported, and bpf-linker gives exported
