@@ -1,9 +1,10 @@
 //! Drop events, sent through the `FW_EVENTS` ring buffer.
 //!
 //! Versioned: the record starts with [`EVENT_VERSION`], and userspace
-//! refuses versions it does not know. Rate-limited in the kernel per
-//! (reason, rule) and CPU: at most the load-time budget per second each; the
-//! counters stay exact whatever is suppressed.
+//! refuses versions it does not know. Rate-limited in the kernel per rule
+//! (or, for drops no rule decides, per reason) and CPU: at most the
+//! load-time budget per second each (see [`rule_rate_slot`]); the counters
+//! stay exact whatever is suppressed.
 
 pub const EVENT_VERSION: u8 = 1;
 
@@ -45,7 +46,32 @@ pub struct DropEvent {
     pub comm: [u8; 16],
 }
 
-/// Per-(reason, rule) rate state, per CPU.
+/// Slots of `FW_EVENT_RULE_RATE`, the budgets of drop events: one per rule
+/// id modulo [`RULE_RATE_RULES`], then one per reason for the drops no rule
+/// decides.
+pub const RULE_RATE_SLOTS: u32 = RULE_RATE_RULES + crate::Reason::SLOTS;
+/// Rules with budgets of their own: rule ids are dense from 0, so in a
+/// policy of up to this many rules no two share one. Beyond, rules whose
+/// ids are equal modulo this share a budget (the events are samples; the
+/// per-rule counters stay exact). A power of two: the slot is a mask.
+pub const RULE_RATE_RULES: u32 = 4096;
+
+/// The budget slot of a drop event in `FW_EVENT_RULE_RATE`: its rule's, or
+/// for a drop no rule decided (`rule == u32::MAX`) its reason's. A per-CPU
+/// array indexed so costs a denied packet one inlined array read, where a
+/// hash of (reason, rule) keys cost a hash lookup (BENCHMARKS.md, "Where a
+/// new and a denied packet's time goes").
+#[inline(always)]
+pub const fn rule_rate_slot(reason: u8, rule: u32) -> u32 {
+    if rule == u32::MAX {
+        RULE_RATE_RULES + (reason as u32 & (crate::Reason::SLOTS - 1))
+    } else {
+        rule & (RULE_RATE_RULES - 1)
+    }
+}
+
+/// Rate state of one budget (a rule's, a reason's, an audited
+/// destination's), per CPU.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
 pub struct RateWindow {
@@ -68,6 +94,25 @@ pub mod event_stats {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::Reason;
+
+    #[test]
+    fn rules_of_a_policy_within_the_slots_have_budgets_of_their_own() {
+        let mut taken = [false; RULE_RATE_SLOTS as usize];
+        let mut take = |slot: u32| !core::mem::replace(&mut taken[slot as usize], true);
+        for rule in 0..RULE_RATE_RULES {
+            assert!(take(rule_rate_slot(Reason::DropRule as u8, rule)), "rule {rule} shares a slot");
+        }
+        for reason in Reason::ALL {
+            let slot = rule_rate_slot(reason as u8, u32::MAX);
+            assert!(slot < RULE_RATE_SLOTS, "{reason:?} beyond the map: {slot}");
+            assert!(take(slot), "{reason:?} without a rule shares a slot with a rule or another reason");
+        }
+        // A rule id beyond the slots shares one (the documented trade).
+        assert_eq!(rule_rate_slot(Reason::DropRule as u8, RULE_RATE_RULES + 7), 7);
+    }
+
     #[test]
     fn the_event_layout_is_fixed() {
         assert_eq!(core::mem::size_of::<super::DropEvent>(), 88);

@@ -57,7 +57,11 @@ pub const BYPASS6: &str = "FW_BYPASS6";
 pub const ONLINK6: &str = "FW_ONLINK6";
 /// `RingBuf` of `DropEvent`s.
 pub const EVENTS: &str = "FW_EVENTS";
-/// `LruPerCpuHashMap<u64, RateWindow>`: event rate per (reason, rule).
+/// `PerCpuArray<RateWindow>`: drop events' budgets, per rule (or reason),
+/// see [`crate::event::rule_rate_slot`].
+pub const EVENT_RULE_RATE: &str = "FW_EVENT_RULE_RATE";
+/// `LruPerCpuHashMap<u64, RateWindow>`: audit mode's would-drop events'
+/// budgets, per destination.
 pub const EVENT_RATE: &str = "FW_EVENT_RATE";
 /// `PerCpuArray<u64>`: events emitted, suppressed, lost.
 pub const EVENT_STATS: &str = "FW_EVENT_STATS";
@@ -72,7 +76,7 @@ pub const RESOLVERS: &str = "FW_RESOLVERS";
 pub const DNS_PROXY: &str = "FW_DNS_PROXY";
 
 /// Every map that `fw` pins, in a fixed order.
-pub const ALL: [&str; 29] = [
+pub const ALL: [&str; 30] = [
     CONFIG,
     PHASES,
     ADDR4,
@@ -93,6 +97,7 @@ pub const ALL: [&str; 29] = [
     STATS,
     RULE_STATS,
     EVENTS,
+    EVENT_RULE_RATE,
     EVENT_RATE,
     EVENT_STATS,
     BYPASS4,

@@ -86,19 +86,17 @@ fn classify(ctx: &TcContext, direction: Direction) -> i32 {
 
 /// A drop event for `pkt` (rate-limited in `events`). Packets carry no
 /// process; on egress the sending socket's cgroup names the container.
-/// Only the budget key is computed before the rate limit: everything else
-/// (the cgroup helper call, the record) only for an event that is sent, so
-/// a flood of denied packets past the budget costs one lookup each.
+/// Only the budget is checked before the rate limit: everything else (the
+/// cgroup helper call, the record) only for an event that is sent, so a
+/// flood of denied packets past the budget costs one array read each.
 #[inline(always)]
 fn report(ctx: &TcContext, direction: Direction, verdict: &Verdict, pkt: &parse::Packet) {
-    let key = if verdict.reason == Reason::PassAudit {
-        let (peer, port) =
-            if direction == Direction::Egress { (&pkt.dst, pkt.policy_port) } else { (&pkt.src, pkt.policy_port) };
-        events::destination_key(verdict.reason as u8, peer, port, pkt.proto)
-    } else {
-        events::rule_key(verdict)
-    };
-    events::emit(verdict, key, flow::now_ns(), |e| {
+    let now = flow::now_ns();
+    let peer = if direction == Direction::Egress { &pkt.dst } else { &pkt.src };
+    if !events::within_budget(verdict, peer, pkt.policy_port, pkt.proto, now) {
+        return;
+    }
+    events::emit(verdict, now, |e| {
         e.direction = direction as u8;
         e.family = pkt.family;
         e.proto = pkt.proto;

@@ -319,12 +319,11 @@ fn ephemeral(port: u16) -> bool {
 
 #[inline(always)]
 fn report(_ctx: &SockAddrContext, verdict: &Verdict, family: u8, ip_proto: u8, dst: &[u8; 16], dport: u16) {
-    let key = if verdict.reason == Reason::PassAudit {
-        events::destination_key(verdict.reason as u8, dst, dport, ip_proto)
-    } else {
-        events::rule_key(verdict)
-    };
-    events::emit(verdict, key, flow::now_ns(), |e| {
+    let now = flow::now_ns();
+    if !events::within_budget(verdict, dst, dport, ip_proto, now) {
+        return;
+    }
+    events::emit(verdict, now, |e| {
         e.direction = Direction::Egress as u8;
         e.family = family;
         e.proto = ip_proto;

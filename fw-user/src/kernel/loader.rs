@@ -119,7 +119,8 @@ pub struct CounterMaps {
 #[derive(Clone, Copy, Debug)]
 pub struct LoadOptions {
     pub capacity: Capacity,
-    /// Drop events per second per (reason, rule) and CPU.
+    /// Drop events per second per rule (or reason) and CPU; would-drops of
+    /// audit mode per destination.
     pub event_budget: u32,
     /// The network namespace whose sockets the cgroup hooks judge.
     pub netns_cookie: u64,

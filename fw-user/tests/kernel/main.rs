@@ -18,6 +18,7 @@ mod addr4;
 mod addr6;
 mod batch;
 mod diff;
+mod events;
 mod flows;
 mod gen;
 mod kernel;
