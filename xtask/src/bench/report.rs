@@ -133,14 +133,14 @@ fn targets(results: &Value) -> Vec<Target> {
             met: learned <= 1.1,
         });
     }
-    for (key, label) in [("new", "new-flow packet (no insert)"), ("denied", "denied packet")] {
+    // Issue 16's targets: a new flow 5x the floor, a denied packet 6x.
+    for (key, label, target, what) in [
+        ("new", "new-flow packet (no insert)", 5.0, "new-flow packet at the most rules <= 5x the floor"),
+        ("denied", "denied packet", 6.0, "denied packet at the most rules <= 6x the floor"),
+    ] {
         let w = worst(key, Some(largest));
         out.push(Target {
-            what: if key == "new" {
-                "new-flow packet at the most rules <= 6x the floor"
-            } else {
-                "denied packet at the most rules <= 6x the floor"
-            },
+            what,
             measured: format!(
                 "{label}: worst {w:.2}x at {largest} rules{}",
                 bound_note(
@@ -148,7 +148,7 @@ fn targets(results: &Value) -> Vec<Target> {
                     "the floor, the parse, a miss in each flow table, the IPv4 address lookup, one hash lookup for the port"
                 )
             ),
-            met: w <= 6.0,
+            met: w <= target,
         });
     }
     let ins = testrun
