@@ -165,7 +165,9 @@ fn initial_policy(name: &str, args: &RunArgs) -> Result<(LoadedPhase, String, bo
 fn fresh(name: &str, args: &RunArgs) -> Result<InstanceState> {
     let options = loader::LoadOptions { event_budget: args.event_budget, ..loader::LoadOptions::here()? };
     let kernel = loader::Preloading::start(options);
+    crate::mark("run: start");
     let (loaded, phase, from_boot) = initial_policy(name, args)?;
+    crate::mark("run: policy parsed and compiled");
     if from_boot {
         say!(
             "fw: {name}: starting in phase {phase} of {}, the last one confirmed ({}); --policy/--phase only seed the first start (`fw stop --forget` resets)",
@@ -177,6 +179,7 @@ fn fresh(name: &str, args: &RunArgs) -> Result<InstanceState> {
     if !args.force {
         instance::refuse_open_egress(&loaded.warnings)?;
     }
+    crate::mark("run: warnings said");
     let cgroup = cgroup::resolve(args.cgroup.as_deref())?;
     let state = instance::start(StartRequest {
         name: name.to_string(),

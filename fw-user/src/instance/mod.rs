@@ -230,13 +230,16 @@ pub fn start(request: StartRequest) -> Result<InstanceState> {
 
     let generation = 1;
     let mut ebpf = kernel.wait()?;
+    crate::mark("start: programs loaded and verified");
     loader::pin_maps(&ebpf, &name)?;
     let mut store = KernelStore::from_maps(&name, PolicyMaps::take(&mut ebpf)?);
     let mut records = FileRecords::new(&name);
     if !ephemeral {
         records.save_copy(generation, &loaded.copy)?;
     }
+    crate::mark("start: maps pinned, policy copy saved");
     store.write(&compiled, generation)?;
+    crate::mark("start: generation written");
     store.activate(generation)?;
     loader::RouteMaps::open(&name)?.refresh(&iface)?;
     failpoint::step("attach");
@@ -244,6 +247,7 @@ pub fn start(request: StartRequest) -> Result<InstanceState> {
     if let Some(dir) = &cgroup {
         loader::attach_cgroup(&mut ebpf, &name, dir)?;
     }
+    crate::mark("start: activated and attached");
     let state = InstanceState {
         name: name.clone(),
         iface,
@@ -269,6 +273,7 @@ pub fn start(request: StartRequest) -> Result<InstanceState> {
     // From here on the instance is complete; the boot record follows.
     let _lock = lock::lock(&name)?;
     let (state, _) = txn::reconcile(&mut store, &mut records)?;
+    crate::mark("start: recorded");
     Ok(state)
 }
 

@@ -259,6 +259,7 @@ pub fn load_phase_kept(kept: &Path, policy_arg: &str, env: Option<&Path>, phase:
 
 fn compile_copy(label: String, env: Option<PathBuf>, copy: PolicyCopy, phase: &str) -> Result<LoadedPhase> {
     let (loaded, read_besides) = parse_copy(&label, env.as_deref(), &copy)?;
+    crate::mark("load: policy parsed");
     compile_loaded(label, env, &loaded, copy, read_besides, phase)
 }
 
@@ -278,8 +279,10 @@ fn compile_loaded(
 ) -> Result<LoadedPhase> {
     let compiled = compile::compile_phase(&loaded.policy, phase)?;
     compile::check_capacity(&compiled, &compile::Limits::default())?;
+    crate::mark("load: phase compiled");
     let mut warnings = loaded.warnings.clone();
     warnings.extend(lint::lint(&loaded.policy, std::slice::from_ref(&compiled), host::ephemeral_range()));
+    crate::mark("load: linted");
     let names = crate::policy::names::NameRules::of_phase(&loaded.policy, phase);
     Ok(LoadedPhase {
         source: label,
