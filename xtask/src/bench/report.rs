@@ -230,7 +230,7 @@ fn targets(results: &Value) -> Vec<Target> {
         out.push(Target {
             what: "phase switch >= 3x faster than nft -f (fw switch vs nft -f of the other phase)",
             measured: format!(
-                "{sw:.2}x at {n} rules ({} vs {})",
+                "{sw:.2}x at {n} rules ({} vs {}, medians of three switches each)",
                 ms(&load["fw_switch_ms"]),
                 ms(&load["nft_switch_ms"])
             ),
@@ -601,9 +601,11 @@ pub fn markdown(results: &Value, svg: &str) -> String {
     md += "\n## 3. Control plane\n\n";
     md += "Loading the policy into a fresh instance and switching phase (a to b: every entry rewritten), measured live in part 2. \
            fw: `fw run` from start until it prints that it enforces (parse, compile, load and verify, write the maps, attach), \
-           `fw switch b` once the daemon has compiled the phases ahead (the time that took after it enforced: \
-           \"compiled ahead\"); the switch returns once phase b is enforced and recorded; in brackets, until the daemon has deleted \
-           phase a's entries after it, which `fw status` shows. nftables: `nft -f` of `fw export nft`, then `nft -f` of phase b (replaces the table). \
+           `fw switch` once the daemon has compiled the phases ahead (the time that took after it enforced: \
+           \"compiled ahead\"): the median of three switches (to b, a, b), each once the daemon has deleted the entries of the one before; \
+           a switch returns once its phase is enforced and recorded; in brackets, the first switch until the daemon has deleted \
+           phase a's entries after it, which `fw status` shows. nftables: `nft -f` of `fw export nft`, then the median of three `nft -f` \
+           of phases b, a, b (each replaces the table). \
            iptables: `iptables-restore` + `ip6tables-restore`. Slab: growth of `Slab:` in /proc/meminfo across the load \
            (the machine is shared: other activity shows up too). fw RSS: the `fw run` daemon's resident memory after \
            the switch (what it keeps). nft file: the size of the `fw export nft` ruleset loaded. `timed out`: still \
