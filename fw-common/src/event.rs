@@ -46,7 +46,7 @@ pub struct DropEvent {
     pub comm: [u8; 16],
 }
 
-/// Slots of `FW_EVENT_RULE_RATE`, the budgets of drop events: one per rule
+/// Slots of `FW_RULE_BUDGETS`, the budgets of drop events: one per rule
 /// id modulo [`RULE_RATE_RULES`], then one per reason for the drops no rule
 /// decides.
 pub const RULE_RATE_SLOTS: u32 = RULE_RATE_RULES + crate::Reason::SLOTS;
@@ -56,7 +56,7 @@ pub const RULE_RATE_SLOTS: u32 = RULE_RATE_RULES + crate::Reason::SLOTS;
 /// per-rule counters stay exact). A power of two: the slot is a mask.
 pub const RULE_RATE_RULES: u32 = 4096;
 
-/// The budget slot of a drop event in `FW_EVENT_RULE_RATE`: its rule's, or
+/// The budget slot of a drop event in `FW_RULE_BUDGETS`: its rule's, or
 /// for a drop no rule decided (`rule == u32::MAX`) its reason's. A per-CPU
 /// array indexed so costs a denied packet one inlined array read, where a
 /// hash of (reason, rule) keys cost a hash lookup (BENCHMARKS.md, "Where a

@@ -59,7 +59,7 @@ pub const ONLINK6: &str = "FW_ONLINK6";
 pub const EVENTS: &str = "FW_EVENTS";
 /// `PerCpuArray<RateWindow>`: drop events' budgets, per rule (or reason),
 /// see [`crate::event::rule_rate_slot`].
-pub const EVENT_RULE_RATE: &str = "FW_EVENT_RULE_RATE";
+pub const RULE_BUDGETS: &str = "FW_RULE_BUDGETS";
 /// `LruPerCpuHashMap<u64, RateWindow>`: audit mode's would-drop events'
 /// budgets, per destination.
 pub const EVENT_RATE: &str = "FW_EVENT_RATE";
@@ -97,7 +97,7 @@ pub const ALL: [&str; 30] = [
     STATS,
     RULE_STATS,
     EVENTS,
-    EVENT_RULE_RATE,
+    RULE_BUDGETS,
     EVENT_RATE,
     EVENT_STATS,
     BYPASS4,

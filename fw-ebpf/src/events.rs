@@ -31,8 +31,8 @@ static EVENT_BUDGET: u32 = DEFAULT_EVENT_BUDGET;
 #[map(name = "FW_EVENTS")]
 static FW_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
-#[map(name = "FW_EVENT_RULE_RATE")]
-static FW_EVENT_RULE_RATE: PerCpuArray<RateWindow> = PerCpuArray::with_max_entries(RULE_RATE_SLOTS, 0);
+#[map(name = "FW_RULE_BUDGETS")]
+static FW_RULE_BUDGETS: PerCpuArray<RateWindow> = PerCpuArray::with_max_entries(RULE_RATE_SLOTS, 0);
 
 #[map(name = "FW_EVENT_RATE")]
 static FW_EVENT_RATE: LruPerCpuHashMap<u64, RateWindow> = LruPerCpuHashMap::with_max_entries(4096, 0);
@@ -60,7 +60,7 @@ pub fn within_budget(verdict: &Verdict, peer: &[u8; 16], port: u16, proto: u8, n
     let within = if verdict.reason == Reason::PassAudit {
         destination_within(destination_key(peer, port, proto), now, budget)
     } else {
-        match FW_EVENT_RULE_RATE.get_ptr_mut(rule_rate_slot(verdict.reason as u8, verdict.rule)) {
+        match FW_RULE_BUDGETS.get_ptr_mut(rule_rate_slot(verdict.reason as u8, verdict.rule)) {
             // SAFETY: per-CPU slot, only this CPU touches it.
             Some(w) => spend(unsafe { &mut *w }, now, budget),
             None => false,
