@@ -1,20 +1,17 @@
 //! Per-CPU counters: per (direction, reason) and per rule. Per-CPU so that
 //! two cores never contend for (or tear) one counter; userspace sums them.
+//! Over the maps each object holds: `fw_egress`'s `FW_STATS` and
+//! `FW_RULE_STATS` (the binary's `stats`), and the lookup benchmark's,
+//! which times a packet's counting alone.
 
-use aya_ebpf::{macros::map, maps::PerCpuArray};
-use fw_common::{
-    maps::MAX_RULES,
-    stats::{stats_index, STATS_ENTRIES},
-    Counter, Direction,
-};
+use aya_ebpf::maps::PerCpuArray;
+use fw_common::{stats::stats_index, Counter, Direction, Reason};
 
-use crate::verdict::{Verdict, NO_RULE};
-
-#[map(name = "FW_STATS")]
-static FW_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
-
-#[map(name = "FW_RULE_STATS")]
-static FW_RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_RULES, 0);
+/// The two counter maps: per (phase slot, direction, reason), per rule.
+pub struct Maps {
+    pub reasons: &'static PerCpuArray<Counter>,
+    pub rules: &'static PerCpuArray<Counter>,
+}
 
 #[inline(always)]
 fn bump(map: &PerCpuArray<Counter>, index: u32, bytes: u32) {
@@ -28,12 +25,16 @@ fn bump(map: &PerCpuArray<Counter>, index: u32, bytes: u32) {
     }
 }
 
-/// Counts a verdict, under the phase slot of the active generation (see
+/// The rule of a verdict no rule decided: counted under its reason only.
+pub const NO_RULE: u32 = u32::MAX;
+
+/// Counts one packet of `bytes` judged `reason` by `rule` (or
+/// [`NO_RULE`]) in `direction`, under phase slot `slot` (see
 /// `fw_common::stats`).
 #[inline(always)]
-pub fn count(direction: Direction, verdict: &Verdict, bytes: u32) {
-    bump(&FW_STATS, stats_index(crate::policy::active_slot(), direction, verdict.reason), bytes);
-    if verdict.rule != NO_RULE {
-        bump(&FW_RULE_STATS, verdict.rule, bytes);
+pub fn count(maps: &Maps, slot: u32, direction: Direction, reason: Reason, rule: u32, bytes: u32) {
+    bump(maps.reasons, stats_index(slot, direction, reason), bytes);
+    if rule != NO_RULE {
+        bump(maps.rules, rule, bytes);
     }
 }

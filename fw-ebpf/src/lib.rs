@@ -15,6 +15,7 @@
 
 pub mod addr4;
 pub mod addr6;
+pub mod counters;
 pub mod mem;
 pub mod parse;
 pub mod ports;

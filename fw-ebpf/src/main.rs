@@ -12,13 +12,13 @@
 // `allows-misaligned-mem-access` for the parser (see parse::parse_skb).
 #![feature(bpf_target_feature)]
 
-mod counters;
 mod datapath;
 mod events;
 mod flow;
 mod frag;
 mod policy;
 mod sock;
+mod stats;
 mod verdict;
 
 // The parser lives in the library so that it runs as host unit tests too.
@@ -66,7 +66,7 @@ fn classify(ctx: &TcContext, direction: Direction) -> i32 {
         Ok(parse::Parsed::NotIp) => Verdict::new(Reason::PassNonIp, NO_RULE),
         Err(reason) => Verdict::drop(reason),
     };
-    counters::count(direction, &verdict, ctx.len());
+    stats::count(direction, &verdict, ctx.len());
     if (verdict.reason.is_drop() || verdict.reason == Reason::PassAudit) && !verdict.quiet {
         if verdict.reason == Reason::DropNoPolicy {
             // Never expected: the loader writes a policy before attaching.

@@ -44,7 +44,7 @@ use fw_common::{
     Action, Direction, Reason,
 };
 
-use crate::{counters, events, flow, policy, verdict::Verdict};
+use crate::{events, flow, policy, stats, verdict::Verdict};
 
 /// Network namespace cookie of the enforced interface; set at load time.
 #[unsafe(no_mangle)]
@@ -199,7 +199,7 @@ fn steer_dns(ctx: &SockAddrContext, family: u8, ip_proto: u8, dst: &[u8; 16], dp
         None => {}
     }
     let refused = Verdict::drop(Reason::DropSocket);
-    counters::count(Direction::Egress, &refused, 0);
+    stats::count(Direction::Egress, &refused, 0);
     report(ctx, &refused, family, ip_proto, dst, dport);
     Some(REFUSE)
 }
@@ -282,7 +282,7 @@ fn judge(ctx: &SockAddrContext, family: u8) -> i32 {
         }
     }
     let refused = Verdict::new(Reason::DropSocket, verdict.rule);
-    counters::count(Direction::Egress, &refused, 0);
+    stats::count(Direction::Egress, &refused, 0);
     report(ctx, &refused, family, ip_proto, &dst, dport);
     REFUSE
 }

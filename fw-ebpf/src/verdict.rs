@@ -3,7 +3,7 @@
 use fw_common::Reason;
 
 /// Sentinel rule id: no rule decided (default, parse error, non-IP).
-pub const NO_RULE: u32 = u32::MAX;
+pub const NO_RULE: u32 = fw_ebpf::counters::NO_RULE;
 
 #[derive(Clone, Copy)]
 pub struct Verdict {
