@@ -124,4 +124,6 @@ pub mod bench {
     pub const PROG_PARSE: &str = "bench_parse";
     /// Does nothing: the parser's floor.
     pub const PROG_NOOP: &str = "bench_noop";
+    /// A packet's two counters alone, as `fw_egress` updates them.
+    pub const PROG_COUNT: &str = "bench_count";
 }

@@ -15,7 +15,7 @@
 
 use aya_ebpf::{
     macros::{classifier, map},
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     programs::TcContext,
 };
 use fw_common::{
@@ -23,7 +23,8 @@ use fw_common::{
     dir4::{found, Chunk, Top, CHUNK, CHUNK_ENTRIES, INDEX, MISS, TOP_ENTRIES, TRIE},
     policy::{ADDR_KEY_FIXED_BITS, PORT_KEY_FULL_BITS},
     port_hash::{PortHashKey, PortHashValue},
-    AddrKey4, AddrKey6, Direction, FlowKey4, FlowValue, PolicyValue, PortKey,
+    stats::STATS_ENTRIES,
+    AddrKey4, AddrKey6, Counter, Direction, FlowKey4, FlowValue, PolicyValue, PortKey, Reason,
 };
 
 /// Ethernet (14) + the IPv4 header's offsets of the protocol and destination.
@@ -70,6 +71,17 @@ static BENCH_NET64: HashMap<NetKey, u32> = HashMap::with_max_entries(1, 0);
 
 #[map(name = "BENCH_HOSTS6")]
 static BENCH_HOSTS6: HashMap<AddrKey6, u32> = HashMap::with_max_entries(1, 0);
+
+/// Counted as `fw_egress` counts (`fw_ebpf::counters`), in maps of the
+/// same types; a rule counter per frame length, so the index is not a
+/// constant.
+#[map(name = "BENCH_STATS")]
+static BENCH_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STATS_ENTRIES, 0);
+
+#[map(name = "BENCH_RULE_STATS")]
+static BENCH_RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(2048, 0);
+
+const COUNTERS: fw_ebpf::counters::Maps = fw_ebpf::counters::Maps { reasons: &BENCH_STATS, rules: &BENCH_RULE_STATS };
 
 /// The egress miss entry of the phase (`PhaseConfig::addr6_miss`).
 #[map(name = "BENCH_MISS6")]
@@ -265,6 +277,15 @@ pub fn bench_parse(ctx: TcContext) -> i32 {
         Ok(_) => i32::from(pkt.dst[3]),
         Err(reason) => -(reason as i32),
     }
+}
+
+/// A packet counted as `fw_egress` counts every packet it judges (the two
+/// per-CPU counters, of its reason and of its rule) and nothing else.
+#[classifier]
+pub fn bench_count(ctx: TcContext) -> i32 {
+    let len = ctx.len();
+    fw_ebpf::counters::count(&COUNTERS, 1, Direction::Egress, Reason::PassRule, len & 0x7ff, len);
+    0
 }
 
 #[inline(always)]

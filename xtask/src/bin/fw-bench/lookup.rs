@@ -356,6 +356,7 @@ pub fn run(opts: &Options) -> Result<Value> {
             bench::PROG_FLOW4_FLOOR,
             bench::PROG_PARSE,
             bench::PROG_NOOP,
+            bench::PROG_COUNT,
             bench::PROG_FLOOR6,
             bench::PROG_TRIE6,
             bench::PROG_HASH6,
@@ -364,12 +365,12 @@ pub fn run(opts: &Options) -> Result<Value> {
             let p: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
             p.load().with_context(|| format!("the verifier rejected {name}"))?;
         }
-        let [floor, trie, dir, hyb, trie_ports, dir_ports, hyb_ports, hyb_hash, flow, flow_floor, parse, noop, floor6, trie6, hash6p] =
+        let [floor, trie, dir, hyb, trie_ports, dir_ports, hyb_ports, hyb_hash, flow, flow_floor, parse, noop, count, floor6, trie6, hash6p] =
             names.map(|n| program(&ebpf, n));
         let (floor6, trie6, hash6p) = (floor6?, trie6?, hash6p?);
         let (floor, trie, dir, hyb, trie_ports, dir_ports, hyb_ports, hyb_hash) =
             (floor?, trie?, dir?, hyb?, trie_ports?, dir_ports?, hyb_ports?, hyb_hash?);
-        let (flow, flow_floor, parse, noop) = (flow?, flow_floor?, parse?, noop?);
+        let (flow, flow_floor, parse, noop, count) = (flow?, flow_floor?, parse?, noop?, count?);
 
         // Agreement: the edges of every egress prefix, and random addresses.
         let mut rng = Rng::new(0x6469_7234 ^ rules as u64);
@@ -449,6 +450,13 @@ pub fn run(opts: &Options) -> Result<Value> {
             let base = time(noop, addr, opts.repeat)?;
             parsed.push(time(parse, addr, opts.repeat)? - base);
         }
+        // A packet's two counters alone, above the same do-nothing program.
+        let mut counted = Vec::new();
+        for _ in 0..opts.sample {
+            let addr = covered[rng.below(covered.len() as u64) as usize];
+            let base = time(noop, addr, opts.repeat)?;
+            counted.push(time(count, addr, opts.repeat)? - base);
+        }
         // IPv6: the trie against the /64 hash, agreeing first on the edges
         // of every egress prefix, the address after each, and random ones
         // in the policy's two /20s and /32s; then timed on `sample` edges
@@ -524,6 +532,7 @@ pub fn run(opts: &Options) -> Result<Value> {
             "flow_hit": stat(&mut flow_hit),
             "flow_miss": stat(&mut flow_miss),
             "parse": stat(&mut parsed),
+            "count": stat(&mut counted),
             "port_hash_memlock_bytes": memlock_port_hash,
             "trie_slab_bytes": trie_slab,
             "trie_memlock_bytes": trie_memlock,
