@@ -49,6 +49,7 @@ pub fn say_warnings(warnings: &[policy::Warning]) {
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
+pub mod allocator;
 pub mod cli;
 pub mod daemon;
 pub mod instance;

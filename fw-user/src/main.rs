@@ -12,26 +12,10 @@ extern "C" fn closed_pipe(_: libc::c_int) {
     unsafe { libc::_exit(0) }
 }
 
-/// The daemon runs for months and its threads allocate little, but glibc
-/// gives each thread that allocates an arena of its own and keeps what it
-/// freed there: the tokio threads that read the state file after a switch
-/// (8 MB of JSON at 100,000 rules) kept 64 MB resident each. One arena:
-/// 239 MB -> 119 MB resident after a switch at 100,000 rules (musl has one
-/// anyway).
-fn one_malloc_arena() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets an allocator parameter; called before any
-    // thread starts.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-    }
-}
-
 fn main() -> ExitCode {
+    fw_user::allocator::return_freed_memory_at_once();
     let cli = Cli::parse();
-    if matches!(cli.command, cli::Command::Run(_)) {
-        one_malloc_arena();
-    } else {
+    if !matches!(cli.command, cli::Command::Run(_)) {
         // The daemon keeps Rust's default (ignored): a closed stdout must
         // not end the process that rolls back unconfirmed switches.
         // SAFETY: setting a signal disposition before any thread starts.

@@ -11,8 +11,9 @@
 //!   `xtask run` mounts it itself, through sudo if need be);
 //! * the tools the privileged tests drive (`ip`, `nsenter`, `setpriv`);
 //! * for the image (`cargo xtask image`, and the tests that run it): the
-//!   musl target of the stable toolchain, podman and runc (Debian's
-//!   packages; runc because crun refuses a hybrid cgroup layout);
+//!   musl target of the stable toolchain, musl-tools (mimalloc is C),
+//!   podman and runc (Debian's packages; runc because crun refuses a
+//!   hybrid cgroup layout);
 //! * for the Kubernetes manifests' test: `kubernetes-validate`, pinned, in
 //!   a virtualenv under `~/.cache/fw/` (it ships the schemas: offline).
 
@@ -197,8 +198,10 @@ pub fn mount_bpffs() -> Result<()> {
 }
 
 /// Adds the musl target (the static binary of the image) to the toolchain
-/// that builds fw.
+/// that builds fw, and musl's C compiler wrapper: fw's allocator, mimalloc,
+/// is C (libmimalloc-sys builds it with `musl-gcc` for this target).
 pub fn musl_target() -> Result<()> {
+    apt_install(&[("musl-gcc", "musl-tools")], "the image's static fw (its allocator is C)")?;
     let installed = cmd::output(Command::new("rustup").args(["target", "list", "--installed"]))?;
     if installed.lines().any(|t| t.trim() == crate::image::TARGET) {
         return Ok(());
