@@ -4,12 +4,12 @@
 //! Parsing and compiling a policy is bound by allocation: at 100,000 rules
 //! `perf` put glibc's malloc at about 40% of it (`_int_malloc`,
 //! `malloc_consolidate`, `unlink_chunk`). With mimalloc a fresh `fw run` of
-//! the bench's 100,000-rule policy enforced in 1.55-1.58 s instead of 2.13
-//! s (compile 190 -> 107 ms, the lint 48 -> 29, the warnings 76 -> 10), and
-//! a daemon that keeps its memory small matters as much: glibc kept 93 MB
-//! resident after that start (with one arena, see `fw`'s main before this
-//! module), mimalloc with its default delay 239 MB, and with purging at
-//! once 30-45 MB (BENCHMARKS.md, "The allocator"). Purging at once costs a
+//! the bench's 100,000-rule policy enforced in 1.78-2.26 s instead of
+//! 2.12-2.59 s (compile 190 -> 90-110 ms, the lint 48 -> 20-30, the
+//! warnings 76 -> 7-13), and a daemon that keeps its memory small matters
+//! as much: glibc kept 92 MB resident after that start (with one arena),
+//! mimalloc with its default purge delay 239 MB, and with purging at once
+//! 39-42 MB (BENCHMARKS.md, "The allocator"). Purging at once costs a
 //! `madvise` per freed span, which the daemon, idle but for DNS answers,
 //! events and the odd switch, does not notice.
 
