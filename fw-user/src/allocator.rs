@@ -25,8 +25,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// freed.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Freed memory goes back to the kernel at once. Call first thing in
-/// `main`: it applies to what is freed from then on.
+/// Freed memory goes back to the kernel at once: for the daemon, which
+/// lives on after its start freed the parse's and the compile's memory.
+/// Call first thing in `main`: it applies to what is freed from then on.
 pub fn return_freed_memory_at_once() {
     // SAFETY: setting an option is thread-safe and takes effect on the
     // next purge.

@@ -13,9 +13,13 @@ extern "C" fn closed_pipe(_: libc::c_int) {
 }
 
 fn main() -> ExitCode {
-    fw_user::allocator::return_freed_memory_at_once();
     let cli = Cli::parse();
-    if !matches!(cli.command, cli::Command::Run(_)) {
+    if matches!(cli.command, cli::Command::Run(_)) {
+        // The daemon lives on: what its start freed goes back to the
+        // kernel. A one-shot command exits instead, and gives it all back
+        // then, without a system call per freed span.
+        fw_user::allocator::return_freed_memory_at_once();
+    } else {
         // The daemon keeps Rust's default (ignored): a closed stdout must
         // not end the process that rolls back unconfirmed switches.
         // SAFETY: setting a signal disposition before any thread starts.
