@@ -1,17 +1,19 @@
-//! The memory allocator of every program that links fw: mimalloc, told to
-//! give memory back to the kernel as soon as it is freed.
+//! The memory allocator of every program that links fw: mimalloc. The
+//! daemon, once it enforces, gives back what its start freed and from
+//! then on returns freed memory to the kernel at once.
 //!
 //! Parsing and compiling a policy is bound by allocation: at 100,000 rules
 //! `perf` put glibc's malloc at about 40% of it (`_int_malloc`,
-//! `malloc_consolidate`, `unlink_chunk`). With mimalloc a fresh `fw run` of
-//! the bench's 100,000-rule policy enforced in 1.78-2.26 s instead of
-//! 2.12-2.59 s (compile 190 -> 90-110 ms, the lint 48 -> 20-30, the
-//! warnings 76 -> 7-13), and a daemon that keeps its memory small matters
-//! as much: glibc kept 92 MB resident after that start (with one arena),
-//! mimalloc with its default purge delay 239 MB, and with purging at once
-//! 39-42 MB (BENCHMARKS.md, "The allocator"). Purging at once costs a
-//! `madvise` per freed span, which the daemon, idle but for DNS answers,
-//! events and the odd switch, does not notice.
+//! `malloc_consolidate`, `unlink_chunk`); mimalloc compiles the bench's
+//! 100,000-rule policy in half the time (BENCHMARKS.md, "The allocator").
+//! It keeps what is freed for a while (its purge delay), and a thread that
+//! goes idle never gets to give it back: with the default the daemon kept
+//! 239 MB after a 100,000-rule start, where glibc kept 92 MB. Purging at
+//! once from the first allocation kept 39-45 MB, but made the start itself
+//! pay: a page given back is a page the next allocation faults in and the
+//! kernel zeroes again (`clear_page_erms`, a third of a profiled compile).
+//! Hence [`settle`]: the start runs with the default delay, and the daemon
+//! purges once it enforces.
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -25,13 +27,17 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// freed.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Freed memory goes back to the kernel at once: for the daemon, which
-/// lives on after its start freed the parse's and the compile's memory.
-/// Call first thing in `main`: it applies to what is freed from then on.
-pub fn return_freed_memory_at_once() {
-    // SAFETY: setting an option is thread-safe and takes effect on the
-    // next purge.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+/// What was freed so far goes back to the kernel now, and from now on
+/// what is freed goes back at once: for the daemon, once it enforces (its
+/// start freed the parse's and the compile's working set; what it does
+/// from then on, DNS answers, events, the odd switch, allocates little).
+pub fn settle() {
+    // SAFETY: setting an option and collecting are thread-safe; a forced
+    // collect purges the arenas every thread allocates from.
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0);
+        libmimalloc_sys::mi_collect(true);
+    }
 }
 
 #[cfg(test)]
@@ -46,7 +52,7 @@ mod tests {
         // SAFETY: reading and setting options is thread-safe.
         unsafe {
             assert_eq!(libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY), 1000, "mimalloc's default purge delay");
-            return_freed_memory_at_once();
+            settle();
             assert_eq!(libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY), 0);
         }
     }

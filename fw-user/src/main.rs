@@ -14,12 +14,7 @@ extern "C" fn closed_pipe(_: libc::c_int) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, cli::Command::Run(_)) {
-        // The daemon lives on: what its start freed goes back to the
-        // kernel. A one-shot command exits instead, and gives it all back
-        // then, without a system call per freed span.
-        fw_user::allocator::return_freed_memory_at_once();
-    } else {
+    if !matches!(cli.command, cli::Command::Run(_)) {
         // The daemon keeps Rust's default (ignored): a closed stdout must
         // not end the process that rolls back unconfirmed switches.
         // SAFETY: setting a signal disposition before any thread starts.

@@ -130,6 +130,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     } else {
         fresh(&name, &args)?
     };
+    // Enforcing: the parse's and the compile's memory goes back now, and
+    // from here on what the daemon frees.
+    crate::allocator::settle();
     let info = control::DaemonInfo { pid: std::process::id(), started_at: crate::unix_now() };
     let log = events::EventLog::shared();
     runtime.spawn(control::serve(listener, info, log.clone()));

@@ -97,9 +97,6 @@ fn run() -> Result<()> {
 }
 
 fn main() {
-    // fw's allocator as fw sets it up, so that the in-process control-plane
-    // figures are fw's.
-    fw_user::allocator::return_freed_memory_at_once();
     if let Err(e) = run() {
         eprintln!("fw-bench: {e:#}");
         exit(1);
