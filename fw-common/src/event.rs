@@ -59,8 +59,8 @@ pub const RULE_RATE_RULES: u32 = 4096;
 /// The budget slot of a drop event in `FW_RULE_BUDGETS`: its rule's, or
 /// for a drop no rule decided (`rule == u32::MAX`) its reason's. A per-CPU
 /// array indexed so costs a denied packet one inlined array read, where a
-/// hash of (reason, rule) keys cost a hash lookup (BENCHMARKS.md, "Where a
-/// new and a denied packet's time goes").
+/// hash of (reason, rule) keys cost a hash lookup (BENCHMARKS.md, "Drop
+/// events' budgets").
 #[inline(always)]
 pub const fn rule_rate_slot(reason: u8, rule: u32) -> u32 {
     if rule == u32::MAX {
@@ -111,6 +111,9 @@ mod tests {
         }
         // A rule id beyond the slots shares one (the documented trade).
         assert_eq!(rule_rate_slot(Reason::DropRule as u8, RULE_RATE_RULES + 7), 7);
+        // A rule's connect() refusals (drop_socket, with the rule) and its
+        // packet drops share the rule's budget.
+        assert_eq!(rule_rate_slot(Reason::DropSocket as u8, 9), rule_rate_slot(Reason::DropRule as u8, 9));
     }
 
     #[test]

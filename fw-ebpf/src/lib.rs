@@ -1,7 +1,7 @@
 //! The parts of the kernel program that need no kernel: the header parser
 //! and its helpers; and the IPv4 table, IPv6 hash and port lookups
-//! (`addr4`, `addr6`, `ports`), which the lookup benchmark's object
-//! (`fw-lookup-bench`) shares. The `fw-ebpf` binary (built for
+//! (`addr4`, `addr6`, `ports`) and the counting (`counters`), which the
+//! lookup benchmark's object (`fw-lookup-bench`) shares. The `fw-ebpf` binary (built for
 //! bpfel-unknown-none) uses them from here, and here they are also
 //! ordinary Rust for the host, so `cargo test -p fw-ebpf --lib` tests them
 //! without root or a kernel
