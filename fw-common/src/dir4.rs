@@ -84,6 +84,7 @@ pub mod bench {
     pub const MAP_HOSTS: &str = "BENCH_HYB4_HOSTS";
     pub const MAP_PORTS_HASH: &str = "BENCH_PORTS_HASH";
     pub const MAP_FLOWS4: &str = "BENCH_FLOWS4";
+    pub const MAP_FLOWS6: &str = "BENCH_FLOWS6";
     pub const MAP_TRIE6: &str = "BENCH_ADDR6";
     pub const MAP_NET64: &str = "BENCH_NET64";
     pub const MAP_HOSTS6: &str = "BENCH_HOSTS6";
@@ -120,6 +121,9 @@ pub mod bench {
     pub const PROG_FLOW4: &str = "bench_flow4";
     /// Its floor: the same frame reads and key, no lookup.
     pub const PROG_FLOW4_FLOOR: &str = "bench_flow4_floor";
+    /// The same for an IPv6 frame, keyed as `FW_FLOWS6` (40 bytes).
+    pub const PROG_FLOW6: &str = "bench_flow6";
+    pub const PROG_FLOW6_FLOOR: &str = "bench_flow6_floor";
     /// The frame through `fw_egress`'s parser alone.
     pub const PROG_PARSE: &str = "bench_parse";
     /// Does nothing: the parser's floor.

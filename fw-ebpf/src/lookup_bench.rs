@@ -24,7 +24,7 @@ use fw_common::{
     policy::{ADDR_KEY_FIXED_BITS, PORT_KEY_FULL_BITS},
     port_hash::{PortHashKey, PortHashValue},
     stats::STATS_ENTRIES,
-    AddrKey4, AddrKey6, Counter, Direction, FlowKey4, FlowValue, PolicyValue, PortKey, Reason,
+    AddrKey4, AddrKey6, Counter, Direction, FlowKey, FlowKey4, FlowValue, PolicyValue, PortKey, Reason,
 };
 
 /// Ethernet (14) + the IPv4 header's offsets of the protocol and destination.
@@ -32,6 +32,10 @@ const PROTO_OFFSET: usize = 14 + 9;
 const SRC_OFFSET: usize = 14 + 12;
 /// The destination of an IPv6 frame (40-byte header).
 const DST6_OFFSET: usize = 14 + 24;
+/// An IPv6 frame's next header, source, and transport ports.
+const PROTO6_OFFSET: usize = 14 + 6;
+const SRC6_OFFSET: usize = 14 + 8;
+const SPORT6_OFFSET: usize = 14 + 40;
 const DST_OFFSET: usize = 14 + 16;
 /// The ports of a 20-byte IPv4 header's transport header.
 const SPORT_OFFSET: usize = 14 + 20;
@@ -94,6 +98,10 @@ const HASH6: fw_ebpf::addr6::Maps =
 /// Keyed and valued as `FW_FLOWS4`.
 #[map(name = "BENCH_FLOWS4")]
 static BENCH_FLOWS4: LruHashMap<FlowKey4, FlowValue> = LruHashMap::with_max_entries(1, 0);
+
+/// Keyed and valued as `FW_FLOWS6` (40-byte key).
+#[map(name = "BENCH_FLOWS6")]
+static BENCH_FLOWS6: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(1, 0);
 
 #[map(name = "BENCH_PORTS_HASH")]
 static BENCH_PORTS_HASH: HashMap<PortHashKey, PortHashValue> = HashMap::with_max_entries(1, 0);
@@ -253,6 +261,42 @@ pub fn bench_flow4(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn bench_flow4_floor(ctx: TcContext) -> i32 {
     flow_key4(&ctx).map_or(-1, |key| i32::from(key.local_addr[3] ^ key.remote_port[1] ^ key.proto))
+}
+
+/// The frame's flow key, built as `fw_egress` builds an IPv6 one.
+#[inline(always)]
+fn flow_key6(ctx: &TcContext) -> Option<FlowKey> {
+    let (Ok(proto), Ok(src), Ok(dst), Ok(ports)) = (
+        ctx.load::<u8>(PROTO6_OFFSET),
+        ctx.load::<[u8; 16]>(SRC6_OFFSET),
+        ctx.load::<[u8; 16]>(DST6_OFFSET),
+        ctx.load::<[u8; 4]>(SPORT6_OFFSET),
+    ) else {
+        return None;
+    };
+    Some(FlowKey {
+        family: 6,
+        proto,
+        _pad: 0,
+        local_port: [ports[0], ports[1]],
+        remote_port: [ports[2], ports[3]],
+        local_addr: src,
+        remote_addr: dst,
+    })
+}
+
+/// The frame's flow, looked up as `fw_egress` looks an IPv6 flow up: 1
+/// when found.
+#[classifier]
+pub fn bench_flow6(ctx: TcContext) -> i32 {
+    // SAFETY: only whether it is there is read.
+    flow_key6(&ctx).map_or(-1, |key| i32::from(unsafe { BENCH_FLOWS6.get(&key) }.is_some()))
+}
+
+/// [`bench_flow6`]'s floor: the same frame reads and key, no lookup.
+#[classifier]
+pub fn bench_flow6_floor(ctx: TcContext) -> i32 {
+    flow_key6(&ctx).map_or(-1, |key| i32::from(key.local_addr[15] ^ key.remote_port[1] ^ key.proto))
 }
 
 /// Does nothing: the floor the parser is timed against (the other floors

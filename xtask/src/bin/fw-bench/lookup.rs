@@ -27,7 +27,7 @@ use fw_common::{
     addr6::NetKey,
     dir4::{self, bench},
     port_hash::{PortHashKey, PortHashValue},
-    AddrKey4, AddrKey6, Direction, FlowKey4, FlowValue, PolicyValue, PortKey,
+    AddrKey4, AddrKey6, Direction, FlowKey, FlowKey4, FlowValue, PolicyValue, PortKey,
 };
 use fw_user::{
     kernel::{apply, batch, loader},
@@ -218,9 +218,27 @@ fn judge6(prog: &SchedClassifier, dst: Ipv6Addr) -> Result<u32> {
 
 /// [`time`] of a UDP frame to an IPv6 `dst`.
 fn time6(prog: &SchedClassifier, dst: Ipv6Addr, repeat: u32) -> Result<f64> {
-    let data = frame(SRC6.into(), dst.into(), UDP, SPORT, gen::UDP_PORT);
+    time6_from(prog, SPORT, dst, repeat)
+}
+
+/// [`time6`] of a frame from source port `sport`.
+fn time6_from(prog: &SchedClassifier, sport: u16, dst: Ipv6Addr, repeat: u32) -> Result<f64> {
+    let data = frame(SRC6.into(), dst.into(), UDP, sport, gen::UDP_PORT);
     let r = prog.test_run(TestRunOptions { data_in: Some(&data), repeat, ..Default::default() })?;
     Ok(r.duration.as_nanos() as f64)
+}
+
+/// The flow table's key of the UDP frame [`time6_from`] sends to `dst`.
+fn flow_key6(sport: u16, dst: Ipv6Addr) -> FlowKey {
+    FlowKey {
+        family: 6,
+        proto: UDP,
+        local_port: sport.to_be_bytes(),
+        remote_port: gen::UDP_PORT.to_be_bytes(),
+        local_addr: SRC6.octets(),
+        remote_addr: dst.octets(),
+        ..FlowKey::default()
+    }
 }
 
 /// The flow table's key of the UDP frame [`time_from`] sends to `dst`.
@@ -276,6 +294,7 @@ pub fn run(opts: &Options) -> Result<Value> {
             .map_max_entries(bench::MAP_HOSTS, hybrid.hosts.len().max(1) as u32)
             .map_max_entries(bench::MAP_PORTS_HASH, port_hash.entries.len().max(1) as u32)
             .map_max_entries(bench::MAP_FLOWS4, opts.sample.max(1) as u32 * 2)
+            .map_max_entries(bench::MAP_FLOWS6, opts.sample.max(1) as u32 * 2)
             .map_max_entries(bench::MAP_TRIE6, compiled.addr6.len().max(1) as u32)
             .map_max_entries(bench::MAP_NET64, hash6.nets.len().max(1) as u32)
             .map_max_entries(bench::MAP_HOSTS6, hash6.hosts.len().max(1) as u32)
@@ -357,6 +376,8 @@ pub fn run(opts: &Options) -> Result<Value> {
             bench::PROG_PARSE,
             bench::PROG_NOOP,
             bench::PROG_COUNT,
+            bench::PROG_FLOW6,
+            bench::PROG_FLOW6_FLOOR,
             bench::PROG_FLOOR6,
             bench::PROG_TRIE6,
             bench::PROG_HASH6,
@@ -365,9 +386,9 @@ pub fn run(opts: &Options) -> Result<Value> {
             let p: &mut SchedClassifier = ebpf.program_mut(name).context(name)?.try_into()?;
             p.load().with_context(|| format!("the verifier rejected {name}"))?;
         }
-        let [floor, trie, dir, hyb, trie_ports, dir_ports, hyb_ports, hyb_hash, flow, flow_floor, parse, noop, count, floor6, trie6, hash6p] =
+        let [floor, trie, dir, hyb, trie_ports, dir_ports, hyb_ports, hyb_hash, flow, flow_floor, parse, noop, count, flow6, flow6_floor, floor6, trie6, hash6p] =
             names.map(|n| program(&ebpf, n));
-        let (floor6, trie6, hash6p) = (floor6?, trie6?, hash6p?);
+        let (floor6, trie6, hash6p, flow6, flow6_floor) = (floor6?, trie6?, hash6p?, flow6?, flow6_floor?);
         let (floor, trie, dir, hyb, trie_ports, dir_ports, hyb_ports, hyb_hash) =
             (floor?, trie?, dir?, hyb?, trie_ports?, dir_ports?, hyb_ports?, hyb_hash?);
         let (flow, flow_floor, parse, noop, count) = (flow?, flow_floor?, parse?, noop?, count?);
@@ -496,12 +517,39 @@ pub fn run(opts: &Options) -> Result<Value> {
                 timed6[2 * i + 1].push(time6(hash6p, a, opts.repeat)? - base);
             }
         }
+        // IPv6 frames through the parser, and their flows in a table keyed
+        // as `FW_FLOWS6` (40 bytes against IPv4's 16): found and not found,
+        // as for IPv4 above, to `sample` of the policy's IPv6 addresses.
+        let mut parsed6 = Vec::new();
+        let mut flow6_hit = Vec::new();
+        let mut flow6_miss = Vec::new();
+        let policy6: Vec<u128> = host_edges.iter().chain(&net_edges).copied().collect();
+        if !policy6.is_empty() {
+            let flows = ebpf.map(bench::MAP_FLOWS6).context("flows6")?;
+            let flows: aya::maps::HashMap<_, FlowKey, FlowValue> = aya::maps::HashMap::try_from(flows)?;
+            let addrs: Vec<Ipv6Addr> =
+                (0..opts.sample).map(|_| v6(policy6[rng.below(policy6.len() as u64) as usize])).collect();
+            let keys: Vec<FlowKey> = addrs.iter().map(|&a| flow_key6(SPORT, a)).collect();
+            batch::update(flows.map(), &keys, &vec![FlowValue::default(); keys.len()], &mut || {})?;
+            for &a in &addrs {
+                ensure!(judge6(flow6, a)? == 1, "{rules} rules, {a}: the IPv6 flow inserted is not found");
+                ensure!(
+                    judge6(parse, a)? == u32::from(a.octets()[3]),
+                    "{rules} rules, {a}: the parser did not read the IPv6 frame's destination"
+                );
+                let base = time6(flow6_floor, a, opts.repeat)?;
+                flow6_hit.push(time6(flow6, a, opts.repeat)? - base);
+                flow6_miss.push(time6_from(flow6, MISS_SPORT, a, opts.repeat)? - base);
+                let none = time6(noop, a, opts.repeat)?;
+                parsed6.push(time6(parse, a, opts.repeat)? - none);
+            }
+        }
         let floor_ns = time(floor, gen::RECEIVER4, opts.repeat)?;
         let stat = |v: &mut Vec<f64>| {
             v.sort_by(f64::total_cmp);
             json!({ "median": median(&mut v.clone()), "p90": percentile(v, 0.9) })
         };
-        let row = json!({
+        let mut row = json!({
             "rules": rules,
             "addr4_entries": compiled.addr4.len(),
             "addr4_egress": egress_prefixes(&compiled.addr4).count(),
@@ -543,6 +591,12 @@ pub fn run(opts: &Options) -> Result<Value> {
             "hybrid_hosts": hybrid.hosts.len(),
             "hybrid_memlock_bytes": memlock_hybrid,
         });
+        // Beside the rest (one `json!` that large passes the macro's
+        // recursion limit).
+        let or_null = |v: &mut Vec<f64>| if v.is_empty() { Value::Null } else { stat(v) };
+        row["parse6"] = or_null(&mut parsed6);
+        row["flow6_hit"] = or_null(&mut flow6_hit);
+        row["flow6_miss"] = or_null(&mut flow6_miss);
         eprintln!("lookup: {row}");
         rows.push(row);
     }
