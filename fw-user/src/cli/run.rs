@@ -84,6 +84,12 @@ pub struct RunArgs {
     /// after a switch awaiting `fw confirm` ends, what they hold is loaded.
     #[arg(long)]
     pub watch: bool,
+    /// Do not write the next phase into the maps ahead of `fw switch`: the
+    /// maps then hold one generation between switches (half the kernel
+    /// memory of a large policy), and a switch writes its entries while
+    /// you wait (at 100,000 rules about 0.5 s more).
+    #[arg(long)]
+    pub no_write_ahead: bool,
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
@@ -143,7 +149,15 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         say!("fw: {name}: metrics at http://{}/metrics", server.addr());
         server.spawn(name.clone(), log);
     }
-    runtime.block_on(daemon::run(&name, &state, Duration::from_secs(args.interval), &mut watcher, files))?;
+    let write_ahead = !args.no_write_ahead;
+    runtime.block_on(daemon::run(
+        &name,
+        &state,
+        Duration::from_secs(args.interval),
+        write_ahead,
+        &mut watcher,
+        files,
+    ))?;
     if paths::pin_dir(&name).exists() {
         say!("fw: {name}: exiting; enforcement stays attached (fail closed). `fw stop --name {name}` detaches it.");
     }

@@ -54,6 +54,9 @@ struct Status {
     dropped_packets: Option<u64>,
     /// A switch awaiting `fw confirm`.
     pending_confirm: Option<PendingStatus>,
+    /// The phase the daemon wrote ahead of `fw switch` (a switch to it is
+    /// one map write).
+    written_ahead: Option<AheadStatus>,
     /// Pid of the `fw run` daemon, when one runs.
     daemon_pid: Option<u32>,
     /// Entries of the active generation per map, and tracked flows.
@@ -69,6 +72,13 @@ struct Status {
     /// second) finishes or discards it. What is shown is what the kernel
     /// enforces.
     repair_pending: bool,
+}
+
+#[derive(Serialize, Debug)]
+struct AheadStatus {
+    phase: String,
+    generation: u32,
+    entries: usize,
 }
 
 #[derive(Serialize, Debug)]
@@ -106,6 +116,7 @@ fn inspect(name: &str) -> Status {
         uptime_seconds: None,
         dropped_packets: None,
         pending_confirm: None,
+        written_ahead: None,
         daemon_pid: None,
         entries: None,
         learned_addresses: None,
@@ -146,6 +157,11 @@ fn inspect(name: &str) -> Status {
         rollback_to: p.previous.phase.clone(),
         seconds_left: p.deadline.saturating_sub(crate::unix_now()),
     });
+    s.written_ahead = state.prepared.as_ref().filter(|_| !s.repair_pending).map(|p| AheadStatus {
+        phase: p.to.phase.clone(),
+        generation: p.to.generation,
+        entries: p.entries,
+    });
     s.problem = check_enforcing(name, &state, active, &mut s).err().map(|e| format!("{e:#}"));
     s.enforcing = s.problem.is_none();
     if let Ok(maps) = CounterMaps::open(name) {
@@ -154,7 +170,8 @@ fn inspect(name: &str) -> Status {
         s.dropped_packets = Snapshot::read(&maps, &[]).ok().map(|snap| snap.dropped());
     }
     if let (Ok(maps), Some(generation)) = (PolicyMaps::open(name), s.generation) {
-        s.entries = apply::count_entries(&maps, generation).ok();
+        let ahead = s.written_ahead.as_ref().map(|a| a.generation);
+        s.entries = apply::count_entries(&maps, generation, ahead).ok();
     }
     if let Ok((addresses, bytes)) = dns::count_learned(name) {
         s.learned_addresses = Some(addresses);
@@ -248,10 +265,16 @@ fn print_text(s: &Status) {
     if let Some(p) = &s.pending_confirm {
         println!("confirm:    pending: rolls back to {} in {}s unless `fw confirm`", p.rollback_to, p.seconds_left);
     }
+    if let Some(a) = &s.written_ahead {
+        println!(
+            "ahead:      phase {} written (generation {}, {} entries): `fw switch {}` is one map write",
+            a.phase, a.generation, a.entries, a.phase
+        );
+    }
     if let Some(e) = &s.entries {
         println!(
-            "entries:    addr4 {} addr6 {} ports {} flows {} flows_in {}; other generations {}",
-            e.addr4, e.addr6, e.ports, e.flows, e.flows_in, e.other_generations
+            "entries:    addr4 {} addr6 {} ports {} flows {} flows_in {}; written ahead {}; other generations {}",
+            e.addr4, e.addr6, e.ports, e.flows, e.flows_in, e.written_ahead, e.other_generations
         );
     }
     if let Some(addresses) = s.learned_addresses.filter(|&n| n > 0 || s.learned_names.is_some()) {

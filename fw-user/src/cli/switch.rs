@@ -75,14 +75,17 @@ pub fn switch(args: SwitchArgs) -> Result<ExitCode> {
         println!("fw: {name}: {note}");
     }
     crate::say_warnings(&outcome.warnings);
+    let written = match outcome.written {
+        instance::txn::Written::Now(n) => format!("{n} entries written"),
+        instance::txn::Written::Ahead(n) => format!("{n} entries written ahead by the daemon"),
+    };
     println!(
-        "fw: {name}: switched {} -> {} (generation {} -> {}) in {:.1} ms: {} entries written",
+        "fw: {name}: switched {} -> {} (generation {} -> {}) in {:.1} ms: {written}",
         outcome.from.phase,
         outcome.to.phase,
         outcome.from.generation,
         outcome.to.generation,
         outcome.elapsed.as_secs_f64() * 1e3,
-        outcome.written,
     );
     if let (Some(deadline), Some(secs)) = (outcome.deadline, request.confirm_secs) {
         println!(

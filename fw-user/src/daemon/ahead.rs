@@ -20,6 +20,8 @@ pub struct Ahead {
     /// The inputs of the last one that succeeded: the next does nothing
     /// unless the files changed.
     kept: Option<[u8; 32]>,
+    /// The generation the last compile that succeeded started for.
+    finished_for: Option<u32>,
     running: Option<(Instant, tokio::task::JoinHandle<Result<Report>>)>,
 }
 
@@ -46,6 +48,12 @@ impl Ahead {
         self.running.is_some()
     }
 
+    /// The enforced generation the phases in the kept directory were last
+    /// compiled for (`None` until a compile succeeded).
+    pub fn compiled_for(&self) -> Option<u32> {
+        self.finished_for
+    }
+
     /// The instance was stopped: waits for a compile in progress, then
     /// removes what it kept (at 100,000 rules, 21 MB of tmpfs per phase).
     pub async fn abandon(&mut self, name: &str) {
@@ -65,6 +73,7 @@ impl Ahead {
         match outcome {
             Ok(Ok(report)) => {
                 self.kept = Some(report.inputs);
+                self.finished_for = self.started_for;
                 if !report.compiled.is_empty() {
                     say!(
                         "fw: {name}: compiled phase{} {} ahead of `fw switch` in {seconds:.1} s",

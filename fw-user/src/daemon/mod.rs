@@ -5,7 +5,8 @@
 //! change), print the drops of the last interval.
 //!
 //! It compiles the enforced policy's phases ahead of `fw switch`, in the
-//! background (see `ahead`).
+//! background (see `ahead`), then writes the next phase into the maps
+//! ahead of it (see `standby`).
 //!
 //! With `--watch` (see `watch`) it also follows the policy and env files:
 //! inotify events arm a debounce, and the look at the files (a switch when
@@ -27,6 +28,7 @@ pub mod kernel_log;
 pub mod learn;
 pub mod metrics;
 pub mod readiness;
+pub mod standby;
 pub mod watch;
 
 use std::{
@@ -59,6 +61,7 @@ pub async fn run(
     name: &str,
     state: &InstanceState,
     interval: Duration,
+    write_ahead: bool,
     watcher: &mut Watcher,
     mut files: Option<Watch>,
 ) -> Result<()> {
@@ -78,6 +81,9 @@ pub async fn run(
     // The phases compiled ahead of `fw switch`: started at once.
     let mut ahead = ahead::Ahead::default();
     ahead.start_if_due(name, &housekeeping.state);
+    // The next phase written ahead, once compiled ahead (unless
+    // --no-write-ahead).
+    let mut standby = standby::Standby::new(write_ahead);
     // Enforcing on the interface? (READY=1 to systemd the first time.)
     watcher.check();
     loop {
@@ -113,6 +119,10 @@ pub async fn run(
             }
             () = ahead.finish(name), if ahead.is_running() => {
                 release_freed_memory();
+                standby.start_if_due(name, &housekeeping.state, ahead.compiled_for());
+            }
+            () = standby.finish(name), if standby.is_running() => {
+                release_freed_memory();
             }
             done = async { look.as_mut().expect("a look in progress").await }, if look.is_some() => {
                 look = None;
@@ -147,9 +157,11 @@ pub async fn run(
                     // `fw stop` removed the phases compiled ahead; one
                     // compile in progress would write some again.
                     ahead.abandon(name).await;
+                    standby.abandon().await;
                     return Ok(());
                 }
                 ahead.start_if_due(name, &housekeeping.state);
+                standby.start_if_due(name, &housekeeping.state, ahead.compiled_for());
             }
             _ = tokio::signal::ctrl_c() => return Ok(()),
             _ = sigterm.recv() => return Ok(()),

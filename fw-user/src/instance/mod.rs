@@ -98,7 +98,7 @@ pub struct SwitchOutcome {
     pub from: Enforced,
     pub to: Enforced,
     pub elapsed: std::time::Duration,
-    pub written: usize,
+    pub written: txn::Written,
     pub deadline: Option<u64>,
     /// Loading the policy had these to say (the same as `fw check`).
     pub warnings: Vec<Warning>,
@@ -152,6 +152,33 @@ pub fn switch(name: &str, request: &SwitchRequest) -> Result<SwitchOutcome> {
         warnings,
         notes: switched.notes,
     })
+}
+
+/// Writes the phase `next` names after the enforced one ahead of the
+/// switch to it (the daemon's, once the phases are compiled ahead): see
+/// [`txn::prepare`]. The choice is made from the state read now and
+/// written only if no switch came meanwhile. `None`: nothing written (no
+/// next phase, a switch awaits confirmation or came first, something is
+/// written ahead already, or the instance is ephemeral).
+pub fn prepare(name: &str, next: impl Fn(&str) -> Option<String>) -> Result<Option<state::Prepared>> {
+    let current = found(name, InstanceState::load_without_rules(name)?)?;
+    if current.pending.is_some() || current.prepared.is_some() || current.ephemeral {
+        return Ok(None);
+    }
+    let Some(phase) = next(&current.enforced.phase) else { return Ok(None) };
+    let policy = current.enforced.policy.clone();
+    let env_file = current.enforced.env_file.as_ref().map(PathBuf::from);
+    // The same load as `fw switch PHASE` without --policy or --env-file.
+    let mut loaded = source::load_phase_kept(&paths::kept_dir(name), &policy, env_file.as_deref(), &phase)?;
+    loaded.compiled.settings.audit |= current.audit_override;
+    let _lock = lock::lock(name)?;
+    let plan = txn::PreparePlan {
+        after: current.enforced.generation,
+        to: enforced(&loaded, &phase, 0),
+        compiled: loaded.compiled,
+        copy: loaded.copy,
+    };
+    txn::prepare(&mut KernelStore::open(name)?, &mut FileRecords::new(name), plan)
 }
 
 /// A runtime phase whose egress lets every address out on every port is
@@ -267,6 +294,7 @@ pub fn start(request: StartRequest) -> Result<InstanceState> {
         switching: None,
         // The maps were created by this start and hold generation 1 only.
         collected: true,
+        prepared: None,
     };
     records.save_state(&state)?;
     cleanup.armed = false;
@@ -350,6 +378,7 @@ pub fn rebuild_state(name: &str, iface: &str, candidate: Option<(&LoadedPhase, &
         pending: None,
         switching: None,
         collected: false,
+        prepared: None,
     };
     let mut records = FileRecords::new(name);
     records.save_state(&state)?;

@@ -88,6 +88,31 @@ pub struct InstanceState {
     /// fw) reads as not collected.
     #[serde(default)]
     pub collected: bool,
+    /// A generation the daemon wrote ahead of `fw switch` (see
+    /// [`Prepared`]): kept by every collection, activated by the switch
+    /// that asks for exactly its tables, discarded by any other.
+    #[serde(default)]
+    pub prepared: Option<Prepared>,
+}
+
+/// A phase written ahead, under a generation no packet is judged by, into
+/// the `FW_PHASES` slot the next switch would write: the `fw run` daemon
+/// writes the phase an operator most likely switches to next once it is
+/// compiled ahead, so that the switch is the journal and one map write.
+/// Recorded only once every entry is in the kernel (an interrupted write
+/// leaves garbage, never a `prepared`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Prepared {
+    pub to: Enforced,
+    /// The SHA-256 of the tables written ([`crate::policy::compile::tables::CompiledPhase::digest`]):
+    /// a switch uses this generation only when the tables it would write
+    /// are these, byte for byte.
+    pub tables: String,
+    /// The SHA-256 of the policy and env texts saved as its copy (the boot
+    /// record compiles the copy): a switch must ask for the same texts.
+    pub copy: String,
+    /// Entries written (for `fw status` and the switch's report).
+    pub entries: usize,
 }
 
 /// The journal entry of a switch in progress (see `instance::txn`).
@@ -99,8 +124,9 @@ pub struct Switching {
 }
 
 /// Where each [`Enforced`] of a state sits in its JSON: the enforced one
-/// (flattened), the switch in progress, the pending rollback target.
-const ENFORCED_AT: [&str; 3] = ["", "/switching/to", "/pending/previous"];
+/// (flattened), the switch in progress, the pending rollback target, the
+/// generation written ahead.
+const ENFORCED_AT: [&str; 4] = ["", "/switching/to", "/pending/previous", "/prepared/to"];
 
 /// The key that names an [`Enforced`]'s rule file.
 const RULES_FILE: &str = "rules_file";
@@ -200,6 +226,7 @@ impl InstanceState {
             pending: None,
             switching: None,
             collected: true,
+            prepared: None,
         }
     }
 
@@ -207,6 +234,7 @@ impl InstanceState {
         match at {
             "" => Some(&self.enforced),
             "/switching/to" => self.switching.as_ref().map(|s| &s.to),
+            "/prepared/to" => self.prepared.as_ref().map(|p| &p.to),
             _ => self.pending.as_ref().map(|p| &p.previous),
         }
     }
@@ -215,6 +243,7 @@ impl InstanceState {
         match at {
             "" => Some(&mut self.enforced),
             "/switching/to" => self.switching.as_mut().map(|s| &mut s.to),
+            "/prepared/to" => self.prepared.as_mut().map(|p| &mut p.to),
             _ => self.pending.as_mut().map(|p| &mut p.previous),
         }
     }
@@ -299,6 +328,7 @@ mod tests {
             pending: Some(PendingConfirm { deadline: 100, previous: enforced(1, 2) }),
             switching: Some(Switching { to: enforced(3, 4), confirm_deadline: None }),
             collected: false,
+            prepared: Some(Prepared { to: enforced(4, 5), tables: "t".into(), copy: "c".into(), entries: 9 }),
             ..InstanceState::fresh("t", enforced(2, 3))
         }
     }
@@ -314,11 +344,12 @@ mod tests {
         // What an older fw needs to read the file at all.
         let value: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(value["rules"], serde_json::json!([]), "{json}");
-        assert_eq!(fs::read_dir(&rules).unwrap().count(), 3, "one file per rule list");
+        assert_eq!(fs::read_dir(&rules).unwrap().count(), 4, "one file per rule list");
         assert_eq!(InstanceState::load_from(&path, &rules, true).unwrap(), Some(s.clone()));
         // The switch is recorded: the files only the old state named go.
         s.pending = None;
         s.enforced = s.switching.take().unwrap().to;
+        s.prepared = None;
         s.save_to(&path, &rules).unwrap();
         assert_eq!(fs::read_dir(&rules).unwrap().count(), 1);
         assert_eq!(InstanceState::load_from(&path, &rules, true).unwrap(), Some(s.clone()));

@@ -9,7 +9,8 @@
 //! * the state file describes the active generation (what `fw status` and
 //!   `fw explain --name` show), and the pending rollback target, if any, is
 //!   complete;
-//! * no other generation has entries left;
+//! * no other generation has entries left but the one written ahead,
+//!   which is complete, in the slot the active generation does not use;
 //! * the boot record names the active generation when nothing is pending;
 //! * the command, or the next one, can still be completed.
 
@@ -24,7 +25,7 @@ use anyhow::{anyhow, bail, Result};
 use super::{
     records::{BootRecord, PolicyCopy, Records},
     store::PolicyStore,
-    txn::{self, SwitchPlan},
+    txn::{self, PreparePlan, SwitchPlan, Written},
 };
 use crate::{
     instance::state::{Enforced, InstanceState},
@@ -339,6 +340,17 @@ fn check(store: &MemStore, records: &MemRecords, allowed: &[&str], context: &str
         assert_eq!(boot.phase, *phase, "{context}: a reboot would come back in another phase");
         assert!(records.copies.contains_key(&active), "{context}: the boot copy is missing");
     }
+    if let Some(p) = &state.prepared {
+        assert_ne!(p.to.generation & 1, active & 1, "{context}: the generation written ahead shares the active slot");
+        assert!(state.pending.is_none(), "{context}: written ahead into the rollback target's slot");
+        assert_eq!(
+            tables(&p.to.phase),
+            enforced_phase(store, p.to.generation),
+            "{context}: the generation written ahead is incomplete"
+        );
+        assert!(records.copies.contains_key(&p.to.generation), "{context}: the copy written ahead is gone");
+        kept.insert(p.to.generation);
+    }
     let present: BTreeSet<u32> = store.entries.keys().copied().collect();
     assert!(present.is_subset(&kept), "{context}: orphan generations {present:?} beside {kept:?}");
     assert!(state.highest_generation >= active, "{context}: highest_generation below the active one");
@@ -576,4 +588,162 @@ fn no_command_writes_the_active_generation() {
     let active = store.active;
     assert!(store.write(&phase("closed").compiled, active).is_err());
     assert!(store.delete(&|g| g == active).is_err());
+}
+
+/// What the daemon writes ahead, chosen after the generation enforced now.
+fn prepare_plan(records: &MemRecords, name: &str) -> PreparePlan {
+    let SwitchPlan { to, compiled, copy, .. } = plan(name, None);
+    PreparePlan { after: records.state.as_ref().expect("a state").enforced.generation, to, compiled, copy }
+}
+
+#[test]
+fn a_phase_written_ahead_survives_every_kill_and_the_switch_to_it_writes_nothing() {
+    let tried = every_step(
+        &|| started("install"),
+        &|store, records| {
+            {
+                let plan = prepare_plan(records, "runtime");
+                txn::prepare(store, records, plan)
+            }?
+            .ok_or_else(|| anyhow!("nothing written ahead"))?;
+            match txn::switch(store, records, plan("runtime", None))?.written {
+                Written::Ahead(_) => Ok(()),
+                other => bail!("the switch wrote its generation again: {other:?}"),
+            }
+        },
+        &["install", "runtime"],
+        // The retry: the daemon writes ahead again when nothing is, then
+        // the switch.
+        &|store, records, _| {
+            {
+                let plan = prepare_plan(records, "runtime");
+                txn::prepare(store, records, plan)
+            }?;
+            txn::switch(store, records, plan("runtime", None)).map(drop)
+        },
+        &["runtime"],
+    );
+    // Reserve, copy, the entries, record; journal, activate, record, ...
+    assert!(tried > 20, "{tried} steps");
+}
+
+#[test]
+fn a_phase_written_ahead_is_kept_by_collections_and_activated_only_by_its_switch() {
+    let (_fate, mut store, mut records) = started("install");
+    let prepared = {
+        let plan = prepare_plan(&records, "runtime");
+        txn::prepare(&mut store, &mut records, plan)
+    }
+    .unwrap()
+    .expect("written ahead");
+    assert_eq!(store.active, 1, "writing ahead changed what is enforced");
+    assert_eq!(tables("install"), enforced_phase(&store, 1));
+    assert!(records.state.as_ref().unwrap().collected, "the maps hold only what the state names");
+    // Collections and a second write ahead leave it as it is.
+    records.state.as_mut().unwrap().collected = false;
+    txn::reconcile(&mut store, &mut records).unwrap();
+    assert!({
+        let plan = prepare_plan(&records, "closed");
+        txn::prepare(&mut store, &mut records, plan)
+    }
+    .unwrap()
+    .is_none());
+    check(&store, &records, &["install"], "written ahead");
+    assert_eq!(records.state.as_ref().unwrap().prepared.as_ref(), Some(&prepared));
+    // The switch to it: no entry written, the generation written ahead.
+    let switched = txn::switch(&mut store, &mut records, plan("runtime", None)).unwrap();
+    assert_eq!(switched.written, Written::Ahead(prepared.entries));
+    assert_eq!(switched.to.generation, prepared.to.generation);
+    assert_eq!(store.active, prepared.to.generation);
+    check(&store, &records, &["runtime"], "switched to the phase written ahead");
+    assert_eq!(records.state.as_ref().unwrap().prepared, None);
+}
+
+#[test]
+fn a_switch_to_anything_else_discards_the_phase_written_ahead_first() {
+    // Room for two generations of install, as the kernel maps are sized:
+    // the phase written ahead must go before the switch writes.
+    let (_fate, mut store, mut records) = started("install");
+    store.capacity = 2 * store.total() + 4;
+    let prepared = {
+        let plan = prepare_plan(&records, "install");
+        txn::prepare(&mut store, &mut records, plan)
+    }
+    .unwrap()
+    .expect("written ahead");
+    // Another phase.
+    let switched = txn::switch(&mut store, &mut records, plan("closed", None)).unwrap();
+    assert!(matches!(switched.written, Written::Now(n) if n > 0), "{:?}", switched.written);
+    check(&store, &records, &["closed"], "switched to another phase");
+    assert!(!store.entries.contains_key(&prepared.to.generation), "the phase written ahead was left behind");
+    // The same phase from another text (a comment added): the boot record
+    // must compile what the switch asked for, so it is written again.
+    let prepared = {
+        let plan = prepare_plan(&records, "install");
+        txn::prepare(&mut store, &mut records, plan)
+    }
+    .unwrap()
+    .expect("written ahead");
+    let mut edited = plan("install", None);
+    edited.copy.policy_text.push_str("# edited\n");
+    let switched = txn::switch(&mut store, &mut records, edited).unwrap();
+    assert!(matches!(switched.written, Written::Now(_)), "{:?}", switched.written);
+    assert_ne!(switched.to.generation, prepared.to.generation);
+    check(&store, &records, &["install"], "switched to an edited text");
+    // Audit mode asked for: other tables.
+    {
+        let plan = prepare_plan(&records, "closed");
+        txn::prepare(&mut store, &mut records, plan)
+    }
+    .unwrap()
+    .expect("written ahead");
+    let mut audit = plan("closed", None);
+    audit.compiled.settings.audit = true;
+    audit.to.audit = true;
+    assert!(matches!(txn::switch(&mut store, &mut records, audit).unwrap().written, Written::Now(_)));
+}
+
+#[test]
+fn nothing_is_written_ahead_while_a_switch_awaits_confirmation() {
+    let (_fate, mut store, mut records) = pending_runtime();
+    assert!({
+        let plan = prepare_plan(&records, "install");
+        txn::prepare(&mut store, &mut records, plan)
+    }
+    .unwrap()
+    .is_none());
+    check(&store, &records, &["runtime", "install"], "pending");
+    txn::confirm(&mut store, &mut records).unwrap();
+    let prepared = {
+        let plan = prepare_plan(&records, "install");
+        txn::prepare(&mut store, &mut records, plan)
+    }
+    .unwrap()
+    .expect("written ahead");
+    check(&store, &records, &["runtime"], "confirmed, then written ahead");
+    // A confirmed switch to it, with --confirm: the rollback target is the
+    // generation enforced before, and nothing is written ahead meanwhile.
+    let switched = txn::switch(&mut store, &mut records, plan("install", Some(100))).unwrap();
+    assert_eq!(switched.written, Written::Ahead(prepared.entries));
+    assert!({
+        let plan = prepare_plan(&records, "runtime");
+        txn::prepare(&mut store, &mut records, plan)
+    }
+    .unwrap()
+    .is_none());
+    check(&store, &records, &["install", "runtime"], "switched to the phase written ahead, pending");
+    txn::rollback_if_due(&mut store, &mut records, 100).unwrap();
+    check(&store, &records, &["runtime"], "rolled back from the phase written ahead");
+}
+
+#[test]
+fn a_phase_chosen_before_a_switch_is_not_written_after_it() {
+    // The daemon chose `runtime` after `install`; a switch to `closed` took
+    // the lock first: writing `runtime` now would hold the wrong phase.
+    let (_fate, mut store, mut records) = started("install");
+    let stale = prepare_plan(&records, "runtime");
+    txn::switch(&mut store, &mut records, plan("closed", None)).unwrap();
+    assert!(txn::prepare(&mut store, &mut records, stale).unwrap().is_none());
+    check(&store, &records, &["closed"], "after a stale write ahead");
+    assert_eq!(records.state.as_ref().unwrap().prepared, None);
 }

@@ -22,6 +22,12 @@
 //! is left of them costs memory and room in the maps until collected, and
 //! `collected` in the state file says whether any may be left.
 //!
+//! A *prepared* generation ([`prepare`], the `fw run` daemon's) is steps 1
+//! and 2 of a switch done ahead, then recorded (`prepared` in the state,
+//! saved only once every entry is written): a switch asking for exactly its
+//! tables starts at step 3; any other switch first discards it. Every
+//! collection keeps it, and nothing but a switch activates it.
+//!
 //! [`reconcile`] runs first under the instance lock in every command and in
 //! the daemon: it reads the active generation from the kernel and finishes
 //! or discards whatever step 1-5 or a rollback/confirm was interrupted at.
@@ -36,7 +42,7 @@ use super::{
     store::PolicyStore,
 };
 use crate::{
-    instance::state::{Enforced, InstanceState, PendingConfirm, Switching},
+    instance::state::{Enforced, InstanceState, PendingConfirm, Prepared, Switching},
     policy::compile::tables::CompiledPhase,
 };
 
@@ -146,7 +152,23 @@ pub fn reconcile(store: &mut dyn PolicyStore, records: &mut dyn Records) -> Resu
             };
             state.pending = None;
             state.switching = None;
+            state.prepared = None;
             state.highest_generation = state.highest_generation.max(generation);
+            state.collected = false;
+            records.save_state(&state)?;
+        }
+    }
+    if let Some(prepared) = &state.prepared {
+        // Written into the slot the next switch would write, while nothing
+        // else claimed it: anything else (a state edited by hand, an older
+        // fw's switch) makes it garbage.
+        let to = prepared.to.generation;
+        if to & 1 == active & 1 || state.pending.is_some() || state.switching.is_some() {
+            notes.push(format!(
+                "the phase {} written ahead (generation {to}) no longer fits: discarded",
+                prepared.to.phase
+            ));
+            state.prepared = None;
             state.collected = false;
             records.save_state(&state)?;
         }
@@ -175,12 +197,21 @@ pub struct SwitchPlan {
     pub defer_collection: bool,
 }
 
+/// Who wrote the entries of the generation a switch activated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// The switch, this many.
+    Now(usize),
+    /// [`prepare`], ahead of the switch, this many.
+    Ahead(usize),
+}
+
 #[derive(Debug)]
 pub struct Switched {
     pub from: Enforced,
     pub to: Enforced,
-    /// Entries written for the new generation.
-    pub written: usize,
+    /// Entries of the new generation, and who wrote them.
+    pub written: Written,
     /// Repairs [`reconcile`] made first.
     pub notes: Vec<String>,
 }
@@ -197,33 +228,22 @@ pub fn switch(store: &mut dyn PolicyStore, records: &mut dyn Records, plan: Swit
             pending.deadline
         );
     }
-    let old = state.enforced.generation;
-    // No other generation is in the maps: `reconcile` just deleted every
-    // one but the enforced (no rollback is pending), under the lock.
-    let highest = state.highest_generation.max(old).max(store.highest_flow_generation()?);
-    let new = next_generation(highest, old);
-    // 1. Reserve.
-    state.highest_generation = new;
-    state.collected = false;
-    records.save_state(&state)?;
-    if !state.ephemeral {
-        records.save_copy(new, &plan.copy)?;
-    }
-    crate::mark("switch: generation reserved, policy copy saved");
-    // 2. Write.
-    let written = match store.write(&plan.compiled, new) {
-        Ok(n) => n,
-        Err(e) => {
-            // Leave nothing of it behind (if this fails too, the next
-            // reconcile collects it).
-            let _ = store.delete(&|g| g == new);
-            return Err(e).context("the switch was not applied");
+    let (new, written) = match take_prepared(store, records, &mut state, &plan.to, &plan.compiled, &plan.copy)? {
+        Some(prepared) => {
+            crate::mark("switch: the generation written ahead is taken");
+            (prepared.to.generation, Written::Ahead(prepared.entries))
+        }
+        None => {
+            let (new, entries) = reserve_and_write(store, records, &mut state, &plan.compiled, &plan.copy)
+                .context("the switch was not applied")?;
+            crate::mark("switch: generation written");
+            (new, Written::Now(entries))
         }
     };
-    crate::mark("switch: generation written");
-    // 3. Journal.
+    // 3. Journal. From the activation on, the old generation is garbage.
     let to = Enforced { generation: new, ..plan.to };
     state.switching = Some(Switching { to, confirm_deadline: plan.confirm_deadline });
+    state.collected = false;
     records.save_state(&state)?;
     crate::mark("switch: journaled");
     // 4. Commit.
@@ -238,6 +258,115 @@ pub fn switch(store: &mut dyn PolicyStore, records: &mut dyn Records, plan: Swit
     sync_boot_record(records, &state)?;
     crate::mark("switch: boot record");
     Ok(Switched { from, to: state.enforced, written, notes })
+}
+
+/// Steps 1 and 2 of a switch (and of [`prepare`]): reserves a fresh
+/// generation in the slot no packet reads, saves the policy copy, writes
+/// the entries. Returns the generation and how many entries. On an error
+/// nothing of it is left (or the next reconcile collects it: the state
+/// says not collected since the reserve).
+fn reserve_and_write(
+    store: &mut dyn PolicyStore,
+    records: &mut dyn Records,
+    state: &mut InstanceState,
+    compiled: &CompiledPhase,
+    copy: &PolicyCopy,
+) -> Result<(u32, usize)> {
+    let old = state.enforced.generation;
+    // No other generation is in the maps: `reconcile` just deleted every
+    // one but the enforced (no rollback is pending, nothing is prepared),
+    // under the lock.
+    let highest = state.highest_generation.max(old).max(store.highest_flow_generation()?);
+    let new = next_generation(highest, old);
+    // 1. Reserve.
+    state.highest_generation = new;
+    state.collected = false;
+    records.save_state(state)?;
+    if !state.ephemeral {
+        records.save_copy(new, copy)?;
+    }
+    crate::mark("switch: generation reserved, policy copy saved");
+    // 2. Write.
+    match store.write(compiled, new) {
+        Ok(entries) => Ok((new, entries)),
+        Err(e) => {
+            // Leave nothing of it behind (if this fails too, the next
+            // reconcile collects it).
+            let _ = store.delete(&|g| g == new);
+            Err(e)
+        }
+    }
+}
+
+/// The generation written ahead, taken out of the state when the switch
+/// asks for exactly it: the same policy, env file, phase, rules and audit
+/// mode (`to`), the same texts (the boot record compiles its copy), and
+/// the tables a write would put in the kernel now. Otherwise it is
+/// discarded and deleted, so that the slot and the maps' room are the
+/// switch's (a state with no `prepared` changes nothing).
+fn take_prepared(
+    store: &mut dyn PolicyStore,
+    records: &mut dyn Records,
+    state: &mut InstanceState,
+    to: &Enforced,
+    compiled: &CompiledPhase,
+    copy: &PolicyCopy,
+) -> Result<Option<Prepared>> {
+    let Some(prepared) = state.prepared.take() else { return Ok(None) };
+    let same_request = Enforced { generation: to.generation, ..prepared.to.clone() } == *to
+        && prepared.copy == copy_digest(copy)
+        && prepared.tables == crate::kernel::apply::written_digest(compiled)?;
+    if same_request {
+        return Ok(Some(prepared));
+    }
+    state.collected = false;
+    records.save_state(state)?;
+    collect_garbage(store, records, state)?;
+    crate::mark("switch: the generation written ahead (another phase) deleted");
+    Ok(None)
+}
+
+/// The SHA-256 (hex) of a policy copy's texts.
+fn copy_digest(copy: &PolicyCopy) -> String {
+    crate::sha256_hex(&[
+        copy.policy_text.as_bytes(),
+        &[u8::from(copy.env_text.is_some())],
+        copy.env_text.as_deref().unwrap_or("").as_bytes(),
+    ])
+}
+
+/// What [`prepare`] writes ahead.
+pub struct PreparePlan {
+    /// The enforced generation the phase was chosen after: if a switch
+    /// came first, the choice is stale and nothing is written.
+    pub after: u32,
+    pub to: Enforced,
+    pub compiled: CompiledPhase,
+    pub copy: PolicyCopy,
+}
+
+/// Writes `plan` ahead of the switch to it, under a fresh generation in the
+/// slot no packet reads, and records it as `prepared` (see the module's
+/// doc). Does nothing (`None`) while a switch awaits confirmation (its
+/// rollback target holds that slot), when something is prepared already,
+/// when another generation is enforced than the one `plan` was chosen
+/// after, or for an ephemeral instance. Returns the entries written.
+pub fn prepare(store: &mut dyn PolicyStore, records: &mut dyn Records, plan: PreparePlan) -> Result<Option<Prepared>> {
+    let (mut state, _) = reconcile(store, records)?;
+    if state.pending.is_some() || state.prepared.is_some() || state.ephemeral || state.enforced.generation != plan.after
+    {
+        return Ok(None);
+    }
+    let tables = crate::kernel::apply::written_digest(&plan.compiled)?;
+    let (generation, entries) = reserve_and_write(store, records, &mut state, &plan.compiled, &plan.copy)?;
+    // Every entry is in the kernel: record it. The maps hold the enforced
+    // generation and this one (reconcile collected the rest).
+    let copy = copy_digest(&plan.copy);
+    let prepared = Prepared { to: Enforced { generation, ..plan.to }, tables, copy, entries };
+    state.prepared = Some(prepared.clone());
+    state.collected = true;
+    records.save_state(&state)?;
+    Ok(Some(prepared))
 }
 
 /// Step 5 of a switch whose generation is active, but the collection of
@@ -318,14 +447,18 @@ fn finish_rollback(
     Ok(undone)
 }
 
-/// Deletes every generation but the active one and the pending rollback
-/// target, then records that the maps hold nothing else. Runs only on a
+/// Deletes every generation but the active one, the pending rollback
+/// target and the one prepared, then records that the maps hold nothing else. Runs only on a
 /// reconciled state, so `enforced` is the active one.
 fn collect_garbage(store: &mut dyn PolicyStore, records: &mut dyn Records, state: &mut InstanceState) -> Result<usize> {
-    let keep: BTreeSet<u32> = [Some(state.enforced.generation), state.pending.as_ref().map(|p| p.previous.generation)]
-        .into_iter()
-        .flatten()
-        .collect();
+    let keep: BTreeSet<u32> = [
+        Some(state.enforced.generation),
+        state.pending.as_ref().map(|p| p.previous.generation),
+        state.prepared.as_ref().map(|p| p.to.generation),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let active = store.active()?;
     anyhow::ensure!(keep.contains(&active), "internal error: generation {active} is active but not kept");
     let removed = store.delete(&|g| !keep.contains(&g))?;
@@ -352,7 +485,10 @@ fn sync_boot_record(records: &mut dyn Records, state: &InstanceState) -> Result<
         })?;
     }
     let boot = records.boot_generation()?;
-    let keep: Vec<u32> = [Some(e.generation), boot].into_iter().flatten().collect();
+    // The copy of the generation written ahead becomes the boot record's
+    // when a switch activates it.
+    let ahead = state.prepared.as_ref().map(|p| p.to.generation);
+    let keep: Vec<u32> = [Some(e.generation), boot, ahead].into_iter().flatten().collect();
     records.keep_copies(&keep)
 }
 

@@ -195,6 +195,11 @@ pub fn keep_all(kept: &Path, policy_arg: &str, env: Option<&Path>, unless_kept: 
 /// The phases the last [`keep_all`] kept (a file beside them).
 const LIST: &str = "phases.json";
 
+/// The phases the last [`keep_all`] into `kept` kept, in the policy's order.
+pub fn kept_phases(kept: &Path) -> Option<Vec<String>> {
+    listed(kept)
+}
+
 fn listed(kept: &Path) -> Option<Vec<String>> {
     fs::read(kept.join(LIST)).ok().and_then(|b| serde_json::from_slice(&b).ok())
 }

@@ -76,3 +76,37 @@ fn a_switch_takes_the_phase_compiled_ahead_only_while_its_policy_is_unchanged() 
     switch_logged(&pair, &instance, "a");
     only_reachable(&pair, &[8081, 8082], 8082);
 }
+
+#[test]
+fn the_next_phase_is_written_ahead_judges_nothing_until_the_switch_and_is_used_only_when_asked_for() {
+    let pair = VethPair::new(72);
+    let dir = TempDir::new();
+    let file = dir.write("p.yaml", &policy(&pair, 8080));
+    let instance = Fw::start(&pair.near, &pair.near_if, &file, "a");
+    // Phase b (lets nothing out) is written beside phase a...
+    let status = instance.status_written_ahead("b");
+    let ahead = status["written_ahead"]["generation"].as_u64().expect("a generation");
+    assert_ne!(status["generation"], ahead, "{status}");
+    assert!(status["entries"]["written_ahead"].as_u64() > Some(0), "{status}");
+    // ... and judges nothing: phase a still lets 8080 out.
+    only_reachable(&pair, &[8080, 8081], 8080);
+
+    // The switch to it writes nothing and activates that generation.
+    let (out, log) = switch_logged(&pair, &instance, "b");
+    assert!(out.contains("written ahead by the daemon"), "{out}\n{log}");
+    assert!(log.contains("the generation written ahead is taken"), "{log}");
+    let status = instance.status_json();
+    assert_eq!(status["generation"].as_u64(), Some(ahead), "{status}");
+    assert_eq!(status["phase"], "b", "{status}");
+    only_reachable(&pair, &[8080, 8081], 0);
+
+    // Then phase a is written ahead; a switch to a from an edited file
+    // discards it and writes what the file says now.
+    instance.status_written_ahead("a");
+    dir.write("p.yaml", &policy(&pair, 8081));
+    let (out, _) = switch_logged(&pair, &instance, "a");
+    assert!(out.contains("entries written") && !out.contains("ahead"), "{out}");
+    only_reachable(&pair, &[8080, 8081], 8081);
+    let status = instance.status_written_ahead("b");
+    assert_eq!(status["entries"]["other_generations"], 0, "the discarded generation is left: {status}");
+}

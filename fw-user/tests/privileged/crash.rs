@@ -10,6 +10,7 @@
 //! behind.
 
 use std::{
+    ffi::OsStr,
     fmt::Write as _,
     fs,
     net::SocketAddr,
@@ -185,7 +186,9 @@ fn finding1_interrupted_50k_switch_never_weakens_the_policy() {
     let policy = policy(&dir, &pair);
     let small = small_policy(&dir, &pair);
     let small_arg = small.to_str().expect("utf-8 path");
-    let instance = Fw::start(&pair.near, &pair.near_if, &policy, "closed");
+    // The switch writes its entries itself (the test of the phase written
+    // ahead by the daemon is below).
+    let instance = Fw::start_with(&pair.near, &pair.near_if, &policy, "closed", &[OsStr::new("--no-write-ahead")]);
     let known = Known::learn(&instance, &["big", "open", "closed"]);
     // How long the writes of a clean switch to `big` take, from the
     // reservation on: the window the kills aim at.
@@ -274,7 +277,7 @@ fn crash_failpoints_of_switch_and_confirm() {
     let pair = VethPair::new(62);
     let dir = TempDir::new();
     let policy = policy(&dir, &pair);
-    let instance = Fw::start(&pair.near, &pair.near_if, &policy, "closed");
+    let instance = Fw::start_with(&pair.near, &pair.near_if, &policy, "closed", &[OsStr::new("--no-write-ahead")]);
     let known = Known::learn(&instance, &["open", "closed"]);
     let name = instance.name().to_string();
     let switch_open = ["switch", "open", "--name", &name, "--confirm", "600"];
@@ -319,6 +322,68 @@ fn crash_failpoints_of_switch_and_confirm() {
     println!(
         "switch: {steps} steps, confirm: {confirm_steps} steps; {tried} interrupted runs checked, 0 inconsistencies"
     );
+}
+
+/// The phase the daemon writes ahead: a switch that takes it, killed at
+/// every one of its steps (journal, activation, record, ...), leaves
+/// `closed` or `open` complete and the next command finishes; and the
+/// daemon killed at random moments while it writes `big` ahead (50,000
+/// destinations) leaves `open` enforced, unchanged, and its restart
+/// collects what the write left and writes `big` ahead again.
+#[test]
+fn crash_a_switch_to_the_phase_written_ahead_and_the_daemon_killed_while_writing_it() {
+    let pair = VethPair::new(68);
+    let dir = TempDir::new();
+    let policy = policy(&dir, &pair);
+    let mut instance = Fw::start(&pair.near, &pair.near_if, &policy, "closed");
+    let known = Known::learn(&instance, &["big", "open", "closed"]);
+    let name = instance.name().to_string();
+    let switch_open = ["switch", "open", "--name", &name, "--confirm", "600"];
+    instance.status_written_ahead("open");
+    let (steps, out) = count_steps(&pair, &switch_open);
+    assert!(out.status.success() && out.stdout.contains("written ahead by the daemon"), "{out:#?}");
+    assert!(steps >= 3, "{steps} steps: {out:#?}");
+    assert_ok(&instance.cli(&["confirm"]), "confirm");
+    assert_ok(&instance.cli(&["switch", "closed"]), "back");
+    for at in 1..=steps {
+        instance.status_written_ahead("open");
+        let context = format!("switch to the phase written ahead killed at step {at} of {steps}");
+        killed_at(&pair, &switch_open, at);
+        let phase = known.check(&instance, &context);
+        if phase == "open" {
+            let status = instance.status_json();
+            assert!(!status["pending_confirm"].is_null() || status["repair_pending"] == true, "{context}: {status}");
+            assert_ok(&instance.cli(&["confirm"]), &context);
+        }
+        assert_ok(&instance.cli(&["switch", "closed"]), &context);
+        assert_eq!(enforced_collected(&instance).0, "closed", "{context}");
+    }
+
+    // The daemon killed while it writes `big` ahead (after `open`): the
+    // window is from the switch to `open` until `big` is written ahead.
+    assert_ok(&instance.cli(&["switch", "open"]), "open");
+    let started = Instant::now();
+    instance.status_written_ahead("big");
+    let window = started.elapsed();
+    println!("the daemon compiles and writes big ahead within {window:?} of the switch");
+    let mut rng = Rng::new(std::process::id() as u64);
+    for i in 0..4 {
+        let context = format!("daemon killed while writing ahead, iteration {i}");
+        assert_ok(&instance.cli(&["switch", "closed"]), &context);
+        assert_ok(&instance.cli(&["switch", "open"]), &context);
+        std::thread::sleep(Duration::from_micros(rng.below(window.as_micros() as u64 + 1)));
+        instance.kill_run_process();
+        assert_eq!(known.check_counts(&instance, &context), "open", "{context}");
+        instance.start_again();
+        // The restarted daemon collects what the killed write left, then
+        // writes `big` ahead again; `open` stays enforced throughout.
+        instance.status_written_ahead("big");
+        assert_eq!(known.check(&instance, &context), "open", "{context}");
+    }
+    // The switch to it: `big` complete (explain allows its destinations).
+    let out = instance.cli(&["switch", "big"]);
+    assert!(out.status.success() && out.stdout.contains("written ahead by the daemon"), "{out:#?}");
+    assert_eq!(known.check(&instance, "switched to big"), "big");
 }
 
 /// Finding 4 with the real daemon: it is killed right after the rollback's

@@ -142,22 +142,30 @@ fn setup(tools: &Tools, dir: &Path, rules: usize, limit: Duration) -> Result<Set
     super::netns::keep_draining(stdout);
     instance.daemon = Some(daemon);
     let fw_slab = slab_bytes()?.saturating_sub(slab0);
+    // Then it writes the next phase (b) ahead of the switch: every switch
+    // is measured once the daemon has, as an operator's would be.
+    let ahead_since = Instant::now();
+    let (_, fw_written_ahead) = settled_after(&tools.fw, &name, ahead_since, SWITCHES[0])?;
+    let fw_slab_ahead = slab_bytes()?.saturating_sub(slab0);
     // Three switches (b, a, b), the median reported: one switch is one
     // sample of a shared machine (a full run measured 789 ms where switches
     // by hand the same day took 349-485 ms). Each switch returns once its
     // phase is enforced and recorded; the daemon deletes the other phase's
-    // entries after it. Timed apart, and waited for before the next switch:
-    // neither the next switch nor the nftables runs share the CPU with it.
+    // entries after it, then writes the next phase ahead. Timed apart, and
+    // waited for before the next switch: neither the next switch nor the
+    // nftables runs share the CPU with it.
     let mut fw_switches = Vec::new();
     let mut first_switch = None;
     for phase in SWITCHES {
         let t = Instant::now();
         let says = cmd::output(Command::new(&tools.fw).args(["switch", phase, "--name", &name]))?;
         fw_switches.push(t.elapsed().as_secs_f64() * 1e3);
-        let collected = collected_after(&tools.fw, &name, t)?;
-        first_switch.get_or_insert((says, collected));
+        // The daemon writes the other phase ahead again.
+        let next = if phase == "a" { "b" } else { "a" };
+        let settled = settled_after(&tools.fw, &name, t, next)?;
+        first_switch.get_or_insert((says, settled));
     }
-    let (switch_out, fw_collect) = first_switch.context("no switch ran")?;
+    let (switch_out, (fw_collect, fw_next_ahead)) = first_switch.context("no switch ran")?;
     let fw_switch = super::median(&mut fw_switches.clone());
     // What the daemon keeps once it enforces and has switched: its
     // resident memory (the compiler's working set is freed by then).
@@ -207,7 +215,8 @@ fn setup(tools: &Tools, dir: &Path, rules: usize, limit: Duration) -> Result<Set
         "fw_run_ms": fw_load.as_secs_f64() * 1e3, "fw_switch_ms": fw_switch, "fw_switches_ms": fw_switches,
         "fw_switch_says": switch_out.trim(),
         "fw_collected_ms": fw_collect, "fw_ahead_ms": fw_ahead.as_secs_f64() * 1e3,
-        "fw_slab_bytes": fw_slab, "fw_rss_bytes": fw_rss,
+        "fw_written_ahead_ms": fw_written_ahead, "fw_next_ahead_ms": fw_next_ahead,
+        "fw_slab_bytes": fw_slab, "fw_slab_ahead_bytes": fw_slab_ahead, "fw_rss_bytes": fw_rss,
         "nft_load_ms": nft_load, "nft_switch_ms": nft_switch, "nft_switches_ms": nft_switches,
         "nft_slab_bytes": nft_slab,
         "nft_bytes": std::fs::metadata(&nft_a)?.len(),
@@ -217,19 +226,27 @@ fn setup(tools: &Tools, dir: &Path, rules: usize, limit: Duration) -> Result<Set
     Ok(Setup { pairs, active, _fw: instance, load })
 }
 
-/// Milliseconds from `since` (the start of a switch) until `fw status`
-/// shows no entries of another generation: the daemon has deleted what
-/// the switch left to it. Polled every 50 ms (each status walks the maps),
-/// for at most 120 s.
-fn collected_after(fw: &Path, name: &str, since: Instant) -> Result<f64> {
+/// Milliseconds from `since` (the start of a switch, or the daemon's
+/// compile ahead) until `fw status` shows no entries of another generation
+/// (the daemon has deleted what the switch left to it), and until it shows
+/// `phase` written ahead of the next switch. Polled every 50 ms (each
+/// status walks the maps), for at most 120 s.
+fn settled_after(fw: &Path, name: &str, since: Instant, phase: &str) -> Result<(f64, f64)> {
+    let mut collected = None;
     loop {
         let status = cmd::output(Command::new(fw).args(["status", "--name", name, "--json"]))?;
         let status: Value = serde_json::from_str(&status).context("fw status --json")?;
+        let ms = since.elapsed().as_secs_f64() * 1e3;
         if status["entries"]["other_generations"].as_u64() == Some(0) {
-            return Ok(since.elapsed().as_secs_f64() * 1e3);
+            let collected = *collected.get_or_insert(ms);
+            if status["written_ahead"]["phase"].as_str() == Some(phase) {
+                return Ok((collected, ms));
+            }
         }
         if since.elapsed() > Duration::from_secs(120) {
-            bail!("the fw daemon did not delete the old generation within 120 s: {status}");
+            bail!(
+                "the fw daemon did not delete the old generation and write phase {phase} ahead within 120 s: {status}"
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -367,6 +367,19 @@ impl<'ns> Fw<'ns> {
         status
     }
 
+    /// `fw status --json` once the daemon shows `phase` written ahead of
+    /// the next switch and no entry of any other generation left
+    /// (bounded). Panics if it never does.
+    pub fn status_written_ahead(&self, phase: &str) -> serde_json::Value {
+        let mut status = serde_json::Value::Null;
+        let done = super::poll(Duration::from_secs(60), || {
+            status = self.status_json();
+            status["written_ahead"]["phase"] == phase && status["entries"]["other_generations"] == 0
+        });
+        assert!(done, "phase {phase} was never written ahead: {status}\n{}", self.log_text());
+        status
+    }
+
     /// `fw ARGS --name NAME` (the name appended).
     pub fn cli(&self, args: &[&str]) -> Finished {
         let mut all: Vec<&str> = args.to_vec();
