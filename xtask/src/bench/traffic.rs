@@ -155,11 +155,13 @@ fn setup(tools: &Tools, dir: &Path, rules: usize, limit: Duration) -> Result<Set
     // waited for before the next switch: neither the next switch nor the
     // nftables runs share the CPU with it.
     let mut fw_switches = Vec::new();
+    let mut fw_switch_steps = Vec::new();
     let mut first_switch = None;
     for phase in SWITCHES {
         let t = Instant::now();
-        let says = cmd::output(Command::new(&tools.fw).args(["switch", phase, "--name", &name]))?;
+        let (says, steps) = switch_with_steps(&tools.fw, &name, phase)?;
         fw_switches.push(t.elapsed().as_secs_f64() * 1e3);
+        fw_switch_steps.push(steps);
         // The daemon writes the other phase ahead again.
         let next = if phase == "a" { "b" } else { "a" };
         let settled = settled_after(&tools.fw, &name, t, next)?;
@@ -213,7 +215,7 @@ fn setup(tools: &Tools, dir: &Path, rules: usize, limit: Duration) -> Result<Set
     let load = json!({
         "rules": rules,
         "fw_run_ms": fw_load.as_secs_f64() * 1e3, "fw_switch_ms": fw_switch, "fw_switches_ms": fw_switches,
-        "fw_switch_says": switch_out.trim(),
+        "fw_switch_says": switch_out.trim(), "fw_switch_steps": fw_switch_steps,
         "fw_collected_ms": fw_collect, "fw_ahead_ms": fw_ahead.as_secs_f64() * 1e3,
         "fw_written_ahead_ms": fw_written_ahead, "fw_next_ahead_ms": fw_next_ahead,
         "fw_slab_bytes": fw_slab, "fw_slab_ahead_bytes": fw_slab_ahead, "fw_rss_bytes": fw_rss,
@@ -224,6 +226,26 @@ fn setup(tools: &Tools, dir: &Path, rules: usize, limit: Duration) -> Result<Set
     });
     println!("bench: loaded {rules} rules: {load}");
     Ok(Setup { pairs, active, _fw: instance, load })
+}
+
+/// `fw switch PHASE --name NAME` with the times of its steps logged
+/// (`RUST_LOG=fw_user=debug`, the `crate::mark` lines): what it printed,
+/// and the steps joined with "; " (a slow switch in a full run says where
+/// its time went).
+fn switch_with_steps(fw: &Path, name: &str, phase: &str) -> Result<(String, String)> {
+    let mut cmd = Command::new(fw);
+    cmd.args(["switch", phase, "--name", name]).env("RUST_LOG", "fw_user=debug");
+    let out = cmd.output().with_context(|| format!("failed to start `{}`", cmd::display(&cmd)))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("`{}` failed ({}): {}", cmd::display(&cmd), out.status, stderr.trim());
+    }
+    let steps: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("[DEBUG fw_user] "))
+        .filter(|l| l.ends_with(" ms"))
+        .collect();
+    Ok((String::from_utf8(out.stdout).context("fw switch printed non-UTF-8")?, steps.join("; ")))
 }
 
 /// Milliseconds from `since` (the start of a switch, or the daemon's
