@@ -3,10 +3,11 @@
 //! a rollback changed what is enforced, in the background, one at a time.
 //! A switch that comes first compiles for itself, as it always did.
 
-use std::{path::Path, time::Instant};
+use std::path::Path;
 
 use anyhow::Result;
 
+use super::job::Job;
 use crate::{
     instance::{paths, state::InstanceState},
     source::precompiled::{self, Report},
@@ -22,7 +23,7 @@ pub struct Ahead {
     kept: Option<[u8; 32]>,
     /// The generation the last compile that succeeded started for.
     finished_for: Option<u32>,
-    running: Option<(Instant, tokio::task::JoinHandle<Result<Report>>)>,
+    job: Job<Result<Report>>,
 }
 
 impl Ahead {
@@ -30,7 +31,7 @@ impl Ahead {
     /// last one started and none runs.
     pub fn start_if_due(&mut self, name: &str, state: &InstanceState) {
         let generation = state.enforced.generation;
-        if self.running.is_some() || self.started_for == Some(generation) {
+        if self.job.is_running() || self.started_for == Some(generation) {
             return;
         }
         self.started_for = Some(generation);
@@ -38,14 +39,11 @@ impl Ahead {
         let policy = state.enforced.policy.clone();
         let env = state.enforced.env_file.clone();
         let unless = self.kept;
-        let task = tokio::task::spawn_blocking(move || {
-            precompiled::keep_all(&kept_dir, &policy, env.as_deref().map(Path::new), unless)
-        });
-        self.running = Some((Instant::now(), task));
+        self.job.start(move || precompiled::keep_all(&kept_dir, &policy, env.as_deref().map(Path::new), unless));
     }
 
     pub fn is_running(&self) -> bool {
-        self.running.is_some()
+        self.job.is_running()
     }
 
     /// The enforced generation the phases in the kept directory were last
@@ -57,19 +55,15 @@ impl Ahead {
     /// The instance was stopped: waits for a compile in progress, then
     /// removes what it kept (at 100,000 rules, 21 MB of tmpfs per phase).
     pub async fn abandon(&mut self, name: &str) {
-        if let Some((_, task)) = self.running.take() {
-            let _ = task.await;
-        }
+        self.job.abandon().await;
         let _ = std::fs::remove_dir_all(paths::kept_dir(name));
     }
 
     /// Waits for the compile in progress (only while [`Ahead::is_running`]),
     /// then says what it did.
     pub async fn finish(&mut self, name: &str) {
-        let Some((started, task)) = self.running.as_mut() else { return std::future::pending().await };
-        let outcome = task.await;
-        let seconds = started.elapsed().as_secs_f64();
-        self.running = None;
+        let (took, outcome) = self.job.finish().await;
+        let seconds = took.as_secs_f64();
         match outcome {
             Ok(Ok(report)) => {
                 self.kept = Some(report.inputs);

@@ -24,6 +24,7 @@ pub mod control;
 pub mod dns;
 pub mod events;
 pub mod iface_watch;
+mod job;
 pub mod kernel_log;
 pub mod learn;
 pub mod metrics;

@@ -15,10 +15,9 @@
 //! (its rollback target holds the slot); a switch to anything else
 //! discards the standby first.
 
-use std::time::Instant;
-
 use anyhow::Result;
 
+use super::job::Job;
 use crate::{
     instance::{self, paths, state::InstanceState, state::Prepared},
     source::precompiled,
@@ -34,12 +33,12 @@ pub struct Standby {
     /// is due again (a rollback comes back to a generation tried before).
     seen: Option<u32>,
     tried_for: Option<u32>,
-    running: Option<(Instant, tokio::task::JoinHandle<Result<Option<Prepared>>>)>,
+    job: Job<Result<Option<Prepared>>>,
 }
 
 impl Standby {
     pub fn new(enabled: bool) -> Self {
-        Self { enabled, seen: None, tried_for: None, running: None }
+        Self { enabled, seen: None, tried_for: None, job: Job::default() }
     }
 
     /// Starts the write of the next phase when the phases are compiled ahead
@@ -53,7 +52,7 @@ impl Standby {
         }
         let idle = state.pending.is_none() && state.switching.is_none() && state.prepared.is_none();
         if !self.enabled
-            || self.running.is_some()
+            || self.job.is_running()
             || !idle
             || state.ephemeral
             || compiled_for != Some(generation)
@@ -66,22 +65,18 @@ impl Standby {
         let name = name.to_string();
         // The phase is chosen after the state the write reads, not this
         // one: a switch may come first.
-        let task =
-            tokio::task::spawn_blocking(move || instance::prepare(&name, |enforced| next_phase(&phases, enforced)));
-        self.running = Some((Instant::now(), task));
+        self.job.start(move || instance::prepare(&name, |enforced| next_phase(&phases, enforced)));
     }
 
     pub fn is_running(&self) -> bool {
-        self.running.is_some()
+        self.job.is_running()
     }
 
     /// Waits for the write in progress (only while [`Standby::is_running`]),
     /// then says what it did.
     pub async fn finish(&mut self, name: &str) {
-        let Some((started, task)) = self.running.as_mut() else { return std::future::pending().await };
-        let outcome = task.await;
-        let seconds = started.elapsed().as_secs_f64();
-        self.running = None;
+        let (took, outcome) = self.job.finish().await;
+        let seconds = took.as_secs_f64();
         match outcome {
             Ok(Ok(Some(p))) => say!(
                 "fw: {name}: phase {} written into the maps in {seconds:.1} s (generation {}, {} entries): `fw switch {}` is one map write",
@@ -99,9 +94,7 @@ impl Standby {
     /// The daemon stops: waits for a write in progress (it holds the lock
     /// `fw stop` waits for; what it wrote goes with the maps).
     pub async fn abandon(&mut self) {
-        if let Some((_, task)) = self.running.take() {
-            let _ = task.await;
-        }
+        self.job.abandon().await;
     }
 }
 

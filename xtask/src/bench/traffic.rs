@@ -240,11 +240,8 @@ fn switch_with_steps(fw: &Path, name: &str, phase: &str) -> Result<(String, Stri
     if !out.status.success() {
         bail!("`{}` failed ({}): {}", cmd::display(&cmd), out.status, stderr.trim());
     }
-    let steps: Vec<&str> = stderr
-        .lines()
-        .filter_map(|l| l.strip_prefix("[DEBUG fw_user] "))
-        .filter(|l| l.ends_with(" ms"))
-        .collect();
+    let steps: Vec<&str> =
+        stderr.lines().filter_map(|l| l.strip_prefix("[DEBUG fw_user] ")).filter(|l| l.ends_with(" ms")).collect();
     Ok((String::from_utf8(out.stdout).context("fw switch printed non-UTF-8")?, steps.join("; ")))
 }
 
