@@ -43,29 +43,96 @@ pub fn range_to_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
     blocks
 }
 
+/// The protocols, ports and action of every rule, flat and indexed by rule
+/// id. The port step reads them by rule id for every class; a [`Rule`] is
+/// about 150 bytes with its protocol list and each protocol's ports behind
+/// two more pointers, and at 100,000 nested rules those reads missed the
+/// cache (`PortWriter::class` was 15% of the compile's samples). With this
+/// table the 100,000-rule nested compile's fastest of 31 went from
+/// 60-64 ms to 50-55 ms, the 10,000-rule one's from 4.1 to 3.9-4.1 ms.
+struct FlatPorts {
+    actions: Vec<Action>,
+    /// Per rule id: its protocols' range in `protos` (empty: `proto: any`).
+    by_rule: Vec<(u32, u32)>,
+    /// (protocol, its ports' range in `ranges`), sorted by protocol per rule.
+    protos: Vec<(u8, u32, u32)>,
+    /// Every rule's port ranges, after [`ALL_PORTS`].
+    ranges: Vec<PortRange>,
+}
+
+/// `ranges[0..1]` of [`FlatPorts`]: every port, what a `proto: any` rule
+/// matches of each protocol.
+const ALL_PORTS: (u32, u32) = (0, 1);
+
+impl FlatPorts {
+    fn new(all_rules: &[Rule]) -> FlatPorts {
+        let mut flat = FlatPorts {
+            actions: Vec::with_capacity(all_rules.len()),
+            by_rule: Vec::with_capacity(all_rules.len()),
+            protos: Vec::new(),
+            ranges: vec![PortRange::ALL],
+        };
+        for (id, rule) in all_rules.iter().enumerate() {
+            debug_assert_eq!(rule.id as usize, id, "rules are indexed by id");
+            flat.actions.push(rule.action);
+            let first = flat.protos.len() as u32;
+            if let Protocols::Only(list) = &rule.protocols {
+                for p in list {
+                    let start = flat.ranges.len() as u32;
+                    flat.ranges.extend_from_slice(&p.ports);
+                    flat.protos.push((p.proto, start, flat.ranges.len() as u32));
+                }
+            }
+            flat.by_rule.push((first, flat.protos.len() as u32));
+        }
+        flat
+    }
+
+    /// The protocols of rule `id` (none for `proto: any`).
+    fn protos(&self, id: u32) -> &[(u8, u32, u32)] {
+        let (first, end) = self.by_rule[id as usize];
+        &self.protos[first as usize..end as usize]
+    }
+
+    /// The range in `ranges` of the ports rule `id` matches for `proto`, if
+    /// it names it.
+    fn ports(&self, id: u32, proto: u8) -> Option<(u32, u32)> {
+        self.protos(id).iter().find(|p| p.0 == proto).map(|&(_, start, end)| (start, end))
+    }
+}
+
 /// Writes the port entries of one class after another into one vector,
 /// reusing its working vectors from class to class: a handful of
 /// allocations per class (and a vector of entries per class, copied into
 /// the output) were most of this step's time at 100,000 rules.
-pub(crate) struct PortWriter<'r> {
-    /// Every rule, indexed by rule id.
-    all_rules: &'r [Rule],
+pub(crate) struct PortWriter {
+    rules: FlatPorts,
     protocols: Vec<u8>,
-    covering: Vec<(&'r Rule, &'r [PortRange])>,
+    covering: Vec<Covering>,
     events: Vec<Event>,
     segments: Vec<Segment>,
 }
 
-impl<'r> PortWriter<'r> {
-    pub fn new(all_rules: &'r [Rule]) -> PortWriter<'r> {
-        PortWriter { all_rules, protocols: Vec::new(), covering: Vec::new(), events: Vec::new(), segments: Vec::new() }
+/// A deciding rule of a class for one protocol: (rule id, action, the
+/// range in [`FlatPorts::ranges`] of the ports it matches).
+type Covering = (u32, Action, (u32, u32));
+
+impl PortWriter {
+    pub fn new(all_rules: &[Rule]) -> PortWriter {
+        PortWriter {
+            rules: FlatPorts::new(all_rules),
+            protocols: Vec::new(),
+            covering: Vec::new(),
+            events: Vec::new(),
+            segments: Vec::new(),
+        }
     }
 
     /// Appends the entries of `class`, whose deciding rules are
     /// `class_rules`, to `entries`.
     pub fn class(&mut self, class: u32, class_rules: &ClassRules, entries: &mut Vec<PortEntry>) {
-        let all_rules = self.all_rules;
-        let value_of = |id: u32| PolicyValue::new(id, all_rules[id as usize].action);
+        let rules = &self.rules;
+        let value_of = |id: u32| PolicyValue::new(id, rules.actions[id as usize]);
 
         // The first any-protocol deny, else the first any-protocol allow.
         let any_protocol_decision = class_rules.any_deny.or(class_rules.any_allow);
@@ -73,29 +140,27 @@ impl<'r> PortWriter<'r> {
             entries.push(PortEntry { class, proto: None, port: 0, port_prefix_len: 0, value: value_of(id) });
         }
 
-        let specific = || class_rules.specific.iter().map(|&id| &all_rules[id as usize]);
         self.protocols.clear();
-        for rule in specific() {
-            if let Protocols::Only(list) = &rule.protocols {
-                self.protocols.extend(list.iter().map(|p| p.proto));
-            }
+        for &id in &class_rules.specific {
+            self.protocols.extend(rules.protos(id).iter().map(|p| p.0));
         }
         self.protocols.sort_unstable();
         self.protocols.dedup();
-        // The any-protocol rules that matter, on every port of every protocol.
-        let any_rules =
-            [class_rules.any_deny, class_rules.any_allow].into_iter().flatten().map(|id| &all_rules[id as usize]);
 
         for &proto in &self.protocols {
             // Every deciding rule of the class that matches some port of
-            // `proto`, with the ports it matches there.
+            // `proto`, with the ports it matches there: the any-protocol
+            // rules that matter on every port, then the specific ones.
             self.covering.clear();
-            self.covering.extend(any_rules.clone().map(|r| (r, std::slice::from_ref(&PortRange::ALL))));
-            self.covering.extend(specific().filter_map(|r| match &r.protocols {
-                Protocols::Any => None,
-                Protocols::Only(list) => list.iter().find(|p| p.proto == proto).map(|p| (r, p.ports.as_slice())),
-            }));
-            constant_decision_segments(&self.covering, &mut self.events, &mut self.segments);
+            for id in [class_rules.any_deny, class_rules.any_allow].into_iter().flatten() {
+                self.covering.push((id, rules.actions[id as usize], ALL_PORTS));
+            }
+            for &id in &class_rules.specific {
+                if let Some(ports) = rules.ports(id, proto) {
+                    self.covering.push((id, rules.actions[id as usize], ports));
+                }
+            }
+            constant_decision_segments(&self.covering, &rules.ranges, &mut self.events, &mut self.segments);
             for segment in &self.segments {
                 // Undecided segments cannot occur when an any-protocol
                 // decision exists (see the module docs), and need no entry
@@ -129,17 +194,18 @@ struct Segment {
 /// (`events`: working space), keeping the active deny and allow rules in
 /// ordered sets (the smallest id is the first in file order).
 fn constant_decision_segments(
-    covering: &[(&Rule, &[PortRange])],
+    covering: &[Covering],
+    ranges: &[PortRange],
     events: &mut Vec<Event>,
     segments: &mut Vec<Segment>,
 ) {
     const END: u32 = 1 << 16;
     events.clear();
     segments.clear();
-    for (rule, ranges) in covering {
-        for range in *ranges {
-            events.push((u32::from(range.first), rule.id, rule.action, true));
-            events.push((u32::from(range.last) + 1, rule.id, rule.action, false));
+    for &(id, action, (start, end)) in covering {
+        for range in &ranges[start as usize..end as usize] {
+            events.push((u32::from(range.first), id, action, true));
+            events.push((u32::from(range.last) + 1, id, action, false));
         }
     }
     events.sort_unstable_by_key(|&(pos, id, _, starts)| (pos, starts, id));
