@@ -326,9 +326,11 @@ fn take_prepared(
     Ok(None)
 }
 
-/// The SHA-256 (hex) of a policy copy's texts.
+/// The SHA-256 (hex) of a policy copy's texts (the policy's length first:
+/// no two pairs of texts hash the same bytes).
 fn copy_digest(copy: &PolicyCopy) -> String {
     crate::sha256_hex(&[
+        &(copy.policy_text.len() as u64).to_le_bytes(),
         copy.policy_text.as_bytes(),
         &[u8::from(copy.env_text.is_some())],
         copy.env_text.as_deref().unwrap_or("").as_bytes(),

@@ -705,7 +705,7 @@ pub fn markdown(results: &Value, svg: &str) -> String {
     if let Some(l) = traffic(results).last().map(|t| &t["load"]) {
         let times = l["fw_switches_ms"].as_array().cloned().unwrap_or_default();
         let slowest = (0..times.len()).max_by(|&a, &b| f(&times[a]).total_cmp(&f(&times[b])));
-        if let (Some(i), Some(steps)) = (slowest, slowest.and_then(|i| l["fw_switch_steps"][i].as_str())) {
+        if let Some((i, steps)) = slowest.and_then(|i| Some((i, l["fw_switch_steps"][i].as_str()?))) {
             let _ = writeln!(
                 md,
                 "\nThe slowest of the {} switches at {} rules ({}), step by step as `RUST_LOG=fw_user=debug fw switch` printed them: {steps}.",
