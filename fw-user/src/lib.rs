@@ -76,7 +76,12 @@ pub fn sha256_hex(parts: &[&[u8]]) -> String {
     for part in parts {
         hash.update(part);
     }
-    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hex(&hash.finalize())
+}
+
+/// Lower-case hex of `bytes` (a digest's usual spelling).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Logs (at debug level: `RUST_LOG=fw_user=debug`) that `step` is done,
